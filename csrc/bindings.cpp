@@ -1,0 +1,28 @@
+// bindings.cpp: the striate._core module. Each op family registers its own
+// functions from its bind_*.cpp file; this file only assembles them and binds
+// the thread count.
+#include <pybind11/pybind11.h>
+
+#include "parallel.hpp"
+
+namespace py = pybind11;
+
+namespace striate {
+void bind_conv(py::module_& m);
+void bind_pool(py::module_& m);
+void bind_gemm(py::module_& m);
+}  // namespace striate
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "striate C++/OpenMP kernels (use striate.functional, which validates arguments)";
+    m.def("set_num_threads", &striate::set_num_threads, py::arg("n"));
+    m.def("get_num_threads", &striate::get_num_threads);
+#ifdef STRIATE_HAVE_OPENMP
+    m.attr("has_openmp") = true;
+#else
+    m.attr("has_openmp") = false;
+#endif
+    striate::bind_conv(m);
+    striate::bind_pool(m);
+    striate::bind_gemm(m);
+}

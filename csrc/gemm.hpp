@@ -1,0 +1,30 @@
+// gemm.hpp: single-precision matrix multiply, the engine under convolution
+// and the fully-connected layers.
+//
+// Contract (row-major throughout):
+//   C[M x N] = alpha * op(A)[M x K] * op(B)[K x N] + beta * C
+//   op(A)(i, k) = transA ? A[k * lda + i] : A[i * lda + k]
+//   op(B)(k, j) = transB ? B[j * ldb + k] : B[k * ldb + j]
+//   beta == 0 overwrites C: whatever C held (NaN included) is ignored.
+//   M, N or K may be 0; K == 0 gives beta * C (or zeros when beta == 0).
+//
+// Threads: `threads` > 1 splits the work over tiles of C only. The reduction
+// over K runs in the same order whatever the thread count, so the result is
+// bit-identical for any `threads`. Called from inside a parallel_for region
+// it runs on the calling thread. threads <= 0 means get_num_threads().
+//
+// Not here: convolution-specific packing (see conv2d.cpp), float64.
+#pragma once
+
+#include <cstdint>
+
+namespace striate {
+
+void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads = 0);
+
+// The straightforward triple loop with the same contract: the oracle for tests.
+void sgemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+}  // namespace striate
