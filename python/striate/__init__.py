@@ -10,12 +10,27 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ._config import get_backend, get_num_threads, seed, set_backend, set_num_threads
+from . import io, layers, losses, optim, zoo  # noqa: E402
+from .io import load_model as load  # noqa: E402
+from .layers import Parameter  # noqa: E402
+from .model import Sequential  # noqa: E402
+from . import functional, reference  # noqa: E402  (after _config: functional reads the backend)
 
 __all__ = [
     "__version__",
+    "functional",
+    "reference",
     "get_backend",
     "get_num_threads",
     "seed",
     "set_backend",
     "set_num_threads",
+    "Parameter",
+    "Sequential",
+    "io",
+    "layers",
+    "load",
+    "losses",
+    "optim",
+    "zoo",
 ]
