@@ -1,0 +1,151 @@
+"""striate.losses: values and gradients (numerical, hand-computed, torch), validation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from striate import losses
+
+EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3
+
+
+def _numgrad(loss, o, t):
+    g = np.zeros_like(o)
+    for i in np.ndindex(o.shape):
+        old = o[i]
+        o[i] = old + EPS
+        fp = loss(o, t)
+        o[i] = old - EPS
+        fm = loss(o, t)
+        o[i] = old
+        g[i] = (fp - fm) / (2 * EPS)
+    return g
+
+
+def _targets(kind, rng, n=5, c=4):
+    labels = rng.integers(0, c, n)
+    if kind == "labels":
+        return labels
+    if kind == "onehot":
+        return np.eye(c)[labels]
+    p = rng.uniform(size=(n, c))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("cls", [losses.CrossEntropy, losses.SquaredError])
+@pytest.mark.parametrize("kind", ["labels", "onehot", "probs"])
+def test_gradcheck_float64(cls, kind, rng):
+    o = rng.standard_normal((5, 4)) * 3
+    t = _targets(kind, rng)
+    loss = cls()
+    loss(o, t)
+    g = loss.backward()
+    assert g.dtype == np.float64 and g.shape == o.shape
+    np.testing.assert_allclose(g, _numgrad(cls(), o, t), atol=ATOL, rtol=RTOL)
+
+
+def test_cross_entropy_by_hand():
+    o = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], np.float32)
+    t = np.array([2, 0])
+    ce = losses.CrossEntropy()
+    lse0 = math.log(math.exp(1) + math.exp(2) + math.exp(3))
+    expect = ((lse0 - 3) + math.log(3)) / 2
+    assert ce(o, t) == pytest.approx(expect, rel=1e-6)
+    g = ce.backward()
+    assert g.dtype == np.float32
+    sm0 = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
+    np.testing.assert_allclose(g[0], (sm0 - [0, 0, 1]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(g[1], (np.full(3, 1 / 3) - [1, 0, 0]) / 2, rtol=1e-6)
+    # one-hot targets give the same loss and gradient as labels
+    ce2 = losses.CrossEntropy()
+    assert ce2(o, np.eye(3)[t]) == pytest.approx(expect, rel=1e-6)
+    np.testing.assert_allclose(ce2.backward(), g, rtol=1e-6)
+
+
+def test_cross_entropy_stable_for_huge_logits():
+    o = np.array([[1e4, 0.0], [-1e4, 1e4]], np.float32)
+    ce = losses.CrossEntropy()
+    val = ce(o, np.array([0, 0]))
+    assert math.isfinite(val) and val == pytest.approx(1e4, rel=1e-6)
+    assert np.isfinite(ce.backward()).all()
+
+
+def test_cross_entropy_nan_logits_give_nan_not_warning():
+    ce = losses.CrossEntropy()
+    assert math.isnan(ce(np.array([[np.nan, 0.0], [np.inf, 0.0]], np.float32), np.array([0, 1])))
+
+
+def test_squared_error_by_hand():
+    o = np.array([[0.5, 0.2], [0.1, 0.9]], np.float32)
+    t = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    se = losses.SquaredError()
+    expect = 0.5 * (0.25 + 0.04 + 0.01 + 0.01) / 2
+    assert se(o, t) == pytest.approx(expect, rel=1e-6)
+    np.testing.assert_allclose(se.backward(), (o - t) / 2, rtol=1e-6)
+    # int labels are one-hot encoded
+    assert losses.SquaredError()(o, np.array([0, 1])) == pytest.approx(expect, rel=1e-6)
+
+
+def test_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    o = rng.standard_normal((6, 5))
+    for t in (rng.integers(0, 5, 6), np.eye(5)[rng.integers(0, 5, 6)], _targets("probs", rng, 6, 5)):
+        ce = losses.CrossEntropy()
+        val = ce(o, t)
+        to = torch.tensor(o, requires_grad=True)
+        tt = torch.from_numpy(t)
+        tl = torch.nn.functional.cross_entropy(to, tt)
+        tl.backward()
+        assert val == pytest.approx(tl.item(), rel=1e-12)
+        np.testing.assert_allclose(ce.backward(), to.grad.numpy(), rtol=1e-10, atol=1e-14)
+    t = _targets("onehot", rng, 6, 5)
+    se = losses.SquaredError()
+    val = se(o, t)
+    to = torch.tensor(o, requires_grad=True)
+    tl = 0.5 * torch.nn.functional.mse_loss(to, torch.from_numpy(t), reduction="sum") / 6
+    tl.backward()
+    assert val == pytest.approx(tl.item(), rel=1e-12)
+    np.testing.assert_allclose(se.backward(), to.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [losses.CrossEntropy, losses.SquaredError])
+def test_label_validation(cls):
+    o = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="label 4"):
+        cls()(o, np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match="label -1"):
+        cls()(o, np.array([0, -1, 1]))
+    with pytest.raises(ValueError, match="3 rows"):
+        cls()(o, np.array([0, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        cls()(o, np.zeros((3, 5)))
+    with pytest.raises(TypeError, match="integer class labels"):
+        cls()(o, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="2-D"):
+        cls()(np.zeros(3, np.float32), np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        cls()(np.zeros((3, 4), np.int32), np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("cls", [losses.CrossEntropy, losses.SquaredError])
+def test_empty_batch_and_backward_before_call(cls):
+    with pytest.raises(RuntimeError, match="before"):
+        cls().backward()
+    loss = cls()
+    assert loss(np.zeros((0, 3), np.float32), np.zeros(0, np.int64)) == 0.0
+    assert loss.backward().shape == (0, 3)
+
+
+def test_get_loss():
+    assert isinstance(losses.get_loss("cross_entropy"), losses.CrossEntropy)
+    assert isinstance(losses.get_loss("squared_error"), losses.SquaredError)
+    se = losses.SquaredError()
+    assert losses.get_loss(se) is se
+    assert isinstance(losses.get_loss(losses.CrossEntropy), losses.CrossEntropy)
+    with pytest.raises(ValueError, match="`loss`.*'mse'"):
+        losses.get_loss("mse")
+    with pytest.raises(TypeError, match="`loss`"):
+        losses.get_loss(3)
