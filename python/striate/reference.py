@@ -10,8 +10,9 @@ the dtype of its inputs and works in float32 and float64; the tests run it in
 float64 as the ground truth, the benchmarks in float32 as the baseline.
 
 The code is vectorised but deliberately plain: convolution is im2col (a
-strided window view copied into columns) followed by one matmul per group,
-and col2im is a loop over the ``kh * kw`` kernel offsets, never over pixels.
+strided window view copied into per-image columns) followed by a batched
+matmul (one GEMM per image and group), and col2im is a loop over the
+``kh * kw`` kernel offsets, never over pixels.
 Not here: argument dispatching to C++, threads, workspace reuse, or any
 cleverness that would make it harder to trust.
 """
@@ -94,11 +95,11 @@ def _window_extent(n_out, n_in, k, stride, pad):
 
 
 def _im2col(x, s):
-    """Columns (groups, C/groups * kh * kw, N * OH * OW) of ``x`` for conv geometry ``s``."""
+    """Columns (N, groups, C/groups * kh * kw, OH * OW) of ``x`` for conv geometry ``s``."""
     xp = _pad(x, s.pt, s.pb, s.pl, s.pr)
     win = _windows(xp, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.OH, s.OW)  # (N, C, OH, OW, kh, kw)
-    cols = win.transpose(1, 4, 5, 0, 2, 3)  # (C, kh, kw, N, OH, OW)
-    return cols.reshape(s.groups, (s.C // s.groups) * s.kh * s.kw, s.N * s.OH * s.OW)
+    cols = win.transpose(0, 1, 4, 5, 2, 3)  # (N, C, kh, kw, OH, OW)
+    return cols.reshape(s.N, s.groups, (s.C // s.groups) * s.kh * s.kw, s.OH * s.OW)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -133,10 +134,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if bias is not None:
         bias = _arr(bias, "bias")
     s = _args.conv_spec(x.shape, weight.shape, None if bias is None else bias.shape, stride, padding, dilation, groups)
-    G, Kg = s.groups, s.K // s.groups
-    w = weight.reshape(G, Kg, -1)
-    y = np.matmul(w, _im2col(x, s))  # (G, Kg, N*OH*OW)
-    y = np.ascontiguousarray(y.reshape(s.K, s.N, s.OH, s.OW).transpose(1, 0, 2, 3))
+    w = weight.reshape(s.groups, s.K // s.groups, -1)
+    y = np.matmul(w, _im2col(x, s)).reshape(s.y_shape)  # one GEMM per image and group
     if bias is not None:
         y += bias.reshape(1, s.K, 1, 1)
     return y
@@ -165,21 +164,20 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ne
     need = _args.needs_set(needs)
     s = _args.conv_spec(x.shape, weight.shape, None, stride, padding, dilation, groups)
     _args.same_shape(dy, s.y_shape, "dy", f"the output shape for `x` {x.shape} and `weight` {weight.shape}")
-    G, Kg = s.groups, s.K // s.groups
-    dy2 = dy.transpose(1, 0, 2, 3).reshape(G, Kg, s.N * s.OH * s.OW)
+    dy3 = dy.reshape(s.N, s.groups, s.K // s.groups, s.OH * s.OW)
     dx = dw = db = None
     if "weight" in need:
-        cols = _im2col(x, s)
-        dw = np.matmul(dy2, cols.transpose(0, 2, 1)).reshape(weight.shape)
+        # per-image products, then the batch sum in a fixed order
+        dw = np.matmul(dy3, _im2col(x, s).transpose(0, 1, 3, 2)).sum(axis=0).reshape(weight.shape)
     if "bias" in need:
         db = dy.sum(axis=(0, 2, 3))
     if "x" in need:
-        w = weight.reshape(G, Kg, -1)
-        dcols = np.matmul(w.transpose(0, 2, 1), dy2).reshape(s.C, s.kh, s.kw, s.N, s.OH, s.OW)
+        w = weight.reshape(s.groups, s.K // s.groups, -1)
+        dcols = np.matmul(w.transpose(0, 2, 1), dy3).reshape(s.N, s.C, s.kh, s.kw, s.OH, s.OW)
         dtype = np.result_type(dy, weight)
         dxp = np.zeros((s.N, s.C, s.H + s.pt + s.pb, s.W + s.pl + s.pr), dtype=dtype)
         for i, j, hs, ws in _offsets(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.OH, s.OW):
-            dxp[:, :, hs, ws] += dcols[:, i, j].transpose(1, 0, 2, 3)
+            dxp[:, :, hs, ws] += dcols[:, :, i, j]
         dx = np.ascontiguousarray(dxp[:, :, s.pt : s.pt + s.H, s.pl : s.pl + s.W])
     return dx, dw, db
 
