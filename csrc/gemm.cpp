@@ -52,48 +52,106 @@ namespace {
 //   void sgemm_ukernel_<R>x<NR>__<isa>(kc, a, b, c, ldc, alpha, beta)
 //
 // computes one R x NR tile of C, for r < R and j < NR:
-//   acc(r, j) = sum over k = 0 .. kc-1 of a[k*R + r] * b[k*NR + j], accumulated
+//   acc(r, j) = sum over k = 0 .. kc-1 of a[k*S + r] * b[k*NR + j], accumulated
 //               from zero in increasing k (one FMA per term on the x86 kernels);
-//   t = alpha * acc (alpha == 1 is exact, so no special case);
+//   t = alpha * acc (alpha == 1 is exact, so there is no special case);
 //   beta == 0:  C(r, j) = t, and C is never read (NaN or garbage in C is ignored);
 //   beta == 1:  C(r, j) = C(r, j) + t;
 //   otherwise:  C(r, j) = fma(beta, C(r, j), t);
 // with C(r, j) = c[r*ldc + j]. kc >= 1.
 //
-// Packed panels:
-//   a: R rows of op(A) over kc columns, column after column ("k-major"):
-//      a[k*R + r]. Each kernel family is instantiated for every R from 1 to its
-//      MR, and the last row panel of a block is packed with its own R, so there
-//      is no padding along M and the kernel never branches on rows.
+// Packed panels (built by the family's pack_a / pack_b):
+//   a: R rows of op(A) over kc columns, column after column ("k-major"), each
+//      column in a slot of S >= MR floats: a[k*S + r], 64-byte aligned when
+//      S*4 is. Each family is instantiated for every R from 1 to its MR, and the
+//      last row panel of a block is simply a panel with a smaller R, so there is
+//      no padding along M and the kernel never branches on rows. Slots r >= R
+//      are zero-filled and never read.
 //   b: kc rows of NR columns of op(B), row after row: b[k*NR + j], 64-byte
 //      aligned. Columns past N are zero-filled while packing.
 // The kernel writes all R x NR elements of c with unit column stride. Tiles
 // with fewer than NR valid columns, or a C with non-unit column stride (the
-// transposed problem, see sgemm_impl), are computed into a small aligned
+// transposed problem, see sgemm_isa), are computed into a small aligned
 // temporary with beta = 0 and merged into C by merge_tile() with the same
 // arithmetic, so the kernel itself has no edge branches.
 //
-// The reduction runs over K in blocks whose size depends on K only; block p>0
-// uses beta = 1. Threads split only the tiles of C. Together this makes every
-// element of C follow the same sequence of roundings whatever the thread count.
+// The reduction over K runs in blocks whose size depends on K only; block p > 0
+// uses beta = 1. Threads split only tiles of C, along panel edges. Together this
+// makes every element of C follow the same roundings whatever the thread count.
 // ---------------------------------------------------------------------------
 
 using ukernel_fn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                             float beta);
+// Pack rows [i0, i0+m) x depth [k0, k0+kc) of op(A) into consecutive panels of
+// `mr` rows (the last one may hold fewer), each S*kc floats.
+using pack_a_fn = void (*)(bool transA, const float* A, int64_t lda, int64_t i0, int64_t m, int64_t k0, int64_t kc,
+                           int64_t mr, float* dst);
+// Pack depth [k0, k0+kc) x columns [j0, j0+n) of op(B) into panels of NR
+// columns, each NR*kc floats, zero-filling the columns past n.
+using pack_b_fn = void (*)(bool transB, const float* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t n,
+                           float* dst);
 
-constexpr int kMaxMR = 16;  // bound on any family's MR (sizes of the dispatch table)
+constexpr int kMaxMR = 16;  // bound on any family's MR (size of the dispatch table)
 constexpr int kMaxNR = 32;  // bound on any family's NR (size of the temporary tile)
 
 struct KernelFamily {
     GemmIsa isa;
     const char* name;
-    int mr;                          // largest row count
-    int nr;                          // columns per tile (panel width of packed B)
-    ukernel_fn kernel[kMaxMR + 1];   // kernel[R] computes R x nr, R = 1 .. mr
+    int mr;                         // largest row count R
+    int nr;                         // columns per tile = width of a packed B panel
+    int s;                          // slot of one packed A column (S in the contract)
+    pack_a_fn pack_a;
+    pack_b_fn pack_b;
+    ukernel_fn kernel[kMaxMR + 1];  // kernel[R] computes R x nr, R = 1 .. mr
 };
 
 inline float merge_value(float c, float t, float beta) {
     return beta == 0.f ? t : (beta == 1.f ? c + t : std::fma(beta, c, t));
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- portable packing, written so that compilers vectorise it; inlined into
+// the ISA-specific wrappers below, which compile it for their instruction set.
+template <int S>
+inline __attribute__((always_inline)) void pack_a_portable(bool transA, const float* A, int64_t lda, int64_t i0,
+                                                           int64_t m, int64_t k0, int64_t kc, int64_t mr,
+                                                           float* dst) {
+    for (int64_t p = 0; p < m; p += mr) {
+        const int64_t R = std::min(mr, m - p);
+        for (int64_t k = 0; k < kc; ++k) {
+            float* d = dst + k * S;
+            if (transA) {
+                const float* src = A + (k0 + k) * lda + i0 + p;
+                for (int64_t r = 0; r < R; ++r) d[r] = src[r];
+            } else {
+                const float* src = A + (i0 + p) * lda + k0 + k;
+                for (int64_t r = 0; r < R; ++r) d[r] = src[r * lda];
+            }
+            for (int64_t r = R; r < S; ++r) d[r] = 0.f;
+        }
+        dst += S * kc;
+    }
+}
+
+template <int NR>
+inline __attribute__((always_inline)) void pack_b_portable(bool transB, const float* B, int64_t ldb, int64_t k0,
+                                                           int64_t kc, int64_t j0, int64_t n, float* dst) {
+    for (int64_t q = 0; q < n; q += NR) {
+        const int64_t w = std::min<int64_t>(NR, n - q);
+        for (int64_t k = 0; k < kc; ++k) {
+            float* d = dst + k * NR;
+            if (transB) {
+                const float* src = B + (j0 + q) * ldb + k0 + k;
+                for (int64_t j = 0; j < w; ++j) d[j] = src[j * ldb];
+            } else {
+                const float* src = B + (k0 + k) * ldb + j0 + q;
+                for (int64_t j = 0; j < w; ++j) d[j] = src[j];
+            }
+            for (int64_t j = w; j < NR; ++j) d[j] = 0.f;
+        }
+        dst += NR * kc;
+    }
 }
 
 // ---- portable kernels: plain C++ the compiler vectorises for the baseline ISA.
@@ -101,16 +159,16 @@ constexpr int kGenericMR = 4;
 constexpr int kGenericNR = 16;
 
 template <int R>
-void sgemm_ukernel_generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
-                           float beta) {
-    constexpr int NR = kGenericNR;
+void sgemm_ukernel_x16__generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
+                                float beta) {
+    constexpr int NR = kGenericNR, S = kGenericMR;
     float acc[R][NR] = {};
     for (int64_t k = 0; k < kc; ++k) {
         for (int r = 0; r < R; ++r) {
             const float ar = a[r];
             for (int j = 0; j < NR; ++j) acc[r][j] += ar * b[j];
         }
-        a += R;
+        a += S;
         b += NR;
     }
     for (int r = 0; r < R; ++r) {
@@ -119,16 +177,26 @@ void sgemm_ukernel_generic(int64_t kc, const float* a, const float* b, float* c,
     }
 }
 
-template <int... Rs>
-constexpr KernelFamily make_generic_family(std::integer_sequence<int, Rs...>) {
-    return KernelFamily{GemmIsa::Generic, "generic", kGenericMR, kGenericNR, {nullptr, &sgemm_ukernel_generic<Rs + 1>...}};
+void pack_a_generic(bool transA, const float* A, int64_t lda, int64_t i0, int64_t m, int64_t k0, int64_t kc,
+                    int64_t mr, float* dst) {
+    pack_a_portable<kGenericMR>(transA, A, lda, i0, m, k0, kc, mr, dst);
+}
+void pack_b_generic(bool transB, const float* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t n,
+                    float* dst) {
+    pack_b_portable<kGenericNR>(transB, B, ldb, k0, kc, j0, n, dst);
 }
 
+template <int... Rs>
+constexpr KernelFamily make_generic_family(std::integer_sequence<int, Rs...>) {
+    return KernelFamily{GemmIsa::Generic, "generic",      kGenericMR, kGenericNR, kGenericMR,
+                        &pack_a_generic,  &pack_b_generic, {nullptr, &sgemm_ukernel_x16__generic<Rs + 1>...}};
+}
 const KernelFamily kGenericFamily = make_generic_family(std::make_integer_sequence<int, kGenericMR>{});
 
 #if STRIATE_GEMM_X86
 // ---- AVX2 + FMA: R x 16, two ymm accumulators per row, R <= 6 (12 accumulators).
 constexpr int kAvx2MR = 6;
+constexpr int kAvx2S = 8;
 
 template <int R>
 __attribute__((target("avx2,fma"))) void sgemm_ukernel_x16__avx2(int64_t kc, const float* a, const float* b,
@@ -146,7 +214,7 @@ __attribute__((target("avx2,fma"))) void sgemm_ukernel_x16__avx2(int64_t kc, con
             acc0[r] = _mm256_fmadd_ps(ar, b0, acc0[r]);
             acc1[r] = _mm256_fmadd_ps(ar, b1, acc1[r]);
         }
-        a += R;
+        a += kAvx2S;
         b += 16;
     }
     const __m256 va = _mm256_set1_ps(alpha);
@@ -174,14 +242,26 @@ __attribute__((target("avx2,fma"))) void sgemm_ukernel_x16__avx2(int64_t kc, con
     }
 }
 
+__attribute__((target("avx2,fma"))) void pack_a_avx2(bool transA, const float* A, int64_t lda, int64_t i0,
+                                                     int64_t m, int64_t k0, int64_t kc, int64_t mr, float* dst) {
+    pack_a_portable<kAvx2S>(transA, A, lda, i0, m, k0, kc, mr, dst);
+}
+__attribute__((target("avx2,fma"))) void pack_b_avx2(bool transB, const float* B, int64_t ldb, int64_t k0,
+                                                     int64_t kc, int64_t j0, int64_t n, float* dst) {
+    pack_b_portable<16>(transB, B, ldb, k0, kc, j0, n, dst);
+}
+
 template <int... Rs>
 constexpr KernelFamily make_avx2_family(std::integer_sequence<int, Rs...>) {
-    return KernelFamily{GemmIsa::Avx2, "avx2", kAvx2MR, 16, {nullptr, &sgemm_ukernel_x16__avx2<Rs + 1>...}};
+    return KernelFamily{GemmIsa::Avx2, "avx2",       kAvx2MR, 16, kAvx2S,
+                        &pack_a_avx2,  &pack_b_avx2, {nullptr, &sgemm_ukernel_x16__avx2<Rs + 1>...}};
 }
 const KernelFamily kAvx2Family = make_avx2_family(std::make_integer_sequence<int, kAvx2MR>{});
 
-// ---- AVX-512: R x 32, two zmm accumulators per row, R <= 14 (28 accumulators).
+// ---- AVX-512: R x 32, two zmm accumulators per row, R <= 14 (28 accumulators),
+// A columns in 16-float slots (one cache line).
 constexpr int kAvx512MR = 14;
+constexpr int kAvx512S = 16;
 
 template <int R>
 __attribute__((target("avx512f,fma"))) void sgemm_ukernel_x32__avx512(int64_t kc, const float* a,
@@ -199,7 +279,7 @@ __attribute__((target("avx512f,fma"))) void sgemm_ukernel_x32__avx512(int64_t kc
             acc0[r] = _mm512_fmadd_ps(ar, b0, acc0[r]);
             acc1[r] = _mm512_fmadd_ps(ar, b1, acc1[r]);
         }
-        a += R;
+        a += kAvx512S;
         b += 32;
     }
     const __m512 va = _mm512_set1_ps(alpha);
@@ -227,9 +307,105 @@ __attribute__((target("avx512f,fma"))) void sgemm_ukernel_x32__avx512(int64_t kc
     }
 }
 
+// GCC 12 reports the _mm512_undefined_ps() inside the unpack/shuffle intrinsics
+// as "maybe uninitialized"; every lane used here is defined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// In-register transpose of a 16 x 16 block: v[i] lane j <-> v[j] lane i.
+__attribute__((target("avx512f"), always_inline)) inline void transpose_16x16(__m512 v[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+    }
+    // u[4g + c], lane l: rows 4g .. 4g+3 of column 4l + c.
+    __m512 u[16];
+    for (int g = 0; g < 16; g += 4) {
+        const __m512d t0 = _mm512_castps_pd(t[g]), t1 = _mm512_castps_pd(t[g + 1]);
+        const __m512d t2 = _mm512_castps_pd(t[g + 2]), t3 = _mm512_castps_pd(t[g + 3]);
+        u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    // Column 4l + c gathers 128-bit lane l of u[c], u[4 + c], u[8 + c], u[12 + c].
+    for (int c = 0; c < 4; ++c) {
+        const __m512 x0 = _mm512_shuffle_f32x4(u[c], u[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 x1 = _mm512_shuffle_f32x4(u[c], u[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512 x2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 x3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        v[c] = _mm512_shuffle_f32x4(x0, x2, _MM_SHUFFLE(2, 0, 2, 0));
+        v[4 + c] = _mm512_shuffle_f32x4(x0, x2, _MM_SHUFFLE(3, 1, 3, 1));
+        v[8 + c] = _mm512_shuffle_f32x4(x1, x3, _MM_SHUFFLE(2, 0, 2, 0));
+        v[12 + c] = _mm512_shuffle_f32x4(x1, x3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+inline __mmask16 low_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
+// dst[t*ld_dst + i] = src[i*ld_src + t] for i < rows (<= 16), t < kc; slots past
+// `rows` are zero. Reads whole 16-float runs of each source row with masked loads.
+__attribute__((target("avx512f"))) void transpose_pack_avx512(const float* src, int64_t ld_src, int64_t rows,
+                                                              int64_t kc, float* dst, int64_t ld_dst) {
+    __m512 v[16];
+    for (int64_t k = 0; k < kc; k += 16) {
+        const int64_t kk = std::min<int64_t>(16, kc - k);
+        const __mmask16 mk = low_mask(kk);
+        for (int i = 0; i < 16; ++i)
+            v[i] = i < rows ? _mm512_maskz_loadu_ps(mk, src + i * ld_src + k) : _mm512_setzero_ps();
+        transpose_16x16(v);
+        for (int64_t t = 0; t < kk; ++t) _mm512_store_ps(dst + (k + t) * ld_dst, v[t]);
+    }
+}
+
+__attribute__((target("avx512f"))) void pack_a_avx512(bool transA, const float* A, int64_t lda, int64_t i0,
+                                                      int64_t m, int64_t k0, int64_t kc, int64_t mr, float* dst) {
+    constexpr int S = kAvx512S;
+    for (int64_t p = 0; p < m; p += mr) {
+        const int64_t R = std::min(mr, m - p);
+        if (transA) {
+            const __mmask16 mask = low_mask(R);
+            const float* src = A + k0 * lda + i0 + p;
+            for (int64_t k = 0; k < kc; ++k) _mm512_store_ps(dst + k * S, _mm512_maskz_loadu_ps(mask, src + k * lda));
+        } else {
+            transpose_pack_avx512(A + (i0 + p) * lda + k0, lda, R, kc, dst, S);
+        }
+        dst += S * kc;
+    }
+}
+
+__attribute__((target("avx512f"))) void pack_b_avx512(bool transB, const float* B, int64_t ldb, int64_t k0,
+                                                      int64_t kc, int64_t j0, int64_t n, float* dst) {
+    constexpr int NR = 32;
+    for (int64_t q = 0; q < n; q += NR) {
+        const int64_t w = std::min<int64_t>(NR, n - q);
+        if (transB) {
+            for (int h = 0; h < 2; ++h) {
+                const int64_t wh = std::max<int64_t>(0, std::min<int64_t>(16, w - 16 * h));
+                transpose_pack_avx512(B + (j0 + q + 16 * h) * ldb + k0, ldb, wh, kc, dst + 16 * h, NR);
+            }
+        } else {
+            const __mmask16 lo = low_mask(w), hi = low_mask(std::max<int64_t>(0, w - 16));
+            const float* src = B + k0 * ldb + j0 + q;
+            for (int64_t k = 0; k < kc; ++k) {
+                _mm512_store_ps(dst + k * NR, _mm512_maskz_loadu_ps(lo, src + k * ldb));
+                _mm512_store_ps(dst + k * NR + 16, _mm512_maskz_loadu_ps(hi, src + k * ldb + 16));
+            }
+        }
+        dst += NR * kc;
+    }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
 template <int... Rs>
 constexpr KernelFamily make_avx512_family(std::integer_sequence<int, Rs...>) {
-    return KernelFamily{GemmIsa::Avx512, "avx512", kAvx512MR, 32, {nullptr, &sgemm_ukernel_x32__avx512<Rs + 1>...}};
+    return KernelFamily{GemmIsa::Avx512, "avx512",       kAvx512MR, 32, kAvx512S,
+                        &pack_a_avx512,  &pack_b_avx512, {nullptr, &sgemm_ukernel_x32__avx512<Rs + 1>...}};
 }
 const KernelFamily kAvx512Family = make_avx512_family(std::make_integer_sequence<int, kAvx512MR>{});
 #endif  // STRIATE_GEMM_X86
@@ -295,59 +471,57 @@ Workspace& thread_workspace() {
     return ws;
 }
 
-// ---- blocking (depends on the shape and the kernel family only, never on threads)
-constexpr int64_t kKC = 256;        // depth of a packed block: a B panel kc x NR stays in L1
-constexpr int64_t kNCMax = 512;     // columns of a packed B block: kc x nc stays in L2
-constexpr int64_t kMCPanels = 24;   // row panels per task block: the packed A block streams from L3
+// ---- blocking. kc depends on K only and the row panels on M only; the task
+// grid may depend on the thread count because its edges fall on panel edges.
+#ifndef KC_
+#define KC_ 256
+#define NC_ 512
+#define MC_ 1024
+#endif
+constexpr int64_t kKC = KC_;      // depth of a block: the A panel (S x kc) stays in L1
+constexpr int64_t kNC = NC_;      // columns of a packed B block: kc x nc stays in L2
+constexpr int64_t kMCMax = MC_;   // rows of a task: its packed A block (about mc x kc) streams from L3
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+struct Plan {
+    int64_t mr;      // rows per A panel (<= family mr), from M only
+    int64_t kc;      // depth per block, from K only
+    int64_t mt, nt;  // rows and columns per task: multiples of mr and nr
+    int64_t tm, tn;  // number of tasks along M and N
+};
 
-// Pack rows [i0, i0+m) x depth [k0, k0+kc) of op(A) into consecutive row panels of
-// `mr` rows (the last one may be shorter and is packed with its own row count).
-void pack_a(bool transA, const float* A, int64_t lda, int64_t i0, int64_t m, int64_t k0, int64_t kc, int64_t mr,
-            float* dst) {
-    for (int64_t p = 0; p < m; p += mr) {
-        const int64_t R = std::min(mr, m - p);
-        if (transA) {
-            // op(A)(i, k) = A[k*lda + i]: each k gives R contiguous floats.
-            for (int64_t k = 0; k < kc; ++k) {
-                const float* src = A + (k0 + k) * lda + i0 + p;
-                for (int64_t r = 0; r < R; ++r) dst[k * R + r] = src[r];
-            }
-        } else {
-            for (int64_t r = 0; r < R; ++r) {
-                const float* src = A + (i0 + p + r) * lda + k0;
-                for (int64_t k = 0; k < kc; ++k) dst[k * R + r] = src[k];
+Plan make_plan(const KernelFamily& f, int64_t M, int64_t N, int64_t K, int threads) {
+    Plan p;
+    p.mr = ceil_div(M, ceil_div(M, f.mr));
+    p.kc = ceil_div(K, ceil_div(K, kKC));
+    const int64_t mp = ceil_div(M, p.mr), np = ceil_div(N, f.nr);  // row and column panels
+    const int64_t tm_min = ceil_div(mp, std::max<int64_t>(1, kMCMax / p.mr));
+    int64_t pm = ceil_div(mp, tm_min), pn = np;  // panels per task
+    const double flops = 2.0 * double(M) * double(N) * double(K);
+    if (threads > 1 && !in_parallel_region() && flops > 2e6) {
+        // Estimated cycles of the slowest thread: FMA work plus packing per task.
+        auto cost = [&](int64_t a, int64_t b) {
+            const double rows = double(a * p.mr), cols = double(b * f.nr);
+            const int64_t tasks = ceil_div(mp, a) * ceil_div(np, b);
+            return double(ceil_div(tasks, threads)) * (rows * cols * double(K) / 16.0 + 0.5 * double(K) * (rows + cols) + 2000.0);
+        };
+        double best = cost(pm, pn);
+        for (int64_t tm = tm_min; tm <= std::min(mp, tm_min * 8); ++tm) {
+            for (int64_t tn = 1; tn <= std::min<int64_t>(np, 32); ++tn) {
+                const int64_t a = ceil_div(mp, tm), b = ceil_div(np, tn);
+                const double c = cost(a, b);
+                if (c < best * 0.999) {
+                    best = c;
+                    pm = a;
+                    pn = b;
+                }
             }
         }
-        dst += R * kc;
     }
-}
-
-// Pack depth [k0, k0+kc) x columns [j0, j0+n) of op(B) into panels of nr columns,
-// zero-filling the columns past n of the last panel.
-void pack_b(bool transB, const float* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t n, int64_t nr,
-            float* dst) {
-    for (int64_t q = 0; q < n; q += nr) {
-        const int64_t w = std::min(nr, n - q);
-        if (transB) {
-            // op(B)(k, j) = B[j*ldb + k]: each column j is contiguous along k.
-            for (int64_t j = 0; j < w; ++j) {
-                const float* src = B + (j0 + q + j) * ldb + k0;
-                for (int64_t k = 0; k < kc; ++k) dst[k * nr + j] = src[k];
-            }
-            for (int64_t k = 0; k < kc; ++k)
-                for (int64_t j = w; j < nr; ++j) dst[k * nr + j] = 0.f;
-        } else {
-            for (int64_t k = 0; k < kc; ++k) {
-                const float* src = B + (k0 + k) * ldb + j0 + q;
-                float* d = dst + k * nr;
-                for (int64_t j = 0; j < w; ++j) d[j] = src[j];
-                for (int64_t j = w; j < nr; ++j) d[j] = 0.f;
-            }
-        }
-        dst += nr * kc;
-    }
+    p.mt = pm * p.mr;
+    p.nt = pn * f.nr;
+    p.tm = ceil_div(M, p.mt);
+    p.tn = ceil_div(N, p.nt);
+    return p;
 }
 
 // Merge an R x n block of the temporary tile (row stride ld_t) into C with strides (rs, cs).
@@ -374,91 +548,46 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
     }
 }
 
-struct Plan {
-    int64_t mr;       // rows per A panel (<= family.mr), from M only
-    int64_t kc;       // depth per block, from K only
-    int64_t mc, nc;   // task block: mc a multiple of mr, nc a multiple of nr
-    int64_t tm, tn;   // number of task blocks along M and N
-};
-
-// Choose the task grid. Any grid gives the same result (block edges fall on
-// panel edges), so it may depend on the thread count; the panels may not.
-Plan make_plan(const KernelFamily& f, int64_t M, int64_t N, int64_t K, int threads) {
-    Plan p;
-    p.mr = ceil_div(M, ceil_div(M, f.mr));
-    p.kc = ceil_div(K, ceil_div(K, kKC));
-    const int64_t mp = ceil_div(M, p.mr);     // row panels
-    const int64_t np = ceil_div(N, f.nr);     // column panels
-    const int64_t nc_panels = std::max<int64_t>(1, kNCMax / f.nr);
-    int64_t tm = ceil_div(mp, kMCPanels), tn = ceil_div(np, nc_panels);
-    const double flops = 2.0 * double(M) * double(N) * double(K);
-    if (threads > 1 && !in_parallel_region() && flops > 4e6) {
-        // Search a few finer grids for the smallest estimated time on `threads`.
-        double best = -1;
-        int64_t btm = tm, btn = tn;
-        for (int64_t a = tm; a <= std::min(mp, tm * 8); ++a) {
-            for (int64_t b = tn; b <= std::min(np, tn * 8); ++b) {
-                const int64_t pm = ceil_div(mp, a), pn = ceil_div(np, b);
-                const int64_t rounds = ceil_div(a * b, threads);
-                // cycles per k step: FMAs over 16 lanes, plus packing both blocks.
-                const double task = double(pm * p.mr) * double(pn * f.nr) / 32.0 + 0.5 * double(pm * p.mr + pn * f.nr);
-                const double t = double(rounds) * task;
-                if (best < 0 || t < best * 0.999) {
-                    best = t;
-                    btm = a;
-                    btn = b;
-                }
-            }
-        }
-        tm = btm;
-        tn = btn;
-    }
-    p.tm = tm;
-    p.tn = tn;
-    p.mc = ceil_div(mp, tm) * p.mr;
-    p.nc = ceil_div(np, tn) * f.nr;
-    p.tm = ceil_div(M, p.mc);
-    p.tn = ceil_div(N, p.nc);
-    return p;
-}
-
 // C(i, j) = C[i*rs + j*cs]; M, N, K >= 1.
 void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t rs,
                   int64_t cs, int threads) {
     const Plan p = make_plan(f, M, N, K, threads);
-    const int64_t nr = f.nr;
+    const int64_t nr = f.nr, S = f.s;
+    const int64_t nc = std::min(p.nt, std::max<int64_t>(nr, kNC / nr * nr));
     parallel_for(
         p.tm * p.tn,
         [&](int64_t task) {
-            const int64_t i0 = (task / p.tn) * p.mc, j0 = (task % p.tn) * p.nc;
-            const int64_t m = std::min(p.mc, M - i0), n = std::min(p.nc, N - j0);
-            const int64_t npan = ceil_div(n, nr);
+            const int64_t i0 = (task / p.tn) * p.mt, j0 = (task % p.tn) * p.nt;
+            const int64_t m = std::min(p.mt, M - i0), n = std::min(p.nt, N - j0);
             Workspace& ws = thread_workspace();
-            float* pa = Workspace::grow(ws.a, ws.a_cap, size_t(p.mc * p.kc));
-            float* pb = Workspace::grow(ws.b, ws.b_cap, size_t(npan * nr * p.kc));
+            float* pa = Workspace::grow(ws.a, ws.a_cap, size_t(ceil_div(m, p.mr) * S * p.kc));
+            float* pb = Workspace::grow(ws.b, ws.b_cap, size_t(ceil_div(std::min(nc, n), nr) * nr * p.kc));
             alignas(64) float tile[kMaxMR * kMaxNR];
             for (int64_t k0 = 0; k0 < K; k0 += p.kc) {
                 const int64_t kc = std::min(p.kc, K - k0);
                 const float beta_k = k0 == 0 ? beta : 1.f;
-                pack_a(transA, A, lda, i0, m, k0, kc, p.mr, pa);
-                pack_b(transB, B, ldb, k0, kc, j0, n, nr, pb);
-                const float* ap = pa;
-                for (int64_t ii = 0; ii < m; ii += p.mr) {
-                    const int64_t R = std::min(p.mr, m - ii);
-                    const ukernel_fn kern = f.kernel[R];
-                    float* crow = C + (i0 + ii) * rs + j0 * cs;
-                    for (int64_t q = 0; q < npan; ++q) {
-                        const int64_t w = std::min(nr, n - q * nr);
-                        const float* bp = pb + q * nr * kc;
-                        if (w == nr && cs == 1) {
-                            kern(kc, ap, bp, crow + q * nr, rs, alpha, beta_k);
-                        } else {
-                            kern(kc, ap, bp, tile, nr, alpha, 0.f);
-                            merge_tile(R, w, tile, nr, crow + q * nr * cs, rs, cs, beta_k);
+                f.pack_a(transA, A, lda, i0, m, k0, kc, p.mr, pa);
+                for (int64_t jc = 0; jc < n; jc += nc) {
+                    const int64_t nb = std::min(nc, n - jc), npan = ceil_div(nb, nr);
+                    f.pack_b(transB, B, ldb, k0, kc, j0 + jc, nb, pb);
+                    const float* ap = pa;
+                    for (int64_t ii = 0; ii < m; ii += p.mr) {
+                        const int64_t R = std::min(p.mr, m - ii);
+                        const ukernel_fn kern = f.kernel[R];
+                        float* crow = C + (i0 + ii) * rs + (j0 + jc) * cs;
+                        for (int64_t q = 0; q < npan; ++q) {
+                            const int64_t w = std::min(nr, nb - q * nr);
+                            const float* bp = pb + q * nr * kc;
+                            if (w == nr && cs == 1) {
+                                kern(kc, ap, bp, crow + q * nr, rs, alpha, beta_k);
+                            } else {
+                                kern(kc, ap, bp, tile, nr, alpha, 0.f);
+                                merge_tile(R, w, tile, nr, crow + q * nr * cs, rs, cs, beta_k);
+                            }
                         }
+                        ap += S * kc;
                     }
-                    ap += R * kc;
                 }
             }
         },
