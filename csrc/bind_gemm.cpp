@@ -1,4 +1,6 @@
-// bind_gemm.cpp: Python access to sgemm (used by the fully-connected layer).
+// bind_gemm.cpp: Python access to sgemm (used by the fully-connected layer),
+// plus the full BLAS-style entry points `_sgemm` / `_sgemm_naive` for tests and
+// benchmarks. Not here: any arithmetic.
 #include "bind_util.hpp"
 #include "gemm.hpp"
 
@@ -28,11 +30,83 @@ farray matmul(const farray& a, const farray& b, bool trans_a, bool trans_b) {
     }
     return out;
 }
+GemmIsa parse_isa(const std::string& isa) {
+    if (isa == "auto") return GemmIsa::Auto;
+    if (isa == "generic") return GemmIsa::Generic;
+    if (isa == "avx2") return GemmIsa::Avx2;
+    if (isa == "avx512") return GemmIsa::Avx512;
+    throw std::invalid_argument("`isa` must be one of 'auto', 'generic', 'avx2', 'avx512', got '" + isa + "'");
+}
+
+// The flat buffer `arr` must hold a rows x cols matrix with leading dimension ld.
+void require_extent(const farray& arr, int64_t rows, int64_t cols, int64_t ld, const char* name) {
+    if (rows <= 0 || cols <= 0) return;
+    if (ld < cols) {
+        throw std::invalid_argument(std::string("`ld") + name + "` must be >= " + std::to_string(cols) + ", got " +
+                                    std::to_string(ld));
+    }
+    const int64_t need = (rows - 1) * ld + cols;
+    if (static_cast<int64_t>(arr.size()) < need) {
+        throw std::invalid_argument(std::string("`") + name + "` must hold at least " + std::to_string(need) +
+                                    " floats, got " + std::to_string(arr.size()));
+    }
+}
+
+// C = alpha * op(A) op(B) + beta * C in place on flat float32 buffers, BLAS style.
+void sgemm_py(const farray& a, const farray& b, farray& c, bool trans_a, bool trans_b, int64_t m, int64_t n,
+              int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta, int threads,
+              const std::string& isa, bool naive) {
+    if (m < 0 || n < 0 || k < 0) {
+        throw std::invalid_argument("`m`, `n`, `k` must be >= 0, got " + std::to_string(m) + ", " +
+                                    std::to_string(n) + ", " + std::to_string(k));
+    }
+    const GemmIsa which = parse_isa(isa);
+    require_extent(a, trans_a ? k : m, trans_a ? m : k, lda, "a");
+    require_extent(b, trans_b ? n : k, trans_b ? k : n, ldb, "b");
+    require_extent(c, m, n, ldc, "c");
+    const float* pa = a.data();
+    const float* pb = b.data();
+    float* pc = c.mutable_data();
+    py::gil_scoped_release release;
+    if (naive) {
+        sgemm_naive(trans_a, trans_b, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc);
+    } else {
+        sgemm_isa(which, trans_a, trans_b, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc, threads);
+    }
+}
 }  // namespace
 
 void bind_gemm(py::module_& m) {
     m.def("matmul", &matmul, py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("trans_a") = false,
           py::arg("trans_b") = false, "op(a) @ op(b) with striate's deterministic SGEMM");
+    m.def(
+        "_sgemm",
+        [](const farray& a, const farray& b, farray c, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+           int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta, int threads, const std::string& isa) {
+            sgemm_py(a, b, c, trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, threads, isa, false);
+        },
+        py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(), py::arg("trans_a"),
+        py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("lda"), py::arg("ldb"),
+        py::arg("ldc"), py::arg("alpha") = 1.f, py::arg("beta") = 0.f, py::arg("threads") = 0,
+        py::arg("isa") = "auto",
+        "C = alpha * op(A) op(B) + beta * C on flat C-contiguous float32 buffers, in place (testing entry point)");
+    m.def(
+        "_sgemm_naive",
+        [](const farray& a, const farray& b, farray c, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+           int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta) {
+            sgemm_py(a, b, c, trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, 1, "auto", true);
+        },
+        py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(), py::arg("trans_a"),
+        py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("lda"), py::arg("ldb"),
+        py::arg("ldc"), py::arg("alpha") = 1.f, py::arg("beta") = 0.f, "The naive oracle with _sgemm's arguments");
+    m.def(
+        "_gemm_isa",
+        [](const std::string& isa) -> py::object {
+            const GemmIsa which = parse_isa(isa);
+            if (!gemm_isa_supported(which)) return py::none();
+            return py::str(gemm_isa_name(which));
+        },
+        py::arg("isa") = "auto", "Name of the kernel family `isa` selects here, or None if unsupported");
 }
 
 }  // namespace striate

@@ -1,7 +1,30 @@
-// gemm.cpp: SGEMM behind the contract in gemm.hpp.
+// gemm.cpp: the packed SGEMM behind gemm.hpp, in the Goto/BLIS style, with
+// micro-kernels for AVX-512, AVX2+FMA and portable C++ chosen at run time, and
+// the naive triple loop that serves as its oracle.
+//
+// Not here: convolution-specific packing (im2col lives in conv2d.cpp), float64,
+// any -march dependence (one build runs on every x86-64; other architectures
+// compile the portable kernels only).
 #include "gemm.hpp"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
 #include "parallel.hpp"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define STRIATE_GEMM_X86 1
+#include <immintrin.h>
+#else
+#define STRIATE_GEMM_X86 0
+#endif
 
 namespace striate {
 
@@ -21,16 +44,606 @@ void sgemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, floa
     }
 }
 
-void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
-    // Rows of C are independent; each is computed in the same order whatever the split.
+namespace {
+
+// ---------------------------------------------------------------------------
+// Micro-kernel contract (every kernel below follows it)
+//
+//   void sgemm_ukernel_<R>x<NR>__<isa>(kc, a, b, c, ldc, alpha, beta)
+//
+// computes one R x NR tile of C, for r < R and j < NR:
+//   acc(r, j) = sum over k = 0 .. kc-1 of a[k*S + r] * b[k*NR + j], accumulated
+//               from zero in increasing k (one FMA per term on the x86 kernels);
+//   t = alpha * acc (alpha == 1 is exact, so there is no special case);
+//   beta == 0:  C(r, j) = t, and C is never read (NaN or garbage in C is ignored);
+//   beta == 1:  C(r, j) = C(r, j) + t;
+//   otherwise:  C(r, j) = fma(beta, C(r, j), t);
+// with C(r, j) = c[r*ldc + j]. kc >= 1.
+//
+// Packed panels (built by the family's pack_a / pack_b):
+//   a: R rows of op(A) over kc columns, column after column ("k-major"), each
+//      column in a slot of S >= MR floats: a[k*S + r], 64-byte aligned when
+//      S*4 is. Each family is instantiated for every R from 1 to its MR, and the
+//      last row panel of a block is simply a panel with a smaller R, so there is
+//      no padding along M and the kernel never branches on rows. Slots r >= R
+//      are zero-filled and never read.
+//   b: kc rows of NR columns of op(B), row after row: b[k*NR + j], 64-byte
+//      aligned. Columns past N are zero-filled while packing.
+// The kernel writes all R x NR elements of c with unit column stride. Tiles
+// with fewer than NR valid columns, or a C with non-unit column stride (the
+// transposed problem, see sgemm_isa), are computed into a small aligned
+// temporary with beta = 0 and merged into C by merge_tile() with the same
+// arithmetic, so the kernel itself has no edge branches.
+//
+// The reduction over K runs in blocks whose size depends on K only; block p > 0
+// uses beta = 1. Threads split only tiles of C, along panel edges. Together this
+// makes every element of C follow the same roundings whatever the thread count.
+// ---------------------------------------------------------------------------
+
+using ukernel_fn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
+                            float beta);
+// Pack rows [i0, i0+m) x depth [k0, k0+kc) of op(A) into consecutive panels of
+// `mr` rows (the last one may hold fewer), each S*kc floats.
+using pack_a_fn = void (*)(bool transA, const float* A, int64_t lda, int64_t i0, int64_t m, int64_t k0, int64_t kc,
+                           int64_t mr, float* dst);
+// Pack depth [k0, k0+kc) x columns [j0, j0+n) of op(B) into panels of NR
+// columns, each NR*kc floats, zero-filling the columns past n.
+using pack_b_fn = void (*)(bool transB, const float* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t n,
+                           float* dst);
+
+constexpr int kMaxMR = 16;  // bound on any family's MR (size of the dispatch table)
+constexpr int kMaxNR = 32;  // bound on any family's NR (size of the temporary tile)
+
+struct KernelFamily {
+    GemmIsa isa;
+    const char* name;
+    int mr;                         // largest row count R
+    int nr;                         // columns per tile = width of a packed B panel
+    int s;                          // slot of one packed A column (S in the contract)
+    pack_a_fn pack_a;
+    pack_b_fn pack_b;
+    ukernel_fn kernel[kMaxMR + 1];  // kernel[R] computes R x nr, R = 1 .. mr
+};
+
+inline float merge_value(float c, float t, float beta) {
+    return beta == 0.f ? t : (beta == 1.f ? c + t : std::fma(beta, c, t));
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- portable packing, written so that compilers vectorise it; inlined into
+// the ISA-specific wrappers below, which compile it for their instruction set.
+template <int S>
+inline __attribute__((always_inline)) void pack_a_portable(bool transA, const float* A, int64_t lda, int64_t i0,
+                                                           int64_t m, int64_t k0, int64_t kc, int64_t mr,
+                                                           float* dst) {
+    for (int64_t p = 0; p < m; p += mr) {
+        const int64_t R = std::min(mr, m - p);
+        for (int64_t k = 0; k < kc; ++k) {
+            float* d = dst + k * S;
+            if (transA) {
+                const float* src = A + (k0 + k) * lda + i0 + p;
+                for (int64_t r = 0; r < R; ++r) d[r] = src[r];
+            } else {
+                const float* src = A + (i0 + p) * lda + k0 + k;
+                for (int64_t r = 0; r < R; ++r) d[r] = src[r * lda];
+            }
+            for (int64_t r = R; r < S; ++r) d[r] = 0.f;
+        }
+        dst += S * kc;
+    }
+}
+
+template <int NR>
+inline __attribute__((always_inline)) void pack_b_portable(bool transB, const float* B, int64_t ldb, int64_t k0,
+                                                           int64_t kc, int64_t j0, int64_t n, float* dst) {
+    for (int64_t q = 0; q < n; q += NR) {
+        const int64_t w = std::min<int64_t>(NR, n - q);
+        for (int64_t k = 0; k < kc; ++k) {
+            float* d = dst + k * NR;
+            if (transB) {
+                const float* src = B + (j0 + q) * ldb + k0 + k;
+                for (int64_t j = 0; j < w; ++j) d[j] = src[j * ldb];
+            } else {
+                const float* src = B + (k0 + k) * ldb + j0 + q;
+                for (int64_t j = 0; j < w; ++j) d[j] = src[j];
+            }
+            for (int64_t j = w; j < NR; ++j) d[j] = 0.f;
+        }
+        dst += NR * kc;
+    }
+}
+
+// ---- portable kernels: plain C++ the compiler vectorises for the baseline ISA.
+constexpr int kGenericMR = 4;
+constexpr int kGenericNR = 16;
+
+template <int R>
+void sgemm_ukernel_x16__generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
+                                float beta) {
+    constexpr int NR = kGenericNR, S = kGenericMR;
+    float acc[R][NR] = {};
+    for (int64_t k = 0; k < kc; ++k) {
+        for (int r = 0; r < R; ++r) {
+            const float ar = a[r];
+            for (int j = 0; j < NR; ++j) acc[r][j] += ar * b[j];
+        }
+        a += S;
+        b += NR;
+    }
+    for (int r = 0; r < R; ++r) {
+        float* cr = c + r * ldc;
+        for (int j = 0; j < NR; ++j) cr[j] = merge_value(beta == 0.f ? 0.f : cr[j], alpha * acc[r][j], beta);
+    }
+}
+
+void pack_a_generic(bool transA, const float* A, int64_t lda, int64_t i0, int64_t m, int64_t k0, int64_t kc,
+                    int64_t mr, float* dst) {
+    pack_a_portable<kGenericMR>(transA, A, lda, i0, m, k0, kc, mr, dst);
+}
+void pack_b_generic(bool transB, const float* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t n,
+                    float* dst) {
+    pack_b_portable<kGenericNR>(transB, B, ldb, k0, kc, j0, n, dst);
+}
+
+template <int... Rs>
+constexpr KernelFamily make_generic_family(std::integer_sequence<int, Rs...>) {
+    return KernelFamily{GemmIsa::Generic, "generic",      kGenericMR, kGenericNR, kGenericMR,
+                        &pack_a_generic,  &pack_b_generic, {nullptr, &sgemm_ukernel_x16__generic<Rs + 1>...}};
+}
+const KernelFamily kGenericFamily = make_generic_family(std::make_integer_sequence<int, kGenericMR>{});
+
+#if STRIATE_GEMM_X86
+// ---- AVX2 + FMA: R x 16, two ymm accumulators per row, R <= 6 (12 accumulators).
+constexpr int kAvx2MR = 6;
+constexpr int kAvx2S = 8;
+
+template <int R>
+__attribute__((target("avx2,fma"))) void sgemm_ukernel_x16__avx2(int64_t kc, const float* a, const float* b,
+                                                                   float* c, int64_t ldc, float alpha,
+                                                                   float beta) {
+    __m256 acc0[R], acc1[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kc; ++k) {
+        const __m256 b0 = _mm256_load_ps(b);
+        const __m256 b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            const __m256 ar = _mm256_broadcast_ss(a + r);
+            acc0[r] = _mm256_fmadd_ps(ar, b0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(ar, b1, acc1[r]);
+        }
+        a += kAvx2S;
+        b += 16;
+    }
+    const __m256 va = _mm256_set1_ps(alpha);
+    if (beta == 0.f) {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            _mm256_storeu_ps(c + r * ldc, _mm256_mul_ps(va, acc0[r]));
+            _mm256_storeu_ps(c + r * ldc + 8, _mm256_mul_ps(va, acc1[r]));
+        }
+    } else if (beta == 1.f) {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            float* cr = c + r * ldc;
+            _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), _mm256_mul_ps(va, acc0[r])));
+            _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), _mm256_mul_ps(va, acc1[r])));
+        }
+    } else {
+        const __m256 vb = _mm256_set1_ps(beta);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            float* cr = c + r * ldc;
+            _mm256_storeu_ps(cr, _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), _mm256_mul_ps(va, acc0[r])));
+            _mm256_storeu_ps(cr + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8), _mm256_mul_ps(va, acc1[r])));
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) void pack_a_avx2(bool transA, const float* A, int64_t lda, int64_t i0,
+                                                     int64_t m, int64_t k0, int64_t kc, int64_t mr, float* dst) {
+    pack_a_portable<kAvx2S>(transA, A, lda, i0, m, k0, kc, mr, dst);
+}
+__attribute__((target("avx2,fma"))) void pack_b_avx2(bool transB, const float* B, int64_t ldb, int64_t k0,
+                                                     int64_t kc, int64_t j0, int64_t n, float* dst) {
+    pack_b_portable<16>(transB, B, ldb, k0, kc, j0, n, dst);
+}
+
+template <int... Rs>
+constexpr KernelFamily make_avx2_family(std::integer_sequence<int, Rs...>) {
+    return KernelFamily{GemmIsa::Avx2, "avx2",       kAvx2MR, 16, kAvx2S,
+                        &pack_a_avx2,  &pack_b_avx2, {nullptr, &sgemm_ukernel_x16__avx2<Rs + 1>...}};
+}
+const KernelFamily kAvx2Family = make_avx2_family(std::make_integer_sequence<int, kAvx2MR>{});
+
+// ---- AVX-512: R x 32, two zmm accumulators per row, R <= 14 (28 accumulators),
+// A columns in 16-float slots (one cache line).
+constexpr int kAvx512MR = 14;
+constexpr int kAvx512S = 16;
+
+template <int R>
+__attribute__((target("avx512f,fma"))) void sgemm_ukernel_x32__avx512(int64_t kc, const float* a,
+                                                                        const float* b, float* c, int64_t ldc,
+                                                                        float alpha, float beta) {
+    __m512 acc0[R], acc1[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; ++k) {
+        const __m512 b0 = _mm512_load_ps(b);
+        const __m512 b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            const __m512 ar = _mm512_set1_ps(a[r]);
+            acc0[r] = _mm512_fmadd_ps(ar, b0, acc0[r]);
+            acc1[r] = _mm512_fmadd_ps(ar, b1, acc1[r]);
+        }
+        a += kAvx512S;
+        b += 32;
+    }
+    const __m512 va = _mm512_set1_ps(alpha);
+    if (beta == 0.f) {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            _mm512_storeu_ps(c + r * ldc, _mm512_mul_ps(va, acc0[r]));
+            _mm512_storeu_ps(c + r * ldc + 16, _mm512_mul_ps(va, acc1[r]));
+        }
+    } else if (beta == 1.f) {
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            float* cr = c + r * ldc;
+            _mm512_storeu_ps(cr, _mm512_add_ps(_mm512_loadu_ps(cr), _mm512_mul_ps(va, acc0[r])));
+            _mm512_storeu_ps(cr + 16, _mm512_add_ps(_mm512_loadu_ps(cr + 16), _mm512_mul_ps(va, acc1[r])));
+        }
+    } else {
+        const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+            float* cr = c + r * ldc;
+            _mm512_storeu_ps(cr, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr), _mm512_mul_ps(va, acc0[r])));
+            _mm512_storeu_ps(cr + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr + 16), _mm512_mul_ps(va, acc1[r])));
+        }
+    }
+}
+
+// GCC 12 reports the _mm512_undefined_ps() inside the unpack/shuffle intrinsics
+// as "maybe uninitialized"; every lane used here is defined.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// In-register transpose of a 16 x 16 block: v[i] lane j <-> v[j] lane i.
+__attribute__((target("avx512f"), always_inline)) inline void transpose_16x16(__m512 v[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+    }
+    // u[4g + c], lane l: rows 4g .. 4g+3 of column 4l + c.
+    __m512 u[16];
+    for (int g = 0; g < 16; g += 4) {
+        const __m512d t0 = _mm512_castps_pd(t[g]), t1 = _mm512_castps_pd(t[g + 1]);
+        const __m512d t2 = _mm512_castps_pd(t[g + 2]), t3 = _mm512_castps_pd(t[g + 3]);
+        u[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(t0, t2));
+        u[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(t0, t2));
+        u[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(t1, t3));
+        u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
+    }
+    // Column 4l + c gathers 128-bit lane l of u[c], u[4 + c], u[8 + c], u[12 + c].
+    for (int c = 0; c < 4; ++c) {
+        const __m512 x0 = _mm512_shuffle_f32x4(u[c], u[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 x1 = _mm512_shuffle_f32x4(u[c], u[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        const __m512 x2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
+        const __m512 x3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
+        v[c] = _mm512_shuffle_f32x4(x0, x2, _MM_SHUFFLE(2, 0, 2, 0));
+        v[4 + c] = _mm512_shuffle_f32x4(x0, x2, _MM_SHUFFLE(3, 1, 3, 1));
+        v[8 + c] = _mm512_shuffle_f32x4(x1, x3, _MM_SHUFFLE(2, 0, 2, 0));
+        v[12 + c] = _mm512_shuffle_f32x4(x1, x3, _MM_SHUFFLE(3, 1, 3, 1));
+    }
+}
+
+inline __mmask16 low_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
+// dst[t*ld_dst + i] = src[i*ld_src + t] for i < rows (<= 16), t < kc; slots past
+// `rows` are zero. Reads whole 16-float runs of each source row with masked loads.
+__attribute__((target("avx512f"))) void transpose_pack_avx512(const float* src, int64_t ld_src, int64_t rows,
+                                                              int64_t kc, float* dst, int64_t ld_dst) {
+    __m512 v[16];
+    for (int64_t k = 0; k < kc; k += 16) {
+        const int64_t kk = std::min<int64_t>(16, kc - k);
+        const __mmask16 mk = low_mask(kk);
+        for (int i = 0; i < 16; ++i)
+            v[i] = i < rows ? _mm512_maskz_loadu_ps(mk, src + i * ld_src + k) : _mm512_setzero_ps();
+        transpose_16x16(v);
+        for (int64_t t = 0; t < kk; ++t) _mm512_store_ps(dst + (k + t) * ld_dst, v[t]);
+    }
+}
+
+__attribute__((target("avx512f"))) void pack_a_avx512(bool transA, const float* A, int64_t lda, int64_t i0,
+                                                      int64_t m, int64_t k0, int64_t kc, int64_t mr, float* dst) {
+    constexpr int S = kAvx512S;
+    for (int64_t p = 0; p < m; p += mr) {
+        const int64_t R = std::min(mr, m - p);
+        if (transA) {
+            const __mmask16 mask = low_mask(R);
+            const float* src = A + k0 * lda + i0 + p;
+            for (int64_t k = 0; k < kc; ++k) _mm512_store_ps(dst + k * S, _mm512_maskz_loadu_ps(mask, src + k * lda));
+        } else {
+            transpose_pack_avx512(A + (i0 + p) * lda + k0, lda, R, kc, dst, S);
+        }
+        dst += S * kc;
+    }
+}
+
+__attribute__((target("avx512f"))) void pack_b_avx512(bool transB, const float* B, int64_t ldb, int64_t k0,
+                                                      int64_t kc, int64_t j0, int64_t n, float* dst) {
+    constexpr int NR = 32;
+    for (int64_t q = 0; q < n; q += NR) {
+        const int64_t w = std::min<int64_t>(NR, n - q);
+        if (transB) {
+            for (int h = 0; h < 2; ++h) {
+                const int64_t wh = std::max<int64_t>(0, std::min<int64_t>(16, w - 16 * h));
+                transpose_pack_avx512(B + (j0 + q + 16 * h) * ldb + k0, ldb, wh, kc, dst + 16 * h, NR);
+            }
+        } else {
+            const __mmask16 lo = low_mask(w), hi = low_mask(std::max<int64_t>(0, w - 16));
+            const float* src = B + k0 * ldb + j0 + q;
+            for (int64_t k = 0; k < kc; ++k) {
+                _mm512_store_ps(dst + k * NR, _mm512_maskz_loadu_ps(lo, src + k * ldb));
+                _mm512_store_ps(dst + k * NR + 16, _mm512_maskz_loadu_ps(hi, src + k * ldb + 16));
+            }
+        }
+        dst += NR * kc;
+    }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+template <int... Rs>
+constexpr KernelFamily make_avx512_family(std::integer_sequence<int, Rs...>) {
+    return KernelFamily{GemmIsa::Avx512, "avx512",       kAvx512MR, 32, kAvx512S,
+                        &pack_a_avx512,  &pack_b_avx512, {nullptr, &sgemm_ukernel_x32__avx512<Rs + 1>...}};
+}
+const KernelFamily kAvx512Family = make_avx512_family(std::make_integer_sequence<int, kAvx512MR>{});
+#endif  // STRIATE_GEMM_X86
+
+bool cpu_supports(GemmIsa isa) {
+    switch (isa) {
+        case GemmIsa::Generic:
+            return true;
+#if STRIATE_GEMM_X86
+        case GemmIsa::Avx2:
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        case GemmIsa::Avx512:
+            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#endif
+        default:
+            return false;
+    }
+}
+
+const KernelFamily& family_for(GemmIsa isa) {
+    switch (isa) {
+#if STRIATE_GEMM_X86
+        case GemmIsa::Avx512:
+            return kAvx512Family;
+        case GemmIsa::Avx2:
+            return kAvx2Family;
+#endif
+        default:
+            return kGenericFamily;
+    }
+}
+
+GemmIsa best_isa() {
+    static const GemmIsa best = cpu_supports(GemmIsa::Avx512) ? GemmIsa::Avx512
+                                : cpu_supports(GemmIsa::Avx2)  ? GemmIsa::Avx2
+                                                               : GemmIsa::Generic;
+    return best;
+}
+
+// ---- per-thread packing workspace: grows, never shrinks, freed at thread exit.
+struct AlignedFree {
+    void operator()(float* p) const { std::free(p); }
+};
+
+struct Workspace {
+    std::unique_ptr<float[], AlignedFree> a, b;
+    size_t a_cap = 0, b_cap = 0;
+
+    static float* grow(std::unique_ptr<float[], AlignedFree>& p, size_t& cap, size_t n) {
+        if (n > cap) {
+            const size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+            float* q = static_cast<float*>(std::aligned_alloc(64, bytes));
+            if (!q) throw std::bad_alloc();
+            p.reset(q);
+            cap = bytes / sizeof(float);
+        }
+        return p.get();
+    }
+};
+
+Workspace& thread_workspace() {
+    thread_local Workspace ws;
+    return ws;
+}
+
+// ---- blocking. kc depends on K only and the row panels on M only; the task
+// grid may depend on the thread count because its edges fall on panel edges.
+#ifndef KC_
+#define KC_ 256
+#define NC_ 512
+#define MC_ 1024
+#endif
+constexpr int64_t kKC = KC_;      // depth of a block: the A panel (S x kc) stays in L1
+constexpr int64_t kNC = NC_;      // columns of a packed B block: kc x nc stays in L2
+constexpr int64_t kMCMax = MC_;   // rows of a task: its packed A block (about mc x kc) streams from L3
+
+struct Plan {
+    int64_t mr;      // rows per A panel (<= family mr), from M only
+    int64_t kc;      // depth per block, from K only
+    int64_t mt, nt;  // rows and columns per task: multiples of mr and nr
+    int64_t tm, tn;  // number of tasks along M and N
+};
+
+Plan make_plan(const KernelFamily& f, int64_t M, int64_t N, int64_t K, int threads) {
+    Plan p;
+    p.mr = ceil_div(M, ceil_div(M, f.mr));
+    p.kc = ceil_div(K, ceil_div(K, kKC));
+    const int64_t mp = ceil_div(M, p.mr), np = ceil_div(N, f.nr);  // row and column panels
+    const int64_t tm_min = ceil_div(mp, std::max<int64_t>(1, kMCMax / p.mr));
+    int64_t pm = ceil_div(mp, tm_min), pn = np;  // panels per task
+    const double flops = 2.0 * double(M) * double(N) * double(K);
+    if (threads > 1 && !in_parallel_region() && flops > 2e6) {
+        // Estimated cycles of the slowest thread: FMA work plus packing per task.
+        auto cost = [&](int64_t a, int64_t b) {
+            const double rows = double(a * p.mr), cols = double(b * f.nr);
+            const int64_t tasks = ceil_div(mp, a) * ceil_div(np, b);
+            return double(ceil_div(tasks, threads)) * (rows * cols * double(K) / 16.0 + 0.5 * double(K) * (rows + cols) + 2000.0);
+        };
+        double best = cost(pm, pn);
+        for (int64_t tm = tm_min; tm <= std::min(mp, tm_min * 8); ++tm) {
+            for (int64_t tn = 1; tn <= std::min<int64_t>(np, 32); ++tn) {
+                const int64_t a = ceil_div(mp, tm), b = ceil_div(np, tn);
+                const double c = cost(a, b);
+                if (c < best * 0.999) {
+                    best = c;
+                    pm = a;
+                    pn = b;
+                }
+            }
+        }
+    }
+    p.mt = pm * p.mr;
+    p.nt = pn * f.nr;
+    p.tm = ceil_div(M, p.mt);
+    p.tn = ceil_div(N, p.nt);
+    return p;
+}
+
+// Merge an R x n block of the temporary tile (row stride ld_t) into C with strides (rs, cs).
+void merge_tile(int64_t R, int64_t n, const float* t, int64_t ld_t, float* C, int64_t rs, int64_t cs,
+                float beta) {
+    for (int64_t r = 0; r < R; ++r) {
+        for (int64_t j = 0; j < n; ++j) {
+            float* c = C + r * rs + j * cs;
+            *c = merge_value(beta == 0.f ? 0.f : *c, t[r * ld_t + j], beta);
+        }
+    }
+}
+
+// C = beta * C for K == 0 (zeros when beta == 0, whatever C held).
+void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+    if (beta == 1.f) return;
+    for (int64_t i = 0; i < M; ++i) {
+        float* c = C + i * ldc;
+        if (beta == 0.f) {
+            std::fill(c, c + N, 0.f);
+        } else {
+            for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+        }
+    }
+}
+
+// C(i, j) = C[i*rs + j*cs]; M, N, K >= 1.
+void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t rs,
+                  int64_t cs, int threads) {
+    const Plan p = make_plan(f, M, N, K, threads);
+    const int64_t nr = f.nr, S = f.s;
+    const int64_t nc = std::min(p.nt, std::max<int64_t>(nr, kNC / nr * nr));
     parallel_for(
-        M,
-        [&](int64_t i) {
-            sgemm_naive(transA, transB, 1, N, K, alpha, transA ? A + i : A + i * lda, lda, B, ldb, beta,
-                        C + i * ldc, ldc);
+        p.tm * p.tn,
+        [&](int64_t task) {
+            const int64_t i0 = (task / p.tn) * p.mt, j0 = (task % p.tn) * p.nt;
+            const int64_t m = std::min(p.mt, M - i0), n = std::min(p.nt, N - j0);
+            Workspace& ws = thread_workspace();
+            float* pa = Workspace::grow(ws.a, ws.a_cap, size_t(ceil_div(m, p.mr) * S * p.kc));
+            float* pb = Workspace::grow(ws.b, ws.b_cap, size_t(ceil_div(std::min(nc, n), nr) * nr * p.kc));
+            alignas(64) float tile[kMaxMR * kMaxNR];
+            for (int64_t k0 = 0; k0 < K; k0 += p.kc) {
+                const int64_t kc = std::min(p.kc, K - k0);
+                const float beta_k = k0 == 0 ? beta : 1.f;
+                f.pack_a(transA, A, lda, i0, m, k0, kc, p.mr, pa);
+                for (int64_t jc = 0; jc < n; jc += nc) {
+                    const int64_t nb = std::min(nc, n - jc), npan = ceil_div(nb, nr);
+                    f.pack_b(transB, B, ldb, k0, kc, j0 + jc, nb, pb);
+                    const float* ap = pa;
+                    for (int64_t ii = 0; ii < m; ii += p.mr) {
+                        const int64_t R = std::min(p.mr, m - ii);
+                        const ukernel_fn kern = f.kernel[R];
+                        float* crow = C + (i0 + ii) * rs + (j0 + jc) * cs;
+                        for (int64_t q = 0; q < npan; ++q) {
+                            const int64_t w = std::min(nr, nb - q * nr);
+                            const float* bp = pb + q * nr * kc;
+                            if (w == nr && cs == 1) {
+                                kern(kc, ap, bp, crow + q * nr, rs, alpha, beta_k);
+                            } else {
+                                kern(kc, ap, bp, tile, nr, alpha, 0.f);
+                                merge_tile(R, w, tile, nr, crow + q * nr * cs, rs, cs, beta_k);
+                            }
+                        }
+                        ap += S * kc;
+                    }
+                }
+            }
         },
         threads);
+}
+
+void check_args(bool transA, bool transB, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc) {
+    auto fail = [](const char* what, int64_t got, const std::string& need) {
+        throw std::invalid_argument(std::string("sgemm: `") + what + "` must be " + need + ", got " +
+                                    std::to_string(got));
+    };
+    if (M < 0) fail("M", M, ">= 0");
+    if (N < 0) fail("N", N, ">= 0");
+    if (K < 0) fail("K", K, ">= 0");
+    const int64_t wa = transA ? M : K, wb = transB ? K : N;
+    if (M > 0 && K > 0 && lda < wa) fail("lda", lda, ">= " + std::to_string(wa));
+    if (K > 0 && N > 0 && ldb < wb) fail("ldb", ldb, ">= " + std::to_string(wb));
+    if (M > 0 && N > 0 && ldc < N) fail("ldc", ldc, ">= " + std::to_string(N));
+}
+
+}  // namespace
+
+bool gemm_isa_supported(GemmIsa isa) { return isa == GemmIsa::Auto || cpu_supports(isa); }
+
+const char* gemm_isa_name(GemmIsa isa) {
+    return family_for(isa == GemmIsa::Auto ? best_isa() : isa).name;
+}
+
+void sgemm_isa(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+               int threads) {
+    check_args(transA, transB, M, N, K, lda, ldb, ldc);
+    if (isa == GemmIsa::Auto) isa = best_isa();
+    if (!cpu_supports(isa)) {
+        throw std::invalid_argument(std::string("sgemm: `isa` ") + family_for(isa).name +
+                                    " is not supported by this CPU or build");
+    }
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    const KernelFamily& f = family_for(isa);
+    // Tiles are nr columns wide. When N is narrow and M is not, compute
+    // C^T = op(B)^T op(A)^T instead so that the long dimension fills the vectors.
+    const int64_t waste_n = M * ceil_div(N, f.nr) * f.nr, waste_t = N * ceil_div(M, f.nr) * f.nr;
+    if (4 * waste_t < 3 * waste_n) {
+        gemm_blocked(f, !transB, !transA, N, M, K, alpha, B, ldb, A, lda, beta, C, 1, ldc, threads);
+    } else {
+        gemm_blocked(f, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1, threads);
+    }
+}
+
+void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
+    sgemm_isa(GemmIsa::Auto, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);
 }
 
 }  // namespace striate

@@ -27,4 +27,18 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
 void sgemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// Micro-kernel families. sgemm() uses the best one the CPU supports (Auto);
+// sgemm_isa() forces one, so that tests and benchmarks reach every family.
+enum class GemmIsa { Auto, Generic, Avx2, Avx512 };
+
+// True when `isa` can run here (Auto and Generic always can).
+bool gemm_isa_supported(GemmIsa isa);
+// "generic", "avx2" or "avx512"; Auto names the family sgemm() uses.
+const char* gemm_isa_name(GemmIsa isa);
+// sgemm() with a chosen family; an unsupported one throws std::invalid_argument.
+// Negative sizes, or a leading dimension below the logical width, throw too.
+void sgemm_isa(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+               int threads = 0);
+
 }  // namespace striate

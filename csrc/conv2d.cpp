@@ -1,0 +1,312 @@
+// conv2d.cpp: 2-D convolution forward and backward (float32, NCHW) as im2col + SGEMM.
+//
+// Per image n and group g (Kg = K/groups output channels, Cg = C/groups input
+// channels, CKK = Cg*kh*kw, P = OH*OW):
+//   forward   y[n,g]  (Kg x P)   = w[g] (Kg x CKK) . cols (CKK x P)   (+ bias, written into y first)
+//   backward  dcols   (CKK x P)  = w[g]^T . dy[n,g];  dx[n,g] = col2im(dcols)
+//             dw[g]   (Kg x CKK) = sum_n dy[n,g] . cols^T
+//             db[k]              = sum_n sum_p dy[n,k,p]
+// A 1x1 kernel with stride 1 and no padding uses x (and dx) as cols directly.
+//
+// Threads split the batch only. dw and db are reduced over fixed chunks of
+// kBatchChunk images: each chunk accumulates its images in index order into
+// its own partial, and the partials are summed in chunk order, so the result
+// does not depend on the thread count. im2col/col2im buffers live in
+// per-thread arenas that are kept across calls.
+//
+// Not here: argument checks against Python objects (bind_conv.cpp), the GEMM
+// itself (gemm.cpp).
+#include "conv2d.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gemm.hpp"
+#include "parallel.hpp"
+#include "shape.hpp"
+
+namespace striate {
+
+namespace {
+
+// Images per dw/db partial. Fixed (never derived from the thread count) so that
+// the reduction order, and therefore every bit of dw and db, is the same for
+// any number of threads.
+constexpr int64_t kBatchChunk = 4;
+
+// A per-thread scratch buffer that grows on demand and is kept across calls,
+// so steady-state training allocates nothing here.
+class Arena {
+   public:
+    float* get(int64_t n) {
+        if (n > size_) {
+            buf_.reset();  // release first so the peak is not old + new
+            buf_.reset(new float[static_cast<size_t>(n)]);
+            size_ = n;
+        }
+        return buf_.get();
+    }
+
+   private:
+    std::unique_ptr<float[]> buf_;
+    int64_t size_ = 0;
+};
+
+thread_local Arena tl_cols;   // im2col output
+thread_local Arena tl_dcols;  // input-gradient columns before col2im
+thread_local Arena tl_parts;  // dw/db partials (used by the calling thread only)
+
+void require_positive(int64_t v, const char* name) {
+    if (v <= 0) throw std::invalid_argument(std::string("`") + name + "` must be positive, got " + std::to_string(v));
+}
+void require_nonnegative(int64_t v, const char* name) {
+    if (v < 0) {
+        throw std::invalid_argument(std::string("`") + name + "` must be non-negative, got " + std::to_string(v));
+    }
+}
+
+inline int64_t ceil_div_nonneg(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+
+// Output columns ow whose input column iw = ow*sw - pl + j*dw lies inside [0, W):
+// exactly those in [lo, hi).
+inline void valid_cols(const Conv2dShape& s, int64_t j, int64_t* lo, int64_t* hi) {
+    const int64_t off = j * s.dw - s.pl;  // iw = ow*sw + off
+    int64_t l = ceil_div_nonneg(-off, s.sw);
+    int64_t h = (s.W - 1 - off) < 0 ? 0 : (s.W - 1 - off) / s.sw + 1;
+    l = std::min(l, s.OW);
+    h = std::min(std::max(h, l), s.OW);
+    *lo = l;
+    *hi = h;
+}
+
+inline bool is_pointwise(const Conv2dShape& s) {
+    return s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.pt == 0 && s.pb == 0 && s.pl == 0 && s.pr == 0;
+}
+
+// cols (Cg*kh*kw x OH*OW) from one image's group slice.
+// x is (Cg, H, W), cols is (Cg*kh*kw, OH*OW).
+void im2col(const Conv2dShape& s, int64_t Cg, const float* x, float* cols) {
+    const int64_t P = s.OH * s.OW;
+    for (int64_t c = 0; c < Cg; ++c) {
+        const float* xc = x + c * s.H * s.W;
+        for (int64_t i = 0; i < s.kh; ++i) {
+            for (int64_t j = 0; j < s.kw; ++j) {
+                float* row = cols + ((c * s.kh + i) * s.kw + j) * P;
+                int64_t lo, hi;
+                valid_cols(s, j, &lo, &hi);
+                const int64_t off = j * s.dw - s.pl;
+                for (int64_t oh = 0; oh < s.OH; ++oh) {
+                    float* r = row + oh * s.OW;
+                    const int64_t ih = oh * s.sh - s.pt + i * s.dh;
+                    if (ih < 0 || ih >= s.H) {
+                        std::fill(r, r + s.OW, 0.f);
+                        continue;
+                    }
+                    const float* xr = xc + ih * s.W + off;
+                    std::fill(r, r + lo, 0.f);
+                    if (s.sw == 1) {
+                        std::memcpy(r + lo, xr + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+                    } else {
+                        for (int64_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * s.sw];
+                    }
+                    std::fill(r + hi, r + s.OW, 0.f);
+                }
+            }
+        }
+    }
+}
+
+// dx += col2im(dcols), the adjoint of im2col, summed in a fixed order.
+// dcols is (Cg*kh*kw, OH*OW), dx is (Cg, H, W) and already initialised.
+void col2im_add(const Conv2dShape& s, int64_t Cg, const float* dcols, float* dx) {
+    const int64_t P = s.OH * s.OW;
+    for (int64_t c = 0; c < Cg; ++c) {
+        float* dxc = dx + c * s.H * s.W;
+        for (int64_t i = 0; i < s.kh; ++i) {
+            for (int64_t j = 0; j < s.kw; ++j) {
+                const float* row = dcols + ((c * s.kh + i) * s.kw + j) * P;
+                int64_t lo, hi;
+                valid_cols(s, j, &lo, &hi);
+                const int64_t off = j * s.dw - s.pl;
+                for (int64_t oh = 0; oh < s.OH; ++oh) {
+                    const int64_t ih = oh * s.sh - s.pt + i * s.dh;
+                    if (ih < 0 || ih >= s.H) continue;
+                    const float* r = row + oh * s.OW;
+                    float* xr = dxc + ih * s.W + off;
+                    if (s.sw == 1) {
+                        for (int64_t ow = lo; ow < hi; ++ow) xr[ow] += r[ow];
+                    } else {
+                        for (int64_t ow = lo; ow < hi; ++ow) xr[ow * s.sw] += r[ow];
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Sum of n floats in a fixed order (16 interleaved lanes, then the lanes in
+// order), so the compiler can vectorise it without reassociating anything.
+float sum_fixed(const float* p, int64_t n) {
+    float acc[16] = {0.f};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        for (int l = 0; l < 16; ++l) acc[l] += p[i + l];
+    }
+    for (int l = 0; i < n; ++i, ++l) acc[l] += p[i];
+    float t = 0.f;
+    for (int l = 0; l < 16; ++l) t += acc[l];
+    return t;
+}
+
+}  // namespace
+
+Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t kh, int64_t kw,
+                              int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
+                              int64_t dh, int64_t dw, int64_t groups) {
+    require_nonnegative(N, "N (batch size)");
+    require_positive(C, "C (input channels)");
+    require_positive(H, "H (input height)");
+    require_positive(W, "W (input width)");
+    require_positive(K, "K (output channels)");
+    require_positive(kh, "kh (kernel height)");
+    require_positive(kw, "kw (kernel width)");
+    require_positive(sh, "stride_h");
+    require_positive(sw, "stride_w");
+    require_nonnegative(pt, "pad_top");
+    require_nonnegative(pb, "pad_bottom");
+    require_nonnegative(pl, "pad_left");
+    require_nonnegative(pr, "pad_right");
+    require_positive(dh, "dil_h");
+    require_positive(dw, "dil_w");
+    require_positive(groups, "groups");
+    if (C % groups != 0) {
+        throw std::invalid_argument("input channels C=" + std::to_string(C) + " are not divisible by `groups`=" +
+                                    std::to_string(groups));
+    }
+    if (K % groups != 0) {
+        throw std::invalid_argument("output channels K=" + std::to_string(K) + " (w.shape[0]) are not divisible by `groups`=" +
+                                    std::to_string(groups));
+    }
+    Conv2dShape s{N, C, H, W, K, kh, kw, sh, sw, pt, pb, pl, pr, dh, dw, groups, 0, 0};
+    // Dilated kernel extent and padded sizes, checked before conv_out_size uses them.
+    checked_mul(dh, kh - 1, "dilated kernel height");
+    checked_mul(dw, kw - 1, "dilated kernel width");
+    s.OH = conv_out_size(H, kh, sh, pt, pb, dh, "the height");
+    s.OW = conv_out_size(W, kw, sw, pl, pr, dw, "the width");
+    // Every buffer this file touches, checked once here.
+    checked_numel({N, C, H, W}, "input size");
+    checked_numel({N, K, s.OH, s.OW}, "output size");
+    checked_numel({K, C / groups, kh, kw}, "weight size");
+    checked_numel({C / groups, kh, kw, s.OH, s.OW}, "im2col buffer size");
+    checked_numel({(N + kBatchChunk - 1) / kBatchChunk + 1, K, C / groups, kh, kw}, "gradient partials size");
+    return s;
+}
+
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    int threads) {
+    // x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW)
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int64_t CKK = Cg * s.kh * s.kw, P = s.OH * s.OW;
+    const bool pointwise = is_pointwise(s);
+    parallel_for(
+        s.N,
+        [&](int64_t n) {
+            float* cols = pointwise ? nullptr : tl_cols.get(CKK * P);
+            for (int64_t g = 0; g < s.groups; ++g) {
+                const float* xg = x + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
+                const float* wg = w + g * Kg * CKK;                      // (Kg, CKK)
+                float* yg = y + (n * s.K + g * Kg) * P;                  // (Kg, P)
+                if (!pointwise) im2col(s, Cg, xg, cols);
+                float beta = 0.f;
+                if (b != nullptr) {
+                    for (int64_t k = 0; k < Kg; ++k) std::fill(yg + k * P, yg + (k + 1) * P, b[g * Kg + k]);
+                    beta = 1.f;
+                }
+                sgemm(false, false, Kg, P, CKK, 1.f, wg, CKK, pointwise ? xg : cols, P, beta, yg, P, threads);
+            }
+        },
+        threads);
+}
+
+void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w, float* dx,
+                     float* dw, float* db, int threads) {
+    // dy is (N, K, OH, OW), x is (N, C, H, W), w is (K, Cg, kh, kw)
+    // dx is (N, C, H, W), dw is (K, Cg, kh, kw), db is (K,)
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int64_t CKK = Cg * s.kh * s.kw, P = s.OH * s.OW;
+    const int64_t wsize = s.K * CKK;
+    const bool pointwise = is_pointwise(s);
+    const int64_t nchunks = (s.N + kBatchChunk - 1) / kBatchChunk;
+
+    // Partials: chunk c owns dw_parts[c] (K, Cg, kh, kw) and db_parts[c] (K,).
+    float* parts = (dw || db) ? tl_parts.get(nchunks * ((dw ? wsize : 0) + (db ? s.K : 0))) : nullptr;
+    float* dw_parts = dw ? parts : nullptr;
+    float* db_parts = db ? parts + (dw ? nchunks * wsize : 0) : nullptr;
+
+    parallel_for(
+        nchunks,
+        [&](int64_t c) {
+            float* cols = (dw && !pointwise) ? tl_cols.get(CKK * P) : nullptr;
+            float* dcols = (dx && !pointwise) ? tl_dcols.get(CKK * P) : nullptr;
+            const int64_t n0 = c * kBatchChunk, n1 = std::min(s.N, n0 + kBatchChunk);
+            for (int64_t n = n0; n < n1; ++n) {
+                for (int64_t g = 0; g < s.groups; ++g) {
+                    const float* xg = x + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
+                    const float* wg = w + g * Kg * CKK;                      // (Kg, CKK)
+                    const float* dyg = dy + (n * s.K + g * Kg) * P;          // (Kg, P)
+                    if (dw) {
+                        if (!pointwise) im2col(s, Cg, xg, cols);
+                        float* dwg = dw_parts + c * wsize + g * Kg * CKK;  // (Kg, CKK)
+                        sgemm(false, true, Kg, CKK, P, 1.f, dyg, P, pointwise ? xg : cols, P, n == n0 ? 0.f : 1.f,
+                              dwg, CKK, threads);
+                    }
+                    if (dx) {
+                        float* dxg = dx + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
+                        if (pointwise) {
+                            sgemm(true, false, CKK, P, Kg, 1.f, wg, CKK, dyg, P, 0.f, dxg, P, threads);
+                        } else {
+                            sgemm(true, false, CKK, P, Kg, 1.f, wg, CKK, dyg, P, 0.f, dcols, P, threads);
+                            std::fill(dxg, dxg + Cg * s.H * s.W, 0.f);
+                            col2im_add(s, Cg, dcols, dxg);
+                        }
+                    }
+                }
+                if (db) {
+                    float* dbc = db_parts + c * s.K;
+                    for (int64_t k = 0; k < s.K; ++k) {
+                        const float t = sum_fixed(dy + (n * s.K + k) * P, P);
+                        dbc[k] = n == n0 ? t : dbc[k] + t;
+                    }
+                }
+            }
+        },
+        threads);
+
+    // Sum the partials in chunk order; elements are independent, so split them.
+    auto reduce = [&](const float* src, int64_t len, float* dst) {
+        const int64_t block = 4096;
+        parallel_for(
+            (len + block - 1) / block,
+            [&](int64_t bi) {
+                const int64_t i0 = bi * block, i1 = std::min(len, i0 + block);
+                if (nchunks == 0) {
+                    std::fill(dst + i0, dst + i1, 0.f);
+                    return;
+                }
+                std::copy(src + i0, src + i1, dst + i0);
+                for (int64_t c = 1; c < nchunks; ++c) {
+                    const float* p = src + c * len;
+                    for (int64_t i = i0; i < i1; ++i) dst[i] += p[i];
+                }
+            },
+            threads);
+    };
+    if (dw) reduce(dw_parts, wsize, dw);
+    if (db) reduce(db_parts, s.K, db);
+}
+
+}  // namespace striate

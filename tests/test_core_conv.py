@@ -1,0 +1,310 @@
+"""Tests for the convolution kernels in striate._core (csrc/conv2d.cpp, csrc/bind_conv.cpp).
+
+The oracle here is independent of striate.reference and of torch: a float64
+NumPy convolution built from a padded input, sliding_window_view and einsum.
+Not here: the user-facing argument handling of striate.functional and the full
+shape grid against striate.reference (tests/test_functional.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from striate import _core
+
+# ---------------------------------------------------------------- the oracle
+
+
+def _windows(x, kh, kw, stride, pads, dil):
+    """(N, C, OH, OW, kh, kw) view of the padded input x (float64)."""
+    pt, pb, pl, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    eh, ew = dil[0] * (kh - 1) + 1, dil[1] * (kw - 1) + 1
+    win = sliding_window_view(xp, (eh, ew), axis=(2, 3))
+    return win[:, :, :: stride[0], :: stride[1], :: dil[0], :: dil[1]], xp.shape
+
+
+def ref_forward(x, w, b, stride, pads, dil, groups):
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    N, C = x.shape[:2]
+    K, Cg, kh, kw = w.shape
+    win, _ = _windows(x, kh, kw, stride, pads, dil)
+    OH, OW = win.shape[2:4]
+    win = win.reshape(N, groups, Cg, OH, OW, kh, kw)
+    wg = w.reshape(groups, K // groups, Cg, kh, kw)
+    y = np.einsum("ngchwij,gkcij->ngkhw", win, wg).reshape(N, K, OH, OW)
+    if b is not None:
+        y = y + b.astype(np.float64)[None, :, None, None]
+    return y
+
+
+def ref_backward(dy, x, w, stride, pads, dil, groups):
+    dy, x, w = dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64)
+    N, C, H, W = x.shape
+    K, Cg, kh, kw = w.shape
+    win, padded_shape = _windows(x, kh, kw, stride, pads, dil)
+    OH, OW = win.shape[2:4]
+    win = win.reshape(N, groups, Cg, OH, OW, kh, kw)
+    wg = w.reshape(groups, K // groups, Cg, kh, kw)
+    dyg = dy.reshape(N, groups, K // groups, OH, OW)
+    dw = np.einsum("ngkhw,ngchwij->gkcij", dyg, win).reshape(K, Cg, kh, kw)
+    db = dy.sum(axis=(0, 2, 3))
+    dcols = np.einsum("ngkhw,gkcij->ngchwij", dyg, wg).reshape(N, C, OH, OW, kh, kw)
+    dxp = np.zeros(padded_shape)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dil[0], j * dil[1]
+            dxp[:, :, r0 : r0 + stride[0] * (OH - 1) + 1 : stride[0], c0 : c0 + stride[1] * (OW - 1) + 1 : stride[1]] += (
+                dcols[..., i, j]
+            )
+    pt, pb, pl, pr = pads
+    dx = dxp[:, :, pt : pt + H, pl : pl + W]
+    return dx, dw, db
+
+
+def assert_close(got, ref, reduction, name, params):
+    """|got - ref| <= (1e-5 + 1e-4 |ref|) * sqrt(reduction); reports the first failing index."""
+    assert got.dtype == np.float32, name
+    assert got.shape == ref.shape, (name, got.shape, ref.shape, params)
+    tol = (1e-5 + 1e-4 * np.abs(ref)) * np.sqrt(max(reduction, 1))
+    bad = ~(np.abs(got.astype(np.float64) - ref) <= tol)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        pytest.fail(f"{name} differs at {idx}: got {got[idx]!r}, expected {ref[idx]!r}; params {params}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def call_forward(x, w, b, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1):
+    return _core.conv2d_forward(x, w, b, *stride, *pads, *dil, groups)
+
+
+def call_backward(dy, x, w, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1, need=(True, True, True)):
+    return _core.conv2d_backward(dy, x, w, *stride, *pads, *dil, groups, *need)
+
+
+def make_inputs(rng, N, C, H, W, K, kh, kw, groups, bias=True):
+    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+    w = rng.standard_normal((K, C // groups, kh, kw), dtype=np.float32)
+    b = rng.standard_normal(K, dtype=np.float32) if bias else None
+    return x, w, b
+
+
+# (N, C, H, W, K, kh, kw, stride, pads (t, b, l, r), dilation, groups, bias)
+CASES = [
+    pytest.param((2, 3, 7, 9, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="basic-3x3-pad1"),
+    pytest.param((2, 4, 9, 8, 6, 3, 3, (2, 2), (1, 0, 2, 1), (1, 1), 1, True), id="stride2-asym-pad"),
+    pytest.param((1, 3, 10, 11, 4, 3, 2, (1, 1), (0, 0, 0, 0), (2, 2), 1, False), id="dilation2-batch1"),
+    pytest.param((3, 5, 12, 9, 7, 3, 3, (3, 2), (2, 1, 0, 3), (2, 3), 1, True), id="stride-dilation-mixed"),
+    pytest.param((2, 6, 8, 8, 4, 3, 3, (1, 2), (1, 1, 0, 1), (1, 1), 2, True), id="groups2"),
+    pytest.param((2, 5, 7, 6, 5, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 5, True), id="depthwise"),
+    pytest.param((2, 5, 7, 6, 10, 3, 3, (2, 1), (1, 1, 1, 1), (1, 1), 5, False), id="depthwise-multiplier2"),
+    pytest.param((1, 2, 5, 6, 3, 2, 2, (1, 1), (0, 1, 1, 0), (1, 1), 1, True), id="even-kernel-same-pad"),
+    pytest.param((3, 17, 1, 1, 19, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="1x1-spatial"),
+    pytest.param((2, 17, 1, 1, 19, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="kernel-fits-by-padding"),
+    pytest.param((2, 17, 5, 6, 20, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="pointwise"),
+    pytest.param((2, 8, 5, 6, 12, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 4, False), id="pointwise-groups4"),
+    pytest.param((2, 7, 9, 7, 5, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1, True), id="1x1-stride2"),
+    pytest.param((9, 19, 11, 13, 21, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="odd-channels-batch9"),
+    pytest.param((5, 1, 12, 12, 6, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="one-channel-k5"),
+    pytest.param((5, 3, 11, 13, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="three-channels-k3"),
+    pytest.param((3, 2, 10, 9, 4, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, False), id="two-channels-stride2"),
+    pytest.param((2, 6, 10, 10, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="lenet-c3-like"),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_oracle(rng, case):
+    N, C, H, W, K, kh, kw, stride, pads, dil, groups, bias = case
+    x, w, b = make_inputs(rng, N, C, H, W, K, kh, kw, groups, bias)
+    y = call_forward(x, w, b, stride, pads, dil, groups)
+    y_ref = ref_forward(x, w, b, stride, pads, dil, groups)
+    Cg, Kg = C // groups, K // groups
+    assert_close(y, y_ref, Cg * kh * kw, "y", case)
+
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    dx, dw, db = call_backward(dy, x, w, stride, pads, dil, groups)
+    dx_ref, dw_ref, db_ref = ref_backward(dy, x, w, stride, pads, dil, groups)
+    OH, OW = y.shape[2:]
+    assert_close(dx, dx_ref, Kg * kh * kw, "dx", case)
+    assert_close(dw, dw_ref, N * OH * OW, "dw", case)
+    assert_close(db, db_ref, N * OH * OW, "db", case)
+
+
+@pytest.mark.parametrize("need", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)])
+def test_backward_computes_only_what_is_asked(rng, need):
+    x, w, _ = make_inputs(rng, 3, 4, 6, 6, 5, 3, 3, 1)
+    dy = rng.standard_normal((3, 5, 6, 6), dtype=np.float32)
+    full = call_backward(dy, x, w, pads=(1, 1, 1, 1))
+    part = call_backward(dy, x, w, pads=(1, 1, 1, 1), need=need)
+    for got, want, asked in zip(part, full, need):
+        if asked:
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert got is None
+
+
+# ---------------------------------------------------------------- determinism
+
+DET_CASES = [
+    (13, 3, 12, 12, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (11, 1, 14, 14, 6, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),
+    (9, 8, 10, 9, 12, 3, 3, (2, 1), (1, 0, 1, 2), (2, 1), 2),
+    (7, 6, 8, 8, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),
+    (10, 16, 6, 6, 24, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    (17, 20, 9, 9, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("case", DET_CASES)
+def test_bitwise_identical_across_thread_counts(rng, case):
+    N, C, H, W, K, kh, kw, stride, pads, dil, groups = case
+    x, w, b = make_inputs(rng, N, C, H, W, K, kh, kw, groups)
+    results = []
+    for threads in (1, 2, 3, 8):
+        _core.set_num_threads(threads)
+        y = call_forward(x, w, b, stride, pads, dil, groups)
+        dy = np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape)
+        grads = call_backward(dy, x, w, stride, pads, dil, groups)
+        grads_again = call_backward(dy, x, w, stride, pads, dil, groups)
+        for g1, g2 in zip(grads, grads_again):
+            assert g1.tobytes() == g2.tobytes(), f"backward not repeatable at threads={threads}"
+        results.append((threads, [y, *grads]))
+    _, base = results[0]
+    for threads, arrays in results[1:]:
+        for name, a, b0 in zip(("y", "dx", "dw", "db"), arrays, base):
+            assert a.tobytes() == b0.tobytes(), f"{name} differs between 1 and {threads} threads"
+
+
+# ---------------------------------------------------------------- edge cases
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_zero_dy_gives_exactly_zero_gradients(rng, groups):
+    x, w, _ = make_inputs(rng, 6, 4, 7, 7, 6, 3, 3, groups)
+    dy = np.zeros((6, 6, 4, 4), dtype=np.float32)
+    for grad in call_backward(dy, x, w, stride=(2, 2), pads=(1, 1, 1, 1), groups=groups):
+        assert np.all(grad == 0)
+
+
+@pytest.mark.parametrize("kh,C", [(3, 4), (5, 1), (1, 4)])
+def test_empty_batch(rng, kh, C):
+    x = np.zeros((0, C, 8, 8), dtype=np.float32)
+    w = rng.standard_normal((6, C, kh, kh), dtype=np.float32)
+    b = rng.standard_normal(6, dtype=np.float32)
+    y = call_forward(x, w, b, pads=(1, 1, 1, 1))
+    assert y.shape == (0, 6, 10 - kh + 1, 10 - kh + 1)
+    dx, dw, db = call_backward(y, x, w, pads=(1, 1, 1, 1))
+    assert dx.shape == x.shape
+    assert dw.shape == w.shape and np.all(dw == 0)
+    assert db.shape == (6,) and np.all(db == 0)
+
+
+def test_outputs_are_fresh_arrays(rng):
+    x, w, b = make_inputs(rng, 2, 3, 5, 5, 4, 1, 1, 1)
+    y = call_forward(x, w, b)
+    dx, dw, db = call_backward(y, x, w)
+    for out in (y, dx, dw, db):
+        for inp in (x, w, b):
+            assert not np.shares_memory(out, inp)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _good(rng):
+    x, w, b = make_inputs(rng, 2, 4, 6, 6, 6, 3, 3, 2)
+    return x, w, b
+
+
+def test_wrong_ndim(rng):
+    x, w, b = _good(rng)
+    with pytest.raises(ValueError, match="`x` must have 4 dimensions"):
+        call_forward(x[0], w, b, groups=2)
+    with pytest.raises(ValueError, match="`w` must have 4 dimensions"):
+        call_forward(x, w[0], b, groups=2)
+    with pytest.raises(ValueError, match="`b` must have 1 dimensions"):
+        call_forward(x, w, b[None], groups=2)
+    with pytest.raises(ValueError, match="`dy` must have 4 dimensions"):
+        call_backward(np.zeros((2, 6, 4), np.float32), x, w, groups=2)
+
+
+def test_channel_mismatch(rng):
+    x, w, b = _good(rng)
+    with pytest.raises(ValueError, match=r"channel mismatch.*\(2, 4, 6, 6\).*\(6, 2, 3, 3\)"):
+        call_forward(x, w, b, groups=1)
+    with pytest.raises(ValueError, match="channel mismatch"):
+        call_backward(np.zeros((2, 6, 4, 4), np.float32), x, w, groups=1)
+
+
+def test_groups_not_dividing_output_channels(rng):
+    x = rng.standard_normal((2, 4, 6, 6), dtype=np.float32)
+    w = rng.standard_normal((5, 2, 3, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="not divisible by `groups`=2"):
+        call_forward(x, w, None, groups=2)
+
+
+@pytest.mark.parametrize("groups", [0, -1])
+def test_non_positive_groups(rng, groups):
+    x, w, b = _good(rng)
+    with pytest.raises(ValueError, match="`groups` must be positive"):
+        call_forward(x, w, b, groups=groups)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(stride=(0, 1)), "stride_h"),
+        (dict(stride=(1, -2)), "stride_w"),
+        (dict(dil=(0, 1)), "dil_h"),
+        (dict(dil=(1, 0)), "dil_w"),
+        (dict(pads=(-1, 0, 0, 0)), "pad_top"),
+        (dict(pads=(0, 0, 0, -1)), "pad_right"),
+    ],
+)
+def test_bad_geometry_names_argument(rng, kwargs, name):
+    x, w, b = _good(rng)
+    with pytest.raises(ValueError, match=f"`{name}` must be"):
+        call_forward(x, w, b, groups=2, **kwargs)
+
+
+def test_wrong_dy_shape(rng):
+    x, w, _ = _good(rng)
+    with pytest.raises(ValueError, match=r"`dy` must have shape \(2, 6, 4, 4\), got \(2, 6, 4, 5\)"):
+        call_backward(np.zeros((2, 6, 4, 5), np.float32), x, w, groups=2)
+
+
+def test_kernel_larger_than_padded_input(rng):
+    x = rng.standard_normal((1, 2, 4, 4), dtype=np.float32)
+    w = rng.standard_normal((3, 2, 5, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="kernel .*larger than the padded input"):
+        call_forward(x, w, None)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        call_forward(x, w, None, dil=(1, 3))
+    # Fits once padded.
+    assert call_forward(x, w, None, pads=(1, 0, 0, 0)).shape == (1, 3, 1, 2)
+
+
+def test_bias_wrong_shape(rng):
+    x, w, _ = _good(rng)
+    with pytest.raises(ValueError, match=r"`b` must have shape \(6,\), got \(5,\)"):
+        call_forward(x, w, np.zeros(5, np.float32), groups=2)
+
+
+def test_float64_and_int_inputs_are_rejected(rng):
+    x, w, b = _good(rng)
+    with pytest.raises(TypeError):
+        call_forward(x.astype(np.float64), w, b, groups=2)
+    with pytest.raises(TypeError):
+        call_forward(x, w.astype(np.float64), b, groups=2)
+    with pytest.raises(TypeError):
+        call_forward(x, w, b.astype(np.float64), groups=2)
+    with pytest.raises(TypeError):
+        call_backward(np.zeros((2, 6, 4, 4), np.float64), x, w, groups=2)
+    with pytest.raises(TypeError):
+        call_forward(x.astype(np.int32), w, b, groups=2)
+    with pytest.raises(TypeError):
+        call_forward(np.asfortranarray(x), w, b, groups=2)
