@@ -1,0 +1,491 @@
+"""Model and tensor files: safetensors, written atomically and read defensively.
+
+``write_file`` / ``read_file`` handle a dict of NumPy arrays plus string
+metadata. The writer adds a SHA-256 per tensor (``"striate.checksums"``) and
+replaces the target atomically (temp file in the same folder, fsync,
+``os.replace``, fsync of the folder). The reader checks the 8-byte header
+length against the file size and a cap, parses and validates the header JSON
+itself (dtypes, shapes, offsets that tile the data region exactly) before any
+tensor byte is handed to ``safetensors``, then checks the checksums and that
+every float is finite.
+
+``save_model`` / ``load_model`` store a ``Sequential``: tensors named as its
+``state_dict`` (so ``torch.nn.Sequential`` with the same layers loads them
+unchanged) and the architecture as JSON in the metadata
+(``"striate.architecture"``). The architecture is validated against the layer
+schema and the expected tensor names, dtypes and shapes are derived from it
+before the tensors are read. Every failure raises :class:`FormatError`, which
+names the file and the tensor.
+
+Deliberately not here: pickle in any form, memory mapping, lazy loading,
+bfloat16, or files written by other tools without the striate metadata
+(``read_file(..., require_checksums=False)`` reads those).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+__all__ = [
+    "FormatError",
+    "MAX_HEADER_BYTES",
+    "write_file",
+    "read_file",
+    "read_header",
+    "save_model",
+    "load_model",
+    "load_weights",
+]
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+ARCH_KEY = "striate.architecture"
+CHECKSUM_KEY = "striate.checksums"
+_MAX_LAYERS = 10_000
+_MAX_NDIM = 8
+
+_DTYPES = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "U16": np.dtype("<u2"),
+    "I16": np.dtype("<i2"),
+    "U32": np.dtype("<u4"),
+    "I32": np.dtype("<i4"),
+    "U64": np.dtype("<u8"),
+    "I64": np.dtype("<i8"),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+}
+_CODES = {dt: code for code, dt in _DTYPES.items()}
+
+
+class FormatError(ValueError):
+    """A file that cannot be written or read as a striate/safetensors file.
+
+    ``.path`` is the file, ``.tensor`` the tensor concerned (None for the header
+    as a whole) and ``.problem`` what is wrong.
+    """
+
+    def __init__(self, path, tensor, problem):
+        self.path = os.fspath(path) if path is not None else None
+        self.tensor = tensor
+        self.problem = problem
+        where = f"tensor {tensor!r}" if tensor is not None else "header (no tensor)"
+        super().__init__(f"{self.path}: {where}: {problem}")
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _metadata_digest(metadata):
+    """SHA-256 of the metadata other than the checksums, in a canonical form."""
+    rest = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _sha256(arr):
+    return hashlib.sha256(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data).hexdigest()
+
+
+# ----------------------------------------------------------------------------
+# writing
+
+
+def _atomic_write(path, data):
+    """Write ``data`` to ``path`` so that ``path`` is either the old or the new file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder):
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:  # pragma: no cover - some filesystems refuse
+        pass
+    finally:
+        os.close(dfd)
+
+
+def write_file(path, tensors, metadata=None):
+    """Write ``tensors`` and string ``metadata`` to a safetensors file, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The target; it is replaced only once the new file is complete on disk.
+    tensors : dict[str, np.ndarray]
+        Arrays of a safetensors dtype (bool, ints, float16/32/64); float values
+        must be finite.
+    metadata : dict[str, str], optional
+        Stored in the header; the key ``"striate.checksums"`` is reserved.
+
+    Raises
+    ------
+    FormatError
+        A tensor that cannot be stored (wrong type or dtype, non-finite values).
+    OSError
+        The write failed; the previous file, if any, is unchanged.
+    """
+    from safetensors.numpy import save
+
+    if not isinstance(tensors, dict):
+        raise TypeError(f"`tensors` must be a dict, got {type(tensors).__name__}")
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError("`metadata` must be a dict of str to str")
+    if CHECKSUM_KEY in metadata:
+        raise ValueError(f"`metadata` must not set the reserved key {CHECKSUM_KEY!r}")
+    out = {}
+    for name, arr in tensors.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise FormatError(path, name, "tensor names must be non-empty strings other than '__metadata__'")
+        if not isinstance(arr, np.ndarray):
+            raise FormatError(path, name, f"must be a numpy.ndarray, got {type(arr).__name__}")
+        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        if dt not in _CODES:
+            raise FormatError(path, name, f"dtype {arr.dtype} cannot be stored")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise FormatError(path, name, "holds non-finite values")
+        out[name] = arr.astype(dt, order="C", copy=False)  # keeps 0-d arrays 0-d
+    meta = dict(metadata)
+    sums = {k: _sha256(v) for k, v in out.items()}
+    sums["__metadata__"] = _metadata_digest(metadata)
+    meta[CHECKSUM_KEY] = json.dumps(sums, sort_keys=True)
+    _atomic_write(path, save(out, metadata=meta))
+
+
+# ----------------------------------------------------------------------------
+# reading
+
+
+def _reject_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _no_duplicates(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+def _parse_json(text):
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
+def _parse_header(path, f, size, max_header_bytes):
+    """Validate the header; return ``(entries, metadata, data_start)``.
+
+    ``entries`` maps each tensor name to ``(dtype, shape, begin, end)`` with
+    offsets relative to the data region.
+    """
+    if size < 8:
+        raise FormatError(path, None, f"file is {size} bytes, too short for the 8-byte header length (empty or truncated)")
+    n = int.from_bytes(f.read(8), "little")
+    if n > max_header_bytes:
+        raise FormatError(path, None, f"header length {n} exceeds the cap of {max_header_bytes} bytes")
+    if 8 + n > size:
+        raise FormatError(path, None, f"header length {n} runs past the end of the {size}-byte file (truncated?)")
+    raw = f.read(n)
+    try:
+        header = _parse_json(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FormatError(path, None, f"header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise FormatError(path, None, f"header must be a JSON object, got {type(header).__name__}")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError(path, None, "'__metadata__' must map strings to strings")
+    data_len = size - 8 - n
+    entries = {}
+    for name, info in header.items():
+        if not name:
+            raise FormatError(path, name, "empty tensor name")
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise FormatError(path, name, "entry must have exactly 'dtype', 'shape' and 'data_offsets'")
+        dtype = _DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dtype is None:
+            raise FormatError(path, name, f"unsupported dtype {info['dtype']!r}")
+        shape = info["shape"]
+        if not isinstance(shape, list) or len(shape) > _MAX_NDIM or not all(_is_int(s) and s >= 0 for s in shape):
+            raise FormatError(path, name, f"shape must be a list of at most {_MAX_NDIM} non-negative ints, got {shape!r}")
+        offs = info["data_offsets"]
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs) and 0 <= offs[0] <= offs[1]):
+            raise FormatError(path, name, f"data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if offs[1] - offs[0] != nbytes:
+            raise FormatError(path, name, f"data_offsets {offs} span {offs[1] - offs[0]} bytes, shape {shape} needs {nbytes}")
+        if offs[1] > data_len:
+            raise FormatError(path, name, f"data ends at byte {offs[1]}, past the {data_len}-byte data region (truncated?)")
+        entries[name] = (dtype, tuple(shape), offs[0], offs[1])
+    pos = 0
+    for name, (_, _, b, e) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+        if b != pos:
+            raise FormatError(path, name, f"data starts at byte {b}, expected {pos} (overlap or gap)")
+        pos = e
+    if pos != data_len:
+        raise FormatError(path, None, f"tensors cover {pos} bytes but the data region has {data_len}")
+    return entries, metadata, 8 + n
+
+
+def read_header(path, *, max_header_bytes=MAX_HEADER_BYTES):
+    """Validate a file's header without reading tensor data.
+
+    Returns
+    -------
+    entries : dict[str, tuple[np.dtype, tuple[int, ...]]]
+        Each tensor's dtype and shape.
+    metadata : dict[str, str]
+    """
+    try:
+        with open(path, "rb") as f:
+            entries, metadata, _ = _parse_header(path, f, os.fstat(f.fileno()).st_size, max_header_bytes)
+    except OSError as exc:
+        raise FormatError(path, None, f"cannot read: {exc}") from None
+    return {k: (v[0], v[1]) for k, v in entries.items()}, metadata
+
+
+def _check_expected(path, entries, expected):
+    for name, (shape, dtype) in expected.items():
+        if name not in entries:
+            raise FormatError(path, name, f"missing tensor (expected {np.dtype(dtype)} {tuple(shape)})")
+    for name, (eshape, edtype) in expected.items():
+        dtype, shape, _, _ = entries[name]
+        if dtype != np.dtype(edtype):
+            raise FormatError(path, name, f"dtype {_CODES[dtype]} ({dtype}), expected {np.dtype(edtype)}")
+        if shape != tuple(eshape):
+            raise FormatError(path, name, f"shape {shape}, expected {tuple(eshape)}")
+    for name in entries:
+        if name not in expected:
+            raise FormatError(path, name, "unexpected tensor")
+
+
+def _checksums(path, entries, metadata):
+    """The per-tensor SHA-256 table, after verifying the metadata digest."""
+    try:
+        sums = _parse_json(metadata[CHECKSUM_KEY])
+    except KeyError:
+        raise FormatError(path, None, f"metadata lacks {CHECKSUM_KEY!r} (not written by striate?)") from None
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(path, None, f"metadata {CHECKSUM_KEY!r} is not valid JSON: {exc}") from None
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        raise FormatError(path, None, f"metadata {CHECKSUM_KEY!r} must map names to hex digests")
+    if sums.get("__metadata__") != _metadata_digest(metadata):
+        raise FormatError(path, None, "SHA-256 mismatch of the metadata: the header is corrupted")
+    for name in sums:
+        if name != "__metadata__" and name not in entries:
+            raise FormatError(path, name, "missing tensor (it has a checksum)")
+    return sums
+
+
+def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX_HEADER_BYTES):
+    """Read a safetensors file after validating it; returns ``(tensors, metadata)``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    expect : dict or callable, optional
+        ``{name: (shape, dtype)}`` the file must hold exactly, or a callable
+        ``expect(metadata) -> dict`` evaluated on the header before any tensor
+        data is read.
+    require_checksums : bool, default True
+        Require and verify the per-tensor SHA-256 that ``write_file`` stores.
+    max_header_bytes : int
+        Cap on the header length.
+
+    Raises
+    ------
+    FormatError
+        Any problem with the file, naming the file and the tensor.
+    """
+    from safetensors.numpy import load
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            entries, metadata, _ = _parse_header(path, f, size, max_header_bytes)
+            checksums = _checksums(path, entries, metadata) if require_checksums else None
+            if callable(expect):
+                expect = expect(metadata)
+            if expect is not None:
+                _check_expected(path, entries, expect)
+            f.seek(0)
+            blob = f.read()
+    except OSError as exc:
+        raise FormatError(path, None, f"cannot read: {exc}") from None
+    if len(blob) != size:
+        raise FormatError(path, None, "file changed while being read")
+    try:
+        tensors = load(blob)
+    except Exception as exc:  # the header was validated; anything left is still a format problem
+        raise FormatError(path, None, f"safetensors rejected the file: {exc}") from None
+    if set(tensors) != set(entries):
+        raise FormatError(path, None, "safetensors returned other tensors than the header lists")
+    for name in sorted(entries):
+        arr = tensors[name]
+        if checksums is not None:
+            if name not in checksums:
+                raise FormatError(path, name, "has no checksum in the metadata")
+            if _sha256(arr) != checksums[name]:
+                raise FormatError(path, name, "SHA-256 mismatch: the data is corrupted")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise FormatError(path, name, "holds non-finite values")
+    return tensors, metadata
+
+
+# ----------------------------------------------------------------------------
+# models
+
+
+def _json_value_ok(v, depth=0):
+    if v is None or isinstance(v, (bool, str)) or _is_int(v):
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, list) and depth == 0:
+        return len(v) <= 4 and all(_json_value_ok(e, 1) for e in v)
+    return False
+
+
+def parse_architecture(text, path=None):
+    """Validate an architecture JSON string; return ``(config, expected_state)``.
+
+    ``config`` is the ``Sequential.to_config()`` dict, ``expected_state`` maps
+    each state_dict name to ``(shape, dtype)``.
+    """
+    from . import layers as L
+
+    try:
+        cfg = _parse_json(text)
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(path, None, f"architecture is not valid JSON: {exc}") from None
+    if not isinstance(cfg, dict) or set(cfg) != {"format", "version", "layers"}:
+        raise FormatError(path, None, "architecture must be an object with 'format', 'version' and 'layers'")
+    if cfg["format"] != "striate.sequential" or cfg["version"] != 1:
+        raise FormatError(path, None, f"unknown architecture format {cfg['format']!r} version {cfg['version']!r}")
+    specs = cfg["layers"]
+    if not isinstance(specs, list) or not 0 < len(specs) <= _MAX_LAYERS:
+        raise FormatError(path, None, f"architecture 'layers' must be a list of 1 to {_MAX_LAYERS} layers")
+    expected = {}
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or set(spec) != {"type", "config"}:
+            raise FormatError(path, None, f"architecture layer {i} must be an object with 'type' and 'config'")
+        t, c = spec["type"], spec["config"]
+        if not isinstance(t, str) or t not in L.Layer._registry:
+            raise FormatError(path, None, f"architecture layer {i}: unknown layer type {t!r}")
+        if not isinstance(c, dict) or not all(_json_value_ok(v) for v in c.values()):
+            raise FormatError(path, None, f"architecture layer {i} ({t}): config must map names to numbers, bools, strings or pairs")
+        try:
+            state = L.Layer._registry[t].state_spec(c)
+        except (TypeError, ValueError) as exc:
+            raise FormatError(path, None, f"architecture layer {i} ({t}): {exc}") from None
+        for name, (shape, dtype) in state.items():
+            expected[f"{i}.{name}"] = (shape, dtype)
+    return cfg, expected
+
+
+@contextlib.contextmanager
+def _private_init_rng():
+    """Build layers without drawing from the global RNG (their init is overwritten anyway)."""
+    from . import _config
+
+    saved = _config._rng
+    _config._rng = np.random.default_rng(0)
+    try:
+        yield
+    finally:
+        _config._rng = saved
+
+
+def save_model(model, path):
+    """Save a ``Sequential`` (float32 weights + architecture) to ``path``, atomically."""
+    from .model import Sequential
+
+    if not isinstance(model, Sequential):
+        raise TypeError(f"`model` must be a striate.Sequential, got {type(model).__name__}")
+    from . import __version__
+
+    state = model.state_dict()
+    for name, arr in state.items():
+        if arr.dtype.kind == "f" and arr.dtype != np.float32:
+            raise FormatError(path, name, f"is {arr.dtype}; files hold float32 (call model.astype(np.float32))")
+    meta = {
+        ARCH_KEY: json.dumps(model.to_config(), sort_keys=True),
+        "striate.version": __version__,
+    }
+    write_file(path, state, meta)
+
+
+def load_model(path):
+    """Load a ``Sequential`` saved by :func:`save_model` (all checks first, then build).
+
+    Raises
+    ------
+    FormatError
+        The file is damaged, not a striate model, or does not match its architecture.
+    """
+    from .model import Sequential
+
+    holder = {}
+
+    def expect(metadata):
+        if ARCH_KEY not in metadata:
+            raise FormatError(path, None, f"metadata lacks {ARCH_KEY!r} (not a striate model file)")
+        holder["cfg"], expected = parse_architecture(metadata[ARCH_KEY], path)
+        return expected
+
+    tensors, _ = read_file(path, expect=expect)
+    with _private_init_rng():
+        model = Sequential.from_config(holder["cfg"])
+    try:
+        model.load_state_dict(tensors)
+    except (TypeError, ValueError) as exc:  # pragma: no cover - ruled out by the checks above
+        raise FormatError(path, None, str(exc)) from None
+    return model
+
+
+def load_weights(model, path):
+    """Load the tensors of ``path`` into ``model`` in place; the model is unchanged on failure.
+
+    The file must hold exactly the model's state_dict names, dtypes and shapes.
+    """
+    from .model import Sequential
+
+    if not isinstance(model, Sequential):
+        raise TypeError(f"`model` must be a striate.Sequential, got {type(model).__name__}")
+    expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
+    tensors, _ = read_file(path, expect=expected)
+    model.load_state_dict(tensors)
+    return model

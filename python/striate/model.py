@@ -1,0 +1,344 @@
+"""Sequential: a list of layers run in order, with torch-compatible state names.
+
+``Sequential`` chains ``forward`` and ``backward``, names its state exactly as
+``torch.nn.Sequential`` does (``"0.weight"``, ``"1.running_mean"``), loads state
+all or nothing, freezes prefixes, swaps the classifier head, describes itself
+(``summary``, ``to_config``) and saves to safetensors through ``striate.io``.
+Training (``fit``/``evaluate``/``predict``) lives in ``striate.training``; the
+methods here only delegate. Deliberately not here: nesting, branches, hooks.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .layers import Layer, Linear, _bool, _int, layer_from_config
+
+__all__ = ["Sequential"]
+
+CONFIG_FORMAT = "striate.sequential"
+CONFIG_VERSION = 1
+
+
+class Sequential:
+    """Layers applied in order.
+
+    Parameters
+    ----------
+    layers : iterable of Layer
+        Also accepted as separate arguments: ``Sequential(a, b, c)``.
+
+    Examples
+    --------
+    >>> from striate import layers as L
+    >>> m = Sequential([L.Linear(4, 3), L.ReLU(), L.Linear(3, 2)])
+    >>> list(m.state_dict())
+    ['0.weight', '0.bias', '2.weight', '2.bias']
+    """
+
+    def __init__(self, layers=(), *more):
+        if isinstance(layers, Layer):
+            layers = (layers,) + more
+        elif more:
+            raise TypeError("pass the layers as one list, or each as its own argument")
+        self._layers = []
+        for i, layer in enumerate(layers):
+            self._layers.append(self._check_layer(layer, i))
+        self._rename()
+
+    # -- container protocol ------------------------------------------------------
+
+    @staticmethod
+    def _check_layer(layer, i):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"`layers[{i}]` must be a striate Layer, got {type(layer).__name__}")
+        return layer
+
+    def _rename(self):
+        for i, layer in enumerate(self._layers):
+            for name, p in layer.named_parameters():
+                p.name = f"{i}.{name}"
+
+    def _index(self, i):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"`index` must be an int or a slice, got {type(i).__name__}")
+        n = len(self._layers)
+        if not -n <= i < n:
+            raise IndexError(f"`index` {i} is out of range for {n} layers")
+        return int(i) % n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Sequential(self._layers[i])
+        return self._layers[self._index(i)]
+
+    def __setitem__(self, i, layer):
+        i = self._index(i)
+        mode = self.training
+        self._layers[i] = self._check_layer(layer, i)
+        layer.train(mode)
+        self._rename()
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __iter__(self):
+        return iter(self._layers)
+
+    def append(self, layer):
+        """Add a layer at the end."""
+        self._layers.append(self._check_layer(layer, len(self._layers)))
+        self._rename()
+        return self
+
+    @property
+    def layers(self):
+        return list(self._layers)
+
+    # -- computation -------------------------------------------------------------
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        """Run every layer in order."""
+        for layer in self._layers:
+            x = layer(x)
+        return x
+
+    def backward(self, dloss, input_grad=True):
+        """Back-propagate ``dloss`` (the gradient of the loss w.r.t. the outputs).
+
+        Writes every trainable parameter's ``.grad`` and returns ``dx``, the
+        gradient w.r.t. the input. With ``input_grad=False`` (what ``fit``
+        uses) it returns None and stops at the first layer that has trainable
+        parameters, which skips computing its ``dx``.
+        """
+        input_grad = _bool(input_grad, "input_grad")
+        stop = 0
+        if not input_grad:
+            stop = next(
+                (i for i, l in enumerate(self._layers) if any(p.trainable for p in l.parameters())),
+                len(self._layers),
+            )
+        for layer in self._layers[:stop]:
+            for p in layer.parameters():
+                p.grad = None
+        dy = dloss
+        for i in range(len(self._layers) - 1, stop - 1, -1):
+            layer = self._layers[i]
+            if i == stop and not input_grad:
+                saved = layer.needs_input_grad
+                layer.needs_input_grad = False
+                try:
+                    layer.backward(dy)
+                finally:
+                    layer.needs_input_grad = saved
+                return None
+            dy = layer.backward(dy)
+        return dy if input_grad else None
+
+    # -- parameters and state ----------------------------------------------------
+
+    def parameters(self):
+        """Every parameter, layer by layer, each layer's weight before its bias."""
+        return [p for layer in self._layers for p in layer.parameters()]
+
+    def named_parameters(self):
+        return [(f"{i}.{n}", p) for i, layer in enumerate(self._layers) for n, p in layer.named_parameters()]
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.trainable]
+
+    def state_dict(self):
+        """``{"0.weight": array, ...}``: parameters and buffers named as ``torch.nn.Sequential`` (copies)."""
+        d = {}
+        for i, layer in enumerate(self._layers):
+            for name, arr in layer.state_dict().items():
+                d[f"{i}.{name}"] = arr
+        return d
+
+    def _state_slots(self):
+        """``{name: (layer, local_name, current array)}`` for every state entry."""
+        slots = {}
+        for i, layer in enumerate(self._layers):
+            for name, p in layer.named_parameters():
+                slots[f"{i}.{name}"] = (layer, name, p.data)
+            for name, b in layer._buffers.items():
+                slots[f"{i}.{name}"] = (layer, name, b)
+        return slots
+
+    def load_state_dict(self, d):
+        """Copy the arrays of ``d`` into the model, in place.
+
+        All or nothing: the names must match exactly and every shape and dtype
+        must equal the model's; otherwise ValueError and nothing changes.
+        """
+        if not isinstance(d, dict):
+            raise TypeError(f"`d` must be a dict, got {type(d).__name__}")
+        slots = self._state_slots()
+        missing = [k for k in slots if k not in d]
+        unexpected = [k for k in d if k not in slots]
+        if missing or unexpected:
+            raise ValueError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+        for name, (_, _, cur) in slots.items():
+            arr = d[name]
+            if not isinstance(arr, np.ndarray):
+                raise TypeError(f"`d[{name!r}]` must be a numpy.ndarray, got {type(arr).__name__}")
+            if arr.shape != cur.shape or arr.dtype != cur.dtype:
+                raise ValueError(
+                    f"`d[{name!r}]` is {arr.dtype} {arr.shape}, the model has {cur.dtype} {cur.shape}"
+                )
+        for name, (_, _, cur) in slots.items():
+            np.copyto(cur, d[name])
+
+    def astype(self, dtype):
+        """Convert every float parameter and buffer to ``dtype`` (float32 or float64)."""
+        for layer in self._layers:
+            layer.astype(dtype)
+        return self
+
+    # -- modes -------------------------------------------------------------------
+
+    @property
+    def training(self):
+        return all(layer.training for layer in self._layers) if self._layers else True
+
+    def train(self, mode=True):
+        """Training mode for every layer (``mode=False``: evaluation mode)."""
+        mode = _bool(mode, "mode")
+        for layer in self._layers:
+            layer.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def freeze(self, upto=None):
+        """Make the parameters of layers ``[0, upto)`` non-trainable (all layers when None).
+
+        Frozen BatchNorm layers normalise with their running statistics.
+        """
+        if upto is None:
+            upto = len(self._layers)
+        upto = _int(upto, "upto", lo=0, hi=len(self._layers))
+        for layer in self._layers[:upto]:
+            for p in layer.parameters():
+                p.trainable = False
+                p.grad = None
+        return self
+
+    def unfreeze(self):
+        """Make every parameter trainable again."""
+        for p in self.parameters():
+            p.trainable = True
+        return self
+
+    def replace_head(self, num_classes):
+        """Replace the last Linear by a fresh ``Linear(in_features, num_classes)``; returns it.
+
+        Raises
+        ------
+        ValueError
+            The model has no Linear layer, or ``num_classes`` < 1.
+        """
+        num_classes = _int(num_classes, "num_classes")
+        for i in range(len(self._layers) - 1, -1, -1):
+            old = self._layers[i]
+            if isinstance(old, Linear):
+                head = Linear(old.in_features, num_classes, bias=old.bias is not None)
+                dt = old.weight.data.dtype
+                if dt != np.float32:
+                    head.astype(dt)
+                self[i] = head
+                return head
+        raise ValueError("replace_head: the model has no Linear layer to replace")
+
+    # -- description -------------------------------------------------------------
+
+    def output_shapes(self, input_shape):
+        """Per-layer output shapes (without the batch dimension) for ``input_shape``."""
+        shape = tuple(input_shape)
+        shapes = []
+        for layer in self._layers:
+            shape = tuple(int(s) for s in layer.output_shape(shape))
+            shapes.append(shape)
+        return shapes
+
+    def summary(self, input_shape=None):
+        """A table: layer, output shape (when ``input_shape`` is given), parameters."""
+        shapes = self.output_shapes(input_shape) if input_shape is not None else [None] * len(self._layers)
+        rows = [("#", "layer", "output shape", "params")]
+        total = trainable = 0
+        for i, (layer, shape) in enumerate(zip(self._layers, shapes)):
+            n = sum(p.size for p in layer.parameters())
+            total += n
+            trainable += sum(p.size for p in layer.parameters() if p.trainable)
+            rows.append((str(i), repr(layer), "?" if shape is None else str(shape), f"{n:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        line = "  ".join("-" * w for w in widths)
+        out = []
+        for j, r in enumerate(rows):
+            out.append("  ".join([r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]), r[3].rjust(widths[3])]).rstrip())
+            if j == 0:
+                out.append(line)
+        out.append(line)
+        out.append(f"total params: {total:,} (trainable {trainable:,}, frozen {total - trainable:,})")
+        return "\n".join(out)
+
+    def to_config(self):
+        """The architecture as a JSON-serialisable dict."""
+        return {
+            "format": CONFIG_FORMAT,
+            "version": CONFIG_VERSION,
+            "layers": [{"type": type(l).__name__, "config": l.config()} for l in self._layers],
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """Build a freshly initialised model from ``to_config()`` output."""
+        if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+            raise ValueError(f"`config` must be a {CONFIG_FORMAT!r} dict")
+        if config.get("version") != CONFIG_VERSION:
+            raise ValueError(f"`config` version must be {CONFIG_VERSION}, got {config.get('version')!r}")
+        specs = config.get("layers")
+        if not isinstance(specs, list):
+            raise ValueError("`config['layers']` must be a list")
+        out = []
+        for i, s in enumerate(specs):
+            if not isinstance(s, dict) or "type" not in s or "config" not in s:
+                raise ValueError(f"`config['layers'][{i}]` must have 'type' and 'config'")
+            out.append(layer_from_config(s["type"], s["config"]))
+        return cls(out)
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): {l!r}" for i, l in enumerate(self._layers))
+        return f"Sequential({inner}\n)" if inner else "Sequential()"
+
+    # -- files and training (delegated) ------------------------------------------
+
+    def save(self, path):
+        """Save weights and architecture to a safetensors file (see ``striate.io``)."""
+        from . import io
+
+        io.save_model(self, path)
+
+    def fit(self, x, y, **kwargs):
+        """Train; see ``striate.training.fit``."""
+        from . import training
+
+        return training.fit(self, x, y, **kwargs)
+
+    def evaluate(self, x, y, **kwargs):
+        """Loss and accuracy; see ``striate.training.evaluate``."""
+        from . import training
+
+        return training.evaluate(self, x, y, **kwargs)
+
+    def predict(self, x, **kwargs):
+        """Class probabilities; see ``striate.training.predict``."""
+        from . import training
+
+        return training.predict(self, x, **kwargs)
