@@ -340,6 +340,24 @@ def pool_out_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool, axis:
     return out
 
 
+def _require_real_element(n: int, s: int, p: int, d: int, n_out: int, axis: str) -> None:
+    """Reject dilated windows that see only padding (PyTorch returns -inf and an
+    out-of-range index there).
+
+    A window starting at ``start >= 0`` holds ``start < n`` (the ceil_mode rule).
+    One starting at ``start < 0`` first meets the input at ``start mod d``, so
+    only inputs smaller than the dilation can fail, and then ``k <= 3``, ``p <= 1``.
+    """
+    if n >= d:
+        return
+    for o in range(min(n_out, -(-p // s))):
+        if (o * s - p) % d >= n:
+            raise ValueError(
+                f"pooling window {o} along {axis} covers only padding (input {n}, padding {p}, "
+                f"dilation {d}); increase the input or reduce `dilation`/`padding`"
+            )
+
+
 def pool_spec(x_shape, kernel_size, stride, padding, dilation, ceil_mode, *, pad_rule: bool = True) -> PoolSpec:
     """Check pooling arguments for an input of shape ``x_shape``.
 
@@ -360,6 +378,8 @@ def pool_spec(x_shape, kernel_size, stride, padding, dilation, ceil_mode, *, pad
         )
     OH = pool_out_size(H, kh, sh, ph, dh, ceil_mode, "height")
     OW = pool_out_size(W, kw, sw, pw, dw, ceil_mode, "width")
+    _require_real_element(H, sh, ph, dh, OH, "height")
+    _require_real_element(W, sw, pw, dw, OW, "width")
     checked_numel((N, C, OH, OW), "output")
     return PoolSpec(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode, OH, OW)
 

@@ -41,7 +41,12 @@ def _f32(a, name, ndim):
 
 
 def _c(a):
-    """``a`` itself when C-contiguous and aligned, else an explicit C-contiguous copy."""
+    """``a`` itself when C-contiguous and aligned, else an explicit C-contiguous copy.
+
+    Applied to every array before dispatching, on both backends, so that a
+    view, a Fortran-ordered or an NHWC-strided input gives bit-for-bit the
+    result of its contiguous copy.
+    """
     if a.flags.c_contiguous and a.flags.aligned:
         return a
     return np.array(a, order="C", copy=True)
@@ -89,14 +94,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     >>> F.conv2d(x, np.ones((2, 1, 3, 3), np.float32), padding=1).shape
     (1, 2, 4, 4)
     """
-    x = _f32(x, "x", 4)
-    weight = _f32(weight, "weight", 4)
+    x = _c(_f32(x, "x", 4))
+    weight = _c(_f32(weight, "weight", 4))
     if bias is not None:
-        bias = _f32(bias, "bias", 1)
+        bias = _c(_f32(bias, "bias", 1))
     s = _args.conv_spec(x.shape, weight.shape, None if bias is None else bias.shape, stride, padding, dilation, groups)
     if _numpy_backend():
         return reference.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return _core.conv2d_forward(_c(x), _c(weight), None if bias is None else _c(bias), *s.core_args())
+    return _core.conv2d_forward(x, weight, bias, *s.core_args())
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, needs=("x", "weight", "bias")):
@@ -117,16 +122,16 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ne
         None for what is not in ``needs``. ``dweight`` and ``dbias`` are
         reduced over the batch in a fixed order: bit-identical for any thread count.
     """
-    dy = _f32(dy, "dy", 4)
-    x = _f32(x, "x", 4)
-    weight = _f32(weight, "weight", 4)
+    dy = _c(_f32(dy, "dy", 4))
+    x = _c(_f32(x, "x", 4))
+    weight = _c(_f32(weight, "weight", 4))
     need = _args.needs_set(needs)
     s = _args.conv_spec(x.shape, weight.shape, None, stride, padding, dilation, groups)
     _args.same_shape(dy, s.y_shape, "dy", f"the output shape for `x` {x.shape} and `weight` {weight.shape}")
     if _numpy_backend():
         return reference.conv2d_backward(dy, x, weight, stride, padding, dilation, groups, needs=need)
     dx, dw, db = _core.conv2d_backward(
-        _c(dy), _c(x), _c(weight), *s.core_args(), "x" in need, "weight" in need, "bias" in need
+        dy, x, weight, *s.core_args(), "x" in need, "weight" in need, "bias" in need
     )
     return dx, dw, db
 
@@ -159,11 +164,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     >>> idx[0, 0].tolist()
     [[5, 7], [13, 15]]
     """
-    x = _f32(x, "x", 4)
+    x = _c(_f32(x, "x", 4))
     s = _args.pool_spec(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if _numpy_backend():
         return reference.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
-    return _core.max_pool2d_forward(_c(x), s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw, s.ceil_mode)
+    return _core.max_pool2d_forward(x, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw, s.ceil_mode)
 
 
 def max_pool2d_backward(dy, indices, x_shape):
@@ -179,14 +184,14 @@ def max_pool2d_backward(dy, indices, x_shape):
     -------
     dx : ndarray, float32, shape ``x_shape``
     """
-    dy = _f32(dy, "dy", 4)
+    dy = _c(_f32(dy, "dy", 4))
     N, C, H, W = _args.shape4(x_shape, "x_shape")
     if dy.shape[:2] != (N, C):
         raise ValueError(f"`dy` shape {dy.shape} does not match `x_shape` {(N, C, H, W)} in (N, C)")
-    _args.index_array(indices, "indices", dy.shape, H * W)
+    indices = _c(_args.index_array(indices, "indices", dy.shape, H * W))
     if _numpy_backend():
         return reference.max_pool2d_backward(dy, indices, (N, C, H, W))
-    return _core.max_pool2d_backward(_c(dy), _c(indices), H, W)
+    return _core.max_pool2d_backward(dy, indices, H, W)
 
 
 # --------------------------------------------------------------------------- average pooling
@@ -208,12 +213,12 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     -------
     y : ndarray, float32, shape (N, C, OH, OW)
     """
-    x = _f32(x, "x", 4)
+    x = _c(_f32(x, "x", 4))
     cip = _args.flag(count_include_pad, "count_include_pad")
     s = _args.pool_spec(x.shape, kernel_size, stride, padding, 1, ceil_mode)
     if _numpy_backend():
         return reference.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, cip)
-    return _core.avg_pool2d_forward(_c(x), s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.ceil_mode, cip)
+    return _core.avg_pool2d_forward(x, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.ceil_mode, cip)
 
 
 def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
@@ -223,14 +228,14 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     -------
     dx : ndarray, float32, shape ``x_shape``
     """
-    dy = _f32(dy, "dy", 4)
+    dy = _c(_f32(dy, "dy", 4))
     x_shape = _args.shape4(x_shape, "x_shape")
     cip = _args.flag(count_include_pad, "count_include_pad")
     s = _args.pool_spec(x_shape, kernel_size, stride, padding, 1, ceil_mode)
     _args.same_shape(dy, s.y_shape, "dy", f"the pooled shape of `x_shape` {x_shape}")
     if _numpy_backend():
         return reference.avg_pool2d_backward(dy, x_shape, kernel_size, stride, padding, ceil_mode, cip)
-    return _core.avg_pool2d_backward(_c(dy), s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.ceil_mode, cip)
+    return _core.avg_pool2d_backward(dy, s.H, s.W, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.ceil_mode, cip)
 
 
 # --------------------------------------------------------------------------- power-average pooling
@@ -247,12 +252,12 @@ def lp_pool2d(x, norm_type, kernel_size, stride=None, ceil_mode=False):
     -------
     y : ndarray, float32, shape (N, C, OH, OW)
     """
-    x = _f32(x, "x", 4)
+    x = _c(_f32(x, "x", 4))
     p = _args.norm_type(norm_type)
     s = _args.pool_spec(x.shape, kernel_size, stride, 0, 1, ceil_mode, pad_rule=False)
     if _numpy_backend():
         return reference.lp_pool2d(x, p, kernel_size, stride, ceil_mode)
-    return _core.lp_pool2d_forward(_c(x), p, s.kh, s.kw, s.sh, s.sw, s.ceil_mode)
+    return _core.lp_pool2d_forward(x, p, s.kh, s.kw, s.sh, s.sw, s.ceil_mode)
 
 
 def lp_pool2d_backward(dy, x, y, norm_type, kernel_size, stride=None, ceil_mode=False):
@@ -268,16 +273,16 @@ def lp_pool2d_backward(dy, x, y, norm_type, kernel_size, stride=None, ceil_mode=
     -------
     dx : ndarray, float32, shape of ``x``
     """
-    dy = _f32(dy, "dy", 4)
-    x = _f32(x, "x", 4)
-    y = _f32(y, "y", 4)
+    dy = _c(_f32(dy, "dy", 4))
+    x = _c(_f32(x, "x", 4))
+    y = _c(_f32(y, "y", 4))
     p = _args.norm_type(norm_type)
     s = _args.pool_spec(x.shape, kernel_size, stride, 0, 1, ceil_mode, pad_rule=False)
     _args.same_shape(dy, s.y_shape, "dy", f"the pooled shape of `x` {x.shape}")
     _args.same_shape(y, s.y_shape, "y", f"the pooled shape of `x` {x.shape}")
     if _numpy_backend():
         return reference.lp_pool2d_backward(dy, x, y, p, kernel_size, stride, ceil_mode)
-    return _core.lp_pool2d_backward(_c(dy), _c(x), _c(y), p, s.kh, s.kw, s.sh, s.sw, s.ceil_mode)
+    return _core.lp_pool2d_backward(dy, x, y, p, s.kh, s.kw, s.sh, s.sw, s.ceil_mode)
 
 
 # --------------------------------------------------------------------------- adaptive average pooling
@@ -298,11 +303,11 @@ def adaptive_avg_pool2d(x, output_size):
     -------
     y : ndarray, float32, shape (N, C, OH, OW)
     """
-    x = _f32(x, "x", 4)
+    x = _c(_f32(x, "x", 4))
     oh, ow = _args.adaptive_size(x.shape, output_size)
     if _numpy_backend():
         return reference.adaptive_avg_pool2d(x, (oh, ow))
-    return _core.adaptive_avg_pool2d_forward(_c(x), oh, ow)
+    return _core.adaptive_avg_pool2d_forward(x, oh, ow)
 
 
 def adaptive_avg_pool2d_backward(dy, x_shape, output_size):
@@ -312,13 +317,13 @@ def adaptive_avg_pool2d_backward(dy, x_shape, output_size):
     -------
     dx : ndarray, float32, shape ``x_shape``
     """
-    dy = _f32(dy, "dy", 4)
+    dy = _c(_f32(dy, "dy", 4))
     x_shape = _args.shape4(x_shape, "x_shape")
     oh, ow = _args.adaptive_size(x_shape, output_size)
     _args.same_shape(dy, x_shape[:2] + (oh, ow), "dy", f"the pooled shape of `x_shape` {x_shape}")
     if _numpy_backend():
         return reference.adaptive_avg_pool2d_backward(dy, x_shape, (oh, ow))
-    return _core.adaptive_avg_pool2d_backward(_c(dy), x_shape[2], x_shape[3])
+    return _core.adaptive_avg_pool2d_backward(dy, x_shape[2], x_shape[3])
 
 
 # --------------------------------------------------------------------------- fully connected
@@ -337,14 +342,14 @@ def linear(x, weight, bias=None):
     -------
     y : ndarray, float32, shape (N, out_features)
     """
-    x = _f32(x, "x", 2)
-    weight = _f32(weight, "weight", 2)
+    x = _c(_f32(x, "x", 2))
+    weight = _c(_f32(weight, "weight", 2))
     if bias is not None:
-        bias = _f32(bias, "bias", 1)
+        bias = _c(_f32(bias, "bias", 1))
     _args.linear_check(x.shape, weight.shape, None if bias is None else bias.shape)
     if _numpy_backend():
         return reference.linear(x, weight, bias)
-    y = _core.matmul(_c(x), _c(weight), False, True)
+    y = _core.matmul(x, weight, False, True)
     if bias is not None:
         y += bias
     return y
@@ -358,16 +363,16 @@ def linear_backward(dy, x, weight, needs=("x", "weight", "bias")):
     dx, dweight, dbias : ndarray or None
         None for what is not in ``needs``.
     """
-    dy = _f32(dy, "dy", 2)
-    x = _f32(x, "x", 2)
-    weight = _f32(weight, "weight", 2)
+    dy = _c(_f32(dy, "dy", 2))
+    x = _c(_f32(x, "x", 2))
+    weight = _c(_f32(weight, "weight", 2))
     need = _args.needs_set(needs)
     _args.linear_check(x.shape, weight.shape, None)
     _args.same_shape(dy, (x.shape[0], weight.shape[0]), "dy", f"the output shape for `x` {x.shape} and `weight` {weight.shape}")
     if _numpy_backend():
         return reference.linear_backward(dy, x, weight, needs=need)
-    dy = _c(dy)
-    dx = _core.matmul(dy, _c(weight), False, False) if "x" in need else None
-    dw = _core.matmul(dy, _c(x), True, False) if "weight" in need else None
+    dy = dy
+    dx = _core.matmul(dy, weight, False, False) if "x" in need else None
+    dw = _core.matmul(dy, x, True, False) if "weight" in need else None
     db = dy.sum(axis=0, dtype=np.float32) if "bias" in need else None
     return dx, dw, db
