@@ -1,0 +1,78 @@
+"""striate.zoo: LeNet-5 and the typical CNN (layers, parameter counts, shapes, torch names)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import striate as st
+from striate import layers as L
+from striate import zoo
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend():
+    st.set_backend("numpy")
+
+
+def test_lenet5_structure_and_count():
+    m = zoo.lenet5()
+    kinds = [type(l).__name__ for l in m]
+    assert kinds == [
+        "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d",
+        "Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear",
+    ]  # fmt: skip
+    assert sum(p.size for p in m.parameters()) == 61706
+    assert m[0].padding == (0, 0)
+    assert m.output_shapes((1, 32, 32))[-1] == (10,)
+    assert m(np.zeros((2, 1, 32, 32), np.float32)).shape == (2, 10)
+
+
+def test_lenet5_28_and_classes():
+    m = zoo.lenet5(num_classes=3, input_size=28)
+    assert m[0].padding == (2, 2)
+    assert m(np.zeros((1, 1, 28, 28), np.float32)).shape == (1, 3)
+    assert sum(p.size for p in m.parameters()) == 61706 - 7 * 85
+
+
+def test_lenet5_errors():
+    with pytest.raises(NotImplementedError, match="pretrained"):
+        zoo.lenet5(pretrained=True)
+    with pytest.raises(ValueError, match="`input_size`"):
+        zoo.lenet5(input_size=64)
+    with pytest.raises(ValueError, match="`num_classes`"):
+        zoo.lenet5(num_classes=0)
+
+
+def test_typical_cnn():
+    m = zoo.typical_cnn()
+    assert sum(isinstance(l, L.Conv2d) for l in m) == 3
+    assert [l.p for l in m if isinstance(l, L.Dropout)] == [0.25]
+    assert m.output_shapes((3, 32, 32))[9] == (4096,)
+    assert m.eval()(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
+    g = zoo.typical_cnn(in_channels=1, num_classes=4)
+    assert g[0].in_channels == 1 and g[-1].out_features == 4
+    with pytest.raises(ValueError, match="`in_channels`"):
+        zoo.typical_cnn(in_channels=0)
+
+
+def test_builders_are_seeded():
+    st.seed(11)
+    a = zoo.lenet5().state_dict()
+    st.seed(11)
+    b = zoo.lenet5().state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_lenet5_matches_torch_layout():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    tm = nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )  # fmt: skip
+    m = zoo.lenet5()
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()}, strict=True)
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(m(x), tm(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
