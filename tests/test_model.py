@@ -13,9 +13,14 @@ from striate import layers as L
 from striate import losses
 
 
-@pytest.fixture(autouse=True)
-def _numpy_backend():
-    st.set_backend("numpy")
+BACKENDS = ["numpy"] + (["cpp"] if hasattr(st._core, "conv2d_forward") else [])
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def backend(request):
+    """Every test runs on the NumPy reference and, once built, on the C++ kernels."""
+    st.set_backend(request.param)
+    return request.param
 
 
 def make(seed=0):
