@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st_h
 from kernel_helpers import check_op
 
@@ -422,6 +422,55 @@ def test_hypothesis_arguments_raise_only_clean_errors(call, backend):
     out = out[0] if isinstance(out, tuple) else out
     ref = ref[0] if isinstance(ref, tuple) else ref
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@st_h.composite
+def _valid_call(draw):
+    """A small valid op call: (op, inputs, params) for check_op."""
+    op = draw(st_h.sampled_from(["conv2d", "max_pool2d", "avg_pool2d", "lp_pool2d", "adaptive_avg_pool2d"]))
+    N, C, H, W = draw(st_h.tuples(st_h.integers(0, 2), st_h.integers(1, 5), st_h.integers(1, 9), st_h.integers(1, 9)))
+    seed = draw(st_h.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    kh, kw = draw(st_h.integers(1, 4)), draw(st_h.integers(1, 4))
+    stride = draw(st_h.tuples(st_h.integers(1, 3), st_h.integers(1, 3)))
+    if op == "conv2d":
+        groups = draw(st_h.sampled_from([g for g in (1, 2, 3, 5) if C % g == 0]))
+        K = groups * draw(st_h.integers(1, 3))
+        dil = draw(st_h.tuples(st_h.integers(1, 2), st_h.integers(1, 2)))
+        padding = draw(st_h.one_of(st_h.tuples(st_h.integers(0, 2), st_h.integers(0, 2)), st_h.just("valid"), st_h.just("same")))
+        if padding == "same":
+            stride = (1, 1)
+        inputs = {"x": f32(rng, N, C, H, W), "weight": f32(rng, K, C // groups, kh, kw),
+                  "bias": f32(rng, K) if draw(st_h.booleans()) else None}
+        return op, inputs, dict(stride=stride, padding=padding, dilation=dil, groups=groups)
+    if op == "adaptive_avg_pool2d":
+        return op, {"x": f32(rng, N, C, H, W)}, {"output_size": (draw(st_h.integers(1, 10)), draw(st_h.integers(1, 10)))}
+    p = dict(kernel_size=(kh, kw), stride=stride, ceil_mode=draw(st_h.booleans()))
+    if op == "lp_pool2d":
+        p["norm_type"] = draw(st_h.sampled_from([1, 2, 3, 1.5]))
+        return op, {"x": rng.uniform(0.2, 2.0, (N, C, H, W)).astype(np.float32)}, p
+    p["padding"] = (draw(st_h.integers(0, kh // 2)), draw(st_h.integers(0, kw // 2)))
+    if op == "max_pool2d":
+        p["dilation"] = (draw(st_h.integers(1, 2)), draw(st_h.integers(1, 2)))
+        x = (rng.permutation(N * C * H * W).reshape(N, C, H, W) * 0.01).astype(np.float32)
+        return op, {"x": x}, p
+    p["count_include_pad"] = draw(st_h.booleans())
+    return op, {"x": f32(rng, N, C, H, W)}, p
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(call=_valid_call())
+def test_hypothesis_valid_arguments_match_reference(call, backend):
+    op, inputs, params = call
+    probe = {k: v.astype(np.float64) for k, v in inputs.items() if v is not None and k == "x"}
+    try:  # geometry that does not fit (kernel larger than the padded input, ...) is out of scope here
+        if op == "conv2d":
+            R.conv2d(probe["x"], inputs["weight"].astype(np.float64), **params)
+        else:
+            getattr(R, op)(probe["x"], **params)
+    except ValueError:
+        assume(False)
+    check_op(op, inputs, params, rng=np.random.default_rng(0))
 
 
 # --------------------------------------------------------------------------- threads
