@@ -592,3 +592,21 @@ def test_repr_shows_non_default_args():
     assert repr(L.Conv2d(3, 8, 3, padding=1)) == "Conv2d(3, 8, 3, padding=1)"
     assert repr(L.Linear(4, 2, bias=False)) == "Linear(4, 2, bias=False)"
     assert repr(L.ReLU()) == "ReLU()"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_non_contiguous_inputs_give_the_same_results(case, rng):
+    _, make, shape, kind = case
+    layer = make()
+    x = _input(shape, kind, rng).astype(np.float32)
+    y = layer(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    grads = [p.grad.copy() for p in layer.parameters()]
+    wide = np.zeros(shape[:-1] + (2 * shape[-1],), np.float32)
+    wide[..., ::2] = x
+    for variant in (np.asfortranarray(x), wide[..., ::2]):
+        np.testing.assert_array_equal(layer(variant), y)
+        np.testing.assert_array_equal(layer.backward(np.asfortranarray(dy)), dx)
+        for g, p in zip(grads, layer.parameters()):
+            np.testing.assert_array_equal(p.grad, g)

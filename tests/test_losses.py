@@ -149,3 +149,15 @@ def test_get_loss():
         losses.get_loss("mse")
     with pytest.raises(TypeError, match="`loss`"):
         losses.get_loss(3)
+
+
+@pytest.mark.parametrize("cls", [losses.CrossEntropy, losses.SquaredError])
+def test_layout_independent(cls, rng):
+    o = rng.standard_normal((7, 33)).astype(np.float32)
+    t = rng.integers(0, 33, 7)
+    a = cls()
+    va = a(o, t)
+    for variant in (np.asfortranarray(o), np.repeat(o, 2, axis=1)[:, ::2]):
+        b = cls()
+        assert b(variant, t) == va
+        np.testing.assert_array_equal(b.backward(), a.backward())

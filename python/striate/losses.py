@@ -20,6 +20,8 @@ def _check_outputs(outputs, who):
         raise TypeError(f"{who}: `outputs` must be float32 or float64, got {outputs.dtype}")
     if outputs.ndim != 2:
         raise ValueError(f"{who}: `outputs` must be 2-D (N, C), got shape {outputs.shape}")
+    # Reductions then sum in the same order whatever the caller's memory layout.
+    return np.ascontiguousarray(outputs)
 
 
 def _targets(targets, outputs, who):
@@ -85,7 +87,7 @@ class CrossEntropy(Loss):
     name = "cross_entropy"
 
     def forward(self, outputs, targets):
-        _check_outputs(outputs, "CrossEntropy")
+        outputs = _check_outputs(outputs, "CrossEntropy")
         kind, t = _targets(targets, outputs, "CrossEntropy")
         n = outputs.shape[0]
         if n == 0:
@@ -118,7 +120,7 @@ class SquaredError(Loss):
     name = "squared_error"
 
     def forward(self, outputs, targets):
-        _check_outputs(outputs, "SquaredError")
+        outputs = _check_outputs(outputs, "SquaredError")
         kind, t = _targets(targets, outputs, "SquaredError")
         n = outputs.shape[0]
         if kind == "labels":
