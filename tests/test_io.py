@@ -561,3 +561,45 @@ def test_we_load_torch_weights(tmp_path, rng):
     m.eval()
     x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(m(x), tm(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_FUZZ
+@given(blob=hs.binary(max_size=300))
+def test_fuzz_arbitrary_bytes(tmp_path, blob):
+    bad = tmp_path / "fuzz.safetensors"
+    bad.write_bytes(blob)
+    with pytest.raises(FormatError):
+        st.load(bad)
+    with pytest.raises(FormatError):
+        io.read_file(bad, require_checksums=False) if len(blob) < 8 else io.read_file(bad)
+
+
+@_FUZZ
+@given(edits=hs.lists(hs.tuples(hs.integers(min_value=0), hs.integers(0, 255)), min_size=1, max_size=4), cut=hs.integers(0, 40))
+def test_fuzz_mutated_model_file(saved, tmp_path, edits, cut):
+    """Overwritten bytes and/or a truncated tail give a FormatError, or (edits that
+    change nothing, or only JSON whitespace) exactly the saved model; never
+    another exception and never a different model."""
+    m, path = saved
+    data = bytearray(path.read_bytes())
+    for pos, val in edits:
+        data[pos % len(data)] = val
+    if cut:
+        del data[-cut:]
+    bad = tmp_path / "mut.safetensors"
+    bad.write_bytes(bytes(data))
+    try:
+        loaded = st.load(bad)
+    except FormatError:
+        return
+    assert loaded.to_config() == m.to_config()
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[k], v)

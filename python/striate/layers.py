@@ -284,11 +284,7 @@ class Layer:
         for name, b in self._buffers.items():
             if b.dtype.kind == "f":
                 self._buffers[name] = b.astype(dtype)
-        self._on_buffers_replaced()
         return self
-
-    def _on_buffers_replaced(self):
-        """Hook for layers that keep attributes aliasing their buffers."""
 
     def _store_grad(self, param, g):
         """Overwrite ``param.grad`` (in the parameter's dtype)."""
@@ -417,8 +413,7 @@ class Conv2d(Layer):
         self._x = None
 
     def _conv_args(self):
-        pad = self.padding if isinstance(self.padding, str) else self.padding
-        return dict(stride=self.stride, padding=pad, dilation=self.dilation, groups=self.groups)
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
 
     def forward(self, x):
         _check_input(x, "Conv2d", 4)
