@@ -370,3 +370,19 @@ def test_fit_evaluate_predict_delegate(monkeypatch):
         ("evaluate", m, "x", "y", {"batch_size": 4}),
         ("predict", m, "x", {"batch_size": 4}),
     ]
+
+
+def test_bitwise_equal_across_thread_counts(backend, rng):
+    """Outputs and every gradient of a whole model do not depend on the thread count."""
+    x = rng.standard_normal(X_SHAPE).astype(np.float32)
+    dy = rng.standard_normal((3, 3)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        st.set_num_threads(threads)
+        m = make()
+        out = m(x)
+        dx = m.backward(dy)
+        results.append([out, dx] + [p.grad for p in m.parameters()])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
