@@ -1,0 +1,304 @@
+"""Benchmark striate's conv and max-pool kernels against the NumPy reference and PyTorch.
+
+For the six convolution layers and the max-pool case of PERFORMANCE.md, every
+variant is first validated against ``striate.reference`` in float64 (forward
+and every gradient, tolerance (1e-5 + 1e-4*|ref|)*sqrt(K)); then forward and
+forward+backward (dx, dw, db; the first layer also without dx) are timed for
+striate (C++), the float32 NumPy reference and PyTorch when it is importable,
+all at the same thread count (threadpoolctl for numpy's BLAS,
+``torch.set_num_threads`` for PyTorch). Each cell is the median of
+``--repeat`` runs after a warm-up. Prints a markdown table of ms, GFLOP/s and
+the ratios PyTorch/striate and reference/striate, their geometric means, and
+the 1 -> 2 thread scaling of striate on the three largest layers.
+
+Not a test: it refuses to time a kernel that fails validation, but sets no
+speed limits. Run it with numpy's BLAS overrides removed::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=python \\
+        python3 benchmarks/bench_kernels.py --threads 2 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import striate as st
+import striate.functional as F
+import striate.reference as R
+
+try:  # optional peer
+    import torch
+except ImportError:  # pragma: no cover - depends on the machine
+    torch = None
+
+
+@dataclass(frozen=True)
+class Conv:
+    name: str
+    N: int
+    C: int
+    H: int
+    K: int
+    k: int
+    pad: int
+    first: bool = False  # a network's first layer: also timed without dx
+
+    @property
+    def out(self) -> int:
+        return self.H + 2 * self.pad - self.k + 1
+
+    @property
+    def fwd_flops(self) -> float:
+        return 2.0 * self.N * self.K * self.out**2 * self.C * self.k * self.k
+
+
+CONVS = [
+    Conv("LeNet C1 1->6 k5 p2 28x28", 64, 1, 28, 6, 5, 2, first=True),
+    Conv("LeNet C3 6->16 k5 14x14", 64, 6, 14, 16, 5, 0),
+    Conv("3->32 k3 p1 32x32", 64, 3, 32, 32, 3, 1, first=True),
+    Conv("32->32 k3 p1 32x32", 64, 32, 32, 32, 3, 1),
+    Conv("64->64 k3 p1 16x16", 64, 64, 16, 64, 3, 1),
+    Conv("128->128 k3 p1 16x16 b32", 32, 128, 16, 128, 3, 1),
+]
+POOL_SHAPE = (64, 32, 32, 32)  # max-pool 2x2 / 2
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(name, got, ref, K):
+    """Raise when float32 ``got`` is outside the sqrt(K)-scaled tolerance around float64 ``ref``."""
+    got = np.asarray(got, dtype=np.float64)
+    tol = (1e-5 + 1e-4 * np.abs(ref)) * math.sqrt(K)
+    bad = ~(np.abs(got - ref) <= tol)
+    if got.shape != ref.shape or bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0]) if got.shape == ref.shape else "shape"
+        raise SystemExit(f"validation failed: {name} at {idx}: got {got.shape}, reference {ref.shape}")
+
+
+def validate_conv(c: Conv, x, w, b, dy):
+    x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+    _check(f"{c.name} y", F.conv2d(x, w, b, padding=c.pad), R.conv2d(x64, w64, b.astype(np.float64), padding=c.pad),
+           c.C * c.k * c.k + 1)
+    ref = R.conv2d_backward(dy64, x64, w64, padding=c.pad)
+    got = F.conv2d_backward(dy, x, w, padding=c.pad)
+    for gname, g, r, K in zip(("dx", "dw", "db"), got, ref, (c.K * c.k * c.k, c.N * c.out**2, c.N * c.out**2)):
+        _check(f"{c.name} {gname}", g, r, K)
+    nodx = F.conv2d_backward(dy, x, w, padding=c.pad, needs=("weight", "bias"))
+    if nodx[0] is not None:
+        raise SystemExit(f"validation failed: {c.name}: dx returned though not needed")
+    _check(f"{c.name} dw (no dx)", nodx[1], ref[1], c.N * c.out**2)
+
+
+def validate_pool(x, dy):
+    x64 = x.astype(np.float64)
+    y, idx = F.max_pool2d(x, 2)
+    yr, ir = R.max_pool2d(x64, 2)
+    _check("max-pool y", y, yr, 1)
+    if not np.array_equal(idx, ir):
+        raise SystemExit("validation failed: max-pool indices differ from the reference")
+    _check("max-pool dx", F.max_pool2d_backward(dy, idx, x.shape), R.max_pool2d_backward(dy.astype(np.float64), ir, x.shape), 1)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def median_ms(fn, repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def conv_variants(c: Conv, x, w, b, dy):
+    """{(impl, kind): callable} for kind in fwd, fwd+bwd, fwd+bwd (no dx)."""
+    p = c.pad
+    out = {
+        ("striate", "fwd"): lambda: F.conv2d(x, w, b, padding=p),
+        ("striate", "fwd+bwd"): lambda: (F.conv2d(x, w, b, padding=p), F.conv2d_backward(dy, x, w, padding=p)),
+        ("reference", "fwd"): lambda: R.conv2d(x, w, b, padding=p),
+        ("reference", "fwd+bwd"): lambda: (R.conv2d(x, w, b, padding=p), R.conv2d_backward(dy, x, w, padding=p)),
+    }
+    if c.first:
+        out[("striate", "fwd+bwd no dx")] = lambda: (
+            F.conv2d(x, w, b, padding=p), F.conv2d_backward(dy, x, w, padding=p, needs=("weight", "bias")))
+        out[("reference", "fwd+bwd no dx")] = lambda: (
+            R.conv2d(x, w, b, padding=p), R.conv2d_backward(dy, x, w, padding=p, needs=("weight", "bias")))
+    if torch is not None:
+        tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
+        tconv = torch.nn.functional.conv2d
+
+        def t_fwd():
+            with torch.no_grad():
+                return tconv(tx, tw, tb, padding=p)
+
+        def t_bwd(need_dx):
+            xx = tx.detach().requires_grad_(need_dx)
+            ww, bb = tw.detach().requires_grad_(True), tb.detach().requires_grad_(True)
+            tconv(xx, ww, bb, padding=p).backward(tdy)
+
+        out[("pytorch", "fwd")] = t_fwd
+        out[("pytorch", "fwd+bwd")] = lambda: t_bwd(True)
+        if c.first:
+            out[("pytorch", "fwd+bwd no dx")] = lambda: t_bwd(False)
+    return out
+
+
+def pool_variants(x, dy):
+    def s_fb():
+        y, idx = F.max_pool2d(x, 2)
+        return F.max_pool2d_backward(dy, idx, x.shape)
+
+    def r_fb():
+        y, idx = R.max_pool2d(x, 2)
+        return R.max_pool2d_backward(dy, idx, x.shape)
+
+    out = {
+        ("striate", "fwd"): lambda: F.max_pool2d(x, 2),
+        ("striate", "fwd+bwd"): s_fb,
+        ("reference", "fwd"): lambda: R.max_pool2d(x, 2),
+        ("reference", "fwd+bwd"): r_fb,
+    }
+    if torch is not None:
+        tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+
+        def t_fwd():
+            with torch.no_grad():
+                return torch.nn.functional.max_pool2d(tx, 2, return_indices=True)
+
+        def t_fb():
+            xx = tx.detach().requires_grad_(True)
+            torch.nn.functional.max_pool2d(xx, 2).backward(tdy)
+
+        out[("pytorch", "fwd")] = t_fwd
+        out[("pytorch", "fwd+bwd")] = t_fb
+    return out
+
+
+def set_threads(n: int) -> None:
+    st.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+
+def geomean(values):
+    vals = [v for v in values if v]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=st.get_num_threads(), help="threads for every implementation")
+    ap.add_argument("--repeat", type=int, default=15, help="timed repetitions per cell (median reported)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 thread column")
+    args = ap.parse_args(argv)
+    if args.threads < 1 or args.repeat < 1:
+        ap.error("--threads and --repeat must be >= 1")
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"warning: {var} is set; it slows numpy's BLAS (run with env -u {var})", file=sys.stderr)
+    st.set_backend("cpp")
+    rng = np.random.default_rng(0)
+    rows = []
+    largest = sorted(CONVS, key=lambda c: c.fwd_flops, reverse=True)[:3]
+
+    with threadpool_limits(args.threads):
+        for c in CONVS:
+            x = rng.standard_normal((c.N, c.C, c.H, c.H), dtype=np.float32)
+            w = rng.standard_normal((c.K, c.C, c.k, c.k), dtype=np.float32) / math.sqrt(c.C * c.k * c.k)
+            b = rng.standard_normal(c.K, dtype=np.float32)
+            dy = rng.standard_normal((c.N, c.K, c.out, c.out), dtype=np.float32)
+            set_threads(args.threads)
+            validate_conv(c, x, w, b, dy)
+            variants = conv_variants(c, x, w, b, dy)
+            kinds = ["fwd", "fwd+bwd"] + (["fwd+bwd no dx"] if c.first else [])
+            flops = {"fwd": c.fwd_flops, "fwd+bwd": 3 * c.fwd_flops, "fwd+bwd no dx": 2 * c.fwd_flops}
+            for kind in kinds:
+                row = {"case": c.name, "kind": kind, "gflop": flops[kind] / 1e9}
+                for impl in ("striate", "reference", "pytorch"):
+                    fn = variants.get((impl, kind))
+                    row[f"{impl}_ms"] = median_ms(fn, args.repeat) if fn else None
+                if kind == "fwd+bwd" and c in largest and not args.no_scaling:
+                    fn = variants[("striate", kind)]
+                    set_threads(1)
+                    t1 = median_ms(fn, args.repeat)
+                    set_threads(2)
+                    t2 = median_ms(fn, args.repeat)
+                    set_threads(args.threads)
+                    row["scaling_1_to_2"] = t1 / t2
+                rows.append(row)
+                print(f"  {c.name:28s} {kind:14s} done", file=sys.stderr, flush=True)
+
+        x = rng.standard_normal(POOL_SHAPE, dtype=np.float32)
+        dy = rng.standard_normal((POOL_SHAPE[0], POOL_SHAPE[1], POOL_SHAPE[2] // 2, POOL_SHAPE[3] // 2), dtype=np.float32)
+        set_threads(args.threads)
+        validate_pool(x, dy)
+        variants = pool_variants(x, dy)
+        for kind in ("fwd", "fwd+bwd"):
+            row = {"case": "max-pool 2x2/2 64x32x32x32", "kind": kind, "gflop": None}
+            for impl in ("striate", "reference", "pytorch"):
+                fn = variants.get((impl, kind))
+                row[f"{impl}_ms"] = median_ms(fn, args.repeat) if fn else None
+            rows.append(row)
+
+    for row in rows:
+        s, r, t = row["striate_ms"], row["reference_ms"], row["pytorch_ms"]
+        row["pytorch_over_striate"] = t / s if t else None
+        row["reference_over_striate"] = r / s
+        for impl in ("striate", "reference", "pytorch"):
+            ms = row[f"{impl}_ms"]
+            row[f"{impl}_gflops"] = row["gflop"] / (ms / 1e3) if row["gflop"] and ms else None
+
+    print(f"\nthreads={args.threads}, repeat={args.repeat}, numpy {np.__version__}"
+          + (f", torch {torch.__version__}" if torch is not None else ", torch not installed") + "\n")
+    print("| case | pass | striate ms (GFLOP/s) | PyTorch ms (GFLOP/s) | reference ms (GFLOP/s) "
+          "| PyTorch/striate | reference/striate | 1->2 threads |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        cells = []
+        for impl in ("striate", "pytorch", "reference"):
+            ms, gf = row[f"{impl}_ms"], row[f"{impl}_gflops"]
+            cells.append("-" if ms is None else f"{ms:.2f}" + (f" ({gf:.0f})" if gf else ""))
+        print(f"| {row['case']} | {row['kind']} | " + " | ".join(cells)
+              + f" | {_fmt(row['pytorch_over_striate'])} | {_fmt(row['reference_over_striate'])}"
+              + f" | {_fmt(row.get('scaling_1_to_2'))} |")
+    conv_fb = [r for r in rows if r["kind"] == "fwd+bwd" and r["gflop"]]
+    gm_t = geomean([r["pytorch_over_striate"] for r in conv_fb])
+    gm_r = geomean([r["reference_over_striate"] for r in conv_fb])
+    print(f"\ngeometric mean over the conv layers (fwd+bwd): PyTorch/striate {_fmt(gm_t)}, "
+          f"reference/striate {_fmt(gm_r)}")
+
+    if args.json:
+        meta = {"threads": args.threads, "repeat": args.repeat, "numpy": np.__version__,
+                "torch": None if torch is None else torch.__version__, "python": platform.python_version(),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "geomean_pytorch_over_striate": gm_t,
+                "geomean_reference_over_striate": gm_r}
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
