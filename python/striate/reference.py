@@ -210,28 +210,22 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     s = _args.pool_spec(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     bottom, right = _pool_padding(s)
     xp = _pad(x, s.ph, bottom, s.pw, right, value=-np.inf)
-    flat = _windows(xp, s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.OH, s.OW).reshape(s.N, s.C, s.OH, s.OW, s.kh * s.kw)
-    arg = flat.argmax(axis=-1)  # first maximum; np.argmax also stops at the first NaN
-    nan = np.isnan(flat)
-    if nan.any():  # PyTorch keeps replacing the running max by every NaN it meets: the last NaN wins
-        last = flat.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1)
-        arg = np.where(nan.any(axis=-1), last, arg)
-    y = np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
-    # Position of the winner in the input plane.
-    h0 = (np.arange(s.OH) * s.sh - s.ph)[:, None]
-    w0 = (np.arange(s.OW) * s.sw - s.pw)[None, :]
-    # A padding position can only come out on top when every real value is -inf;
-    # PyTorch then reports the first real position of the window.
-    first_h = (h0 + (-(-np.maximum(-h0, 0) // s.dh)) * s.dh)  # first row >= 0 in the dilated window
-    first_w = (w0 + (-(-np.maximum(-w0, 0) // s.dw)) * s.dw)
-    ih = h0 + (arg // s.kw) * s.dh
-    iw = w0 + (arg % s.kw) * s.dw
-    padded = (ih < 0) | (ih >= s.H) | (iw < 0) | (iw >= s.W)
-    if padded.any():
-        ih = np.where(padded, np.broadcast_to(first_h, ih.shape), ih)
-        iw = np.where(padded, np.broadcast_to(first_w, iw.shape), iw)
-    indices = (ih * s.W + iw).astype(np.int64)
-    return np.ascontiguousarray(y), indices
+    h0 = np.arange(s.OH, dtype=np.int64) * s.sh - s.ph  # top row of each window (may be padding)
+    w0 = np.arange(s.OW, dtype=np.int64) * s.sw - s.pw
+    # PyTorch's scan: the running max starts at -inf with the index of the window's
+    # first real position; an element replaces it when it is greater or NaN. So the
+    # first maximum wins ties, padding (-inf) never wins, and the last NaN wins.
+    first_h = h0 + (-(np.minimum(h0, 0) // s.dh)) * s.dh
+    first_w = w0 + (-(np.minimum(w0, 0) // s.dw)) * s.dw
+    y = np.full(s.y_shape, -np.inf, dtype=x.dtype)
+    indices = np.empty(s.y_shape, dtype=np.int64)
+    indices[...] = first_h[:, None] * s.W + first_w[None, :]
+    for i, j, hs, ws in _offsets(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.OH, s.OW):
+        v = xp[:, :, hs, ws]
+        take = (v > y) | np.isnan(v)
+        np.copyto(y, v, where=take)
+        np.copyto(indices, (h0 + i * s.dh)[:, None] * s.W + (w0 + j * s.dw)[None, :], where=take)
+    return y, indices
 
 
 def max_pool2d_backward(dy, indices, x_shape):
