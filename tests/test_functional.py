@@ -13,6 +13,7 @@ reference (test_reference.py); timing (benchmarks/bench_kernels.py).
 from __future__ import annotations
 
 import concurrent.futures
+import doctest
 import re
 
 import numpy as np
@@ -293,6 +294,19 @@ def test_layouts_give_identical_results_and_fresh_outputs(backend, rng):
     np.testing.assert_array_equal(got, F.linear(xl, wl))
 
 
+def test_readonly_and_broadcast_inputs(backend, rng):
+    x = f32(rng, 2, 3, 5, 5)
+    w1 = f32(rng, 1, 3, 3, 3)
+    xr = x.copy()
+    xr.setflags(write=False)
+    wb = np.broadcast_to(w1, (4, 3, 3, 3))  # zero strides: copied explicitly
+    np.testing.assert_array_equal(F.conv2d(xr, wb), F.conv2d(x, np.repeat(w1, 4, axis=0)))
+    y, idx = F.max_pool2d(xr, 2)
+    idx.setflags(write=False)
+    np.testing.assert_array_equal(F.max_pool2d_backward(np.ones_like(y), idx, x.shape),
+                                  F.max_pool2d_backward(np.ones_like(y), idx.copy(), x.shape))
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -558,6 +572,18 @@ def test_cpp_backend_calls_the_core(monkeypatch, rng):
         F.conv2d(f32(rng, 1, 1, 3, 3), f32(rng, 1, 1, 3, 3))
     with pytest.raises(AssertionError, match="_core.max_pool2d_forward"):
         F.max_pool2d(f32(rng, 1, 1, 4, 4), 2)
+
+
+def test_cpp_docstring_examples_run():
+    st.set_backend("cpp")
+    result = doctest.testmod(F, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_same_public_ops_as_reference():
+    assert set(F.__all__) == set(R.__all__)
+    for name in F.__all__:
+        assert callable(getattr(F, name)) and callable(getattr(R, name))
 
 
 def test_kernel_helper_reports_first_failing_index(monkeypatch, rng):

@@ -9,6 +9,7 @@ Not here: the C++ kernels (test_functional.py).
 
 from __future__ import annotations
 
+import doctest
 import warnings
 
 import numpy as np
@@ -331,6 +332,11 @@ def test_reference_rejects_bad_input(rng):
         R.conv2d_backward(np.ones((1, 1, 3, 3)), x, np.ones((1, 2, 3, 3)), needs=("w",))
     with pytest.raises(ValueError, match="`indices`"):
         R.max_pool2d_backward(np.ones((1, 2, 2, 2)), np.full((1, 2, 2, 2), 25, np.int64), x.shape)
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(R, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # --------------------------------------------------------------------------- against PyTorch
