@@ -247,6 +247,7 @@ def max_pool2d_backward(dy, indices, x_shape):
         raise ValueError(f"`dy` shape {dy.shape} does not match `x_shape` {(N, C, H, W)} in (N, C)")
     indices = _args.index_array(indices, "indices", dy.shape, H * W)
     planes = (np.arange(N * C, dtype=np.int64) * (H * W)).reshape(N, C, 1, 1)
+    # bincount sums in float64, in index order, whatever the input dtype
     dx = np.bincount((indices + planes).ravel(), weights=dy.ravel(), minlength=N * C * H * W)
     return dx.astype(dy.dtype, copy=False).reshape(N, C, H, W)
 
@@ -276,10 +277,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     count_include_pad = _args.flag(count_include_pad, "count_include_pad")
     s = _args.pool_spec(x.shape, kernel_size, stride, padding, 1, ceil_mode)
     bottom, right = _pool_padding(s)
-    xp = _pad(x, s.ph, bottom, s.pw, right)
-    acc = np.zeros(s.y_shape, dtype=x.dtype)
-    for _, _, hs, ws in _offsets(s.kh, s.kw, s.sh, s.sw, 1, 1, s.OH, s.OW):
-        acc += xp[:, :, hs, ws]
+    acc = _window_sum(_pad(x, s.ph, bottom, s.pw, right), s)
     acc /= _avg_divisor(s, count_include_pad).astype(x.dtype)
     return acc
 
@@ -298,6 +296,14 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
     _args.same_shape(dy, s.y_shape, "dy", f"the pooled shape of `x_shape` {x_shape}")
     g = dy / _avg_divisor(s, count_include_pad).astype(dy.dtype)
     return _scatter_windows(g, s)
+
+
+def _window_sum(xp, s):
+    """Sum of padded ``xp`` over every window of pool geometry ``s``: (N, C, OH, OW)."""
+    acc = np.zeros(s.y_shape, dtype=xp.dtype)
+    for _, _, hs, ws in _offsets(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.OH, s.OW):
+        acc += xp[:, :, hs, ws]
+    return acc
 
 
 def _scatter_windows(g, s):
@@ -335,10 +341,7 @@ def lp_pool2d(x, norm_type, kernel_size, stride=None, ceil_mode=False):
     s = _args.pool_spec(x.shape, kernel_size, stride, 0, 1, ceil_mode, pad_rule=False)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         bottom, right = _pool_padding(s)
-        xp = _pad(np.power(x, x.dtype.type(p)), 0, bottom, 0, right)
-        acc = np.zeros(s.y_shape, dtype=x.dtype)
-        for _, _, hs, ws in _offsets(s.kh, s.kw, s.sh, s.sw, 1, 1, s.OH, s.OW):
-            acc += xp[:, :, hs, ws]
+        acc = _window_sum(_pad(np.power(x, x.dtype.type(p)), 0, bottom, 0, right), s)
         acc *= _lp_scale(s).astype(x.dtype)
         return np.power(acc, x.dtype.type(1.0 / p))
 
@@ -378,7 +381,7 @@ def _adaptive_matrix(n_in, n_out, dtype):
     end = -((-(i + 1) * n_in) // n_out)
     j = np.arange(n_in, dtype=np.int64)
     inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
-    return inside / (end - start)[:, None].astype(dtype)
+    return (inside / (end - start)[:, None]).astype(dtype)
 
 
 def adaptive_avg_pool2d(x, output_size):
@@ -393,8 +396,8 @@ def adaptive_avg_pool2d(x, output_size):
     """
     x = _arr(x, "x", 4)
     oh, ow = _args.adaptive_size(x.shape, output_size)
-    ah = _adaptive_matrix(x.shape[2], oh, x.dtype).astype(x.dtype)
-    aw = _adaptive_matrix(x.shape[3], ow, x.dtype).astype(x.dtype)
+    ah = _adaptive_matrix(x.shape[2], oh, x.dtype)
+    aw = _adaptive_matrix(x.shape[3], ow, x.dtype)
     return np.ascontiguousarray(np.matmul(np.matmul(ah, x), aw.T))
 
 
@@ -409,8 +412,8 @@ def adaptive_avg_pool2d_backward(dy, x_shape, output_size):
     x_shape = _args.shape4(x_shape, "x_shape")
     oh, ow = _args.adaptive_size(x_shape, output_size)
     _args.same_shape(dy, x_shape[:2] + (oh, ow), "dy", f"the pooled shape of `x_shape` {x_shape}")
-    ah = _adaptive_matrix(x_shape[2], oh, dy.dtype).astype(dy.dtype)
-    aw = _adaptive_matrix(x_shape[3], ow, dy.dtype).astype(dy.dtype)
+    ah = _adaptive_matrix(x_shape[2], oh, dy.dtype)
+    aw = _adaptive_matrix(x_shape[3], ow, dy.dtype)
     return np.ascontiguousarray(np.matmul(np.matmul(ah.T, dy), aw))
 
 
