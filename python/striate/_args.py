@@ -170,15 +170,19 @@ def array(a, name: str, *, float32: bool, ndim: int | None = None) -> np.ndarray
     return a
 
 
-def index_array(a, name: str, expected_shape: tuple, plane: int) -> np.ndarray:
-    """int64 indices of ``expected_shape`` whose values lie in ``[0, plane)``."""
+def index_array(a, name: str, expected_shape: tuple, plane: int, *, check_range: bool = True) -> np.ndarray:
+    """int64 indices of ``expected_shape`` whose values lie in ``[0, plane)``.
+
+    ``check_range=False`` leaves the value check to a caller that does it in
+    the same pass as its own work (the C++ kernel does).
+    """
     if not isinstance(a, np.ndarray):
         raise TypeError(f"`{name}` must be a numpy.ndarray of int64, got {type(a).__name__}")
     if a.dtype != np.int64:
         raise TypeError(f"`{name}` must have dtype int64, got {a.dtype}")
     if a.shape != tuple(expected_shape):
         raise ValueError(f"`{name}` must have shape {tuple(expected_shape)} (the shape of `dy`), got {a.shape}")
-    if a.size:
+    if check_range and a.size:
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi >= plane:
             bad = lo if lo < 0 else hi
