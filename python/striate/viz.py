@@ -1,0 +1,443 @@
+"""Pictures of a model: conv filters, activation maps, training curves and an LR range test.
+
+Every picture is drawn with matplotlib's Agg canvas straight into a file
+(PNG, or whatever the path's extension names), so no display and no pyplot
+global state is involved. matplotlib is the optional extra ``[viz]``: without
+it each drawing function raises ImportError naming ``pip install
+'striate[viz]'``. ``lr_sweep`` computes without matplotlib and needs it only to
+draw (when ``path`` is given).
+
+Deliberately not here: interactive plots, anything that changes the model
+passed in (``activation_maps`` restores its modes, ``lr_sweep`` trains a copy),
+or text tables (``striate.introspect``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import os
+
+import numpy as np
+
+from . import layers as L
+
+__all__ = ["filters", "activation_maps", "plot_history", "lr_sweep"]
+
+_DPI = 100
+_EXTRA = "pip install 'striate[viz]'"
+
+
+def _figure(func, figsize):
+    """A matplotlib Figure on an Agg canvas, or ImportError naming the extra."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(f"striate.viz.{func} needs matplotlib, the [viz] extra: {_EXTRA}") from None
+    fig = Figure(figsize=figsize, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _check_path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)
+
+
+def _save(fig, path):
+    fig.savefig(path, dpi=_DPI)
+    return path
+
+
+def _mosaic(tiles, cols, pad=1, fill=1.0):
+    """Tiles (n, h, w[, 3]) in [0, 1] laid out ``cols`` per row with ``pad`` pixels of ``fill``
+    between (NaN draws as the background)."""
+    n, h, w = tiles.shape[:3]
+    rows = -(-n // cols)
+    shape = (rows * (h + pad) + pad, cols * (w + pad) + pad) + tiles.shape[3:]
+    out = np.full(shape, fill, dtype=np.float64)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = tiles[k]
+    return out
+
+
+def _int_arg(value, name, lo=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        raise ValueError(f"`{name}` must be an int >= {lo}, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- filters
+
+
+def filters(layer, path, *, max_filters=64, max_inputs=16):
+    """Draw a grid of a convolution's filters.
+
+    A filter with 3 input channels is drawn as one colour tile. Otherwise
+    each (output, input) kernel slice is a grey tile: one row per output
+    channel and one column per input channel, or, with a single input
+    channel, the filters in a near-square grid. All tiles share one scale,
+    symmetric about zero (mid-grey is 0, white the largest positive weight),
+    so magnitudes compare across filters.
+
+    Parameters
+    ----------
+    layer : striate.layers.Conv2d
+    path : str or os.PathLike
+        The image file to write (the extension picks the format).
+    max_filters : int, default 64
+        Draw at most this many output channels.
+    max_inputs : int, default 16
+        Draw at most this many input channels per filter.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Examples
+    --------
+    >>> import striate as st
+    >>> filters(st.zoo.lenet5()[0], "/tmp/striate_filters.png")
+    '/tmp/striate_filters.png'
+    """
+    if not isinstance(layer, L.Conv2d):
+        raise TypeError(f"`layer` must be a striate.layers.Conv2d, got {type(layer).__name__}")
+    path = _check_path(path)
+    max_filters = _int_arg(max_filters, "max_filters")
+    max_inputs = _int_arg(max_inputs, "max_inputs")
+    w = np.asarray(layer.weight.data, dtype=np.float64)[:max_filters]
+    out_c, in_c, kh, kw = w.shape
+    scale = float(np.max(np.abs(w))) or 1.0
+    norm = np.clip(w / (2 * scale) + 0.5, 0.0, 1.0)
+    if in_c == 3:
+        tiles = norm.transpose(0, 2, 3, 1)  # (out, kh, kw, 3)
+        cols = math.ceil(math.sqrt(out_c))
+        note = "RGB"
+    elif in_c == 1:
+        tiles = norm[:, 0]
+        cols = math.ceil(math.sqrt(out_c))
+        note = "1 input channel"
+    else:
+        shown = min(in_c, max_inputs)
+        tiles = norm[:, :shown].reshape(out_c * shown, kh, kw)
+        cols = shown
+        note = f"rows: output channels, columns: input channels ({shown} of {in_c})"
+    grid = _mosaic(tiles, cols)
+    height = max(2.0, min(10.0, grid.shape[0] / 8))
+    width = max(4.0, min(14.0, height * grid.shape[1] / grid.shape[0]))
+    fig = _figure("filters", (width, height + 0.8))
+    ax = fig.add_axes((0.02, 0.02, 0.96, height / (height + 0.8) - 0.04))
+    ax.imshow(grid, cmap=None if grid.ndim == 3 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    fig.suptitle(f"{layer!r}: {out_c} filters\n{note}; grey 0, |w| <= {scale:.3g}", fontsize=8)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- activation maps
+
+
+def _as_sample(x):
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        raise TypeError(f"`x` must be a float numpy.ndarray, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"`x` must be one image (C, H, W) or (1, C, H, W), got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _unit(a):
+    """Scale to [0, 1] (a constant map becomes 0)."""
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a, dtype=np.float64)
+
+
+def activation_maps(model, x, path, *, max_maps=16):
+    """Draw the input and the output maps of every Conv2d layer for one image.
+
+    The model runs in evaluation mode (its modes are restored afterwards).
+    Row 0 is the input (colour for 3 channels, else channel 0); each further
+    row shows the first ``max_maps`` channels of one convolution's output,
+    each map scaled to its own min..max.
+
+    Parameters
+    ----------
+    model : Sequential
+    x : ndarray, shape (C, H, W) or (1, C, H, W)
+    path : str or os.PathLike
+    max_maps : int, default 16
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    from .introspect import _layers, _Preserved
+
+    path = _check_path(path)
+    max_maps = _int_arg(max_maps, "max_maps")
+    x = _as_sample(x)
+    layers = _layers(model)
+    convs = [i for i, l in enumerate(layers) if isinstance(l, L.Conv2d)]
+    if not convs:
+        raise ValueError("activation_maps: `model` has no Conv2d layer")
+    maps = {}
+    with _Preserved(model):
+        model.eval()
+        a = x
+        for i, layer in enumerate(layers[: convs[-1] + 1]):
+            a = layer(a)
+            if i in convs:
+                maps[i] = np.asarray(a[0], dtype=np.float64)
+    rows = 1 + len(convs)
+    widest = max(min(max_maps, maps[i].shape[0]) for i in convs)
+    fig = _figure("activation_maps", (min(16.0, 0.9 * widest + 2.0), 1.25 * rows + 0.4))
+    top = 1.0 - 0.4 / (1.25 * rows + 0.4)
+    h = top / rows
+    inp = x[0].astype(np.float64)
+    img = _unit(inp.transpose(1, 2, 0)) if inp.shape[0] == 3 else _unit(inp[0])
+    ax = fig.add_axes((0.1, top - h + 0.01, 0.12, h - 0.02))
+    ax.imshow(img, cmap=None if img.ndim == 3 else "gray", interpolation="nearest")
+    ax.set_anchor("W")
+    ax.set_axis_off()
+    ax.set_title(f"input {tuple(x.shape[1:])}", fontsize=8)
+    for r, i in enumerate(convs, start=1):
+        m = maps[i][:max_maps]
+        tiles = np.stack([_unit(t) for t in m])
+        ax = fig.add_axes((0.1, top - (r + 1) * h + 0.01, 0.88, h - 0.02))
+        ax.imshow(_mosaic(tiles, len(tiles), fill=np.nan), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_anchor("W")
+        ax.set_axis_off()
+        ax.text(-0.01, 0.5, f"layer {i}\n{maps[i].shape[0]} maps\n{maps[i].shape[1]}x{maps[i].shape[2]}",
+                transform=ax.transAxes, ha="right", va="center", fontsize=7)
+    fig.suptitle("activation maps of the Conv2d layers (each map scaled to its range)", fontsize=9)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def plot_history(history, path):
+    """Draw training and validation loss and accuracy against the epoch.
+
+    Parameters
+    ----------
+    history : striate.training.History or dict of str to list
+        Uses ``loss``, ``val_loss``, ``accuracy`` and ``val_accuracy`` when
+        present; ``History.epoch`` (0-based) gives the x values, else 1, 2, ...
+    path : str or os.PathLike
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    path = _check_path(path)
+    data = getattr(history, "history", history)
+    if not isinstance(data, dict):
+        raise TypeError(f"`history` must be a History or a dict of lists, got {type(history).__name__}")
+    if not data.get("loss"):
+        raise ValueError("`history` has no 'loss' values to plot")
+    n = len(data["loss"])
+    epochs = [e + 1 for e in getattr(history, "epoch", [])] or list(range(1, n + 1))
+    metrics = [m for m in ("loss", "accuracy") if data.get(m) or data.get("val_" + m)]
+    fig = _figure("plot_history", (4.5 * len(metrics), 3.5))
+    axes = [fig.add_subplot(1, len(metrics), k + 1) for k in range(len(metrics))]
+    for ax, metric in zip(axes, metrics):
+        for key, style, label in ((metric, "o-", "train"), ("val_" + metric, "s--", "validation")):
+            values = data.get(key)
+            if values:
+                ax.plot(epochs[: len(values)], values, style, label=label, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.88, wspace=0.3)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- LR range test
+
+
+def _suggest(lrs, smooth):
+    """(suggested lr, method, lr of steepest descent or None, lr of the minimum)."""
+    lrs = np.asarray(lrs)
+    smooth = np.asarray(smooth)
+    imin = int(np.argmin(smooth))
+    lr_min_loss = float(lrs[imin])
+    skip = max(1, len(lrs) // 10)  # the first steps are dominated by the smoothing warm-up
+    if imin - skip >= 3:
+        slope = np.gradient(smooth, np.log(lrs))
+        k = skip + int(np.argmin(slope[skip : imin + 1]))
+        if slope[k] < 0:
+            lr = float(lrs[k])
+            return lr, "steepest", lr, lr_min_loss
+    return lr_min_loss / 10, "min/10", None, lr_min_loss
+
+
+def lr_sweep(
+    model_factory_or_model,
+    x,
+    y,
+    path=None,
+    lr_min=1e-5,
+    lr_max=1.0,
+    steps=100,
+    *,
+    batch_size=32,
+    loss="cross_entropy",
+    momentum=0.9,
+    beta=0.98,
+    diverge=4.0,
+    seed=0,
+):
+    """Learning-rate range test: train briefly while the lr grows exponentially.
+
+    Step ``i`` of ``steps`` trains one mini-batch with SGD at
+    ``lr_min * (lr_max / lr_min) ** (i / (steps - 1))``, a log-spaced grid. The
+    loss is smoothed with a bias-corrected exponential moving average
+    (``beta``); the test stops early when the smoothed loss exceeds
+    ``diverge`` times its best value or a loss is not finite. The model is
+    never changed: a factory is called for a fresh model, a model is deep
+    copied (so the sweep starts from its current weights). Batches are drawn
+    from a generator seeded with ``seed``, and Dropout layers get their own
+    seeded generators, so the sweep is reproducible and leaves striate's
+    global RNG alone.
+
+    The suggested lr is where the smoothed loss falls fastest against
+    log(lr) (before its minimum); when that is not defined (the minimum
+    comes within the first few steps) it is the lr of the minimum / 10.
+
+    Parameters
+    ----------
+    model_factory_or_model : Sequential or callable returning one
+    x : ndarray, float32, (N, C, H, W)
+    y : ndarray
+        Labels or targets for ``loss``.
+    path : str or os.PathLike, optional
+        Draw loss against lr (log axis) to this file; needs matplotlib.
+    lr_min, lr_max : float, default 1e-5 and 1.0
+    steps : int, default 100
+    batch_size : int, default 32
+    loss : str or striate.losses.Loss, default "cross_entropy"
+    momentum : float, default 0.9
+    beta : float in [0, 1), default 0.98
+    diverge : float > 1, default 4.0
+    seed : int, default 0
+
+    Returns
+    -------
+    dict
+        ``lrs`` and ``losses`` (smoothed) for the steps run, ``raw_losses``,
+        ``suggested_lr``, ``method`` (``"steepest"`` or ``"min/10"``),
+        ``lr_steepest`` (None when undefined), ``lr_min_loss``, ``diverged``
+        (whether the test stopped early) and ``path``.
+    """
+    from . import losses as LS
+    from . import optim
+    from .model import Sequential
+
+    if isinstance(model_factory_or_model, Sequential):
+        model = copy.deepcopy(model_factory_or_model)
+    elif callable(model_factory_or_model):
+        model = model_factory_or_model()
+        if not isinstance(model, Sequential):
+            raise TypeError(f"the model factory must return a Sequential, got {type(model).__name__}")
+    else:
+        raise TypeError(
+            f"`model_factory_or_model` must be a Sequential or a callable returning one, "
+            f"got {type(model_factory_or_model).__name__}"
+        )
+    if path is not None:
+        path = _check_path(path)
+        _figure("lr_sweep", (1, 1))  # fail before training when matplotlib is missing
+    for name, v in (("lr_min", lr_min), ("lr_max", lr_max)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):
+            raise ValueError(f"`{name}` must be a positive finite number, got {v!r}")
+    if lr_min >= lr_max:
+        raise ValueError(f"`lr_min` must be below `lr_max`, got {lr_min!r} >= {lr_max!r}")
+    steps = _int_arg(steps, "steps", lo=2)
+    batch_size = _int_arg(batch_size, "batch_size")
+    seed = _int_arg(seed, "seed", lo=0)
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < 1:
+        raise ValueError(f"`beta` must be in [0, 1), got {beta!r}")
+    if isinstance(diverge, bool) or not isinstance(diverge, numbers.Real) or not diverge > 1:
+        raise ValueError(f"`diverge` must be a number > 1, got {diverge!r}")
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 2 or x.shape[0] < 1:
+        raise TypeError(
+            f"`x` must be a non-empty float32 numpy.ndarray (N, ...), got "
+            f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}"
+        )
+    y = np.asarray(y)
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"`y` has shape {y.shape}, but `x` has {x.shape[0]} samples")
+    loss_fn = LS.get_loss(loss)
+
+    gen = np.random.default_rng(seed)
+    for k, layer in enumerate(l for l in model if isinstance(l, L.Dropout)):
+        layer.set_rng(np.random.default_rng([seed, k]))
+    model.train()
+    opt = optim.SGD(model.parameters(), lr=float(lr_min), momentum=float(momentum))
+    grid = float(lr_min) * (float(lr_max) / float(lr_min)) ** (np.arange(steps) / (steps - 1))
+    n = x.shape[0]
+    order = gen.permutation(n)
+    pos = 0
+    lrs, raw, smooth = [], [], []
+    avg, best, diverged = 0.0, math.inf, False
+    for i, lr in enumerate(grid):
+        if pos + batch_size > n:
+            order, pos = gen.permutation(n), 0
+        idx = order[pos : pos + batch_size]
+        pos += batch_size
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            value = float(loss_fn(model(x[idx]), y[idx]))
+        if not math.isfinite(value):
+            diverged = True
+            break
+        avg = beta * avg + (1 - beta) * value
+        s = avg / (1 - beta ** (i + 1))
+        lrs.append(float(lr))
+        raw.append(value)
+        smooth.append(s)
+        best = min(best, s)
+        if i > 0 and s > diverge * best:
+            diverged = True
+            break
+        with np.errstate(over="ignore", invalid="ignore"):
+            model.backward(loss_fn.backward(), input_grad=False)
+        opt.lr = float(lr)
+        opt.step()
+    if not lrs:
+        raise ValueError(f"lr_sweep: the loss is not finite at lr_min={lr_min!r}")
+    suggested, method, steepest, at_min = _suggest(lrs, smooth)
+    result = {
+        "lrs": lrs,
+        "losses": smooth,
+        "raw_losses": raw,
+        "suggested_lr": suggested,
+        "method": method,
+        "lr_steepest": steepest,
+        "lr_min_loss": at_min,
+        "diverged": diverged,
+        "path": path,
+    }
+    if path is not None:
+        fig = _figure("lr_sweep", (6.0, 4.0))
+        ax = fig.add_subplot(1, 1, 1)
+        ax.plot(lrs, raw, color="0.75", linewidth=0.8, label="loss")
+        ax.plot(lrs, smooth, color="C0", label=f"smoothed (beta={beta:g})")
+        ax.axvline(suggested, color="C3", linestyle="--", label=f"suggested lr {suggested:.3g} ({method})")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("loss")
+        ax.set_title("learning-rate range test")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.92)
+        _save(fig, path)
+    return result
