@@ -710,9 +710,15 @@ def torch_layer_times(model, x, repeat=5, warmup=1):
     with _Preserved(model):
         model.eval()
         a = x
-        for layer in layers:
+        for i, (layer, mod) in enumerate(zip(layers, mods)):
             inputs.append(a)
             a = layer(a)
+            if mod is not None:  # validate before timing: the torch module computes the same thing
+                mod.eval()
+                with torch.no_grad():
+                    ref = mod(torch.from_numpy(np.ascontiguousarray(inputs[-1]))).numpy()
+                if ref.shape != a.shape or not np.allclose(ref, a, rtol=1e-3, atol=1e-4):
+                    raise RuntimeError(f"torch_layer_times: torch's {mod} disagrees with striate's layer {i} ({layer!r})")
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(_config.get_num_threads())
     gen = torch.Generator().manual_seed(0)
@@ -746,9 +752,10 @@ def torch_layer_times(model, x, repeat=5, warmup=1):
 class BenchReport:
     """``bench_zoo``'s result: ``.results[name] = (ProfileResult, torch ms per layer or None)``."""
 
-    def __init__(self, results, torch_version=None):
+    def __init__(self, results, torch_version=None, torch_note="PyTorch comparison off"):
         self.results = results
         self.torch_version = torch_version
+        self.torch_note = torch_note
 
     def __str__(self):
         parts = []
@@ -758,12 +765,12 @@ class BenchReport:
             if torch_ms is not None:
                 cells = ["-" if t is None else f"{t:.3f}" for t in torch_ms]
                 total = sum(t for t in torch_ms if t is not None)
-                extra = (f"torch ms", cells, f"{total:.3f}")
+                extra = ("torch ms", cells, f"{total:.3f}")
             parts.append(prof.table(extra))
         if self.torch_version is not None:
             parts.append(f"torch {self.torch_version}: forward + backward per layer, same inputs and weights")
         else:
-            parts.append("torch is not installed: no comparison")
+            parts.append(self.torch_note)
         return "\n".join(parts)
 
 
@@ -796,14 +803,14 @@ def bench_zoo(models=("lenet5", "typical_cnn"), batch_size=64, repeat=5, *, torc
     unknown = [m for m in models if m not in ZOO_INPUTS]
     if unknown or not models:
         raise ValueError(f"`models` must name zoo models among {sorted(ZOO_INPUTS)}, got {list(models)!r}")
-    torch_version = None
+    torch_version, note = None, "PyTorch comparison off"
     if torch == "auto":
         try:
             import torch as _torch
 
             torch_version = _torch.__version__
         except ImportError:
-            torch_version = None
+            note = "PyTorch is not installed: no comparison"
     results = {}
     gen = np.random.default_rng(seed)
     saved_rng = _config._rng
@@ -819,7 +826,7 @@ def bench_zoo(models=("lenet5", "typical_cnn"), batch_size=64, repeat=5, *, torc
             results[name] = (prof, torch_ms)
     finally:
         _config._rng = saved_rng
-    return BenchReport(results, torch_version)
+    return BenchReport(results, torch_version, note)
 
 
 # ----------------------------------------------------------------------------- layer health
@@ -943,9 +950,8 @@ class LayerHealth(_CallbackBase):
             return
         done = len(getattr(history, "epoch", []))
         for key, v in values.items():
-            column = history.history.setdefault(key, [])
-            if len(column) < done:
-                column.append(float(v))
+            if len(history.history.get(key, ())) < done:
+                history.history.setdefault(key, []).append(float(v))
 
     def _warn(self, epoch, values):
         problems = []
