@@ -725,19 +725,24 @@ def _load_into(path, tensors, meta, model, optimizer):
 def _distributed_hook(model):
     """The data-parallel hook for ``fit(distributed=True)``.
 
-    Contract for ``striate.distributed.fit_hook(model)``: an object with
-    ``shard(indices) -> indices`` (this rank's part of a global batch),
-    ``average_gradients(params)`` (in place, over the ranks) and
-    ``is_root`` (whether this rank prints progress and writes files).
+    ``fit`` expects ``striate.distributed.fit_hook(model)`` to return an object
+    with ``shard(indices) -> indices`` (this rank's part of a global batch),
+    ``average_gradients(params, local_count, global_count)`` (in place, over
+    the ranks) and ``is_root`` (whether this rank prints and writes files).
     """
     try:
         from . import distributed
-    except ImportError:
+    except ImportError:  # pragma: no cover - the module ships with striate
+        distributed = None
+    if distributed is None or not distributed.available():
         raise ImportError(
-            "`distributed=True` needs striate's MPI support: install the [mpi] extra "
+            "`distributed=True` needs mpi4py and an MPI library: install the [mpi] extra "
             "(pip install 'striate[mpi]') and run under mpiexec"
-        ) from None
-    return distributed.fit_hook(model)
+        )
+    make = getattr(distributed, "fit_hook", None)
+    if make is None:
+        raise ValueError("`distributed=True` is not supported by this version of striate.training")
+    return make(model)
 
 
 # --------------------------------------------------------------------------- fit
@@ -1028,7 +1033,7 @@ def fit(
                         epoch=epoch + 1, step=step + 1, what=bad,
                     )
                 if hook is not None:
-                    hook.average_gradients(params)
+                    hook.average_gradients(params, xb.shape[0], len(order[step * batch_size : (step + 1) * batch_size]))
                 optimizer.step()
                 state.global_step += 1
                 nb = xb.shape[0]
