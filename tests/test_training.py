@@ -226,10 +226,17 @@ def test_fit_rejects_bad_arguments(digits8, kwargs, exc, pattern):
     assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_distributed_needs_the_mpi_extra(digits8):
+def test_distributed_is_a_clear_error_until_wired(digits8, monkeypatch):
+    from striate import distributed
+
     x, y, _, _ = digits8
-    with pytest.raises(ImportError, match=r"\[mpi\]"):
+    monkeypatch.setattr(distributed, "available", lambda: False)
+    with pytest.raises(ImportError, match=r"pip install 'striate\[mpi\]'"):
         fit(linear_model(), x, y, epochs=1, verbose=0, distributed=True)
+    monkeypatch.setattr(distributed, "available", lambda: True)
+    if not hasattr(distributed, "fit_hook"):
+        with pytest.raises(ValueError, match=r"`distributed=True` is not supported"):
+            fit(linear_model(), x, y, epochs=1, verbose=0, distributed=True)
 
 
 # --------------------------------------------------------------------------- non-finite guard
