@@ -182,16 +182,21 @@ def test_output_shape_matches_forward(case, rng):
         assert layer.output_shape(shape[1:]) == y.shape[1:]
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_backward_edge_cases(case, rng):
-    """Zero dy gives zero gradients; backward twice is bitwise equal and overwrites."""
+def _float32_pass(case, rng):
+    """Build the case's layer, run forward and backward in float32: (layer, x, y, dy, dx, grads)."""
     _, make, shape, kind = case
     layer = make()
     x = _input(shape, kind, rng).astype(np.float32)
     y = layer(x)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx1 = layer.backward(dy)
-    g1 = [p.grad.copy() for p in layer.parameters()]
+    dx = layer.backward(dy)
+    return layer, x, y, dy, dx, [p.grad.copy() for p in layer.parameters()]
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_backward_edge_cases(case, rng):
+    """Zero dy gives zero gradients; backward twice is bitwise equal and overwrites."""
+    layer, x, y, dy, dx1, g1 = _float32_pass(case, rng)
     dx2 = layer.backward(dy)
     np.testing.assert_array_equal(dx1, dx2)
     for a, p in zip(g1, layer.parameters()):
@@ -596,13 +601,8 @@ def test_repr_shows_non_default_args():
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_non_contiguous_inputs_give_the_same_results(case, rng):
-    _, make, shape, kind = case
-    layer = make()
-    x = _input(shape, kind, rng).astype(np.float32)
-    y = layer(x)
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx = layer.backward(dy)
-    grads = [p.grad.copy() for p in layer.parameters()]
+    layer, x, y, dy, dx, grads = _float32_pass(case, rng)
+    shape = x.shape
     wide = np.zeros(shape[:-1] + (2 * shape[-1],), np.float32)
     wide[..., ::2] = x
     for variant in (np.asfortranarray(x), wide[..., ::2]):
