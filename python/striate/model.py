@@ -268,25 +268,14 @@ class Sequential:
         return shapes
 
     def summary(self, input_shape=None):
-        """A table: layer, output shape (when ``input_shape`` is given), parameters."""
-        shapes = self.output_shapes(input_shape) if input_shape is not None else [None] * len(self._layers)
-        rows = [("#", "layer", "output shape", "params")]
-        total = trainable = 0
-        for i, (layer, shape) in enumerate(zip(self._layers, shapes)):
-            n = sum(p.size for p in layer.parameters())
-            total += n
-            trainable += sum(p.size for p in layer.parameters() if p.trainable)
-            rows.append((str(i), repr(layer), "?" if shape is None else str(shape), f"{n:,}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(4)]
-        line = "  ".join("-" * w for w in widths)
-        out = []
-        for j, r in enumerate(rows):
-            out.append("  ".join([r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]), r[3].rjust(widths[3])]).rstrip())
-            if j == 0:
-                out.append(line)
-        out.append(line)
-        out.append(f"total params: {total:,} (trainable {trainable:,}, frozen {total - trainable:,})")
-        return "\n".join(out)
+        """A table per layer: output shape, FLOPs, activation memory, receptive field, params.
+
+        ``input_shape`` is (C, H, W) without the batch; when None it is inferred
+        where possible. See ``striate.introspect.summary``.
+        """
+        from . import introspect
+
+        return introspect.summary(self, input_shape)
 
     def to_config(self):
         """The architecture as a JSON-serialisable dict."""
