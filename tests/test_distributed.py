@@ -37,6 +37,8 @@ def _mpiexec():
 def run_mpi(script, n=2, timeout=240, env_extra=None):
     """Run `script` under `mpiexec -n n` with this interpreter; returns stdout lines per rank."""
     pytest.importorskip("mpi4py")
+    if os.environ.get("STRIATE_SKIP_MPI_TESTS"):
+        pytest.skip("STRIATE_SKIP_MPI_TESTS is set (the sanitizer run)")
     exe = _mpiexec()
     if exe is None:
         pytest.skip("mpiexec not found (install the [mpi] extra)")
