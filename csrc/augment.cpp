@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "parallel.hpp"
 
@@ -31,7 +32,28 @@ void cos_sin_deg(double deg, double& c, double& s) {
     s = std::sin(rad);
 }
 
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+// One binary, dispatched at load time to the best of AVX-512, AVX2+FMA or baseline.
+#define STRIATE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define STRIATE_CLONES
+#endif
+
+// Fill border around the image in the scratch plane: 2 pixels before, 3 after,
+// so that every clamped tap of affine_sample lands inside the plane.
+constexpr int64_t kPadLo = 2, kPadHi = 3;
+
 // One sample of affine_forward: x and y point at (C, H, W) planes.
+//
+// The sample is first copied into a scratch plane with a border of `fill`
+// (kPadLo before, kPadHi after), which is the same as reading `fill` for every
+// tap outside the image. Source coordinates are clamped to [-2, W+1] x [-2, H+1]
+// (any coordinate beyond reads only fill there), so the inner loops have no
+// branches: per output row, one loop computes tap offsets and fractions, then one
+// loop per channel gathers and interpolates:
+//   top = p00 + ax (p01 - p00), bot = p10 + ax (p11 - p10), out = top + ay (bot - top).
+// With ax = ay = 0 the result is p00 exactly (identity, whole-pixel shifts).
+STRIATE_CLONES
 void affine_sample(const float* x, float* y, int64_t C, int64_t H, int64_t W, double angle_deg, double tx,
                    double ty, double scale, float fill) {
     double c, s;
@@ -41,41 +63,55 @@ void affine_sample(const float* x, float* y, int64_t C, int64_t H, int64_t W, do
     // with (u, v) = (x_out - cx - tx, y_out - cy - ty).
     const double m00 = c / scale, m01 = -s / scale, m10 = s / scale, m11 = c / scale;
     const double cx = 0.5 * static_cast<double>(W - 1), cy = 0.5 * static_cast<double>(H - 1);
-    const double wd = static_cast<double>(W), hd = static_cast<double>(H);
-    const int64_t hw = H * W;
+    const int64_t Wp = W + kPadLo + kPadHi, Hp = H + kPadLo + kPadHi;
+    const double xmax = static_cast<double>(W + 1), ymax = static_cast<double>(H + 1);
+
+    thread_local std::vector<float> scratch;
+    thread_local std::vector<int32_t> offs;
+    thread_local std::vector<float> fxs, fys;
+    scratch.assign(static_cast<size_t>(C * Hp * Wp), fill);
+    offs.resize(static_cast<size_t>(W));
+    fxs.resize(static_cast<size_t>(W));
+    fys.resize(static_cast<size_t>(W));
+    for (int64_t ch = 0; ch < C; ++ch) {
+        for (int64_t r = 0; r < H; ++r) {
+            std::memcpy(&scratch[static_cast<size_t>((ch * Hp + r + kPadLo) * Wp + kPadLo)], x + (ch * H + r) * W,
+                        static_cast<size_t>(W) * sizeof(float));
+        }
+    }
+    const float* P = scratch.data();
+    int32_t* off = offs.data();
+    float* fx = fxs.data();
+    float* fy = fys.data();
+    const int32_t wp32 = static_cast<int32_t>(Wp);
+    const int64_t hw = H * W, plane = Hp * Wp;
     for (int64_t oy = 0; oy < H; ++oy) {
         const double v = static_cast<double>(oy) - cy - ty;
         const double bx = cx + m01 * v, by = cy + m11 * v;
         for (int64_t ox = 0; ox < W; ++ox) {
             const double u = static_cast<double>(ox) - cx - tx;
-            const double xi = bx + m00 * u, yi = by + m10 * u;
-            float* out = y + oy * W + ox;
-            // No tap inside the image (this also catches NaN and huge coordinates).
-            if (!(xi > -1.0 && xi < wd && yi > -1.0 && yi < hd)) {
-                for (int64_t ch = 0; ch < C; ++ch) out[ch * hw] = fill;
-                continue;
-            }
-            const double fx0 = std::floor(xi), fy0 = std::floor(yi);
-            const int64_t x0 = static_cast<int64_t>(fx0), y0 = static_cast<int64_t>(fy0);
-            const float ax = static_cast<float>(xi - fx0), ay = static_cast<float>(yi - fy0);
-            const float w00 = (1.0f - ax) * (1.0f - ay), w01 = ax * (1.0f - ay);
-            const float w10 = (1.0f - ax) * ay, w11 = ax * ay;
-            if (x0 >= 0 && x0 + 1 < W && y0 >= 0 && y0 + 1 < H) {
-                const float* p = x + y0 * W + x0;
-                for (int64_t ch = 0; ch < C; ++ch, p += hw) {
-                    out[ch * hw] = w00 * p[0] + w01 * p[1] + w10 * p[W] + w11 * p[W + 1];
-                }
-            } else {
-                // Border: x0 >= -1 and y0 >= -1 here, so only these four tests are needed.
-                const bool in_x0 = x0 >= 0, in_x1 = x0 + 1 < W, in_y0 = y0 >= 0, in_y1 = y0 + 1 < H;
-                for (int64_t ch = 0; ch < C; ++ch) {
-                    const float* p = x + ch * hw;
-                    const float v00 = in_y0 && in_x0 ? p[y0 * W + x0] : fill;
-                    const float v01 = in_y0 && in_x1 ? p[y0 * W + x0 + 1] : fill;
-                    const float v10 = in_y1 && in_x0 ? p[(y0 + 1) * W + x0] : fill;
-                    const float v11 = in_y1 && in_x1 ? p[(y0 + 1) * W + x0 + 1] : fill;
-                    out[ch * hw] = w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11;
-                }
+            double xi = bx + m00 * u, yi = by + m10 * u;
+            // Clamp (NaN goes to the low end): beyond the clamp every tap reads fill.
+            xi = xi > -2.0 ? xi : -2.0;
+            xi = xi < xmax ? xi : xmax;
+            yi = yi > -2.0 ? yi : -2.0;
+            yi = yi < ymax ? yi : ymax;
+            // Scratch coordinates are >= 0, so truncation is floor.
+            const double xs = xi + static_cast<double>(kPadLo), ys = yi + static_cast<double>(kPadLo);
+            const int32_t x0 = static_cast<int32_t>(xs), y0 = static_cast<int32_t>(ys);
+            fx[ox] = static_cast<float>(xs - static_cast<double>(x0));
+            fy[ox] = static_cast<float>(ys - static_cast<double>(y0));
+            off[ox] = y0 * wp32 + x0;
+        }
+        for (int64_t ch = 0; ch < C; ++ch) {
+            const float* p = P + ch * plane;
+            float* out = y + ch * hw + oy * W;
+            for (int64_t ox = 0; ox < W; ++ox) {
+                const int32_t o = off[ox];
+                const float p00 = p[o], p01 = p[o + 1], p10 = p[o + wp32], p11 = p[o + wp32 + 1];
+                const float top = p00 + fx[ox] * (p01 - p00);
+                const float bot = p10 + fx[ox] * (p11 - p10);
+                out[ox] = top + fy[ox] * (bot - top);
             }
         }
     }

@@ -22,7 +22,7 @@ namespace striate {
 // rotates by angle_deg counter-clockwise as seen on screen and scales about the
 // centre, then translates by (tx, ty) pixels. Each output pixel samples the input
 // at the inverse map with bilinear interpolation; taps outside the image read `fill`.
-//   x, y are (N, C, H, W); angle_deg, tx, ty, scale are (N,); scale > 0.
+//   x, y are (N, C, H, W); angle_deg, tx, ty, scale are (N,); scale > 0; (H+5)*(W+5) < 2**31.
 void affine_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, int64_t W,
                     const double* angle_deg, const double* tx, const double* ty, const double* scale,
                     float fill, int threads = 0);

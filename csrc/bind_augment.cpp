@@ -3,6 +3,7 @@
 //
 // striate/augment.py validates and converts first; these checks repeat the ones
 // that protect memory so that a direct call into striate._core cannot crash.
+#include <climits>
 #include <cmath>
 
 #include "augment.hpp"
@@ -57,6 +58,11 @@ farray affine(const farray& x, const darray& angle, const darray& tx, const darr
         }
     }
     if (!std::isfinite(fill)) throw std::invalid_argument("`fill` must be finite");
+    // The kernel indexes a bordered plane of (H + 5) x (W + 5) pixels with int32.
+    if (checked_mul(d.h + 5, d.w + 5, "image size") > INT32_MAX) {
+        throw std::invalid_argument("`x` images are too large for affine: " + std::to_string(d.h) + "x" +
+                                    std::to_string(d.w));
+    }
     farray y = new_array<float>({d.n, d.c, d.h, d.w});
     const float* xp = x.data();
     float* yp = y.mutable_data();
