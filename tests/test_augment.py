@@ -12,6 +12,8 @@ import threading
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+from hypothesis import given, settings
+from hypothesis import strategies as st_
 
 import striate as st
 from striate import _core
@@ -450,3 +452,22 @@ def test_core_refuses_float64_without_converting(rng):
     x = batch(rng).astype(np.float64)
     with pytest.raises(TypeError):
         _core.augment_hflip(x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st_.integers(1, 3), c=st_.integers(1, 3), h=st_.integers(1, 12), w=st_.integers(1, 12),
+    angle=st_.floats(-720, 720), dx=st_.floats(-15, 15), dy=st_.floats(-15, 15),
+    scale=st_.floats(0.05, 20), fill=st_.floats(-2, 2), seed=st_.integers(0, 2**32 - 1),
+)
+def test_affine_matches_scipy_hypothesis(n, c, h, w, angle, dx, dy, scale, fill, seed):
+    x = np.random.default_rng(seed).random((n, c, h, w), dtype=np.float32)
+    y = A.affine(x, angle, (dx, dy), scale, fill)
+    np.testing.assert_allclose(y, scipy_affine(x, angle, dx, dy, scale, fill), atol=2e-5, rtol=1e-5)
+
+
+def test_read_only_input(rng):
+    x = batch(rng)
+    x.flags.writeable = False
+    np.testing.assert_array_equal(A.affine(x), x)
+    assert pipeline()(x, 1).shape == (4, 3, 8, 10)
