@@ -7,7 +7,8 @@ forward+backward (dx, dw, db; the first layer also without dx) are timed for
 striate (C++), the float32 NumPy reference and PyTorch when it is importable,
 all at the same thread count (threadpoolctl for numpy's BLAS,
 ``torch.set_num_threads`` for PyTorch). Each cell is the median of
-``--repeat`` runs after a warm-up. Prints a markdown table of ms, GFLOP/s and
+``--repeat`` runs after a warm-up (fewer, but at least 3, when a cell
+exceeds ``--budget`` seconds). Prints a markdown table of ms, GFLOP/s and
 the ratios PyTorch/striate and reference/striate, their geometric means, and
 the 1 -> 2 thread scaling of striate on the three largest layers.
 
@@ -113,14 +114,18 @@ def validate_pool(x, dy):
 # --------------------------------------------------------------------------- timing
 
 
-def median_ms(fn, repeat: int, warmup: int = 2) -> float:
+def median_ms(fn, repeat: int, budget_s: float = 3.0, warmup: int = 2) -> float:
+    """Median wall time of ``fn`` in ms over ``repeat`` runs after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
     times = []
+    start = time.perf_counter()
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        if len(times) >= 3 and time.perf_counter() - start > budget_s:
+            break
     return 1e3 * float(np.median(times))
 
 
@@ -213,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=15, help="timed repetitions per cell (median reported)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 thread column")
+    ap.add_argument("--budget", type=float, default=3.0,
+                    help="seconds per cell after which repetitions stop early (at least 3 runs)")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.repeat < 1:
         ap.error("--threads and --repeat must be >= 1")
@@ -239,13 +246,13 @@ def main(argv=None) -> int:
                 row = {"case": c.name, "kind": kind, "gflop": flops[kind] / 1e9}
                 for impl in ("striate", "reference", "pytorch"):
                     fn = variants.get((impl, kind))
-                    row[f"{impl}_ms"] = median_ms(fn, args.repeat) if fn else None
+                    row[f"{impl}_ms"] = median_ms(fn, args.repeat, args.budget) if fn else None
                 if kind == "fwd+bwd" and c in largest and not args.no_scaling:
                     fn = variants[("striate", kind)]
                     set_threads(1)
-                    t1 = median_ms(fn, args.repeat)
+                    t1 = median_ms(fn, args.repeat, args.budget)
                     set_threads(2)
-                    t2 = median_ms(fn, args.repeat)
+                    t2 = median_ms(fn, args.repeat, args.budget)
                     set_threads(args.threads)
                     row["scaling_1_to_2"] = t1 / t2
                 rows.append(row)
@@ -260,7 +267,7 @@ def main(argv=None) -> int:
             row = {"case": "max-pool 2x2/2 64x32x32x32", "kind": kind, "gflop": None}
             for impl in ("striate", "reference", "pytorch"):
                 fn = variants.get((impl, kind))
-                row[f"{impl}_ms"] = median_ms(fn, args.repeat) if fn else None
+                row[f"{impl}_ms"] = median_ms(fn, args.repeat, args.budget) if fn else None
             rows.append(row)
 
     for row in rows:

@@ -11,6 +11,7 @@ namespace striate {
 void bind_conv(py::module_& m);
 void bind_pool(py::module_& m);
 void bind_gemm(py::module_& m);
+void bind_augment(py::module_& m);
 }  // namespace striate
 
 PYBIND11_MODULE(_core, m) {
@@ -25,4 +26,5 @@ PYBIND11_MODULE(_core, m) {
     striate::bind_conv(m);
     striate::bind_pool(m);
     striate::bind_gemm(m);
+    striate::bind_augment(m);
 }
