@@ -128,6 +128,22 @@ def test_in_place_and_skips(cls, rng):
     assert all(p.grad is None for p in params + [frozen, nograd])
 
 
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [(optim.SGD, dict(momentum=0.9, nesterov=True)), (optim.SGD, {}), (optim.Adam, dict(weight_decay=0.1))],
+)
+def test_step_leaves_grads_untouched(cls, kwargs, rng):
+    params = _params(rng)
+    opt = cls(params, lr=0.1, **kwargs)
+    for _ in range(2):
+        for p in params:
+            p.grad = rng.standard_normal(p.data.shape).astype(np.float32)
+        grads = [p.grad.copy() for p in params]
+        opt.step()
+        for g, p in zip(grads, params):
+            np.testing.assert_array_equal(p.grad, g)
+
+
 @pytest.mark.parametrize("cls", [optim.SGD, optim.Adam])
 @pytest.mark.parametrize("lr", [0.0, -0.1, float("nan"), float("inf")])
 def test_bad_lr_rejected(cls, lr, rng):

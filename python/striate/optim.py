@@ -164,22 +164,16 @@ class SGD(Optimizer):
         """Update every trainable parameter that has a gradient, in place."""
         for i, p, grad in self._active():
             dt = p.data.dtype.type
-            if self.weight_decay:
-                g = grad + dt(self.weight_decay) * p.data
-            else:
-                g = grad.copy()
+            g = grad + dt(self.weight_decay) * p.data if self.weight_decay else grad  # never modified in place
             if self.momentum:
                 buf = self.state[i].get("momentum_buffer")
                 if buf is None:
-                    buf = g.copy()
+                    buf = np.array(g, copy=True)
                     self.state[i]["momentum_buffer"] = buf
                 else:
                     buf *= dt(self.momentum)
                     buf += g
-                if self.nesterov:
-                    g += dt(self.momentum) * buf
-                else:
-                    g = buf
+                g = g + dt(self.momentum) * buf if self.nesterov else buf
             p.data -= dt(self.lr) * g
 
 
