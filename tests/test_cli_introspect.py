@@ -93,7 +93,7 @@ def test_lr_sweep_plot_and_errors(capsys, tmp_path):
     rc, _, err = run(capsys, "lr-sweep", str(tmp_path / "rgb.safetensors"), "--steps", "3")
     assert rc == 2 and "1 channel" in err
     rc, _, err = run(capsys, "lr-sweep", "--lr-min", "0")
-    assert rc == 2 and "positive" in err
+    assert rc == 2 and "--lr-min" in err and "positive" in err
     rc, _, err = run(capsys, "lr-sweep", "--lr-min", "1", "--lr-max", "0.1", "--steps", "3")
     assert rc == 2 and "`lr_min` must be below `lr_max`" in err
 
@@ -110,5 +110,5 @@ def test_add_subcommands_plugs_into_argparse(capsys):
 def test_resolve_model():
     assert len(C.resolve_model("lenet5")) == 12
     assert C.resolve_model("typical_cnn", in_channels=1)[0].in_channels == 1
-    with pytest.raises(ValueError, match="zoo name"):
+    with pytest.raises(cli.CLIError, match="zoo name"):
         C.resolve_model("/no/such/file.safetensors")

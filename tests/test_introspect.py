@@ -291,7 +291,7 @@ def test_bench_zoo_next_to_torch():
     rep = I.bench_zoo(models="typical_cnn", batch_size=2, repeat=1)
     prof, torch_ms = rep.results["typical_cnn"]
     assert len(torch_ms) == 13 and all(t is not None and t >= 0 for t in torch_ms)
-    assert torch_ms[0] == 0.0 or torch_ms[0] > 0
+    assert torch_ms[0] > 0  # the first layer trains: it is timed (only its input gradient is skipped)
     assert "torch ms" in str(rep) and rep.torch_version in str(rep)
 
 
@@ -362,8 +362,6 @@ def test_grad_norm_is_the_batch_mean_and_dead_means_zero_for_every_sample():
 
 
 def test_dead_relu_warning():
-    m = small_net()
-    m[6].bias.data[...] = 0
     x, y = blobs(32)
     dead = st.Sequential([L.Flatten(), L.Linear(100, 8), L.ReLU(), L.Linear(8, 3)])
     dead[1].bias.data[...] = -1e3  # every unit of ReLU 2 is negative for every sample

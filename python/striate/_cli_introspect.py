@@ -8,16 +8,17 @@ with ``model.save`` (``striate.load``) or a zoo name (``lenet5``, ``typical_cnn`
 
 Deliberately not here: the computations themselves (``striate.introspect`` and
 ``striate.viz``) and ``sys.exit``: the commands return the exit status and
-raise ValueError / OSError / ImportError for user errors, which ``striate.cli``
+raise CLIError / ValueError / OSError / ImportError for user errors, which ``striate.cli``
 prints.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
+
+from .cli import CLIError, _positive_float, _positive_int
 
 __all__ = [
     "add_commands",
@@ -30,30 +31,6 @@ __all__ = [
 ]
 
 ZOO_NAMES = ("lenet5", "typical_cnn")
-
-
-class ModelSpecError(ValueError):
-    """MODEL is neither a zoo name nor an existing model file."""
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return v
-
-
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (np.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return v
 
 
 def resolve_model(spec, seed=0, in_channels=None):
@@ -69,7 +46,7 @@ def resolve_model(spec, seed=0, in_channels=None):
             return st.zoo.lenet5()
         return st.zoo.typical_cnn(in_channels=in_channels or 3)
     if not os.path.exists(spec):
-        raise ModelSpecError(
+        raise CLIError(
             f"MODEL must be a saved model file or a zoo name ({', '.join(ZOO_NAMES)}), got {spec!r}: no such file"
         )
     return st.load(spec)

@@ -191,15 +191,15 @@ def _flops(layer, in_shape, out_shape):
 
 def _window(layer, in_shape):
     """``((k_eff_h, k_eff_w), (stride_h, stride_w))`` of a layer for the receptive field."""
-    if isinstance(layer, (L.Conv2d, L._Pool)):
-        d = getattr(layer, "dilation", (1, 1))
-        k = tuple(d[a] * (layer.kernel_size[a] - 1) + 1 for a in range(2))
-        return k, tuple(layer.stride)
     if isinstance(layer, L.AdaptiveAvgPool2d):
         # The largest window; the stride is exact when the output size divides the input size.
         k = tuple(max(_adaptive_windows(in_shape[1 + a], layer.output_size[a])) for a in range(2))
         s = tuple(max(1, in_shape[1 + a] // layer.output_size[a]) for a in range(2))
         return k, s
+    if isinstance(layer, (L.Conv2d, L.MaxPool2d, L.AvgPool2d, L.LPPool2d)):
+        d = getattr(layer, "dilation", (1, 1))
+        k = tuple(d[a] * (layer.kernel_size[a] - 1) + 1 for a in range(2))
+        return k, tuple(layer.stride)
     if isinstance(layer, L.Flatten) and len(in_shape) == 3:
         return (in_shape[1], in_shape[2]), (in_shape[1], in_shape[2])
     return (1, 1), (1, 1)
