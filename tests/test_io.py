@@ -603,3 +603,12 @@ def test_fuzz_mutated_model_file(saved, tmp_path, edits, cut):
     assert loaded.to_config() == m.to_config()
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[k], v)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from striate import io as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

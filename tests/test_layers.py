@@ -610,3 +610,12 @@ def test_non_contiguous_inputs_give_the_same_results(case, rng):
         np.testing.assert_array_equal(layer.backward(np.asfortranarray(dy)), dx)
         for g, p in zip(grads, layer.parameters()):
             np.testing.assert_array_equal(p.grad, g)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from striate import layers as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -161,3 +161,12 @@ def test_layout_independent(cls, rng):
         b = cls()
         assert b(variant, t) == va
         np.testing.assert_array_equal(b.backward(), a.backward())
+
+
+def test_docstring_examples():
+    import doctest
+
+    from striate import losses as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

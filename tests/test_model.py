@@ -386,3 +386,12 @@ def test_bitwise_equal_across_thread_counts(backend, rng):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from striate import model as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

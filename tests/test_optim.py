@@ -335,3 +335,12 @@ def test_schedule_state_and_validation():
         optim.StepLR(object(), 2)
     with pytest.raises(ValueError, match="`t`"):
         s(-1)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from striate import optim as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -76,3 +76,12 @@ def test_lenet5_matches_torch_layout():
     tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()}, strict=True)
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(m(x), tm(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from striate import zoo as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

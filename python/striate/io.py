@@ -155,6 +155,16 @@ def write_file(path, tensors, metadata=None):
         A tensor that cannot be stored (wrong type or dtype, non-finite values).
     OSError
         The write failed; the previous file, if any, is unchanged.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = os.path.join(d, "t.safetensors")
+    ...     write_file(path, {"w": np.eye(2, dtype=np.float32)}, {"note": "hi"})
+    ...     tensors, meta = read_file(path)
+    >>> tensors["w"].tolist(), meta["note"]
+    ([[1.0, 0.0], [0.0, 1.0]], 'hi')
     """
     from safetensors.numpy import save
 

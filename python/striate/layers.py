@@ -897,7 +897,19 @@ class Flatten(Layer):
 
 
 class Linear(Layer):
-    """``y = x @ W.T + b`` with weight (out_features, in_features), as ``torch.nn.Linear``."""
+    """``y = x @ W.T + b`` with weight (out_features, in_features), as ``torch.nn.Linear``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lin = Linear(3, 2)
+    >>> lin(np.ones((4, 3), np.float32)).shape
+    (4, 2)
+    >>> lin.backward(np.ones((4, 2), np.float32)).shape
+    (4, 3)
+    >>> [(name, p.grad.shape) for name, p in lin.named_parameters()]
+    [('weight', (2, 3)), ('bias', (2,))]
+    """
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()

@@ -141,6 +141,17 @@ class SGD(Optimizer):
     ``g = grad + weight_decay * p``; with momentum, ``buf = g`` on the first step
     and ``buf = momentum * buf + g`` after; ``g = g + momentum * buf`` (Nesterov)
     or ``g = buf``; then ``p -= lr * g``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from striate import Parameter
+    >>> p = Parameter(np.array([1.0, 2.0]), "w")
+    >>> opt = SGD([p], lr=0.1)
+    >>> p.grad = np.array([1.0, -1.0])
+    >>> opt.step()
+    >>> p.data
+    array([0.9, 2.1])
     """
 
     _hyper = ("momentum", "nesterov", "weight_decay")
