@@ -531,13 +531,21 @@ def test_relu_propagates_nan():
 
 
 def test_empty_batch(rng):
-    for layer, shape in [(L.Conv2d(2, 3, 3), (0, 2, 5, 5)), (L.Linear(4, 3), (0, 4)), (L.MaxPool2d(2), (0, 2, 4, 4))]:
+    cases = [
+        (L.Conv2d(2, 3, 3), (0, 2, 5, 5)),
+        (L.Linear(4, 3), (0, 4)),
+        (L.MaxPool2d(2), (0, 2, 4, 4)),
+        (L.BatchNorm2d(2), (0, 2, 3, 3)),
+        (L.Softmax(), (0, 5)),
+    ]
+    for layer, shape in cases:
         y = layer(np.zeros(shape, np.float32))
         assert y.shape[0] == 0
         dx = layer.backward(np.zeros_like(y))
         assert dx.shape == shape
         for p in layer.parameters():
             assert not np.any(p.grad)
+    assert int(cases[3][0].num_batches_tracked) == 0
 
 
 # ----------------------------------------------------------------------------- config

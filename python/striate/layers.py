@@ -687,7 +687,8 @@ class BatchNorm2d(Layer):
         x = np.ascontiguousarray(x)
         dt = x.dtype
         shape = (1, -1, 1, 1)
-        if self._uses_batch_stats():
+        # An empty batch has no statistics: it takes the running-stats path (empty output, zero grads).
+        if self._uses_batch_stats() and x.size:
             n = x.shape[0] * x.shape[2] * x.shape[3]
             if n <= 1:
                 raise ValueError(f"BatchNorm2d: expected more than 1 value per channel when training, got input {x.shape}")
