@@ -61,6 +61,14 @@ def test_container_protocol():
     with pytest.raises(TypeError, match=r"`layers\[1\]`"):
         st.Sequential([L.ReLU(), "relu"])
     assert len(st.Sequential(L.ReLU(), L.Tanh())) == 2
+    relu = L.ReLU()
+    with pytest.raises(ValueError, match="already in the model"):
+        st.Sequential([relu, L.Tanh(), relu])
+    with pytest.raises(ValueError, match="already in the model"):
+        m[1] = m[0]
+    with pytest.raises(ValueError, match="already in the model"):
+        m.append(m[0])
+    m[0] = m[0]  # putting a layer back in its own place is fine
     assert "Conv2d(1, 3, 3, padding=1)" in repr(m)
 
 

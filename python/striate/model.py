@@ -48,12 +48,17 @@ class Sequential:
             self._layers.append(self._check_layer(layer, i))
         self._rename()
 
+    def _check_unique(self, layer, i):
+        # A layer remembers one forward call, so one instance cannot sit in two places.
+        if any(other is layer for j, other in enumerate(self._layers) if j != i):
+            raise ValueError(f"`layers[{i}]` is already in the model at another index; use a new instance")
+
     # -- container protocol ------------------------------------------------------
 
-    @staticmethod
-    def _check_layer(layer, i):
+    def _check_layer(self, layer, i):
         if not isinstance(layer, Layer):
             raise TypeError(f"`layers[{i}]` must be a striate Layer, got {type(layer).__name__}")
+        self._check_unique(layer, i)
         return layer
 
     def _rename(self):
