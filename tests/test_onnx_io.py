@@ -64,7 +64,7 @@ def test_export_matches_onnxruntime(tmp_path, name):
         model, shape = _every_layer_model(), (3, 16, 16)
     model.eval()
     path = tmp_path / f"{name}.onnx"
-    model.to_onnx(path, input_shape=shape) if hasattr(model, "to_onnx") else export(model, path, shape)
+    model.to_onnx(path, input_shape=shape)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     assert proto.opset_import[0].version >= 13

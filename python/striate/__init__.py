@@ -15,10 +15,19 @@ from .io import load_model as load  # noqa: E402
 from .layers import Parameter  # noqa: E402
 from .model import Sequential  # noqa: E402
 from . import functional, reference  # noqa: E402  (after _config: functional reads the backend)
+from . import augment, datasets, distributed, introspect, training, viz  # noqa: E402
+from .gradcheck import gradcheck  # noqa: E402  (viz imports matplotlib only when drawing)
 
 __all__ = [
     "__version__",
+    "augment",
+    "datasets",
+    "distributed",
     "functional",
+    "gradcheck",
+    "introspect",
+    "training",
+    "viz",
     "reference",
     "get_backend",
     "get_num_threads",

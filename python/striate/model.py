@@ -336,3 +336,15 @@ class Sequential:
         from . import training
 
         return training.predict(self, x, **kwargs)
+
+    def profile(self, x, y=None, repeat=5, **kwargs):
+        """Per-layer forward/backward time of one training step; see ``striate.introspect.profile``."""
+        from . import introspect
+
+        return introspect.profile(self, x, y, repeat, **kwargs)
+
+    def to_onnx(self, path, input_shape, **kwargs):
+        """Export to ONNX (opset >= 13) for onnxruntime; see ``striate.onnx_io.export``."""
+        from . import onnx_io
+
+        return onnx_io.export(self, path, input_shape, **kwargs)
