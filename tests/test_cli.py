@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
     buf = _io.StringIO()
     with redirect_stdout(buf):
-        rc = cli.main(["train", "--epochs", "2", "--out", str(path), "--verbose", "0", "--no-augment"])
+        rc = cli.main(["train", "--epochs", "2", "--out", str(path), "--verbose", "0", "--threads", "1"])
     return rc, buf.getvalue(), path
 
 
@@ -96,7 +96,8 @@ def test_predict_png_with_matplotlib(trained, tmp_path, capsys):
     "argv, message",
     [
         (["train", "--epochs", "0"], "--epochs: must be a positive integer"),
-        (["train", "--lr", "-1"], "--lr: must be a finite number >= 0"),
+        (["train", "--lr", "-1"], "--lr: must be a positive finite number"),
+        (["train", "--momentum", "-1"], "--momentum: must be a finite number >= 0"),
         (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
         (["train", "--dataset", "imagenet"], "dataset 'imagenet' is not available"),
         (["train", "--seed", "-2"], "--seed must be >= 0"),
@@ -159,8 +160,13 @@ def test_python_dash_m_striate():
 
 
 @pytest.mark.skipif(st.get_backend() != "cpp", reason="the full default run needs the C++ kernels to be fast")
-def test_default_train_reaches_the_accuracy_floor(tmp_path, capsys):
-    """`striate train` with its defaults (no augmentation yet) reaches >= 98.5% on the digits test split."""
-    assert cli.main(["train", "--out", str(tmp_path / "m.safetensors"), "--verbose", "0", "--no-augment"]) == 0
+def test_default_train_reaches_the_accuracy_target(tmp_path, capsys):
+    """`striate train` with its defaults (augmentation on) reaches >= 99.0% on the digits test split.
+
+    One thread: results are bitwise equal for every thread count, and one
+    thread is the fastest on a shared, loaded machine.
+    """
+    argv = ["train", "--out", str(tmp_path / "m.safetensors"), "--verbose", "0", "--threads", "1"]
+    assert cli.main(argv) == 0
     acc = float(RESULT.match(capsys.readouterr().out.strip().splitlines()[-1]).group(1))
-    assert acc >= 98.5
+    assert acc >= 99.0

@@ -498,6 +498,20 @@ def test_augment_changes_training_and_bad_outputs_are_rejected(digits8):
         fit(linear_model(), x, y, epochs=1, seed=0, verbose=0, augment=lambda xb, s: xb[:1])
 
 
+def test_fit_with_striate_augment_is_seeded(digits8):
+    """striate.augment transforms take fit's per-batch int seed: same fit seed, same weights."""
+    from striate import augment
+
+    x, y, _, _ = digits8
+    aug = augment.Compose([augment.RandomAffine(degrees=10, translate=(0.1, 0.1)), augment.RandomCrop(8, padding=1)])
+    runs = []
+    for s in (3, 3, 4):
+        m = conv_model()
+        fit(m, x, y, epochs=1, batch_size=32, seed=s, augment=aug, verbose=0)
+        runs.append(m)
+    assert weights_equal(runs[0], runs[1]) and not weights_equal(runs[0], runs[2])
+
+
 # --------------------------------------------------------------------------- checkpoints and resume
 
 
@@ -560,15 +574,9 @@ _RESUME_SCRIPT = textwrap.dedent(
     from striate.datasets import load_digits
     from striate.model import Sequential
 
-    ckpt, out, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-
-    def stand_in_augment(x, seed):
-        rng = np.random.default_rng(seed)
-        shifts = rng.integers(-1, 2, size=(x.shape[0], 2))
-        res = np.empty_like(x)
-        for i, (dy, dx) in enumerate(shifts):
-            res[i] = np.roll(x[i], (int(dy), int(dx)), axis=(-2, -1))
-        return res + rng.normal(0.0, 0.02, size=x.shape).astype(np.float32)
+    ckpt, out, epochs, tests_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    sys.path.insert(0, tests_dir)
+    from test_training import stand_in_augment
 
     (x, y), (xt, yt) = load_digits(size=8)
     st.seed(12345)  # a different init: the checkpoint must replace it
@@ -602,7 +610,7 @@ def test_resume_in_a_fresh_process_is_bit_exact(digits8, tmp_path):
     out = tmp_path / "resumed.npz"
     env = dict(os.environ, PYTHONPATH=PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-c", _RESUME_SCRIPT, str(ckpt), str(out), "4"],
+        [sys.executable, "-c", _RESUME_SCRIPT, str(ckpt), str(out), "4", os.path.dirname(os.path.abspath(__file__))],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -688,3 +696,22 @@ def test_history_plot_writes_an_image(digits8, tmp_path):
     h = fit(linear_model(), x, y, epochs=2, seed=0, validation_data=(xt, yt), verbose=0)
     h.plot(tmp_path / "h.png")
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_trained_weights_are_identical_for_every_thread_count(digits8):
+    """RELIABILITY 16 end to end: the same fit on 1, 2, 3 and 8 threads gives bitwise-equal weights."""
+    x, y, xt, yt = digits8
+    results = []
+    for threads in (1, 2, 3, 8):
+        st.set_num_threads(threads)
+        model = conv_model()
+        h = fit(model, x, y, epochs=2, batch_size=32, seed=7, augment=stand_in_augment,
+                validation_data=(xt, yt), verbose=0)
+        results.append((model, h.history["loss"], predict(model, xt)))
+    for model, loss, probs in results[1:]:
+        assert weights_equal(model, results[0][0])
+        assert loss == results[0][1]
+        np.testing.assert_array_equal(probs, results[0][2])

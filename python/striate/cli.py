@@ -24,7 +24,7 @@ import numpy as np
 __all__ = ["main", "register", "build_parser", "COMMAND_MODULES", "TRAIN_DEFAULTS"]
 
 # Modules that add subcommands: each defines ``add_commands(register)``.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["striate._cli_introspect"]
 
 # name -> (help, configure(parser), run(args) -> int)
 _COMMANDS: dict = {}
@@ -94,9 +94,12 @@ def _nonneg_float(text):
 
 
 def _positive_float(text):
-    v = _nonneg_float(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
     return v
 
 
