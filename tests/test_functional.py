@@ -301,6 +301,11 @@ def test_readonly_and_broadcast_inputs(backend, rng):
     xr.setflags(write=False)
     wb = np.broadcast_to(w1, (4, 3, 3, 3))  # zero strides: copied explicitly
     np.testing.assert_array_equal(F.conv2d(xr, wb), F.conv2d(x, np.repeat(w1, 4, axis=0)))
+    raw = np.zeros(x.nbytes + 1, np.uint8)[1:]  # float32 data at an odd address
+    xm = raw.view(np.float32).reshape(x.shape)
+    xm[...] = x
+    assert not xm.flags.aligned
+    np.testing.assert_array_equal(F.avg_pool2d(xm, 2), F.avg_pool2d(x, 2))
     y, idx = F.max_pool2d(xr, 2)
     idx.setflags(write=False)
     np.testing.assert_array_equal(F.max_pool2d_backward(np.ones_like(y), idx, x.shape),

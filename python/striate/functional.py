@@ -34,9 +34,9 @@ def _c(a):
     view, a Fortran-ordered or an NHWC-strided input gives bit-for-bit the
     result of its contiguous copy.
     """
-    if a.flags.c_contiguous and a.flags.aligned:
-        return a
-    return np.array(a, order="C", copy=True)
+    if a.flags.c_contiguous:
+        return a if a.flags.aligned else a.copy()
+    return np.ascontiguousarray(a)
 
 
 def _numpy_backend() -> bool:
