@@ -8,8 +8,8 @@ batch gathering and the non-finite checks are included; inference is
 architecture with striate's weights, ``torch.set_num_threads`` equal to
 striate's thread count, and the same batches. Before timing, every pair is
 validated: the forward outputs and the loss of one SGD step must agree.
-Peak RSS is ``ru_maxrss`` of a child process that imports only striate and
-trains LeNet-5.
+Peak RSS is the peak resident set size (``VmHWM``) of a child process that
+imports only striate and trains LeNet-5.
 
 Not here: kernel-level timings (``bench_kernels.py``) or accuracy.
 
@@ -188,12 +188,29 @@ def _bench_infer(make, shape, batches, repeats):
 
 
 def _peak_rss_child():
-    """Run in a child: train LeNet-5 (1x28x28, batch 64) and print ru_maxrss in MB."""
+    """Run in a child: train LeNet-5 (1x28x28, batch 64) and print the peak RSS in MB."""
     x, y = _data((1, 28, 28), TRAIN_BATCH * 40)
     st.seed(0)
     model = zoo.lenet5(input_size=28)
     training.fit(model, x, y, epochs=2, batch_size=TRAIN_BATCH, verbose=0, seed=0)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    print(_peak_rss_self_mb())
+
+
+def _peak_rss_self_mb():
+    """This process's peak resident set size in MB.
+
+    ``VmHWM`` from /proc where available: Linux keeps the parent's RSS in
+    ``ru_maxrss`` across fork+exec, so a child of a large process would report
+    the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _peak_rss_mb(threads):
@@ -214,6 +231,8 @@ def main(argv=None):
     if args.rss_child:
         _peak_rss_child()
         return 0
+    threads = [int(t) for t in args.threads.split(",")]
+    rss = _peak_rss_mb(max(threads))  # before torch makes this process large
     global torch
     try:
         import torch as _torch
@@ -221,7 +240,6 @@ def main(argv=None):
         torch = _torch
     except ImportError:
         torch = None
-    threads = [int(t) for t in args.threads.split(",")]
     rows = []
     for name, (make, shape) in _models().items():
         for t in threads:
@@ -241,7 +259,6 @@ def main(argv=None):
     for name, task, t, s, p in rows:
         ratio = f"{s / p:.2f}x" if p else "-"
         print(f"| {name} | {task} | {t} | {s:,.0f} | {f'{p:,.0f}' if p else '-'} | {ratio} |")
-    rss = _peak_rss_mb(max(threads))
     print(f"\nPeak RSS while training LeNet-5 (1x28x28, batch 64, {max(threads)} threads): {rss:.0f} MB")
     return 0
 
