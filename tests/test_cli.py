@@ -52,6 +52,16 @@ def test_evaluate_prints_the_same_accuracy(trained, capsys):
     assert re.match(rf"^test accuracy {acc}% \(loss \d+\.\d{{3}}\) in \d+\.\d s on 359 images$", got), got
 
 
+def test_train_checkpoint_and_resume(tmp_path, capsys):
+    ckpt, out = tmp_path / "run.ckpt", tmp_path / "m.safetensors"
+    base = ["train", "--epochs", "1", "--threads", "1", "--verbose", "0", "--out", str(out)]
+    assert cli.main(base + ["--checkpoint", str(ckpt)]) == 0
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    assert cli.main(base + ["--resume", str(ckpt)]) == 0  # nothing left to train: the same model
+    again = capsys.readouterr().out.strip().splitlines()[-1]
+    assert first.split(" in ")[0] == again.split(" in ")[0]
+
+
 def test_predict_npy_files(trained, tmp_path, capsys):
     _, _, path = trained
     _, (xt, yt) = load_digits()

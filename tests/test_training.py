@@ -624,6 +624,26 @@ def test_resume_in_a_fresh_process_is_bit_exact(digits8, tmp_path):
     assert [float(v) for v in val_line.strip("[]").split(",")] == h_straight.history["val_accuracy"]
 
 
+def test_a_failed_checkpoint_write_leaves_the_previous_one(digits8, tmp_path, monkeypatch):
+    """RELIABILITY 14 at the fit level: a save that dies before the rename keeps the old checkpoint."""
+    x, y, _, _ = digits8
+    ckpt = tmp_path / "run.ckpt"
+    model = linear_model()
+    fit(model, x, y, epochs=1, seed=0, checkpoint=ckpt, verbose=0)
+    good = ckpt.read_bytes()
+
+    def killed(src, dst):
+        raise KeyboardInterrupt("killed during the save")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, x, y, epochs=1, seed=0, checkpoint=ckpt, verbose=0)
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == good
+    assert os.listdir(tmp_path) == ["run.ckpt"]
+    assert load_checkpoint(ckpt, linear_model())["epoch"] == 1
+
+
 def test_resume_continues_history_and_epoch_count(digits8, tmp_path):
     x, y, _, _ = digits8
     ckpt = tmp_path / "c.safetensors"
