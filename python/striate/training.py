@@ -289,31 +289,18 @@ class History:
     def plot(self, path):
         """Plot loss and accuracy curves (training and validation) to an image file.
 
-        Needs matplotlib, the ``[viz]`` extra (``pip install 'striate[viz]'``).
+        Drawn by ``striate.viz.plot_history``; needs matplotlib, the ``[viz]``
+        extra (``pip install 'striate[viz]'``), and raises ImportError naming
+        it otherwise.
 
         Parameters
         ----------
         path : str or os.PathLike
             The output file; its extension picks the format (``.png``, ``.svg``, ``.pdf``).
         """
-        try:
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise ImportError(
-                "History.plot needs matplotlib: install the [viz] extra with pip install 'striate[viz]'"
-            ) from None
-        fig = Figure(figsize=(9, 3.5))
-        epochs = [e + 1 for e in self.epoch]
-        for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
-            for key, style in ((metric, "-"), ("val_" + metric, "--")):
-                if key in self.history:
-                    ax.plot(epochs, self.history[key], style, label=key)
-            ax.set_xlabel("epoch")
-            ax.set_title(metric)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
+        from . import viz
+
+        return viz.plot_history(self, path)
 
 
 # --------------------------------------------------------------------------- callbacks
