@@ -644,6 +644,20 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one(digits8, tmp_path, mo
     assert load_checkpoint(ckpt, linear_model())["epoch"] == 1
 
 
+def test_resume_rejects_a_bad_training_state(digits8, tmp_path):
+    x, y, _, _ = digits8
+    model = linear_model()
+    opt = optim.SGD(model.parameters(), lr=0.01)
+    path = tmp_path / "odd.ckpt"
+    good = {"epoch": 1, "global_step": 5, "steps_per_epoch": 5, "augment_seed": 1, "dropout_rngs": [],
+            "history": {"epoch": [0], "history": {"loss": [1.0]}}}
+    for bad in ({"bit_generator": "seed"}, {"bit_generator": "PCG64", "state": "x"}, None):
+        state = dict(good, shuffle_rng=bad) if bad is not None else {"epoch": 1}
+        save_checkpoint(path, model, opt, state)
+        with pytest.raises(io.FormatError, match="training state is invalid or incomplete"):
+            fit(linear_model(), x, y, epochs=2, verbose=0, resume_from=path)
+
+
 def test_resume_continues_history_and_epoch_count(digits8, tmp_path):
     x, y, _, _ = digits8
     ckpt = tmp_path / "c.safetensors"

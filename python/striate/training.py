@@ -55,6 +55,7 @@ _CHECKPOINT_KEY = "striate.checkpoint"
 _CHECKPOINT_FORMAT = "striate-checkpoint"
 _CHECKPOINT_VERSION = 1
 _SEED_BOUND = 2**63
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
 
 # The loss each model was last trained with, so ``evaluate`` reports the same one.
 _last_loss: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -241,7 +242,11 @@ def _lr_of(optimizer):
 
 
 def _generator_from_state(state):
-    gen = np.random.Generator(getattr(np.random, state["bit_generator"])())
+    """A Generator restored from ``bit_generator.state`` (only NumPy's bit generators are accepted)."""
+    name = state["bit_generator"]
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"unknown bit generator {name!r}")
+    gen = np.random.Generator(getattr(np.random, name)())
     gen.bit_generator.state = state
     return gen
 
@@ -735,6 +740,59 @@ def _distributed_hook(model):
 # --------------------------------------------------------------------------- fit
 
 
+def _validation_set(x, y, validation_data, validation_split):
+    """``(x, y, x_val, y_val)``: the given validation pair, or the last ``validation_split`` of the data."""
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("`validation_data` must be a pair (x_val, y_val)")
+        x_val = _as_input(validation_data[0], "validation_data[0]")
+        y_val = _as_targets(validation_data[1], x_val.shape[0], "validation_data[1]", "validation_data[0]")
+        return x, y, x_val, y_val
+    if validation_split > 0:
+        n_val = int(x.shape[0] * validation_split)
+        if n_val < 1 or n_val >= x.shape[0]:
+            raise ValueError(
+                f"`validation_split`={validation_split} of {x.shape[0]} samples leaves no validation "
+                "or no training samples"
+            )
+        return x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
+    return x, y, None, None
+
+
+class _RunRandomness:
+    """Every source of randomness of one ``fit`` run, and its checkpointable state.
+
+    ``shuffle`` orders the samples each epoch; each Dropout layer gets its own
+    generator; ``augment_seed`` is the base of the per-batch augmentation seeds.
+    A fresh run draws all of them from one generator seeded by ``seed``.
+    """
+
+    def __init__(self, shuffle, dropout, augment_seed):
+        self.shuffle, self.dropout, self.augment_seed = shuffle, dropout, int(augment_seed)
+
+    @classmethod
+    def fresh(cls, seed, n_dropout):
+        base = seed if seed is not None else int(_config.rng().integers(_SEED_BOUND))
+        gen = np.random.default_rng(base)
+        dropout = [np.random.default_rng(int(gen.integers(_SEED_BOUND))) for _ in range(n_dropout)]
+        return cls(gen, dropout, int(gen.integers(_SEED_BOUND)))
+
+    @classmethod
+    def from_state(cls, saved):
+        return cls(
+            _generator_from_state(saved["shuffle_rng"]),
+            [_generator_from_state(s) for s in saved["dropout_rngs"]],
+            saved["augment_seed"],
+        )
+
+    def state(self):
+        return {
+            "shuffle_rng": self.shuffle.bit_generator.state,
+            "dropout_rngs": [g.bit_generator.state for g in self.dropout],
+            "augment_seed": self.augment_seed,
+        }
+
+
 class _Progress:
     """A tqdm bar per epoch (verbose=1), one line per epoch (verbose=2), or nothing; on stderr."""
 
@@ -889,22 +947,7 @@ def fit(
     x = _as_input(x)
     y = _as_targets(y, x.shape[0])
     loss_fn = _resolve_loss(loss)
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("`validation_data` must be a pair (x_val, y_val)")
-        x_val = _as_input(validation_data[0], "validation_data[0]")
-        y_val = _as_targets(validation_data[1], x_val.shape[0], "validation_data[1]", "validation_data[0]")
-    elif validation_split > 0:
-        n_val = int(x.shape[0] * validation_split)
-        if n_val < 1 or n_val >= x.shape[0]:
-            raise ValueError(
-                f"`validation_split`={validation_split} of {x.shape[0]} samples leaves no validation "
-                "or no training samples"
-            )
-        x, x_val = x[:-n_val], x[-n_val:]
-        y, y_val = y[:-n_val], y[-n_val:]
-    else:
-        x_val = y_val = None
+    x, y, x_val, y_val = _validation_set(x, y, validation_data, validation_split)
 
     num_outputs = _num_outputs(model, x)
     _check_targets_fit(y, num_outputs)
@@ -930,9 +973,7 @@ def fit(
     if resume_from is not None:
         saved = meta.get("state") or {}
         try:
-            gen = _generator_from_state(saved["shuffle_rng"])
-            drop_gens = [_generator_from_state(s) for s in saved["dropout_rngs"]]
-            aug_base = int(saved["augment_seed"])
+            rand = _RunRandomness.from_state(saved)
             start_epoch = int(saved["epoch"])
             state.global_step = int(saved["global_step"])
             saved_history = History._from_json(saved["history"])
@@ -940,10 +981,11 @@ def fit(
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             from . import io
 
-            raise io.FormatError(resume_from, None, f"the checkpoint's training state is incomplete ({exc!r})") from None
-        if len(drop_gens) != len(dropouts):
+            raise io.FormatError(resume_from, None, f"the checkpoint's training state is invalid or incomplete ({exc!r})") from None
+        if len(rand.dropout) != len(dropouts):
             raise ValueError(
-                f"the checkpoint {resume_from} has {len(drop_gens)} Dropout generators, the model has {len(dropouts)}"
+                f"the checkpoint {resume_from} has {len(rand.dropout)} Dropout generators, "
+                f"the model has {len(dropouts)}"
             )
         if int(saved.get("steps_per_epoch", steps)) != steps:
             raise ValueError(
@@ -953,13 +995,10 @@ def fit(
         _load_into(resume_from, tensors, meta, model, optimizer)
         history.history, history.epoch = saved_history.history, saved_history.epoch
     else:
-        base = seed if seed is not None else int(_config.rng().integers(_SEED_BOUND))
-        gen = np.random.default_rng(base)
-        drop_gens = [np.random.default_rng(int(gen.integers(_SEED_BOUND))) for _ in dropouts]
-        aug_base = int(gen.integers(_SEED_BOUND))
+        rand = _RunRandomness.fresh(seed, len(dropouts))
         start_epoch = 0
         cb_states = []
-    for layer, g in zip(dropouts, drop_gens):
+    for layer, g in zip(dropouts, rand.dropout):
         layer.set_rng(g)
     try:
         _last_loss[model] = loss_fn
@@ -985,7 +1024,7 @@ def fit(
             for cb in callbacks:
                 cb.on_epoch_begin(epoch, {})
             lr_first = None
-            order = gen.permutation(n) if shuffle else np.arange(n)
+            order = rand.shuffle.permutation(n) if shuffle else np.arange(n)
             model.train()
             progress.begin(epoch)
             loss_sum, correct, seen = 0.0, 0, 0
@@ -995,7 +1034,7 @@ def fit(
                     idx = hook.shard(idx)
                 xb, yb = x[idx], y[idx]
                 if augment is not None:
-                    xb = _apply_augment(augment, xb, batch_seed(aug_base, epoch, step))
+                    xb = _apply_augment(augment, xb, batch_seed(rand.augment_seed, epoch, step))
                 for cb in callbacks:
                     cb.on_batch_begin(step, {})
                 if lr_first is None:
@@ -1049,9 +1088,7 @@ def fit(
                         "epoch": epoch + 1,
                         "global_step": state.global_step,
                         "steps_per_epoch": steps,
-                        "shuffle_rng": gen.bit_generator.state,
-                        "dropout_rngs": [g.bit_generator.state for g in drop_gens],
-                        "augment_seed": aug_base,
+                        **rand.state(),
                         "history": history._to_json(),
                         "callbacks": [cb.state_dict() for cb in callbacks],
                     },
