@@ -158,21 +158,27 @@ def load_pretrained(model, name):
 
 
 def cache_split(model):
-    """Where a cacheable backbone ends: the index of the first layer with a trainable parameter.
+    """Where a cacheable backbone ends, or None when there is nothing to cache.
 
-    Returns None when there is nothing to cache: no layer is frozen before the
-    first trainable one, no parameter is trainable at all, or a backbone layer
-    is not known to be deterministic (Dropout, whose mask is random in
-    training mode, and any layer type outside ``striate.layers``).
+    The backbone is the longest prefix of layers that have no trainable
+    parameter and are of a deterministic type (Conv2d, pooling, BatchNorm2d,
+    activations, Flatten, Linear); it stops before the first layer with a
+    trainable parameter, the first Dropout (its mask is random in training
+    mode) and the first layer of any other type. Returns None when that
+    prefix is empty or when no parameter after it is trainable.
     """
     from .model import Sequential
 
     if not isinstance(model, Sequential):
         return None
-    split = next((i for i, l in enumerate(model) if any(p.trainable for p in l.parameters())), None)
-    if not split:
-        return None
-    if not all(type(l) in _DETERMINISTIC for l in model.layers[:split]):
+    layers = model.layers
+    split = 0
+    while split < len(layers):
+        layer = layers[split]
+        if type(layer) not in _DETERMINISTIC or any(p.trainable for p in layer.parameters()):
+            break
+        split += 1
+    if split == 0 or not any(p.trainable for l in layers[split:] for p in l.parameters()):
         return None
     return split
 
@@ -207,11 +213,11 @@ def cached_fit(model, x, y, **fit_kwargs):
     Applies when all of the following hold, otherwise returns None (nothing
     is computed or changed and the caller should train normally):
 
-    - ``cache_split(model)`` is not None: the layers before the first one with
-      a trainable parameter are frozen, of deterministic types (Conv2d,
-      pooling, BatchNorm2d, activations, Flatten, Linear; a frozen BatchNorm2d
-      uses its running statistics, so training and evaluation mode agree) and
-      hold no Dropout (whose random generator ``fit`` would also have to seed);
+    - ``cache_split(model)`` is not None: a non-empty prefix of frozen layers
+      of deterministic types (Conv2d, pooling, BatchNorm2d, activations,
+      Flatten, Linear; a frozen BatchNorm2d uses its running statistics, so
+      training and evaluation mode agree). A Dropout ends the prefix: it stays
+      in the head, where ``fit`` seeds its generator as in the uncached run;
     - no ``augment``, ``resume_from``, ``checkpoint`` or ``distributed``;
     - every callback is a ``LearningRateScheduler`` or ``EarlyStopping`` (they
       see the head model, which holds every trainable weight; other callbacks
@@ -224,9 +230,10 @@ def cached_fit(model, x, y, **fit_kwargs):
     ``Sequential(model.layers[split:])`` on the features with the same
     arguments. The result is bitwise equal to the uncached run with the same
     seed: the run's generator is drawn from in the same order (shuffling, the
-    head's Dropout generators), the backbone never gets gradients in either
-    path, and striate's kernels give each sample the same result whatever the
-    batch it is computed in.
+    Dropout generators, all in the head), the backbone never gets gradients
+    in either path (backward stops at the first trainable layer), and
+    striate's kernels give each sample the same result whatever the batch it
+    is computed in.
 
     Parameters
     ----------
