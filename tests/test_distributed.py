@@ -64,7 +64,7 @@ def test_broadcast_and_allreduce_under_mpiexec():
         for p in m.parameters():       # rank r's gradient is r + 1 everywhere
             p.grad = np.full_like(p.data, D.rank() + 1)
         local = [3, 1][D.rank()]
-        D.allreduce_gradients(m, local, 4)
+        D.allreduce_gradients(m.parameters(), local, 4)
         g = m.parameters()[0].grad
         s = float(sum(np.abs(p.data).sum() for p in m.parameters()))
         print("RESULT", D.rank(), D.size(), repr(s), float(g.min()), float(g.max()), D.broadcast_int(41 + D.rank()))

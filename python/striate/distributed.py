@@ -28,6 +28,8 @@ __all__ = [
     "average_buffers",
     "allreduce_sum",
     "broadcast_int",
+    "fit_hook",
+    "FitHook",
 ]
 
 _MPI = None
@@ -101,14 +103,17 @@ def broadcast_model(model, root: int = 0) -> None:
         c.Bcast(arr, root=root)
 
 
-def allreduce_gradients(model, local_count: int, global_count: int) -> None:
-    """Replace each trainable ``param.grad`` by the global-batch gradient.
+def allreduce_gradients(params, local_count: int, global_count: int) -> None:
+    """Replace each ``param.grad`` by the gradient of the whole global batch.
 
     Each rank's gradient is the mean over its ``local_count`` samples; it is
     weighted by ``local_count``, summed over ranks with one Allreduce, and
     divided by ``global_count``. A rank with an empty shard contributes zeros.
+    ``params`` is a model or a list of Parameters (the trainable ones are used).
     """
-    params = [p for p in model.parameters() if p.trainable]
+    if hasattr(params, "parameters"):
+        params = params.parameters()
+    params = [p for p in params if p.trainable]
     if not params:
         return
     total = sum(p.data.size for p in params)
@@ -159,3 +164,42 @@ def broadcast_int(value: int, root: int = 0) -> int:
     buf = np.array([value], dtype=np.int64)
     comm().Bcast(buf, root=root)
     return int(buf[0])
+
+
+class FitHook:
+    """What ``fit(..., distributed=True)`` needs from MPI, for one run.
+
+    Creating it broadcasts rank 0's weights. ``shard`` picks this rank's part
+    of a global batch, ``average_gradients`` combines the ranks' gradients,
+    ``reduce`` sums epoch metrics, ``seed`` agrees on one run seed, and
+    ``is_root`` says whether this rank prints and writes files.
+    """
+
+    def __init__(self, model):
+        self.rank, self.size = rank(), size()
+        self.is_root = self.rank == 0
+        broadcast_model(model)
+
+    def seed(self, local_seed):
+        """Rank 0's seed, so every rank shuffles the same way."""
+        return broadcast_int(local_seed)
+
+    def shard(self, idx):
+        return idx[shard(len(idx), self.rank, self.size)]
+
+    def average_gradients(self, params, local_count, global_count):
+        allreduce_gradients(params, local_count, global_count)
+
+    def reduce(self, *values):
+        """Sum each value over the ranks."""
+        return tuple(float(v) for v in allreduce_sum(np.array(values, dtype=np.float64)))
+
+    def end_epoch(self, model):
+        """Keep BatchNorm statistics identical on every rank."""
+        average_buffers(model)
+
+
+def fit_hook(model):
+    """The data-parallel hook ``striate.training.fit`` uses when ``distributed=True``."""
+    _mpi()
+    return FitHook(model)
