@@ -22,6 +22,7 @@ import numpy as np
 
 import striate.functional as F
 import striate.reference as R
+from striate import _args
 
 RTOL = 1e-4
 ATOL = 1e-5
@@ -67,8 +68,6 @@ def _assert_fresh(outs: dict, inputs: dict, what: str, params: dict) -> None:
 
 
 def _conv_sizes(x, w, params):
-    from striate import _args
-
     s = _args.conv_spec(
         x.shape, w.shape, None, params.get("stride", 1), params.get("padding", 0),
         params.get("dilation", 1), params.get("groups", 1),
