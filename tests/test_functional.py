@@ -399,6 +399,21 @@ def test_bad_input_raises_clear_error(label, call, exc, pattern, backend):
     assert re.search(pattern, str(info.value)), f"{label}: message {str(info.value)!r} does not match {pattern!r}"
 
 
+def test_validation_cache_keeps_types_apart(backend, rng):
+    """Validated geometry is memoised; an equal-but-invalid value must still be rejected."""
+    x, w = f32(rng, 1, 1, 4, 4), f32(rng, 1, 1, 3, 3)
+    ref = F.conv2d(x, w, stride=1, padding=(1, 1))
+    for bad in ({"stride": True}, {"stride": 1.0}, {"padding": (True, 1)}, {"padding": [1.0, 1]}):
+        with pytest.raises(TypeError):
+            F.conv2d(x, w, **bad)
+    np.testing.assert_array_equal(F.conv2d(x, w, stride=np.int64(1), padding=[1, 1]), ref)
+    F.max_pool2d(x, 2, ceil_mode=False)
+    with pytest.raises(TypeError, match="`ceil_mode`"):
+        F.max_pool2d(x, 2, ceil_mode=0)
+    with pytest.raises(TypeError, match="`kernel_size`"):
+        F.max_pool2d(x, (2, 2.0))
+
+
 # hypothesis: arguments drawn from valid and invalid values alike; only ValueError/TypeError may come out
 _int_like = st_h.one_of(
     st_h.integers(-2, 5), st_h.sampled_from([2**62, 2**70, 1.5, True, None, "2", (1,), (1, 2, 3), [2, 1]]),

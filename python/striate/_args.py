@@ -25,6 +25,56 @@ INT64_MAX = 2**63 - 1
 _NEEDS = ("x", "weight", "bias")
 
 
+# --------------------------------------------------------------------------- memo
+
+
+_SCALARS = (int, bool, str, type(None))
+_SCALAR_SET = frozenset(_SCALARS)
+
+
+def _key(v):
+    """A hashable key that keeps types apart (``True`` vs ``1``, ``1.0`` vs ``1``), or None.
+
+    Only plain Python ints, bools, strings, None and tuples/lists of them are
+    keyed; anything else (numpy scalars, floats, odd objects) is not cached.
+    """
+    t = type(v)
+    if t in _SCALARS:
+        return (t, v)
+    if t is tuple or t is list:
+        types = tuple(map(type, v))
+        if _SCALAR_SET.issuperset(types):
+            return (t, types, tuple(v))
+    return None
+
+
+def _memo(fn):
+    """Cache a validator's result for repeated, identical arguments (a layer calls
+    the same geometry every step). Errors are not cached: they are raised again."""
+    cache: dict = {}
+
+    def wrapper(*args, **kwargs):
+        names = sorted(kwargs)
+        keys = [_key(a) for a in args] + [_key(kwargs[n]) for n in names]
+        if None in keys:
+            return fn(*args, **kwargs)
+        key = (tuple(keys), tuple(names))
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        out = fn(*args, **kwargs)
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[key] = out
+        return out
+
+    wrapper.__wrapped__ = fn
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
 # --------------------------------------------------------------------------- scalars
 
 
@@ -264,6 +314,7 @@ def conv_padding(padding, kernel: tuple[int, int], dilation: tuple[int, int], st
     return (ph, ph, pw, pw)
 
 
+@_memo
 def conv_spec(x_shape, w_shape, b_shape, stride, padding, dilation, groups) -> ConvSpec:
     """Check conv arguments given the shapes of ``x``, ``weight`` and ``bias`` (``None`` when absent)."""
     if len(x_shape) != 4:
@@ -362,6 +413,7 @@ def _require_real_element(n: int, s: int, p: int, d: int, n_out: int, axis: str)
             )
 
 
+@_memo
 def pool_spec(x_shape, kernel_size, stride, padding, dilation, ceil_mode, *, pad_rule: bool = True) -> PoolSpec:
     """Check pooling arguments for an input of shape ``x_shape``.
 
