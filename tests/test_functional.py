@@ -117,6 +117,15 @@ def test_max_pool2d_matches_reference(xs, p, backend, rng):
     check_op("max_pool2d", {"x": x}, p, rng=rng)
 
 
+@pytest.mark.parametrize("p", MAX_GRID, ids=str)
+def test_max_pool2d_ties_nan_and_inf_match_reference(p, backend):
+    rng = np.random.default_rng(3)
+    x = rng.integers(-2, 3, (2, 3, 7, 8)).astype(np.float32)  # many ties
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[rng.random(x.shape) < 0.3] = -np.inf
+    check_op("max_pool2d", {"x": x}, p, rng=rng)
+
+
 AVG_GRID = [
     {"kernel_size": 2},
     {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},

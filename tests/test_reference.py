@@ -412,3 +412,18 @@ def test_max_pool2d_nan_and_ties_match_torch():
         y, idx = R.max_pool2d(x, **p)
         np.testing.assert_array_equal(idx, tidx.numpy())
         np.testing.assert_array_equal(y, ty.numpy())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_max_pool2d_special_values_match_torch(seed):
+    """Ties (small integers), NaNs and -infs at random, with padding, dilation and ceil_mode."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, (2, 3, 7, 8)).astype(np.float64)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[rng.random(x.shape) < 0.3] = -np.inf
+    for p in MAX_CASES + [{"kernel_size": 3, "stride": 1, "padding": 1, "dilation": 2, "ceil_mode": True}]:
+        ty, tidx = torch.nn.functional.max_pool2d(torch.tensor(x), return_indices=True, **p)
+        y, idx = R.max_pool2d(x, **p)
+        np.testing.assert_array_equal(idx, tidx.numpy(), err_msg=str(p))
+        np.testing.assert_array_equal(y, ty.numpy(), err_msg=str(p))

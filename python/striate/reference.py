@@ -212,19 +212,31 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     xp = _pad(x, s.ph, bottom, s.pw, right, value=-np.inf)
     h0 = np.arange(s.OH, dtype=np.int64) * s.sh - s.ph  # top row of each window (may be padding)
     w0 = np.arange(s.OW, dtype=np.int64) * s.sw - s.pw
-    # PyTorch's scan: the running max starts at -inf with the index of the window's
-    # first real position; an element replaces it when it is greater or NaN. So the
-    # first maximum wins ties, padding (-inf) never wins, and the last NaN wins.
-    first_h = h0 + (-(np.minimum(h0, 0) // s.dh)) * s.dh
-    first_w = w0 + (-(np.minimum(w0, 0) // s.dw)) * s.dw
-    y = np.full(s.y_shape, -np.inf, dtype=x.dtype)
-    indices = np.empty(s.y_shape, dtype=np.int64)
-    indices[...] = first_h[:, None] * s.W + first_w[None, :]
-    for i, j, hs, ws in _offsets(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.OH, s.OW):
-        v = xp[:, :, hs, ws]
-        take = (v > y) | np.isnan(v)
-        np.copyto(y, v, where=take)
-        np.copyto(indices, (h0 + i * s.dh)[:, None] * s.W + (w0 + j * s.dw)[None, :], where=take)
+    offsets = list(_offsets(s.kh, s.kw, s.sh, s.sw, s.dh, s.dw, s.OH, s.OW))
+
+    def position(i, j):  # flat input index of kernel offset (i, j) for every output, (OH, OW)
+        return (h0 + i * s.dh)[:, None] * s.W + (w0 + j * s.dw)[None, :]
+
+    # The values: the running maximum; np.maximum propagates NaN, padding (-inf) never raises it.
+    y = xp[:, :, offsets[0][2], offsets[0][3]].copy()
+    for _, _, hs, ws in offsets[1:]:
+        np.maximum(y, xp[:, :, hs, ws], out=y)
+    # The indices follow PyTorch's scan (start at -inf with the window's first real
+    # position; an element replaces the running max when greater, or when NaN):
+    # the first position equal to the maximum (scanning backwards, earlier ones overwrite) ...
+    indices = np.zeros(s.y_shape, dtype=np.int64)
+    for i, j, hs, ws in reversed(offsets):
+        indices = np.where(xp[:, :, hs, ws] == y, position(i, j), indices)
+    # ... the last NaN when there is one ...
+    if np.isnan(y).any():
+        for i, j, hs, ws in offsets:
+            indices = np.where(np.isnan(xp[:, :, hs, ws]), position(i, j), indices)
+    # ... and the first real position when every real value is -inf (never padding).
+    all_ninf = y == -np.inf
+    if all_ninf.any():
+        first_h = h0 + (-(np.minimum(h0, 0) // s.dh)) * s.dh
+        first_w = w0 + (-(np.minimum(w0, 0) // s.dw)) * s.dw
+        indices = np.where(all_ninf, first_h[:, None] * s.W + first_w[None, :], indices)
     return y, indices
 
 
