@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -226,17 +227,45 @@ def test_fit_rejects_bad_arguments(digits8, kwargs, exc, pattern):
     assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_distributed_is_a_clear_error_until_wired(digits8, monkeypatch):
+def test_distributed_without_mpi_names_the_extra(digits8, monkeypatch):
     from striate import distributed
 
     x, y, _, _ = digits8
     monkeypatch.setattr(distributed, "available", lambda: False)
     with pytest.raises(ImportError, match=r"pip install 'striate\[mpi\]'"):
         fit(linear_model(), x, y, epochs=1, verbose=0, distributed=True)
-    monkeypatch.setattr(distributed, "available", lambda: True)
-    if not hasattr(distributed, "fit_hook"):
-        with pytest.raises(ValueError, match=r"`distributed=True` is not supported"):
-            fit(linear_model(), x, y, epochs=1, verbose=0, distributed=True)
+
+
+def test_distributed_fit_under_mpiexec_matches_one_process(digits8):
+    """Two ranks, each on half of every global batch, end with equal weights, close to one process."""
+    from test_distributed import run_mpi
+
+    x, y, _, _ = digits8
+    stdout = run_mpi(
+        """
+        import numpy as np, striate as st
+        from striate import layers as L, optim
+        from striate.datasets import load_digits
+        from striate.distributed import rank
+        (x, y), _ = load_digits(size=8)
+        st.seed(rank())  # different inits: rank 0's weights are broadcast
+        m = st.Sequential([L.Flatten(), L.Linear(64, 10)])
+        opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        h = m.fit(x[:320], y[:320], epochs=2, batch_size=32, optimizer=opt, seed=rank(), verbose=0,
+                  distributed=True)
+        w = np.concatenate([p.data.ravel() for p in m.parameters()])
+        print("RESULT", rank(), w.tobytes().hex(), repr(h.history["loss"]))
+        """
+    )
+    rows = [line.split(" ", 3) for line in stdout.splitlines() if line.startswith("RESULT")]
+    assert sorted(r[1] for r in rows) == ["0", "1"]
+    assert rows[0][2] == rows[1][2] and rows[0][3] == rows[1][3]  # every rank holds the same weights
+    single = linear_model(seed=0)
+    h = fit(single, x, y, epochs=2, batch_size=32, optimizer=optim.SGD(single.parameters(), lr=0.1, momentum=0.9),
+            seed=0, verbose=0)
+    w = np.frombuffer(bytes.fromhex(rows[0][2]), dtype=np.float32)
+    np.testing.assert_allclose(w, np.concatenate([p.data.ravel() for p in single.parameters()]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ast.literal_eval(rows[0][3]), h.history["loss"], rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- non-finite guard

@@ -715,26 +715,22 @@ def _load_into(path, tensors, meta, model, optimizer):
 
 
 def _distributed_hook(model):
-    """The data-parallel hook for ``fit(distributed=True)``.
+    """The data-parallel hook for ``fit(distributed=True)``: ``striate.distributed.fit_hook(model)``.
 
-    ``fit`` expects ``striate.distributed.fit_hook(model)`` to return an object
-    with ``shard(indices) -> indices`` (this rank's part of a global batch),
-    ``average_gradients(params, local_count, global_count)`` (in place, over
-    the ranks) and ``is_root`` (whether this rank prints and writes files).
+    ``fit`` uses its ``seed(s)`` (one run seed for every rank), ``shard(indices)``
+    (this rank's part of each global batch), ``average_gradients(params,
+    local_count, global_count)``, ``reduce(*values)`` (sums of the epoch
+    metrics), ``end_epoch(model)`` (BatchNorm statistics) and ``is_root``
+    (only rank 0 prints progress and writes checkpoints).
     """
-    try:
-        from . import distributed
-    except ImportError:  # pragma: no cover - the module ships with striate
-        distributed = None
-    if distributed is None or not distributed.available():
+    from . import distributed
+
+    if not distributed.available():
         raise ImportError(
             "`distributed=True` needs mpi4py and an MPI library: install the [mpi] extra "
             "(pip install 'striate[mpi]') and run under mpiexec"
         )
-    make = getattr(distributed, "fit_hook", None)
-    if make is None:
-        raise ValueError("`distributed=True` is not supported by this version of striate.training")
-    return make(model)
+    return distributed.fit_hook(model)
 
 
 # --------------------------------------------------------------------------- fit
@@ -771,8 +767,11 @@ class _RunRandomness:
         self.shuffle, self.dropout, self.augment_seed = shuffle, dropout, int(augment_seed)
 
     @classmethod
-    def fresh(cls, seed, n_dropout):
+    def fresh(cls, seed, n_dropout, agree=None):
+        """``agree(seed) -> seed`` makes data-parallel ranks use one seed (rank 0's)."""
         base = seed if seed is not None else int(_config.rng().integers(_SEED_BOUND))
+        if agree is not None:
+            base = agree(base)
         gen = np.random.default_rng(base)
         dropout = [np.random.default_rng(int(gen.integers(_SEED_BOUND))) for _ in range(n_dropout)]
         return cls(gen, dropout, int(gen.integers(_SEED_BOUND)))
@@ -906,7 +905,11 @@ def fit(
         Write a resumable training checkpoint (atomically) at the end of
         every epoch, after the callbacks ran.
     distributed : bool, default False
-        Data-parallel training under ``mpiexec`` (needs the ``[mpi]`` extra).
+        Data-parallel training under ``mpiexec -n K`` (needs the ``[mpi]``
+        extra): every rank holds all of ``x`` and follows rank 0's seed, takes
+        its shard of each global batch of ``batch_size``, and the gradients are
+        averaged over the ranks before every step, so all ranks keep equal
+        weights. Only rank 0 prints and writes ``checkpoint``.
 
     Returns
     -------
@@ -995,7 +998,7 @@ def fit(
         _load_into(resume_from, tensors, meta, model, optimizer)
         history.history, history.epoch = saved_history.history, saved_history.epoch
     else:
-        rand = _RunRandomness.fresh(seed, len(dropouts))
+        rand = _RunRandomness.fresh(seed, len(dropouts), agree=None if hook is None else hook.seed)
         start_epoch = 0
         cb_states = []
     for layer, g in zip(dropouts, rand.dropout):
@@ -1030,6 +1033,7 @@ def fit(
             loss_sum, correct, seen = 0.0, 0, 0
             for step in range(steps):
                 idx = order[step * batch_size : (step + 1) * batch_size]
+                global_count = len(idx)
                 if hook is not None:
                     idx = hook.shard(idx)
                 xb, yb = x[idx], y[idx]
@@ -1043,14 +1047,20 @@ def fit(
                 with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
                     out = model(xb)
                     loss_value = float(loss_fn(out, yb))
-                    if math.isfinite(loss_value):
+                    loss_ok = math.isfinite(loss_value)
+                    if loss_ok:
                         backward(loss_fn.backward())
-                if not math.isfinite(loss_value):
+                if not loss_ok and hook is None:
                     raise NonFiniteError(
                         f"the loss is {loss_value} at epoch {epoch + 1}, step {step + 1}; "
                         "the parameters are those from before this step",
                         epoch=epoch + 1, step=step + 1, what="loss",
                     )
+                if hook is not None:
+                    if not loss_ok:  # poison the shared gradient, so that every rank stops at this step
+                        for p in params:
+                            p.grad = np.full_like(p.data, np.nan)
+                    hook.average_gradients(params, xb.shape[0], global_count)
                 bad = _first_nonfinite_grad(params)
                 if bad is not None:
                     raise NonFiniteError(
@@ -1058,8 +1068,6 @@ def fit(
                         "the parameters are those from before this step",
                         epoch=epoch + 1, step=step + 1, what=bad,
                     )
-                if hook is not None:
-                    hook.average_gradients(params, xb.shape[0], len(order[step * batch_size : (step + 1) * batch_size]))
                 optimizer.step()
                 state.global_step += 1
                 nb = xb.shape[0]
@@ -1067,10 +1075,13 @@ def fit(
                 loss_sum += loss_value * nb
                 correct += batch_correct
                 seen += nb
-                batch_logs = {"loss": loss_value, "accuracy": batch_correct / nb, "lr": _lr_of(optimizer)}
+                batch_logs = {"loss": loss_value, "accuracy": batch_correct / max(nb, 1), "lr": _lr_of(optimizer)}
                 for cb in callbacks:
                     cb.on_batch_end(step, batch_logs)
-                progress.batch(loss_sum / seen, correct / seen)
+                progress.batch(loss_sum / max(seen, 1), correct / max(seen, 1))
+            if hook is not None:
+                loss_sum, correct, seen = hook.reduce(loss_sum, correct, seen)
+                hook.end_epoch(model)
             logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
             if x_val is not None:
                 val = evaluate(model, x_val, y_val, batch_size=max(batch_size, 256), loss=loss_fn)
