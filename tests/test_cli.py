@@ -62,6 +62,22 @@ def test_train_checkpoint_and_resume(tmp_path, capsys):
     assert first.split(" in ")[0] == again.split(" in ")[0]
 
 
+def test_train_distributed_under_mpiexec(tmp_path):
+    from test_distributed import run_mpi
+
+    out = tmp_path / "m.safetensors"
+    stdout = run_mpi(
+        f"""
+        from striate import cli
+        cli.main(["train", "--epochs", "1", "--verbose", "0", "--distributed", "--out", {str(out)!r}])
+        """
+    )
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0] == f"saved {out}"  # rank 0 alone saves and reports
+    assert RESULT.match(lines[1])
+    assert io.load_model(out) is not None
+
+
 def test_predict_npy_files(trained, tmp_path, capsys):
     _, _, path = trained
     _, (xt, yt) = load_digits()

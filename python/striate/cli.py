@@ -183,6 +183,8 @@ def _configure_train(p):
     p.add_argument("--checkpoint", default=None, help="write a resumable training checkpoint after every epoch")
     p.add_argument("--resume", default=None, help="continue from a checkpoint written with --checkpoint")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1, help="1: progress bar, 2: a line per epoch")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks (run under mpiexec -n K; needs the [mpi] extra)")
 
 
 def _run_train(args):
@@ -218,9 +220,14 @@ def _run_train(args):
     training.fit(
         model, x, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt, loss=args.loss,
         augment=augment, callbacks=callbacks, seed=args.seed, verbose=args.verbose,
-        checkpoint=args.checkpoint, resume_from=args.resume,
+        checkpoint=args.checkpoint, resume_from=args.resume, distributed=args.distributed,
     )
     metrics = training.evaluate(model, x_test, y_test, loss=args.loss)
+    if args.distributed:
+        from . import distributed
+
+        if distributed.rank() != 0:  # every rank holds the same model; rank 0 reports
+            return 0
     model.save(args.out)
     print(f"saved {args.out}")
     print(_result_line(metrics, time.perf_counter() - t0))
