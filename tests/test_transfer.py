@@ -10,6 +10,7 @@ tools/transfer_demo.py and the docstring of cached_fit).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -46,6 +47,13 @@ def tools_path(monkeypatch):
 def _states_equal(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     return list(sa) == list(sb) and all(np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+def _uncached_fit(model, x, y, **kwargs):
+    """``training.fit`` without the feature cache (once fit has the ``cache_features`` hook)."""
+    if "cache_features" in inspect.signature(training.fit).parameters:
+        kwargs["cache_features"] = False
+    return training.fit(model, x, y, **kwargs)
 
 
 def _pretrained(num_classes=10, upto=11, seed=3):
@@ -181,7 +189,7 @@ def test_cache_split():
 
 def _both(build, x, y, **kwargs):
     a, b = build(), build()
-    ha = training.fit(a, x, y, optimizer=optim.SGD(a.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3),
+    ha = _uncached_fit(a, x, y, optimizer=optim.SGD(a.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3),
                       verbose=0, **kwargs)
     hb = transfer.cached_fit(b, x, y, optimizer=optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3),
                              verbose=0, **kwargs)
@@ -232,7 +240,7 @@ def test_cached_fit_equal_with_head_dropout_frozen_batchnorm_and_split(digits):
     a, b = build(), build()
     oa = optim.SGD(a.parameters(), lr=0.05, momentum=0.9)
     ob = optim.SGD(b.parameters(), lr=0.05, momentum=0.9)
-    ha = training.fit(a, x, y, epochs=3, batch_size=32, optimizer=oa, seed=2, verbose=0,
+    ha = _uncached_fit(a, x, y, epochs=3, batch_size=32, optimizer=oa, seed=2, verbose=0,
                       validation_split=0.2, callbacks=cbs(oa))
     hb = transfer.cached_fit(b, x, y, epochs=3, batch_size=32, optimizer=ob, seed=2, verbose=0,
                              validation_split=0.2, callbacks=cbs(ob))
@@ -242,13 +250,30 @@ def test_cached_fit_equal_with_head_dropout_frozen_batchnorm_and_split(digits):
     assert ha.history["lr"] == hb.history["lr"] == [0.05, 0.025, 0.0125]
 
 
+def test_cached_fit_equal_with_dropout_inside_the_frozen_layers(digits):
+    (x, y), _ = digits
+    x, y = x[:128], y[:128]
+
+    def build():
+        st.seed(4)
+        return st.Sequential([
+            L.Conv2d(1, 3, 5, stride=3), L.ReLU(), L.Dropout(0.5), L.Conv2d(3, 4, 3), L.Tanh(),
+            L.Flatten(), L.Dropout(0.2), L.Linear(4 * 8 * 8, 10),
+        ]).freeze(7)
+
+    assert transfer.cache_split(build()) == 2
+    a, b, ha, hb = _both(build, x, y, epochs=2, batch_size=16, seed=9)
+    assert hb is not None and ha.history["loss"] == hb.history["loss"]
+    assert _states_equal(a, b)
+
+
 def test_cached_fit_uint8_and_early_stopping(digits):
     (x, y), _ = digits
     x8 = np.round(x[:160] * 255).astype(np.uint8)
     y = y[:160]
     cb = lambda: [training.EarlyStopping(monitor="loss", patience=0, restore_best_weights=True)]  # noqa: E731
     a, b = _pretrained(), _pretrained()
-    ha = training.fit(a, x8, y, epochs=3, seed=1, verbose=0, callbacks=cb())
+    ha = _uncached_fit(a, x8, y, epochs=3, seed=1, verbose=0, callbacks=cb())
     hb = transfer.cached_fit(b, x8, y, epochs=3, seed=1, verbose=0, callbacks=cb())
     assert hb is not None and ha.history["loss"] == hb.history["loss"]
     assert _states_equal(a, b)
@@ -281,6 +306,27 @@ def test_cached_fit_falls_back(digits, tmp_path, case):
     assert transfer.cached_fit(m, x, y, **kwargs) is None
     assert _states_equal(m, m) and all(np.array_equal(v, m.state_dict()[k]) for k, v in before.items())
     assert not os.listdir(tmp_path)
+
+
+def test_fit_uses_the_cache_when_it_has_the_hook(digits, monkeypatch):
+    if "cache_features" not in inspect.signature(training.fit).parameters:
+        pytest.skip("training.fit has no cache_features hook yet")
+    (x, y), _ = digits
+    used = []
+    real = transfer.cached_fit
+
+    def spy(model, *args, **kwargs):
+        h = real(model, *args, **kwargs)
+        used.append(h is not None)
+        return h
+
+    monkeypatch.setattr(transfer, "cached_fit", spy)
+    m = _pretrained()
+    training.fit(m, x[:64], y[:64], epochs=1, verbose=0, seed=0)
+    assert used[-1] is True  # the outer call (the inner fit of the head asks too, and declines)
+    used.clear()
+    training.fit(_pretrained(), x[:64], y[:64], epochs=1, verbose=0, seed=0, cache_features=False)
+    assert used == []
 
 
 def test_frozen_parameters_bit_identical_after_fit(digits):

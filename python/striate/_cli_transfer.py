@@ -74,7 +74,8 @@ def _load_model(spec):
     if spec in PRETRAINED_NAMES:
         return transfer.load_pretrained(zoo.lenet5(), PRETRAINED_NAMES[spec])
     if not os.path.isfile(spec):
-        raise CLIError(f"--from must be a saved model file or one of {', '.join(PRETRAINED_NAMES)}, got {spec!r}: no such file")
+        names = ", ".join(PRETRAINED_NAMES)
+        raise CLIError(f"--from must be a saved model file or one of {names}, got {spec!r}: no such file")
     return io.load_model(spec)
 
 
@@ -187,4 +188,6 @@ def cmd_finetune(args):
 
 def add_commands(register):
     """Register ``finetune`` with ``striate.cli``'s registry."""
-    register("finetune", "fine-tune a pretrained model on K labelled examples per class", configure_finetune, cmd_finetune)
+    register(
+        "finetune", "fine-tune a pretrained model on K labelled examples per class", configure_finetune, cmd_finetune
+    )
