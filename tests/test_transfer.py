@@ -281,7 +281,8 @@ def test_cached_fit_uint8_and_early_stopping(digits):
 
 @pytest.mark.parametrize(
     "case",
-    ["not frozen", "augment", "checkpoint", "resume", "distributed", "model checkpoint", "bad validation", "bad x"],
+    ["not frozen", "augment", "checkpoint", "resume", "distributed", "model checkpoint", "callback generator",
+     "bad validation", "bad x"],
 )
 def test_cached_fit_falls_back(digits, tmp_path, case):
     (x, y), (xt, yt) = digits
@@ -298,12 +299,16 @@ def test_cached_fit_falls_back(digits, tmp_path, case):
         kwargs["distributed"] = True
     elif case == "model checkpoint":
         kwargs["callbacks"] = [training.ModelCheckpoint(str(tmp_path / "m.safetensors"))]
+    elif case == "callback generator":
+        kwargs["callbacks"] = (cb for cb in [training.EarlyStopping(monitor="loss")])
     elif case == "bad validation":
         kwargs["validation_data"] = (xt,)
     elif case == "bad x":
         x = x.astype(np.int32)
     before = m.state_dict()
     assert transfer.cached_fit(m, x, y, **kwargs) is None
+    if case == "callback generator":
+        assert len(list(kwargs["callbacks"])) == 1  # not consumed
     assert _states_equal(m, m) and all(np.array_equal(v, m.state_dict()[k]) for k, v in before.items())
     assert not os.listdir(tmp_path)
 

@@ -255,10 +255,9 @@ def cached_fit(model, x, y, **fit_kwargs):
     if fit_kwargs.get("checkpoint") is not None or fit_kwargs.get("distributed"):
         return None
     callbacks = fit_kwargs.get("callbacks") or ()
-    try:
-        if not all(type(cb).__name__ in _CALLBACKS_OK and type(cb).__module__ == training.__name__ for cb in callbacks):
-            return None
-    except TypeError:
+    if not isinstance(callbacks, (list, tuple)):  # iterating another iterable could consume it
+        return None
+    if not all(type(cb).__name__ in _CALLBACKS_OK and type(cb).__module__ == training.__name__ for cb in callbacks):
         return None
     split = cache_split(model)
     if split is None:
