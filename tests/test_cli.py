@@ -174,6 +174,27 @@ def test_registry_adds_commands(monkeypatch, capsys):
     assert ran == [3]
 
 
+def test_command_modules_plug_in_idempotently(monkeypatch, capsys):
+    import types
+
+    mod = types.ModuleType("fake_striate_commands")
+
+    def run(args):
+        print("fake ran")
+        return 0
+
+    mod.add_commands = lambda register: register("fake", "a fake command", lambda p: None, run)
+    monkeypatch.setitem(sys.modules, "fake_striate_commands", mod)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", list(cli.COMMAND_MODULES) + ["fake_striate_commands"] * 2)
+    cli.build_parser()
+    assert cli.main(["fake"]) == 0 and cli.main(["fake"]) == 0
+    assert capsys.readouterr().out == "fake ran\nfake ran\n"
+    assert "fake" not in cli._COMMANDS  # module commands never enter the registry
+    mod.add_commands = lambda register: register("train", "a clash", lambda p: None, run)
+    with pytest.raises(ValueError, match="'train' is already registered"):
+        cli.build_parser()
+
+
 def test_python_dash_m_striate():
     env = dict(os.environ, PYTHONPATH=PYTHON_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "striate", "--help"], capture_output=True, text=True, env=env,

@@ -83,24 +83,23 @@ def _positive_int(text):
     return v
 
 
-def _nonneg_float(text):
+def _float_arg(text, positive):
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not np.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    if not np.isfinite(v) or v < 0 or (positive and v == 0):
+        what = "a positive finite number" if positive else "a finite number >= 0"
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return v
+
+
+def _nonneg_float(text):
+    return _float_arg(text, positive=False)
 
 
 def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
-    return v
+    return _float_arg(text, positive=True)
 
 
 def _load_dataset(name, root, size=32):
@@ -332,20 +331,36 @@ register("predict", "class probabilities for .npy / .png inputs", _configure_pre
 # --------------------------------------------------------------------------- entry point
 
 
+def _command_table():
+    """The registered subcommands plus those of ``COMMAND_MODULES``, built afresh for each parser.
+
+    A module's commands go into this table only (not into the registry), so
+    building the parser twice, or listing a module twice, is harmless; a
+    name taken by a different command raises ValueError.
+    """
+    table = dict(_COMMANDS)
+
+    def add(name, help, configure, run):
+        if name in table and table[name][2] is not run:
+            raise ValueError(f"subcommand {name!r} is already registered")
+        table[name] = (help, configure, run)
+
+    for module in dict.fromkeys(COMMAND_MODULES):
+        importlib.import_module(module).add_commands(add)
+    return table
+
+
 def build_parser():
-    """The argparse parser with every registered subcommand."""
+    """The argparse parser with every subcommand; each sets ``args.run``."""
     import striate
 
-    for module in COMMAND_MODULES:
-        mod = importlib.import_module(module)
-        if not getattr(mod, "_striate_cli_registered", False):
-            mod.add_commands(register)
-            mod._striate_cli_registered = True
     parser = argparse.ArgumentParser(prog="striate", description="Convolutional networks on multicore CPUs.")
     parser.add_argument("--version", action="version", version=f"striate {striate.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, configure, _) in _COMMANDS.items():
-        configure(sub.add_parser(name, help=help_text, description=help_text))
+    for name, (help_text, configure, run) in _command_table().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(run=run)
     return parser
 
 
@@ -359,9 +374,8 @@ def main(argv=None):
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    _, _, run = _COMMANDS[args.command]
     try:
-        return int(run(args) or 0)
+        return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("striate: interrupted", file=sys.stderr)
         return 130
