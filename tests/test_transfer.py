@@ -450,3 +450,9 @@ def test_transfer_demo_reduced(tools_path):
     head, scratch = np.mean(res["head only"]), np.mean(res["from scratch"])
     assert head > scratch + 0.03, res
     assert "| head only |" in transfer_demo.table(res, 10)
+
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(transfer, raise_on_error=False).failed == 0

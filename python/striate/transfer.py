@@ -210,8 +210,8 @@ def _features(layers, x, chunk=_CHUNK):
 def cached_fit(model, x, y, **fit_kwargs):
     """Train only the head of ``model`` on cached backbone features, when that is exact.
 
-    Applies when all of the following hold, otherwise returns None (nothing
-    is computed or changed and the caller should train normally):
+    Applies when all of the following hold, otherwise returns None (the
+    model is untouched and the caller should train normally):
 
     - ``cache_split(model)`` is not None: a non-empty prefix of frozen layers
       of deterministic types (Conv2d, pooling, BatchNorm2d, activations,
@@ -246,6 +246,8 @@ def cached_fit(model, x, y, **fit_kwargs):
     Returns
     -------
     History or None
+        The head's History (the same keys and values as the uncached run's,
+        apart from ``time``), or None when the shortcut does not apply.
     """
     from . import training
     from .model import Sequential
