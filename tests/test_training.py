@@ -268,6 +268,25 @@ def test_distributed_fit_under_mpiexec_matches_one_process(digits8):
     np.testing.assert_allclose(ast.literal_eval(rows[0][3]), h.history["loss"], rtol=1e-5)
 
 
+def test_cache_features_trains_a_frozen_backbone_once_with_the_same_result(digits8, monkeypatch):
+    from striate import transfer
+
+    x, y, xt, yt = digits8
+    calls = []
+    real = transfer._features
+    monkeypatch.setattr(transfer, "_features", lambda *a: calls.append(1) or real(*a))
+    runs = []
+    for cache in (True, False):
+        m = conv_model(p=0.25)
+        m.freeze(upto=3)
+        h = fit(m, x, y, epochs=2, batch_size=32, seed=5, validation_data=(xt, yt), verbose=0, cache_features=cache)
+        runs.append((m, h))
+    assert len(calls) == 2  # the training and the validation inputs, once, in the cached run only
+    assert weights_equal(runs[0][0], runs[1][0])
+    assert runs[0][1].history["loss"] == runs[1][1].history["loss"]
+    assert [n for n, _ in runs[0][0].named_parameters()] == ["0.weight", "0.bias", "5.weight", "5.bias"]
+
+
 # --------------------------------------------------------------------------- non-finite guard
 
 

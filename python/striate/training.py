@@ -856,6 +856,7 @@ def fit(
     resume_from=None,
     checkpoint=None,
     distributed=False,
+    cache_features=True,
 ):
     """Train ``model`` on ``(x, y)`` with mini-batch gradient descent.
 
@@ -904,6 +905,12 @@ def fit(
     checkpoint : str or os.PathLike, optional
         Write a resumable training checkpoint (atomically) at the end of
         every epoch, after the callbacks ran.
+    cache_features : bool, default True
+        When the model's leading layers are frozen and deterministic (the
+        "freeze the backbone, train the head" recipe), run them once over the
+        data and train only the head on the cached features; the result is
+        bitwise equal to the uncached run (``striate.transfer.cached_fit``,
+        which says when the shortcut applies). False always runs the full model.
     distributed : bool, default False
         Data-parallel training under ``mpiexec -n K`` (needs the ``[mpi]``
         extra): every rank holds all of ``x`` and follows rank 0's seed, takes
@@ -930,6 +937,17 @@ def fit(
     >>> sorted(history.history)
     ['accuracy', 'loss', 'lr', 'time', 'val_accuracy', 'val_loss']
     """
+    if cache_features:
+        from . import transfer
+
+        cached = transfer.cached_fit(
+            model, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
+            validation_data=validation_data, validation_split=validation_split, shuffle=shuffle,
+            augment=augment, callbacks=callbacks, seed=seed, verbose=verbose, resume_from=resume_from,
+            checkpoint=checkpoint, distributed=distributed,
+        )
+        if cached is not None:
+            return cached
     epochs = _check_int(epochs, "epochs", 1)
     batch_size = _check_int(batch_size, "batch_size", 1)
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
