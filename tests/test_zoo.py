@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import striate as st
+from striate import io
 from striate import layers as L
 from striate import zoo
 
@@ -36,8 +37,8 @@ def test_lenet5_28_and_classes():
 
 
 def test_lenet5_errors():
-    with pytest.raises(NotImplementedError, match="pretrained"):
-        zoo.lenet5(pretrained=True)
+    with pytest.raises(io.FormatError):
+        zoo.lenet5(num_classes=5, pretrained=True)
     with pytest.raises(ValueError, match="`input_size`"):
         zoo.lenet5(input_size=64)
     with pytest.raises(ValueError, match="`num_classes`"):
@@ -85,3 +86,13 @@ def test_docstring_examples():
 
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_lenet5_pretrained_scores_on_the_digits():
+    """The shipped weights load into lenet5(pretrained=True) and classify the digits test split."""
+    from striate.datasets import load_digits
+
+    st.set_num_threads(1)
+    _, (xt, yt) = load_digits()
+    model = zoo.lenet5(pretrained=True)
+    assert model.evaluate(xt, yt)["accuracy"] >= 0.985

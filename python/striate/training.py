@@ -313,10 +313,12 @@ class History:
 
 class TrainState:
     """What callbacks see of a running ``fit``: ``epoch``, ``global_step``,
-    ``steps_per_epoch``, ``epochs``, ``history``; set ``stop_training = True``
-    to end training after the current epoch."""
+    ``steps_per_epoch``, ``epochs``, ``history``, ``is_root`` (False on the
+    ranks of a distributed run that must not write files); set
+    ``stop_training = True`` to end training after the current epoch."""
 
-    def __init__(self, epochs, steps_per_epoch, history):
+    def __init__(self, epochs, steps_per_epoch, history, is_root=True):
+        self.is_root = is_root
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
         self.history = history
@@ -500,6 +502,8 @@ class ModelCheckpoint(_Monitor):
             if not self._improved(value):
                 return
             self.best = value
+        if self.state is not None and not self.state.is_root:
+            return  # in a distributed run only rank 0 writes files
         path = self.path.format(epoch=epoch + 1, **logs) if "{" in self.path else self.path
         from . import io
 
@@ -989,7 +993,7 @@ def fit(
     n = x.shape[0]
     steps = -(-n // batch_size)
     history = History()
-    state = TrainState(epochs, steps, history)
+    state = TrainState(epochs, steps, history, is_root=hook is None or hook.is_root)
     dropouts = _dropout_layers(model)
     if resume_from is not None:
         saved = meta.get("state") or {}

