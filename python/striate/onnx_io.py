@@ -272,7 +272,11 @@ def import_model(path, *, max_bytes=1 << 30):
         t = inits[name]
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise ValueError(f"{path}: tensor {name!r} uses external data, which is not read")
-        arr = numpy_helper.to_array(t).astype(np.float32)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is refused just below
+                arr = numpy_helper.to_array(t).astype(np.float32)
+        except Exception as e:  # a data_type, dims or payload that onnx cannot decode
+            raise ValueError(f"{path}: tensor {name!r} cannot be decoded ({type(e).__name__}: {e})") from None
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{path}: tensor {name!r} holds non-finite values")
         return arr
@@ -282,76 +286,82 @@ def import_model(path, *, max_bytes=1 << 30):
         raise ValueError(f"{path}: expected one graph input, got {[v.name for v in inputs]}")
     current = inputs[0].name
     layers, loads = [], []
-    for node in graph.node:
-        nname = node.name or node.op_type
-        data_inputs = [n for n in node.input if n and n not in inits]
-        if data_inputs != [current]:
-            raise ValueError(f"{path}: node {nname} ({node.op_type}) does not continue a single chain")
-        a = _attrs(node, helper)
-        op = node.op_type
-        if op == "Conv":
-            w = tensor(node.input[1], nname)
-            b = tensor(node.input[2], nname) if len(node.input) > 2 and node.input[2] else None
-            if w.ndim != 4:
-                raise ValueError(f"{path}: node {nname}: Conv weight must be 4-D, got shape {w.shape}")
-            groups = int(a.get("group", 1))
-            k = a.get("kernel_shape", w.shape[2:])
-            if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                raise ValueError(f"{path}: node {nname}: auto_pad is not supported")
-            layer = L.Conv2d(w.shape[1] * groups, w.shape[0], _pair_from(k, "kernel_shape", nname),
-                             stride=_pair_from(a.get("strides", [1, 1]), "strides", nname),
-                             padding=_sym_pads(a.get("pads"), nname),
-                             dilation=_pair_from(a.get("dilations", [1, 1]), "dilations", nname),
-                             groups=groups, bias=b is not None)
-            loads.append((layer.weight, w))
-            if b is not None:
-                loads.append((layer.bias, b))
-        elif op in ("MaxPool", "AveragePool", "LpPool"):
-            k = _pair_from(a["kernel_shape"], "kernel_shape", nname)
-            s = _pair_from(a.get("strides", [1, 1]), "strides", nname)
-            pads = _sym_pads(a.get("pads"), nname)
-            ceil = bool(a.get("ceil_mode", 0))
-            if op == "MaxPool":
-                layer = L.MaxPool2d(k, s, pads, ceil, dilation=_pair_from(a.get("dilations", [1, 1]), "dilations", nname))
-            elif op == "AveragePool":
-                layer = L.AvgPool2d(k, s, pads, ceil, count_include_pad=bool(a.get("count_include_pad", 0)))
+    nname = None
+    try:
+        for node in graph.node:
+            nname = node.name or node.op_type
+            data_inputs = [n for n in node.input if n and n not in inits]
+            if data_inputs != [current]:
+                raise ValueError(f"{path}: node {nname} ({node.op_type}) does not continue a single chain")
+            a = _attrs(node, helper)
+            op = node.op_type
+            if op == "Conv":
+                w = tensor(node.input[1], nname)
+                b = tensor(node.input[2], nname) if len(node.input) > 2 and node.input[2] else None
+                if w.ndim != 4:
+                    raise ValueError(f"{path}: node {nname}: Conv weight must be 4-D, got shape {w.shape}")
+                groups = int(a.get("group", 1))
+                k = a.get("kernel_shape", w.shape[2:])
+                if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                    raise ValueError(f"{path}: node {nname}: auto_pad is not supported")
+                layer = L.Conv2d(w.shape[1] * groups, w.shape[0], _pair_from(k, "kernel_shape", nname),
+                                 stride=_pair_from(a.get("strides", [1, 1]), "strides", nname),
+                                 padding=_sym_pads(a.get("pads"), nname),
+                                 dilation=_pair_from(a.get("dilations", [1, 1]), "dilations", nname),
+                                 groups=groups, bias=b is not None)
+                loads.append((layer.weight, w))
+                if b is not None:
+                    loads.append((layer.bias, b))
+            elif op in ("MaxPool", "AveragePool", "LpPool"):
+                k = _pair_from(a["kernel_shape"], "kernel_shape", nname)
+                s = _pair_from(a.get("strides", [1, 1]), "strides", nname)
+                pads = _sym_pads(a.get("pads"), nname)
+                ceil = bool(a.get("ceil_mode", 0))
+                if op == "MaxPool":
+                    dil = _pair_from(a.get("dilations", [1, 1]), "dilations", nname)
+                    layer = L.MaxPool2d(k, s, pads, ceil, dilation=dil)
+                elif op == "AveragePool":
+                    layer = L.AvgPool2d(k, s, pads, ceil, count_include_pad=bool(a.get("count_include_pad", 0)))
+                else:
+                    if pads != (0, 0):
+                        raise ValueError(f"{path}: node {nname}: LpPool with padding is not supported")
+                    layer = L.LPPool2d(float(a.get("p", 2)), k, s, ceil)
+            elif op == "GlobalAveragePool":
+                layer = L.GlobalAvgPool2d()
+            elif op == "BatchNormalization":
+                scale, bias, mean, var = (tensor(n, nname) for n in node.input[1:5])
+                layer = L.BatchNorm2d(scale.shape[0], eps=float(a.get("epsilon", 1e-5)))
+                loads += [(layer.weight, scale), (layer.bias, bias)]
+                loads += [(layer.running_mean, mean), (layer.running_var, var)]
+            elif op in ("Relu", "Tanh", "Sigmoid"):
+                layer = {"Relu": L.ReLU, "Tanh": L.Tanh, "Sigmoid": L.Sigmoid}[op]()
+            elif op == "Softmax":
+                layer = L.Softmax(int(a.get("axis", -1)))
+            elif op == "Flatten":
+                if int(a.get("axis", 1)) != 1:
+                    raise ValueError(f"{path}: node {nname}: Flatten axis must be 1")
+                layer = L.Flatten()
+            elif op == "Gemm":
+                w = tensor(node.input[1], nname)
+                if float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0 or a.get("transA", 0):
+                    raise ValueError(f"{path}: node {nname}: Gemm with alpha/beta != 1 or transA is not supported")
+                if not a.get("transB", 0):
+                    w = w.T
+                b = tensor(node.input[2], nname) if len(node.input) > 2 and node.input[2] else None
+                layer = L.Linear(w.shape[1], w.shape[0], bias=b is not None)
+                loads.append((layer.weight, w))
+                if b is not None:
+                    loads.append((layer.bias, b.reshape(-1)))
+            elif op in ("Identity", "Dropout"):
+                current = node.output[0]
+                continue
             else:
-                if pads != (0, 0):
-                    raise ValueError(f"{path}: node {nname}: LpPool with padding is not supported")
-                layer = L.LPPool2d(float(a.get("p", 2)), k, s, ceil)
-        elif op == "GlobalAveragePool":
-            layer = L.GlobalAvgPool2d()
-        elif op == "BatchNormalization":
-            scale, bias, mean, var = (tensor(n, nname) for n in node.input[1:5])
-            layer = L.BatchNorm2d(scale.shape[0], eps=float(a.get("epsilon", 1e-5)))
-            loads += [(layer.weight, scale), (layer.bias, bias)]
-            loads += [(layer.running_mean, mean), (layer.running_var, var)]
-        elif op in ("Relu", "Tanh", "Sigmoid"):
-            layer = {"Relu": L.ReLU, "Tanh": L.Tanh, "Sigmoid": L.Sigmoid}[op]()
-        elif op == "Softmax":
-            layer = L.Softmax(int(a.get("axis", -1)))
-        elif op == "Flatten":
-            if int(a.get("axis", 1)) != 1:
-                raise ValueError(f"{path}: node {nname}: Flatten axis must be 1")
-            layer = L.Flatten()
-        elif op == "Gemm":
-            w = tensor(node.input[1], nname)
-            if float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0 or a.get("transA", 0):
-                raise ValueError(f"{path}: node {nname}: Gemm with alpha/beta != 1 or transA is not supported")
-            if not a.get("transB", 0):
-                w = w.T
-            b = tensor(node.input[2], nname) if len(node.input) > 2 and node.input[2] else None
-            layer = L.Linear(w.shape[1], w.shape[0], bias=b is not None)
-            loads.append((layer.weight, w))
-            if b is not None:
-                loads.append((layer.bias, b.reshape(-1)))
-        elif op in ("Identity", "Dropout"):
+                raise ValueError(f"{path}: node {nname}: op {op} has no striate layer")
+            layers.append(layer)
             current = node.output[0]
-            continue
-        else:
-            raise ValueError(f"{path}: node {nname}: op {op} has no striate layer")
-        layers.append(layer)
-        current = node.output[0]
+    except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        # attributes of the wrong type, missing attributes, inputs or outputs
+        raise ValueError(f"{path}: node {nname}: malformed ({type(e).__name__}: {e})") from None
     for target, value in loads:
         arr = target.data if isinstance(target, L.Parameter) else target
         if arr.shape != value.shape:
