@@ -158,3 +158,20 @@ def test_import_from_torch(tmp_path):
     with torch.no_grad():
         want = net(x).numpy()
     _assert_close(model(x.numpy()), want)
+
+
+def test_cli_export(tmp_path, capsys):
+    """`striate export MODEL OUT.onnx` writes a model onnxruntime runs like striate."""
+    from striate import cli
+
+    st.seed(0)
+    model = zoo.lenet5()
+    saved = tmp_path / "m.safetensors"
+    model.save(saved)
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", str(saved), str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    x = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
+    _assert_close(_run_ort(out, x), st.load(saved)(x))
+    assert cli.main(["export", "lenet5", str(tmp_path / "z.onnx"), "--input-shape", "1", "32", "32"]) == 0
+    assert cli.main(["export", str(tmp_path / "missing.safetensors"), str(tmp_path / "q.onnx")]) == 2

@@ -24,7 +24,7 @@ import numpy as np
 __all__ = ["main", "register", "build_parser", "COMMAND_MODULES", "TRAIN_DEFAULTS"]
 
 # Modules that add subcommands: each defines ``add_commands(register)``.
-COMMAND_MODULES: list[str] = ["striate._cli_introspect", "striate._cli_transfer"]
+COMMAND_MODULES: list[str] = ["striate._cli_introspect", "striate._cli_transfer", "striate._cli_onnx"]
 
 # name -> (help, configure(parser), run(args) -> int)
 _COMMANDS: dict = {}
