@@ -138,6 +138,7 @@ INDEX = {
         "test_training.py::test_a_failed_checkpoint_write_leaves_the_previous_one",
         "test_reliability.py::test_sigkill_during_saves_leaves_a_loadable_file",
         "test_reliability.py::test_successful_saves_leave_no_temp_files",
+        "test_reliability.py::test_save_order_is_write_fsync_replace_fsync_folder",
     ],
     "15 bit-exact resume": [
         "test_training.py::test_resume_in_a_fresh_process_is_bit_exact",
@@ -625,6 +626,28 @@ def test_successful_saves_leave_no_temp_files(tmp_path):
         io.write_file(tmp_path / "t.safetensors", {"a": np.arange(3, dtype=np.float32)})
         save_checkpoint(tmp_path / "c.ckpt", model, opt, {"epoch": 1})
     assert sorted(os.listdir(tmp_path)) == ["c.ckpt", "m.safetensors", "t.safetensors"]
+
+
+def test_save_order_is_write_fsync_replace_fsync_folder(tmp_path, monkeypatch):
+    """RELIABILITY 14: the temp file lives in the target's folder, is fsynced before os.replace, the folder after."""
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        mode = os.fstat(fd).st_mode
+        events.append(("fsync", "dir" if stat.S_ISDIR(mode) else "file"))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.dirname(os.path.abspath(src)) == str(tmp_path), Path(dst).name))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    monkeypatch.setattr(io.os, "replace", replace)
+    Sequential([L.Flatten(), L.Linear(4, 2)]).save(tmp_path / "m.safetensors")
+    assert events == [("fsync", "file"), ("replace", True, "m.safetensors"), ("fsync", "dir")]
 
 
 # ----------------------------------------------------------------------------- 15 + 16: whole runs in fresh processes
