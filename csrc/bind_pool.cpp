@@ -266,6 +266,15 @@ void bind_pool(py::module_& m) {
           py::arg("ow"), "Adaptive average pooling to (oh, ow).");
     m.def("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_py, py::arg("dy").noconvert(),
           py::arg("H"), py::arg("W"), "Gradient of adaptive average pooling.");
+    // Test hook: cap the vector code of the pooling kernels (0 portable, 1 AVX2,
+    // 2 AVX-512) and return the instruction set then in use.
+    m.def(
+        "_pool_isa",
+        [](int level) {
+            set_pool_isa_limit(level);
+            return std::string(pool_isa_name());
+        },
+        py::arg("level"));
 }
 
 }  // namespace striate

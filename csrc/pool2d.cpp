@@ -16,6 +16,7 @@
 #include "pool2d.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -23,6 +24,10 @@
 #include <string>
 
 #include "parallel.hpp"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 namespace striate {
 
@@ -44,36 +49,39 @@ inline float pow_exact(float x, double e) {
 }
 
 // ---------------------------------------------------------------------------
-// Max pooling, the generic (reference) plane kernels: any kernel, stride,
-// padding, dilation.
+// Max pooling. The generic kernels below handle any kernel, stride, padding
+// and dilation and are the reference for the specialised ones after them.
 
-// x is (H, W), y and ind are (OH, OW).
-void max_plane_forward_generic(const float* x, float* y, int64_t* ind, const PoolGeom& g) {
-    const float neg_inf = -std::numeric_limits<float>::infinity();
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const int64_t hs = oh * g.sh - g.ph;
-        const int64_t h1 = std::min(hs + (g.kh - 1) * g.dh + 1, g.H);
-        const int64_t h0 = first_inside(hs, g.dh);
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-            const int64_t ws = ow * g.sw - g.pw;
-            const int64_t w1 = std::min(ws + (g.kw - 1) * g.dw + 1, g.W);
-            const int64_t w0 = first_inside(ws, g.dw);
-            float best = neg_inf;
-            int64_t best_i = h0 * g.W + w0;
-            for (int64_t ih = h0; ih < h1; ih += g.dh) {
-                for (int64_t iw = w0; iw < w1; iw += g.dw) {
-                    const int64_t i = ih * g.W + iw;
-                    const float v = x[i];
-                    if (v > best || std::isnan(v)) {
-                        best = v;
-                        best_i = i;
-                    }
-                }
-            }
-            y[oh * g.OW + ow] = best;
-            ind[oh * g.OW + ow] = best_i;
+// One output of max pooling: y[oh, ow] and its index. x is (H, W).
+inline void max_window(const float* x, const PoolGeom& g, int64_t oh, int64_t ow, float* y, int64_t* ind) {
+    const int64_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
+    const int64_t h1 = std::min(hs + (g.kh - 1) * g.dh + 1, g.H);
+    const int64_t w1 = std::min(ws + (g.kw - 1) * g.dw + 1, g.W);
+    const int64_t h0 = first_inside(hs, g.dh), w0 = first_inside(ws, g.dw);
+    float best = -std::numeric_limits<float>::infinity();
+    int64_t best_i = h0 * g.W + w0;
+    for (int64_t ih = h0; ih < h1; ih += g.dh) {
+        for (int64_t iw = w0; iw < w1; iw += g.dw) {
+            const int64_t i = ih * g.W + iw;
+            const float v = x[i];
+            const bool take = (v > best) | (v != v);  // greater, or NaN; branch-free
+            best = take ? v : best;
+            best_i = take ? i : best_i;
         }
     }
+    y[oh * g.OW + ow] = best;
+    ind[oh * g.OW + ow] = best_i;
+}
+
+// x is (H, W), y and ind are (OH, OW). Outputs in rows [oh0, OH) and, in rows
+// [0, oh0), columns [ow0, OW): the part a specialised kernel left over.
+void max_plane_forward_rest(const float* x, float* y, int64_t* ind, const PoolGeom& g, int64_t oh0, int64_t ow0) {
+    for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = oh < oh0 ? ow0 : 0; ow < g.OW; ++ow) max_window(x, g, oh, ow, y, ind);
+}
+
+void max_plane_forward_generic(const float* x, float* y, int64_t* ind, const PoolGeom& g) {
+    max_plane_forward_rest(x, y, ind, g, 0, 0);
 }
 
 [[noreturn]] void throw_bad_index(int64_t plane, int64_t pos, int64_t value, int64_t hw) {
@@ -93,6 +101,275 @@ void max_plane_backward_generic(const float* dy, const int64_t* ind, float* dx, 
         if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(hw)) throw_bad_index(plane, o, i, hw);
         dx[i] += dy[o];
     }
+}
+
+// ---------------------------------------------------------------------------
+// Specialised max pooling.
+//
+// Forward, kernel K x K (K = 2 or 3), stride 2, no padding, dilation 1: the
+// windows that lie fully inside the plane are computed with vectors (even and
+// odd columns split by a permute), the rest (ceil_mode edges) by max_window.
+// Indices are built as int32 (the plane has fewer than 2^31 elements) and
+// widened on store.
+//
+// Backward, 2x2 blocks: when OH = H/2 and OW = W/2 (rounded down) and every
+// index lies in its own block [2oh, 2oh+2) x [2ow, 2ow+2), the blocks are
+// disjoint, so dx is written in one pass: dy where the index points, +0
+// elsewhere (0 + dy, exactly what zero-fill and scatter give). Any other index
+// sends the plane to the generic kernel, which checks the range. This depends
+// only on the index values, never on how they were made.
+
+enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
+
+Isa detect_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return Isa::avx512;
+    if (__builtin_cpu_supports("avx2")) return Isa::avx2;
+#endif
+    return Isa::portable;
+}
+
+std::atomic<int> g_isa_limit{static_cast<int>(Isa::avx512)};
+
+Isa active_isa() {
+    static const Isa detected = detect_isa();
+    const int limit = g_isa_limit.load(std::memory_order_relaxed);
+    return static_cast<Isa>(std::min(static_cast<int>(detected), limit));
+}
+
+// The 2x2 block test and write for one output, portable code. Returns false
+// when the index is outside its block.
+inline bool block2_backward_one(float dyv, int64_t i, int64_t base, int64_t W, float* r0, float* r1) {
+    const int64_t d = i - base;
+    const bool ok = (d == 0) | (d == 1) | (d == W) | (d == W + 1);
+    r0[0] = 0.f + (d == 0 ? dyv : 0.f);
+    r0[1] = 0.f + (d == 1 ? dyv : 0.f);
+    r1[0] = 0.f + (d == W ? dyv : 0.f);
+    r1[1] = 0.f + (d == W + 1 ? dyv : 0.f);
+    return ok;
+}
+
+// Zero what the 2x2 blocks do not cover: the last column (W odd) of the
+// covered rows, and the rows below them (H odd).
+void block2_zero_rest(float* dx, const PoolGeom& g) {
+    if (g.W > 2 * g.OW)
+        for (int64_t h = 0; h < 2 * g.OH; ++h)
+            std::memset(dx + h * g.W + 2 * g.OW, 0, static_cast<size_t>(g.W - 2 * g.OW) * sizeof(float));
+    if (g.H > 2 * g.OH)
+        std::memset(dx + 2 * g.OH * g.W, 0, static_cast<size_t>((g.H - 2 * g.OH) * g.W) * sizeof(float));
+}
+
+bool max_plane_backward_block2_portable(const float* dy, const int64_t* ind, float* dx, const PoolGeom& g) {
+    const int64_t W = g.W;
+    bool ok = true;
+    for (int64_t oh = 0; oh < g.OH && ok; ++oh) {
+        float* r0 = dx + 2 * oh * W;
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const int64_t o = oh * g.OW + ow;
+            ok &= block2_backward_one(dy[o], ind[o], 2 * oh * W + 2 * ow, W, r0 + 2 * ow, r0 + W + 2 * ow);
+        }
+    }
+    return ok;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define STRIATE_X86_KERNELS 1
+
+// Lanes [0, n) of a 16-lane mask (n clamped to [0, 16]).
+__attribute__((target("avx512f"))) inline __mmask16 lanes16(int64_t n) {
+    if (n <= 0) return 0;
+    if (n >= 16) return 0xffff;
+    return static_cast<__mmask16>((1u << n) - 1u);
+}
+
+__attribute__((target("avx512f"))) inline void max_update_avx512(__m512 v, __m512i vi, __m512& m, __m512i& mi) {
+    const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    m = _mm512_mask_blend_ps(take, m, v);
+    mi = _mm512_mask_blend_epi32(take, mi, vi);
+}
+
+template <int K>
+__attribute__((target("avx512f"))) void max_plane_forward_s2_avx512(const float* x, float* y, int64_t* ind,
+                                                                     const PoolGeom& g) {
+    const int64_t W = g.W;
+    const int64_t ohf = std::min(g.OH, (g.H - K) / 2 + 1);  // rows of full windows
+    const int64_t owf = std::min(g.OW, (g.W - K) / 2 + 1);  // columns of full windows
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int64_t oh = 0; oh < ohf; ++oh) {
+        for (int64_t ow = 0; ow < owf; ow += 16) {
+            const int64_t r = std::min<int64_t>(16, owf - ow);
+            const __mmask16 ma_lo = lanes16(2 * r), ma_hi = lanes16(2 * r - 16);
+            const __mmask16 mb_lo = lanes16(2 * r - 1), mb_hi = lanes16(2 * r - 17);
+            const int32_t base = static_cast<int32_t>(2 * oh * W + 2 * ow);
+            const __m512i bidx = _mm512_add_epi32(_mm512_set1_epi32(base), even);
+            __m512 m = _mm512_setzero_ps();
+            __m512i mi = bidx;
+            for (int rr = 0; rr < K; ++rr) {
+                const float* p = x + (2 * oh + rr) * W + 2 * ow;
+                const __m512 a0 = _mm512_maskz_loadu_ps(ma_lo, p);
+                const __m512 a1 = _mm512_maskz_loadu_ps(ma_hi, p + 16);
+                const __m512 e = _mm512_permutex2var_ps(a0, even, a1);
+                const __m512 o = _mm512_permutex2var_ps(a0, odd, a1);
+                const __m512i row = _mm512_add_epi32(bidx, _mm512_set1_epi32(static_cast<int32_t>(rr * W)));
+                if (rr == 0) {
+                    m = e;
+                } else {
+                    max_update_avx512(e, row, m, mi);
+                }
+                max_update_avx512(o, _mm512_add_epi32(row, _mm512_set1_epi32(1)), m, mi);
+                if (K == 3) {
+                    const __m512 b0 = _mm512_maskz_loadu_ps(mb_lo, p + 2);
+                    const __m512 b1 = _mm512_maskz_loadu_ps(mb_hi, p + 18);
+                    const __m512 e2 = _mm512_permutex2var_ps(b0, even, b1);
+                    max_update_avx512(e2, _mm512_add_epi32(row, _mm512_set1_epi32(2)), m, mi);
+                }
+            }
+            const int64_t o = oh * g.OW + ow;
+            const __mmask16 mo = lanes16(r);
+            _mm512_mask_storeu_ps(y + o, mo, m);
+            _mm512_mask_storeu_epi64(ind + o, static_cast<__mmask8>(mo & 0xff),
+                                     _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi)));
+            _mm512_mask_storeu_epi64(ind + o + 8, static_cast<__mmask8>(mo >> 8),
+                                     _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi, 1)));
+        }
+    }
+    max_plane_forward_rest(x, y, ind, g, ohf, owf);
+}
+
+__attribute__((target("avx512f"))) bool max_plane_backward_block2_avx512(const float* dy, const int64_t* ind,
+                                                                        float* dx, const PoolGeom& g) {
+    const int64_t W = g.W;
+    const __m512i step = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+    const __m512i sixteen = _mm512_set1_epi64(16);
+    const __m512i off1 = _mm512_set1_epi64(1), offw = _mm512_set1_epi64(W), offw1 = _mm512_set1_epi64(W + 1);
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+        float* r0 = dx + 2 * oh * W;
+        float* r1 = r0 + W;
+        for (int64_t ow = 0; ow < g.OW; ow += 16) {
+            const int64_t r = std::min<int64_t>(16, g.OW - ow);
+            const __mmask16 mo = lanes16(r);
+            const int64_t o = oh * g.OW + ow;
+            const __m512i i0 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(mo & 0xff), ind + o);
+            const __m512i i1 = _mm512_maskz_loadu_epi64(static_cast<__mmask8>(mo >> 8), ind + o + 8);
+            const __m512 d = _mm512_maskz_loadu_ps(mo, dy + o);
+            const __m512i b0 = _mm512_add_epi64(_mm512_set1_epi64(2 * oh * W + 2 * ow), step);
+            const __m512i d0 = _mm512_sub_epi64(i0, b0);
+            const __m512i d1 = _mm512_sub_epi64(i1, _mm512_add_epi64(b0, sixteen));
+            const __mmask16 m00 = static_cast<__mmask16>(_mm512_cmpeq_epi64_mask(d0, _mm512_setzero_si512()) |
+                                                         (_mm512_cmpeq_epi64_mask(d1, _mm512_setzero_si512()) << 8));
+            const __mmask16 m01 = static_cast<__mmask16>(_mm512_cmpeq_epi64_mask(d0, off1) |
+                                                         (_mm512_cmpeq_epi64_mask(d1, off1) << 8));
+            const __mmask16 m10 = static_cast<__mmask16>(_mm512_cmpeq_epi64_mask(d0, offw) |
+                                                         (_mm512_cmpeq_epi64_mask(d1, offw) << 8));
+            const __mmask16 m11 = static_cast<__mmask16>(_mm512_cmpeq_epi64_mask(d0, offw1) |
+                                                         (_mm512_cmpeq_epi64_mask(d1, offw1) << 8));
+            if (static_cast<__mmask16>((m00 | m01 | m10 | m11) & mo) != mo) return false;
+            const __m512 v00 = _mm512_add_ps(zero, _mm512_maskz_mov_ps(m00, d));
+            const __m512 v01 = _mm512_add_ps(zero, _mm512_maskz_mov_ps(m01, d));
+            const __m512 v10 = _mm512_add_ps(zero, _mm512_maskz_mov_ps(m10, d));
+            const __m512 v11 = _mm512_add_ps(zero, _mm512_maskz_mov_ps(m11, d));
+            const __mmask16 ms_lo = lanes16(2 * r), ms_hi = lanes16(2 * r - 16);
+            _mm512_mask_storeu_ps(r0 + 2 * ow, ms_lo, _mm512_permutex2var_ps(v00, lo, v01));
+            _mm512_mask_storeu_ps(r0 + 2 * ow + 16, ms_hi, _mm512_permutex2var_ps(v00, hi, v01));
+            _mm512_mask_storeu_ps(r1 + 2 * ow, ms_lo, _mm512_permutex2var_ps(v10, lo, v11));
+            _mm512_mask_storeu_ps(r1 + 2 * ow + 16, ms_hi, _mm512_permutex2var_ps(v10, hi, v11));
+        }
+    }
+    return true;
+}
+
+__attribute__((target("avx2"))) inline __m256 even8(__m256 a0, __m256 a1) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0x88)), 0xD8));
+}
+__attribute__((target("avx2"))) inline __m256 odd8(__m256 a0, __m256 a1) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0xDD)), 0xD8));
+}
+
+__attribute__((target("avx2"))) inline void max_update_avx2(__m256 v, __m256i vi, __m256& m, __m256i& mi) {
+    const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    m = _mm256_blendv_ps(m, v, take);
+    mi = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(mi), _mm256_castsi256_ps(vi), take));
+}
+
+// Full chunks of 8 full windows with AVX2; the rest of each row, and the
+// ceil_mode edges, by max_window.
+template <int K>
+__attribute__((target("avx2"))) void max_plane_forward_s2_avx2(const float* x, float* y, int64_t* ind,
+                                                               const PoolGeom& g) {
+    const int64_t W = g.W;
+    const int64_t ohf = std::min(g.OH, (g.H - K) / 2 + 1);
+    const int64_t owf = std::min(g.OW, (g.W - K) / 2 + 1);
+    const int64_t owv = owf - owf % 8;  // columns done with vectors
+    const __m256i step = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    const __m256i seven = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0);
+    for (int64_t oh = 0; oh < ohf; ++oh) {
+        for (int64_t ow = 0; ow < owv; ow += 8) {
+            const __m256i bidx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(2 * oh * W + 2 * ow)), step);
+            __m256 m = _mm256_setzero_ps();
+            __m256i mi = bidx;
+            for (int rr = 0; rr < K; ++rr) {
+                const float* p = x + (2 * oh + rr) * W + 2 * ow;
+                const __m256 a0 = _mm256_loadu_ps(p), a1 = _mm256_loadu_ps(p + 8);
+                const __m256i row = _mm256_add_epi32(bidx, _mm256_set1_epi32(static_cast<int32_t>(rr * W)));
+                const __m256 e = even8(a0, a1);
+                if (rr == 0) {
+                    m = e;
+                } else {
+                    max_update_avx2(e, row, m, mi);
+                }
+                max_update_avx2(odd8(a0, a1), _mm256_add_epi32(row, _mm256_set1_epi32(1)), m, mi);
+                if (K == 3) {
+                    const __m256 b0 = _mm256_loadu_ps(p + 2), b1 = _mm256_maskload_ps(p + 10, seven);
+                    max_update_avx2(even8(b0, b1), _mm256_add_epi32(row, _mm256_set1_epi32(2)), m, mi);
+                }
+            }
+            const int64_t o = oh * g.OW + ow;
+            _mm256_storeu_ps(y + o, m);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + o), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi)));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + o + 4),
+                                _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi, 1)));
+        }
+        for (int64_t ow = owv; ow < owf; ++ow) max_window(x, g, oh, ow, y, ind);
+    }
+    max_plane_forward_rest(x, y, ind, g, ohf, owf);
+}
+#endif  // x86 kernels
+
+using MaxForwardPlane = void (*)(const float*, float*, int64_t*, const PoolGeom&);
+
+// The plane kernel for this geometry and CPU.
+MaxForwardPlane pick_max_forward(const PoolGeom& g) {
+#ifdef STRIATE_X86_KERNELS
+    const bool s2 = g.kh == g.kw && (g.kh == 2 || g.kh == 3) && g.sh == 2 && g.sw == 2 && g.ph == 0 &&
+                    g.pw == 0 && g.dh == 1 && g.dw == 1 && g.H * g.W <= std::numeric_limits<int32_t>::max();
+    if (s2) {
+        switch (active_isa()) {
+            case Isa::avx512:
+                return g.kh == 2 ? max_plane_forward_s2_avx512<2> : max_plane_forward_s2_avx512<3>;
+            case Isa::avx2:
+                return g.kh == 2 ? max_plane_forward_s2_avx2<2> : max_plane_forward_s2_avx2<3>;
+            case Isa::portable:
+                break;
+        }
+    }
+#endif
+    return max_plane_forward_generic;
+}
+
+using MaxBackwardBlock = bool (*)(const float*, const int64_t*, float*, const PoolGeom&);
+
+// The 2x2-block plane kernel when the shapes allow it, else nullptr.
+MaxBackwardBlock pick_max_backward_block2(const PoolGeom& g) {
+    if (g.OH != g.H / 2 || g.OW != g.W / 2 || g.OH == 0 || g.OW == 0) return nullptr;
+#ifdef STRIATE_X86_KERNELS
+    if (active_isa() == Isa::avx512) return max_plane_backward_block2_avx512;
+#endif
+    return max_plane_backward_block2_portable;
 }
 
 // ---------------------------------------------------------------------------
@@ -227,16 +504,38 @@ void adaptive_plane_backward(const float* dy, float* dx, const PoolGeom& g) {
 
 void max_pool2d_forward(const float* x, float* y, int64_t* indices, const PoolGeom& g) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
-    parallel_for(g.planes, [&](int64_t p) {
-        max_plane_forward_generic(x + p * in_sz, y + p * out_sz, indices + p * out_sz, g);
-    });
+    const MaxForwardPlane plane = pick_max_forward(g);
+    parallel_for(g.planes, [&](int64_t p) { plane(x + p * in_sz, y + p * out_sz, indices + p * out_sz, g); });
 }
 
 void max_pool2d_backward(const float* dy, const int64_t* indices, float* dx, const PoolGeom& g) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
+    const MaxBackwardBlock block2 = pick_max_backward_block2(g);
     parallel_for(g.planes, [&](int64_t p) {
-        max_plane_backward_generic(dy + p * out_sz, indices + p * out_sz, dx + p * in_sz, g, p);
+        const float* pdy = dy + p * out_sz;
+        const int64_t* pind = indices + p * out_sz;
+        float* pdx = dx + p * in_sz;
+        if (block2 && block2(pdy, pind, pdx, g)) {
+            block2_zero_rest(pdx, g);
+        } else {
+            max_plane_backward_generic(pdy, pind, pdx, g, p);
+        }
     });
+}
+
+void set_pool_isa_limit(int level) {
+    g_isa_limit.store(std::max(0, std::min(level, static_cast<int>(Isa::avx512))), std::memory_order_relaxed);
+}
+
+const char* pool_isa_name() {
+    switch (active_isa()) {
+        case Isa::avx512:
+            return "avx512";
+        case Isa::avx2:
+            return "avx2";
+        default:
+            return "portable";
+    }
 }
 
 void avg_pool2d_forward(const float* x, float* y, const PoolGeom& g, bool count_include_pad) {

@@ -691,3 +691,69 @@ def test_adaptive_avg_pool_matches_torch(hw, out, rng):
     dy = randn(rng, *y.shape)
     ty.backward(torch.from_numpy(dy))
     np.testing.assert_allclose(_core.adaptive_avg_pool2d_backward(dy, *hw), xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The vector kernels (AVX-512, AVX2) against the portable code: same bits.
+
+
+@pytest.fixture
+def isa_levels():
+    """The instruction-set levels this CPU offers (0 portable, 1 AVX2, 2 AVX-512); restores the default."""
+    names = {"portable": 0, "avx2": 1, "avx512": 2}
+    top = names[_core._pool_isa(2)]
+    yield list(range(top + 1))
+    _core._pool_isa(2)
+
+
+def _tricky(rng, shape):
+    """Random values with ties, NaNs and infinities sprinkled in."""
+    x = rng.integers(-3, 4, shape).astype(np.float32)  # many ties
+    flat = x.reshape(-1)
+    picks = rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)
+    flat[picks[0::3]] = np.nan
+    flat[picks[1::3]] = -np.inf
+    flat[picks[2::3]] = np.inf
+    return x
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("hw", [(3, 3), (4, 5), (6, 33), (7, 34), (5, 64), (9, 65), (8, 66), (3, 97)])
+def test_max_pool_vector_paths_match_portable(hw, k, ceil_mode, isa_levels, rng):
+    x = _tricky(rng, (2, 3, *hw))
+    h, w = hw
+    results = []
+    for level in isa_levels:
+        _core._pool_isa(level)
+        y, idx = _core.max_pool2d_forward(x, k, k, 2, 2, 0, 0, 1, 1, ceil_mode)
+        dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
+        dy.reshape(-1)[::5] = -0.0
+        dx = _core.max_pool2d_backward(dy, idx, h, w)
+        results.append((y, idx, dx))
+    ey, eidx = ref_max(x, k, k, 2, 2, 0, 0, 1, 1, ceil_mode)
+    np.testing.assert_array_equal(results[0][0], ey.astype(np.float32))
+    np.testing.assert_array_equal(results[0][1], eidx)
+    close(results[0][2], ref_max_backward(dy, eidx, h, w), k=4)
+    for level, r in zip(isa_levels[1:], results[1:]):
+        for a, b in zip(results[0], r):
+            assert a.tobytes() == b.tobytes(), f"level {level} differs from portable"
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_max_pool_backward_block_fallback(where, isa_levels, rng):
+    """An index outside its 2x2 block (but inside the plane) anywhere still scatters correctly."""
+    h, w = 10, 38
+    x = randn(rng, 2, 2, h, w)
+    y, idx = _core.max_pool2d_forward(x, 2, 2, 2, 2, 0, 0, 1, 1, False)
+    pos = {"first": (0, 0, 0, 0), "middle": (1, 0, 2, 9), "last": (1, 1, 4, 18)}[where]
+    idx[pos] = 0
+    dy = randn(rng, *y.shape)
+    expected = ref_max_backward(dy, idx, h, w)
+    for level in isa_levels:
+        _core._pool_isa(level)
+        close(_core.max_pool2d_backward(dy, idx, h, w), expected, k=4)
+        bad = idx.copy()
+        bad[pos] = h * w
+        with pytest.raises(ValueError, match="`indices`"):
+            _core.max_pool2d_backward(dy, bad, h, w)
