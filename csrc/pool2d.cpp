@@ -22,6 +22,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "parallel.hpp"
 
@@ -502,16 +503,28 @@ void adaptive_plane_backward(const float* dy, float* dx, const PoolGeom& g) {
 // ---------------------------------------------------------------------------
 // Entry points: one plane per work item.
 
+namespace {
+// f(p) for every plane p, on about one thread per 16K elements touched, so
+// small calls (one image, a few channels) skip the parallel region. The split
+// never changes results: planes are independent.
+template <class F>
+void for_each_plane(const PoolGeom& g, F&& f) {
+    const int64_t work = g.planes * (g.H * g.W + g.OH * g.OW);
+    const int64_t threads = std::min<int64_t>(std::max<int64_t>(1, work / 16384), get_num_threads());
+    parallel_for(g.planes, std::forward<F>(f), static_cast<int>(threads));
+}
+}  // namespace
+
 void max_pool2d_forward(const float* x, float* y, int64_t* indices, const PoolGeom& g) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
     const MaxForwardPlane plane = pick_max_forward(g);
-    parallel_for(g.planes, [&](int64_t p) { plane(x + p * in_sz, y + p * out_sz, indices + p * out_sz, g); });
+    for_each_plane(g, [&](int64_t p) { plane(x + p * in_sz, y + p * out_sz, indices + p * out_sz, g); });
 }
 
 void max_pool2d_backward(const float* dy, const int64_t* indices, float* dx, const PoolGeom& g) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
     const MaxBackwardBlock block2 = pick_max_backward_block2(g);
-    parallel_for(g.planes, [&](int64_t p) {
+    for_each_plane(g, [&](int64_t p) {
         const float* pdy = dy + p * out_sz;
         const int64_t* pind = indices + p * out_sz;
         float* pdx = dx + p * in_sz;
@@ -540,37 +553,35 @@ const char* pool_isa_name() {
 
 void avg_pool2d_forward(const float* x, float* y, const PoolGeom& g, bool count_include_pad) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
-    parallel_for(g.planes,
-                 [&](int64_t p) { avg_plane_forward(x + p * in_sz, y + p * out_sz, g, count_include_pad); });
+    for_each_plane(g, [&](int64_t p) { avg_plane_forward(x + p * in_sz, y + p * out_sz, g, count_include_pad); });
 }
 
 void avg_pool2d_backward(const float* dy, float* dx, const PoolGeom& g, bool count_include_pad) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
-    parallel_for(g.planes,
-                 [&](int64_t p) { avg_plane_backward(dy + p * out_sz, dx + p * in_sz, g, count_include_pad); });
+    for_each_plane(g, [&](int64_t p) { avg_plane_backward(dy + p * out_sz, dx + p * in_sz, g, count_include_pad); });
 }
 
 void lp_pool2d_forward(const float* x, float* y, double p, const PoolGeom& g) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
-    parallel_for(g.planes, [&](int64_t q) { lp_plane_forward(x + q * in_sz, y + q * out_sz, p, g); });
+    for_each_plane(g, [&](int64_t q) { lp_plane_forward(x + q * in_sz, y + q * out_sz, p, g); });
 }
 
 void lp_pool2d_backward(const float* dy, const float* x, const float* y, float* dx, double p,
                         const PoolGeom& g) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
-    parallel_for(g.planes, [&](int64_t q) {
+    for_each_plane(g, [&](int64_t q) {
         lp_plane_backward(dy + q * out_sz, x + q * in_sz, y + q * out_sz, dx + q * in_sz, p, g);
     });
 }
 
 void adaptive_avg_pool2d_forward(const float* x, float* y, const PoolGeom& g) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
-    parallel_for(g.planes, [&](int64_t p) { adaptive_plane_forward(x + p * in_sz, y + p * out_sz, g); });
+    for_each_plane(g, [&](int64_t p) { adaptive_plane_forward(x + p * in_sz, y + p * out_sz, g); });
 }
 
 void adaptive_avg_pool2d_backward(const float* dy, float* dx, const PoolGeom& g) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
-    parallel_for(g.planes, [&](int64_t p) { adaptive_plane_backward(dy + p * out_sz, dx + p * in_sz, g); });
+    for_each_plane(g, [&](int64_t p) { adaptive_plane_backward(dy + p * out_sz, dx + p * in_sz, g); });
 }
 
 }  // namespace striate
