@@ -496,9 +496,23 @@ inline AvgWindow avg_window(const PoolGeom& g, int64_t oh, int64_t ow) {
 
 inline bool window_empty(const AvgWindow& w) { return w.h0 >= w.h1 || w.w0 >= w.w1; }
 
+// Windows wholly inside the input (the bulk of a plane) skip the clipping and
+// divide by kh*kw; the sums run in the same order either way.
 void avg_plane_forward(const float* x, float* y, const PoolGeom& g, bool count_include_pad) {
+    const Span rows = inside_span(g.OH, g.H, g.kh, g.sh, g.ph, 1);
+    const Span cols = inside_span(g.OW, g.W, g.kw, g.sw, g.pw, 1);
+    const float area = static_cast<float>(g.kh * g.kw);
     for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const bool row_inside = oh >= rows.lo && oh < rows.hi;
         for (int64_t ow = 0; ow < g.OW; ++ow) {
+            if (row_inside && ow >= cols.lo && ow < cols.hi) {
+                const float* p = x + (oh * g.sh - g.ph) * g.W + ow * g.sw - g.pw;
+                float sum = 0.f;
+                for (int64_t a = 0; a < g.kh; ++a)
+                    for (int64_t b = 0; b < g.kw; ++b) sum += p[a * g.W + b];
+                y[oh * g.OW + ow] = sum / area;
+                continue;
+            }
             const AvgWindow win = avg_window(g, oh, ow);
             if (window_empty(win)) {
                 y[oh * g.OW + ow] = 0.f;
@@ -515,8 +529,19 @@ void avg_plane_forward(const float* x, float* y, const PoolGeom& g, bool count_i
 
 void avg_plane_backward(const float* dy, float* dx, const PoolGeom& g, bool count_include_pad) {
     std::memset(dx, 0, static_cast<size_t>(g.H * g.W) * sizeof(float));
+    const Span rows = inside_span(g.OH, g.H, g.kh, g.sh, g.ph, 1);
+    const Span cols = inside_span(g.OW, g.W, g.kw, g.sw, g.pw, 1);
+    const float area = static_cast<float>(g.kh * g.kw);
     for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const bool row_inside = oh >= rows.lo && oh < rows.hi;
         for (int64_t ow = 0; ow < g.OW; ++ow) {
+            if (row_inside && ow >= cols.lo && ow < cols.hi) {
+                float* p = dx + (oh * g.sh - g.ph) * g.W + ow * g.sw - g.pw;
+                const float d = dy[oh * g.OW + ow] / area;
+                for (int64_t a = 0; a < g.kh; ++a)
+                    for (int64_t b = 0; b < g.kw; ++b) p[a * g.W + b] += d;
+                continue;
+            }
             const AvgWindow win = avg_window(g, oh, ow);
             if (window_empty(win)) continue;
             const int64_t div = count_include_pad ? win.padded_count : win.count();
