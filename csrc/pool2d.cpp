@@ -5,7 +5,10 @@
 // - max: the window starting at oh*sh - ph visits rows ih0, ih0+dh, ... that
 //   lie inside the input, in row-major order; a value replaces the running
 //   maximum when it is greater or NaN, so the first maximum wins ties and a
-//   NaN makes the output NaN. Padding never wins. The index is h*W + w.
+//   NaN makes the output NaN (with several NaNs, the last one's index).
+//   Padding never wins. The index is h*W + w. A window that dilation leaves
+//   without any input element gives -inf and PyTorch's index past the plane,
+//   which max_pool2d_backward then rejects.
 // - avg: the window is clipped to the padded input first (that size is the
 //   count_include_pad divisor), then to the input (the other divisor).
 // - lp: avg (no padding, count_include_pad) of x**p, times kh*kw, to the 1/p;

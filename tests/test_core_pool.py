@@ -254,6 +254,17 @@ def test_max_pool_padding_never_wins():
     np.testing.assert_array_equal(idx[0, 0], [[0, 0, 1], [0, 0, 1], [3, 3, 4]])
 
 
+def test_max_pool_window_of_padding_only():
+    """Dilation can leave a window with no input element: -inf and, as in PyTorch, an index past
+    the plane, which the backward pass rejects instead of writing out of bounds."""
+    x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    y, idx = _core.max_pool2d_forward(x, 2, 2, 1, 1, 1, 1, 3, 3, False)
+    assert y.shape == (1, 1, 1, 1) and y[0, 0, 0, 0] == -np.inf
+    assert idx[0, 0, 0, 0] == 6  # torch.nn.functional.max_pool2d gives the same
+    with pytest.raises(ValueError, match="`indices`"):
+        _core.max_pool2d_backward(np.ones_like(y), idx, 2, 2)
+
+
 @pytest.mark.parametrize("k", [2, 3])
 def test_max_pool_backward_any_valid_indices(k, rng):
     """Indices need not come from the forward pass: repeats accumulate in output order."""
