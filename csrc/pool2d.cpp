@@ -479,119 +479,84 @@ MaxBackwardBlock pick_max_backward_block2(const PoolGeom& g) {
 // ---------------------------------------------------------------------------
 // Average-style windows (no dilation).
 
-struct AvgWindow {
-    int64_t h0, h1, w0, w1;  // clipped to the input
-    int64_t padded_count;    // clipped to the padded input only
-    int64_t count() const { return (h1 - h0) * (w1 - w0); }
-};
-
-inline AvgWindow avg_window(const PoolGeom& g, int64_t oh, int64_t ow) {
-    AvgWindow win;
-    int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-    int64_t h1 = std::min(h0 + g.kh, g.H + g.ph), w1 = std::min(w0 + g.kw, g.W + g.pw);
-    win.padded_count = (h1 - h0) * (w1 - w0);
-    win.h0 = std::max<int64_t>(h0, 0);
-    win.w0 = std::max<int64_t>(w0, 0);
-    win.h1 = std::min(h1, g.H);
-    win.w1 = std::min(w1, g.W);
-    return win;
-}
-
-inline bool window_empty(const AvgWindow& w) { return w.h0 >= w.h1 || w.w0 >= w.w1; }
-
-// Windows wholly inside the input (the bulk of a plane) skip the clipping and
-// divide by kh*kw; the sums run in the same order either way.
-void avg_plane_forward(const float* x, float* y, const PoolGeom& g, bool count_include_pad) {
+// Calls f(o, h0, h1, w0, w1, div) for every output o = oh*OW + ow of a plane,
+// in order: the window clipped to the input is [h0, h1) x [w0, w1), and div is
+// its count_include_pad divisor (the window clipped to the padded input) or
+// the number of input elements in it. Windows wholly inside the input (the
+// bulk of a plane) skip the clipping arithmetic.
+template <class F>
+void for_each_avg_window(const PoolGeom& g, bool count_include_pad, F&& f) {
     const Span rows = inside_span(g.OH, g.H, g.kh, g.sh, g.ph, 1);
     const Span cols = inside_span(g.OW, g.W, g.kw, g.sw, g.pw, 1);
-    const float area = static_cast<float>(g.kh * g.kw);
     for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const int64_t hs = oh * g.sh - g.ph;
         const bool row_inside = oh >= rows.lo && oh < rows.hi;
         for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const int64_t ws = ow * g.sw - g.pw;
+            const int64_t o = oh * g.OW + ow;
             if (row_inside && ow >= cols.lo && ow < cols.hi) {
-                const float* p = x + (oh * g.sh - g.ph) * g.W + ow * g.sw - g.pw;
-                float sum = 0.f;
-                for (int64_t a = 0; a < g.kh; ++a)
-                    for (int64_t b = 0; b < g.kw; ++b) sum += p[a * g.W + b];
-                y[oh * g.OW + ow] = sum / area;
+                f(o, hs, hs + g.kh, ws, ws + g.kw, g.kh * g.kw);
                 continue;
             }
-            const AvgWindow win = avg_window(g, oh, ow);
-            if (window_empty(win)) {
-                y[oh * g.OW + ow] = 0.f;
-                continue;
-            }
-            float sum = 0.f;
-            for (int64_t ih = win.h0; ih < win.h1; ++ih)
-                for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += x[ih * g.W + iw];
-            const int64_t div = count_include_pad ? win.padded_count : win.count();
-            y[oh * g.OW + ow] = sum / static_cast<float>(div);
+            const int64_t hp = std::min(hs + g.kh, g.H + g.ph), wp = std::min(ws + g.kw, g.W + g.pw);
+            const int64_t h0 = std::max<int64_t>(hs, 0), w0 = std::max<int64_t>(ws, 0);
+            const int64_t h1 = std::max(h0, std::min(hp, g.H)), w1 = std::max(w0, std::min(wp, g.W));
+            const int64_t count = (h1 - h0) * (w1 - w0);
+            // An empty window (impossible under PyTorch's padding rule) gives 0.
+            const int64_t div = count == 0 ? 1 : count_include_pad ? (hp - hs) * (wp - ws) : count;
+            f(o, h0, h1, w0, w1, div);
         }
     }
+}
+
+void avg_plane_forward(const float* x, float* y, const PoolGeom& g, bool count_include_pad) {
+    for_each_avg_window(g, count_include_pad,
+                        [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
+                            float sum = 0.f;
+                            for (int64_t ih = h0; ih < h1; ++ih)
+                                for (int64_t iw = w0; iw < w1; ++iw) sum += x[ih * g.W + iw];
+                            y[o] = sum / static_cast<float>(div);
+                        });
 }
 
 void avg_plane_backward(const float* dy, float* dx, const PoolGeom& g, bool count_include_pad) {
     std::memset(dx, 0, static_cast<size_t>(g.H * g.W) * sizeof(float));
-    const Span rows = inside_span(g.OH, g.H, g.kh, g.sh, g.ph, 1);
-    const Span cols = inside_span(g.OW, g.W, g.kw, g.sw, g.pw, 1);
-    const float area = static_cast<float>(g.kh * g.kw);
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const bool row_inside = oh >= rows.lo && oh < rows.hi;
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-            if (row_inside && ow >= cols.lo && ow < cols.hi) {
-                float* p = dx + (oh * g.sh - g.ph) * g.W + ow * g.sw - g.pw;
-                const float d = dy[oh * g.OW + ow] / area;
-                for (int64_t a = 0; a < g.kh; ++a)
-                    for (int64_t b = 0; b < g.kw; ++b) p[a * g.W + b] += d;
-                continue;
-            }
-            const AvgWindow win = avg_window(g, oh, ow);
-            if (window_empty(win)) continue;
-            const int64_t div = count_include_pad ? win.padded_count : win.count();
-            const float d = dy[oh * g.OW + ow] / static_cast<float>(div);
-            for (int64_t ih = win.h0; ih < win.h1; ++ih)
-                for (int64_t iw = win.w0; iw < win.w1; ++iw) dx[ih * g.W + iw] += d;
-        }
-    }
+    for_each_avg_window(g, count_include_pad,
+                        [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
+                            const float d = dy[o] / static_cast<float>(div);
+                            for (int64_t ih = h0; ih < h1; ++ih)
+                                for (int64_t iw = w0; iw < w1; ++iw) dx[ih * g.W + iw] += d;
+                        });
 }
 
 // ---------------------------------------------------------------------------
-// Power-average pooling (padding 0, so the count_include_pad divisor is the
-// window clipped to the input, exactly as torch's avg_pool2d of x**p gives).
+// Power-average pooling: padding 0, so the count_include_pad divisor is the
+// window clipped to the input, exactly as torch's avg_pool2d of x**p gives.
 
 void lp_plane_forward(const float* x, float* y, double p, const PoolGeom& g) {
     const float area = static_cast<float>(g.kh * g.kw);
     const double inv_p = 1.0 / p;
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-            const AvgWindow win = avg_window(g, oh, ow);
-            float sum = 0.f;
-            for (int64_t ih = win.h0; ih < win.h1; ++ih)
-                for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += pow_exact(x[ih * g.W + iw], p);
-            const float mean = sum / static_cast<float>(win.padded_count);
-            const float s = mean * area;
-            y[oh * g.OW + ow] = pow_exact(s, inv_p);
-        }
-    }
+    for_each_avg_window(g, true, [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
+        float sum = 0.f;
+        for (int64_t ih = h0; ih < h1; ++ih)
+            for (int64_t iw = w0; iw < w1; ++iw) sum += pow_exact(x[ih * g.W + iw], p);
+        const float mean = sum / static_cast<float>(div);
+        y[o] = pow_exact(mean * area, inv_p);
+    });
 }
 
 void lp_plane_backward(const float* dy, const float* x, const float* y, float* dx, double p,
                        const PoolGeom& g) {
     std::memset(dx, 0, static_cast<size_t>(g.H * g.W) * sizeof(float));
     const double area = static_cast<double>(g.kh * g.kw);
-    for (int64_t oh = 0; oh < g.OH; ++oh) {
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-            const float yv = y[oh * g.OW + ow];
-            if (yv == 0.f) continue;
-            const AvgWindow win = avg_window(g, oh, ow);
-            const double scale = area / static_cast<double>(win.padded_count);
-            const float d = static_cast<float>(static_cast<double>(dy[oh * g.OW + ow]) *
-                                               static_cast<double>(pow_exact(yv, 1.0 - p)) * scale);
-            for (int64_t ih = win.h0; ih < win.h1; ++ih)
-                for (int64_t iw = win.w0; iw < win.w1; ++iw)
-                    dx[ih * g.W + iw] += d * pow_exact(x[ih * g.W + iw], p - 1.0);
-        }
-    }
+    for_each_avg_window(g, true, [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
+        if (y[o] == 0.f) return;
+        const double scale = area / static_cast<double>(div);
+        const float d = static_cast<float>(static_cast<double>(dy[o]) *
+                                           static_cast<double>(pow_exact(y[o], 1.0 - p)) * scale);
+        for (int64_t ih = h0; ih < h1; ++ih)
+            for (int64_t iw = w0; iw < w1; ++iw) dx[ih * g.W + iw] += d * pow_exact(x[ih * g.W + iw], p - 1.0);
+    });
 }
 
 // ---------------------------------------------------------------------------
