@@ -3,7 +3,8 @@
 // Each function checks its arguments (ndim, positive kernel/stride/dilation,
 // PyTorch's pad <= kernel/2 rule, window against padded input, dy and indices
 // shapes), allocates the outputs with the GIL held, and releases the GIL
-// around the kernel. Not here: any numeric code, any user-level argument
+// around the kernel. Also `_pool_isa`, a test hook that caps the vector code
+// the kernels pick. Not here: any numeric code, any user-level argument
 // normalisation (ints or pairs, defaults), which striate.functional does.
 #include <cmath>
 #include <string>

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 from numpy.lib.stride_tricks import sliding_window_view
 
 import striate as st
@@ -768,3 +770,53 @@ def test_max_pool_backward_block_fallback(where, isa_levels, rng):
         bad[pos] = h * w
         with pytest.raises(ValueError, match="`indices`"):
             _core.max_pool2d_backward(dy, bad, h, w)
+
+
+# ---------------------------------------------------------------------------
+# Generated geometries: valid ones match the oracle, invalid ones raise cleanly.
+
+
+@hs.composite
+def pool_geometry(draw):
+    h, w = draw(hs.integers(1, 12)), draw(hs.integers(1, 12))
+    kh, kw = draw(hs.integers(-1, 5)), draw(hs.integers(-1, 5))
+    sh, sw = draw(hs.integers(-1, 4)), draw(hs.integers(-1, 4))
+    ph, pw = draw(hs.integers(-1, 3)), draw(hs.integers(-1, 3))
+    dh, dw = draw(hs.integers(0, 3)), draw(hs.integers(0, 3))
+    return (h, w, kh, kw, sh, sw, ph, pw, dh, dw, draw(hs.booleans()), draw(hs.booleans()))
+
+
+def _valid(h, w, kh, kw, sh, sw, ph, pw, dh, dw):
+    if min(kh, kw, sh, sw, dh, dw) <= 0 or not (0 <= ph <= kh // 2 and 0 <= pw <= kw // 2):
+        return False
+    return dh * (kh - 1) + 1 <= h + 2 * ph and dw * (kw - 1) + 1 <= w + 2 * pw
+
+
+@settings(max_examples=150, deadline=None)
+@given(geom=pool_geometry(), seed=hs.integers(0, 2**16))
+def test_generated_geometries(geom, seed):
+    h, w, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode, cip = geom
+    rng = np.random.default_rng(seed)
+    x = randn(rng, 2, 3, h, w)
+    margs = (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
+    if not _valid(h, w, kh, kw, sh, sw, ph, pw, dh, dw):
+        with pytest.raises(ValueError):
+            _core.max_pool2d_forward(x, *margs)
+        return
+    y, idx = _core.max_pool2d_forward(x, *margs)
+    ey, eidx = ref_max(x, *margs)
+    np.testing.assert_array_equal(y, ey.astype(np.float32))
+    if np.isfinite(ey).all():  # windows holding only padding report an index past the plane
+        np.testing.assert_array_equal(idx, eidx)
+        dy = randn(rng, *y.shape)
+        close(_core.max_pool2d_backward(dy, idx, h, w), ref_max_backward(dy, idx, h, w), k=kh * kw)
+    if _valid(h, w, kh, kw, sh, sw, ph, pw, 1, 1):
+        aargs = (kh, kw, sh, sw, ph, pw, ceil_mode, cip)
+        ya = _core.avg_pool2d_forward(x, *aargs)
+        close(ya, ref_avg(x, *aargs), k=kh * kw)
+        dy = randn(rng, *ya.shape)
+        close(_core.avg_pool2d_backward(dy, h, w, *aargs), ref_avg_backward(dy, h, w, *aargs), k=kh * kw)
+    if _valid(h, w, kh, kw, sh, sw, 0, 0, 1, 1):
+        xa = np.abs(x) + 0.1
+        yl = _core.lp_pool2d_forward(xa, 2.0, kh, kw, sh, sw, ceil_mode)
+        close(yl, ref_lp(xa, 2.0, kh, kw, sh, sw, ceil_mode), k=kh * kw, rtol=3e-5)
