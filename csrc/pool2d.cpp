@@ -483,15 +483,17 @@ MaxBackwardBlock pick_max_backward_block2(const PoolGeom& g) {
 // in order: the window clipped to the input is [h0, h1) x [w0, w1), and div is
 // its count_include_pad divisor (the window clipped to the padded input) or
 // the number of input elements in it. Windows wholly inside the input (the
-// bulk of a plane) skip the clipping arithmetic.
+// bulk of a plane) skip the clipping arithmetic. Outputs in rows [0, skip_rows)
+// and columns [0, skip_cols) are left out (a vector kernel did them).
 template <class F>
-void for_each_avg_window(const PoolGeom& g, bool count_include_pad, F&& f) {
+void for_each_avg_window(const PoolGeom& g, bool count_include_pad, F&& f, int64_t skip_rows = 0,
+                         int64_t skip_cols = 0) {
     const Span rows = inside_span(g.OH, g.H, g.kh, g.sh, g.ph, 1);
     const Span cols = inside_span(g.OW, g.W, g.kw, g.sw, g.pw, 1);
     for (int64_t oh = 0; oh < g.OH; ++oh) {
         const int64_t hs = oh * g.sh - g.ph;
         const bool row_inside = oh >= rows.lo && oh < rows.hi;
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
+        for (int64_t ow = oh < skip_rows ? skip_cols : 0; ow < g.OW; ++ow) {
             const int64_t ws = ow * g.sw - g.pw;
             const int64_t o = oh * g.OW + ow;
             if (row_inside && ow >= cols.lo && ow < cols.hi) {
@@ -509,14 +511,72 @@ void for_each_avg_window(const PoolGeom& g, bool count_include_pad, F&& f) {
     }
 }
 
+// x is (H, W), y is (OH, OW); outputs in rows [0, skip_rows) and columns
+// [0, skip_cols) are left out.
+void avg_plane_forward_rest(const float* x, float* y, const PoolGeom& g, bool count_include_pad,
+                            int64_t skip_rows, int64_t skip_cols) {
+    for_each_avg_window(
+        g, count_include_pad,
+        [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
+            float sum = 0.f;
+            for (int64_t ih = h0; ih < h1; ++ih)
+                for (int64_t iw = w0; iw < w1; ++iw) sum += x[ih * g.W + iw];
+            y[o] = sum / static_cast<float>(div);
+        },
+        skip_rows, skip_cols);
+}
+
 void avg_plane_forward(const float* x, float* y, const PoolGeom& g, bool count_include_pad) {
-    for_each_avg_window(g, count_include_pad,
-                        [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
-                            float sum = 0.f;
-                            for (int64_t ih = h0; ih < h1; ++ih)
-                                for (int64_t iw = w0; iw < w1; ++iw) sum += x[ih * g.W + iw];
-                            y[o] = sum / static_cast<float>(div);
-                        });
+    avg_plane_forward_rest(x, y, g, count_include_pad, 0, 0);
+}
+
+#ifdef STRIATE_X86_KERNELS
+// Average of K x K windows (K = 2 or 3), stride 2, no padding: the full
+// windows 16 at a time, summed in the generic kernel's order (0 + row-major
+// terms) and divided by K*K; the ceil_mode edges by the generic code.
+template <int K>
+__attribute__((target("avx512f"))) void avg_plane_forward_s2_avx512(const float* x, float* y, const PoolGeom& g,
+                                                                     bool count_include_pad) {
+    const int64_t W = g.W;
+    const int64_t ohf = std::min(g.OH, (g.H - K) / 2 + 1);
+    const int64_t owf = std::min(g.OW, (g.W - K) / 2 + 1);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512 area = _mm512_set1_ps(static_cast<float>(K * K));
+    for (int64_t oh = 0; oh < ohf; ++oh) {
+        for (int64_t ow = 0; ow < owf; ow += 16) {
+            const int64_t r = std::min<int64_t>(16, owf - ow);
+            const __mmask16 ma_lo = lanes16(2 * r), ma_hi = lanes16(2 * r - 16);
+            const __mmask16 mb_lo = lanes16(2 * r - 1), mb_hi = lanes16(2 * r - 17);
+            __m512 sum = _mm512_setzero_ps();
+            for (int rr = 0; rr < K; ++rr) {
+                const float* p = x + (2 * oh + rr) * W + 2 * ow;
+                const __m512 a0 = _mm512_maskz_loadu_ps(ma_lo, p);
+                const __m512 a1 = _mm512_maskz_loadu_ps(ma_hi, p + 16);
+                sum = _mm512_add_ps(sum, _mm512_permutex2var_ps(a0, even, a1));
+                sum = _mm512_add_ps(sum, _mm512_permutex2var_ps(a0, odd, a1));
+                if (K == 3) {
+                    const __m512 b0 = _mm512_maskz_loadu_ps(mb_lo, p + 2);
+                    const __m512 b1 = _mm512_maskz_loadu_ps(mb_hi, p + 18);
+                    sum = _mm512_add_ps(sum, _mm512_permutex2var_ps(b0, even, b1));
+                }
+            }
+            _mm512_mask_storeu_ps(y + oh * g.OW + ow, lanes16(r), _mm512_div_ps(sum, area));
+        }
+    }
+    avg_plane_forward_rest(x, y, g, count_include_pad, ohf, owf);
+}
+#endif
+
+using AvgForwardPlane = void (*)(const float*, float*, const PoolGeom&, bool);
+
+AvgForwardPlane pick_avg_forward(const PoolGeom& g) {
+#ifdef STRIATE_X86_KERNELS
+    const bool s2 = g.kh == g.kw && (g.kh == 2 || g.kh == 3) && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
+    if (s2 && active_isa() == Isa::avx512)
+        return g.kh == 2 ? avg_plane_forward_s2_avx512<2> : avg_plane_forward_s2_avx512<3>;
+#endif
+    return avg_plane_forward;
 }
 
 void avg_plane_backward(const float* dy, float* dx, const PoolGeom& g, bool count_include_pad) {
@@ -646,7 +706,8 @@ const char* pool_isa_name() {
 
 void avg_pool2d_forward(const float* x, float* y, const PoolGeom& g, bool count_include_pad) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
-    for_each_plane(g, [&](int64_t p) { avg_plane_forward(x + p * in_sz, y + p * out_sz, g, count_include_pad); });
+    const AvgForwardPlane plane = pick_avg_forward(g);
+    for_each_plane(g, [&](int64_t p) { plane(x + p * in_sz, y + p * out_sz, g, count_include_pad); });
 }
 
 void avg_pool2d_backward(const float* dy, float* dx, const PoolGeom& g, bool count_include_pad) {

@@ -753,6 +753,23 @@ def test_max_pool_vector_paths_match_portable(hw, k, ceil_mode, isa_levels, rng)
             assert a.tobytes() == b.tobytes(), f"level {level} differs from portable"
 
 
+@pytest.mark.parametrize("count_include_pad", [False, True])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("hw", [(3, 3), (4, 5), (7, 34), (9, 65), (8, 66), (3, 97)])
+def test_avg_pool_vector_paths_match_portable(hw, k, ceil_mode, count_include_pad, isa_levels, rng):
+    x = randn(rng, 2, 3, *hw)
+    x.reshape(-1)[::7] = -0.0
+    args = (k, k, 2, 2, 0, 0, ceil_mode, count_include_pad)
+    results = []
+    for level in isa_levels:
+        _core._pool_isa(level)
+        results.append(_core.avg_pool2d_forward(x, *args))
+    close(results[0], ref_avg(x, *args), k=k * k)
+    for level, r in zip(isa_levels[1:], results[1:]):
+        assert r.tobytes() == results[0].tobytes(), f"level {level} differs from portable"
+
+
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_max_pool_backward_block_fallback(where, isa_levels, rng):
     """An index outside its 2x2 block (but inside the plane) anywhere still scatters correctly."""
