@@ -568,6 +568,56 @@ __attribute__((target("avx512f"))) void avg_plane_forward_s2_avx512(const float*
 }
 #endif
 
+void avg_plane_backward(const float* dy, float* dx, const PoolGeom& g, bool count_include_pad) {
+    std::memset(dx, 0, static_cast<size_t>(g.H * g.W) * sizeof(float));
+    for_each_avg_window(g, count_include_pad,
+                        [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
+                            const float d = dy[o] / static_cast<float>(div);
+                            for (int64_t ih = h0; ih < h1; ++ih)
+                                for (int64_t iw = w0; iw < w1; ++iw) dx[ih * g.W + iw] += d;
+                        });
+}
+
+#ifdef STRIATE_X86_KERNELS
+// Gradient of 2x2 stride-2 average pooling without padding when the blocks
+// tile the plane (OH = H/2, OW = W/2): every covered dx element gets
+// 0 + dy/4 from its one block, exactly what zero-fill and accumulate give;
+// the uncovered last row/column is zeroed.
+__attribute__((target("avx512f"))) void avg_plane_backward_block2_avx512(const float* dy, float* dx,
+                                                                        const PoolGeom& g, bool) {
+    const int64_t W = g.W;
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    const __m512 four = _mm512_set1_ps(4.f);
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+        float* r0 = dx + 2 * oh * W;
+        for (int64_t ow = 0; ow < g.OW; ow += 16) {
+            const int64_t r = std::min<int64_t>(16, g.OW - ow);
+            const __m512 d = _mm512_maskz_loadu_ps(lanes16(r), dy + oh * g.OW + ow);
+            const __m512 v = _mm512_add_ps(_mm512_setzero_ps(), _mm512_div_ps(d, four));
+            const __m512 vlo = _mm512_permutex2var_ps(v, lo, v), vhi = _mm512_permutex2var_ps(v, hi, v);
+            const __mmask16 ms_lo = lanes16(2 * r), ms_hi = lanes16(2 * r - 16);
+            _mm512_mask_storeu_ps(r0 + 2 * ow, ms_lo, vlo);
+            _mm512_mask_storeu_ps(r0 + 2 * ow + 16, ms_hi, vhi);
+            _mm512_mask_storeu_ps(r0 + W + 2 * ow, ms_lo, vlo);
+            _mm512_mask_storeu_ps(r0 + W + 2 * ow + 16, ms_hi, vhi);
+        }
+    }
+    block2_zero_rest(dx, g);
+}
+#endif
+
+using AvgBackwardPlane = void (*)(const float*, float*, const PoolGeom&, bool);
+
+AvgBackwardPlane pick_avg_backward(const PoolGeom& g) {
+#ifdef STRIATE_X86_KERNELS
+    const bool block2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
+                        g.OH == g.H / 2 && g.OW == g.W / 2;
+    if (block2 && active_isa() == Isa::avx512) return avg_plane_backward_block2_avx512;
+#endif
+    return avg_plane_backward;
+}
+
 using AvgForwardPlane = void (*)(const float*, float*, const PoolGeom&, bool);
 
 AvgForwardPlane pick_avg_forward(const PoolGeom& g) {
@@ -579,15 +629,6 @@ AvgForwardPlane pick_avg_forward(const PoolGeom& g) {
     return avg_plane_forward;
 }
 
-void avg_plane_backward(const float* dy, float* dx, const PoolGeom& g, bool count_include_pad) {
-    std::memset(dx, 0, static_cast<size_t>(g.H * g.W) * sizeof(float));
-    for_each_avg_window(g, count_include_pad,
-                        [&](int64_t o, int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t div) {
-                            const float d = dy[o] / static_cast<float>(div);
-                            for (int64_t ih = h0; ih < h1; ++ih)
-                                for (int64_t iw = w0; iw < w1; ++iw) dx[ih * g.W + iw] += d;
-                        });
-}
 
 // ---------------------------------------------------------------------------
 // Power-average pooling: padding 0, so the count_include_pad divisor is the
@@ -712,7 +753,8 @@ void avg_pool2d_forward(const float* x, float* y, const PoolGeom& g, bool count_
 
 void avg_pool2d_backward(const float* dy, float* dx, const PoolGeom& g, bool count_include_pad) {
     const int64_t in_sz = g.H * g.W, out_sz = g.OH * g.OW;
-    for_each_plane(g, [&](int64_t p) { avg_plane_backward(dy + p * out_sz, dx + p * in_sz, g, count_include_pad); });
+    const AvgBackwardPlane plane = pick_avg_backward(g);
+    for_each_plane(g, [&](int64_t p) { plane(dy + p * out_sz, dx + p * in_sz, g, count_include_pad); });
 }
 
 void lp_pool2d_forward(const float* x, float* y, double p, const PoolGeom& g) {

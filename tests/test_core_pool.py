@@ -761,13 +761,19 @@ def test_avg_pool_vector_paths_match_portable(hw, k, ceil_mode, count_include_pa
     x = randn(rng, 2, 3, *hw)
     x.reshape(-1)[::7] = -0.0
     args = (k, k, 2, 2, 0, 0, ceil_mode, count_include_pad)
+    h, w = hw
     results = []
     for level in isa_levels:
         _core._pool_isa(level)
-        results.append(_core.avg_pool2d_forward(x, *args))
-    close(results[0], ref_avg(x, *args), k=k * k)
+        y = _core.avg_pool2d_forward(x, *args)
+        dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
+        dy.reshape(-1)[::5] = -0.0
+        results.append((y, _core.avg_pool2d_backward(dy, h, w, *args)))
+    close(results[0][0], ref_avg(x, *args), k=k * k)
+    close(results[0][1], ref_avg_backward(dy, h, w, *args), k=k * k)
     for level, r in zip(isa_levels[1:], results[1:]):
-        assert r.tobytes() == results[0].tobytes(), f"level {level} differs from portable"
+        for a, b in zip(results[0], r):
+            assert a.tobytes() == b.tobytes(), f"level {level} differs from portable"
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
