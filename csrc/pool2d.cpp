@@ -169,6 +169,11 @@ void max_plane_backward_generic(const float* dy, const int64_t* ind, float* dx, 
 // elsewhere (0 + dy, exactly what zero-fill and scatter give). Any other index
 // sends the plane to the generic kernel, which checks the range. This depends
 // only on the index values, never on how they were made.
+//
+// Every specialised kernel gives the bits of the generic one (the tests
+// compare them at each instruction-set level); the instruction set is chosen
+// at run time (__builtin_cpu_supports), never by compiler flags. Average
+// pooling has AVX-512 kernels of the same shapes further down.
 
 enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
 
@@ -189,8 +194,6 @@ Isa active_isa() {
     return static_cast<Isa>(std::min(static_cast<int>(detected), limit));
 }
 
-// The 2x2 block test and write for one output, portable code. Returns false
-// when the index is outside its block.
 // dy where `hit`, else +0, computed as 0 + dy like the zero-fill and scatter
 // of the generic kernel; integer masks keep it free of branches.
 inline float select_or_zero(bool hit, uint32_t dy_bits) {
@@ -200,6 +203,8 @@ inline float select_or_zero(bool hit, uint32_t dy_bits) {
     return 0.f + v;
 }
 
+// The 2x2 block test and write for one output, portable code. Returns false
+// when the index is outside its block.
 inline bool block2_backward_one(float dyv, int64_t i, int64_t base, int64_t W, float* r0, float* r1) {
     const int64_t d = i - base;
     uint32_t bits;
