@@ -3,7 +3,8 @@
 // Each function checks its arguments (ndim, positive kernel/stride/dilation,
 // PyTorch's pad <= kernel/2 rule, window against padded input, dy and indices
 // shapes), allocates the outputs with the GIL held, and releases the GIL
-// around the kernel. Not here: any numeric code, any user-level argument
+// around the kernel. Also `_pool_isa`, a test hook that caps the vector code
+// the kernels pick. Not here: any numeric code, any user-level argument
 // normalisation (ints or pairs, defaults), which striate.functional does.
 #include <cmath>
 #include <string>
@@ -41,10 +42,19 @@ Shape require_nchw(const Arr& a, const char* name) {
     return s;
 }
 
-void require_plane_size(int64_t H, int64_t W) {
+// Planes of (H, W) pooled to the (OH, OW) of an (N, C, OH, OW) shape, for the
+// kernels that take no window arguments (max backward, adaptive).
+PoolGeom planes_geom(const Shape& out, int64_t H, int64_t W) {
     require_positive(H, "H");
     require_positive(W, "W");
     checked_mul(H, W, "H*W");
+    PoolGeom g{};
+    g.planes = checked_mul(out[0], out[1], "N*C");
+    g.H = H;
+    g.W = W;
+    g.OH = out[2];
+    g.OW = out[3];
+    return g;
 }
 
 // Checks the window arguments and fills OH/OW (pad 0 and dilation 1 for avg/lp).
@@ -105,13 +115,7 @@ farray max_pool2d_backward_py(const farray& dy, const py::array& indices, int64_
     require_index_array(indices);
     const Shape s = shape_of(dy);
     require_shape(indices, s, "indices");
-    require_plane_size(H, W);
-    PoolGeom g{};
-    g.planes = checked_mul(s[0], s[1], "N*C");
-    g.H = H;
-    g.W = W;
-    g.OH = s[2];
-    g.OW = s[3];
+    const PoolGeom g = planes_geom(s, H, W);
     farray dx = new_array<float>({s[0], s[1], H, W});
     const float* pdy = dy.data();
     const int64_t* pi = static_cast<const int64_t*>(indices.data());
@@ -140,7 +144,8 @@ farray avg_pool2d_forward_py(const farray& x, int64_t kh, int64_t kw, int64_t sh
 farray avg_pool2d_backward_py(const farray& dy, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
                               int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad) {
     require_ndim(dy, 4, "dy");
-    require_plane_size(H, W);
+    require_positive(H, "H");
+    require_positive(W, "W");
     const Shape s = shape_of(dy);
     const PoolGeom g = make_geom(s[0], s[1], H, W, kh, kw, sh, sw, ph, pw, 1, 1, ceil_mode);
     require_shape(dy, {s[0], s[1], g.OH, g.OW}, "dy");
@@ -205,12 +210,7 @@ farray adaptive_avg_pool2d_forward_py(const farray& x, int64_t oh, int64_t ow) {
     const Shape s = require_nchw(x, "x");
     require_out_size(oh, "oh");
     require_out_size(ow, "ow");
-    PoolGeom g{};
-    g.planes = checked_mul(s[0], s[1], "N*C");
-    g.H = s[2];
-    g.W = s[3];
-    g.OH = oh;
-    g.OW = ow;
+    const PoolGeom g = planes_geom({s[0], s[1], oh, ow}, s[2], s[3]);
     farray y = new_array<float>({s[0], s[1], oh, ow});
     const float* px = x.data();
     float* py_ = y.mutable_data();
@@ -223,14 +223,8 @@ farray adaptive_avg_pool2d_forward_py(const farray& x, int64_t oh, int64_t ow) {
 
 farray adaptive_avg_pool2d_backward_py(const farray& dy, int64_t H, int64_t W) {
     require_ndim(dy, 4, "dy");
-    require_plane_size(H, W);
     const Shape s = shape_of(dy);
-    PoolGeom g{};
-    g.planes = checked_mul(s[0], s[1], "N*C");
-    g.H = H;
-    g.W = W;
-    g.OH = s[2];
-    g.OW = s[3];
+    const PoolGeom g = planes_geom(s, H, W);
     farray dx = new_array<float>({s[0], s[1], H, W});
     const float* pdy = dy.data();
     float* pdx = dx.mutable_data();
@@ -266,6 +260,15 @@ void bind_pool(py::module_& m) {
           py::arg("ow"), "Adaptive average pooling to (oh, ow).");
     m.def("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_py, py::arg("dy").noconvert(),
           py::arg("H"), py::arg("W"), "Gradient of adaptive average pooling.");
+    // Test hook: cap the vector code of the pooling kernels (0 portable, 1 AVX2,
+    // 2 AVX-512) and return the instruction set then in use.
+    m.def(
+        "_pool_isa",
+        [](int level) {
+            set_pool_isa_limit(level);
+            return std::string(pool_isa_name());
+        },
+        py::arg("level"));
 }
 
 }  // namespace striate

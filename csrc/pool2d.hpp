@@ -47,4 +47,11 @@ void lp_pool2d_backward(const float* dy, const float* x, const float* y, float* 
 void adaptive_avg_pool2d_forward(const float* x, float* y, const PoolGeom& g);
 void adaptive_avg_pool2d_backward(const float* dy, float* dx, const PoolGeom& g);
 
+// Vector code selection, for tests: 0 portable, 1 AVX2, 2 AVX-512 (the
+// default; the CPU's own support is always the upper bound). Affects only
+// speed, never results.
+void set_pool_isa_limit(int level);
+// The instruction set the pooling kernels use now: "avx512", "avx2" or "portable".
+const char* pool_isa_name();
+
 }  // namespace striate

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 from numpy.lib.stride_tricks import sliding_window_view
 
 import striate as st
@@ -252,6 +254,17 @@ def test_max_pool_padding_never_wins():
     y, idx = _core.max_pool2d_forward(x, 3, 3, 1, 1, 1, 1, 1, 1, False)
     assert np.all(y == -5.0)
     np.testing.assert_array_equal(idx[0, 0], [[0, 0, 1], [0, 0, 1], [3, 3, 4]])
+
+
+def test_max_pool_window_of_padding_only():
+    """Dilation can leave a window with no input element: -inf and, as in PyTorch, an index past
+    the plane, which the backward pass rejects instead of writing out of bounds."""
+    x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    y, idx = _core.max_pool2d_forward(x, 2, 2, 1, 1, 1, 1, 3, 3, False)
+    assert y.shape == (1, 1, 1, 1) and y[0, 0, 0, 0] == -np.inf
+    assert idx[0, 0, 0, 0] == 6  # torch.nn.functional.max_pool2d gives the same
+    with pytest.raises(ValueError, match="`indices`"):
+        _core.max_pool2d_backward(np.ones_like(y), idx, 2, 2)
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -541,7 +554,7 @@ def _shapes_for(x):
 
 
 def test_bitwise_identical_for_any_thread_count(rng):
-    x = randn(rng, 3, 5, 17, 35)
+    x = randn(rng, 4, 16, 33, 40)  # large enough for the kernels to use every thread
     dy_max, dy3 = _shapes_for(x)
     dy_max = {k: randn(rng, *s) for k, s in dy_max.items()}
     dy3 = randn(rng, *dy3)
@@ -691,3 +704,142 @@ def test_adaptive_avg_pool_matches_torch(hw, out, rng):
     dy = randn(rng, *y.shape)
     ty.backward(torch.from_numpy(dy))
     np.testing.assert_allclose(_core.adaptive_avg_pool2d_backward(dy, *hw), xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The vector kernels (AVX-512, AVX2) against the portable code: same bits.
+
+
+@pytest.fixture
+def isa_levels():
+    """The instruction-set levels this CPU offers (0 portable, 1 AVX2, 2 AVX-512); restores the default."""
+    names = {"portable": 0, "avx2": 1, "avx512": 2}
+    top = names[_core._pool_isa(2)]
+    yield list(range(top + 1))
+    _core._pool_isa(2)
+
+
+def _tricky(rng, shape):
+    """Random values with ties, NaNs and infinities sprinkled in."""
+    x = rng.integers(-3, 4, shape).astype(np.float32)  # many ties
+    flat = x.reshape(-1)
+    picks = rng.choice(flat.size, size=max(1, flat.size // 40), replace=False)
+    flat[picks[0::3]] = np.nan
+    flat[picks[1::3]] = -np.inf
+    flat[picks[2::3]] = np.inf
+    return x
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("hw", [(3, 3), (4, 5), (6, 33), (7, 34), (5, 64), (9, 65), (8, 66), (3, 97)])
+def test_max_pool_vector_paths_match_portable(hw, k, ceil_mode, isa_levels, rng):
+    x = _tricky(rng, (2, 3, *hw))
+    h, w = hw
+    results = []
+    for level in isa_levels:
+        _core._pool_isa(level)
+        y, idx = _core.max_pool2d_forward(x, k, k, 2, 2, 0, 0, 1, 1, ceil_mode)
+        dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
+        dy.reshape(-1)[::5] = -0.0
+        dx = _core.max_pool2d_backward(dy, idx, h, w)
+        results.append((y, idx, dx))
+    ey, eidx = ref_max(x, k, k, 2, 2, 0, 0, 1, 1, ceil_mode)
+    np.testing.assert_array_equal(results[0][0], ey.astype(np.float32))
+    np.testing.assert_array_equal(results[0][1], eidx)
+    close(results[0][2], ref_max_backward(dy, eidx, h, w), k=4)
+    for level, r in zip(isa_levels[1:], results[1:]):
+        for a, b in zip(results[0], r):
+            assert a.tobytes() == b.tobytes(), f"level {level} differs from portable"
+
+
+@pytest.mark.parametrize("count_include_pad", [False, True])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("hw", [(3, 3), (4, 5), (7, 34), (9, 65), (8, 66), (3, 97)])
+def test_avg_pool_vector_paths_match_portable(hw, k, ceil_mode, count_include_pad, isa_levels, rng):
+    x = randn(rng, 2, 3, *hw)
+    x.reshape(-1)[::7] = -0.0
+    args = (k, k, 2, 2, 0, 0, ceil_mode, count_include_pad)
+    h, w = hw
+    results = []
+    for level in isa_levels:
+        _core._pool_isa(level)
+        y = _core.avg_pool2d_forward(x, *args)
+        dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
+        dy.reshape(-1)[::5] = -0.0
+        results.append((y, _core.avg_pool2d_backward(dy, h, w, *args)))
+    close(results[0][0], ref_avg(x, *args), k=k * k)
+    close(results[0][1], ref_avg_backward(dy, h, w, *args), k=k * k)
+    for level, r in zip(isa_levels[1:], results[1:]):
+        for a, b in zip(results[0], r):
+            assert a.tobytes() == b.tobytes(), f"level {level} differs from portable"
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_max_pool_backward_block_fallback(where, isa_levels, rng):
+    """An index outside its 2x2 block (but inside the plane) anywhere still scatters correctly."""
+    h, w = 10, 38
+    x = randn(rng, 2, 2, h, w)
+    y, idx = _core.max_pool2d_forward(x, 2, 2, 2, 2, 0, 0, 1, 1, False)
+    pos = {"first": (0, 0, 0, 0), "middle": (1, 0, 2, 9), "last": (1, 1, 4, 18)}[where]
+    idx[pos] = 0
+    dy = randn(rng, *y.shape)
+    expected = ref_max_backward(dy, idx, h, w)
+    for level in isa_levels:
+        _core._pool_isa(level)
+        close(_core.max_pool2d_backward(dy, idx, h, w), expected, k=4)
+        bad = idx.copy()
+        bad[pos] = h * w
+        with pytest.raises(ValueError, match="`indices`"):
+            _core.max_pool2d_backward(dy, bad, h, w)
+
+
+# ---------------------------------------------------------------------------
+# Generated geometries: valid ones match the oracle, invalid ones raise cleanly.
+
+
+@hs.composite
+def pool_geometry(draw):
+    h, w = draw(hs.integers(1, 12)), draw(hs.integers(1, 12))
+    kh, kw = draw(hs.integers(-1, 5)), draw(hs.integers(-1, 5))
+    sh, sw = draw(hs.integers(-1, 4)), draw(hs.integers(-1, 4))
+    ph, pw = draw(hs.integers(-1, 3)), draw(hs.integers(-1, 3))
+    dh, dw = draw(hs.integers(0, 3)), draw(hs.integers(0, 3))
+    return (h, w, kh, kw, sh, sw, ph, pw, dh, dw, draw(hs.booleans()), draw(hs.booleans()))
+
+
+def _valid(h, w, kh, kw, sh, sw, ph, pw, dh, dw):
+    if min(kh, kw, sh, sw, dh, dw) <= 0 or not (0 <= ph <= kh // 2 and 0 <= pw <= kw // 2):
+        return False
+    return dh * (kh - 1) + 1 <= h + 2 * ph and dw * (kw - 1) + 1 <= w + 2 * pw
+
+
+@settings(max_examples=150, deadline=None)
+@given(geom=pool_geometry(), seed=hs.integers(0, 2**16))
+def test_generated_geometries(geom, seed):
+    h, w, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode, cip = geom
+    rng = np.random.default_rng(seed)
+    x = randn(rng, 2, 3, h, w)
+    margs = (kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
+    if not _valid(h, w, kh, kw, sh, sw, ph, pw, dh, dw):
+        with pytest.raises(ValueError):
+            _core.max_pool2d_forward(x, *margs)
+        return
+    y, idx = _core.max_pool2d_forward(x, *margs)
+    ey, eidx = ref_max(x, *margs)
+    np.testing.assert_array_equal(y, ey.astype(np.float32))
+    if np.isfinite(ey).all():  # windows holding only padding report an index past the plane
+        np.testing.assert_array_equal(idx, eidx)
+        dy = randn(rng, *y.shape)
+        close(_core.max_pool2d_backward(dy, idx, h, w), ref_max_backward(dy, idx, h, w), k=kh * kw)
+    if _valid(h, w, kh, kw, sh, sw, ph, pw, 1, 1):
+        aargs = (kh, kw, sh, sw, ph, pw, ceil_mode, cip)
+        ya = _core.avg_pool2d_forward(x, *aargs)
+        close(ya, ref_avg(x, *aargs), k=kh * kw)
+        dy = randn(rng, *ya.shape)
+        close(_core.avg_pool2d_backward(dy, h, w, *aargs), ref_avg_backward(dy, h, w, *aargs), k=kh * kw)
+    if _valid(h, w, kh, kw, sh, sw, 0, 0, 1, 1):
+        xa = np.abs(x) + 0.1
+        yl = _core.lp_pool2d_forward(xa, 2.0, kh, kw, sh, sw, ceil_mode)
+        close(yl, ref_lp(xa, 2.0, kh, kw, sh, sw, ceil_mode), k=kh * kw, rtol=3e-5)
