@@ -227,7 +227,8 @@ CORE_OVERFLOW = {
     "conv backward output": lambda: _core.conv2d_backward(DY1, X1, W2, 1, 1, 2**31, 2**31, 2**31, 2**31, 1, 1, 1,
                                                           True, True, True),
     "max_pool2d_backward H*W": lambda: _core.max_pool2d_backward(DY1, IX1, 2**32, 2**32),
-    "avg_pool2d_backward H*W": lambda: _core.avg_pool2d_backward(DY1, I64_MAX, I64_MAX, 1, 1, 1, 1, 0, 0, False, True),
+    "avg_pool2d_backward H*W": lambda: _core.avg_pool2d_backward(DY1, 2**32, 2**32, 1, 1, 2**32, 2**32, 0, 0,
+                                                                 False, True),
     "adaptive output OH*OW": lambda: _core.adaptive_avg_pool2d_forward(X1, 2**32, 2**32),
     "adaptive_backward H*W": lambda: _core.adaptive_avg_pool2d_backward(DY1, 2**32, 2**32),
 }
