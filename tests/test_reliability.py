@@ -105,6 +105,7 @@ INDEX = {
         "test_core_pool.py::test_kernels_release_the_gil_and_agree_across_python_threads",
         "test_augment.py::test_kernels_release_the_gil_and_are_thread_safe",
         "test_reliability.py::test_another_thread_runs_during_a_long_convolution",
+        "test_reliability.py::test_no_python_api_while_the_gil_is_released",
     ],
     "9 safetensors weights": [
         "test_io.py::test_model_round_trip", "test_io.py::test_truncated", "test_io.py::test_empty_file",
@@ -407,6 +408,36 @@ def test_another_thread_runs_during_a_long_convolution():
             if ticks >= 5:
                 break
         assert best[1] >= 5, f"{name}: {best[1]} Python iterations during the middle of a {best[0]:.3f} s call"
+
+
+def _released_blocks():
+    """(file, line, code) for the code that runs after each ``py::gil_scoped_release`` up to its scope's end."""
+    for path in sorted((REPO / "csrc").glob("*.cpp")):
+        text = path.read_text()
+        for m in re.finditer(r"py::gil_scoped_release\s+\w+\s*;", text):
+            depth, i = 0, m.end()
+            while i < len(text):
+                if text[i] == "{":
+                    depth += 1
+                elif text[i] == "}":
+                    if depth == 0:
+                        break
+                    depth -= 1
+                i += 1
+            yield path.name, text.count("\n", 0, m.start()) + 1, text[m.end():i]
+
+
+def test_no_python_api_while_the_gil_is_released():
+    """RELIABILITY 8: while the GIL is released, the bindings call no Python or pybind11 API (static check).
+
+    Every ``py::gil_scoped_release`` scope holds only kernel calls on raw
+    pointers taken before the release; and each binding file releases the GIL.
+    """
+    blocks = list(_released_blocks())
+    assert {f for f, _, _ in blocks} >= {"bind_conv.cpp", "bind_pool.cpp", "bind_gemm.cpp", "bind_augment.cpp"}
+    for fname, line, code in blocks:
+        bad = re.search(r"\bpy::|\.attr\(|\.cast<|\.request\(|\bPy[A-Z_]", code)
+        assert bad is None, f"{fname}:{line}: {bad.group(0)!r} used while the GIL is released"
 
 
 # ----------------------------------------------------------------------------- 10: no pickle
