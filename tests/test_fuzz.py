@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import tempfile
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -436,6 +437,7 @@ _ONNX_REGRESSIONS = {
     "Conv group an INTS list": lambda g: _set_attr(g.node[0], "group", [1, 2]),
     "Conv pads an INT": lambda g: _set_attr(g.node[0], "pads", 1),
     "MaxPool without kernel_shape": lambda g: _set_attr(g.node[3], "kernel_shape", None),
+    "Conv kernel_shape larger than its weight": lambda g: _set_attr(g.node[0], "kernel_shape", [3000, 3000]),
     "Conv without its weight input": lambda g: g.node[0].input.__delitem__(slice(1, None)),
     "Gemm with a scalar bias": lambda g: g.initializer[-1].dims.__delitem__(slice(None)),
     "initializer of UNDEFINED type": lambda g: setattr(g.initializer[0], "data_type", 0),
@@ -448,15 +450,23 @@ _ONNX_REGRESSIONS = {
 def test_onnx_import_malformed_nodes_are_value_errors(case, tmp_path):
     """RELIABILITY Tools (fuzzing): attributes of the wrong type or missing parts give ValueError naming the file.
 
-    Each of these escaped as TypeError, KeyError or IndexError before.
+    Each of these escaped as TypeError, KeyError or IndexError before, and a
+    kernel_shape larger than the weight made the importer allocate (and
+    initialise) a layer of that size before noticing (3000x3000: 72 MB of weights).
     """
     from striate import onnx_io
 
     path = tmp_path / "m.onnx"
     path.write_bytes(_edit_onnx(_ONNX_REGRESSIONS[case]))
-    with pytest.raises(ValueError, match=str(tmp_path)) as info:
-        onnx_io.import_model(path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=str(tmp_path)) as info:
+            onnx_io.import_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert type(info.value) is ValueError
+    assert peak < 50 * 2**20, f"{peak} bytes allocated for a {path.stat().st_size}-byte file"
 
 
 # Training checkpoints whose metadata JSON was edited (and its digest recomputed,

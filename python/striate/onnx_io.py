@@ -301,10 +301,13 @@ def import_model(path, *, max_bytes=1 << 30):
                 if w.ndim != 4:
                     raise ValueError(f"{path}: node {nname}: Conv weight must be 4-D, got shape {w.shape}")
                 groups = int(a.get("group", 1))
-                k = a.get("kernel_shape", w.shape[2:])
+                k = _pair_from(a.get("kernel_shape", w.shape[2:]), "kernel_shape", nname)
+                if k != tuple(w.shape[2:]):  # checked before the layer allocates a weight of that size
+                    raise ValueError(f"{path}: node {nname}: kernel_shape {list(k)} does not match the weight "
+                                     f"shape {list(w.shape)}")
                 if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
                     raise ValueError(f"{path}: node {nname}: auto_pad is not supported")
-                layer = L.Conv2d(w.shape[1] * groups, w.shape[0], _pair_from(k, "kernel_shape", nname),
+                layer = L.Conv2d(w.shape[1] * groups, w.shape[0], k,
                                  stride=_pair_from(a.get("strides", [1, 1]), "strides", nname),
                                  padding=_sym_pads(a.get("pads"), nname),
                                  dilation=_pair_from(a.get("dilations", [1, 1]), "dilations", nname),
