@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <immintrin.h>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -59,6 +60,9 @@ class Arena {
 thread_local Arena tl_cols;   // im2col output
 thread_local Arena tl_dcols;  // input-gradient columns before col2im
 thread_local Arena tl_parts;  // dw/db partials (used by the calling thread only)
+thread_local Arena tl_pad;    // zero-padded image (direct path)
+thread_local Arena tl_out;    // direct-path output before dropping the padded columns
+thread_local Arena tl_wpack;  // packed weights for the direct path (calling thread only)
 
 void require_positive(int64_t v, const char* name) {
     if (v <= 0) throw std::invalid_argument(std::string("`") + name + "` must be positive, got " + std::to_string(v));
@@ -162,6 +166,232 @@ float sum_fixed(const float* p, int64_t n) {
     return t;
 }
 
+
+// ---- direct stride-1 convolution (AVX-512) ---------------------------------
+//
+// With stride 1, an input padded to (Hp, Wp) and output positions flattened
+// over the padded width, q = oh*Wp + ow, the input element under output q and
+// reduction row r = (c, i, j) sits at xp[off[r] + q] with
+// off[r] = c*Hp*Wp + i*dh*Wp + j*dw: consecutive q read consecutive floats.
+// So out[m][q] = sum_r wp[r][m] * xp[off[r] + q] is a GEMM whose B operand
+// is read straight from the padded image (no im2col, no packing). The
+// columns ow >= OW of each row are computed too and dropped when copying out
+// (a (kw-1)/Wp waste). The same kernel computes dx as a stride-1 convolution
+// of the padded dy with the flipped, transposed weights.
+//
+// Packed weights wp: blocks of kDirectMR output channels, each block R rows of
+// kDirectMR floats (row r holds the weights of reduction row r; channels past M
+// are zero). Register tile: kDirectMR channels x kDirectNV vectors of 16
+// positions, accumulated over r in order 0..R-1 (deterministic).
+
+constexpr int64_t kDirectMR = 8;
+constexpr int64_t kDirectNV = 3;
+constexpr int64_t kDirectQ = 16 * kDirectNV;  // positions per register tile
+
+bool cpu_has_avx512() {
+    static const bool v = __builtin_cpu_supports("avx512f") != 0;
+    return v;
+}
+
+// One register tile: out[m*ldo + q] for m < MR, q < nq (<= kDirectQ).
+// Reads xp[off[r] + q] for q < kDirectQ (the caller keeps that in bounds).
+template <int MR>
+__attribute__((target("avx512f,fma"))) void direct_tile_avx512(const float* xp, const int64_t* off, int64_t R,
+                                                                const float* wb, float* out, int64_t ldo,
+                                                                int64_t nq) {
+    __m512 acc[MR][kDirectNV];
+    for (int m = 0; m < MR; ++m)
+        for (int v = 0; v < kDirectNV; ++v) acc[m][v] = _mm512_setzero_ps();
+    for (int64_t r = 0; r < R; ++r) {
+        const float* src = xp + off[r];
+        __m512 xv[kDirectNV];
+        for (int v = 0; v < kDirectNV; ++v) xv[v] = _mm512_loadu_ps(src + 16 * v);
+        const float* wr = wb + r * kDirectMR;
+        for (int m = 0; m < MR; ++m) {
+            const __m512 wv = _mm512_set1_ps(wr[m]);
+            for (int v = 0; v < kDirectNV; ++v) acc[m][v] = _mm512_fmadd_ps(wv, xv[v], acc[m][v]);
+        }
+    }
+    for (int v = 0; v < kDirectNV; ++v) {
+        const int64_t left = nq - 16 * v;
+        if (left <= 0) break;
+        const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+        for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(out + m * ldo + 16 * v, mask, acc[m][v]);
+    }
+}
+
+using direct_tile_fn = void (*)(const float*, const int64_t*, int64_t, const float*, float*, int64_t, int64_t);
+const direct_tile_fn kDirectTiles[kDirectMR + 1] = {
+    nullptr,
+    direct_tile_avx512<1>,
+    direct_tile_avx512<2>,
+    direct_tile_avx512<3>,
+    direct_tile_avx512<4>,
+    direct_tile_avx512<5>,
+    direct_tile_avx512<6>,
+    direct_tile_avx512<7>,
+    direct_tile_avx512<8>,
+};
+
+// out[m*ldo + q] = sum_r wp(r, m) * xp[off[r] + q] for m < M, q < Q.
+// xp must be readable up to off[R-1].. + round_up(Q, kDirectQ) (see padded_size).
+void direct_conv(const float* xp, const int64_t* off, int64_t R, const float* wp, int64_t M, int64_t Q, float* out,
+                 int64_t ldo) {
+    for (int64_t q0 = 0; q0 < Q; q0 += kDirectQ) {
+        const int64_t nq = std::min(kDirectQ, Q - q0);
+        for (int64_t m0 = 0; m0 < M; m0 += kDirectMR) {
+            const int64_t mr = std::min(kDirectMR, M - m0);
+            kDirectTiles[mr](xp + q0, off, R, wp + m0 * R, out + m0 * ldo + q0, ldo, nq);
+        }
+    }
+}
+
+// Geometry of one direct convolution: a (Cin, Hin, Win) input padded by
+// (top, bottom, left, right) into (Cin, Hp, Wp), kernel (kh, kw) with
+// dilation (dh, dw), stride 1, output (Hout, Wout) flattened with row stride Wp.
+struct DirectGeom {
+    int64_t Cin, Hin, Win, top, bottom, left, right, kh, kw, dh, dw;
+    int64_t Hp, Wp, Hout, Wout;
+    int64_t Q() const { return (Hout - 1) * Wp + Wout; }  // flattened output positions
+    int64_t R() const { return Cin * kh * kw; }
+    // Floats of the padded buffer, including the slack the last tile over-reads.
+    int64_t padded_size() const {
+        const int64_t max_off = (Cin - 1) * Hp * Wp + (kh - 1) * dh * Wp + (kw - 1) * dw;
+        const int64_t need = max_off + (Q() + kDirectQ - 1) / kDirectQ * kDirectQ;
+        return std::max(need, Cin * Hp * Wp);
+    }
+};
+
+DirectGeom make_direct_geom(int64_t Cin, int64_t Hin, int64_t Win, int64_t top, int64_t bottom, int64_t left,
+                            int64_t right, int64_t kh, int64_t kw, int64_t dh, int64_t dw) {
+    DirectGeom d{Cin, Hin, Win, top, bottom, left, right, kh, kw, dh, dw, 0, 0, 0, 0};
+    d.Hp = Hin + top + bottom;
+    d.Wp = Win + left + right;
+    d.Hout = d.Hp - dh * (kh - 1);
+    d.Wout = d.Wp - dw * (kw - 1);
+    return d;
+}
+
+// off[r] for r = (c, i, j).
+void direct_offsets(const DirectGeom& d, int64_t* off) {
+    for (int64_t c = 0; c < d.Cin; ++c)
+        for (int64_t i = 0; i < d.kh; ++i)
+            for (int64_t j = 0; j < d.kw; ++j) off[(c * d.kh + i) * d.kw + j] = c * d.Hp * d.Wp + i * d.dh * d.Wp + j * d.dw;
+}
+
+// xp = zero-padded src. src is (Cin, Hin, Win); xp holds d.padded_size() floats.
+void pad_image(const DirectGeom& d, const float* src, float* xp) {
+    const int64_t size = d.padded_size();
+    float* p = xp;
+    for (int64_t c = 0; c < d.Cin; ++c) {
+        const float* sc = src + c * d.Hin * d.Win;
+        std::fill(p, p + d.top * d.Wp, 0.f);
+        p += d.top * d.Wp;
+        for (int64_t h = 0; h < d.Hin; ++h) {
+            std::fill(p, p + d.left, 0.f);
+            std::memcpy(p + d.left, sc + h * d.Win, static_cast<size_t>(d.Win) * sizeof(float));
+            std::fill(p + d.left + d.Win, p + d.Wp, 0.f);
+            p += d.Wp;
+        }
+        std::fill(p, p + d.bottom * d.Wp, 0.f);
+        p += d.bottom * d.Wp;
+    }
+    std::fill(p, xp + size, 0.f);
+}
+
+// Copy the valid columns of out (M rows of ldo floats, row stride Wp inside)
+// into dst (M, Hout, Wout), adding bias[m] when bias is non-null.
+void unflatten_rows(const DirectGeom& d, int64_t M, const float* out, int64_t ldo, const float* bias, float* dst) {
+    for (int64_t m = 0; m < M; ++m) {
+        const float bm = bias ? bias[m] : 0.f;
+        const float* o = out + m * ldo;
+        float* t = dst + m * d.Hout * d.Wout;
+        for (int64_t h = 0; h < d.Hout; ++h) {
+            const float* orow = o + h * d.Wp;
+            float* trow = t + h * d.Wout;
+            if (bias) {
+                for (int64_t w = 0; w < d.Wout; ++w) trow[w] = orow[w] + bm;
+            } else {
+                std::memcpy(trow, orow, static_cast<size_t>(d.Wout) * sizeof(float));
+            }
+        }
+    }
+}
+
+// Direct path usable for this geometry? (stride 1 and an AVX-512 CPU; for dx
+// also padding no wider than the dilated kernel, so that dy's padding is >= 0.)
+bool direct_forward_ok(const Conv2dShape& s) { return s.sh == 1 && s.sw == 1 && cpu_has_avx512(); }
+bool direct_dx_ok(const Conv2dShape& s) {
+    const int64_t eh = s.dh * (s.kh - 1), ew = s.dw * (s.kw - 1);
+    return direct_forward_ok(s) && s.pt <= eh && s.pb <= eh && s.pl <= ew && s.pr <= ew;
+}
+
+// y = conv(x, w) + b through direct_conv (stride 1).
+// x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW).
+void forward_direct(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
+    const int64_t R = d.R(), Mpad = (Kg + kDirectMR - 1) / kDirectMR * kDirectMR, Q = d.Q();
+    // wp is (groups, Mpad / MR, R, MR): wp[g][mb][r][mm] = w[g*Kg + mb*MR + mm][r], zero past Kg.
+    float* wp = tl_wpack.get(s.groups * Mpad * R);
+    for (int64_t g = 0; g < s.groups; ++g)
+        for (int64_t m = 0; m < Mpad; ++m)
+            for (int64_t r = 0; r < R; ++r)
+                wp[(g * Mpad + m / kDirectMR * kDirectMR) * R + r * kDirectMR + m % kDirectMR] =
+                    m < Kg ? w[(g * Kg + m) * R + r] : 0.f;
+    std::vector<int64_t> off(static_cast<size_t>(R));
+    direct_offsets(d, off.data());
+    parallel_for(
+        s.N,
+        [&](int64_t n) {
+            float* xp = tl_pad.get(d.padded_size());
+            float* out = tl_out.get(Kg * Q);  // (Kg, Q)
+            for (int64_t g = 0; g < s.groups; ++g) {
+                pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp);
+                direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, Q, out, Q);
+                unflatten_rows(d, Kg, out, Q, b ? b + g * Kg : nullptr, y + (n * s.K + g * Kg) * s.OH * s.OW);
+            }
+        },
+        threads);
+}
+
+// dx as a stride-1 convolution of dy, padded by the dilated kernel extent minus
+// the forward padding, with the flipped weights transposed to (Cg, Kg, kh, kw).
+// dy is (N, K, OH, OW), w is (K, Cg, kh, kw), dx is (N, C, H, W).
+void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, float* dx, int threads) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int64_t eh = s.dh * (s.kh - 1), ew = s.dw * (s.kw - 1);
+    const DirectGeom d =
+        make_direct_geom(Kg, s.OH, s.OW, eh - s.pt, eh - s.pb, ew - s.pl, ew - s.pr, s.kh, s.kw, s.dh, s.dw);
+    const int64_t R = d.R(), Mpad = (Cg + kDirectMR - 1) / kDirectMR * kDirectMR, Q = d.Q();
+    const int64_t khw = s.kh * s.kw;
+    // wp[g][cb][r = (k, i, j)][cc] = w[g*Kg + k][cb*MR + cc][kh-1-i][kw-1-j], zero past Cg.
+    float* wp = tl_wpack.get(s.groups * Mpad * R);
+    for (int64_t g = 0; g < s.groups; ++g)
+        for (int64_t c = 0; c < Mpad; ++c)
+            for (int64_t k = 0; k < Kg; ++k)
+                for (int64_t i = 0; i < s.kh; ++i)
+                    for (int64_t j = 0; j < s.kw; ++j) {
+                        const int64_t r = (k * s.kh + i) * s.kw + j;
+                        wp[(g * Mpad + c / kDirectMR * kDirectMR) * R + r * kDirectMR + c % kDirectMR] =
+                            c < Cg ? w[((g * Kg + k) * Cg + c) * khw + (s.kh - 1 - i) * s.kw + (s.kw - 1 - j)] : 0.f;
+                    }
+    std::vector<int64_t> off(static_cast<size_t>(R));
+    direct_offsets(d, off.data());
+    parallel_for(
+        s.N,
+        [&](int64_t n) {
+            float* dyp = tl_pad.get(d.padded_size());
+            float* out = tl_out.get(Cg * Q);  // (Cg, Q)
+            for (int64_t g = 0; g < s.groups; ++g) {
+                pad_image(d, dy + (n * s.K + g * Kg) * s.OH * s.OW, dyp);
+                direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, Q, out, Q);
+                unflatten_rows(d, Cg, out, Q, nullptr, dx + (n * s.C + g * Cg) * s.H * s.W);
+            }
+        },
+        threads);
+}
+
 }  // namespace
 
 Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t kh, int64_t kw,
@@ -212,6 +442,10 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int64_t CKK = Cg * s.kh * s.kw, P = s.OH * s.OW;
     const bool pointwise = is_pointwise(s);
+    if (!pointwise && direct_forward_ok(s)) {
+        forward_direct(s, x, w, b, y, threads);
+        return;
+    }
     parallel_for(
         s.N,
         [&](int64_t n) {
@@ -241,6 +475,10 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     const int64_t wsize = s.K * CKK;
     const bool pointwise = is_pointwise(s);
     const int64_t nchunks = (s.N + kBatchChunk - 1) / kBatchChunk;
+    if (dx && !pointwise && direct_dx_ok(s)) {
+        backward_dx_direct(s, dy, w, dx, threads);
+        dx = nullptr;  // done; the loop below handles dw and db
+    }
 
     // Partials: chunk c owns dw_parts[c] (K, Cg, kh, kw) and db_parts[c] (K,).
     float* parts = (dw || db) ? tl_parts.get(nchunks * ((dw ? wsize : 0) + (db ? s.K : 0))) : nullptr;
