@@ -91,39 +91,6 @@ inline bool is_pointwise(const Conv2dShape& s) {
     return s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.pt == 0 && s.pb == 0 && s.pl == 0 && s.pr == 0;
 }
 
-// cols (Cg*kh*kw x OH*OW) from one image's group slice.
-// x is (Cg, H, W), cols is (Cg*kh*kw, OH*OW).
-void im2col(const Conv2dShape& s, int64_t Cg, const float* x, float* cols) {
-    const int64_t P = s.OH * s.OW;
-    for (int64_t c = 0; c < Cg; ++c) {
-        const float* xc = x + c * s.H * s.W;
-        for (int64_t i = 0; i < s.kh; ++i) {
-            for (int64_t j = 0; j < s.kw; ++j) {
-                float* row = cols + ((c * s.kh + i) * s.kw + j) * P;
-                int64_t lo, hi;
-                valid_cols(s, j, &lo, &hi);
-                const int64_t off = j * s.dw - s.pl;
-                for (int64_t oh = 0; oh < s.OH; ++oh) {
-                    float* r = row + oh * s.OW;
-                    const int64_t ih = oh * s.sh - s.pt + i * s.dh;
-                    if (ih < 0 || ih >= s.H) {
-                        std::fill(r, r + s.OW, 0.f);
-                        continue;
-                    }
-                    const float* xr = xc + ih * s.W + off;
-                    std::fill(r, r + lo, 0.f);
-                    if (s.sw == 1) {
-                        std::memcpy(r + lo, xr + lo, static_cast<size_t>(hi - lo) * sizeof(float));
-                    } else {
-                        for (int64_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * s.sw];
-                    }
-                    std::fill(r + hi, r + s.OW, 0.f);
-                }
-            }
-        }
-    }
-}
-
 // dx += col2im(dcols), the adjoint of im2col, summed in a fixed order.
 // dcols is (Cg*kh*kw, OH*OW), dx is (Cg, H, W) and already initialised.
 void col2im_add(const Conv2dShape& s, int64_t Cg, const float* dcols, float* dx) {
@@ -318,6 +285,24 @@ void unflatten_rows(const DirectGeom& d, int64_t M, const float* out, int64_t ld
     }
 }
 
+// cols (Cg*kh*kw, OH*OW) from the zero-padded image xp (pad_image with d):
+// row r = (c, i, j) holds xp[off[r] + oh*sh*Wp + ow*sw] for every (oh, ow).
+void im2col_padded(const Conv2dShape& s, const DirectGeom& d, const int64_t* off, const float* xp, float* cols) {
+    const int64_t P = s.OH * s.OW, R = d.R();
+    for (int64_t r = 0; r < R; ++r) {
+        const float* src = xp + off[r];
+        float* dst = cols + r * P;
+        for (int64_t oh = 0; oh < s.OH; ++oh, dst += s.OW) {
+            const float* srow = src + oh * s.sh * d.Wp;
+            if (s.sw == 1) {
+                for (int64_t ow = 0; ow < s.OW; ++ow) dst[ow] = srow[ow];
+            } else {
+                for (int64_t ow = 0; ow < s.OW; ++ow) dst[ow] = srow[ow * s.sw];
+            }
+        }
+    }
+}
+
 // Direct path usable for this geometry? (stride 1 and an AVX-512 CPU; for dx
 // also padding no wider than the dilated kernel, so that dy's padding is >= 0.)
 bool direct_forward_ok(const Conv2dShape& s) { return s.sh == 1 && s.sw == 1 && cpu_has_avx512(); }
@@ -446,15 +431,22 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
         forward_direct(s, x, w, b, y, threads);
         return;
     }
+    const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
+    std::vector<int64_t> off(static_cast<size_t>(CKK));
+    direct_offsets(d, off.data());
     parallel_for(
         s.N,
         [&](int64_t n) {
             float* cols = pointwise ? nullptr : tl_cols.get(CKK * P);
+            float* xp = pointwise ? nullptr : tl_pad.get(d.padded_size());
             for (int64_t g = 0; g < s.groups; ++g) {
                 const float* xg = x + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
                 const float* wg = w + g * Kg * CKK;                      // (Kg, CKK)
                 float* yg = y + (n * s.K + g * Kg) * P;                  // (Kg, P)
-                if (!pointwise) im2col(s, Cg, xg, cols);
+                if (!pointwise) {
+                    pad_image(d, xg, xp);
+                    im2col_padded(s, d, off.data(), xp, cols);
+                }
                 float beta = 0.f;
                 if (b != nullptr) {
                     for (int64_t k = 0; k < Kg; ++k) std::fill(yg + k * P, yg + (k + 1) * P, b[g * Kg + k]);
@@ -485,10 +477,14 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     float* dw_parts = dw ? parts : nullptr;
     float* db_parts = db ? parts + (dw ? nchunks * wsize : 0) : nullptr;
 
+    const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
+    std::vector<int64_t> off(static_cast<size_t>(CKK));
+    direct_offsets(d, off.data());
     parallel_for(
         nchunks,
         [&](int64_t c) {
             float* cols = (dw && !pointwise) ? tl_cols.get(CKK * P) : nullptr;
+            float* xp = (dw && !pointwise) ? tl_pad.get(d.padded_size()) : nullptr;
             float* dcols = (dx && !pointwise) ? tl_dcols.get(CKK * P) : nullptr;
             const int64_t n0 = c * kBatchChunk, n1 = std::min(s.N, n0 + kBatchChunk);
             for (int64_t n = n0; n < n1; ++n) {
@@ -497,7 +493,10 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
                     const float* wg = w + g * Kg * CKK;                      // (Kg, CKK)
                     const float* dyg = dy + (n * s.K + g * Kg) * P;          // (Kg, P)
                     if (dw) {
-                        if (!pointwise) im2col(s, Cg, xg, cols);
+                        if (!pointwise) {
+                            pad_image(d, xg, xp);
+                            im2col_padded(s, d, off.data(), xp, cols);
+                        }
                         float* dwg = dw_parts + c * wsize + g * Kg * CKK;  // (Kg, CKK)
                         sgemm(false, true, Kg, CKK, P, 1.f, dyg, P, pointwise ? xg : cols, P, n == n0 ? 0.f : 1.f,
                               dwg, CKK, threads);
