@@ -19,6 +19,8 @@
 #include "conv2d.hpp"
 
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <cstring>
 #include <immintrin.h>
 #include <memory>
@@ -136,79 +138,106 @@ float sum_fixed(const float* p, int64_t n) {
 
 // ---- direct stride-1 convolution (AVX-512) ---------------------------------
 //
-// With stride 1, an input padded to (Hp, Wp) and output positions flattened
-// over the padded width, q = oh*Wp + ow, the input element under output q and
-// reduction row r = (c, i, j) sits at xp[off[r] + q] with
-// off[r] = c*Hp*Wp + i*dh*Wp + j*dw: consecutive q read consecutive floats.
-// So out[m][q] = sum_r wp[r][m] * xp[off[r] + q] is a GEMM whose B operand
-// is read straight from the padded image (no im2col, no packing). The
-// columns ow >= OW of each row are computed too and dropped when copying out
-// (a (kw-1)/Wp waste). The same kernel computes dx as a stride-1 convolution
-// of the padded dy with the flipped, transposed weights.
+// With stride 1 and the input zero-padded to (Hp, Wp), the input element under
+// output (oh, ow) for reduction row r = (c, i, j) is xp[off[r] + oh*Wp + ow]
+// with off[r] = c*Hp*Wp + i*dh*Wp + j*dw: consecutive ow read consecutive
+// floats. So out[m][oh, ow] = sum_r wp[r][m] * xp[off[r] + oh*Wp + ow] is a
+// GEMM whose B operand is read straight from the padded image (no im2col, no
+// packing). The same kernel computes dx as a stride-1 convolution of the
+// padded dy with the flipped, transposed weights.
 //
-// Packed weights wp: blocks of kDirectMR output channels, each block R rows of
-// kDirectMR floats (row r holds the weights of reduction row r; channels past M
-// are zero). Register tile: kDirectMR channels x kDirectNV vectors of 16
-// positions, accumulated over r in order 0..R-1 (deterministic).
+// Output positions are cut into vectors of up to 16 ("segments"), either
+// along each output row (rows mode: written straight into the output, no lane
+// wasted when OW is a multiple of 16) or along the rows flattened over the
+// padded width, q = oh*Wp + ow (flat mode: columns ow >= OW are computed and
+// dropped when copying out; fewer idle lanes when OW is small).
+//
+// Packed weights wp: blocks of mb (8 or 6) output channels, each block R rows
+// of mb floats (row r holds the weights of reduction row r; channels past M are
+// zero). Register tile: 8 channels x 3 segments or 6 channels x 4 segments,
+// whichever pads less for the shape; it starts from the bias and accumulates
+// over r in order 0..R-1, so every output is the same sum in the same order
+// whatever the tiling or the thread count.
 
-constexpr int64_t kDirectMR = 8;
-constexpr int64_t kDirectNV = 3;
-constexpr int64_t kDirectQ = 16 * kDirectNV;  // positions per register tile
+constexpr int64_t kDirectMR = 8;     // largest channel block of any tile shape
+constexpr int64_t kSegPad = 12;      // segment lists are padded to a multiple of every NV
+constexpr int64_t kDirectSlack = 32;  // floats past the padded image that full-vector loads may touch
+
+// One vector of output positions: input at xp[off[r] + src + l], output at
+// out[m*ldo + dst + l], for the lanes l set in mask. Loads always read all 16
+// lanes (the padded buffer has kDirectSlack floats of slack); stores are masked.
+struct Seg {
+    int64_t src, dst;
+    uint32_t mask;
+};
 
 bool cpu_has_avx512() {
     static const bool v = __builtin_cpu_supports("avx512f") != 0;
     return v;
 }
 
-// One register tile: out[m*ldo + q] for m < MR, q < nq (<= kDirectQ).
-// Reads xp[off[r] + q] for q < kDirectQ (the caller keeps that in bounds).
-template <int MR>
+// One register tile: MR channels x NV segments. wb holds R rows of WS floats.
+template <int MR, int NV, int WS>
 __attribute__((target("avx512f,fma"))) void direct_tile_avx512(const float* xp, const int64_t* off, int64_t R,
-                                                                const float* wb, float* out, int64_t ldo,
-                                                                int64_t nq) {
-    __m512 acc[MR][kDirectNV];
-    for (int m = 0; m < MR; ++m)
-        for (int v = 0; v < kDirectNV; ++v) acc[m][v] = _mm512_setzero_ps();
+                                                                const float* wb, const Seg* sg, float* out,
+                                                                int64_t ldo, const float* bias) {
+    __m512 acc[MR][NV];
+    int64_t so[NV];
+    for (int v = 0; v < NV; ++v) so[v] = sg[v].src;
+    for (int m = 0; m < MR; ++m) {
+        const __m512 init = bias ? _mm512_set1_ps(bias[m]) : _mm512_setzero_ps();
+        for (int v = 0; v < NV; ++v) acc[m][v] = init;
+    }
     for (int64_t r = 0; r < R; ++r) {
         const float* src = xp + off[r];
-        __m512 xv[kDirectNV];
-        for (int v = 0; v < kDirectNV; ++v) xv[v] = _mm512_loadu_ps(src + 16 * v);
-        const float* wr = wb + r * kDirectMR;
+        __m512 xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(src + so[v]);
+        const float* wr = wb + r * WS;
         for (int m = 0; m < MR; ++m) {
             const __m512 wv = _mm512_set1_ps(wr[m]);
-            for (int v = 0; v < kDirectNV; ++v) acc[m][v] = _mm512_fmadd_ps(wv, xv[v], acc[m][v]);
+            for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(wv, xv[v], acc[m][v]);
         }
     }
-    for (int v = 0; v < kDirectNV; ++v) {
-        const int64_t left = nq - 16 * v;
-        if (left <= 0) break;
-        const __mmask16 mask = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
-        for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(out + m * ldo + 16 * v, mask, acc[m][v]);
+    for (int v = 0; v < NV; ++v) {
+        const __mmask16 mask = static_cast<__mmask16>(sg[v].mask);
+        if (!mask) continue;
+        for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(out + m * ldo + sg[v].dst, mask, acc[m][v]);
     }
 }
 
-using direct_tile_fn = void (*)(const float*, const int64_t*, int64_t, const float*, float*, int64_t, int64_t);
-const direct_tile_fn kDirectTiles[kDirectMR + 1] = {
-    nullptr,
-    direct_tile_avx512<1>,
-    direct_tile_avx512<2>,
-    direct_tile_avx512<3>,
-    direct_tile_avx512<4>,
-    direct_tile_avx512<5>,
-    direct_tile_avx512<6>,
-    direct_tile_avx512<7>,
-    direct_tile_avx512<8>,
-};
+using direct_tile_fn = void (*)(const float*, const int64_t*, int64_t, const float*, const Seg*, float*, int64_t,
+                                const float*);
+// Tile shapes: 8 channels x 3 segments, or 6 channels x 4 segments (24 accumulators each).
+template <int NV, int WS, int... Ms>
+constexpr std::array<direct_tile_fn, kDirectMR + 1> tile_table(std::integer_sequence<int, Ms...>) {
+    return {nullptr, direct_tile_avx512<Ms + 1, NV, WS>...};
+}
+const std::array<direct_tile_fn, kDirectMR + 1> kTiles8x3 = tile_table<3, 8>(std::make_integer_sequence<int, 8>{});
+const std::array<direct_tile_fn, kDirectMR + 1> kTiles6x4 = tile_table<4, 6>(std::make_integer_sequence<int, 6>{});
 
-// out[m*ldo + q] = sum_r wp(r, m) * xp[off[r] + q] for m < M, q < Q.
-// xp must be readable up to off[R-1].. + round_up(Q, kDirectQ) (see padded_size).
-void direct_conv(const float* xp, const int64_t* off, int64_t R, const float* wp, int64_t M, int64_t Q, float* out,
-                 int64_t ldo) {
-    for (int64_t q0 = 0; q0 < Q; q0 += kDirectQ) {
-        const int64_t nq = std::min(kDirectQ, Q - q0);
-        for (int64_t m0 = 0; m0 < M; m0 += kDirectMR) {
-            const int64_t mr = std::min(kDirectMR, M - m0);
-            kDirectTiles[mr](xp + q0, off, R, wp + m0 * R, out + m0 * ldo + q0, ldo, nq);
+// Channels per weight block (and per tile) for M channels and these segments:
+// the shape with fewer padded lane-channels, 8 x 3 or 6 x 4 (ties: 8 x 3).
+int64_t direct_block(int64_t M, const std::vector<Seg>& segs) {
+    int64_t nseg = static_cast<int64_t>(segs.size());
+    while (nseg > 0 && segs[static_cast<size_t>(nseg - 1)].mask == 0) --nseg;
+    auto round_up = [](int64_t a, int64_t b) { return (a + b - 1) / b * b; };
+    return round_up(M, 6) * round_up(nseg, 4) < round_up(M, 8) * round_up(nseg, 3) ? 6 : 8;
+}
+
+// out[m*ldo + seg.dst + l] = bias[m] + sum_r wp(r, m) * xp[off[r] + seg.src + l] for m < M and
+// every lane of every segment; bias may be null. segs holds a multiple of kSegPad entries.
+// wp is packed in blocks of mb = direct_block(M, segs) channels: wp[m / mb][r][m % mb],
+// zero past M.
+void direct_conv(const float* xp, const int64_t* off, int64_t R, const float* wp, int64_t M,
+                 const std::vector<Seg>& segs, float* out, int64_t ldo, const float* bias) {
+    const int64_t mb = direct_block(M, segs), NV = mb == 6 ? 4 : 3;
+    const auto& table = mb == 6 ? kTiles6x4 : kTiles8x3;
+    const int64_t nseg = static_cast<int64_t>(segs.size());
+    for (int64_t t = 0; t < nseg && segs[static_cast<size_t>(t)].mask != 0; t += NV) {
+        for (int64_t m0 = 0; m0 < M; m0 += mb) {
+            const int64_t mr = std::min(mb, M - m0);
+            table[static_cast<size_t>(mr)](xp, off, R, wp + m0 * R, segs.data() + t, out + m0 * ldo, ldo,
+                                           bias ? bias + m0 : nullptr);
         }
     }
 }
@@ -221,12 +250,7 @@ struct DirectGeom {
     int64_t Hp, Wp, Hout, Wout;
     int64_t Q() const { return (Hout - 1) * Wp + Wout; }  // flattened output positions
     int64_t R() const { return Cin * kh * kw; }
-    // Floats of the padded buffer, including the slack the last tile over-reads.
-    int64_t padded_size() const {
-        const int64_t max_off = (Cin - 1) * Hp * Wp + (kh - 1) * dh * Wp + (kw - 1) * dw;
-        const int64_t need = max_off + (Q() + kDirectQ - 1) / kDirectQ * kDirectQ;
-        return std::max(need, Cin * Hp * Wp);
-    }
+    int64_t padded_size() const { return Cin * Hp * Wp + kDirectSlack; }
 };
 
 DirectGeom make_direct_geom(int64_t Cin, int64_t Hin, int64_t Win, int64_t top, int64_t bottom, int64_t left,
@@ -266,23 +290,33 @@ void pad_image(const DirectGeom& d, const float* src, float* xp) {
     std::fill(p, xp + size, 0.f);
 }
 
-// Copy the valid columns of out (M rows of ldo floats, row stride Wp inside)
-// into dst (M, Hout, Wout), adding bias[m] when bias is non-null.
-void unflatten_rows(const DirectGeom& d, int64_t M, const float* out, int64_t ldo, const float* bias, float* dst) {
-    for (int64_t m = 0; m < M; ++m) {
-        const float bm = bias ? bias[m] : 0.f;
-        const float* o = out + m * ldo;
-        float* t = dst + m * d.Hout * d.Wout;
-        for (int64_t h = 0; h < d.Hout; ++h) {
-            const float* orow = o + h * d.Wp;
-            float* trow = t + h * d.Wout;
-            if (bias) {
-                for (int64_t w = 0; w < d.Wout; ++w) trow[w] = orow[w] + bm;
-            } else {
-                std::memcpy(trow, orow, static_cast<size_t>(d.Wout) * sizeof(float));
-            }
-        }
+// The output vectors of one direct convolution (see Seg), padded with empty
+// segments to a multiple of kSegPad. *rows tells which mode was chosen:
+// rows mode writes (Hout, Wout) planes directly; flat mode writes planes of
+// d.Q() floats with row stride Wp, to be compacted by unflatten_rows.
+std::vector<Seg> direct_segments(const DirectGeom& d, bool* rows) {
+    auto mask_of = [](int64_t len) { return len >= 16 ? 0xFFFFu : (1u << len) - 1u; };
+    const int64_t per_row = (d.Wout + 15) / 16, Q = d.Q();
+    *rows = d.Hout * per_row * 16 <= (Q + 15) / 16 * 16;
+    std::vector<Seg> segs;
+    if (*rows) {
+        for (int64_t h = 0; h < d.Hout; ++h)
+            for (int64_t w0 = 0; w0 < d.Wout; w0 += 16)
+                segs.push_back({h * d.Wp + w0, h * d.Wout + w0, mask_of(d.Wout - w0)});
+    } else {
+        for (int64_t q0 = 0; q0 < Q; q0 += 16) segs.push_back({q0, q0, mask_of(Q - q0)});
     }
+    while (segs.size() % kSegPad) segs.push_back({0, 0, 0u});
+    return segs;
+}
+
+// Copy the valid columns of out (M planes of ldo floats, row stride Wp inside)
+// into dst (M, Hout, Wout).
+void unflatten_rows(const DirectGeom& d, int64_t M, const float* out, int64_t ldo, float* dst) {
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t h = 0; h < d.Hout; ++h)
+            std::memcpy(dst + (m * d.Hout + h) * d.Wout, out + m * ldo + h * d.Wp,
+                        static_cast<size_t>(d.Wout) * sizeof(float));
 }
 
 // cols (Cg*kh*kw, OH*OW) from the zero-padded image xp (pad_image with d):
@@ -316,25 +350,33 @@ bool direct_dx_ok(const Conv2dShape& s) {
 void forward_direct(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads) {
     const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
     const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
-    const int64_t R = d.R(), Mpad = (Kg + kDirectMR - 1) / kDirectMR * kDirectMR, Q = d.Q();
-    // wp is (groups, Mpad / MR, R, MR): wp[g][mb][r][mm] = w[g*Kg + mb*MR + mm][r], zero past Kg.
+    const int64_t R = d.R(), Q = d.Q();
+    bool rows = false;
+    const std::vector<Seg> segs = direct_segments(d, &rows);
+    const int64_t mb = direct_block(Kg, segs), Mpad = (Kg + mb - 1) / mb * mb;
+    // wp is (groups, Mpad / mb, R, mb): wp[g][m / mb][r][m % mb] = w[g*Kg + m][r], zero past Kg.
     float* wp = tl_wpack.get(s.groups * Mpad * R);
     for (int64_t g = 0; g < s.groups; ++g)
         for (int64_t m = 0; m < Mpad; ++m)
             for (int64_t r = 0; r < R; ++r)
-                wp[(g * Mpad + m / kDirectMR * kDirectMR) * R + r * kDirectMR + m % kDirectMR] =
-                    m < Kg ? w[(g * Kg + m) * R + r] : 0.f;
+                wp[(g * Mpad + m / mb * mb) * R + r * mb + m % mb] = m < Kg ? w[(g * Kg + m) * R + r] : 0.f;
     std::vector<int64_t> off(static_cast<size_t>(R));
     direct_offsets(d, off.data());
     parallel_for(
         s.N,
         [&](int64_t n) {
             float* xp = tl_pad.get(d.padded_size());
-            float* out = tl_out.get(Kg * Q);  // (Kg, Q)
+            float* out = rows ? nullptr : tl_out.get(Kg * Q);  // (Kg, Q)
             for (int64_t g = 0; g < s.groups; ++g) {
                 pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp);
-                direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, Q, out, Q);
-                unflatten_rows(d, Kg, out, Q, b ? b + g * Kg : nullptr, y + (n * s.K + g * Kg) * s.OH * s.OW);
+                float* yg = y + (n * s.K + g * Kg) * s.OH * s.OW;  // (Kg, OH, OW)
+                const float* bg = b ? b + g * Kg : nullptr;
+                if (rows) {
+                    direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, segs, yg, s.OH * s.OW, bg);
+                } else {
+                    direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, segs, out, Q, bg);
+                    unflatten_rows(d, Kg, out, Q, yg);
+                }
             }
         },
         threads);
@@ -348,9 +390,12 @@ void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, f
     const int64_t eh = s.dh * (s.kh - 1), ew = s.dw * (s.kw - 1);
     const DirectGeom d =
         make_direct_geom(Kg, s.OH, s.OW, eh - s.pt, eh - s.pb, ew - s.pl, ew - s.pr, s.kh, s.kw, s.dh, s.dw);
-    const int64_t R = d.R(), Mpad = (Cg + kDirectMR - 1) / kDirectMR * kDirectMR, Q = d.Q();
+    const int64_t R = d.R(), Q = d.Q();
     const int64_t khw = s.kh * s.kw;
-    // wp[g][cb][r = (k, i, j)][cc] = w[g*Kg + k][cb*MR + cc][kh-1-i][kw-1-j], zero past Cg.
+    bool rows = false;
+    const std::vector<Seg> segs = direct_segments(d, &rows);
+    const int64_t mb = direct_block(Cg, segs), Mpad = (Cg + mb - 1) / mb * mb;
+    // wp[g][c / mb][r = (k, i, j)][c % mb] = w[g*Kg + k][c][kh-1-i][kw-1-j], zero past Cg.
     float* wp = tl_wpack.get(s.groups * Mpad * R);
     for (int64_t g = 0; g < s.groups; ++g)
         for (int64_t c = 0; c < Mpad; ++c)
@@ -358,7 +403,7 @@ void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, f
                 for (int64_t i = 0; i < s.kh; ++i)
                     for (int64_t j = 0; j < s.kw; ++j) {
                         const int64_t r = (k * s.kh + i) * s.kw + j;
-                        wp[(g * Mpad + c / kDirectMR * kDirectMR) * R + r * kDirectMR + c % kDirectMR] =
+                        wp[(g * Mpad + c / mb * mb) * R + r * mb + c % mb] =
                             c < Cg ? w[((g * Kg + k) * Cg + c) * khw + (s.kh - 1 - i) * s.kw + (s.kw - 1 - j)] : 0.f;
                     }
     std::vector<int64_t> off(static_cast<size_t>(R));
@@ -367,11 +412,16 @@ void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, f
         s.N,
         [&](int64_t n) {
             float* dyp = tl_pad.get(d.padded_size());
-            float* out = tl_out.get(Cg * Q);  // (Cg, Q)
+            float* out = rows ? nullptr : tl_out.get(Cg * Q);  // (Cg, Q)
             for (int64_t g = 0; g < s.groups; ++g) {
                 pad_image(d, dy + (n * s.K + g * Kg) * s.OH * s.OW, dyp);
-                direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, Q, out, Q);
-                unflatten_rows(d, Cg, out, Q, nullptr, dx + (n * s.C + g * Cg) * s.H * s.W);
+                float* dxg = dx + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
+                if (rows) {
+                    direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, segs, dxg, s.H * s.W, nullptr);
+                } else {
+                    direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, segs, out, Q, nullptr);
+                    unflatten_rows(d, Cg, out, Q, dxg);
+                }
             }
         },
         threads);

@@ -115,6 +115,10 @@ CASES = [
     pytest.param((5, 3, 11, 13, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="three-channels-k3"),
     pytest.param((3, 2, 10, 9, 4, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, False), id="two-channels-stride2"),
     pytest.param((2, 6, 10, 10, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="lenet-c3-like"),
+    # Output rows of 16 and 32: the direct kernel writes whole rows (rows mode).
+    pytest.param((3, 5, 6, 16, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="rows-of-16"),
+    pytest.param((2, 4, 5, 32, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2, False), id="rows-of-32-groups"),
+    pytest.param((2, 3, 7, 20, 5, 3, 5, (1, 1), (1, 1, 0, 0), (2, 1), 1, True), id="rows-of-16-dilated"),
 ]
 
 
@@ -158,6 +162,7 @@ DET_CASES = [
     (7, 6, 8, 8, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),
     (10, 16, 6, 6, 24, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (17, 20, 9, 9, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (6, 12, 8, 16, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
