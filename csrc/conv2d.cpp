@@ -65,6 +65,7 @@ thread_local Arena tl_parts;  // dw/db partials (used by the calling thread only
 thread_local Arena tl_pad;    // zero-padded image (direct path)
 thread_local Arena tl_out;    // direct-path output before dropping the padded columns
 thread_local Arena tl_wpack;  // packed weights for the direct path (calling thread only)
+thread_local Arena tl_dyT;    // transposed dy (direct dw)
 
 void require_positive(int64_t v, const char* name) {
     if (v <= 0) throw std::invalid_argument(std::string("`") + name + "` must be positive, got " + std::to_string(v));
@@ -345,6 +346,144 @@ bool direct_dx_ok(const Conv2dShape& s) {
     return direct_forward_ok(s) && s.pt <= eh && s.pb <= eh && s.pl <= ew && s.pr <= ew;
 }
 
+// ---- direct dw (AVX-512), for Cg >= 16 and any stride ------------------------
+//
+// dw[k][c][i][j] = sum_n sum_p dy[n][k][p] * xpad[n][c][src(p) + i*dh*Wp + j*dw]
+// with src(p) = oh*sh*Wp + ow*sw. Per image, x is copied into a zero-padded
+// channels-last buffer xT (Hp*Wp pixels x ldc channels) and dy into dyT
+// (P x ldk), so that for each kernel tap (i, j) the partial
+// part[i][j][k][c] += sum_p dyT[p][k] * xT[src(p) + off_ij][c]
+// is an outer-product update vectorised over c (loads) with k broadcast, and
+// no im2col matrix exists. The sum over p runs in order, images in chunk order,
+// so the result does not depend on the tiling or the thread count.
+
+struct DwTile {
+    int mv, nr;  // vectors of 16 input channels, output channels per tile
+};
+
+template <int MV, int NR>
+__attribute__((target("avx512f,fma"))) void dw_tile_avx512(const float* xT, int64_t ldc, const int64_t* src, int64_t P,
+                                                            const float* dyT, int64_t ldk, float* part, bool first) {
+    __m512 acc[NR][MV];
+    for (int r = 0; r < NR; ++r)
+        for (int v = 0; v < MV; ++v)
+            acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(part + r * ldc + 16 * v);
+    for (int64_t p = 0; p < P; ++p) {
+        const float* xrow = xT + src[p] * ldc;
+        __m512 xv[MV];
+        for (int v = 0; v < MV; ++v) xv[v] = _mm512_loadu_ps(xrow + 16 * v);
+        const float* drow = dyT + p * ldk;
+        for (int r = 0; r < NR; ++r) {
+            const __m512 b = _mm512_set1_ps(drow[r]);
+            for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < NR; ++r)
+        for (int v = 0; v < MV; ++v) _mm512_storeu_ps(part + r * ldc + 16 * v, acc[r][v]);
+}
+
+using dw_tile_fn = void (*)(const float*, int64_t, const int64_t*, int64_t, const float*, int64_t, float*, bool);
+
+struct DwVariant {
+    DwTile t;
+    dw_tile_fn fn;
+};
+const DwVariant kDwVariants[] = {
+    {{4, 6}, dw_tile_avx512<4, 6>}, {{3, 8}, dw_tile_avx512<3, 8>}, {{2, 12}, dw_tile_avx512<2, 12>},
+    {{2, 8}, dw_tile_avx512<2, 8>}, {{1, 16}, dw_tile_avx512<1, 16>},
+};
+
+// The variant with the least padded work for Cg input and Kg output channels.
+const DwVariant& choose_dw_variant(int64_t Cg, int64_t Kg) {
+    auto round_up = [](int64_t a, int64_t b) { return (a + b - 1) / b * b; };
+    const DwVariant* best = &kDwVariants[0];
+    double best_work = -1;
+    for (const DwVariant& v : kDwVariants) {
+        // Padded FMAs, weighted by the loads each tile step issues per FMA.
+        const double work = double(round_up(Cg, 16 * v.t.mv) * round_up(Kg, v.t.nr)) *
+                             (1.0 + 0.5 * double(v.t.mv + v.t.nr) / double(v.t.mv * v.t.nr));
+        if (best_work < 0 || work < best_work) {
+            best = &v;
+            best_work = work;
+        }
+    }
+    return *best;
+}
+
+bool direct_dw_ok(const Conv2dShape& s) { return s.C / s.groups >= 16 && cpu_has_avx512(); }
+
+// dst[j*ldd + r] = src[r*lds + j] for r < 16, j < ncols (<= 16): 16 full lanes are
+// stored per destination row, lanes r >= nrows are zero.
+__attribute__((target("avx512f"))) void transpose_block16(const float* src, int64_t lds, int64_t nrows,
+                                                          int64_t ncols, float* dst, int64_t ldd) {
+    const __mmask16 cm = ncols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << ncols) - 1u);
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = i < nrows ? _mm512_maskz_loadu_ps(cm, src + i * lds) : _mm512_setzero_ps();
+    // Stage 1: interleave pairs of rows.
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    // Stage 2: pairs of 64-bit elements.
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    // Stage 3 and 4: 128-bit lanes.
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+    // r[j] now holds column j of the block.
+    for (int j = 0; j < ncols; ++j) _mm512_storeu_ps(dst + j * ldd, r[j]);
+}
+
+// xT (Hp*Wp, ldc) = zero-padded channels-last copy of x (Cg, H, W); ldc is a multiple of 16.
+void pad_transpose(const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t Hp, int64_t ldc, const float* x, float* xT) {
+    const int64_t HW = s.H * s.W, cfull = (Cg + 15) / 16 * 16;
+    for (int64_t hp = 0; hp < Hp; ++hp) {
+        float* drow = xT + hp * Wp * ldc;
+        const int64_t h = hp - s.pt;
+        if (h < 0 || h >= s.H) {
+            std::fill(drow, drow + Wp * ldc, 0.f);
+            continue;
+        }
+        std::fill(drow, drow + s.pl * ldc, 0.f);
+        std::fill(drow + (s.pl + s.W) * ldc, drow + Wp * ldc, 0.f);
+        for (int64_t w0 = 0; w0 < s.W; w0 += 16) {
+            const int64_t nw = std::min<int64_t>(16, s.W - w0);
+            for (int64_t c0 = 0; c0 < Cg; c0 += 16)
+                transpose_block16(x + c0 * HW + h * s.W + w0, HW, std::min<int64_t>(16, Cg - c0), nw,
+                                  drow + (s.pl + w0) * ldc + c0, ldc);
+            if (cfull < ldc)
+                for (int64_t w = w0; w < w0 + nw; ++w) std::fill(drow + (s.pl + w) * ldc + cfull, drow + (s.pl + w + 1) * ldc, 0.f);
+        }
+    }
+}
+
+// dyT (P, ldk) = transpose of dy (Kg, P); ldk is a multiple of 16, columns past Kg zero.
+void transpose_dy(int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dyT) {
+    const int64_t kfull = (Kg + 15) / 16 * 16;
+    for (int64_t p0 = 0; p0 < P; p0 += 16) {
+        const int64_t np = std::min<int64_t>(16, P - p0);
+        for (int64_t k0 = 0; k0 < Kg; k0 += 16)
+            transpose_block16(dy + k0 * P + p0, P, std::min<int64_t>(16, Kg - k0), np, dyT + p0 * ldk + k0, ldk);
+        if (kfull < ldk)
+            for (int64_t p = p0; p < p0 + np; ++p) std::fill(dyT + p * ldk + kfull, dyT + (p + 1) * ldk, 0.f);
+    }
+}
+
 // y = conv(x, w) + b through direct_conv (stride 1).
 // x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW).
 void forward_direct(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads) {
@@ -522,10 +661,26 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
         dx = nullptr;  // done; the loop below handles dw and db
     }
 
-    // Partials: chunk c owns dw_parts[c] (K, Cg, kh, kw) and db_parts[c] (K,).
-    float* parts = (dw || db) ? tl_parts.get(nchunks * ((dw ? wsize : 0) + (db ? s.K : 0))) : nullptr;
+    // Direct dw: partials per chunk are (groups, kh*kw, kpad, ldc), see dw_tile_avx512.
+    const bool dw_direct = dw && !pointwise && direct_dw_ok(s);
+    const DwVariant* dwv = dw_direct ? &choose_dw_variant(Cg, Kg) : nullptr;
+    const int64_t khw = s.kh * s.kw;
+    const int64_t ldc = dw_direct ? (Cg + 16 * dwv->t.mv - 1) / (16 * dwv->t.mv) * (16 * dwv->t.mv) : 0;
+    const int64_t kpad = dw_direct ? (Kg + dwv->t.nr - 1) / dwv->t.nr * dwv->t.nr : 0;
+    const int64_t ldk = (kpad + 15) / 16 * 16;  // row stride of dyT
+    const int64_t dw_part_size = dw_direct ? s.groups * khw * kpad * ldc : wsize;
+    const int64_t Hp = s.H + s.pt + s.pb, Wp = s.W + s.pl + s.pr;
+    std::vector<int64_t> src;
+    if (dw_direct) {
+        src.resize(static_cast<size_t>(P));
+        for (int64_t oh = 0; oh < s.OH; ++oh)
+            for (int64_t ow = 0; ow < s.OW; ++ow) src[static_cast<size_t>(oh * s.OW + ow)] = oh * s.sh * Wp + ow * s.sw;
+    }
+
+    // Partials: chunk c owns dw_parts[c] (K, Cg, kh, kw), or the direct layout, and db_parts[c] (K,).
+    float* parts = (dw || db) ? tl_parts.get(nchunks * ((dw ? dw_part_size : 0) + (db ? s.K : 0))) : nullptr;
     float* dw_parts = dw ? parts : nullptr;
-    float* db_parts = db ? parts + (dw ? nchunks * wsize : 0) : nullptr;
+    float* db_parts = db ? parts + (dw ? nchunks * dw_part_size : 0) : nullptr;
 
     const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
     std::vector<int64_t> off(static_cast<size_t>(CKK));
@@ -533,8 +688,11 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     parallel_for(
         nchunks,
         [&](int64_t c) {
-            float* cols = (dw && !pointwise) ? tl_cols.get(CKK * P) : nullptr;
-            float* xp = (dw && !pointwise) ? tl_pad.get(d.padded_size()) : nullptr;
+            const bool gemm_dw = dw && !dw_direct;
+            float* cols = (gemm_dw && !pointwise) ? tl_cols.get(CKK * P) : nullptr;
+            float* xp = (gemm_dw && !pointwise) ? tl_pad.get(d.padded_size()) : nullptr;
+            float* xT = dw_direct ? tl_pad.get(Hp * Wp * ldc) : nullptr;
+            float* dyT = dw_direct ? tl_dyT.get(P * ldk) : nullptr;
             float* dcols = (dx && !pointwise) ? tl_dcols.get(CKK * P) : nullptr;
             const int64_t n0 = c * kBatchChunk, n1 = std::min(s.N, n0 + kBatchChunk);
             for (int64_t n = n0; n < n1; ++n) {
@@ -542,7 +700,20 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
                     const float* xg = x + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
                     const float* wg = w + g * Kg * CKK;                      // (Kg, CKK)
                     const float* dyg = dy + (n * s.K + g * Kg) * P;          // (Kg, P)
-                    if (dw) {
+                    if (dw_direct) {
+                        pad_transpose(s, Cg, Wp, Hp, ldc, xg, xT);
+                        transpose_dy(Kg, P, ldk, dyg, dyT);
+                        float* part = dw_parts + c * dw_part_size + g * khw * kpad * ldc;  // (kh*kw, kpad, ldc)
+                        const int64_t cstep = 16 * dwv->t.mv;
+                        for (int64_t i = 0; i < s.kh; ++i)
+                            for (int64_t j = 0; j < s.kw; ++j) {
+                                const int64_t ij = i * s.kw + j, off_ij = i * s.dh * Wp + j * s.dw;
+                                for (int64_t k0 = 0; k0 < kpad; k0 += dwv->t.nr)
+                                    for (int64_t c0 = 0; c0 < ldc; c0 += cstep)
+                                        dwv->fn(xT + off_ij * ldc + c0, ldc, src.data(), P, dyT + k0, ldk,
+                                                part + (ij * kpad + k0) * ldc + c0, n == n0);
+                            }
+                    } else if (dw) {
                         if (!pointwise) {
                             pad_image(d, xg, xp);
                             im2col_padded(s, d, off.data(), xp, cols);
@@ -592,7 +763,31 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
             },
             threads);
     };
-    if (dw) reduce(dw_parts, wsize, dw);
+    if (dw && dw_direct) {
+        // dw[g*Kg + k][c][i][j] = sum over chunks, in order, of part[chunk][g][i*kw + j][k][c].
+        parallel_for(
+            s.K,
+            [&](int64_t kk) {
+                const int64_t g = kk / Kg, k = kk % Kg;
+                std::vector<float> t(static_cast<size_t>(khw * Cg), 0.f);  // (kh*kw, Cg)
+                for (int64_t c = 0; c < nchunks; ++c)
+                    for (int64_t ij = 0; ij < khw; ++ij) {
+                        const float* src = dw_parts + c * dw_part_size + ((g * khw + ij) * kpad + k) * ldc;
+                        float* tr = t.data() + ij * Cg;
+                        if (c == 0) {
+                            std::copy(src, src + Cg, tr);
+                        } else {
+                            for (int64_t ch = 0; ch < Cg; ++ch) tr[ch] += src[ch];
+                        }
+                    }
+                float* dst = dw + kk * CKK;  // (Cg, kh, kw)
+                for (int64_t ij = 0; ij < khw; ++ij)
+                    for (int64_t ch = 0; ch < Cg; ++ch) dst[ch * khw + ij] = t[static_cast<size_t>(ij * Cg + ch)];
+            },
+            threads);
+    } else if (dw) {
+        reduce(dw_parts, wsize, dw);
+    }
     if (db) reduce(db_parts, s.K, db);
 }
 

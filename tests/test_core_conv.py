@@ -119,6 +119,10 @@ CASES = [
     pytest.param((3, 5, 6, 16, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="rows-of-16"),
     pytest.param((2, 4, 5, 32, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2, False), id="rows-of-32-groups"),
     pytest.param((2, 3, 7, 20, 5, 3, 5, (1, 1), (1, 1, 0, 0), (2, 1), 1, True), id="rows-of-16-dilated"),
+    # 16 or more input channels per group: dw is computed channels-last (direct dw).
+    pytest.param((5, 32, 9, 10, 26, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 2, True), id="wide-groups-stride2"),
+    pytest.param((2, 20, 8, 7, 7, 3, 2, (1, 1), (2, 0, 1, 1), (2, 1), 1, True), id="wide-dilated-asym"),
+    pytest.param((1, 48, 5, 5, 50, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, False), id="wide-k5"),
 ]
 
 
@@ -163,6 +167,7 @@ DET_CASES = [
     (10, 16, 6, 6, 24, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (17, 20, 9, 9, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (6, 12, 8, 16, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (9, 36, 7, 9, 18, 3, 3, (2, 1), (1, 1, 0, 1), (1, 2), 2),
 ]
 
 
