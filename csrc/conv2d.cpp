@@ -413,9 +413,11 @@ const DwVariant& choose_dw_variant(int64_t Cg, int64_t Kg) {
 bool direct_dw_ok(const Conv2dShape& s) { return s.C / s.groups >= 16 && cpu_has_avx512(); }
 
 // dst[j*ldd + r] = src[r*lds + j] for r < 16, j < ncols (<= 16): 16 full lanes are
-// stored per destination row, lanes r >= nrows are zero.
+// stored per destination row, lanes r >= nrows are zero (or, with
+// store_valid_only, only the lanes r < nrows are stored).
 __attribute__((target("avx512f"))) void transpose_block16(const float* src, int64_t lds, int64_t nrows,
-                                                          int64_t ncols, float* dst, int64_t ldd) {
+                                                          int64_t ncols, float* dst, int64_t ldd,
+                                                          bool store_valid_only = false) {
     const __mmask16 cm = ncols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << ncols) - 1u);
     __m512 r[16];
     for (int i = 0; i < 16; ++i) r[i] = i < nrows ? _mm512_maskz_loadu_ps(cm, src + i * lds) : _mm512_setzero_ps();
@@ -446,7 +448,8 @@ __attribute__((target("avx512f"))) void transpose_block16(const float* src, int6
         r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
     }
     // r[j] now holds column j of the block.
-    for (int j = 0; j < ncols; ++j) _mm512_storeu_ps(dst + j * ldd, r[j]);
+    const __mmask16 rm = store_valid_only && nrows < 16 ? __mmask16((1u << nrows) - 1u) : __mmask16(0xFFFF);
+    for (int j = 0; j < ncols; ++j) _mm512_mask_storeu_ps(dst + j * ldd, rm, r[j]);
 }
 
 // xT (Hp*Wp, ldc) = zero-padded channels-last copy of x (Cg, H, W); ldc is a multiple of 16.
@@ -484,6 +487,81 @@ void transpose_dy(int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dy
     }
 }
 
+// ---- direct forward vectorised over output channels (AVX-512) ---------------
+//
+// For small outputs (LeNet C3: 10x10) whole vectors of positions idle many
+// lanes. There the vector runs over 16 output channels instead and the
+// register tile over up to 2 rows x NT positions of one output row:
+// outT[p][k] = bias[k] + sum_r wT[r][k] * xp[off[r] + src(p)], positions in
+// the tile read xp at consecutive addresses (stride 1), accumulated over r in
+// order 0..R-1. outT (positions x 16) is transposed into y afterwards.
+
+constexpr int kKvecNT = 12;  // positions per row in a tile (2 rows: 24 accumulators)
+
+template <int ROWS, int NT>
+__attribute__((target("avx512f,fma"))) void kvec_tile_avx512(const float* xp, const int64_t* off, int64_t R,
+                                                              const float* wT, int64_t ldw, int64_t src0,
+                                                              int64_t rstep, const float* bias, __mmask16 kmask,
+                                                              float* out0, float* out1) {
+    __m512 acc[ROWS][NT];
+    const __m512 init = bias ? _mm512_maskz_loadu_ps(kmask, bias) : _mm512_setzero_ps();
+    for (int h = 0; h < ROWS; ++h)
+        for (int t = 0; t < NT; ++t) acc[h][t] = init;
+    for (int64_t r = 0; r < R; ++r) {
+        const __m512 wv = _mm512_loadu_ps(wT + r * ldw);
+        const float* b0 = xp + off[r] + src0;
+        for (int t = 0; t < NT; ++t) acc[0][t] = _mm512_fmadd_ps(wv, _mm512_set1_ps(b0[t]), acc[0][t]);
+        if (ROWS == 2) {
+            const float* b1 = b0 + rstep;
+            for (int t = 0; t < NT; ++t) acc[ROWS - 1][t] = _mm512_fmadd_ps(wv, _mm512_set1_ps(b1[t]), acc[ROWS - 1][t]);
+        }
+    }
+    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out0 + 16 * t, acc[0][t]);
+    if (ROWS == 2)
+        for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out1 + 16 * t, acc[ROWS - 1][t]);
+}
+
+using kvec_tile_fn = void (*)(const float*, const int64_t*, int64_t, const float*, int64_t, int64_t, int64_t,
+                              const float*, __mmask16, float*, float*);
+template <int ROWS, int... Ts>
+constexpr std::array<kvec_tile_fn, kKvecNT + 1> kvec_table(std::integer_sequence<int, Ts...>) {
+    return {nullptr, kvec_tile_avx512<ROWS, Ts + 1>...};
+}
+const std::array<kvec_tile_fn, kKvecNT + 1> kKvecTiles[2] = {
+    kvec_table<1>(std::make_integer_sequence<int, kKvecNT>{}),
+    kvec_table<2>(std::make_integer_sequence<int, kKvecNT>{}),
+};
+
+// Lanes (padded output values) each forward kernel computes; the channel-vector
+// kernel is used when it needs clearly fewer.
+bool use_kvec(int64_t Kg, int64_t OH, int64_t OW, int64_t position_kernel_lanes) {
+    const int64_t lanes = (Kg + 15) / 16 * 16 * OH * OW;
+    return 10 * lanes < 9 * position_kernel_lanes;
+}
+
+// One image and group: y (Kg, OH, OW) = bias + conv of the padded xp, through outT (OH*OW, 16).
+// wT is (R, ldw) with ldw a multiple of 16, zero past Kg.
+void kvec_conv(const DirectGeom& d, const int64_t* off, const float* xp, const float* wT, int64_t ldw, int64_t Kg,
+               const float* bias, float* outT, float* y) {
+    const int64_t R = d.R(), OH = d.Hout, OW = d.Wout, P = OH * OW;
+    for (int64_t k0 = 0; k0 < Kg; k0 += 16) {
+        const int64_t nk = std::min<int64_t>(16, Kg - k0);
+        const __mmask16 kmask = nk >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nk) - 1u);
+        for (int64_t oh = 0; oh < OH; oh += 2) {
+            const int64_t rows = std::min<int64_t>(2, OH - oh);
+            for (int64_t ow0 = 0; ow0 < OW; ow0 += kKvecNT) {
+                const int64_t nt = std::min<int64_t>(kKvecNT, OW - ow0);
+                float* o0 = outT + (oh * OW + ow0) * 16;
+                kKvecTiles[rows - 1][static_cast<size_t>(nt)](xp, off, R, wT + k0, ldw, oh * d.Wp + ow0, d.Wp,
+                                                              bias ? bias + k0 : nullptr, kmask, o0, o0 + OW * 16);
+            }
+        }
+        for (int64_t p0 = 0; p0 < P; p0 += 16)
+            transpose_block16(outT + p0 * 16, 16, std::min<int64_t>(16, P - p0), nk, y + k0 * P + p0, P, true);
+    }
+}
+
+
 // y = conv(x, w) + b through direct_conv (stride 1).
 // x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW).
 void forward_direct(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads) {
@@ -493,14 +571,37 @@ void forward_direct(const Conv2dShape& s, const float* x, const float* w, const 
     bool rows = false;
     const std::vector<Seg> segs = direct_segments(d, &rows);
     const int64_t mb = direct_block(Kg, segs), Mpad = (Kg + mb - 1) / mb * mb;
+    std::vector<int64_t> off(static_cast<size_t>(R));
+    direct_offsets(d, off.data());
+    int64_t nseg = 0;
+    for (const Seg& sg : segs) nseg += sg.mask != 0;
+    if (use_kvec(Kg, s.OH, s.OW, Mpad * nseg * 16)) {
+        // wT is (groups, R, ldw): wT[g][r][k] = w[g*Kg + k][r], zero past Kg.
+        const int64_t ldw = (Kg + 15) / 16 * 16;
+        float* wT = tl_wpack.get(s.groups * R * ldw);
+        for (int64_t g = 0; g < s.groups; ++g)
+            for (int64_t r = 0; r < R; ++r)
+                for (int64_t k = 0; k < ldw; ++k) wT[(g * R + r) * ldw + k] = k < Kg ? w[(g * Kg + k) * R + r] : 0.f;
+        parallel_for(
+            s.N,
+            [&](int64_t n) {
+                float* xp = tl_pad.get(d.padded_size());
+                float* outT = tl_out.get((s.OH * s.OW + 16) * 16);  // (OH*OW, 16) and a spare row
+                for (int64_t g = 0; g < s.groups; ++g) {
+                    pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp);
+                    kvec_conv(d, off.data(), xp, wT + g * R * ldw, ldw, Kg, b ? b + g * Kg : nullptr, outT,
+                              y + (n * s.K + g * Kg) * s.OH * s.OW);
+                }
+            },
+            threads);
+        return;
+    }
     // wp is (groups, Mpad / mb, R, mb): wp[g][m / mb][r][m % mb] = w[g*Kg + m][r], zero past Kg.
     float* wp = tl_wpack.get(s.groups * Mpad * R);
     for (int64_t g = 0; g < s.groups; ++g)
         for (int64_t m = 0; m < Mpad; ++m)
             for (int64_t r = 0; r < R; ++r)
                 wp[(g * Mpad + m / mb * mb) * R + r * mb + m % mb] = m < Kg ? w[(g * Kg + m) * R + r] : 0.f;
-    std::vector<int64_t> off(static_cast<size_t>(R));
-    direct_offsets(d, off.data());
     parallel_for(
         s.N,
         [&](int64_t n) {

@@ -123,6 +123,10 @@ CASES = [
     pytest.param((5, 32, 9, 10, 26, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 2, True), id="wide-groups-stride2"),
     pytest.param((2, 20, 8, 7, 7, 3, 2, (1, 1), (2, 0, 1, 1), (2, 1), 1, True), id="wide-dilated-asym"),
     pytest.param((1, 48, 5, 5, 50, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, False), id="wide-k5"),
+    # Small outputs with many output channels: the forward vectorises over channels.
+    pytest.param((3, 4, 9, 15, 32, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="channel-vectors-odd-rows"),
+    pytest.param((2, 6, 11, 9, 20, 3, 2, (1, 1), (1, 0, 0, 1), (1, 2), 1, True), id="channel-vectors-tail"),
+    pytest.param((2, 4, 8, 8, 32, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 2, True), id="channel-vectors-groups"),
 ]
 
 
@@ -168,6 +172,7 @@ DET_CASES = [
     (17, 20, 9, 9, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (6, 12, 8, 16, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (9, 36, 7, 9, 18, 3, 3, (2, 1), (1, 1, 0, 1), (1, 2), 2),
+    (7, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
 ]
 
 
