@@ -579,9 +579,13 @@ void forward_direct(const Conv2dShape& s, const float* x, const float* w, const 
         // wT is (groups, R, ldw): wT[g][r][k] = w[g*Kg + k][r], zero past Kg.
         const int64_t ldw = (Kg + 15) / 16 * 16;
         float* wT = tl_wpack.get(s.groups * R * ldw);
-        for (int64_t g = 0; g < s.groups; ++g)
-            for (int64_t r = 0; r < R; ++r)
-                for (int64_t k = 0; k < ldw; ++k) wT[(g * R + r) * ldw + k] = k < Kg ? w[(g * Kg + k) * R + r] : 0.f;
+        parallel_for(
+            s.groups * R,
+            [&](int64_t gr) {
+                const int64_t g = gr / R, r = gr % R;
+                for (int64_t k = 0; k < ldw; ++k) wT[gr * ldw + k] = k < Kg ? w[(g * Kg + k) * R + r] : 0.f;
+            },
+            threads);
         parallel_for(
             s.N,
             [&](int64_t n) {
@@ -598,10 +602,14 @@ void forward_direct(const Conv2dShape& s, const float* x, const float* w, const 
     }
     // wp is (groups, Mpad / mb, R, mb): wp[g][m / mb][r][m % mb] = w[g*Kg + m][r], zero past Kg.
     float* wp = tl_wpack.get(s.groups * Mpad * R);
-    for (int64_t g = 0; g < s.groups; ++g)
-        for (int64_t m = 0; m < Mpad; ++m)
+    parallel_for(
+        s.groups * Mpad,
+        [&](int64_t gm) {
+            const int64_t g = gm / Mpad, m = gm % Mpad;
             for (int64_t r = 0; r < R; ++r)
                 wp[(g * Mpad + m / mb * mb) * R + r * mb + m % mb] = m < Kg ? w[(g * Kg + m) * R + r] : 0.f;
+        },
+        threads);
     parallel_for(
         s.N,
         [&](int64_t n) {
@@ -637,8 +645,10 @@ void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, f
     const int64_t mb = direct_block(Cg, segs), Mpad = (Cg + mb - 1) / mb * mb;
     // wp[g][c / mb][r = (k, i, j)][c % mb] = w[g*Kg + k][c][kh-1-i][kw-1-j], zero past Cg.
     float* wp = tl_wpack.get(s.groups * Mpad * R);
-    for (int64_t g = 0; g < s.groups; ++g)
-        for (int64_t c = 0; c < Mpad; ++c)
+    parallel_for(
+        s.groups * Mpad,
+        [&](int64_t gc) {
+            const int64_t g = gc / Mpad, c = gc % Mpad;
             for (int64_t k = 0; k < Kg; ++k)
                 for (int64_t i = 0; i < s.kh; ++i)
                     for (int64_t j = 0; j < s.kw; ++j) {
@@ -646,6 +656,8 @@ void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, f
                         wp[(g * Mpad + c / mb * mb) * R + r * mb + c % mb] =
                             c < Cg ? w[((g * Kg + k) * Cg + c) * khw + (s.kh - 1 - i) * s.kw + (s.kw - 1 - j)] : 0.f;
                     }
+        },
+        threads);
     std::vector<int64_t> off(static_cast<size_t>(R));
     direct_offsets(d, off.data());
     parallel_for(
