@@ -1,31 +1,42 @@
-// conv2d.cpp: 2-D convolution forward and backward (float32, NCHW) as im2col + SGEMM.
+// conv2d.cpp: 2-D convolution forward and backward (float32, NCHW).
 //
-// Per image n and group g (Kg = K/groups output channels, Cg = C/groups input
-// channels, CKK = Cg*kh*kw, P = OH*OW):
-//   forward   y[n,g]  (Kg x P)   = w[g] (Kg x CKK) . cols (CKK x P)   (+ bias, written into y first)
-//   backward  dcols   (CKK x P)  = w[g]^T . dy[n,g];  dx[n,g] = col2im(dcols)
-//             dw[g]   (Kg x CKK) = sum_n dy[n,g] . cols^T
-//             db[k]              = sum_n sum_p dy[n,k,p]
+// Paths, chosen from the shape and the CPU only (never the thread count):
+//   forward, stride 1, AVX-512: direct kernel reading the zero-padded image
+//       (vectors along output rows or the padded-width flattening; for small
+//       outputs, vectors over 16 output channels); bias fused.
+//   dx, stride 1, padding <= dilated kernel extent, AVX-512: the same kernel
+//       on the padded dy with flipped, transposed weights.
+//   dw, >= 16 input channels per group, AVX-512, any stride: outer-product
+//       tiles on a channels-last copy of x and the transposed dy.
+//   everything else (strided forward/dx, 1x1 stride-1 unpadded, few input
+//   channels for dw, CPUs without AVX-512): im2col + SGEMM, per image n and
+//   group g (Kg = K/groups, Cg = C/groups, CKK = Cg*kh*kw, P = OH*OW):
+//       forward   y[n,g] (Kg x P)   = w[g] (Kg x CKK) . cols (CKK x P)
+//       backward  dcols (CKK x P)   = w[g]^T . dy[n,g];  dx[n,g] = col2im(dcols)
+//                 dw[g] (Kg x CKK)  = sum_n dy[n,g] . cols^T
+//   db[k] = sum_n sum_p dy[n,k,p] always in fixed-order lanes (sum_fixed).
 // A 1x1 kernel with stride 1 and no padding uses x (and dx) as cols directly.
 //
-// Threads split the batch only. dw and db are reduced over fixed chunks of
-// kBatchChunk images: each chunk accumulates its images in index order into
-// its own partial, and the partials are summed in chunk order, so the result
-// does not depend on the thread count. im2col/col2im buffers live in
-// per-thread arenas that are kept across calls.
+// Threads split the batch (or independent rows of packed weights) only. dw and
+// db are reduced over fixed chunks of kBatchChunk images: each chunk
+// accumulates its images in index order into its own partial, and the
+// partials are summed in chunk order, so every output bit is the same for any
+// thread count. Scratch buffers (padded images, im2col columns, partials,
+// packed weights) live in per-thread arenas kept across calls.
 //
 // Not here: argument checks against Python objects (bind_conv.cpp), the GEMM
 // itself (gemm.cpp).
 #include "conv2d.hpp"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <array>
-#include <utility>
 #include <cstring>
-#include <immintrin.h>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gemm.hpp"
