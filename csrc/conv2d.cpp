@@ -1,28 +1,42 @@
-// conv2d.cpp: 2-D convolution forward and backward (float32, NCHW) as im2col + SGEMM.
+// conv2d.cpp: 2-D convolution forward and backward (float32, NCHW).
 //
-// Per image n and group g (Kg = K/groups output channels, Cg = C/groups input
-// channels, CKK = Cg*kh*kw, P = OH*OW):
-//   forward   y[n,g]  (Kg x P)   = w[g] (Kg x CKK) . cols (CKK x P)   (+ bias, written into y first)
-//   backward  dcols   (CKK x P)  = w[g]^T . dy[n,g];  dx[n,g] = col2im(dcols)
-//             dw[g]   (Kg x CKK) = sum_n dy[n,g] . cols^T
-//             db[k]              = sum_n sum_p dy[n,k,p]
+// Paths, chosen from the shape and the CPU only (never the thread count):
+//   forward, stride 1, AVX-512: direct kernel reading the zero-padded image
+//       (vectors along output rows or the padded-width flattening; for small
+//       outputs, vectors over 16 output channels); bias fused.
+//   dx, stride 1, padding <= dilated kernel extent, AVX-512: the same kernel
+//       on the padded dy with flipped, transposed weights.
+//   dw, >= 16 input channels per group, AVX-512, any stride: outer-product
+//       tiles on a channels-last copy of x and the transposed dy.
+//   everything else (strided forward/dx, 1x1 stride-1 unpadded, few input
+//   channels for dw, CPUs without AVX-512): im2col + SGEMM, per image n and
+//   group g (Kg = K/groups, Cg = C/groups, CKK = Cg*kh*kw, P = OH*OW):
+//       forward   y[n,g] (Kg x P)   = w[g] (Kg x CKK) . cols (CKK x P)
+//       backward  dcols (CKK x P)   = w[g]^T . dy[n,g];  dx[n,g] = col2im(dcols)
+//                 dw[g] (Kg x CKK)  = sum_n dy[n,g] . cols^T
+//   db[k] = sum_n sum_p dy[n,k,p] always in fixed-order lanes (sum_fixed).
 // A 1x1 kernel with stride 1 and no padding uses x (and dx) as cols directly.
 //
-// Threads split the batch only. dw and db are reduced over fixed chunks of
-// kBatchChunk images: each chunk accumulates its images in index order into
-// its own partial, and the partials are summed in chunk order, so the result
-// does not depend on the thread count. im2col/col2im buffers live in
-// per-thread arenas that are kept across calls.
+// Threads split the batch (or independent rows of packed weights) only. dw and
+// db are reduced over fixed chunks of kBatchChunk images: each chunk
+// accumulates its images in index order into its own partial, and the
+// partials are summed in chunk order, so every output bit is the same for any
+// thread count. Scratch buffers (padded images, im2col columns, partials,
+// packed weights) live in per-thread arenas kept across calls.
 //
 // Not here: argument checks against Python objects (bind_conv.cpp), the GEMM
 // itself (gemm.cpp).
 #include "conv2d.hpp"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gemm.hpp"
@@ -59,6 +73,10 @@ class Arena {
 thread_local Arena tl_cols;   // im2col output
 thread_local Arena tl_dcols;  // input-gradient columns before col2im
 thread_local Arena tl_parts;  // dw/db partials (used by the calling thread only)
+thread_local Arena tl_pad;    // zero-padded image (direct path)
+thread_local Arena tl_out;    // direct-path output before dropping the padded columns
+thread_local Arena tl_wpack;  // packed weights for the direct path (calling thread only)
+thread_local Arena tl_dyT;    // transposed dy (direct dw)
 
 void require_positive(int64_t v, const char* name) {
     if (v <= 0) throw std::invalid_argument(std::string("`") + name + "` must be positive, got " + std::to_string(v));
@@ -85,39 +103,6 @@ inline void valid_cols(const Conv2dShape& s, int64_t j, int64_t* lo, int64_t* hi
 
 inline bool is_pointwise(const Conv2dShape& s) {
     return s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.pt == 0 && s.pb == 0 && s.pl == 0 && s.pr == 0;
-}
-
-// cols (Cg*kh*kw x OH*OW) from one image's group slice.
-// x is (Cg, H, W), cols is (Cg*kh*kw, OH*OW).
-void im2col(const Conv2dShape& s, int64_t Cg, const float* x, float* cols) {
-    const int64_t P = s.OH * s.OW;
-    for (int64_t c = 0; c < Cg; ++c) {
-        const float* xc = x + c * s.H * s.W;
-        for (int64_t i = 0; i < s.kh; ++i) {
-            for (int64_t j = 0; j < s.kw; ++j) {
-                float* row = cols + ((c * s.kh + i) * s.kw + j) * P;
-                int64_t lo, hi;
-                valid_cols(s, j, &lo, &hi);
-                const int64_t off = j * s.dw - s.pl;
-                for (int64_t oh = 0; oh < s.OH; ++oh) {
-                    float* r = row + oh * s.OW;
-                    const int64_t ih = oh * s.sh - s.pt + i * s.dh;
-                    if (ih < 0 || ih >= s.H) {
-                        std::fill(r, r + s.OW, 0.f);
-                        continue;
-                    }
-                    const float* xr = xc + ih * s.W + off;
-                    std::fill(r, r + lo, 0.f);
-                    if (s.sw == 1) {
-                        std::memcpy(r + lo, xr + lo, static_cast<size_t>(hi - lo) * sizeof(float));
-                    } else {
-                        for (int64_t ow = lo; ow < hi; ++ow) r[ow] = xr[ow * s.sw];
-                    }
-                    std::fill(r + hi, r + s.OW, 0.f);
-                }
-            }
-        }
-    }
 }
 
 // dx += col2im(dcols), the adjoint of im2col, summed in a fixed order.
@@ -160,6 +145,549 @@ float sum_fixed(const float* p, int64_t n) {
     float t = 0.f;
     for (int l = 0; l < 16; ++l) t += acc[l];
     return t;
+}
+
+
+// ---- direct stride-1 convolution (AVX-512) ---------------------------------
+//
+// With stride 1 and the input zero-padded to (Hp, Wp), the input element under
+// output (oh, ow) for reduction row r = (c, i, j) is xp[off[r] + oh*Wp + ow]
+// with off[r] = c*Hp*Wp + i*dh*Wp + j*dw: consecutive ow read consecutive
+// floats. So out[m][oh, ow] = sum_r wp[r][m] * xp[off[r] + oh*Wp + ow] is a
+// GEMM whose B operand is read straight from the padded image (no im2col, no
+// packing). The same kernel computes dx as a stride-1 convolution of the
+// padded dy with the flipped, transposed weights.
+//
+// Output positions are cut into vectors of up to 16 ("segments"), either
+// along each output row (rows mode: written straight into the output, no lane
+// wasted when OW is a multiple of 16) or along the rows flattened over the
+// padded width, q = oh*Wp + ow (flat mode: columns ow >= OW are computed and
+// dropped when copying out; fewer idle lanes when OW is small).
+//
+// Packed weights wp: blocks of mb (8 or 6) output channels, each block R rows
+// of mb floats (row r holds the weights of reduction row r; channels past M are
+// zero). Register tile: 8 channels x 3 segments or 6 channels x 4 segments,
+// whichever pads less for the shape; it starts from the bias and accumulates
+// over r in order 0..R-1, so every output is the same sum in the same order
+// whatever the tiling or the thread count.
+
+constexpr int64_t kDirectMR = 8;     // largest channel block of any tile shape
+constexpr int64_t kSegPad = 12;      // segment lists are padded to a multiple of every NV
+constexpr int64_t kDirectSlack = 32;  // floats past the padded image that full-vector loads may touch
+
+// One vector of output positions: input at xp[off[r] + src + l], output at
+// out[m*ldo + dst + l], for the lanes l set in mask. Loads always read all 16
+// lanes (the padded buffer has kDirectSlack floats of slack); stores are masked.
+struct Seg {
+    int64_t src, dst;
+    uint32_t mask;
+};
+
+bool cpu_has_avx512() {
+    static const bool v = __builtin_cpu_supports("avx512f") != 0;
+    return v;
+}
+
+// One register tile: MR channels x NV segments. wb holds R rows of WS floats.
+template <int MR, int NV, int WS>
+__attribute__((target("avx512f,fma"))) void direct_tile_avx512(const float* xp, const int64_t* off, int64_t R,
+                                                                const float* wb, const Seg* sg, float* out,
+                                                                int64_t ldo, const float* bias) {
+    __m512 acc[MR][NV];
+    int64_t so[NV];
+    for (int v = 0; v < NV; ++v) so[v] = sg[v].src;
+    for (int m = 0; m < MR; ++m) {
+        const __m512 init = bias ? _mm512_set1_ps(bias[m]) : _mm512_setzero_ps();
+        for (int v = 0; v < NV; ++v) acc[m][v] = init;
+    }
+    for (int64_t r = 0; r < R; ++r) {
+        const float* src = xp + off[r];
+        __m512 xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(src + so[v]);
+        const float* wr = wb + r * WS;
+        for (int m = 0; m < MR; ++m) {
+            const __m512 wv = _mm512_set1_ps(wr[m]);
+            for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_fmadd_ps(wv, xv[v], acc[m][v]);
+        }
+    }
+    for (int v = 0; v < NV; ++v) {
+        const __mmask16 mask = static_cast<__mmask16>(sg[v].mask);
+        if (!mask) continue;
+        for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(out + m * ldo + sg[v].dst, mask, acc[m][v]);
+    }
+}
+
+using direct_tile_fn = void (*)(const float*, const int64_t*, int64_t, const float*, const Seg*, float*, int64_t,
+                                const float*);
+// Tile shapes: 8 channels x 3 segments, or 6 channels x 4 segments (24 accumulators each).
+template <int NV, int WS, int... Ms>
+constexpr std::array<direct_tile_fn, kDirectMR + 1> tile_table(std::integer_sequence<int, Ms...>) {
+    return {nullptr, direct_tile_avx512<Ms + 1, NV, WS>...};
+}
+const std::array<direct_tile_fn, kDirectMR + 1> kTiles8x3 = tile_table<3, 8>(std::make_integer_sequence<int, 8>{});
+const std::array<direct_tile_fn, kDirectMR + 1> kTiles6x4 = tile_table<4, 6>(std::make_integer_sequence<int, 6>{});
+
+// Channels per weight block (and per tile) for M channels and these segments:
+// the shape with fewer padded lane-channels, 8 x 3 or 6 x 4 (ties: 8 x 3).
+int64_t direct_block(int64_t M, const std::vector<Seg>& segs) {
+    int64_t nseg = static_cast<int64_t>(segs.size());
+    while (nseg > 0 && segs[static_cast<size_t>(nseg - 1)].mask == 0) --nseg;
+    auto round_up = [](int64_t a, int64_t b) { return (a + b - 1) / b * b; };
+    return round_up(M, 6) * round_up(nseg, 4) < round_up(M, 8) * round_up(nseg, 3) ? 6 : 8;
+}
+
+// out[m*ldo + seg.dst + l] = bias[m] + sum_r wp(r, m) * xp[off[r] + seg.src + l] for m < M and
+// every lane of every segment; bias may be null. segs holds a multiple of kSegPad entries.
+// wp is packed in blocks of mb = direct_block(M, segs) channels: wp[m / mb][r][m % mb],
+// zero past M.
+void direct_conv(const float* xp, const int64_t* off, int64_t R, const float* wp, int64_t M,
+                 const std::vector<Seg>& segs, float* out, int64_t ldo, const float* bias) {
+    const int64_t mb = direct_block(M, segs), NV = mb == 6 ? 4 : 3;
+    const auto& table = mb == 6 ? kTiles6x4 : kTiles8x3;
+    const int64_t nseg = static_cast<int64_t>(segs.size());
+    for (int64_t t = 0; t < nseg && segs[static_cast<size_t>(t)].mask != 0; t += NV) {
+        for (int64_t m0 = 0; m0 < M; m0 += mb) {
+            const int64_t mr = std::min(mb, M - m0);
+            table[static_cast<size_t>(mr)](xp, off, R, wp + m0 * R, segs.data() + t, out + m0 * ldo, ldo,
+                                           bias ? bias + m0 : nullptr);
+        }
+    }
+}
+
+// Geometry of one direct convolution: a (Cin, Hin, Win) input padded by
+// (top, bottom, left, right) into (Cin, Hp, Wp), kernel (kh, kw) with
+// dilation (dh, dw), stride 1, output (Hout, Wout) flattened with row stride Wp.
+struct DirectGeom {
+    int64_t Cin, Hin, Win, top, bottom, left, right, kh, kw, dh, dw;
+    int64_t Hp, Wp, Hout, Wout;
+    int64_t Q() const { return (Hout - 1) * Wp + Wout; }  // flattened output positions
+    int64_t R() const { return Cin * kh * kw; }
+    int64_t padded_size() const { return Cin * Hp * Wp + kDirectSlack; }
+};
+
+DirectGeom make_direct_geom(int64_t Cin, int64_t Hin, int64_t Win, int64_t top, int64_t bottom, int64_t left,
+                            int64_t right, int64_t kh, int64_t kw, int64_t dh, int64_t dw) {
+    DirectGeom d{Cin, Hin, Win, top, bottom, left, right, kh, kw, dh, dw, 0, 0, 0, 0};
+    d.Hp = Hin + top + bottom;
+    d.Wp = Win + left + right;
+    d.Hout = d.Hp - dh * (kh - 1);
+    d.Wout = d.Wp - dw * (kw - 1);
+    return d;
+}
+
+// off[r] for r = (c, i, j).
+void direct_offsets(const DirectGeom& d, int64_t* off) {
+    for (int64_t c = 0; c < d.Cin; ++c)
+        for (int64_t i = 0; i < d.kh; ++i)
+            for (int64_t j = 0; j < d.kw; ++j) off[(c * d.kh + i) * d.kw + j] = c * d.Hp * d.Wp + i * d.dh * d.Wp + j * d.dw;
+}
+
+// xp = zero-padded src. src is (Cin, Hin, Win); xp holds d.padded_size() floats.
+void pad_image(const DirectGeom& d, const float* src, float* xp) {
+    const int64_t size = d.padded_size();
+    float* p = xp;
+    for (int64_t c = 0; c < d.Cin; ++c) {
+        const float* sc = src + c * d.Hin * d.Win;
+        std::fill(p, p + d.top * d.Wp, 0.f);
+        p += d.top * d.Wp;
+        for (int64_t h = 0; h < d.Hin; ++h) {
+            std::fill(p, p + d.left, 0.f);
+            std::memcpy(p + d.left, sc + h * d.Win, static_cast<size_t>(d.Win) * sizeof(float));
+            std::fill(p + d.left + d.Win, p + d.Wp, 0.f);
+            p += d.Wp;
+        }
+        std::fill(p, p + d.bottom * d.Wp, 0.f);
+        p += d.bottom * d.Wp;
+    }
+    std::fill(p, xp + size, 0.f);
+}
+
+// The output vectors of one direct convolution (see Seg), padded with empty
+// segments to a multiple of kSegPad. *rows tells which mode was chosen:
+// rows mode writes (Hout, Wout) planes directly; flat mode writes planes of
+// d.Q() floats with row stride Wp, to be compacted by unflatten_rows.
+std::vector<Seg> direct_segments(const DirectGeom& d, bool* rows) {
+    auto mask_of = [](int64_t len) { return len >= 16 ? 0xFFFFu : (1u << len) - 1u; };
+    const int64_t per_row = (d.Wout + 15) / 16, Q = d.Q();
+    *rows = d.Hout * per_row * 16 <= (Q + 15) / 16 * 16;
+    std::vector<Seg> segs;
+    if (*rows) {
+        for (int64_t h = 0; h < d.Hout; ++h)
+            for (int64_t w0 = 0; w0 < d.Wout; w0 += 16)
+                segs.push_back({h * d.Wp + w0, h * d.Wout + w0, mask_of(d.Wout - w0)});
+    } else {
+        for (int64_t q0 = 0; q0 < Q; q0 += 16) segs.push_back({q0, q0, mask_of(Q - q0)});
+    }
+    while (segs.size() % kSegPad) segs.push_back({0, 0, 0u});
+    return segs;
+}
+
+// Copy the valid columns of out (M planes of ldo floats, row stride Wp inside)
+// into dst (M, Hout, Wout).
+void unflatten_rows(const DirectGeom& d, int64_t M, const float* out, int64_t ldo, float* dst) {
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t h = 0; h < d.Hout; ++h)
+            std::memcpy(dst + (m * d.Hout + h) * d.Wout, out + m * ldo + h * d.Wp,
+                        static_cast<size_t>(d.Wout) * sizeof(float));
+}
+
+// cols (Cg*kh*kw, OH*OW) from the zero-padded image xp (pad_image with d):
+// row r = (c, i, j) holds xp[off[r] + oh*sh*Wp + ow*sw] for every (oh, ow).
+void im2col_padded(const Conv2dShape& s, const DirectGeom& d, const int64_t* off, const float* xp, float* cols) {
+    const int64_t P = s.OH * s.OW, R = d.R();
+    for (int64_t r = 0; r < R; ++r) {
+        const float* src = xp + off[r];
+        float* dst = cols + r * P;
+        for (int64_t oh = 0; oh < s.OH; ++oh, dst += s.OW) {
+            const float* srow = src + oh * s.sh * d.Wp;
+            if (s.sw == 1) {
+                for (int64_t ow = 0; ow < s.OW; ++ow) dst[ow] = srow[ow];
+            } else {
+                for (int64_t ow = 0; ow < s.OW; ++ow) dst[ow] = srow[ow * s.sw];
+            }
+        }
+    }
+}
+
+// Direct path usable for this geometry? (stride 1 and an AVX-512 CPU; for dx
+// also padding no wider than the dilated kernel, so that dy's padding is >= 0.)
+bool direct_forward_ok(const Conv2dShape& s) { return s.sh == 1 && s.sw == 1 && cpu_has_avx512(); }
+bool direct_dx_ok(const Conv2dShape& s) {
+    const int64_t eh = s.dh * (s.kh - 1), ew = s.dw * (s.kw - 1);
+    return direct_forward_ok(s) && s.pt <= eh && s.pb <= eh && s.pl <= ew && s.pr <= ew;
+}
+
+// ---- direct dw (AVX-512), for Cg >= 16 and any stride ------------------------
+//
+// dw[k][c][i][j] = sum_n sum_p dy[n][k][p] * xpad[n][c][src(p) + i*dh*Wp + j*dw]
+// with src(p) = oh*sh*Wp + ow*sw. Per image, x is copied into a zero-padded
+// channels-last buffer xT (Hp*Wp pixels x ldc channels) and dy into dyT
+// (P x ldk), so that for each kernel tap (i, j) the partial
+// part[i][j][k][c] += sum_p dyT[p][k] * xT[src(p) + off_ij][c]
+// is an outer-product update vectorised over c (loads) with k broadcast, and
+// no im2col matrix exists. The sum over p runs in order, images in chunk order,
+// so the result does not depend on the tiling or the thread count.
+
+struct DwTile {
+    int mv, nr;  // vectors of 16 input channels, output channels per tile
+};
+
+template <int MV, int NR>
+__attribute__((target("avx512f,fma"))) void dw_tile_avx512(const float* xT, int64_t ldc, const int64_t* src, int64_t P,
+                                                            const float* dyT, int64_t ldk, float* part, bool first) {
+    __m512 acc[NR][MV];
+    for (int r = 0; r < NR; ++r)
+        for (int v = 0; v < MV; ++v)
+            acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(part + r * ldc + 16 * v);
+    for (int64_t p = 0; p < P; ++p) {
+        const float* xrow = xT + src[p] * ldc;
+        __m512 xv[MV];
+        for (int v = 0; v < MV; ++v) xv[v] = _mm512_loadu_ps(xrow + 16 * v);
+        const float* drow = dyT + p * ldk;
+        for (int r = 0; r < NR; ++r) {
+            const __m512 b = _mm512_set1_ps(drow[r]);
+            for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < NR; ++r)
+        for (int v = 0; v < MV; ++v) _mm512_storeu_ps(part + r * ldc + 16 * v, acc[r][v]);
+}
+
+using dw_tile_fn = void (*)(const float*, int64_t, const int64_t*, int64_t, const float*, int64_t, float*, bool);
+
+struct DwVariant {
+    DwTile t;
+    dw_tile_fn fn;
+};
+const DwVariant kDwVariants[] = {
+    {{4, 6}, dw_tile_avx512<4, 6>}, {{3, 8}, dw_tile_avx512<3, 8>}, {{2, 12}, dw_tile_avx512<2, 12>},
+    {{2, 8}, dw_tile_avx512<2, 8>}, {{1, 16}, dw_tile_avx512<1, 16>},
+};
+
+// The variant with the least padded work for Cg input and Kg output channels.
+const DwVariant& choose_dw_variant(int64_t Cg, int64_t Kg) {
+    auto round_up = [](int64_t a, int64_t b) { return (a + b - 1) / b * b; };
+    const DwVariant* best = &kDwVariants[0];
+    double best_work = -1;
+    for (const DwVariant& v : kDwVariants) {
+        // Padded FMAs, weighted by the loads each tile step issues per FMA.
+        const double work = double(round_up(Cg, 16 * v.t.mv) * round_up(Kg, v.t.nr)) *
+                             (1.0 + 0.5 * double(v.t.mv + v.t.nr) / double(v.t.mv * v.t.nr));
+        if (best_work < 0 || work < best_work) {
+            best = &v;
+            best_work = work;
+        }
+    }
+    return *best;
+}
+
+bool direct_dw_ok(const Conv2dShape& s) { return s.C / s.groups >= 16 && cpu_has_avx512(); }
+
+// dst[j*ldd + r] = src[r*lds + j] for r < 16, j < ncols (<= 16): 16 full lanes are
+// stored per destination row, lanes r >= nrows are zero (or, with
+// store_valid_only, only the lanes r < nrows are stored).
+__attribute__((target("avx512f"))) void transpose_block16(const float* src, int64_t lds, int64_t nrows,
+                                                          int64_t ncols, float* dst, int64_t ldd,
+                                                          bool store_valid_only = false) {
+    const __mmask16 cm = ncols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << ncols) - 1u);
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = i < nrows ? _mm512_maskz_loadu_ps(cm, src + i * lds) : _mm512_setzero_ps();
+    // Stage 1: interleave pairs of rows.
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    // Stage 2: pairs of 64-bit elements.
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    // Stage 3 and 4: 128-bit lanes.
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+    // r[j] now holds column j of the block.
+    const __mmask16 rm = store_valid_only && nrows < 16 ? __mmask16((1u << nrows) - 1u) : __mmask16(0xFFFF);
+    for (int j = 0; j < ncols; ++j) _mm512_mask_storeu_ps(dst + j * ldd, rm, r[j]);
+}
+
+// xT (Hp*Wp, ldc) = zero-padded channels-last copy of x (Cg, H, W); ldc is a multiple of 16.
+void pad_transpose(const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t Hp, int64_t ldc, const float* x, float* xT) {
+    const int64_t HW = s.H * s.W, cfull = (Cg + 15) / 16 * 16;
+    for (int64_t hp = 0; hp < Hp; ++hp) {
+        float* drow = xT + hp * Wp * ldc;
+        const int64_t h = hp - s.pt;
+        if (h < 0 || h >= s.H) {
+            std::fill(drow, drow + Wp * ldc, 0.f);
+            continue;
+        }
+        std::fill(drow, drow + s.pl * ldc, 0.f);
+        std::fill(drow + (s.pl + s.W) * ldc, drow + Wp * ldc, 0.f);
+        for (int64_t w0 = 0; w0 < s.W; w0 += 16) {
+            const int64_t nw = std::min<int64_t>(16, s.W - w0);
+            for (int64_t c0 = 0; c0 < Cg; c0 += 16)
+                transpose_block16(x + c0 * HW + h * s.W + w0, HW, std::min<int64_t>(16, Cg - c0), nw,
+                                  drow + (s.pl + w0) * ldc + c0, ldc);
+            if (cfull < ldc)
+                for (int64_t w = w0; w < w0 + nw; ++w) std::fill(drow + (s.pl + w) * ldc + cfull, drow + (s.pl + w + 1) * ldc, 0.f);
+        }
+    }
+}
+
+// dyT (P, ldk) = transpose of dy (Kg, P); ldk is a multiple of 16, columns past Kg zero.
+void transpose_dy(int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dyT) {
+    const int64_t kfull = (Kg + 15) / 16 * 16;
+    for (int64_t p0 = 0; p0 < P; p0 += 16) {
+        const int64_t np = std::min<int64_t>(16, P - p0);
+        for (int64_t k0 = 0; k0 < Kg; k0 += 16)
+            transpose_block16(dy + k0 * P + p0, P, std::min<int64_t>(16, Kg - k0), np, dyT + p0 * ldk + k0, ldk);
+        if (kfull < ldk)
+            for (int64_t p = p0; p < p0 + np; ++p) std::fill(dyT + p * ldk + kfull, dyT + (p + 1) * ldk, 0.f);
+    }
+}
+
+// ---- direct forward vectorised over output channels (AVX-512) ---------------
+//
+// For small outputs (LeNet C3: 10x10) whole vectors of positions idle many
+// lanes. There the vector runs over 16 output channels instead and the
+// register tile over up to 2 rows x NT positions of one output row:
+// outT[p][k] = bias[k] + sum_r wT[r][k] * xp[off[r] + src(p)], positions in
+// the tile read xp at consecutive addresses (stride 1), accumulated over r in
+// order 0..R-1. outT (positions x 16) is transposed into y afterwards.
+
+constexpr int kKvecNT = 12;  // positions per row in a tile (2 rows: 24 accumulators)
+
+template <int ROWS, int NT>
+__attribute__((target("avx512f,fma"))) void kvec_tile_avx512(const float* xp, const int64_t* off, int64_t R,
+                                                              const float* wT, int64_t ldw, int64_t src0,
+                                                              int64_t rstep, const float* bias, __mmask16 kmask,
+                                                              float* out0, float* out1) {
+    __m512 acc[ROWS][NT];
+    const __m512 init = bias ? _mm512_maskz_loadu_ps(kmask, bias) : _mm512_setzero_ps();
+    for (int h = 0; h < ROWS; ++h)
+        for (int t = 0; t < NT; ++t) acc[h][t] = init;
+    for (int64_t r = 0; r < R; ++r) {
+        const __m512 wv = _mm512_loadu_ps(wT + r * ldw);
+        const float* b0 = xp + off[r] + src0;
+        for (int t = 0; t < NT; ++t) acc[0][t] = _mm512_fmadd_ps(wv, _mm512_set1_ps(b0[t]), acc[0][t]);
+        if (ROWS == 2) {
+            const float* b1 = b0 + rstep;
+            for (int t = 0; t < NT; ++t) acc[ROWS - 1][t] = _mm512_fmadd_ps(wv, _mm512_set1_ps(b1[t]), acc[ROWS - 1][t]);
+        }
+    }
+    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out0 + 16 * t, acc[0][t]);
+    if (ROWS == 2)
+        for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out1 + 16 * t, acc[ROWS - 1][t]);
+}
+
+using kvec_tile_fn = void (*)(const float*, const int64_t*, int64_t, const float*, int64_t, int64_t, int64_t,
+                              const float*, __mmask16, float*, float*);
+template <int ROWS, int... Ts>
+constexpr std::array<kvec_tile_fn, kKvecNT + 1> kvec_table(std::integer_sequence<int, Ts...>) {
+    return {nullptr, kvec_tile_avx512<ROWS, Ts + 1>...};
+}
+const std::array<kvec_tile_fn, kKvecNT + 1> kKvecTiles[2] = {
+    kvec_table<1>(std::make_integer_sequence<int, kKvecNT>{}),
+    kvec_table<2>(std::make_integer_sequence<int, kKvecNT>{}),
+};
+
+// Lanes (padded output values) each forward kernel computes; the channel-vector
+// kernel is used when it needs clearly fewer.
+bool use_kvec(int64_t Kg, int64_t OH, int64_t OW, int64_t position_kernel_lanes) {
+    const int64_t lanes = (Kg + 15) / 16 * 16 * OH * OW;
+    return 10 * lanes < 9 * position_kernel_lanes;
+}
+
+// One image and group: y (Kg, OH, OW) = bias + conv of the padded xp, through outT (OH*OW, 16).
+// wT is (R, ldw) with ldw a multiple of 16, zero past Kg.
+void kvec_conv(const DirectGeom& d, const int64_t* off, const float* xp, const float* wT, int64_t ldw, int64_t Kg,
+               const float* bias, float* outT, float* y) {
+    const int64_t R = d.R(), OH = d.Hout, OW = d.Wout, P = OH * OW;
+    for (int64_t k0 = 0; k0 < Kg; k0 += 16) {
+        const int64_t nk = std::min<int64_t>(16, Kg - k0);
+        const __mmask16 kmask = nk >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nk) - 1u);
+        for (int64_t oh = 0; oh < OH; oh += 2) {
+            const int64_t rows = std::min<int64_t>(2, OH - oh);
+            for (int64_t ow0 = 0; ow0 < OW; ow0 += kKvecNT) {
+                const int64_t nt = std::min<int64_t>(kKvecNT, OW - ow0);
+                float* o0 = outT + (oh * OW + ow0) * 16;
+                kKvecTiles[rows - 1][static_cast<size_t>(nt)](xp, off, R, wT + k0, ldw, oh * d.Wp + ow0, d.Wp,
+                                                              bias ? bias + k0 : nullptr, kmask, o0, o0 + OW * 16);
+            }
+        }
+        for (int64_t p0 = 0; p0 < P; p0 += 16)
+            transpose_block16(outT + p0 * 16, 16, std::min<int64_t>(16, P - p0), nk, y + k0 * P + p0, P, true);
+    }
+}
+
+
+// y = conv(x, w) + b through direct_conv (stride 1).
+// x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW).
+void forward_direct(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
+    const int64_t R = d.R(), Q = d.Q();
+    bool rows = false;
+    const std::vector<Seg> segs = direct_segments(d, &rows);
+    const int64_t mb = direct_block(Kg, segs), Mpad = (Kg + mb - 1) / mb * mb;
+    std::vector<int64_t> off(static_cast<size_t>(R));
+    direct_offsets(d, off.data());
+    int64_t nseg = 0;
+    for (const Seg& sg : segs) nseg += sg.mask != 0;
+    if (use_kvec(Kg, s.OH, s.OW, Mpad * nseg * 16)) {
+        // wT is (groups, R, ldw): wT[g][r][k] = w[g*Kg + k][r], zero past Kg.
+        const int64_t ldw = (Kg + 15) / 16 * 16;
+        float* wT = tl_wpack.get(s.groups * R * ldw);
+        parallel_for(
+            s.groups * R,
+            [&](int64_t gr) {
+                const int64_t g = gr / R, r = gr % R;
+                for (int64_t k = 0; k < ldw; ++k) wT[gr * ldw + k] = k < Kg ? w[(g * Kg + k) * R + r] : 0.f;
+            },
+            threads);
+        parallel_for(
+            s.N,
+            [&](int64_t n) {
+                float* xp = tl_pad.get(d.padded_size());
+                float* outT = tl_out.get((s.OH * s.OW + 16) * 16);  // (OH*OW, 16) and a spare row
+                for (int64_t g = 0; g < s.groups; ++g) {
+                    pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp);
+                    kvec_conv(d, off.data(), xp, wT + g * R * ldw, ldw, Kg, b ? b + g * Kg : nullptr, outT,
+                              y + (n * s.K + g * Kg) * s.OH * s.OW);
+                }
+            },
+            threads);
+        return;
+    }
+    // wp is (groups, Mpad / mb, R, mb): wp[g][m / mb][r][m % mb] = w[g*Kg + m][r], zero past Kg.
+    float* wp = tl_wpack.get(s.groups * Mpad * R);
+    parallel_for(
+        s.groups * Mpad,
+        [&](int64_t gm) {
+            const int64_t g = gm / Mpad, m = gm % Mpad;
+            for (int64_t r = 0; r < R; ++r)
+                wp[(g * Mpad + m / mb * mb) * R + r * mb + m % mb] = m < Kg ? w[(g * Kg + m) * R + r] : 0.f;
+        },
+        threads);
+    parallel_for(
+        s.N,
+        [&](int64_t n) {
+            float* xp = tl_pad.get(d.padded_size());
+            float* out = rows ? nullptr : tl_out.get(Kg * Q);  // (Kg, Q)
+            for (int64_t g = 0; g < s.groups; ++g) {
+                pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp);
+                float* yg = y + (n * s.K + g * Kg) * s.OH * s.OW;  // (Kg, OH, OW)
+                const float* bg = b ? b + g * Kg : nullptr;
+                if (rows) {
+                    direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, segs, yg, s.OH * s.OW, bg);
+                } else {
+                    direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, segs, out, Q, bg);
+                    unflatten_rows(d, Kg, out, Q, yg);
+                }
+            }
+        },
+        threads);
+}
+
+// dx as a stride-1 convolution of dy, padded by the dilated kernel extent minus
+// the forward padding, with the flipped weights transposed to (Cg, Kg, kh, kw).
+// dy is (N, K, OH, OW), w is (K, Cg, kh, kw), dx is (N, C, H, W).
+void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, float* dx, int threads) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int64_t eh = s.dh * (s.kh - 1), ew = s.dw * (s.kw - 1);
+    const DirectGeom d =
+        make_direct_geom(Kg, s.OH, s.OW, eh - s.pt, eh - s.pb, ew - s.pl, ew - s.pr, s.kh, s.kw, s.dh, s.dw);
+    const int64_t R = d.R(), Q = d.Q();
+    const int64_t khw = s.kh * s.kw;
+    bool rows = false;
+    const std::vector<Seg> segs = direct_segments(d, &rows);
+    const int64_t mb = direct_block(Cg, segs), Mpad = (Cg + mb - 1) / mb * mb;
+    // wp[g][c / mb][r = (k, i, j)][c % mb] = w[g*Kg + k][c][kh-1-i][kw-1-j], zero past Cg.
+    float* wp = tl_wpack.get(s.groups * Mpad * R);
+    parallel_for(
+        s.groups * Mpad,
+        [&](int64_t gc) {
+            const int64_t g = gc / Mpad, c = gc % Mpad;
+            for (int64_t k = 0; k < Kg; ++k)
+                for (int64_t i = 0; i < s.kh; ++i)
+                    for (int64_t j = 0; j < s.kw; ++j) {
+                        const int64_t r = (k * s.kh + i) * s.kw + j;
+                        wp[(g * Mpad + c / mb * mb) * R + r * mb + c % mb] =
+                            c < Cg ? w[((g * Kg + k) * Cg + c) * khw + (s.kh - 1 - i) * s.kw + (s.kw - 1 - j)] : 0.f;
+                    }
+        },
+        threads);
+    std::vector<int64_t> off(static_cast<size_t>(R));
+    direct_offsets(d, off.data());
+    parallel_for(
+        s.N,
+        [&](int64_t n) {
+            float* dyp = tl_pad.get(d.padded_size());
+            float* out = rows ? nullptr : tl_out.get(Cg * Q);  // (Cg, Q)
+            for (int64_t g = 0; g < s.groups; ++g) {
+                pad_image(d, dy + (n * s.K + g * Kg) * s.OH * s.OW, dyp);
+                float* dxg = dx + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
+                if (rows) {
+                    direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, segs, dxg, s.H * s.W, nullptr);
+                } else {
+                    direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, segs, out, Q, nullptr);
+                    unflatten_rows(d, Cg, out, Q, dxg);
+                }
+            }
+        },
+        threads);
 }
 
 }  // namespace
@@ -212,15 +740,26 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
     const int64_t CKK = Cg * s.kh * s.kw, P = s.OH * s.OW;
     const bool pointwise = is_pointwise(s);
+    if (!pointwise && direct_forward_ok(s)) {
+        forward_direct(s, x, w, b, y, threads);
+        return;
+    }
+    const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
+    std::vector<int64_t> off(static_cast<size_t>(CKK));
+    direct_offsets(d, off.data());
     parallel_for(
         s.N,
         [&](int64_t n) {
             float* cols = pointwise ? nullptr : tl_cols.get(CKK * P);
+            float* xp = pointwise ? nullptr : tl_pad.get(d.padded_size());
             for (int64_t g = 0; g < s.groups; ++g) {
                 const float* xg = x + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
                 const float* wg = w + g * Kg * CKK;                      // (Kg, CKK)
                 float* yg = y + (n * s.K + g * Kg) * P;                  // (Kg, P)
-                if (!pointwise) im2col(s, Cg, xg, cols);
+                if (!pointwise) {
+                    pad_image(d, xg, xp);
+                    im2col_padded(s, d, off.data(), xp, cols);
+                }
                 float beta = 0.f;
                 if (b != nullptr) {
                     for (int64_t k = 0; k < Kg; ++k) std::fill(yg + k * P, yg + (k + 1) * P, b[g * Kg + k]);
@@ -241,16 +780,43 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     const int64_t wsize = s.K * CKK;
     const bool pointwise = is_pointwise(s);
     const int64_t nchunks = (s.N + kBatchChunk - 1) / kBatchChunk;
+    if (dx && !pointwise && direct_dx_ok(s)) {
+        backward_dx_direct(s, dy, w, dx, threads);
+        dx = nullptr;  // done; the loop below handles dw and db
+    }
 
-    // Partials: chunk c owns dw_parts[c] (K, Cg, kh, kw) and db_parts[c] (K,).
-    float* parts = (dw || db) ? tl_parts.get(nchunks * ((dw ? wsize : 0) + (db ? s.K : 0))) : nullptr;
+    // Direct dw: partials per chunk are (groups, kh*kw, kpad, ldc), see dw_tile_avx512.
+    const bool dw_direct = dw && !pointwise && direct_dw_ok(s);
+    const DwVariant* dwv = dw_direct ? &choose_dw_variant(Cg, Kg) : nullptr;
+    const int64_t khw = s.kh * s.kw;
+    const int64_t ldc = dw_direct ? (Cg + 16 * dwv->t.mv - 1) / (16 * dwv->t.mv) * (16 * dwv->t.mv) : 0;
+    const int64_t kpad = dw_direct ? (Kg + dwv->t.nr - 1) / dwv->t.nr * dwv->t.nr : 0;
+    const int64_t ldk = (kpad + 15) / 16 * 16;  // row stride of dyT
+    const int64_t dw_part_size = dw_direct ? s.groups * khw * kpad * ldc : wsize;
+    const int64_t Hp = s.H + s.pt + s.pb, Wp = s.W + s.pl + s.pr;
+    std::vector<int64_t> src;
+    if (dw_direct) {
+        src.resize(static_cast<size_t>(P));
+        for (int64_t oh = 0; oh < s.OH; ++oh)
+            for (int64_t ow = 0; ow < s.OW; ++ow) src[static_cast<size_t>(oh * s.OW + ow)] = oh * s.sh * Wp + ow * s.sw;
+    }
+
+    // Partials: chunk c owns dw_parts[c] (K, Cg, kh, kw), or the direct layout, and db_parts[c] (K,).
+    float* parts = (dw || db) ? tl_parts.get(nchunks * ((dw ? dw_part_size : 0) + (db ? s.K : 0))) : nullptr;
     float* dw_parts = dw ? parts : nullptr;
-    float* db_parts = db ? parts + (dw ? nchunks * wsize : 0) : nullptr;
+    float* db_parts = db ? parts + (dw ? nchunks * dw_part_size : 0) : nullptr;
 
+    const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
+    std::vector<int64_t> off(static_cast<size_t>(CKK));
+    direct_offsets(d, off.data());
     parallel_for(
         nchunks,
         [&](int64_t c) {
-            float* cols = (dw && !pointwise) ? tl_cols.get(CKK * P) : nullptr;
+            const bool gemm_dw = dw && !dw_direct;
+            float* cols = (gemm_dw && !pointwise) ? tl_cols.get(CKK * P) : nullptr;
+            float* xp = (gemm_dw && !pointwise) ? tl_pad.get(d.padded_size()) : nullptr;
+            float* xT = dw_direct ? tl_pad.get(Hp * Wp * ldc) : nullptr;
+            float* dyT = dw_direct ? tl_dyT.get(P * ldk) : nullptr;
             float* dcols = (dx && !pointwise) ? tl_dcols.get(CKK * P) : nullptr;
             const int64_t n0 = c * kBatchChunk, n1 = std::min(s.N, n0 + kBatchChunk);
             for (int64_t n = n0; n < n1; ++n) {
@@ -258,8 +824,24 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
                     const float* xg = x + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
                     const float* wg = w + g * Kg * CKK;                      // (Kg, CKK)
                     const float* dyg = dy + (n * s.K + g * Kg) * P;          // (Kg, P)
-                    if (dw) {
-                        if (!pointwise) im2col(s, Cg, xg, cols);
+                    if (dw_direct) {
+                        pad_transpose(s, Cg, Wp, Hp, ldc, xg, xT);
+                        transpose_dy(Kg, P, ldk, dyg, dyT);
+                        float* part = dw_parts + c * dw_part_size + g * khw * kpad * ldc;  // (kh*kw, kpad, ldc)
+                        const int64_t cstep = 16 * dwv->t.mv;
+                        for (int64_t i = 0; i < s.kh; ++i)
+                            for (int64_t j = 0; j < s.kw; ++j) {
+                                const int64_t ij = i * s.kw + j, off_ij = i * s.dh * Wp + j * s.dw;
+                                for (int64_t k0 = 0; k0 < kpad; k0 += dwv->t.nr)
+                                    for (int64_t c0 = 0; c0 < ldc; c0 += cstep)
+                                        dwv->fn(xT + off_ij * ldc + c0, ldc, src.data(), P, dyT + k0, ldk,
+                                                part + (ij * kpad + k0) * ldc + c0, n == n0);
+                            }
+                    } else if (dw) {
+                        if (!pointwise) {
+                            pad_image(d, xg, xp);
+                            im2col_padded(s, d, off.data(), xp, cols);
+                        }
                         float* dwg = dw_parts + c * wsize + g * Kg * CKK;  // (Kg, CKK)
                         sgemm(false, true, Kg, CKK, P, 1.f, dyg, P, pointwise ? xg : cols, P, n == n0 ? 0.f : 1.f,
                               dwg, CKK, threads);
@@ -305,7 +887,31 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
             },
             threads);
     };
-    if (dw) reduce(dw_parts, wsize, dw);
+    if (dw && dw_direct) {
+        // dw[g*Kg + k][c][i][j] = sum over chunks, in order, of part[chunk][g][i*kw + j][k][c].
+        parallel_for(
+            s.K,
+            [&](int64_t kk) {
+                const int64_t g = kk / Kg, k = kk % Kg;
+                std::vector<float> t(static_cast<size_t>(khw * Cg), 0.f);  // (kh*kw, Cg)
+                for (int64_t c = 0; c < nchunks; ++c)
+                    for (int64_t ij = 0; ij < khw; ++ij) {
+                        const float* src = dw_parts + c * dw_part_size + ((g * khw + ij) * kpad + k) * ldc;
+                        float* tr = t.data() + ij * Cg;
+                        if (c == 0) {
+                            std::copy(src, src + Cg, tr);
+                        } else {
+                            for (int64_t ch = 0; ch < Cg; ++ch) tr[ch] += src[ch];
+                        }
+                    }
+                float* dst = dw + kk * CKK;  // (Cg, kh, kw)
+                for (int64_t ij = 0; ij < khw; ++ij)
+                    for (int64_t ch = 0; ch < Cg; ++ch) dst[ch * khw + ij] = t[static_cast<size_t>(ij * Cg + ch)];
+            },
+            threads);
+    } else if (dw) {
+        reduce(dw_parts, wsize, dw);
+    }
     if (db) reduce(db_parts, s.K, db);
 }
 

@@ -108,11 +108,25 @@ CASES = [
     pytest.param((2, 17, 5, 6, 20, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="pointwise"),
     pytest.param((2, 8, 5, 6, 12, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 4, False), id="pointwise-groups4"),
     pytest.param((2, 7, 9, 7, 5, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1, True), id="1x1-stride2"),
+    pytest.param((2, 3, 5, 4, 4, 1, 1, (1, 1), (1, 1, 0, 2), (1, 1), 1, True), id="1x1-kernel-padded"),
+    pytest.param((2, 3, 6, 5, 4, 2, 3, (1, 1), (2, 0, 3, 1), (1, 1), 1, True), id="pad-wider-than-kernel"),
     pytest.param((9, 19, 11, 13, 21, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="odd-channels-batch9"),
     pytest.param((5, 1, 12, 12, 6, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="one-channel-k5"),
     pytest.param((5, 3, 11, 13, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="three-channels-k3"),
     pytest.param((3, 2, 10, 9, 4, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, False), id="two-channels-stride2"),
     pytest.param((2, 6, 10, 10, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="lenet-c3-like"),
+    # Output rows of 16 and 32: the direct kernel writes whole rows (rows mode).
+    pytest.param((3, 5, 6, 16, 9, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="rows-of-16"),
+    pytest.param((2, 4, 5, 32, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2, False), id="rows-of-32-groups"),
+    pytest.param((2, 3, 7, 20, 5, 3, 5, (1, 1), (1, 1, 0, 0), (2, 1), 1, True), id="rows-of-16-dilated"),
+    # 16 or more input channels per group: dw is computed channels-last (direct dw).
+    pytest.param((5, 32, 9, 10, 26, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 2, True), id="wide-groups-stride2"),
+    pytest.param((2, 20, 8, 7, 7, 3, 2, (1, 1), (2, 0, 1, 1), (2, 1), 1, True), id="wide-dilated-asym"),
+    pytest.param((1, 48, 5, 5, 50, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, False), id="wide-k5"),
+    # Small outputs with many output channels: the forward vectorises over channels.
+    pytest.param((3, 4, 9, 15, 32, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="channel-vectors-odd-rows"),
+    pytest.param((2, 6, 11, 9, 20, 3, 2, (1, 1), (1, 0, 0, 1), (1, 2), 1, True), id="channel-vectors-tail"),
+    pytest.param((2, 4, 8, 8, 32, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 2, True), id="channel-vectors-groups"),
 ]
 
 
@@ -156,6 +170,9 @@ DET_CASES = [
     (7, 6, 8, 8, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 6),
     (10, 16, 6, 6, 24, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (17, 20, 9, 9, 20, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (6, 12, 8, 16, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (9, 36, 7, 9, 18, 3, 3, (2, 1), (1, 1, 0, 1), (1, 2), 2),
+    (7, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
 ]
 
 
