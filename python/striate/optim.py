@@ -31,6 +31,7 @@ class Optimizer:
 
     _hyper: tuple = ()  # names of the plain-number hyper-parameters saved in state_dict
     _slots: tuple = ()  # names of the per-parameter arrays
+    _required_state: tuple = ()  # what a parameter's state must hold once it has any
 
     def __init__(self, params, lr):
         if hasattr(params, "parameters") and callable(params.parameters):
@@ -101,6 +102,8 @@ class Optimizer:
             hyper[h] = v
         new_state = [dict() for _ in self.params]
         for key, v in d.items():
+            if not isinstance(key, str):
+                raise ValueError(f"`d` keys must be strings, got {key!r}")
             if not key.startswith("state."):
                 if key not in ("type", "lr") + self._hyper:
                     raise ValueError(f"`d` has an unknown entry {key!r}")
@@ -121,6 +124,10 @@ class Optimizer:
                 new_state[i][slot] = v.copy()
             else:
                 raise ValueError(f"`d` has an unknown state slot {key!r}")
+        for i, st in enumerate(new_state):
+            missing = sorted(set(self._required_state) - set(st))
+            if st and missing:
+                raise ValueError(f"`d` holds state for parameter {i} without {', '.join(missing)}")
         self._check_hyper(hyper)
         self._lr = lr
         for h, v in hyper.items():
@@ -156,6 +163,7 @@ class SGD(Optimizer):
 
     _hyper = ("momentum", "nesterov", "weight_decay")
     _slots = ("momentum_buffer",)
+    _required_state = ("momentum_buffer",)
 
     def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(params, lr)
@@ -193,6 +201,7 @@ class Adam(Optimizer):
 
     _hyper = ("beta1", "beta2", "eps", "weight_decay")
     _slots = ("exp_avg", "exp_avg_sq")
+    _required_state = ("step", "exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)

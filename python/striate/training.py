@@ -561,7 +561,7 @@ def _encode(obj, prefix, tensors):
     """A JSON-able tree for ``obj``; arrays go to ``tensors`` under names starting with ``prefix``."""
     if isinstance(obj, np.ndarray):
         name = f"{prefix}.{len(tensors)}"
-        tensors[name] = np.ascontiguousarray(obj)
+        tensors[name] = np.asarray(obj, order="C")  # keeps 0-d arrays 0-d
         return {"__tensor__": name}
     if isinstance(obj, np.generic):
         return {"__scalar__": obj.dtype.str, "value": obj.item()}
@@ -577,23 +577,46 @@ def _encode(obj, prefix, tensors):
 
 
 def _decode(tree, tensors, path):
+    """Rebuild what ``_encode`` stored; metadata of any other shape is a FormatError."""
+    from . import io
+
+    try:
+        return _decode_tree(tree, tensors, path)
+    except io.FormatError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        raise io.FormatError(path, None, f"malformed checkpoint metadata ({exc!r})") from None
+
+
+def _decode_tree(tree, tensors, path):
     from . import io
 
     if isinstance(tree, list):
-        return [_decode(v, tensors, path) for v in tree]
+        return [_decode_tree(v, tensors, path) for v in tree]
     if not isinstance(tree, dict):
         return tree
     if "__tensor__" in tree:
         name = tree["__tensor__"]
-        if name not in tensors:
-            raise io.FormatError(path, name, "missing (the checkpoint metadata refers to it)")
+        if not isinstance(name, str) or name not in tensors:
+            raise io.FormatError(path, str(name), "missing (the checkpoint metadata refers to it)")
         return tensors[name]
     if "__scalar__" in tree:
-        return np.dtype(tree["__scalar__"]).type(tree["value"])
+        dt = np.dtype(str(tree["__scalar__"]))
+        if dt.kind not in "biuf":
+            raise io.FormatError(path, None, f"checkpoint scalar of dtype {dt} is not a number")
+        return dt.type(tree["value"])
     if "__tuple__" in tree:
-        return tuple(_decode(v, tensors, path) for v in tree["__tuple__"])
+        return tuple(_decode_tree(v, tensors, path) for v in tree["__tuple__"])
     if "__dict__" in tree:
-        return {_decode(k, tensors, path): _decode(v, tensors, path) for k, v in tree["__dict__"]}
+        out = {}
+        for pair in tree["__dict__"]:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise io.FormatError(path, None, "malformed checkpoint metadata (a dict entry is not a pair)")
+            key = _decode_tree(pair[0], tensors, path)
+            if not isinstance(key, (str, int, float, bool, tuple)) or key is None:
+                raise io.FormatError(path, None, f"malformed checkpoint metadata (a dict key is {key!r})")
+            out[key] = _decode_tree(pair[1], tensors, path)
+        return out
     raise io.FormatError(path, None, "malformed checkpoint metadata")
 
 
@@ -629,7 +652,7 @@ def save_checkpoint(path, model, optimizer, state=None):
     """
     from . import io
 
-    tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": np.asarray(v, order="C") for k, v in model.state_dict().items()}
     opt_state = None if optimizer is None else optimizer.state_dict()
     meta = {
         "format": _CHECKPOINT_FORMAT,
@@ -691,6 +714,8 @@ def load_checkpoint(path, model, optimizer=None):
 
 
 def _load_into(path, tensors, meta, model, optimizer):
+    from . import io
+
     model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     opt_sd = None
     if optimizer is not None:
@@ -709,9 +734,11 @@ def _load_into(path, tensors, meta, model, optimizer):
         return
     try:
         optimizer.load_state_dict(opt_sd)
-    except BaseException:
+    except BaseException as exc:
         model.load_state_dict(backup_model)
         optimizer.load_state_dict(backup_opt)
+        if isinstance(exc, (TypeError, ValueError)) and not isinstance(exc, io.FormatError):
+            raise io.FormatError(path, None, f"the optimizer state does not fit: {exc}") from None
         raise
 
 
