@@ -15,7 +15,7 @@ from .io import load_model as load  # noqa: E402
 from .layers import Parameter  # noqa: E402
 from .model import Sequential  # noqa: E402
 from . import functional, reference  # noqa: E402  (after _config: functional reads the backend)
-from . import augment, datasets, distributed, introspect, training, viz  # noqa: E402
+from . import augment, datasets, distributed, introspect, onnx_io, training, transfer, viz  # noqa: E402
 from .gradcheck import gradcheck  # noqa: E402  (viz imports matplotlib only when drawing)
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "functional",
     "gradcheck",
     "introspect",
+    "onnx_io",
+    "transfer",
     "training",
     "viz",
     "reference",
