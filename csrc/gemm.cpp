@@ -49,10 +49,10 @@ namespace {
 // ---------------------------------------------------------------------------
 // Micro-kernel contract (every kernel below follows it)
 //
-//   void sgemm_ukernel_<R>x<NR>__<isa>(kc, a, b, c, ldc, alpha, beta)
+//   void sgemm_ukernel_<R>x<NR>__<isa>(kc, a, b, ldb, c, ldc, alpha, beta)
 //
 // computes one R x NR tile of C, for r < R and j < NR:
-//   acc(r, j) = sum over k = 0 .. kc-1 of a[k*S + r] * b[k*NR + j], accumulated
+//   acc(r, j) = sum over k = 0 .. kc-1 of a[k*S + r] * b[k*ldb + j], accumulated
 //               from zero in increasing k (one FMA per term on the x86 kernels);
 //   t = alpha * acc (alpha == 1 is exact, so there is no special case);
 //   beta == 0:  C(r, j) = t, and C is never read (NaN or garbage in C is ignored);
@@ -67,8 +67,11 @@ namespace {
 //      last row panel of a block is simply a panel with a smaller R, so there is
 //      no padding along M and the kernel never branches on rows. Slots r >= R
 //      are zero-filled and never read.
-//   b: kc rows of NR columns of op(B), row after row: b[k*NR + j], 64-byte
-//      aligned. Columns past N are zero-filled while packing.
+//   b: kc rows of NR columns of op(B), row after row: b[k*ldb + j]. Packed
+//      panels have ldb = NR, are 64-byte aligned, and columns past N are
+//      zero-filled while packing. When few row panels share a B panel and B is
+//      not transposed, full panels are instead read in place (ldb = row stride
+//      of B): packing would cost as much as it saves.
 // The kernel writes all R x NR elements of c with unit column stride. Tiles
 // with fewer than NR valid columns, or a C with non-unit column stride (the
 // transposed problem, see sgemm_isa), are computed into a small aligned
@@ -80,8 +83,8 @@ namespace {
 // makes every element of C follow the same roundings whatever the thread count.
 // ---------------------------------------------------------------------------
 
-using ukernel_fn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
-                            float beta);
+using ukernel_fn = void (*)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                            float alpha, float beta);
 // Pack rows [i0, i0+m) x depth [k0, k0+kc) of op(A) into consecutive panels of
 // `mr` rows (the last one may hold fewer), each S*kc floats.
 using pack_a_fn = void (*)(bool transA, const float* A, int64_t lda, int64_t i0, int64_t m, int64_t k0, int64_t kc,
@@ -159,8 +162,8 @@ constexpr int kGenericMR = 4;
 constexpr int kGenericNR = 16;
 
 template <int R>
-void sgemm_ukernel_x16__generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
-                                float beta) {
+void sgemm_ukernel_x16__generic(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                float alpha, float beta) {
     constexpr int NR = kGenericNR, S = kGenericMR;
     float acc[R][NR] = {};
     for (int64_t k = 0; k < kc; ++k) {
@@ -169,7 +172,7 @@ void sgemm_ukernel_x16__generic(int64_t kc, const float* a, const float* b, floa
             for (int j = 0; j < NR; ++j) acc[r][j] += ar * b[j];
         }
         a += S;
-        b += NR;
+        b += ldb;
     }
     for (int r = 0; r < R; ++r) {
         float* cr = c + r * ldc;
@@ -200,14 +203,14 @@ constexpr int kAvx2S = 8;
 
 template <int R>
 __attribute__((target("avx2,fma"))) void sgemm_ukernel_x16__avx2(int64_t kc, const float* a, const float* b,
-                                                                   float* c, int64_t ldc, float alpha,
+                                                                   int64_t ldb, float* c, int64_t ldc, float alpha,
                                                                    float beta) {
     __m256 acc0[R], acc1[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
     for (int64_t k = 0; k < kc; ++k) {
-        const __m256 b0 = _mm256_load_ps(b);
-        const __m256 b1 = _mm256_load_ps(b + 8);
+        const __m256 b0 = _mm256_loadu_ps(b);
+        const __m256 b1 = _mm256_loadu_ps(b + 8);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
             const __m256 ar = _mm256_broadcast_ss(a + r);
@@ -215,7 +218,7 @@ __attribute__((target("avx2,fma"))) void sgemm_ukernel_x16__avx2(int64_t kc, con
             acc1[r] = _mm256_fmadd_ps(ar, b1, acc1[r]);
         }
         a += kAvx2S;
-        b += 16;
+        b += ldb;
     }
     const __m256 va = _mm256_set1_ps(alpha);
     if (beta == 0.f) {
@@ -265,14 +268,14 @@ constexpr int kAvx512S = 16;
 
 template <int R>
 __attribute__((target("avx512f,fma"))) void sgemm_ukernel_x32__avx512(int64_t kc, const float* a,
-                                                                        const float* b, float* c, int64_t ldc,
-                                                                        float alpha, float beta) {
+                                                                        const float* b, int64_t ldb, float* c,
+                                                                        int64_t ldc, float alpha, float beta) {
     __m512 acc0[R], acc1[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
     for (int64_t k = 0; k < kc; ++k) {
-        const __m512 b0 = _mm512_load_ps(b);
-        const __m512 b1 = _mm512_load_ps(b + 16);
+        const __m512 b0 = _mm512_loadu_ps(b);
+        const __m512 b1 = _mm512_loadu_ps(b + 16);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
             const __m512 ar = _mm512_set1_ps(a[r]);
@@ -280,7 +283,7 @@ __attribute__((target("avx512f,fma"))) void sgemm_ukernel_x32__avx512(int64_t kc
             acc1[r] = _mm512_fmadd_ps(ar, b1, acc1[r]);
         }
         a += kAvx512S;
-        b += 32;
+        b += ldb;
     }
     const __m512 va = _mm512_set1_ps(alpha);
     if (beta == 0.f) {
@@ -379,22 +382,31 @@ __attribute__((target("avx512f"))) void pack_a_avx512(bool transA, const float* 
 __attribute__((target("avx512f"))) void pack_b_avx512(bool transB, const float* B, int64_t ldb, int64_t k0,
                                                       int64_t kc, int64_t j0, int64_t n, float* dst) {
     constexpr int NR = 32;
-    for (int64_t q = 0; q < n; q += NR) {
-        const int64_t w = std::min<int64_t>(NR, n - q);
-        if (transB) {
+    if (transB) {
+        for (int64_t q = 0; q < n; q += NR) {
+            const int64_t w = std::min<int64_t>(NR, n - q);
             for (int h = 0; h < 2; ++h) {
                 const int64_t wh = std::max<int64_t>(0, std::min<int64_t>(16, w - 16 * h));
                 transpose_pack_avx512(B + (j0 + q + 16 * h) * ldb + k0, ldb, wh, kc, dst + 16 * h, NR);
             }
-        } else {
-            const __mmask16 lo = low_mask(w), hi = low_mask(std::max<int64_t>(0, w - 16));
-            const float* src = B + k0 * ldb + j0 + q;
-            for (int64_t k = 0; k < kc; ++k) {
-                _mm512_store_ps(dst + k * NR, _mm512_maskz_loadu_ps(lo, src + k * ldb));
-                _mm512_store_ps(dst + k * NR + 16, _mm512_maskz_loadu_ps(hi, src + k * ldb + 16));
-            }
+            dst += NR * kc;
         }
-        dst += NR * kc;
+        return;
+    }
+    // Row after row of B, so that the source is read sequentially.
+    const int64_t full = n / NR, w = n - full * NR;
+    const __mmask16 lo = low_mask(w), hi = low_mask(std::max<int64_t>(0, w - 16));
+    for (int64_t k = 0; k < kc; ++k) {
+        const float* src = B + (k0 + k) * ldb + j0;
+        float* d = dst + k * NR;
+        for (int64_t q = 0; q < full; ++q) {
+            _mm512_store_ps(d + q * NR * kc, _mm512_loadu_ps(src + q * NR));
+            _mm512_store_ps(d + q * NR * kc + 16, _mm512_loadu_ps(src + q * NR + 16));
+        }
+        if (w) {
+            _mm512_store_ps(d + full * NR * kc, _mm512_maskz_loadu_ps(lo, src + full * NR));
+            _mm512_store_ps(d + full * NR * kc + 16, _mm512_maskz_loadu_ps(hi, src + full * NR + 16));
+        }
     }
 }
 
@@ -477,6 +489,8 @@ Workspace& thread_workspace() {
 #define KC_ 256
 #define NC_ 512
 #define MC_ 1024
+#define DIRECT_PANELS_ 12
+#define DIRECT_KC_ 128
 #endif
 constexpr int64_t kKC = KC_;      // depth of a block: the A panel (S x kc) stays in L1
 constexpr int64_t kNC = NC_;      // columns of a packed B block: kc x nc stays in L2
@@ -564,29 +578,46 @@ void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, in
             float* pa = Workspace::grow(ws.a, ws.a_cap, size_t(ceil_div(m, p.mr) * S * p.kc));
             float* pb = Workspace::grow(ws.b, ws.b_cap, size_t(ceil_div(std::min(nc, n), nr) * nr * p.kc));
             alignas(64) float tile[kMaxMR * kMaxNR];
+            const bool direct_b = !transB && ceil_div(m, p.mr) <= DIRECT_PANELS_ && (ceil_div(m, p.mr) <= 3 || p.kc >= DIRECT_KC_);
             for (int64_t k0 = 0; k0 < K; k0 += p.kc) {
                 const int64_t kc = std::min(p.kc, K - k0);
                 const float beta_k = k0 == 0 ? beta : 1.f;
                 f.pack_a(transA, A, lda, i0, m, k0, kc, p.mr, pa);
+                // One tile: row panel ii (R rows, packed at ap) times column panel q.
+                auto tile_op = [&](const float* ap, int64_t ii, int64_t R, const float* bp, int64_t ldbp, int64_t jj,
+                                   int64_t w) {
+                    float* c = C + (i0 + ii) * rs + (j0 + jj) * cs;
+                    if (w == nr && cs == 1) {
+                        f.kernel[R](kc, ap, bp, ldbp, c, rs, alpha, beta_k);
+                    } else {
+                        f.kernel[R](kc, ap, bp, ldbp, tile, nr, alpha, 0.f);
+                        merge_tile(R, w, tile, nr, c, rs, cs, beta_k);
+                    }
+                };
+                if (direct_b) {
+                    // Column panel outer, so each B panel is re-read from L1 by the few row panels.
+                    const int64_t full = n / nr, w = n - full * nr;
+                    if (w) f.pack_b(false, B, ldb, k0, kc, j0 + full * nr, w, pb);
+                    for (int64_t q = 0; q <= full; ++q) {
+                        if (q == full && !w) break;
+                        const float* bp = q < full ? B + k0 * ldb + j0 + q * nr : pb;
+                        const int64_t ldbp = q < full ? ldb : nr;
+                        const float* ap = pa;
+                        for (int64_t ii = 0; ii < m; ii += p.mr, ap += S * kc) {
+                            tile_op(ap, ii, std::min(p.mr, m - ii), bp, ldbp, q * nr, q < full ? nr : w);
+                        }
+                    }
+                    continue;
+                }
                 for (int64_t jc = 0; jc < n; jc += nc) {
                     const int64_t nb = std::min(nc, n - jc), npan = ceil_div(nb, nr);
                     f.pack_b(transB, B, ldb, k0, kc, j0 + jc, nb, pb);
                     const float* ap = pa;
-                    for (int64_t ii = 0; ii < m; ii += p.mr) {
+                    for (int64_t ii = 0; ii < m; ii += p.mr, ap += S * kc) {
                         const int64_t R = std::min(p.mr, m - ii);
-                        const ukernel_fn kern = f.kernel[R];
-                        float* crow = C + (i0 + ii) * rs + (j0 + jc) * cs;
                         for (int64_t q = 0; q < npan; ++q) {
-                            const int64_t w = std::min(nr, nb - q * nr);
-                            const float* bp = pb + q * nr * kc;
-                            if (w == nr && cs == 1) {
-                                kern(kc, ap, bp, crow + q * nr, rs, alpha, beta_k);
-                            } else {
-                                kern(kc, ap, bp, tile, nr, alpha, 0.f);
-                                merge_tile(R, w, tile, nr, crow + q * nr * cs, rs, cs, beta_k);
-                            }
+                            tile_op(ap, ii, R, pb + q * nr * kc, nr, jc + q * nr, std::min(nr, nb - q * nr));
                         }
-                        ap += S * kc;
                     }
                 }
             }
