@@ -319,12 +319,14 @@ __attribute__((target("avx512f,fma"))) void sgemm_ukernel_x32__avx512(int64_t kc
 // In-register transpose of a 16 x 16 block: v[i] lane j <-> v[j] lane i.
 __attribute__((target("avx512f"), always_inline)) inline void transpose_16x16(__m512 v[16]) {
     __m512 t[16];
+#pragma GCC unroll 16
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
         t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
     }
     // u[4g + c], lane l: rows 4g .. 4g+3 of column 4l + c.
     __m512 u[16];
+#pragma GCC unroll 16
     for (int g = 0; g < 16; g += 4) {
         const __m512d t0 = _mm512_castps_pd(t[g]), t1 = _mm512_castps_pd(t[g + 1]);
         const __m512d t2 = _mm512_castps_pd(t[g + 2]), t3 = _mm512_castps_pd(t[g + 3]);
@@ -334,6 +336,7 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose_16x16(__
         u[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(t1, t3));
     }
     // Column 4l + c gathers 128-bit lane l of u[c], u[4 + c], u[8 + c], u[12 + c].
+#pragma GCC unroll 16
     for (int c = 0; c < 4; ++c) {
         const __m512 x0 = _mm512_shuffle_f32x4(u[c], u[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
         const __m512 x1 = _mm512_shuffle_f32x4(u[c], u[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
@@ -349,17 +352,36 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose_16x16(__
 inline __mmask16 low_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
 
 // dst[t*ld_dst + i] = src[i*ld_src + t] for i < rows (<= 16), t < kc; slots past
-// `rows` are zero. Reads whole 16-float runs of each source row with masked loads.
+// `rows` are zero. Reads 16-float runs of each source row with masked loads;
+// fully unrolled so that the block never leaves the registers.
 __attribute__((target("avx512f"))) void transpose_pack_avx512(const float* src, int64_t ld_src, int64_t rows,
                                                               int64_t kc, float* dst, int64_t ld_dst) {
-    __m512 v[16];
+    if (rows <= 0) {
+        for (int64_t k = 0; k < kc; ++k) _mm512_store_ps(dst + k * ld_dst, _mm512_setzero_ps());
+        return;
+    }
+    const float* row[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) row[i] = src + std::min<int64_t>(i, rows - 1) * ld_src;
+    __mmask16 rmask[16];  // all-ones for real rows, zero for the padding rows
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) rmask[i] = i < rows ? __mmask16(0xFFFF) : __mmask16(0);
     for (int64_t k = 0; k < kc; k += 16) {
         const int64_t kk = std::min<int64_t>(16, kc - k);
         const __mmask16 mk = low_mask(kk);
-        for (int i = 0; i < 16; ++i)
-            v[i] = i < rows ? _mm512_maskz_loadu_ps(mk, src + i * ld_src + k) : _mm512_setzero_ps();
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) v[i] = _mm512_maskz_loadu_ps(__mmask16(mk & rmask[i]), row[i] + k);
         transpose_16x16(v);
-        for (int64_t t = 0; t < kk; ++t) _mm512_store_ps(dst + (k + t) * ld_dst, v[t]);
+        float* d = dst + k * ld_dst;
+        if (kk == 16) {
+#pragma GCC unroll 16
+            for (int t = 0; t < 16; ++t) _mm512_store_ps(d + t * ld_dst, v[t]);
+        } else {
+#pragma GCC unroll 16
+            for (int t = 0; t < 16; ++t)
+                if (t < kk) _mm512_store_ps(d + t * ld_dst, v[t]);
+        }
     }
 }
 
@@ -485,16 +507,21 @@ Workspace& thread_workspace() {
 
 // ---- blocking. kc depends on K only and the row panels on M only; the task
 // grid may depend on the thread count because its edges fall on panel edges.
-#ifndef KC_
-#define KC_ 256
-#define NC_ 512
-#define MC_ 1024
-#define DIRECT_PANELS_ 12
-#define DIRECT_KC_ 128
-#endif
-constexpr int64_t kKC = KC_;      // depth of a block: the A panel (S x kc) stays in L1
-constexpr int64_t kNC = NC_;      // columns of a packed B block: kc x nc stays in L2
-constexpr int64_t kMCMax = MC_;   // rows of a task: its packed A block (about mc x kc) streams from L3
+constexpr int64_t kKC = 256;      // depth of a block: the A panel (S x kc) stays in L1
+constexpr int64_t kNC = 512;      // columns of a packed B block: kc x nc stays in L2
+constexpr int64_t kMCMax = 1024;  // rows of a task: its packed A block (about mc x kc) streams from L3
+// A non-transposed B is read in place when a task has at most 3 row panels, or
+// at most kDirectMaxPanels with a block depth of at least kDirectMinKC (thin
+// blocks make the column-panel-outer order write C in a strided pattern) and a
+// row stride that is not a multiple of 4 KiB (such rows all fall in the same
+// cache sets, so the panel does not survive its re-reads).
+constexpr int64_t kDirectMaxPanels = 12;
+constexpr int64_t kDirectMinKC = 128;
+
+bool read_b_in_place(bool transB, int64_t panels, int64_t kc, int64_t ldb) {
+    if (transB) return false;
+    return panels <= 3 || (panels <= kDirectMaxPanels && kc >= kDirectMinKC && ldb % 1024 != 0);
+}
 
 struct Plan {
     int64_t mr;      // rows per A panel (<= family mr), from M only
@@ -578,7 +605,7 @@ void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, in
             float* pa = Workspace::grow(ws.a, ws.a_cap, size_t(ceil_div(m, p.mr) * S * p.kc));
             float* pb = Workspace::grow(ws.b, ws.b_cap, size_t(ceil_div(std::min(nc, n), nr) * nr * p.kc));
             alignas(64) float tile[kMaxMR * kMaxNR];
-            const bool direct_b = !transB && ceil_div(m, p.mr) <= DIRECT_PANELS_ && (ceil_div(m, p.mr) <= 3 || p.kc >= DIRECT_KC_);
+            const bool direct_b = read_b_in_place(transB, ceil_div(m, p.mr), p.kc, ldb);
             for (int64_t k0 = 0; k0 < K; k0 += p.kc) {
                 const int64_t kc = std::min(p.kc, K - k0);
                 const float beta_k = k0 == 0 ? beta : 1.f;
