@@ -8,6 +8,7 @@
 #include "gemm.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -442,6 +443,128 @@ constexpr KernelFamily make_avx512_family(std::integer_sequence<int, Rs...>) {
                         &pack_a_avx512,  &pack_b_avx512, {nullptr, &sgemm_ukernel_x32__avx512<Rs + 1>...}};
 }
 const KernelFamily kAvx512Family = make_avx512_family(std::make_integer_sequence<int, kAvx512MR>{});
+
+// ---- AVX-512 "dot" kernels for C = alpha * A B^T + beta * C with A (M x K) and
+// B (N x K) both row-major, i.e. transA = false, transB = true (the
+// fully-connected forward pass and the convolution weight gradient). Both
+// operands are contiguous along K, so nothing is packed: an RA x RB tile keeps
+// RA*RB accumulators of 16 partial sums (lane l sums k = l mod 16, FMA in
+// increasing k, the K tail read with masked loads as zeros), then reduces each
+// accumulator with the fixed tree hsum16(). Every element gets the same
+// arithmetic whatever RA and RB, so edge tiles are just smaller
+// instantiations. The depth is blocked by kDotKC (from K only); block p > 0
+// adds into C with beta = 1 as in the packed path.
+constexpr int kDotRA = 4;
+constexpr int kDotRB = 6;
+constexpr int64_t kDotKC = 2048;
+// The dot path wins when M is small (transposing B while packing would cost
+// more, relative to the FMAs, than reading it in place) and A's block of
+// M x kc stays in L2 while the tiles sweep over B.
+bool use_dot_path(int64_t M, int64_t K) { return M <= 64 && M * std::min(K, kDotKC) <= 96 * 1024; }
+
+using dot_kernel_fn = void (*)(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                               int64_t ldc, float alpha, float beta);
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"  // _mm512_extractf64x4_pd's undefined pass-through
+#endif
+// Sum of the 16 lanes: pairs (l, l+8), then (l, l+4), (l, l+2), (0, 1).
+__attribute__((target("avx512f"), always_inline)) inline float hsum16(__m512 v) {
+    const __m256 lo = _mm512_castps512_ps256(v);
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    const __m256 h = _mm256_add_ps(lo, hi);
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+    return _mm_cvtss_f32(q);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+template <int RA, int RB>
+__attribute__((target("avx512f,fma"))) void sgemm_dotkernel_x__avx512(int64_t kc, const float* a, int64_t lda,
+                                                                        const float* b, int64_t ldb, float* c,
+                                                                        int64_t ldc, float alpha, float beta) {
+    __m512 acc[RA][RB];
+#pragma GCC unroll 8
+    for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) acc[i][j] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= kc; k += 16) {
+        __m512 bv[RB];
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) bv[j] = _mm512_loadu_ps(b + j * ldb + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < RA; ++i) {
+            const __m512 av = _mm512_loadu_ps(a + i * lda + k);
+#pragma GCC unroll 8
+            for (int j = 0; j < RB; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+        }
+    }
+    if (k < kc) {
+        const __mmask16 mk = low_mask(kc - k);
+        __m512 bv[RB];
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) bv[j] = _mm512_maskz_loadu_ps(mk, b + j * ldb + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < RA; ++i) {
+            const __m512 av = _mm512_maskz_loadu_ps(mk, a + i * lda + k);
+#pragma GCC unroll 8
+            for (int j = 0; j < RB; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) {
+            float* cij = c + i * ldc + j;
+            *cij = merge_value(beta == 0.f ? 0.f : *cij, alpha * hsum16(acc[i][j]), beta);
+        }
+}
+
+template <int RA, int... RBs>
+constexpr std::array<dot_kernel_fn, kDotRB + 1> dot_row(std::integer_sequence<int, RBs...>) {
+    return {nullptr, &sgemm_dotkernel_x__avx512<RA, RBs + 1>...};
+}
+template <int... RAs>
+constexpr std::array<std::array<dot_kernel_fn, kDotRB + 1>, kDotRA + 1> dot_table(std::integer_sequence<int, RAs...>) {
+    return {std::array<dot_kernel_fn, kDotRB + 1>{}, dot_row<RAs + 1>(std::make_integer_sequence<int, kDotRB>{})...};
+}
+const auto kDotKernels = dot_table(std::make_integer_sequence<int, kDotRA>{});
+
+// C = alpha * A B^T + beta * C (A: M x K, B: N x K, row-major); M, N, K >= 1.
+void gemm_dot_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+                     int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
+    const int64_t kc = ceil_div(K, ceil_div(K, kDotKC));
+    // Tasks are column blocks of whole RB groups (any split gives the same result).
+    const int64_t groups = ceil_div(N, kDotRB);
+    int64_t tasks = 1;
+    const double flops = 2.0 * double(M) * double(N) * double(K);
+    if (threads > 1 && !in_parallel_region() && flops > 2e6) tasks = std::min<int64_t>(groups, 4 * threads);
+    const int64_t per = ceil_div(groups, tasks);
+    tasks = ceil_div(groups, per);
+    parallel_for(
+        tasks,
+        [&](int64_t t) {
+            const int64_t j_end = std::min(N, (t + 1) * per * kDotRB);
+            for (int64_t k0 = 0; k0 < K; k0 += kc) {
+                const int64_t kb = std::min(kc, K - k0);
+                const float beta_k = k0 == 0 ? beta : 1.f;
+                for (int64_t j = t * per * kDotRB; j < j_end; j += kDotRB) {
+                    const int64_t rb = std::min<int64_t>(kDotRB, j_end - j);
+                    for (int64_t i = 0; i < M; i += kDotRA) {
+                        const int64_t ra = std::min<int64_t>(kDotRA, M - i);
+                        kDotKernels[ra][rb](kb, A + i * lda + k0, lda, B + j * ldb + k0, ldb, C + i * ldc + j, ldc,
+                                            alpha, beta_k);
+                    }
+                }
+            }
+        },
+        threads);
+}
 #endif  // STRIATE_GEMM_X86
 
 bool cpu_supports(GemmIsa isa) {
@@ -692,6 +815,12 @@ void sgemm_isa(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int6
     // Tiles are nr columns wide. When N is narrow and M is not, compute
     // C^T = op(B)^T op(A)^T instead so that the long dimension fills the vectors.
     const int64_t waste_n = M * ceil_div(N, f.nr) * f.nr, waste_t = N * ceil_div(M, f.nr) * f.nr;
+#if STRIATE_GEMM_X86
+    if (f.isa == GemmIsa::Avx512 && !transA && transB && use_dot_path(M, K)) {
+        gemm_dot_avx512(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);
+        return;
+    }
+#endif
     if (4 * waste_t < 3 * waste_n) {
         gemm_blocked(f, !transB, !transA, N, M, K, alpha, B, ldb, A, lda, beta, C, 1, ldc, threads);
     } else {
