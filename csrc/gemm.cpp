@@ -77,7 +77,9 @@ namespace {
 // with fewer than NR valid columns, or a C with non-unit column stride (the
 // transposed problem, see sgemm_isa), are computed into a small aligned
 // temporary with beta = 0 and merged into C by merge_tile() with the same
-// arithmetic, so the kernel itself has no edge branches.
+// arithmetic, so the kernel itself has no edge branches. A family may add
+// R x NR/2 kernels (the left half of the same tile, same arithmetic) that the
+// driver uses for edge tiles of at most NR/2 columns.
 //
 // The reduction over K runs in blocks whose size depends on K only; block p > 0
 // uses beta = 1. Threads split only tiles of C, along panel edges. Together this
@@ -107,6 +109,7 @@ struct KernelFamily {
     pack_a_fn pack_a;
     pack_b_fn pack_b;
     ukernel_fn kernel[kMaxMR + 1];  // kernel[R] computes R x nr, R = 1 .. mr
+    ukernel_fn half[kMaxMR + 1];    // optional R x nr/2 kernels for edge tiles of at most nr/2 columns
 };
 
 inline float merge_value(float c, float t, float beta) {
@@ -193,7 +196,7 @@ void pack_b_generic(bool transB, const float* B, int64_t ldb, int64_t k0, int64_
 template <int... Rs>
 constexpr KernelFamily make_generic_family(std::integer_sequence<int, Rs...>) {
     return KernelFamily{GemmIsa::Generic, "generic",      kGenericMR, kGenericNR, kGenericMR,
-                        &pack_a_generic,  &pack_b_generic, {nullptr, &sgemm_ukernel_x16__generic<Rs + 1>...}};
+                        &pack_a_generic,  &pack_b_generic, {nullptr, &sgemm_ukernel_x16__generic<Rs + 1>...}, {}};
 }
 const KernelFamily kGenericFamily = make_generic_family(std::make_integer_sequence<int, kGenericMR>{});
 
@@ -258,7 +261,7 @@ __attribute__((target("avx2,fma"))) void pack_b_avx2(bool transB, const float* B
 template <int... Rs>
 constexpr KernelFamily make_avx2_family(std::integer_sequence<int, Rs...>) {
     return KernelFamily{GemmIsa::Avx2, "avx2",       kAvx2MR, 16, kAvx2S,
-                        &pack_a_avx2,  &pack_b_avx2, {nullptr, &sgemm_ukernel_x16__avx2<Rs + 1>...}};
+                        &pack_a_avx2,  &pack_b_avx2, {nullptr, &sgemm_ukernel_x16__avx2<Rs + 1>...}, {}};
 }
 const KernelFamily kAvx2Family = make_avx2_family(std::make_integer_sequence<int, kAvx2MR>{});
 
@@ -307,6 +310,38 @@ __attribute__((target("avx512f,fma"))) void sgemm_ukernel_x32__avx512(int64_t kc
             float* cr = c + r * ldc;
             _mm512_storeu_ps(cr, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr), _mm512_mul_ps(va, acc0[r])));
             _mm512_storeu_ps(cr + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr + 16), _mm512_mul_ps(va, acc1[r])));
+        }
+    }
+}
+
+// The left half of sgemm_ukernel_x32__avx512 (same arithmetic per element),
+// for edge tiles of at most 16 valid columns: b still has row stride ldb.
+template <int R>
+__attribute__((target("avx512f,fma"))) void sgemm_ukernel_x16__avx512(int64_t kc, const float* a,
+                                                                        const float* b, int64_t ldb, float* c,
+                                                                        int64_t ldc, float alpha, float beta) {
+    __m512 acc[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; ++k) {
+        const __m512 b0 = _mm512_loadu_ps(b);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), b0, acc[r]);
+        a += kAvx512S;
+        b += ldb;
+    }
+    const __m512 va = _mm512_set1_ps(alpha);
+    const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+        float* cr = c + r * ldc;
+        const __m512 t = _mm512_mul_ps(va, acc[r]);
+        if (beta == 0.f) {
+            _mm512_storeu_ps(cr, t);
+        } else if (beta == 1.f) {
+            _mm512_storeu_ps(cr, _mm512_add_ps(_mm512_loadu_ps(cr), t));
+        } else {
+            _mm512_storeu_ps(cr, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr), t));
         }
     }
 }
@@ -439,8 +474,15 @@ __attribute__((target("avx512f"))) void pack_b_avx512(bool transB, const float* 
 
 template <int... Rs>
 constexpr KernelFamily make_avx512_family(std::integer_sequence<int, Rs...>) {
-    return KernelFamily{GemmIsa::Avx512, "avx512",       kAvx512MR, 32, kAvx512S,
-                        &pack_a_avx512,  &pack_b_avx512, {nullptr, &sgemm_ukernel_x32__avx512<Rs + 1>...}};
+    return KernelFamily{GemmIsa::Avx512,
+                        "avx512",
+                        kAvx512MR,
+                        32,
+                        kAvx512S,
+                        &pack_a_avx512,
+                        &pack_b_avx512,
+                        {nullptr, &sgemm_ukernel_x32__avx512<Rs + 1>...},
+                        {nullptr, &sgemm_ukernel_x16__avx512<Rs + 1>...}};
 }
 const KernelFamily kAvx512Family = make_avx512_family(std::make_integer_sequence<int, kAvx512MR>{});
 
@@ -740,7 +782,8 @@ void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, in
                     if (w == nr && cs == 1) {
                         f.kernel[R](kc, ap, bp, ldbp, c, rs, alpha, beta_k);
                     } else {
-                        f.kernel[R](kc, ap, bp, ldbp, tile, nr, alpha, 0.f);
+                        const ukernel_fn edge = 2 * w <= nr && f.half[R] ? f.half[R] : f.kernel[R];
+                        edge(kc, ap, bp, ldbp, tile, nr, alpha, 0.f);
                         merge_tile(R, w, tile, nr, c, rs, cs, beta_k);
                     }
                 };
