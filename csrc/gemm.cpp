@@ -50,9 +50,10 @@ namespace {
 // ---------------------------------------------------------------------------
 // Micro-kernel contract (every kernel below follows it)
 //
-//   void sgemm_ukernel_<R>x<NR>__<isa>(kc, a, b, ldb, c, ldc, alpha, beta)
+//   template <int R> void sgemm_ukernel_x<NR>__<isa>(kc, a, b, ldb, c, ldc, alpha, beta)
 //
-// computes one R x NR tile of C, for r < R and j < NR:
+// (so sgemm_ukernel_x32__avx512<14> is the 14x32 AVX-512 kernel) computes one
+// R x NR tile of C, for r < R and j < NR:
 //   acc(r, j) = sum over k = 0 .. kc-1 of a[k*S + r] * b[k*ldb + j], accumulated
 //               from zero in increasing k (one FMA per term on the x86 kernels);
 //   t = alpha * acc (alpha == 1 is exact, so there is no special case);
@@ -84,6 +85,8 @@ namespace {
 // The reduction over K runs in blocks whose size depends on K only; block p > 0
 // uses beta = 1. Threads split only tiles of C, along panel edges. Together this
 // makes every element of C follow the same roundings whatever the thread count.
+// Which path a shape takes (packed, transposed, or the AVX-512 dot kernels for
+// A B^T with small M, see gemm_dot_avx512) depends on the shape only.
 // ---------------------------------------------------------------------------
 
 using ukernel_fn = void (*)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
@@ -117,6 +120,10 @@ inline float merge_value(float c, float t, float beta) {
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Below this many flops (about 10 us on one core) a call stays on one thread:
+// opening a parallel region would cost a noticeable part of it.
+constexpr double kMinParallelFlops = 1e6;
 
 // ---- portable packing, written so that compilers vectorise it; inlined into
 // the ISA-specific wrappers below, which compile it for their instruction set.
@@ -585,7 +592,9 @@ void gemm_dot_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* 
     const int64_t groups = ceil_div(N, kDotRB);
     int64_t tasks = 1;
     const double flops = 2.0 * double(M) * double(N) * double(K);
-    if (threads > 1 && !in_parallel_region() && flops > 2e6) tasks = std::min<int64_t>(groups, 4 * threads);
+    if (threads > 1 && !in_parallel_region() && flops > kMinParallelFlops) {
+        tasks = std::min<int64_t>(groups, 4 * threads);
+    }
     const int64_t per = ceil_div(groups, tasks);
     tasks = ceil_div(groups, per);
     parallel_for(
@@ -703,7 +712,7 @@ Plan make_plan(const KernelFamily& f, int64_t M, int64_t N, int64_t K, int threa
     const int64_t tm_min = ceil_div(mp, std::max<int64_t>(1, kMCMax / p.mr));
     int64_t pm = ceil_div(mp, tm_min), pn = np;  // panels per task
     const double flops = 2.0 * double(M) * double(N) * double(K);
-    if (threads > 1 && !in_parallel_region() && flops > 2e6) {
+    if (threads > 1 && !in_parallel_region() && flops > kMinParallelFlops) {
         // Estimated cycles of the slowest thread: FMA work plus packing per task.
         auto cost = [&](int64_t a, int64_t b) {
             const double rows = double(a * p.mr), cols = double(b * f.nr);
