@@ -565,19 +565,24 @@ constexpr std::array<std::array<dot_kernel_fn, kDotRB + 1>, kDotRA + 1> dot_tabl
 }
 const auto kDotKernels = dot_table(std::make_integer_sequence<int, kDotRA>{});
 
-// C = alpha * A B^T + beta * C (A: M x K, B: N x K, row-major); M, N, K >= 1.
-void gemm_dot_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-                     int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
-    const int64_t kc = ceil_div(K, ceil_div(K, kDotKC));
-    // Tasks are column blocks of whole RB groups (any split gives the same result).
+// Tasks are column blocks of whole RB groups (any split gives the same result).
+int64_t dot_groups_per_task(int64_t M, int64_t N, int64_t K, int threads) {
     const int64_t groups = ceil_div(N, kDotRB);
     int64_t tasks = 1;
     const double flops = 2.0 * double(M) * double(N) * double(K);
     if (threads > 1 && !in_parallel_region() && flops > kMinParallelFlops) {
         tasks = std::min<int64_t>(groups, 4 * threads);
     }
-    const int64_t per = ceil_div(groups, tasks);
-    tasks = ceil_div(groups, per);
+    return ceil_div(groups, tasks);
+}
+
+// C = alpha * A B^T + beta * C (A: M x K, B: N x K, row-major); M, N, K >= 1.
+void gemm_dot_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+                     int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
+    const int64_t kc = ceil_div(K, ceil_div(K, kDotKC));
+    const int64_t groups = ceil_div(N, kDotRB);
+    const int64_t per = dot_groups_per_task(M, N, K, threads);
+    const int64_t tasks = ceil_div(groups, per);
     parallel_for(
         tasks,
         [&](int64_t t) {
@@ -830,34 +835,75 @@ const char* gemm_isa_name(GemmIsa isa) {
     return family_for(isa == GemmIsa::Auto ? best_isa() : isa).name;
 }
 
-void sgemm_isa(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
-               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
-               int threads) {
-    check_args(transA, transB, M, N, K, lda, ldb, ldc);
+namespace {
+enum class Route { Packed, Transposed, Dot };
+
+// Which path computes this shape: a function of the shape and family only.
+Route route_for(const KernelFamily& f, bool transA, bool transB, int64_t M, int64_t N, int64_t K) {
+#if STRIATE_GEMM_X86
+    if (f.isa == GemmIsa::Avx512 && !transA && transB && use_dot_path(M, K)) return Route::Dot;
+#else
+    (void)transA, (void)transB, (void)K;
+#endif
+    // Tiles are nr columns wide. When N is narrow and M is not, compute
+    // C^T = op(B)^T op(A)^T instead so that the long dimension fills the vectors.
+    const int64_t waste_n = M * ceil_div(N, f.nr) * f.nr, waste_t = N * ceil_div(M, f.nr) * f.nr;
+    return 4 * waste_t < 3 * waste_n ? Route::Transposed : Route::Packed;
+}
+
+const KernelFamily& checked_family(GemmIsa isa) {
     if (isa == GemmIsa::Auto) isa = best_isa();
     if (!cpu_supports(isa)) {
         throw std::invalid_argument(std::string("sgemm: `isa` ") + family_for(isa).name +
                                     " is not supported by this CPU or build");
     }
+    return family_for(isa);
+}
+}  // namespace
+
+int64_t sgemm_task_count(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, int threads) {
+    const KernelFamily& f = checked_family(isa);
+    if (M <= 0 || N <= 0 || K <= 0) return 0;
+    if (threads <= 0) threads = get_num_threads();
+    switch (route_for(f, transA, transB, M, N, K)) {
+#if STRIATE_GEMM_X86
+        case Route::Dot:
+            return ceil_div(ceil_div(N, kDotRB), dot_groups_per_task(M, N, K, threads));
+#endif
+        case Route::Transposed: {
+            const Plan p = make_plan(f, N, M, K, threads);
+            return p.tm * p.tn;
+        }
+        default: {
+            const Plan p = make_plan(f, M, N, K, threads);
+            return p.tm * p.tn;
+        }
+    }
+}
+
+void sgemm_isa(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+               int threads) {
+    check_args(transA, transB, M, N, K, lda, ldb, ldc);
+    const KernelFamily& f = checked_family(isa);
     if (M == 0 || N == 0) return;
     if (K == 0) {
         scale_c(M, N, beta, C, ldc);
         return;
     }
-    const KernelFamily& f = family_for(isa);
-    // Tiles are nr columns wide. When N is narrow and M is not, compute
-    // C^T = op(B)^T op(A)^T instead so that the long dimension fills the vectors.
-    const int64_t waste_n = M * ceil_div(N, f.nr) * f.nr, waste_t = N * ceil_div(M, f.nr) * f.nr;
+    // The plan splits tasks for the thread count that will actually run them.
+    if (threads <= 0) threads = get_num_threads();
+    switch (route_for(f, transA, transB, M, N, K)) {
 #if STRIATE_GEMM_X86
-    if (f.isa == GemmIsa::Avx512 && !transA && transB && use_dot_path(M, K)) {
-        gemm_dot_avx512(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);
-        return;
-    }
+        case Route::Dot:
+            gemm_dot_avx512(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);
+            break;
 #endif
-    if (4 * waste_t < 3 * waste_n) {
-        gemm_blocked(f, !transB, !transA, N, M, K, alpha, B, ldb, A, lda, beta, C, 1, ldc, threads);
-    } else {
-        gemm_blocked(f, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1, threads);
+        case Route::Transposed:
+            gemm_blocked(f, !transB, !transA, N, M, K, alpha, B, ldb, A, lda, beta, C, 1, ldc, threads);
+            break;
+        default:
+            gemm_blocked(f, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1, threads);
     }
 }
 

@@ -182,6 +182,23 @@ def test_long_reduction_over_several_depth_blocks(isa, trans_a, trans_b):
     check(5, 7, 4100, trans_a, trans_b, alpha=0.5, beta=0.5, isa=isa)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("trans_a,trans_b", TRANS)
+def test_default_thread_count_is_used_for_the_split(isa, trans_a, trans_b):
+    # threads <= 0 means the global setting: the split must match an explicit count.
+    shape = (64, 576, 256)
+    assert _core._sgemm_task_count(trans_a, trans_b, *shape, threads=1, isa=isa) == 1
+    two = _core._sgemm_task_count(trans_a, trans_b, *shape, threads=2, isa=isa)
+    assert two >= 2
+    _core.set_num_threads(2)
+    assert _core._sgemm_task_count(trans_a, trans_b, *shape, threads=0, isa=isa) == two
+    _core.set_num_threads(1)
+    assert _core._sgemm_task_count(trans_a, trans_b, *shape, threads=0, isa=isa) == 1
+    # Tiny calls stay on one thread; empty ones have nothing to split.
+    assert _core._sgemm_task_count(trans_a, trans_b, 4, 4, 4, threads=8, isa=isa) == 1
+    assert _core._sgemm_task_count(trans_a, trans_b, 0, 4, 4, threads=8, isa=isa) == 0
+
+
 def test_large_shapes_match_reference():
     for trans_a, trans_b in TRANS:
         check(130, 540, 700, trans_a, trans_b, threads=2, beta=1.0)
