@@ -100,6 +100,13 @@ void bind_gemm(py::module_& m) {
         py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("lda"), py::arg("ldb"),
         py::arg("ldc"), py::arg("alpha") = 1.f, py::arg("beta") = 0.f, "The naive oracle with _sgemm's arguments");
     m.def(
+        "_sgemm_task_count",
+        [](bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int threads, const std::string& isa) {
+            return sgemm_task_count(parse_isa(isa), trans_a, trans_b, m, n, k, threads);
+        },
+        py::arg("trans_a"), py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("threads") = 0,
+        py::arg("isa") = "auto", "Number of C tiles _sgemm would hand to the thread pool (testing entry point)");
+    m.def(
         "_gemm_isa",
         [](const std::string& isa) -> py::object {
             const GemmIsa which = parse_isa(isa);

@@ -40,5 +40,8 @@ const char* gemm_isa_name(GemmIsa isa);
 void sgemm_isa(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
                int threads = 0);
+// How many tasks (tiles of C handed to parallel_for) sgemm_isa() would use for
+// this shape and thread count (threads <= 0: get_num_threads()); for tests.
+int64_t sgemm_task_count(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, int threads = 0);
 
 }  // namespace striate

@@ -164,7 +164,7 @@ THREAD_SHAPES = [(200, 300, 150), (500, 7, 300), (64, 784, 150), (16, 1024, 288)
 @pytest.mark.parametrize("m,n,k", THREAD_SHAPES)
 def test_bit_identical_for_any_thread_count(isa, m, n, k):
     rng = np.random.default_rng(7)
-    for trans_a, trans_b in [(False, False), (True, True)]:
+    for trans_a, trans_b in TRANS:
         a, b, c, lda, ldb, ldc = make_operands(rng, m, n, k, trans_a, trans_b, (0, 0, 0), 0.5)
         outs = []
         for threads in (1, 2, 3, 8):
@@ -173,6 +173,30 @@ def test_bit_identical_for_any_thread_count(isa, m, n, k):
             outs.append(out)
         for out in outs[1:]:
             np.testing.assert_array_equal(out, outs[0])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("trans_a,trans_b", TRANS)
+def test_long_reduction_over_several_depth_blocks(isa, trans_a, trans_b):
+    # K spans several depth blocks of every path (packed: 256, in-place dot: 2048).
+    check(5, 7, 4100, trans_a, trans_b, alpha=0.5, beta=0.5, isa=isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("trans_a,trans_b", TRANS)
+def test_default_thread_count_is_used_for_the_split(isa, trans_a, trans_b):
+    # threads <= 0 means the global setting: the split must match an explicit count.
+    shape = (64, 576, 256)
+    assert _core._sgemm_task_count(trans_a, trans_b, *shape, threads=1, isa=isa) == 1
+    two = _core._sgemm_task_count(trans_a, trans_b, *shape, threads=2, isa=isa)
+    assert two >= 2
+    _core.set_num_threads(2)
+    assert _core._sgemm_task_count(trans_a, trans_b, *shape, threads=0, isa=isa) == two
+    _core.set_num_threads(1)
+    assert _core._sgemm_task_count(trans_a, trans_b, *shape, threads=0, isa=isa) == 1
+    # Tiny calls stay on one thread; empty ones have nothing to split.
+    assert _core._sgemm_task_count(trans_a, trans_b, 4, 4, 4, threads=8, isa=isa) == 1
+    assert _core._sgemm_task_count(trans_a, trans_b, 0, 4, 4, threads=8, isa=isa) == 0
 
 
 def test_large_shapes_match_reference():
