@@ -8,7 +8,7 @@ namespace striate {
 
 namespace {
 // out = op(a) @ op(b), fresh array. a, b: 2-D float32, C-contiguous.
-farray matmul(const farray& a, const farray& b, bool trans_a, bool trans_b) {
+farray matmul(const farray& a, const farray& b, bool trans_a, bool trans_b, bool row_invariant) {
     require_ndim(a, 2, "a");
     require_ndim(b, 2, "b");
     const int64_t M = trans_a ? a.shape(1) : a.shape(0);
@@ -26,7 +26,11 @@ farray matmul(const farray& a, const farray& b, bool trans_a, bool trans_b) {
     const int64_t lda = a.shape(1), ldb = b.shape(1);
     {
         py::gil_scoped_release release;
-        sgemm(trans_a, trans_b, M, N, Ka, 1.f, pa, lda, pb, ldb, 0.f, pc, N);
+        if (row_invariant) {
+            sgemm_row_invariant(trans_a, trans_b, M, N, Ka, 1.f, pa, lda, pb, ldb, 0.f, pc, N);
+        } else {
+            sgemm(trans_a, trans_b, M, N, Ka, 1.f, pa, lda, pb, ldb, 0.f, pc, N);
+        }
     }
     return out;
 }
@@ -78,7 +82,9 @@ void sgemm_py(const farray& a, const farray& b, farray& c, bool trans_a, bool tr
 
 void bind_gemm(py::module_& m) {
     m.def("matmul", &matmul, py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("trans_a") = false,
-          py::arg("trans_b") = false, "op(a) @ op(b) with striate's deterministic SGEMM");
+          py::arg("trans_b") = false, py::arg("row_invariant") = false,
+          "op(a) @ op(b) with striate's deterministic SGEMM; row_invariant=True computes each row of the "
+          "result exactly as it would be computed alone (results independent of the batch size)");
     m.def(
         "_sgemm",
         [](const farray& a, const farray& b, farray c, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,

@@ -912,4 +912,33 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     sgemm_isa(GemmIsa::Auto, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);
 }
 
+void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                         int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
+    check_args(transA, transB, M, N, K, lda, ldb, ldc);
+    const KernelFamily& f = checked_family(GemmIsa::Auto);
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+        scale_c(M, N, beta, C, ldc);
+        return;
+    }
+    if (threads <= 0) threads = get_num_threads();
+#if STRIATE_GEMM_X86
+    // The dot kernels give every element the same arithmetic whatever the
+    // tile, so row blocks of 64 (which keep A's block in L2 up to this depth)
+    // compute each row exactly as a lone row would be. Below a depth of 128
+    // the per-element reduction costs more than the packed path.
+    constexpr int64_t kRows = 64;
+    if (f.isa == GemmIsa::Avx512 && !transA && transB && K >= 128 && kRows * K <= 96 * 1024) {
+        for (int64_t i = 0; i < M; i += kRows) {
+            gemm_dot_avx512(std::min(kRows, M - i), N, K, alpha, A + i * lda, lda, B, ldb, beta,
+                            C + i * ldc, ldc, threads);
+        }
+        return;
+    }
+#endif
+    // The packed path: the depth blocking depends on K only and every element
+    // accumulates over k in the same order whatever tile holds it.
+    gemm_blocked(f, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1, threads);
+}
+
 }  // namespace striate

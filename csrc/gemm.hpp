@@ -23,6 +23,14 @@ namespace striate {
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads = 0);
 
+// sgemm whose rows of C are each computed with the same arithmetic whatever M
+// is, so that a sample's result does not depend on the batch it is computed
+// in (fully-connected layers). The path is chosen from N, K and the CPU only,
+// never from M; plain sgemm may pick a faster path per M.
+void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                         int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+                         int threads = 0);
+
 // The straightforward triple loop with the same contract: the oracle for tests.
 void sgemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);

@@ -247,3 +247,18 @@ def test_sgemm_argument_errors():
         _core._gemm_isa("neon")
     assert _core._gemm_isa("generic") == "generic"
     assert _core._gemm_isa() in ("avx512", "avx2", "generic")
+
+
+@pytest.mark.parametrize("m,n,k", [(200, 120, 400), (200, 10, 84), (300, 128, 4096), (130, 33, 1536), (70, 5, 64)])
+@pytest.mark.parametrize("trans_b", [True, False])
+def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b):
+    """row_invariant=True: every row of op(a) @ op(b) is bitwise what that row alone gives (batch independence)."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    full = _core.matmul(a, b, False, trans_b, True)
+    ref = a.astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+    np.testing.assert_allclose(full, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    for rows in (1, 3, 17, 64, 65, m - 1):
+        assert np.array_equal(full[:rows], _core.matmul(a[:rows], b, False, trans_b, True)), rows
+    assert np.array_equal(full[m - 1 :], _core.matmul(a[m - 1 :], b, False, trans_b, True))

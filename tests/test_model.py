@@ -403,3 +403,19 @@ def test_docstring_examples():
 
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["lenet5", "typical_cnn"])
+def test_outputs_do_not_depend_on_the_batch(name):
+    """A sample's output is bitwise the same whatever batch it is computed in (cached features rely on it)."""
+    if st.get_backend() != "cpp":
+        pytest.skip("a promise of the C++ kernels; the reference runs on numpy's BLAS")
+    st.seed(0)
+    model = st.zoo.lenet5() if name == "lenet5" else st.zoo.typical_cnn()
+    model.eval()
+    c = 1 if name == "lenet5" else 3
+    x = np.random.default_rng(3).random((70, c, 32, 32), dtype=np.float32)
+    full = model(x)
+    for rows in (1, 5, 64, 69):
+        assert np.array_equal(full[:rows], model(x[:rows])), rows
+    assert np.array_equal(full[40:41], model(x[40:41]))

@@ -338,7 +338,7 @@ def linear(x, weight, bias=None):
     _args.linear_check(x.shape, weight.shape, None if bias is None else bias.shape)
     if _numpy_backend():
         return reference.linear(x, weight, bias)
-    y = _core.matmul(x, weight, False, True)
+    y = _core.matmul(x, weight, False, True, True)  # row-invariant: batch-independent results
     if bias is not None:
         y += bias
     return y
@@ -361,7 +361,7 @@ def linear_backward(dy, x, weight, needs=("x", "weight", "bias")):
     if _numpy_backend():
         return reference.linear_backward(dy, x, weight, needs=need)
     dy = dy
-    dx = _core.matmul(dy, weight, False, False) if "x" in need else None
+    dx = _core.matmul(dy, weight, False, False, True) if "x" in need else None
     dw = _core.matmul(dy, x, True, False) if "weight" in need else None
     db = dy.sum(axis=0, dtype=np.float32) if "bias" in need else None
     return dx, dw, db
