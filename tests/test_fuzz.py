@@ -24,6 +24,8 @@ import io as pyio
 import json
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
 import tracemalloc
 
@@ -166,6 +168,38 @@ def test_fuzz_cifar_pickle(data):
         assert "data_batch_1" in str(e)
         return
     assert x.dtype == np.uint8 and x.shape[1:] == (3, 32, 32) and y.shape == (x.shape[0],)
+
+
+# dtype('u1', copy=True) then BUILD with a 6-tuple state: numpy's dtype __setstate__
+# takes it and crashes the interpreter (segfault in arraydescr_setstate, numpy 2.4).
+_DTYPE_STATE_CRASH = (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00u1\x89\x88\x87R"
+                      b"(K\x03X\x01\x00\x00\x00|NJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.")
+
+
+def test_cifar_pickle_with_a_malformed_dtype_state_is_refused_not_a_crash():
+    """RELIABILITY 10, 12 (found by fuzzing): a dtype state numpy would crash on is refused with ValueError.
+
+    Run in a fresh process: before the fix this input killed it with SIGSEGV.
+    """
+    code = ("import sys\nfrom striate.datasets import cifar\n"
+            "try:\n    cifar.parse_cifar_pickle(sys.stdin.buffer.read(), 'batch')\n"
+            "except ValueError as e:\n    print(e)\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(st.__file__)))
+    r = subprocess.run([sys.executable, "-c", code], input=_DTYPE_STATE_CRASH, capture_output=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, f"exit status {r.returncode}: {r.stderr.decode()[-2000:]}"
+    assert b"refused dtype state" in r.stdout
+
+
+@pytest.mark.parametrize("i", range(len(CIFAR_PICKLES)))
+def test_cifar_pickles_of_every_in_band_protocol_still_load(i):
+    """RELIABILITY 12: the checked BUILD accepts what numpy writes (protocols 2-4, bytes or str keys)."""
+    if i == 3:  # protocol 5 stores the array out of band through a function that is not allowed
+        with pytest.raises(ValueError, match="refused global"):
+            cifar.parse_cifar_pickle(CIFAR_PICKLES[i], "batch")
+        return
+    x, y = cifar.parse_cifar_pickle(CIFAR_PICKLES[i], "batch")
+    assert x.shape == (2, 3, 32, 32) and y.dtype == np.int64
 
 
 # ----------------------------------------------------------------------------- safetensors weights
@@ -470,7 +504,8 @@ def test_onnx_import_malformed_nodes_are_value_errors(case, tmp_path):
 
 
 # Training checkpoints whose metadata JSON was edited (and its digest recomputed,
-# so the edit reaches the checkpoint decoder): found by fuzzing the decoder.
+# so the edit reaches the checkpoint decoder): found by fuzzing the decoder, where
+# TypeError, AttributeError and (at the next step) KeyError escaped.
 
 
 def _checkpoint_with(tmp_path, edit):
@@ -509,8 +544,6 @@ _CHECKPOINT_REGRESSIONS = {
 }
 
 
-@pytest.mark.xfail(reason="bug: training._decode and optim.Adam.load_state_dict let TypeError, AttributeError "
-                          "and (at the next step) KeyError escape for malformed checkpoint metadata", strict=True)
 @pytest.mark.parametrize("case", sorted(_CHECKPOINT_REGRESSIONS))
 def test_malformed_checkpoint_metadata_is_a_format_error(case, tmp_path):
     """RELIABILITY 9, 15: checkpoint metadata of the wrong shape is refused with FormatError (a ValueError).

@@ -47,7 +47,6 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 PYTHON_DIR = str(Path(st.__file__).resolve().parent.parent)
 I64_MAX = 2**63 - 1
-_SANITIZED = "libubsan" in os.environ.get("LD_PRELOAD", "")  # tools/sanitize.sh
 
 # ----------------------------------------------------------------------------- the index
 
@@ -248,9 +247,9 @@ def test_core_size_overflow_is_a_value_error_before_allocation(case):
 
 
 # _core entry points whose padded extent or dilated kernel overflows in the
-# geometry arithmetic itself (shape.hpp conv_out_size / pool_out_size add and
-# multiply without checks): signed overflow (UB; UBSan aborts), and in a release
-# build a ValueError with a wrapped, negative "padded input" in its message.
+# geometry arithmetic itself (shape.hpp conv_out_size / pool_out_size). Unchecked,
+# that is signed overflow (UB, which the sanitizer run aborts on) and, in a release
+# build, a ValueError with a wrapped, negative "padded input" in its message.
 CORE_GEOMETRY_OVERFLOW = {
     "conv pad_top + pad_bottom": lambda: _core.conv2d_forward(X1, W2, None, 1, 1, 2**62, 2**62, 0, 0, 1, 1, 1),
     "conv dil_h * (kh - 1) + 1": lambda: _core.conv2d_forward(X1, np.ones((1, 1, 2, 1), np.float32), None,
@@ -259,17 +258,10 @@ CORE_GEOMETRY_OVERFLOW = {
     "max_pool dh * (kh - 1)": lambda: _core.max_pool2d_forward(X1, 2**62, 1, 1, 1, 0, 0, 3, 1, False),
 }
 
-_UB_REASON = ("bug: unchecked int64 arithmetic in csrc/shape.hpp (conv_out_size/pool_out_size: in + pads, "
-              "dilation*(k-1)+1) overflows before the checks (UBSan: shape.hpp:50 signed integer overflow); "
-              "reachable through _core directly")
 
-
-@pytest.mark.xfail(reason=_UB_REASON, strict=True)
 @pytest.mark.parametrize("case", sorted(CORE_GEOMETRY_OVERFLOW))
 def test_core_geometry_overflow_names_the_overflow(case):
     """RELIABILITY 6: padding or dilation so large that the padded extent overflows int64 is reported as such."""
-    if _SANITIZED:
-        pytest.skip("the overflow is undefined behaviour: UBSan would abort the run")
     with pytest.raises(ValueError, match="overflows int64") as info:
         CORE_GEOMETRY_OVERFLOW[case]()
     # names what overflowed (a wrapped value can trip a later, unrelated check)
@@ -295,13 +287,12 @@ def test_functional_size_overflow_is_a_value_error(case):
         FUNCTIONAL_OVERFLOW[case]()
 
 
-@pytest.mark.xfail(reason="bug: pool_out_size computes padded - eff + stride - 1 without a check; a stride near "
-                          "INT64_MAX with ceil_mode wraps and gives 0 output rows instead of 1", strict=True)
 @pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d", "lp_pool2d"])
 def test_ceil_mode_with_a_huge_stride_keeps_the_output_size(op):
-    """RELIABILITY 6: ceil_mode output size with stride 2**63-1 is computed without overflow (1, as the reference)."""
-    if _SANITIZED:
-        pytest.skip("the overflow is undefined behaviour: UBSan would abort the run")
+    """RELIABILITY 6: ceil_mode output size with stride 2**63-1 is computed without overflow (1, as the reference).
+
+    Unchecked, stride - 1 + (padded - extent) wrapped and gave 0 output rows.
+    """
     import striate.reference as R
 
     st.set_backend("cpp")
@@ -739,18 +730,14 @@ def test_whole_fit_is_identical_for_every_STRIATE_NUM_THREADS():
         assert r["loss"] == runs[0]["loss"] and r["val_accuracy"] == runs[0]["val_accuracy"]
 
 
-_BN_CHECKPOINT_BUG = ("bug: training.save_checkpoint stores every tensor through np.ascontiguousarray, which "
-                      "turns BatchNorm2d's 0-d num_batches_tracked into shape (1,); loading it back fails")
-
-
-@pytest.mark.parametrize("bn", [False, pytest.param(True, marks=pytest.mark.xfail(reason=_BN_CHECKPOINT_BUG))],
-                         ids=["no-batchnorm", "batchnorm"])
+@pytest.mark.parametrize("bn", [False, True], ids=["no-batchnorm", "batchnorm"])
 def test_resume_in_fresh_processes_on_other_thread_counts(tmp_path, bn):
     """RELIABILITY 15: 2N epochs straight == N epochs, checkpoint, N more in another process, bitwise.
 
     With dropout, striate.augment's C++ transforms, Adam (whose moments and
-    step count must come back) and, in one variant, BatchNorm. The three runs
-    use 1, 3 and 2 threads, so the resume also crosses thread counts (item 16).
+    step count must come back) and, in one variant, BatchNorm (whose 0-d
+    num_batches_tracked a checkpoint once turned 1-d). The three runs use 1, 3
+    and 2 threads, so the resume also crosses thread counts (item 16).
     """
     ckpt = tmp_path / "run.ckpt"
     first = _fit_in_process(1, epochs=2, ckpt=ckpt, bn=bn)
@@ -762,7 +749,6 @@ def test_resume_in_fresh_processes_on_other_thread_counts(tmp_path, bn):
     assert resumed["val_accuracy"] == straight["val_accuracy"]
 
 
-@pytest.mark.xfail(reason=_BN_CHECKPOINT_BUG)
 def test_checkpoint_round_trip_keeps_zero_dim_buffers(tmp_path):
     """RELIABILITY 15: a checkpoint of a model with BatchNorm (0-d num_batches_tracked) loads back into it."""
     from striate.training import load_checkpoint, save_checkpoint

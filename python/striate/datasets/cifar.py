@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import math
 import os
 import pickle
 from pathlib import Path
@@ -65,7 +66,7 @@ def _checked_dtype(*args):
     return dt
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(pickle._Unpickler):
     """An unpickler that can rebuild plain numpy arrays and nothing else.
 
     ``find_class`` allows exactly ``numpy.core.multiarray._reconstruct`` /
@@ -73,7 +74,30 @@ class RestrictedUnpickler(pickle.Unpickler):
     (without object fields) and ``_codecs.encode`` (latin-1 only). Any other
     global, and any persistent id, raises ``pickle.UnpicklingError`` without
     being imported.
+
+    It is the pure-Python unpickler so that BUILD can be checked: numpy's
+    ``__setstate__`` trusts its argument (a dtype state of the wrong shape
+    crashes the interpreter), so a dtype's state must equal the one the dtype
+    already has (nothing is set), and an array's state must be
+    ``(1, shape, dtype, fortran_order, bytes)`` with exactly the bytes the shape
+    needs.
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_build(self):
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.dtype):
+            if type(state) is not tuple or state != inst.__reduce__()[2]:
+                raise pickle.UnpicklingError(f"refused dtype state {state!r:.80}")
+            self.stack.pop()
+            return
+        if not isinstance(inst, np.ndarray):
+            raise pickle.UnpicklingError(f"refused BUILD on a {type(inst).__name__}")
+        _check_array_state(state)
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct_fn(),
@@ -91,6 +115,17 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("refused persistent id")
+
+
+def _check_array_state(state) -> None:
+    ok = type(state) is tuple and len(state) == 5
+    if ok:
+        version, shape, dtype, fortran, data = state
+        ok = (version == 1 and type(shape) is tuple and all(type(d) is int and d >= 0 for d in shape)
+              and isinstance(dtype, np.dtype) and not dtype.hasobject and type(fortran) is bool
+              and type(data) is bytes and len(data) == math.prod(shape) * dtype.itemsize)
+    if not ok:
+        raise pickle.UnpicklingError(f"refused array state {state!r:.80}")
 
 
 def _check_labels(labels: np.ndarray, name: str, offsets=None) -> None:
