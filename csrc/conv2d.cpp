@@ -8,8 +8,16 @@
 //       on the padded dy with flipped, transposed weights.
 //   dw, >= 16 input channels per group, AVX-512, any stride: outer-product
 //       tiles on a channels-last copy of x and the transposed dy.
-//   everything else (strided forward/dx, 1x1 stride-1 unpadded, few input
-//   channels for dw, CPUs without AVX-512): im2col + SGEMM, per image n and
+//   dw, < 16 input and 12..16 output channels per group, stride 1, kernel
+//       width 3 or 5, AVX-512 (LeNet C3): vectors over the output channels,
+//       x broadcast from the padded image (kvec dw).
+//   dw, < 16 input and <= 16 output channels per group, stride 1, AVX-512,
+//       output rows filling at least half of the padded width (LeNet C1):
+//       masked vectors over positions flattened along the padded width,
+//       lanes summed once per batch chunk (flat dw).
+//   everything else (strided forward/dx, 1x1 stride-1 unpadded, dw with few
+//   input and many output channels such as 3->32, CPUs without AVX-512):
+//   im2col + SGEMM, per image n and
 //   group g (Kg = K/groups, Cg = C/groups, CKK = Cg*kh*kw, P = OH*OW):
 //       forward   y[n,g] (Kg x P)   = w[g] (Kg x CKK) . cols (CKK x P)
 //       backward  dcols (CKK x P)   = w[g]^T . dy[n,g];  dx[n,g] = col2im(dcols)
@@ -730,15 +738,9 @@ __attribute__((target("avx512f,fma"))) void flat_dw_tile_avx512(const float* xp,
             }
         }
     }
-    // Lanes summed in order 0..15.
-    alignas(64) float lanes[16];
+    // Lanes summed by a fixed shuffle tree.
     for (int m = 0; m < MK; ++m)
-        for (int r = 0; r < NR; ++r) {
-            _mm512_store_ps(lanes, acc[m][r]);
-            float t = 0.f;
-            for (int l = 0; l < 16; ++l) t += lanes[l];
-            dst[m * ldd + r] = t;
-        }
+        for (int r = 0; r < NR; ++r) dst[m * ldd + r] = _mm512_reduce_add_ps(acc[m][r]);
 }
 
 using flat_dw_fn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, const int64_t*,
@@ -805,6 +807,98 @@ void flat_dw_chunk(const Conv2dShape& s, const DirectGeom& d, const int64_t* off
                     xp, xstride, dyf + k0 * ldq, ldq, dystride, nimg, off + r0, masks.data(), qv, pg + k0 * R + r0, R);
             }
         }
+    }
+}
+
+// ---- channel-vector dw (AVX-512), stride 1, kernel width 3 or 5 ---------------
+//
+// For 12 or more output channels per group the vector can run over 16 output
+// channels instead of positions (no idle lanes for small outputs such as LeNet
+// C3's 10x10): with dyT (P, ldk) the transposed dy of one image,
+// part[r][k] += sum_p dyT[p][k] * xp[off[r] + oh*Wp + ow] for a tile of NI
+// kernel rows (c, i) times all KW taps j (dilation 1 along the width, so the
+// taps of one row are consecutive floats), accumulated over the positions of
+// every image of a batch chunk in order. dw partials are (groups, R, ldk).
+
+template <int NI, int KW>
+__attribute__((target("avx512f,fma"))) void kvec_dw_tile_avx512(const float* xp, int64_t xstride, const float* dyT,
+                                                                 int64_t ldk, int64_t dystride, int64_t nimg,
+                                                                 const int64_t* pair_off, int64_t OH, int64_t OW,
+                                                                 int64_t Wp, float* dst) {
+    __m512 acc[NI][KW];
+    for (int a = 0; a < NI; ++a)
+        for (int j = 0; j < KW; ++j) acc[a][j] = _mm512_setzero_ps();
+    int64_t po[NI];
+    for (int a = 0; a < NI; ++a) po[a] = pair_off[a];
+    for (int64_t n = 0; n < nimg; ++n) {
+        const float* xn = xp + n * xstride;
+        const float* dn = dyT + n * dystride;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+            const float* xrow = xn + oh * Wp;
+            const float* drow = dn + oh * OW * ldk;
+            for (int64_t ow = 0; ow < OW; ++ow) {
+                const __m512 dv = _mm512_loadu_ps(drow + ow * ldk);
+                for (int a = 0; a < NI; ++a) {
+                    const float* b = xrow + po[a] + ow;
+                    for (int j = 0; j < KW; ++j) acc[a][j] = _mm512_fmadd_ps(dv, _mm512_set1_ps(b[j]), acc[a][j]);
+                }
+            }
+        }
+    }
+    for (int a = 0; a < NI; ++a)
+        for (int j = 0; j < KW; ++j) _mm512_storeu_ps(dst + (a * KW + j) * ldk, acc[a][j]);
+}
+
+using kvec_dw_fn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, const int64_t*, int64_t,
+                            int64_t, int64_t, float*);
+constexpr int kKdwNI3 = 8, kKdwNI5 = 5;  // kernel rows per tile: 24 or 25 accumulators
+template <int KW, int... As>
+constexpr std::array<kvec_dw_fn, kKdwNI3 + 1> kvec_dw_row(std::integer_sequence<int, As...>) {
+    return {nullptr, kvec_dw_tile_avx512<As + 1, KW>...};
+}
+const std::array<kvec_dw_fn, kKdwNI3 + 1> kKdwTiles3 = kvec_dw_row<3>(std::make_integer_sequence<int, kKdwNI3>{});
+const std::array<kvec_dw_fn, kKdwNI3 + 1> kKdwTiles5 = [] {
+    std::array<kvec_dw_fn, kKdwNI3 + 1> t{};
+    const auto row = kvec_dw_row<5>(std::make_integer_sequence<int, kKdwNI5>{});
+    for (int a = 0; a <= kKdwNI5; ++a) t[static_cast<size_t>(a)] = row[static_cast<size_t>(a)];
+    return t;
+}();
+
+// Channel-vector dw for this geometry? Stride 1, kernel width 3 or 5 without
+// width dilation, fewer than 16 input channels per group, and 12 to 16 output
+// channels per group (one vector, at least 12 lanes busy; with two or more
+// vectors the broadcasts repeat and the GEMM wins: 3->32 k3 on 32x32 measured
+// 0.78x).
+bool kvec_dw_ok(const Conv2dShape& s) {
+    const int64_t Kg = s.K / s.groups;
+    return s.sh == 1 && s.sw == 1 && s.dw == 1 && (s.kw == 3 || s.kw == 5) && s.C / s.groups < 16 && Kg >= 12 &&
+           Kg <= 16 && cpu_has_avx512();
+}
+
+// dw partial of one batch chunk [n0, n1): part (groups, R, ldk), see kvec_dw_tile_avx512.
+void kvec_dw_chunk(const Conv2dShape& s, const DirectGeom& d, const float* dy, const float* x, int64_t n0, int64_t n1,
+                   int64_t ldk, float* part) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, R = d.R(), P = s.OH * s.OW;
+    const int64_t nimg = n1 - n0, xstride = d.padded_size(), dystride = P * ldk;
+    float* xp = tl_pad.get(nimg * xstride);
+    float* dyT = tl_dyT.get(nimg * dystride);
+    const int64_t npairs = Cg * s.kh, nib = s.kw == 3 ? kKdwNI3 : kKdwNI5;
+    const auto& table = s.kw == 3 ? kKdwTiles3 : kKdwTiles5;
+    std::vector<int64_t> pair_off(static_cast<size_t>(npairs));
+    for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t i = 0; i < s.kh; ++i) pair_off[static_cast<size_t>(c * s.kh + i)] = c * d.Hp * d.Wp + i * s.dh * d.Wp;
+    for (int64_t g = 0; g < s.groups; ++g) {
+        for (int64_t n = n0; n < n1; ++n) {
+            pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp + (n - n0) * xstride);
+            transpose_dy(Kg, P, ldk, dy + (n * s.K + g * Kg) * P, dyT + (n - n0) * dystride);
+        }
+        float* pg = part + g * R * ldk;  // (R, ldk)
+        for (int64_t k0 = 0; k0 < ldk; k0 += 16)
+            for (int64_t a0 = 0; a0 < npairs; a0 += nib) {
+                const int64_t na = std::min(nib, npairs - a0);
+                table[static_cast<size_t>(na)](xp, xstride, dyT + k0, ldk, dystride, nimg, pair_off.data() + a0, s.OH,
+                                               s.OW, d.Wp, pg + a0 * s.kw * ldk + k0);
+            }
     }
 }
 
@@ -905,13 +999,15 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
 
     // Direct dw: partials per chunk are (groups, kh*kw, kpad, ldc), see dw_tile_avx512.
     const bool dw_direct = dw && !pointwise && direct_dw_ok(s);
-    const bool dw_flat = dw && !dw_direct && flat_dw_ok(s);  // partials in the (K, Cg, kh, kw) layout
+    const bool dw_kvec = dw && !dw_direct && !pointwise && kvec_dw_ok(s);  // partials (groups, CKK, kvld)
+    const bool dw_flat = dw && !dw_direct && !dw_kvec && flat_dw_ok(s);    // partials (K, Cg, kh, kw)
+    const int64_t kvld = (Kg + 15) / 16 * 16;
     const DwVariant* dwv = dw_direct ? &choose_dw_variant(Cg, Kg) : nullptr;
     const int64_t khw = s.kh * s.kw;
     const int64_t ldc = dw_direct ? (Cg + 16 * dwv->t.mv - 1) / (16 * dwv->t.mv) * (16 * dwv->t.mv) : 0;
     const int64_t kpad = dw_direct ? (Kg + dwv->t.nr - 1) / dwv->t.nr * dwv->t.nr : 0;
     const int64_t ldk = (kpad + 15) / 16 * 16;  // row stride of dyT
-    const int64_t dw_part_size = dw_direct ? s.groups * khw * kpad * ldc : wsize;
+    const int64_t dw_part_size = dw_direct ? s.groups * khw * kpad * ldc : dw_kvec ? s.groups * CKK * kvld : wsize;
     const int64_t Hp = s.H + s.pt + s.pb, Wp = s.W + s.pl + s.pr;
     std::vector<int64_t> src;
     if (dw_direct) {
@@ -931,7 +1027,7 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     parallel_for(
         nchunks,
         [&](int64_t c) {
-            const bool gemm_dw = dw && !dw_direct && !dw_flat;
+            const bool gemm_dw = dw && !dw_direct && !dw_flat && !dw_kvec;
             float* cols = (gemm_dw && !pointwise) ? tl_cols.get(CKK * P) : nullptr;
             float* xp = (gemm_dw && !pointwise) ? tl_pad.get(d.padded_size()) : nullptr;
             float* xT = dw_direct ? tl_pad.get(Hp * Wp * ldc) : nullptr;
@@ -939,6 +1035,7 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
             float* dcols = (dx && !pointwise) ? tl_dcols.get(CKK * P) : nullptr;
             const int64_t n0 = c * kBatchChunk, n1 = std::min(s.N, n0 + kBatchChunk);
             if (dw_flat) flat_dw_chunk(s, d, off.data(), dy, x, n0, n1, dw_parts + c * wsize);
+            if (dw_kvec) kvec_dw_chunk(s, d, dy, x, n0, n1, kvld, dw_parts + c * dw_part_size);
             for (int64_t n = n0; n < n1; ++n) {
                 for (int64_t g = 0; g < s.groups; ++g) {
                     const float* xg = x + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
@@ -1027,6 +1124,21 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
                 float* dst = dw + kk * CKK;  // (Cg, kh, kw)
                 for (int64_t ij = 0; ij < khw; ++ij)
                     for (int64_t ch = 0; ch < Cg; ++ch) dst[ch * khw + ij] = t[static_cast<size_t>(ij * Cg + ch)];
+            },
+            threads);
+    } else if (dw && dw_kvec) {
+        // dw[g*Kg + k][r] = sum over chunks, in order, of part[chunk][g][r][k].
+        parallel_for(
+            s.K,
+            [&](int64_t kk) {
+                const int64_t g = kk / Kg, k = kk % Kg;
+                float* dst = dw + kk * CKK;
+                for (int64_t r = 0; r < CKK; ++r) {
+                    const float* src = dw_parts + (g * CKK + r) * kvld + k;
+                    float t = nchunks > 0 ? src[0] : 0.f;
+                    for (int64_t c = 1; c < nchunks; ++c) t += src[c * dw_part_size];
+                    dst[r] = t;
+                }
             },
             threads);
     } else if (dw) {

@@ -130,11 +130,15 @@ CASES = [
     # Stride 1, fewer than 16 input and at most 16 output channels per group: dw is
     # accumulated over positions flattened along the padded width (flat dw), with
     # output-channel tiles of 4 or 6 and row tiles of 6 or 4 plus their tails.
-    pytest.param((6, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="flat-dw-lenet-c3"),
     pytest.param((5, 1, 28, 28, 6, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="flat-dw-lenet-c1"),
     pytest.param((9, 5, 9, 11, 13, 3, 2, (1, 1), (1, 0, 2, 1), (1, 1), 1, False), id="flat-dw-k13-tails"),
     pytest.param((3, 14, 8, 7, 14, 2, 3, (1, 1), (0, 1, 1, 1), (2, 1), 2, True), id="flat-dw-groups-dilated"),
     pytest.param((2, 2, 17, 33, 1, 4, 4, (1, 1), (0, 0, 0, 0), (1, 2), 1, True), id="flat-dw-one-output-channel"),
+    # Stride 1, few input channels, 12 to 16 output channels per group, kernel width 3 or 5:
+    # dw vectorised over output channels (kvec dw), tiles of 8 (k3) or 5 (k5) kernel rows.
+    pytest.param((6, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="kvec-dw-lenet-c3"),
+    pytest.param((5, 3, 9, 10, 13, 3, 3, (1, 1), (1, 1, 1, 1), (2, 1), 1, True), id="kvec-dw-k13-dilated-rows"),
+    pytest.param((3, 14, 8, 9, 28, 4, 5, (1, 1), (2, 1, 0, 2), (1, 1), 2, False), id="kvec-dw-groups-row-tail"),
     # Few output positions per padded row (a quarter of the lanes are real): im2col + GEMM.
     pytest.param((2, 3, 6, 20, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 8), 1, True), id="flat-dw-rejected-wide-dilation"),
 ]
@@ -184,6 +188,7 @@ DET_CASES = [
     (9, 36, 7, 9, 18, 3, 3, (2, 1), (1, 1, 0, 1), (1, 2), 2),
     (7, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (14, 10, 9, 11, 14, 3, 2, (1, 1), (1, 0, 2, 1), (2, 1), 2),
+    (13, 14, 8, 9, 28, 4, 5, (1, 1), (2, 1, 0, 2), (1, 1), 2),
 ]
 
 
