@@ -5,7 +5,10 @@
 //       (vectors along output rows or the padded-width flattening; for small
 //       outputs, vectors over 16 output channels); bias fused.
 //   dx, stride 1, padding <= dilated kernel extent, AVX-512: the same kernel
-//       on the padded dy with flipped, transposed weights.
+//       on the padded dy with flipped, transposed weights, unless the scatter
+//       dx needs fewer FMAs (small outputs such as LeNet C3) or the padding is
+//       wider: scatter dx adds bands of dy convolved with one kernel row into
+//       the padded dx (no padded dy, no col2im).
 //   dw, >= 16 input channels per group, AVX-512, any stride: outer-product
 //       tiles on a channels-last copy of x and the transposed dy.
 //   dw, < 16 input and 12..16 output channels per group, stride 1, kernel
@@ -902,6 +905,159 @@ void kvec_dw_chunk(const Conv2dShape& s, const DirectGeom& d, const float* dy, c
     }
 }
 
+// ---- scatter dx (AVX-512), stride 1 -------------------------------------------
+//
+// The direct dx kernel reads dy zero-padded by the kernel extent; for small
+// outputs (LeNet C3: 10x10 dy, 18x18 padded) most of its FMAs multiply those
+// zeros. Here dy is flattened along the forward padded width (dyf[k][q],
+// q = oh*Wp + ow, zero where ow >= OW, with zeros in front), and the rows
+// (c, i) of the reduction are taken one band at a time: the padded dx at
+// dxp[off(c, i) + p] receives sum_k sum_j w[k][c][i][j] * dyf[k][p - j*dw]
+// for the band positions p. A register tile holds NR channels (their dx
+// planes never overlap within a tile) times NV vectors of p, sums k and j in
+// order, then adds the band into dxp under the mask of positions any tap
+// reaches. Each dx element receives its bands in a fixed order (kernel rows i,
+// then channels); images are independent, so the result does not depend on
+// the thread count. Like the direct kernel, it multiplies the weights by dy's
+// zero padding.
+
+template <int NR, int NV>
+__attribute__((target("avx512f,fma"))) void scatter_dx_tile_avx512(const float* dyf, int64_t ldq, int64_t Kg,
+                                                                    int64_t kw, int64_t dil, const float* const* wrow,
+                                                                    float* const* dst, const uint16_t* masks) {
+    __m512 acc[NR][NV];
+    for (int a = 0; a < NR; ++a)
+        for (int v = 0; v < NV; ++v) acc[a][v] = _mm512_setzero_ps();
+    const float* wr[NR];
+    for (int a = 0; a < NR; ++a) wr[a] = wrow[a];
+    for (int64_t k = 0; k < Kg; ++k) {
+        for (int64_t j = 0; j < kw; ++j) {
+            const float* src = dyf + k * ldq - j * dil;
+            __m512 dv[NV];
+            for (int v = 0; v < NV; ++v) {
+                dv[v] = _mm512_loadu_ps(src + 16 * v);
+                // Keep the vector in a register: folded into each of the NR FMAs it would be
+                // loaded NR times, and full-width loads, not FMAs, would set the pace.
+                __asm__("" : "+v"(dv[v]));
+            }
+            for (int a = 0; a < NR; ++a) {
+                const __m512 wv = _mm512_set1_ps(wr[a][j * Kg + k]);
+                for (int v = 0; v < NV; ++v) acc[a][v] = _mm512_fmadd_ps(wv, dv[v], acc[a][v]);
+            }
+        }
+    }
+    for (int a = 0; a < NR; ++a)
+        for (int v = 0; v < NV; ++v) {
+            float* p = dst[a] + 16 * v;
+            const __m512 old = _mm512_loadu_ps(p);
+            _mm512_storeu_ps(p, _mm512_mask_add_ps(old, static_cast<__mmask16>(masks[v]), old, acc[a][v]));
+        }
+}
+
+constexpr int kSdxNR = 3, kSdxNV = 7;  // 21 accumulators + 7 dy vectors + 1 weight in registers
+using scatter_dx_fn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const float* const*, float* const*,
+                               const uint16_t*);
+template <int NR, int... Vs>
+constexpr std::array<scatter_dx_fn, kSdxNV + 1> scatter_dx_row(std::integer_sequence<int, Vs...>) {
+    return {nullptr, scatter_dx_tile_avx512<NR, Vs + 1>...};
+}
+const std::array<scatter_dx_fn, kSdxNV + 1> kSdxTiles[kSdxNR + 1] = {
+    {},
+    scatter_dx_row<1>(std::make_integer_sequence<int, kSdxNV>{}),
+    scatter_dx_row<2>(std::make_integer_sequence<int, kSdxNV>{}),
+    scatter_dx_row<3>(std::make_integer_sequence<int, kSdxNV>{}),
+};
+
+// Scatter dx instead of the direct dx kernel? Stride 1, AVX-512, and fewer
+// estimated vector FMAs: direct computes Cg (rounded to its channel block)
+// times its padded output segments times Kg*kh*kw; scatter computes
+// Cg*kh*kw*Kg per vector of a band.
+bool scatter_dx_better(const Conv2dShape& s) {
+    if (s.sh != 1 || s.sw != 1 || !cpu_has_avx512()) return false;
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, khw = s.kh * s.kw;
+    const int64_t Wp = s.W + s.pl + s.pr, qv = ((s.OH - 1) * Wp + s.OW + s.dw * (s.kw - 1) + 15) / 16;
+    const double scatter = double(Cg * khw) * double(qv) * double(Kg);
+    if (!direct_dx_ok(s)) return true;
+    const int64_t eh = s.dh * (s.kh - 1), ew = s.dw * (s.kw - 1);
+    const DirectGeom dd =
+        make_direct_geom(Kg, s.OH, s.OW, eh - s.pt, eh - s.pb, ew - s.pl, ew - s.pr, s.kh, s.kw, s.dh, s.dw);
+    bool rows = false;
+    const std::vector<Seg> segs = direct_segments(dd, &rows);
+    int64_t nseg = 0;
+    for (const Seg& sg : segs) nseg += sg.mask != 0;
+    const int64_t mb = direct_block(Cg, segs), nv = mb == 6 ? 4 : 3;
+    const double direct = double((Cg + mb - 1) / mb * mb) * double((nseg + nv - 1) / nv * nv) * double(Kg * khw);
+    return scatter < direct;
+}
+
+// dx through scatter_dx_tile_avx512. dy is (N, K, OH, OW), w is (K, Cg, kh, kw), dx is (N, C, H, W).
+void backward_dx_scatter(const Conv2dShape& s, const float* dy, const float* w, float* dx, int threads) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, khw = s.kh * s.kw, R = Cg * khw;
+    const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
+    const int64_t ext = s.dw * (s.kw - 1);
+    const int64_t Q = (s.OH - 1) * d.Wp + s.OW, B = Q + ext;  // dy positions, band positions
+    const int64_t qv = (B + 15) / 16, front = (ext + 15) / 16 * 16, ldq = front + qv * 16;
+    // masks[v] bit l: band position p = 16*v + l is reached by some tap j (p - j*dw is a real dy position).
+    std::vector<uint16_t> masks(static_cast<size_t>(qv), 0);
+    for (int64_t q = 0; q < Q; ++q) {
+        if (q % d.Wp >= s.OW) continue;
+        for (int64_t j = 0; j < s.kw; ++j) {
+            const int64_t p = q + j * s.dw;
+            masks[static_cast<size_t>(p / 16)] |= static_cast<uint16_t>(1u << (p % 16));
+        }
+    }
+    const int64_t nvblocks = (qv + kSdxNV - 1) / kSdxNV, vblock = (qv + nvblocks - 1) / nvblocks;
+    // wT[g][r][k] = w[g*Kg + k][r].
+    float* wT = tl_wpack.get(s.groups * R * Kg);
+    parallel_for(
+        s.groups * R,
+        [&](int64_t gr) {
+            const int64_t g = gr / R, r = gr % R;
+            for (int64_t k = 0; k < Kg; ++k) wT[gr * Kg + k] = w[(g * Kg + k) * R + r];
+        },
+        threads);
+    parallel_for(
+        s.N,
+        [&](int64_t n) {
+            float* dxp = tl_pad.get(d.padded_size());
+            float* dyf = tl_dyT.get(Kg * ldq + 16);  // 16 floats of slack for the last band vector
+            for (int64_t g = 0; g < s.groups; ++g) {
+                // dyf[k][front + q]: flattened dy, zeros in front, between rows and behind.
+                std::fill(dyf, dyf + Kg * ldq + 16, 0.f);
+                const float* dyg = dy + (n * s.K + g * Kg) * s.OH * s.OW;
+                for (int64_t k = 0; k < Kg; ++k)
+                    for (int64_t h = 0; h < s.OH; ++h)
+                        std::memcpy(dyf + k * ldq + front + h * d.Wp, dyg + (k * s.OH + h) * s.OW,
+                                    static_cast<size_t>(s.OW) * sizeof(float));
+                std::fill(dxp, dxp + d.padded_size(), 0.f);
+                const float* wg = wT + g * R * Kg;
+                for (int64_t i = 0; i < s.kh; ++i)
+                    for (int64_t c0 = 0; c0 < Cg; c0 += kSdxNR) {
+                        const int64_t nr = std::min<int64_t>(kSdxNR, Cg - c0);
+                        const float* wrow[kSdxNR];
+                        float* rowdst[kSdxNR];
+                        for (int64_t a = 0; a < nr; ++a) {
+                            wrow[a] = wg + ((c0 + a) * s.kh + i) * s.kw * Kg;
+                            rowdst[a] = dxp + (c0 + a) * d.Hp * d.Wp + i * s.dh * d.Wp;
+                        }
+                        for (int64_t v0 = 0; v0 < qv; v0 += vblock) {
+                            const int64_t nv = std::min<int64_t>(vblock, qv - v0);
+                            float* dst[kSdxNR];
+                            for (int64_t a = 0; a < nr; ++a) dst[a] = rowdst[a] + 16 * v0;
+                            kSdxTiles[nr][static_cast<size_t>(nv)](dyf + front + 16 * v0, ldq, Kg, s.kw, s.dw, wrow,
+                                                                   dst, masks.data() + v0);
+                        }
+                    }
+                float* dxg = dx + (n * s.C + g * Cg) * s.H * s.W;
+                for (int64_t c = 0; c < Cg; ++c)
+                    for (int64_t h = 0; h < s.H; ++h)
+                        std::memcpy(dxg + (c * s.H + h) * s.W, dxp + c * d.Hp * d.Wp + (h + s.pt) * d.Wp + s.pl,
+                                    static_cast<size_t>(s.W) * sizeof(float));
+            }
+        },
+        threads);
+}
+
 }  // namespace
 
 Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t kh, int64_t kw,
@@ -992,9 +1148,12 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     const int64_t wsize = s.K * CKK;
     const bool pointwise = is_pointwise(s);
     const int64_t nchunks = (s.N + kBatchChunk - 1) / kBatchChunk;
-    if (dx && !pointwise && direct_dx_ok(s)) {
-        backward_dx_direct(s, dy, w, dx, threads);
+    if (dx && !pointwise && scatter_dx_better(s)) {
+        backward_dx_scatter(s, dy, w, dx, threads);
         dx = nullptr;  // done; the loop below handles dw and db
+    } else if (dx && !pointwise && direct_dx_ok(s)) {
+        backward_dx_direct(s, dy, w, dx, threads);
+        dx = nullptr;
     }
 
     // Direct dw: partials per chunk are (groups, kh*kw, kpad, ldc), see dw_tile_avx512.

@@ -139,6 +139,11 @@ CASES = [
     pytest.param((6, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="kvec-dw-lenet-c3"),
     pytest.param((5, 3, 9, 10, 13, 3, 3, (1, 1), (1, 1, 1, 1), (2, 1), 1, True), id="kvec-dw-k13-dilated-rows"),
     pytest.param((3, 14, 8, 9, 28, 4, 5, (1, 1), (2, 1, 0, 2), (1, 1), 2, False), id="kvec-dw-groups-row-tail"),
+    # Stride 1 dx by bands of kernel rows (scatter dx) where it needs fewer FMAs than the
+    # direct kernel on the padded dy, or where dy's padding would be negative.
+    pytest.param((3, 4, 9, 13, 5, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1, True), id="scatter-dx-dilated-width"),
+    pytest.param((2, 5, 6, 7, 6, 2, 2, (1, 1), (3, 2, 3, 1), (1, 1), 1, True), id="scatter-dx-pad-beyond-kernel"),
+    pytest.param((2, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, False), id="scatter-dx-long-bands"),
     # Few output positions per padded row (a quarter of the lanes are real): im2col + GEMM.
     pytest.param((2, 3, 6, 20, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 8), 1, True), id="flat-dw-rejected-wide-dilation"),
 ]
@@ -189,6 +194,7 @@ DET_CASES = [
     (7, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (14, 10, 9, 11, 14, 3, 2, (1, 1), (1, 0, 2, 1), (2, 1), 2),
     (13, 14, 8, 9, 28, 4, 5, (1, 1), (2, 1, 0, 2), (1, 1), 2),
+    (6, 4, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 2),
 ]
 
 
