@@ -784,12 +784,21 @@ bool flat_dw_ok(const Conv2dShape& s) {
 }
 
 // dyf (Kg, ldq) = dy (Kg, OH, OW) flattened with row stride Wp, zero elsewhere.
-void flatten_dy(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq, const float* dy, float* dyf) {
+__attribute__((target("avx512f"))) void flatten_dy(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq,
+                                                   const float* dy, float* dyf) {
+    // Rows are short (28 floats for LeNet C1): masked vector copies, no library call per row.
+    auto lanes = [](int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u); };
     for (int64_t k = 0; k < Kg; ++k) {
         float* dk = dyf + k * ldq;
-        std::fill(dk, dk + ldq, 0.f);
-        for (int64_t h = 0; h < OH; ++h)
-            std::memcpy(dk + h * Wp, dy + (k * OH + h) * OW, static_cast<size_t>(OW) * sizeof(float));
+        const float* src = dy + k * OH * OW;
+        for (int64_t h = 0; h < OH; ++h) {
+            float* drow = dk + h * Wp;
+            const float* srow = src + h * OW;
+            const int64_t row_end = std::min(Wp, ldq - h * Wp);  // write [0, row_end): data, then zeros
+            for (int64_t w0 = 0; w0 < row_end; w0 += 16)
+                _mm512_mask_storeu_ps(drow + w0, lanes(row_end - w0), _mm512_maskz_loadu_ps(lanes(OW - w0), srow + w0));
+        }
+        for (int64_t q = OH * Wp; q < ldq; ++q) dk[q] = 0.f;
     }
 }
 
@@ -805,8 +814,9 @@ void flat_dw_chunk(const Conv2dShape& s, const DirectGeom& d, const int64_t* off
     const int64_t mkb = (Kg % 4 != 0 && Kg % 6 == 0) || Kg == 6 ? 6 : 4, nrb = 24 / mkb;
     // masks[v] bit l: q = 16*v + l is a real output position (q < Q and q % Wp < OW).
     std::vector<uint16_t> masks(static_cast<size_t>(qv), 0);
-    for (int64_t q = 0; q < Q; ++q)
-        if (q % d.Wp < s.OW) masks[static_cast<size_t>(q / 16)] |= static_cast<uint16_t>(1u << (q % 16));
+    for (int64_t h = 0; h < s.OH; ++h)
+        for (int64_t q = h * d.Wp; q < h * d.Wp + s.OW; ++q)
+            masks[static_cast<size_t>(q >> 4)] |= static_cast<uint16_t>(1u << (q & 15));
     for (int64_t g = 0; g < s.groups; ++g) {
         for (int64_t n = n0; n < n1; ++n) {
             pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp + (n - n0) * xstride);
@@ -1010,13 +1020,12 @@ void backward_dx_scatter(const Conv2dShape& s, const float* dy, const float* w, 
     const int64_t qv = (B + 15) / 16, front = (ext + 15) / 16 * 16, ldq = front + qv * 16;
     // masks[v] bit l: band position p = 16*v + l is reached by some tap j (p - j*dw is a real dy position).
     std::vector<uint16_t> masks(static_cast<size_t>(qv), 0);
-    for (int64_t q = 0; q < Q; ++q) {
-        if (q % d.Wp >= s.OW) continue;
-        for (int64_t j = 0; j < s.kw; ++j) {
-            const int64_t p = q + j * s.dw;
-            masks[static_cast<size_t>(p / 16)] |= static_cast<uint16_t>(1u << (p % 16));
-        }
-    }
+    for (int64_t h = 0; h < s.OH; ++h)
+        for (int64_t q = h * d.Wp; q < h * d.Wp + s.OW; ++q)
+            for (int64_t j = 0; j < s.kw; ++j) {
+                const int64_t p = q + j * s.dw;
+                masks[static_cast<size_t>(p >> 4)] |= static_cast<uint16_t>(1u << (p & 15));
+            }
     const int64_t nvblocks = (qv + kSdxNV - 1) / kSdxNV, vblock = (qv + nvblocks - 1) / nvblocks;
     // wT[g][r][k] = w[g*Kg + k][r].
     float* wT = tl_wpack.get(s.groups * R * Kg);
