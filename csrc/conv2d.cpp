@@ -975,7 +975,7 @@ __attribute__((target("avx512f,fma"))) void scatter_dx_tile_avx512(const float* 
         }
 }
 
-constexpr int kSdxNR = 3, kSdxNV = 7;  // 21 accumulators + 7 dy vectors + 1 weight in registers
+constexpr int kSdxNR = 2, kSdxNV = 9;  // 18 accumulators + 9 dy vectors + 1 weight in registers
 using scatter_dx_fn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const float* const*, float* const*,
                                const uint16_t*);
 template <int NR, int... Vs>
@@ -986,7 +986,6 @@ const std::array<scatter_dx_fn, kSdxNV + 1> kSdxTiles[kSdxNR + 1] = {
     {},
     scatter_dx_row<1>(std::make_integer_sequence<int, kSdxNV>{}),
     scatter_dx_row<2>(std::make_integer_sequence<int, kSdxNV>{}),
-    scatter_dx_row<3>(std::make_integer_sequence<int, kSdxNV>{}),
 };
 
 // Scatter dx instead of the direct dx kernel? Stride 1, AVX-512, and fewer
