@@ -14,12 +14,12 @@
 //   dw, < 16 input and 12..16 output channels per group, stride 1, kernel
 //       width 3 or 5, AVX-512 (LeNet C3): vectors over the output channels,
 //       x broadcast from the padded image (kvec dw).
-//   dw, < 16 input and <= 32 output channels per group, stride 1, AVX-512,
+//   dw, < 16 input and <= 16 output channels per group, stride 1, AVX-512,
 //       output rows filling at least half of the padded width (LeNet C1):
 //       masked vectors over positions flattened along the padded width,
 //       lanes summed once per batch chunk (flat dw).
 //   everything else (strided forward/dx, 1x1 stride-1 unpadded, dw with few
-//   input and over 32 output channels, CPUs without AVX-512):
+//   input and over 16 output channels such as 3->32, CPUs without AVX-512):
 //   im2col + SGEMM, per image n and
 //   group g (Kg = K/groups, Cg = C/groups, CKK = Cg*kh*kw, P = OH*OW):
 //       forward   y[n,g] (Kg x P)   = w[g] (Kg x CKK) . cols (CKK x P)
@@ -771,12 +771,12 @@ constexpr std::array<std::array<flat_dw_fn, kFlatMaxNR + 1>, kFlatMaxMK + 1> fla
 const auto kFlatDwTiles = flat_dw_table(std::make_integer_sequence<int, kFlatMaxMK>{});
 
 // Flat dw for this geometry? Stride 1, fewer than 16 input channels per group
-// (wider groups use the channels-last direct dw), at most 32 output channels
-// per group (measured: 3->32 k3 on 32x32 1.07x the GEMM; more channels were
-// not measured), not pointwise, and at least half of the flattened lanes are
-// real output positions.
+// (wider groups use the channels-last direct dw), at most 16 output channels
+// per group (for 3->32 k3 on 32x32 it measured 0.98x to 1.07x the GEMM, so the
+// GEMM keeps those), not pointwise, and at least half of the flattened lanes
+// are real output positions.
 bool flat_dw_ok(const Conv2dShape& s) {
-    if (s.sh != 1 || s.sw != 1 || s.C / s.groups >= 16 || s.K / s.groups > 32 || is_pointwise(s) ||
+    if (s.sh != 1 || s.sw != 1 || s.C / s.groups >= 16 || s.K / s.groups > 16 || is_pointwise(s) ||
         !cpu_has_avx512())
         return false;
     const int64_t Wp = s.W + s.pl + s.pr, Q = (s.OH - 1) * Wp + s.OW;

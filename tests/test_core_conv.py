@@ -134,7 +134,9 @@ CASES = [
     pytest.param((9, 5, 9, 11, 13, 3, 2, (1, 1), (1, 0, 2, 1), (1, 1), 1, False), id="flat-dw-k13-tails"),
     pytest.param((3, 14, 8, 7, 14, 2, 3, (1, 1), (0, 1, 1, 1), (2, 1), 2, True), id="flat-dw-groups-dilated"),
     pytest.param((2, 2, 17, 33, 1, 4, 4, (1, 1), (0, 0, 0, 0), (1, 2), 1, True), id="flat-dw-one-output-channel"),
-    pytest.param((5, 3, 12, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="flat-dw-32-output-channels"),
+    pytest.param((5, 3, 12, 16, 16, 3, 2, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="flat-dw-16-output-channels"),
+    # 32 output channels from 3 inputs (the CIFAR net's first layer): dw through im2col + GEMM.
+    pytest.param((5, 3, 12, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="gemm-dw-3-to-32"),
     # Stride 1, few input channels, 12 to 16 output channels per group, kernel width 3 or 5:
     # dw vectorised over output channels (kvec dw), tiles of 8 (k3) or 5 (k5) kernel rows.
     pytest.param((6, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="kvec-dw-lenet-c3"),
@@ -196,7 +198,7 @@ DET_CASES = [
     (14, 10, 9, 11, 14, 3, 2, (1, 1), (1, 0, 2, 1), (2, 1), 2),
     (13, 14, 8, 9, 28, 4, 5, (1, 1), (2, 1, 0, 2), (1, 1), 2),
     (6, 4, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 2),
-    (9, 3, 12, 16, 30, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (9, 3, 12, 16, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
