@@ -5,11 +5,22 @@
 //       (vectors along output rows or the padded-width flattening; for small
 //       outputs, vectors over 16 output channels); bias fused.
 //   dx, stride 1, padding <= dilated kernel extent, AVX-512: the same kernel
-//       on the padded dy with flipped, transposed weights.
+//       on the padded dy with flipped, transposed weights, unless the scatter
+//       dx needs fewer FMAs (small outputs such as LeNet C3) or the padding is
+//       wider: scatter dx adds bands of dy convolved with one kernel row into
+//       the padded dx (no padded dy, no col2im).
 //   dw, >= 16 input channels per group, AVX-512, any stride: outer-product
 //       tiles on a channels-last copy of x and the transposed dy.
-//   everything else (strided forward/dx, 1x1 stride-1 unpadded, few input
-//   channels for dw, CPUs without AVX-512): im2col + SGEMM, per image n and
+//   dw, < 16 input and 12..16 output channels per group, stride 1, kernel
+//       width 3 or 5, AVX-512 (LeNet C3): vectors over the output channels,
+//       x broadcast from the padded image (kvec dw).
+//   dw, < 16 input and <= 16 output channels per group, stride 1, AVX-512,
+//       output rows filling at least half of the padded width (LeNet C1):
+//       masked vectors over positions flattened along the padded width,
+//       lanes summed once per batch chunk (flat dw).
+//   everything else (strided forward/dx, 1x1 stride-1 unpadded, dw with few
+//   input and over 16 output channels such as 3->32, CPUs without AVX-512):
+//   im2col + SGEMM, per image n and
 //   group g (Kg = K/groups, Cg = C/groups, CKK = Cg*kh*kw, P = OH*OW):
 //       forward   y[n,g] (Kg x P)   = w[g] (Kg x CKK) . cols (CKK x P)
 //       backward  dcols (CKK x P)   = w[g]^T . dy[n,g];  dx[n,g] = col2im(dcols)
@@ -34,6 +45,7 @@
 #include <array>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -54,19 +66,26 @@ constexpr int64_t kBatchChunk = 4;
 
 // A per-thread scratch buffer that grows on demand and is kept across calls,
 // so steady-state training allocates nothing here.
+// Buffers start on a 64-byte boundary, so rows whose stride is a multiple of
+// 16 floats are read with whole-cache-line vector loads.
 class Arena {
    public:
     float* get(int64_t n) {
         if (n > size_) {
             buf_.reset();  // release first so the peak is not old + new
-            buf_.reset(new float[static_cast<size_t>(n)]);
+            buf_.reset(static_cast<float*>(
+                ::operator new[](static_cast<size_t>(n) * sizeof(float), std::align_val_t(kAlign))));
             size_ = n;
         }
         return buf_.get();
     }
 
    private:
-    std::unique_ptr<float[]> buf_;
+    static constexpr size_t kAlign = 64;
+    struct Free {
+        void operator()(float* p) const { ::operator delete[](p, std::align_val_t(kAlign)); }
+    };
+    std::unique_ptr<float[], Free> buf_;
     int64_t size_ = 0;
 };
 
@@ -690,6 +709,374 @@ void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, f
         threads);
 }
 
+// ---- flat dw (AVX-512), for Cg < 16 and stride 1 ------------------------------
+//
+// With stride 1, output position (oh, ow) flattened over the padded input width
+// as q = oh*Wp + ow reads xp[off[r] + q] for reduction row r = (c, i, j). With
+// dy laid out the same way (dyf[k][q], zero where ow >= OW),
+// dw[k][r] = sum_n sum_q dyf[n][k][q] * xp[n][off[r] + q]: both operands are
+// contiguous in q, so a register tile of MK output channels x NR rows keeps
+// one 16-lane accumulator per (k, r), runs over every q-vector of every image
+// of one batch chunk in order, and is reduced across lanes once at the end
+// (a fixed instruction sequence). The FMAs are masked to the real output
+// positions, so lanes with ow >= OW leave their accumulators alone and a
+// non-finite x that no window of tap (i, j) covers never reaches dw[.][.][i][j]. No im2col matrix,
+// no transposes; the result depends on the chunk only, never on the tiling or
+// the thread count.
+
+constexpr int kFlatMaxMK = 6, kFlatMaxNR = 6;
+
+template <int MK, int NR>
+__attribute__((target("avx512f,fma"))) void flat_dw_tile_avx512(const float* xp, int64_t xstride, const float* dyf,
+                                                                 int64_t ldq, int64_t dystride, int64_t nimg,
+                                                                 const int64_t* off, const uint16_t* masks,
+                                                                 int64_t qv, float* dst, int64_t ldd) {
+    __m512 acc[MK][NR];
+    for (int m = 0; m < MK; ++m)
+        for (int r = 0; r < NR; ++r) acc[m][r] = _mm512_setzero_ps();
+    int64_t o[NR];
+    for (int r = 0; r < NR; ++r) o[r] = off[r];
+    for (int64_t n = 0; n < nimg; ++n) {
+        const float* xn = xp + n * xstride;
+        const float* dn = dyf + n * dystride;
+        for (int64_t v = 0; v < qv; ++v) {
+            const __mmask16 mask = static_cast<__mmask16>(masks[v]);
+            __m512 dv[MK];
+            for (int m = 0; m < MK; ++m) {
+                dv[m] = _mm512_loadu_ps(dn + m * ldq + 16 * v);
+                __asm__("" : "+v"(dv[m]));  // in a register, not reloaded by each of the NR FMAs
+            }
+            for (int r = 0; r < NR; ++r) {
+                const __m512 xv = _mm512_loadu_ps(xn + o[r] + 16 * v);
+                for (int m = 0; m < MK; ++m) acc[m][r] = _mm512_mask3_fmadd_ps(dv[m], xv, acc[m][r], mask);
+            }
+        }
+    }
+    // Lanes summed by a fixed shuffle tree.
+    for (int m = 0; m < MK; ++m)
+        for (int r = 0; r < NR; ++r) dst[m * ldd + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+
+using flat_dw_fn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, const int64_t*,
+                            const uint16_t*, int64_t, float*, int64_t);
+template <int MK, int... Rs>
+constexpr std::array<flat_dw_fn, kFlatMaxNR + 1> flat_dw_row(std::integer_sequence<int, Rs...>) {
+    return {nullptr, flat_dw_tile_avx512<MK, Rs + 1>...};
+}
+template <int... Ms>
+constexpr std::array<std::array<flat_dw_fn, kFlatMaxNR + 1>, kFlatMaxMK + 1> flat_dw_table(
+    std::integer_sequence<int, Ms...>) {
+    return {std::array<flat_dw_fn, kFlatMaxNR + 1>{}, flat_dw_row<Ms + 1>(std::make_integer_sequence<int, kFlatMaxNR>{})...};
+}
+const auto kFlatDwTiles = flat_dw_table(std::make_integer_sequence<int, kFlatMaxMK>{});
+
+// Flat dw for this geometry? Stride 1, fewer than 16 input channels per group
+// (wider groups use the channels-last direct dw), at most 16 output channels
+// per group (for 3->32 k3 on 32x32 it measured 0.98x to 1.07x the GEMM, so the
+// GEMM keeps those), not pointwise, and at least half of the flattened lanes
+// are real output positions.
+bool flat_dw_ok(const Conv2dShape& s) {
+    if (s.sh != 1 || s.sw != 1 || s.C / s.groups >= 16 || s.K / s.groups > 16 || is_pointwise(s) ||
+        !cpu_has_avx512())
+        return false;
+    const int64_t Wp = s.W + s.pl + s.pr, Q = (s.OH - 1) * Wp + s.OW;
+    return 2 * s.OH * s.OW >= (Q + 15) / 16 * 16;
+}
+
+// dyf (Kg, ldq) = dy (Kg, OH, OW) flattened with row stride Wp, zero elsewhere.
+__attribute__((target("avx512f"))) void flatten_dy(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq,
+                                                   const float* dy, float* dyf) {
+    // Rows are short (28 floats for LeNet C1): masked vector copies, no library call per row.
+    auto lanes = [](int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u); };
+    for (int64_t k = 0; k < Kg; ++k) {
+        float* dk = dyf + k * ldq;
+        const float* src = dy + k * OH * OW;
+        for (int64_t h = 0; h < OH; ++h) {
+            float* drow = dk + h * Wp;
+            const float* srow = src + h * OW;
+            const int64_t row_end = std::min(Wp, ldq - h * Wp);  // write [0, row_end): data, then zeros
+            for (int64_t w0 = 0; w0 < row_end; w0 += 16)
+                _mm512_mask_storeu_ps(drow + w0, lanes(row_end - w0), _mm512_maskz_loadu_ps(lanes(OW - w0), srow + w0));
+        }
+        for (int64_t q = OH * Wp; q < ldq; ++q) dk[q] = 0.f;
+    }
+}
+
+// dw partial of one batch chunk [n0, n1): part (K, Cg, kh, kw) = sum over the
+// chunk's images, in order, through flat_dw_tile_avx512.
+void flat_dw_chunk(const Conv2dShape& s, const DirectGeom& d, const int64_t* off, const float* dy, const float* x,
+                   int64_t n0, int64_t n1, float* part) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, R = d.R();
+    const int64_t Q = d.Q(), qv = (Q + 15) / 16, ldq = qv * 16;
+    const int64_t nimg = n1 - n0, xstride = d.padded_size(), dystride = Kg * ldq;
+    float* xp = tl_pad.get(nimg * xstride);
+    float* dyf = tl_dyT.get(nimg * dystride);
+    const int64_t mkb = (Kg % 4 != 0 && Kg % 6 == 0) || Kg == 6 ? 6 : 4, nrb = 24 / mkb;
+    // masks[v] bit l: q = 16*v + l is a real output position (q < Q and q % Wp < OW).
+    std::vector<uint16_t> masks(static_cast<size_t>(qv), 0);
+    for (int64_t h = 0; h < s.OH; ++h)
+        for (int64_t q = h * d.Wp; q < h * d.Wp + s.OW; ++q)
+            masks[static_cast<size_t>(q >> 4)] |= static_cast<uint16_t>(1u << (q & 15));
+    for (int64_t g = 0; g < s.groups; ++g) {
+        for (int64_t n = n0; n < n1; ++n) {
+            pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp + (n - n0) * xstride);
+            flatten_dy(Kg, s.OH, s.OW, d.Wp, ldq, dy + (n * s.K + g * Kg) * s.OH * s.OW, dyf + (n - n0) * dystride);
+        }
+        float* pg = part + g * Kg * R;  // (Kg, R)
+        for (int64_t k0 = 0; k0 < Kg; k0 += mkb) {
+            const int64_t mk = std::min(mkb, Kg - k0);
+            for (int64_t r0 = 0; r0 < R; r0 += nrb) {
+                const int64_t nr = std::min(nrb, R - r0);
+                kFlatDwTiles[static_cast<size_t>(mk)][static_cast<size_t>(nr)](
+                    xp, xstride, dyf + k0 * ldq, ldq, dystride, nimg, off + r0, masks.data(), qv, pg + k0 * R + r0, R);
+            }
+        }
+    }
+}
+
+// ---- channel-vector dw (AVX-512), stride 1, kernel width 3 or 5 ---------------
+//
+// For 12 or more output channels per group the vector can run over 16 output
+// channels instead of positions (no idle lanes for small outputs such as LeNet
+// C3's 10x10): with dyT (P, ldk) the transposed dy of one image,
+// part[r][k] += sum_p dyT[p][k] * xp[off[r] + oh*Wp + ow] for a tile of NI
+// kernel rows (c, i) times all KW taps j (dilation 1 along the width, so the
+// taps of one row are consecutive floats), accumulated over the positions of
+// every image of a batch chunk in order. dw partials are (groups, R, ldk).
+
+template <int NI, int KW>
+__attribute__((target("avx512f,fma"))) void kvec_dw_tile_avx512(const float* xp, int64_t xstride, const float* dyT,
+                                                                 int64_t ldk, int64_t dystride, int64_t nimg,
+                                                                 const int64_t* pair_off, int64_t OH, int64_t OW,
+                                                                 int64_t Wp, float* dst) {
+    __m512 acc[NI][KW];
+    for (int a = 0; a < NI; ++a)
+        for (int j = 0; j < KW; ++j) acc[a][j] = _mm512_setzero_ps();
+    int64_t po[NI];
+    for (int a = 0; a < NI; ++a) po[a] = pair_off[a];
+    for (int64_t n = 0; n < nimg; ++n) {
+        const float* xn = xp + n * xstride;
+        const float* dn = dyT + n * dystride;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+            const float* xrow = xn + oh * Wp;
+            const float* drow = dn + oh * OW * ldk;
+            for (int64_t ow = 0; ow < OW; ++ow) {
+                const __m512 dv = _mm512_loadu_ps(drow + ow * ldk);
+                for (int a = 0; a < NI; ++a) {
+                    const float* b = xrow + po[a] + ow;
+                    for (int j = 0; j < KW; ++j) acc[a][j] = _mm512_fmadd_ps(dv, _mm512_set1_ps(b[j]), acc[a][j]);
+                }
+            }
+        }
+    }
+    for (int a = 0; a < NI; ++a)
+        for (int j = 0; j < KW; ++j) _mm512_storeu_ps(dst + (a * KW + j) * ldk, acc[a][j]);
+}
+
+using kvec_dw_fn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, int64_t, const int64_t*, int64_t,
+                            int64_t, int64_t, float*);
+constexpr int kKdwNI3 = 8, kKdwNI5 = 5;  // kernel rows per tile: 24 or 25 accumulators
+template <int KW, int... As>
+constexpr std::array<kvec_dw_fn, kKdwNI3 + 1> kvec_dw_row(std::integer_sequence<int, As...>) {
+    return {nullptr, kvec_dw_tile_avx512<As + 1, KW>...};
+}
+const std::array<kvec_dw_fn, kKdwNI3 + 1> kKdwTiles3 = kvec_dw_row<3>(std::make_integer_sequence<int, kKdwNI3>{});
+const std::array<kvec_dw_fn, kKdwNI3 + 1> kKdwTiles5 = [] {
+    std::array<kvec_dw_fn, kKdwNI3 + 1> t{};
+    const auto row = kvec_dw_row<5>(std::make_integer_sequence<int, kKdwNI5>{});
+    for (int a = 0; a <= kKdwNI5; ++a) t[static_cast<size_t>(a)] = row[static_cast<size_t>(a)];
+    return t;
+}();
+
+// Channel-vector dw for this geometry? Stride 1, kernel width 3 or 5 without
+// width dilation, fewer than 16 input channels per group, and 12 to 16 output
+// channels per group (one vector, at least 12 lanes busy; with two or more
+// vectors the broadcasts repeat and the GEMM wins: 3->32 k3 on 32x32 measured
+// 0.78x).
+bool kvec_dw_ok(const Conv2dShape& s) {
+    const int64_t Kg = s.K / s.groups;
+    return s.sh == 1 && s.sw == 1 && s.dw == 1 && (s.kw == 3 || s.kw == 5) && s.C / s.groups < 16 && Kg >= 12 &&
+           Kg <= 16 && cpu_has_avx512();
+}
+
+// dw partial of one batch chunk [n0, n1): part (groups, R, ldk), see kvec_dw_tile_avx512.
+void kvec_dw_chunk(const Conv2dShape& s, const DirectGeom& d, const float* dy, const float* x, int64_t n0, int64_t n1,
+                   int64_t ldk, float* part) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, R = d.R(), P = s.OH * s.OW;
+    const int64_t nimg = n1 - n0, xstride = d.padded_size(), dystride = P * ldk;
+    float* xp = tl_pad.get(nimg * xstride);
+    float* dyT = tl_dyT.get(nimg * dystride);
+    const int64_t npairs = Cg * s.kh, nib = s.kw == 3 ? kKdwNI3 : kKdwNI5;
+    const auto& table = s.kw == 3 ? kKdwTiles3 : kKdwTiles5;
+    std::vector<int64_t> pair_off(static_cast<size_t>(npairs));
+    for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t i = 0; i < s.kh; ++i) pair_off[static_cast<size_t>(c * s.kh + i)] = c * d.Hp * d.Wp + i * s.dh * d.Wp;
+    for (int64_t g = 0; g < s.groups; ++g) {
+        for (int64_t n = n0; n < n1; ++n) {
+            pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp + (n - n0) * xstride);
+            transpose_dy(Kg, P, ldk, dy + (n * s.K + g * Kg) * P, dyT + (n - n0) * dystride);
+        }
+        float* pg = part + g * R * ldk;  // (R, ldk)
+        for (int64_t k0 = 0; k0 < ldk; k0 += 16)
+            for (int64_t a0 = 0; a0 < npairs; a0 += nib) {
+                const int64_t na = std::min(nib, npairs - a0);
+                table[static_cast<size_t>(na)](xp, xstride, dyT + k0, ldk, dystride, nimg, pair_off.data() + a0, s.OH,
+                                               s.OW, d.Wp, pg + a0 * s.kw * ldk + k0);
+            }
+    }
+}
+
+// ---- scatter dx (AVX-512), stride 1 -------------------------------------------
+//
+// The direct dx kernel reads dy zero-padded by the kernel extent; for small
+// outputs (LeNet C3: 10x10 dy, 18x18 padded) most of its FMAs multiply those
+// zeros. Here dy is flattened along the forward padded width (dyf[k][q],
+// q = oh*Wp + ow, zero where ow >= OW, with zeros in front), and the rows
+// (c, i) of the reduction are taken one band at a time: the padded dx at
+// dxp[off(c, i) + p] receives sum_k sum_j w[k][c][i][j] * dyf[k][p - j*dw]
+// for the band positions p. A register tile holds NR channels (their dx
+// planes never overlap within a tile) times NV vectors of p, sums k and j in
+// order, then adds the band into dxp under the mask of positions any tap
+// reaches. Each dx element receives its bands in a fixed order (kernel rows i,
+// then channels); images are independent, so the result does not depend on
+// the thread count. Like the direct kernel, it multiplies the weights by dy's
+// zero padding.
+
+template <int NR, int NV>
+__attribute__((target("avx512f,fma"))) void scatter_dx_tile_avx512(const float* dyf, int64_t ldq, int64_t Kg,
+                                                                    int64_t kw, int64_t dil, const float* const* wrow,
+                                                                    float* const* dst, const uint16_t* masks) {
+    __m512 acc[NR][NV];
+    for (int a = 0; a < NR; ++a)
+        for (int v = 0; v < NV; ++v) acc[a][v] = _mm512_setzero_ps();
+    const float* wr[NR];
+    for (int a = 0; a < NR; ++a) wr[a] = wrow[a];
+    for (int64_t k = 0; k < Kg; ++k) {
+        for (int64_t j = 0; j < kw; ++j) {
+            const float* src = dyf + k * ldq - j * dil;
+            __m512 dv[NV];
+            for (int v = 0; v < NV; ++v) {
+                dv[v] = _mm512_loadu_ps(src + 16 * v);
+                // Keep the vector in a register: folded into each of the NR FMAs it would be
+                // loaded NR times, and full-width loads, not FMAs, would set the pace.
+                __asm__("" : "+v"(dv[v]));
+            }
+            for (int a = 0; a < NR; ++a) {
+                const __m512 wv = _mm512_set1_ps(wr[a][j * Kg + k]);
+                for (int v = 0; v < NV; ++v) acc[a][v] = _mm512_fmadd_ps(wv, dv[v], acc[a][v]);
+            }
+        }
+    }
+    for (int a = 0; a < NR; ++a)
+        for (int v = 0; v < NV; ++v) {
+            float* p = dst[a] + 16 * v;
+            const __m512 old = _mm512_loadu_ps(p);
+            _mm512_storeu_ps(p, _mm512_mask_add_ps(old, static_cast<__mmask16>(masks[v]), old, acc[a][v]));
+        }
+}
+
+constexpr int kSdxNR = 2, kSdxNV = 9;  // 18 accumulators + 9 dy vectors + 1 weight in registers
+using scatter_dx_fn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, const float* const*, float* const*,
+                               const uint16_t*);
+template <int NR, int... Vs>
+constexpr std::array<scatter_dx_fn, kSdxNV + 1> scatter_dx_row(std::integer_sequence<int, Vs...>) {
+    return {nullptr, scatter_dx_tile_avx512<NR, Vs + 1>...};
+}
+const std::array<scatter_dx_fn, kSdxNV + 1> kSdxTiles[kSdxNR + 1] = {
+    {},
+    scatter_dx_row<1>(std::make_integer_sequence<int, kSdxNV>{}),
+    scatter_dx_row<2>(std::make_integer_sequence<int, kSdxNV>{}),
+};
+
+// Scatter dx instead of the direct dx kernel? Stride 1, AVX-512, and fewer
+// estimated vector FMAs: direct computes Cg (rounded to its channel block)
+// times its padded output segments times Kg*kh*kw; scatter computes
+// Cg*kh*kw*Kg per vector of a band.
+bool scatter_dx_better(const Conv2dShape& s) {
+    if (s.sh != 1 || s.sw != 1 || !cpu_has_avx512()) return false;
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, khw = s.kh * s.kw;
+    const int64_t Wp = s.W + s.pl + s.pr, qv = ((s.OH - 1) * Wp + s.OW + s.dw * (s.kw - 1) + 15) / 16;
+    const double scatter = double(Cg * khw) * double(qv) * double(Kg);
+    if (!direct_dx_ok(s)) return true;
+    const int64_t eh = s.dh * (s.kh - 1), ew = s.dw * (s.kw - 1);
+    const DirectGeom dd =
+        make_direct_geom(Kg, s.OH, s.OW, eh - s.pt, eh - s.pb, ew - s.pl, ew - s.pr, s.kh, s.kw, s.dh, s.dw);
+    bool rows = false;
+    const std::vector<Seg> segs = direct_segments(dd, &rows);
+    int64_t nseg = 0;
+    for (const Seg& sg : segs) nseg += sg.mask != 0;
+    const int64_t mb = direct_block(Cg, segs), nv = mb == 6 ? 4 : 3;
+    const double direct = double((Cg + mb - 1) / mb * mb) * double((nseg + nv - 1) / nv * nv) * double(Kg * khw);
+    return scatter < direct;
+}
+
+// dx through scatter_dx_tile_avx512. dy is (N, K, OH, OW), w is (K, Cg, kh, kw), dx is (N, C, H, W).
+void backward_dx_scatter(const Conv2dShape& s, const float* dy, const float* w, float* dx, int threads) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, khw = s.kh * s.kw, R = Cg * khw;
+    const DirectGeom d = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
+    const int64_t ext = s.dw * (s.kw - 1);
+    const int64_t Q = (s.OH - 1) * d.Wp + s.OW, B = Q + ext;  // dy positions, band positions
+    const int64_t qv = (B + 15) / 16, front = (ext + 15) / 16 * 16, ldq = front + qv * 16;
+    // masks[v] bit l: band position p = 16*v + l is reached by some tap j (p - j*dw is a real dy position).
+    std::vector<uint16_t> masks(static_cast<size_t>(qv), 0);
+    for (int64_t h = 0; h < s.OH; ++h)
+        for (int64_t q = h * d.Wp; q < h * d.Wp + s.OW; ++q)
+            for (int64_t j = 0; j < s.kw; ++j) {
+                const int64_t p = q + j * s.dw;
+                masks[static_cast<size_t>(p >> 4)] |= static_cast<uint16_t>(1u << (p & 15));
+            }
+    const int64_t nvblocks = (qv + kSdxNV - 1) / kSdxNV, vblock = (qv + nvblocks - 1) / nvblocks;
+    // wT[g][r][k] = w[g*Kg + k][r].
+    float* wT = tl_wpack.get(s.groups * R * Kg);
+    parallel_for(
+        s.groups * R,
+        [&](int64_t gr) {
+            const int64_t g = gr / R, r = gr % R;
+            for (int64_t k = 0; k < Kg; ++k) wT[gr * Kg + k] = w[(g * Kg + k) * R + r];
+        },
+        threads);
+    parallel_for(
+        s.N,
+        [&](int64_t n) {
+            float* dxp = tl_pad.get(d.padded_size());
+            float* dyf = tl_dyT.get(Kg * ldq + 16);  // 16 floats of slack for the last band vector
+            for (int64_t g = 0; g < s.groups; ++g) {
+                // dyf[k][front + q]: flattened dy, zeros in front, between rows and behind.
+                std::fill(dyf, dyf + Kg * ldq + 16, 0.f);
+                const float* dyg = dy + (n * s.K + g * Kg) * s.OH * s.OW;
+                for (int64_t k = 0; k < Kg; ++k)
+                    for (int64_t h = 0; h < s.OH; ++h)
+                        std::memcpy(dyf + k * ldq + front + h * d.Wp, dyg + (k * s.OH + h) * s.OW,
+                                    static_cast<size_t>(s.OW) * sizeof(float));
+                std::fill(dxp, dxp + d.padded_size(), 0.f);
+                const float* wg = wT + g * R * Kg;
+                for (int64_t i = 0; i < s.kh; ++i)
+                    for (int64_t c0 = 0; c0 < Cg; c0 += kSdxNR) {
+                        const int64_t nr = std::min<int64_t>(kSdxNR, Cg - c0);
+                        const float* wrow[kSdxNR];
+                        float* rowdst[kSdxNR];
+                        for (int64_t a = 0; a < nr; ++a) {
+                            wrow[a] = wg + ((c0 + a) * s.kh + i) * s.kw * Kg;
+                            rowdst[a] = dxp + (c0 + a) * d.Hp * d.Wp + i * s.dh * d.Wp;
+                        }
+                        for (int64_t v0 = 0; v0 < qv; v0 += vblock) {
+                            const int64_t nv = std::min<int64_t>(vblock, qv - v0);
+                            float* dst[kSdxNR];
+                            for (int64_t a = 0; a < nr; ++a) dst[a] = rowdst[a] + 16 * v0;
+                            kSdxTiles[nr][static_cast<size_t>(nv)](dyf + front + 16 * v0, ldq, Kg, s.kw, s.dw, wrow,
+                                                                   dst, masks.data() + v0);
+                        }
+                    }
+                float* dxg = dx + (n * s.C + g * Cg) * s.H * s.W;
+                for (int64_t c = 0; c < Cg; ++c)
+                    for (int64_t h = 0; h < s.H; ++h)
+                        std::memcpy(dxg + (c * s.H + h) * s.W, dxp + c * d.Hp * d.Wp + (h + s.pt) * d.Wp + s.pl,
+                                    static_cast<size_t>(s.W) * sizeof(float));
+            }
+        },
+        threads);
+}
+
 }  // namespace
 
 Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int64_t kh, int64_t kw,
@@ -780,19 +1167,25 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     const int64_t wsize = s.K * CKK;
     const bool pointwise = is_pointwise(s);
     const int64_t nchunks = (s.N + kBatchChunk - 1) / kBatchChunk;
-    if (dx && !pointwise && direct_dx_ok(s)) {
-        backward_dx_direct(s, dy, w, dx, threads);
+    if (dx && !pointwise && scatter_dx_better(s)) {
+        backward_dx_scatter(s, dy, w, dx, threads);
         dx = nullptr;  // done; the loop below handles dw and db
+    } else if (dx && !pointwise && direct_dx_ok(s)) {
+        backward_dx_direct(s, dy, w, dx, threads);
+        dx = nullptr;
     }
 
     // Direct dw: partials per chunk are (groups, kh*kw, kpad, ldc), see dw_tile_avx512.
     const bool dw_direct = dw && !pointwise && direct_dw_ok(s);
+    const bool dw_kvec = dw && !dw_direct && !pointwise && kvec_dw_ok(s);  // partials (groups, CKK, kvld)
+    const bool dw_flat = dw && !dw_direct && !dw_kvec && flat_dw_ok(s);    // partials (K, Cg, kh, kw)
+    const int64_t kvld = (Kg + 15) / 16 * 16;
     const DwVariant* dwv = dw_direct ? &choose_dw_variant(Cg, Kg) : nullptr;
     const int64_t khw = s.kh * s.kw;
     const int64_t ldc = dw_direct ? (Cg + 16 * dwv->t.mv - 1) / (16 * dwv->t.mv) * (16 * dwv->t.mv) : 0;
     const int64_t kpad = dw_direct ? (Kg + dwv->t.nr - 1) / dwv->t.nr * dwv->t.nr : 0;
     const int64_t ldk = (kpad + 15) / 16 * 16;  // row stride of dyT
-    const int64_t dw_part_size = dw_direct ? s.groups * khw * kpad * ldc : wsize;
+    const int64_t dw_part_size = dw_direct ? s.groups * khw * kpad * ldc : dw_kvec ? s.groups * CKK * kvld : wsize;
     const int64_t Hp = s.H + s.pt + s.pb, Wp = s.W + s.pl + s.pr;
     std::vector<int64_t> src;
     if (dw_direct) {
@@ -812,13 +1205,15 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     parallel_for(
         nchunks,
         [&](int64_t c) {
-            const bool gemm_dw = dw && !dw_direct;
+            const bool gemm_dw = dw && !dw_direct && !dw_flat && !dw_kvec;
             float* cols = (gemm_dw && !pointwise) ? tl_cols.get(CKK * P) : nullptr;
             float* xp = (gemm_dw && !pointwise) ? tl_pad.get(d.padded_size()) : nullptr;
             float* xT = dw_direct ? tl_pad.get(Hp * Wp * ldc) : nullptr;
             float* dyT = dw_direct ? tl_dyT.get(P * ldk) : nullptr;
             float* dcols = (dx && !pointwise) ? tl_dcols.get(CKK * P) : nullptr;
             const int64_t n0 = c * kBatchChunk, n1 = std::min(s.N, n0 + kBatchChunk);
+            if (dw_flat) flat_dw_chunk(s, d, off.data(), dy, x, n0, n1, dw_parts + c * wsize);
+            if (dw_kvec) kvec_dw_chunk(s, d, dy, x, n0, n1, kvld, dw_parts + c * dw_part_size);
             for (int64_t n = n0; n < n1; ++n) {
                 for (int64_t g = 0; g < s.groups; ++g) {
                     const float* xg = x + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
@@ -837,7 +1232,7 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
                                         dwv->fn(xT + off_ij * ldc + c0, ldc, src.data(), P, dyT + k0, ldk,
                                                 part + (ij * kpad + k0) * ldc + c0, n == n0);
                             }
-                    } else if (dw) {
+                    } else if (gemm_dw) {
                         if (!pointwise) {
                             pad_image(d, xg, xp);
                             im2col_padded(s, d, off.data(), xp, cols);
@@ -907,6 +1302,21 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
                 float* dst = dw + kk * CKK;  // (Cg, kh, kw)
                 for (int64_t ij = 0; ij < khw; ++ij)
                     for (int64_t ch = 0; ch < Cg; ++ch) dst[ch * khw + ij] = t[static_cast<size_t>(ij * Cg + ch)];
+            },
+            threads);
+    } else if (dw && dw_kvec) {
+        // dw[g*Kg + k][r] = sum over chunks, in order, of part[chunk][g][r][k].
+        parallel_for(
+            s.K,
+            [&](int64_t kk) {
+                const int64_t g = kk / Kg, k = kk % Kg;
+                float* dst = dw + kk * CKK;
+                for (int64_t r = 0; r < CKK; ++r) {
+                    const float* src = dw_parts + (g * CKK + r) * kvld + k;
+                    float t = nchunks > 0 ? src[0] : 0.f;
+                    for (int64_t c = 1; c < nchunks; ++c) t += src[c * dw_part_size];
+                    dst[r] = t;
+                }
             },
             threads);
     } else if (dw) {

@@ -127,6 +127,28 @@ CASES = [
     pytest.param((3, 4, 9, 15, 32, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="channel-vectors-odd-rows"),
     pytest.param((2, 6, 11, 9, 20, 3, 2, (1, 1), (1, 0, 0, 1), (1, 2), 1, True), id="channel-vectors-tail"),
     pytest.param((2, 4, 8, 8, 32, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 2, True), id="channel-vectors-groups"),
+    # Stride 1, fewer than 16 input and at most 16 output channels per group: dw is
+    # accumulated over positions flattened along the padded width (flat dw), with
+    # output-channel tiles of 4 or 6 and row tiles of 6 or 4 plus their tails.
+    pytest.param((5, 1, 28, 28, 6, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="flat-dw-lenet-c1"),
+    pytest.param((9, 5, 9, 11, 13, 3, 2, (1, 1), (1, 0, 2, 1), (1, 1), 1, False), id="flat-dw-k13-tails"),
+    pytest.param((3, 14, 8, 7, 14, 2, 3, (1, 1), (0, 1, 1, 1), (2, 1), 2, True), id="flat-dw-groups-dilated"),
+    pytest.param((2, 2, 17, 33, 1, 4, 4, (1, 1), (0, 0, 0, 0), (1, 2), 1, True), id="flat-dw-one-output-channel"),
+    pytest.param((5, 3, 12, 16, 16, 3, 2, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="flat-dw-16-output-channels"),
+    # 32 output channels from 3 inputs (the CIFAR net's first layer): dw through im2col + GEMM.
+    pytest.param((5, 3, 12, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="gemm-dw-3-to-32"),
+    # Stride 1, few input channels, 12 to 16 output channels per group, kernel width 3 or 5:
+    # dw vectorised over output channels (kvec dw), tiles of 8 (k3) or 5 (k5) kernel rows.
+    pytest.param((6, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="kvec-dw-lenet-c3"),
+    pytest.param((5, 3, 9, 10, 13, 3, 3, (1, 1), (1, 1, 1, 1), (2, 1), 1, True), id="kvec-dw-k13-dilated-rows"),
+    pytest.param((3, 14, 8, 9, 28, 4, 5, (1, 1), (2, 1, 0, 2), (1, 1), 2, False), id="kvec-dw-groups-row-tail"),
+    # Stride 1 dx by bands of kernel rows (scatter dx) where it needs fewer FMAs than the
+    # direct kernel on the padded dy, or where dy's padding would be negative.
+    pytest.param((3, 4, 9, 13, 5, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1, True), id="scatter-dx-dilated-width"),
+    pytest.param((2, 5, 6, 7, 6, 2, 2, (1, 1), (3, 2, 3, 1), (1, 1), 1, True), id="scatter-dx-pad-beyond-kernel"),
+    pytest.param((2, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, False), id="scatter-dx-long-bands"),
+    # Few output positions per padded row (a quarter of the lanes are real): im2col + GEMM.
+    pytest.param((2, 3, 6, 20, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 8), 1, True), id="flat-dw-rejected-wide-dilation"),
 ]
 
 
@@ -173,6 +195,10 @@ DET_CASES = [
     (6, 12, 8, 16, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (9, 36, 7, 9, 18, 3, 3, (2, 1), (1, 1, 0, 1), (1, 2), 2),
     (7, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    (14, 10, 9, 11, 14, 3, 2, (1, 1), (1, 0, 2, 1), (2, 1), 2),
+    (13, 14, 8, 9, 28, 4, 5, (1, 1), (2, 1, 0, 2), (1, 1), 2),
+    (6, 4, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 2),
+    (9, 3, 12, 16, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
@@ -197,6 +223,23 @@ def test_bitwise_identical_across_thread_counts(rng, case):
 
 
 # ---------------------------------------------------------------- edge cases
+
+
+def test_flat_dw_keeps_uncovered_inf_out(rng):
+    # Column W-1 lies under no window of taps j = 0, 1 (3 wide, no padding): an inf
+    # there must not reach dw[..., 0] or dw[..., 1], though the flattened
+    # positions of the flat dw path read it.
+    x, w, _ = make_inputs(rng, 5, 3, 9, 12, 8, 3, 3, 1, bias=False)
+    x[:, :, :, -1] = np.inf
+    dy = rng.standard_normal((5, 8, 7, 10), dtype=np.float32)
+    _, dw, _ = call_backward(dy, x, w, need=(False, True, False))
+    x_finite = x.copy()
+    x_finite[:, :, :, -1] = 0.0
+    _, dw_ref, _ = ref_backward(dy, x_finite, w, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    assert np.all(np.isfinite(dw[..., :2]))
+    assert_close(dw[..., :2], dw_ref[..., :2], 5 * 7 * 10, "dw", "inf in the last column")
+    assert not np.any(np.isfinite(dw[..., 2]))
+
 
 
 @pytest.mark.parametrize("groups", [1, 2])
