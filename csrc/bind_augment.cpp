@@ -66,9 +66,13 @@ farray affine(const farray& x, const darray& angle, const darray& tx, const darr
     farray y = new_array<float>({d.n, d.c, d.h, d.w});
     const float* xp = x.data();
     float* yp = y.mutable_data();
+    const auto* ap = angle.data();
+    const auto* txp = tx.data();
+    const auto* typ = ty.data();
+    const auto* sp = scale.data();
     {
         py::gil_scoped_release release;
-        affine_forward(xp, yp, d.n, d.c, d.h, d.w, angle.data(), tx.data(), ty.data(), scale.data(), fill);
+        affine_forward(xp, yp, d.n, d.c, d.h, d.w, ap, txp, typ, sp, fill);
     }
     return y;
 }
@@ -125,9 +129,11 @@ farray crop(const farray& x, const larray& top, const larray& left, int64_t out_
     farray y = new_array<float>({d.n, d.c, out_h, out_w});
     const float* xp = x.data();
     float* yp = y.mutable_data();
+    const auto* tp = top.data();
+    const auto* lp = left.data();
     {
         py::gil_scoped_release release;
-        crop_forward(xp, yp, d.n, d.c, d.h, d.w, top.data(), left.data(), out_h, out_w, padding, fill);
+        crop_forward(xp, yp, d.n, d.c, d.h, d.w, tp, lp, out_h, out_w, padding, fill);
     }
     return y;
 }
