@@ -419,3 +419,46 @@ def test_outputs_do_not_depend_on_the_batch(name):
     for rows in (1, 5, 64, 69):
         assert np.array_equal(full[:rows], model(x[:rows])), rows
     assert np.array_equal(full[40:41], model(x[40:41]))
+
+
+def _torch_lenet(torch):
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
+def test_training_parity_with_torch(loss):
+    """50 SGD steps (momentum, Nesterov, weight decay) of LeNet-5 match torch.nn.Sequential: loss within 1e-4."""
+    torch = pytest.importorskip("torch")
+    from striate import losses as Lo
+    from striate import optim
+
+    st.seed(0)
+    model = st.zoo.lenet5()
+    net = _torch_lenet(torch)
+    net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
+    kw = dict(lr=0.02, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = optim.SGD(model.parameters(), **kw)
+    topt = torch.optim.SGD(net.parameters(), **kw)
+    loss_fn = Lo.get_loss(loss)
+    rng = np.random.default_rng(1)
+    for step in range(50):
+        x = rng.random((16, 1, 32, 32), dtype=np.float32)
+        y = rng.integers(0, 10, 16)
+        out = model(x)
+        value = loss_fn(out, y)
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+        topt.zero_grad()
+        tout = net(torch.from_numpy(x))
+        if loss == "cross_entropy":
+            tloss = torch.nn.functional.cross_entropy(tout, torch.from_numpy(y))
+        else:
+            t = torch.nn.functional.one_hot(torch.from_numpy(y), 10).float()
+            tloss = 0.5 * ((t - tout) ** 2).sum(dim=1).mean()
+        tloss.backward()
+        topt.step()
+        assert abs(value - tloss.item()) <= 1e-4 * abs(tloss.item()), (step, value, tloss.item())
