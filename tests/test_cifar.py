@@ -7,19 +7,16 @@ download is served from a local http.server on 127.0.0.1.
 from __future__ import annotations
 
 import builtins
-import functools
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import socket
 import tarfile
-import threading
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from local_http import serve
 from hypothesis import given, settings
 from hypothesis import strategies as st_
 
@@ -299,23 +296,6 @@ def test_fuzz_pickle_only_value_error(data, flips):
 # --- download ---------------------------------------------------------------------
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@contextmanager
-def serve(directory):
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def make_archive(path, batches, extra_members=()):

@@ -6,17 +6,14 @@ the internet (downloads are served from a local http.server on 127.0.0.1).
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import socket
-import threading
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from local_http import serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st_
 
@@ -224,24 +221,6 @@ def test_fuzz_parse_idx_only_value_error(data, magic, prefix, compressed):
 # --- download -----------------------------------------------------------------------
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@contextmanager
-def serve(directory):
-    """Serve ``directory`` on 127.0.0.1; yield the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def closed_port_url():
