@@ -28,7 +28,11 @@
 //   db[k] = sum_n sum_p dy[n,k,p] always in fixed-order lanes (sum_fixed).
 // A 1x1 kernel with stride 1 and no padding uses x (and dx) as cols directly.
 //
-// Threads split the batch (or independent rows of packed weights) only. dw and
+// Threads split the batch (or independent rows of packed weights); when the
+// batch alone cannot keep them busy (one image, one dw chunk) the direct
+// forward and dx also split channel blocks, scatter dx channel pairs and direct
+// dw kernel taps, each output still computed by one thread in the same order
+// (nested parallel_for runs serially inside a batch task). dw and
 // db are reduced over fixed chunks of kBatchChunk images: each chunk
 // accumulates its images in index order into its own partial, and the
 // partials are summed in chunk order, so every output bit is the same for any
@@ -193,6 +197,7 @@ float sum_fixed(const float* p, int64_t n) {
 constexpr int64_t kDirectMR = 8;     // largest channel block of any tile shape
 constexpr int64_t kSegPad = 12;      // segment lists are padded to a multiple of every NV
 constexpr int64_t kDirectSlack = 32;  // floats past the padded image that full-vector loads may touch
+constexpr int64_t kDirectTaskBlocks = 2;  // channel blocks per task when one image is split over threads
 
 // One vector of output positions: input at xp[off[r] + src + l], output at
 // out[m*ldo + dst + l], for the lanes l set in mask. Loads always read all 16
@@ -259,18 +264,33 @@ int64_t direct_block(int64_t M, const std::vector<Seg>& segs) {
 // every lane of every segment; bias may be null. segs holds a multiple of kSegPad entries.
 // wp is packed in blocks of mb = direct_block(M, segs) channels: wp[m / mb][r][m % mb],
 // zero past M.
+// The channel blocks are independent tasks: with the calling thread outside a
+// parallel region (batch of one image) they are spread over the threads, each
+// computing exactly what the serial loop would, so results do not change.
+// after(m0, m1) runs once a task has written channels [m0, m1) (may be null).
+template <class After>
 void direct_conv(const float* xp, const int64_t* off, int64_t R, const float* wp, int64_t M,
-                 const std::vector<Seg>& segs, float* out, int64_t ldo, const float* bias) {
+                 const std::vector<Seg>& segs, float* out, int64_t ldo, const float* bias, int threads,
+                 const After& after) {
     const int64_t mb = direct_block(M, segs), NV = mb == 6 ? 4 : 3;
     const auto& table = mb == 6 ? kTiles6x4 : kTiles8x3;
     const int64_t nseg = static_cast<int64_t>(segs.size());
-    for (int64_t t = 0; t < nseg && segs[static_cast<size_t>(t)].mask != 0; t += NV) {
-        for (int64_t m0 = 0; m0 < M; m0 += mb) {
-            const int64_t mr = std::min(mb, M - m0);
-            table[static_cast<size_t>(mr)](xp, off, R, wp + m0 * R, segs.data() + t, out + m0 * ldo, ldo,
-                                           bias ? bias + m0 : nullptr);
-        }
-    }
+    // Tasks of kDirectTaskBlocks channel blocks each.
+    const int64_t nblk = (M + mb - 1) / mb, ntask = (nblk + kDirectTaskBlocks - 1) / kDirectTaskBlocks;
+    parallel_for(
+        ntask,
+        [&](int64_t task) {
+            const int64_t mlo = task * kDirectTaskBlocks * mb, mhi = std::min(M, mlo + kDirectTaskBlocks * mb);
+            for (int64_t t = 0; t < nseg && segs[static_cast<size_t>(t)].mask != 0; t += NV) {
+                for (int64_t m0 = mlo; m0 < mhi; m0 += mb) {
+                    const int64_t mr = std::min(mb, M - m0);
+                    table[static_cast<size_t>(mr)](xp, off, R, wp + m0 * R, segs.data() + t, out + m0 * ldo, ldo,
+                                                   bias ? bias + m0 : nullptr);
+                }
+            }
+            after(mlo, mhi);
+        },
+        threads);
 }
 
 // Geometry of one direct convolution: a (Cin, Hin, Win) input padded by
@@ -341,10 +361,10 @@ std::vector<Seg> direct_segments(const DirectGeom& d, bool* rows) {
     return segs;
 }
 
-// Copy the valid columns of out (M planes of ldo floats, row stride Wp inside)
-// into dst (M, Hout, Wout).
-void unflatten_rows(const DirectGeom& d, int64_t M, const float* out, int64_t ldo, float* dst) {
-    for (int64_t m = 0; m < M; ++m)
+// Copy the valid columns of planes [m0, m1) of out (planes of ldo floats, row
+// stride Wp inside) into dst (M, Hout, Wout).
+void unflatten_rows(const DirectGeom& d, int64_t m0, int64_t m1, const float* out, int64_t ldo, float* dst) {
+    for (int64_t m = m0; m < m1; ++m)
         for (int64_t h = 0; h < d.Hout; ++h)
             std::memcpy(dst + (m * d.Hout + h) * d.Wout, out + m * ldo + h * d.Wp,
                         static_cast<size_t>(d.Wout) * sizeof(float));
@@ -650,10 +670,11 @@ void forward_direct(const Conv2dShape& s, const float* x, const float* w, const 
                 float* yg = y + (n * s.K + g * Kg) * s.OH * s.OW;  // (Kg, OH, OW)
                 const float* bg = b ? b + g * Kg : nullptr;
                 if (rows) {
-                    direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, segs, yg, s.OH * s.OW, bg);
+                    direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, segs, yg, s.OH * s.OW, bg, threads,
+                                [](int64_t, int64_t) {});
                 } else {
-                    direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, segs, out, Q, bg);
-                    unflatten_rows(d, Kg, out, Q, yg);
+                    direct_conv(xp, off.data(), R, wp + g * Mpad * R, Kg, segs, out, Q, bg, threads,
+                                [&](int64_t m0, int64_t m1) { unflatten_rows(d, m0, m1, out, Q, yg); });
                 }
             }
         },
@@ -699,10 +720,11 @@ void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, f
                 pad_image(d, dy + (n * s.K + g * Kg) * s.OH * s.OW, dyp);
                 float* dxg = dx + (n * s.C + g * Cg) * s.H * s.W;  // (Cg, H, W)
                 if (rows) {
-                    direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, segs, dxg, s.H * s.W, nullptr);
+                    direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, segs, dxg, s.H * s.W, nullptr, threads,
+                                [](int64_t, int64_t) {});
                 } else {
-                    direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, segs, out, Q, nullptr);
-                    unflatten_rows(d, Cg, out, Q, dxg);
+                    direct_conv(dyp, off.data(), R, wp + g * Mpad * R, Cg, segs, out, Q, nullptr, threads,
+                                [&](int64_t m0, int64_t m1) { unflatten_rows(d, m0, m1, out, Q, dxg); });
                 }
             }
         },
@@ -1050,8 +1072,13 @@ void backward_dx_scatter(const Conv2dShape& s, const float* dy, const float* w, 
                                     static_cast<size_t>(s.OW) * sizeof(float));
                 std::fill(dxp, dxp + d.padded_size(), 0.f);
                 const float* wg = wT + g * R * Kg;
-                for (int64_t i = 0; i < s.kh; ++i)
-                    for (int64_t c0 = 0; c0 < Cg; c0 += kSdxNR) {
+                // Channel pairs own disjoint dx planes: spread over the threads when the
+                // images alone cannot use them, each plane still receiving its bands in order i.
+                parallel_for(
+                    (Cg + kSdxNR - 1) / kSdxNR,
+                    [&](int64_t cp) {
+                    const int64_t c0 = cp * kSdxNR;
+                    for (int64_t i = 0; i < s.kh; ++i) {
                         const int64_t nr = std::min<int64_t>(kSdxNR, Cg - c0);
                         const float* wrow[kSdxNR];
                         float* rowdst[kSdxNR];
@@ -1067,6 +1094,8 @@ void backward_dx_scatter(const Conv2dShape& s, const float* dy, const float* w, 
                                                                    dst, masks.data() + v0);
                         }
                     }
+                    },
+                    threads);
                 float* dxg = dx + (n * s.C + g * Cg) * s.H * s.W;
                 for (int64_t c = 0; c < Cg; ++c)
                     for (int64_t h = 0; h < s.H; ++h)
@@ -1224,14 +1253,18 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
                         transpose_dy(Kg, P, ldk, dyg, dyT);
                         float* part = dw_parts + c * dw_part_size + g * khw * kpad * ldc;  // (kh*kw, kpad, ldc)
                         const int64_t cstep = 16 * dwv->t.mv;
-                        for (int64_t i = 0; i < s.kh; ++i)
-                            for (int64_t j = 0; j < s.kw; ++j) {
-                                const int64_t ij = i * s.kw + j, off_ij = i * s.dh * Wp + j * s.dw;
+                        // Taps are independent tiles: spread over the threads when the chunks
+                        // alone cannot use them (a single chunk), serial inside a chunk task.
+                        parallel_for(
+                            khw,
+                            [&](int64_t ij) {
+                                const int64_t i = ij / s.kw, j = ij % s.kw, off_ij = i * s.dh * Wp + j * s.dw;
                                 for (int64_t k0 = 0; k0 < kpad; k0 += dwv->t.nr)
                                     for (int64_t c0 = 0; c0 < ldc; c0 += cstep)
                                         dwv->fn(xT + off_ij * ldc + c0, ldc, src.data(), P, dyT + k0, ldk,
                                                 part + (ij * kpad + k0) * ldc + c0, n == n0);
-                            }
+                            },
+                            threads);
                     } else if (gemm_dw) {
                         if (!pointwise) {
                             pad_image(d, xg, xp);

@@ -149,6 +149,9 @@ CASES = [
     pytest.param((2, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, False), id="scatter-dx-long-bands"),
     # Few output positions per padded row (a quarter of the lanes are real): im2col + GEMM.
     pytest.param((2, 3, 6, 20, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 8), 1, True), id="flat-dw-rejected-wide-dilation"),
+    # One image: channel blocks, channel pairs and kernel taps are split over the threads.
+    pytest.param((1, 20, 9, 9, 37, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="batch1-direct-tail-blocks"),
+    pytest.param((1, 9, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1, True), id="batch1-scatter-dx"),
 ]
 
 
@@ -199,6 +202,13 @@ DET_CASES = [
     (13, 14, 8, 9, 28, 4, 5, (1, 1), (2, 1, 0, 2), (1, 1), 2),
     (6, 4, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 2),
     (9, 3, 12, 16, 10, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    # One or two images (one dw chunk): the direct forward and dx split channel blocks,
+    # the scatter dx channel pairs and the direct dw kernel taps over the threads.
+    (1, 20, 9, 9, 37, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (1, 12, 8, 16, 21, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (2, 34, 7, 7, 50, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    (1, 9, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1),
+    (1, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
 ]
 
 
