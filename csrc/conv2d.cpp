@@ -5,7 +5,8 @@
 //       (vectors along output rows or the padded-width flattening; for small
 //       outputs, vectors over 16 output channels); bias fused.
 //   dx, stride 1, padding <= dilated kernel extent, AVX-512: the same kernel
-//       on the padded dy with flipped, transposed weights, unless the scatter
+//       on the padded dy with flipped, transposed weights (for small dx planes
+//       the channel-vector variant, over 16 input channels), unless the scatter
 //       dx needs fewer FMAs (small outputs such as LeNet C3) or the padding is
 //       wider: scatter dx adds bands of dy convolved with one kernel row into
 //       the padded dx (no padded dy, no col2im).
@@ -694,6 +695,38 @@ void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, f
     bool rows = false;
     const std::vector<Seg> segs = direct_segments(d, &rows);
     const int64_t mb = direct_block(Cg, segs), Mpad = (Cg + mb - 1) / mb * mb;
+    int64_t nseg = 0;
+    for (const Seg& sg : segs) nseg += sg.mask != 0;
+    if (use_kvec(Cg, s.H, s.W, Mpad * nseg * 16)) {
+        // Small dx planes: vectors over 16 input channels (kvec_conv), as in the forward.
+        // wT[g][r = (k, i, j)][c] = w[g*Kg + k][c][kh-1-i][kw-1-j], zero past Cg.
+        const int64_t ldw = (Cg + 15) / 16 * 16;
+        float* wT = tl_wpack.get(s.groups * R * ldw);
+        parallel_for(
+            s.groups * R,
+            [&](int64_t gr) {
+                const int64_t g = gr / R, r = gr % R, k = r / khw, i = r % khw / s.kw, j = r % s.kw;
+                for (int64_t c = 0; c < ldw; ++c)
+                    wT[gr * ldw + c] =
+                        c < Cg ? w[((g * Kg + k) * Cg + c) * khw + (s.kh - 1 - i) * s.kw + (s.kw - 1 - j)] : 0.f;
+            },
+            threads);
+        std::vector<int64_t> koff(static_cast<size_t>(R));
+        direct_offsets(d, koff.data());
+        parallel_for(
+            s.N,
+            [&](int64_t n) {
+                float* dyp = tl_pad.get(d.padded_size());
+                float* outT = tl_out.get((s.H * s.W + 16) * 16);  // (H*W, 16) and a spare row
+                for (int64_t g = 0; g < s.groups; ++g) {
+                    pad_image(d, dy + (n * s.K + g * Kg) * s.OH * s.OW, dyp);
+                    kvec_conv(d, koff.data(), dyp, wT + g * R * ldw, ldw, Cg, nullptr, outT,
+                              dx + (n * s.C + g * Cg) * s.H * s.W);
+                }
+            },
+            threads);
+        return;
+    }
     // wp[g][c / mb][r = (k, i, j)][c % mb] = w[g*Kg + k][c][kh-1-i][kw-1-j], zero past Cg.
     float* wp = tl_wpack.get(s.groups * Mpad * R);
     parallel_for(
@@ -1027,8 +1060,13 @@ bool scatter_dx_better(const Conv2dShape& s) {
     const std::vector<Seg> segs = direct_segments(dd, &rows);
     int64_t nseg = 0;
     for (const Seg& sg : segs) nseg += sg.mask != 0;
-    const int64_t mb = direct_block(Cg, segs), nv = mb == 6 ? 4 : 3;
-    const double direct = double((Cg + mb - 1) / mb * mb) * double((nseg + nv - 1) / nv * nv) * double(Kg * khw);
+    const int64_t mb = direct_block(Cg, segs), nv = mb == 6 ? 4 : 3, Mpad = (Cg + mb - 1) / mb * mb;
+    if (use_kvec(Cg, s.H, s.W, Mpad * nseg * 16)) {
+        // The direct dx runs kvec_conv: one FMA per 16 channels and dx position.
+        const double kvec = double((Cg + 15) / 16) * double(s.H * s.W) * double(Kg * khw);
+        return scatter < kvec;
+    }
+    const double direct = double(Mpad) * double((nseg + nv - 1) / nv * nv) * double(Kg * khw);
     return scatter < direct;
 }
 

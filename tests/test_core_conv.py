@@ -149,6 +149,9 @@ CASES = [
     pytest.param((2, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, False), id="scatter-dx-long-bands"),
     # Few output positions per padded row (a quarter of the lanes are real): im2col + GEMM.
     pytest.param((2, 3, 6, 20, 4, 3, 3, (1, 1), (0, 0, 0, 0), (1, 8), 1, True), id="flat-dw-rejected-wide-dilation"),
+    # Small dx planes with 32 input channels per group: dx vectorised over input channels.
+    pytest.param((2, 32, 7, 7, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="kvec-dx-7x7"),
+    pytest.param((3, 64, 6, 5, 40, 3, 2, (1, 1), (1, 1, 1, 0), (1, 1), 2, False), id="kvec-dx-groups-asym"),
     # One image: channel blocks, channel pairs and kernel taps are split over the threads.
     pytest.param((1, 20, 9, 9, 37, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="batch1-direct-tail-blocks"),
     pytest.param((1, 9, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1, True), id="batch1-scatter-dx"),
@@ -209,6 +212,7 @@ DET_CASES = [
     (2, 34, 7, 7, 50, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
     (1, 9, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1),
     (1, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    (9, 32, 7, 7, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
