@@ -542,45 +542,65 @@ void transpose_dy(int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dy
 //
 // For small outputs (LeNet C3: 10x10) whole vectors of positions idle many
 // lanes. There the vector runs over 16 output channels instead and the
-// register tile over up to 2 rows x NT positions of one output row:
+// register tile over up to 2 rows x NT positions of one output row (with 32
+// or more channels left, two vectors of 16 share each broadcast):
 // outT[p][k] = bias[k] + sum_r wT[r][k] * xp[off[r] + src(p)], positions in
 // the tile read xp at consecutive addresses (stride 1), accumulated over r in
 // order 0..R-1. outT (positions x 16) is transposed into y afterwards.
 
-constexpr int kKvecNT = 12;  // positions per row in a tile (2 rows: 24 accumulators)
+constexpr int kKvecNT = 12;   // positions per row in a one-vector tile (2 rows: 24 accumulators)
+constexpr int kKvecNT2 = 7;   // positions per row in a two-vector tile (2 rows: 28 accumulators)
 
-template <int ROWS, int NT>
+// KV vectors of 16 channels (KV = 2: 32 channels, each broadcast feeds two FMAs).
+// outT rows hold ldt floats per position; kmask applies to the last vector.
+template <int ROWS, int NT, int KV>
 __attribute__((target("avx512f,fma"))) void kvec_tile_avx512(const float* xp, const int64_t* off, int64_t R,
                                                               const float* wT, int64_t ldw, int64_t src0,
                                                               int64_t rstep, const float* bias, __mmask16 kmask,
-                                                              float* out0, float* out1) {
-    __m512 acc[ROWS][NT];
-    const __m512 init = bias ? _mm512_maskz_loadu_ps(kmask, bias) : _mm512_setzero_ps();
-    for (int h = 0; h < ROWS; ++h)
-        for (int t = 0; t < NT; ++t) acc[h][t] = init;
+                                                              float* out0, float* out1, int64_t ldt) {
+    __m512 acc[ROWS][NT][KV];
+    for (int kv = 0; kv < KV; ++kv) {
+        const __mmask16 mk = kv == KV - 1 ? kmask : __mmask16(0xFFFF);
+        const __m512 init = bias ? _mm512_maskz_loadu_ps(mk, bias + 16 * kv) : _mm512_setzero_ps();
+        for (int h = 0; h < ROWS; ++h)
+            for (int t = 0; t < NT; ++t) acc[h][t][kv] = init;
+    }
     for (int64_t r = 0; r < R; ++r) {
-        const __m512 wv = _mm512_loadu_ps(wT + r * ldw);
+        __m512 wv[KV];
+        for (int kv = 0; kv < KV; ++kv) wv[kv] = _mm512_loadu_ps(wT + r * ldw + 16 * kv);
         const float* b0 = xp + off[r] + src0;
-        for (int t = 0; t < NT; ++t) acc[0][t] = _mm512_fmadd_ps(wv, _mm512_set1_ps(b0[t]), acc[0][t]);
+        for (int t = 0; t < NT; ++t) {
+            const __m512 bc = _mm512_set1_ps(b0[t]);
+            for (int kv = 0; kv < KV; ++kv) acc[0][t][kv] = _mm512_fmadd_ps(wv[kv], bc, acc[0][t][kv]);
+        }
         if (ROWS == 2) {
             const float* b1 = b0 + rstep;
-            for (int t = 0; t < NT; ++t) acc[ROWS - 1][t] = _mm512_fmadd_ps(wv, _mm512_set1_ps(b1[t]), acc[ROWS - 1][t]);
+            for (int t = 0; t < NT; ++t) {
+                const __m512 bc = _mm512_set1_ps(b1[t]);
+                for (int kv = 0; kv < KV; ++kv)
+                    acc[ROWS - 1][t][kv] = _mm512_fmadd_ps(wv[kv], bc, acc[ROWS - 1][t][kv]);
+            }
         }
     }
-    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out0 + 16 * t, acc[0][t]);
+    for (int t = 0; t < NT; ++t)
+        for (int kv = 0; kv < KV; ++kv) _mm512_storeu_ps(out0 + ldt * t + 16 * kv, acc[0][t][kv]);
     if (ROWS == 2)
-        for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out1 + 16 * t, acc[ROWS - 1][t]);
+        for (int t = 0; t < NT; ++t)
+            for (int kv = 0; kv < KV; ++kv) _mm512_storeu_ps(out1 + ldt * t + 16 * kv, acc[ROWS - 1][t][kv]);
 }
 
 using kvec_tile_fn = void (*)(const float*, const int64_t*, int64_t, const float*, int64_t, int64_t, int64_t,
-                              const float*, __mmask16, float*, float*);
-template <int ROWS, int... Ts>
+                              const float*, __mmask16, float*, float*, int64_t);
+template <int ROWS, int KV, int... Ts>
 constexpr std::array<kvec_tile_fn, kKvecNT + 1> kvec_table(std::integer_sequence<int, Ts...>) {
-    return {nullptr, kvec_tile_avx512<ROWS, Ts + 1>...};
+    return {nullptr, kvec_tile_avx512<ROWS, Ts + 1, KV>...};
 }
-const std::array<kvec_tile_fn, kKvecNT + 1> kKvecTiles[2] = {
-    kvec_table<1>(std::make_integer_sequence<int, kKvecNT>{}),
-    kvec_table<2>(std::make_integer_sequence<int, kKvecNT>{}),
+// kKvecTiles[KV - 1][ROWS - 1][NT]; two-vector tiles exist for NT <= kKvecNT2 only.
+const std::array<kvec_tile_fn, kKvecNT + 1> kKvecTiles[2][2] = {
+    {kvec_table<1, 1>(std::make_integer_sequence<int, kKvecNT>{}),
+     kvec_table<2, 1>(std::make_integer_sequence<int, kKvecNT>{})},
+    {kvec_table<1, 2>(std::make_integer_sequence<int, kKvecNT2>{}),
+     kvec_table<2, 2>(std::make_integer_sequence<int, kKvecNT2>{})},
 };
 
 // Lanes (padded output values) each forward kernel computes; the channel-vector
@@ -590,25 +610,32 @@ bool use_kvec(int64_t Kg, int64_t OH, int64_t OW, int64_t position_kernel_lanes)
     return 10 * lanes < 9 * position_kernel_lanes;
 }
 
-// One image and group: y (Kg, OH, OW) = bias + conv of the padded xp, through outT (OH*OW, 16).
-// wT is (R, ldw) with ldw a multiple of 16, zero past Kg.
+// One image and group: y (Kg, OH, OW) = bias + conv of the padded xp, through outT (OH*OW, kKvecLdt).
+// wT is (R, ldw) with ldw a multiple of 16, zero past Kg. Blocks of 32 channels
+// use two-vector tiles, the rest one-vector tiles.
+constexpr int64_t kKvecLdt = 32;
 void kvec_conv(const DirectGeom& d, const int64_t* off, const float* xp, const float* wT, int64_t ldw, int64_t Kg,
                const float* bias, float* outT, float* y) {
-    const int64_t R = d.R(), OH = d.Hout, OW = d.Wout, P = OH * OW;
-    for (int64_t k0 = 0; k0 < Kg; k0 += 16) {
-        const int64_t nk = std::min<int64_t>(16, Kg - k0);
-        const __mmask16 kmask = nk >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nk) - 1u);
+    const int64_t R = d.R(), OH = d.Hout, OW = d.Wout, P = OH * OW, ldt = kKvecLdt;
+    for (int64_t k0 = 0; k0 < Kg;) {
+        const int64_t kv = Kg - k0 >= 32 ? 2 : 1, ntmax = kv == 2 ? kKvecNT2 : kKvecNT;
+        const int64_t nk = std::min<int64_t>(16 * kv, Kg - k0), nlast = nk - 16 * (kv - 1);
+        const __mmask16 kmask = nlast >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nlast) - 1u);
         for (int64_t oh = 0; oh < OH; oh += 2) {
             const int64_t rows = std::min<int64_t>(2, OH - oh);
-            for (int64_t ow0 = 0; ow0 < OW; ow0 += kKvecNT) {
-                const int64_t nt = std::min<int64_t>(kKvecNT, OW - ow0);
-                float* o0 = outT + (oh * OW + ow0) * 16;
-                kKvecTiles[rows - 1][static_cast<size_t>(nt)](xp, off, R, wT + k0, ldw, oh * d.Wp + ow0, d.Wp,
-                                                              bias ? bias + k0 : nullptr, kmask, o0, o0 + OW * 16);
+            for (int64_t ow0 = 0; ow0 < OW; ow0 += ntmax) {
+                const int64_t nt = std::min<int64_t>(ntmax, OW - ow0);
+                float* o0 = outT + (oh * OW + ow0) * ldt;
+                kKvecTiles[kv - 1][rows - 1][static_cast<size_t>(nt)](xp, off, R, wT + k0, ldw, oh * d.Wp + ow0,
+                                                                      d.Wp, bias ? bias + k0 : nullptr, kmask, o0,
+                                                                      o0 + OW * ldt, ldt);
             }
         }
-        for (int64_t p0 = 0; p0 < P; p0 += 16)
-            transpose_block16(outT + p0 * 16, 16, std::min<int64_t>(16, P - p0), nk, y + k0 * P + p0, P, true);
+        for (int64_t v = 0; v < kv; ++v)
+            for (int64_t p0 = 0; p0 < P; p0 += 16)
+                transpose_block16(outT + p0 * ldt + 16 * v, ldt, std::min<int64_t>(16, P - p0),
+                                  std::min<int64_t>(16, nk - 16 * v), y + (k0 + 16 * v) * P + p0, P, true);
+        k0 += nk;
     }
 }
 
@@ -641,7 +668,7 @@ void forward_direct(const Conv2dShape& s, const float* x, const float* w, const 
             s.N,
             [&](int64_t n) {
                 float* xp = tl_pad.get(d.padded_size());
-                float* outT = tl_out.get((s.OH * s.OW + 16) * 16);  // (OH*OW, 16) and a spare row
+                float* outT = tl_out.get((s.OH * s.OW + 16) * kKvecLdt);  // (OH*OW, kKvecLdt) and a spare row
                 for (int64_t g = 0; g < s.groups; ++g) {
                     pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp);
                     kvec_conv(d, off.data(), xp, wT + g * R * ldw, ldw, Kg, b ? b + g * Kg : nullptr, outT,
@@ -717,7 +744,7 @@ void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, f
             s.N,
             [&](int64_t n) {
                 float* dyp = tl_pad.get(d.padded_size());
-                float* outT = tl_out.get((s.H * s.W + 16) * 16);  // (H*W, 16) and a spare row
+                float* outT = tl_out.get((s.H * s.W + 16) * kKvecLdt);  // (H*W, kKvecLdt) and a spare row
                 for (int64_t g = 0; g < s.groups; ++g) {
                     pad_image(d, dy + (n * s.K + g * Kg) * s.OH * s.OW, dyp);
                     kvec_conv(d, koff.data(), dyp, wT + g * R * ldw, ldw, Cg, nullptr, outT,

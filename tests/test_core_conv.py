@@ -127,6 +127,8 @@ CASES = [
     pytest.param((3, 4, 9, 15, 32, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="channel-vectors-odd-rows"),
     pytest.param((2, 6, 11, 9, 20, 3, 2, (1, 1), (1, 0, 0, 1), (1, 2), 1, True), id="channel-vectors-tail"),
     pytest.param((2, 4, 8, 8, 32, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 2, True), id="channel-vectors-groups"),
+    # 32 channels at a time (two vectors per tile, 7 positions per row) and a tail of 8.
+    pytest.param((2, 4, 8, 9, 40, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="channel-vectors-32-and-tail"),
     # Stride 1, fewer than 16 input and at most 16 output channels per group: dw is
     # accumulated over positions flattened along the padded width (flat dw), with
     # output-channel tiles of 4 or 6 and row tiles of 6 or 4 plus their tails.
@@ -213,6 +215,7 @@ DET_CASES = [
     (1, 9, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1),
     (1, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (9, 32, 7, 7, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (5, 4, 8, 9, 40, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),
 ]
 
 
