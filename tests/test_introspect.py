@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from toy_data import blobs
 
 import striate as st
 from striate import introspect as I
@@ -319,18 +320,9 @@ def test_torch_layer_times_without_torch(monkeypatch):
 # ----------------------------------------------------------------------------- layer health
 
 
-def blobs(n=64, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, size=n)
-    x = rng.normal(0, 0.1, size=(n, 1, 10, 10)).astype(np.float32)
-    for i, c in enumerate(y):
-        x[i, 0, 3 * c : 3 * c + 4, 3 * c : 3 * c + 4] += 1.0
-    return x, y
-
-
 def test_layer_health_in_fit_history():
     m = small_net()
-    x, y = blobs()
+    x, y = blobs(64)
     cb = I.LayerHealth()
     h = m.fit(x, y, epochs=2, batch_size=16, callbacks=[cb], verbose=0)
     names = [n for n, _ in m.named_parameters()]

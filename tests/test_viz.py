@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from toy_data import blobs
 
 import striate as st
 from striate import layers as L
@@ -48,16 +49,6 @@ def small_cnn(seed=0):
             L.Linear(6 * 4 * 4, 3),
         ]
     )
-
-
-def blobs(n=96, seed=0):
-    """Three classes of 10x10 images: a bright square in one of three places, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, size=n)
-    x = rng.normal(0, 0.1, size=(n, 1, 10, 10)).astype(np.float32)
-    for i, c in enumerate(y):
-        x[i, 0, 3 * c : 3 * c + 4, 3 * c : 3 * c + 4] += 1.0
-    return x, y
 
 
 # ----------------------------------------------------------------------------- pictures
