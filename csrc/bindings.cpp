@@ -2,7 +2,11 @@
 // functions from its bind_*.cpp file; this file only assembles them and binds
 // the thread count.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <string>
+
+#include "cpu.hpp"
 #include "parallel.hpp"
 
 namespace py = pybind11;
@@ -18,6 +22,9 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "striate C++/OpenMP kernels (use striate.functional, which validates arguments)";
     m.def("set_num_threads", &striate::set_num_threads, py::arg("n"));
     m.def("get_num_threads", &striate::get_num_threads);
+    m.def("set_isa", [](const std::string& name) { striate::set_isa(striate::parse_isa(name)); }, py::arg("name"));
+    m.def("get_isa", [] { return std::string(striate::isa_name(striate::active_isa())); });
+    m.def("detected_isa", [] { return std::string(striate::isa_name(striate::detected_isa())); });
 #ifdef STRIATE_HAVE_OPENMP
     m.attr("has_openmp") = true;
 #else
