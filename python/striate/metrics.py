@@ -22,6 +22,8 @@ __all__ = ["accuracy", "classification_report", "confusion_matrix", "top_k_accur
 def _labels(y, name: str) -> np.ndarray:
     """``y`` as a non-empty 1-D int64 array of non-negative labels."""
     a = np.asarray(y)
+    if a.size == 0:
+        raise ValueError(f"`{name}` is empty")
     if a.dtype == np.bool_ or a.dtype.kind not in "iu":
         if a.dtype.kind == "f" and a.ndim == 2:
             raise TypeError(f"`{name}` must be integer class labels of shape (N,), got float scores of shape "
@@ -29,8 +31,6 @@ def _labels(y, name: str) -> np.ndarray:
         raise TypeError(f"`{name}` must hold integer class labels, got dtype {a.dtype}")
     if a.ndim != 1:
         raise ValueError(f"`{name}` must have shape (N,), got {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"`{name}` is empty")
     if a.min() < 0:
         raise ValueError(f"`{name}` labels must be non-negative, got {int(a.min())}")
     return a.astype(np.int64)

@@ -304,7 +304,7 @@ class DataLoader:
         if not self.shuffle:
             return np.arange(self._num_samples, dtype=np.int64)
         ss = np.random.SeedSequence([self.seed, _TAG_SHUFFLE, epoch])
-        return np.random.default_rng(ss).permutation(self._num_samples).astype(np.int64)
+        return np.random.default_rng(ss).permutation(self._num_samples).astype(np.int64, copy=False)
 
     def batch_seed(self, epoch: int, batch: int) -> int:
         """The integer seed handed to ``augment`` for batch ``batch`` of ``epoch``."""
