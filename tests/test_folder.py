@@ -5,8 +5,12 @@ Every image is written here with Pillow into pytest's tmp_path.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st_
 from PIL import Image
 
 from striate.datasets import DataLoader, ImageFolder
@@ -252,3 +256,46 @@ def test_bad_root_type_and_index(tree):
     with pytest.raises(TypeError, match="index must be an int"):
         ds["a"]
     assert decode_image(ds.samples[0][0], 1).shape == (1, 6, 5)
+
+
+# --- fuzz ----------------------------------------------------------------------------------
+
+
+def _seed_files():
+    rng = np.random.default_rng(7)
+    out = []
+    for fmt, mode in (("PNG", "RGB"), ("PNG", "L"), ("JPEG", "RGB"), ("BMP", "RGB"), ("GIF", "P")):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)).convert(mode).save(buf, format=fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+SEED_FILES = _seed_files()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    which=st_.integers(0, len(SEED_FILES) - 1),
+    flips=st_.lists(st_.tuples(st_.integers(0, 10**6), st_.integers(0, 255)), max_size=6),
+    cut=st_.one_of(st_.none(), st_.integers(0, 10**6)),
+    channels=st_.sampled_from([1, 3]),
+    size=st_.one_of(st_.none(), st_.tuples(st_.integers(1, 12), st_.integers(1, 12))),
+)
+def test_fuzz_decode_gives_an_image_or_a_value_error(tmp_path, which, flips, cut, channels, size):
+    data = bytearray(SEED_FILES[which])
+    for pos, val in flips:
+        data[pos % len(data)] = val
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    path = tmp_path / "fuzz.img"
+    path.write_bytes(bytes(data))
+    try:
+        x = decode_image(path, channels, size)
+    except ValueError as exc:
+        assert str(path) in str(exc)
+        return
+    assert x.dtype == np.float32 and x.ndim == 3 and x.shape[0] == channels
+    if size is not None:
+        assert x.shape[1:] == size
+    assert np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
