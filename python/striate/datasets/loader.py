@@ -218,6 +218,7 @@ class DataLoader:
     drawn from ``(seed, e)`` and batch ``b`` is augmented with a seed derived
     from ``(seed, e, b)``. An iteration abandoned mid-epoch (``break``) stops
     its thread; the next iteration resumes at the first batch not yet taken.
+    One iteration runs at a time: starting another stops the previous one.
 
     Parameters
     ----------
