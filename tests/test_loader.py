@@ -397,3 +397,16 @@ def test_bad_state(rng):
         dl.load_state_dict(dict(good, position=11))
     with pytest.raises(ValueError, match=r"`state\['epoch'\]` must be >= 0"):
         dl.load_state_dict(dict(good, epoch=-1))
+
+
+def test_an_exception_in_the_loop_body_stops_the_thread(rng):
+    dl = DataLoader(ArrayDataset(*uint8_data(rng)), batch_size=5, seed=1)
+
+    def consume():
+        for _ in dl:
+            raise KeyError("the training step failed")
+
+    with pytest.raises(KeyError):
+        consume()
+    assert wait_no_threads()
+    assert dl.state_dict()["position"] == 1
