@@ -17,6 +17,7 @@ from .model import Sequential  # noqa: E402
 from . import functional, reference  # noqa: E402  (after _config: functional reads the backend)
 from . import augment, datasets, distributed, introspect, onnx_io, training, transfer, viz  # noqa: E402
 from .gradcheck import gradcheck  # noqa: E402  (viz imports matplotlib only when drawing)
+from . import metrics  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -26,6 +27,7 @@ __all__ = [
     "functional",
     "gradcheck",
     "introspect",
+    "metrics",
     "onnx_io",
     "transfer",
     "training",

@@ -1,6 +1,7 @@
 """Fetching dataset files: checksummed downloads and safe tar extraction.
 
-Shared by the MNIST and CIFAR-10 loaders. A download goes to ``<name>.part``
+Shared by the MNIST, Fashion-MNIST and CIFAR-10 loaders, with striate's cache
+folder (``cache_dir``). A download goes to ``<name>.part``
 in the destination folder, is checked against its published MD5 or SHA256,
 and only then renamed into place, so a half-finished or tampered file is never
 used. Archives are extracted with ``tarfile``'s ``"data"`` filter (no absolute
@@ -22,6 +23,22 @@ from pathlib import Path
 # Downloads larger than this are refused (CIFAR-10 archives are about 170 MB).
 MAX_DOWNLOAD_BYTES = 1 << 30
 _CHUNK = 1 << 16
+
+
+CACHE_ENV = "STRIATE_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """striate's cache folder: ``$STRIATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/striate``, else ``~/.cache/striate``.
+
+    Only the path; nothing is created here.
+    """
+    explicit = os.environ.get(CACHE_ENV, "").strip()
+    if explicit:
+        return Path(os.path.expanduser(explicit))
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(os.path.expanduser(xdg)) if xdg and os.path.isabs(os.path.expanduser(xdg)) else Path.home() / ".cache"
+    return base / "striate"
 
 
 class DownloadError(OSError):

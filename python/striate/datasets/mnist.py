@@ -4,6 +4,8 @@ Reads the four IDX files (raw or ``.gz``, spelled ``train-images-idx3-ubyte``
 or ``train-images.idx3-ubyte``), checks every header field before trusting it,
 and never decompresses more than the header promises. Every violation raises
 ValueError naming the file and the byte offset of the offending field.
+``load_idx_set`` is the loader for any data set in this format; Fashion-MNIST
+(``fashion.py``) uses it with its own mirror and digests.
 
 Not here: other IDX element types than unsigned bytes, EMNIST's transposed
 layout, or any caching of the decoded arrays.
@@ -172,21 +174,77 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path
         )
 
 
-def _where_hint(root: Path) -> str:
-    names = ", ".join(CHECKSUMS)
-    return f"put {names} (or their uncompressed versions) in {root}"
+class IdxSource:
+    """What differs between data sets in MNIST's format: the name, mirror and published digests."""
+
+    def __init__(self, title: str, default_url: str, url_env: str, checksums: dict):
+        self.title, self.default_url, self.url_env, self.checksums = title, default_url, url_env, checksums
+
+    def where_hint(self, root: Path) -> str:
+        names = ", ".join(self.checksums)
+        return f"put {names} (or their uncompressed versions) in {root}"
 
 
-def _fetch_missing(root: Path, base_url: str | None, checksums: dict | None, progress: bool) -> None:
-    url = _download.resolve_base_url(base_url, BASE_URL_ENV, DEFAULT_BASE_URL)
-    sums = dict(CHECKSUMS)
+MNIST = IdxSource("MNIST", DEFAULT_BASE_URL, BASE_URL_ENV, CHECKSUMS)
+
+
+def find_files(root: Path) -> dict | None:
+    """The paths of the four IDX files in ``root`` (any spelling), or None if one is missing."""
+    paths = {}
+    for key, stem in _STEMS.items():
+        p = _find(root, stem)
+        if p is None:
+            return None
+        paths[key] = p
+    return paths
+
+
+def fetch_missing(root: Path, source: IdxSource, base_url: str | None, checksums: dict | None,
+                  progress: bool) -> None:
+    """Download the gzipped files missing from ``root`` and check their digests."""
+    url = _download.resolve_base_url(base_url, source.url_env, source.default_url)
+    sums = dict(source.checksums)
     if checksums is not None:
         sums.update(checksums)
     for stem in _STEMS.values():
         if _find(root, stem) is not None:
             continue
         fname = stem + ".gz"
-        _download.fetch(url + fname, root / fname, sums[fname], where_hint=_where_hint(root), progress=progress)
+        _download.fetch(url + fname, root / fname, sums[fname], where_hint=source.where_hint(root),
+                        progress=progress)
+
+
+def load_idx_set(root: Path, source: IdxSource, download: bool, base_url: str | None, checksums: dict | None,
+                 progress: bool):
+    """The body of ``load_mnist`` for any data set in its format: fetch if asked, find, parse, check."""
+    if download:
+        fetch_missing(root, source, base_url, checksums, progress)
+    paths = {}
+    for key, stem in _STEMS.items():
+        p = _find(root, stem)
+        if p is None:
+            raise FileNotFoundError(
+                f"{source.title} file {stem} (raw or .gz, '-idx' or '.idx' spelling) not found in {root}; "
+                "pass download=True or " + source.where_hint(root)
+            )
+        paths[key] = p
+    out = []
+    shape = None
+    for split in ("train", "test"):
+        ip, lp = paths[f"{split}_images"], paths[f"{split}_labels"]
+        images = read_idx(ip, IMAGES_MAGIC)
+        labels = read_idx(lp, LABELS_MAGIC)
+        _check_pair(images, labels, ip, lp)
+        if shape is not None and images.shape[1:] != shape:
+            raise ValueError(
+                f"{ip}: images are {images.shape[1]}x{images.shape[2]} (byte offset 8) but the training "
+                f"images are {shape[0]}x{shape[1]}"
+            )
+        shape = images.shape[1:]
+        x = images.reshape(images.shape[0], 1, images.shape[1], images.shape[2]).astype(np.float32)
+        x /= np.float32(255.0)
+        out.append((x, labels.astype(np.int64)))
+    return out[0], out[1]
 
 
 def load_mnist(root, download: bool = False, *, base_url: str | None = None, checksums: dict | None = None,
@@ -233,34 +291,7 @@ def load_mnist(root, download: bool = False, *, base_url: str | None = None, che
     ((60000, 1, 28, 28), dtype('float32'), dtype('int64'))
     """
     root = Path(os.path.expanduser(os.fspath(root)))
-    if download:
-        _fetch_missing(root, base_url, checksums, progress)
-    paths = {}
-    for key, stem in _STEMS.items():
-        p = _find(root, stem)
-        if p is None:
-            raise FileNotFoundError(
-                f"MNIST file {stem} (raw or .gz, '-idx' or '.idx' spelling) not found in {root}; "
-                "pass download=True or " + _where_hint(root)
-            )
-        paths[key] = p
-    out = []
-    shape = None
-    for split in ("train", "test"):
-        ip, lp = paths[f"{split}_images"], paths[f"{split}_labels"]
-        images = read_idx(ip, IMAGES_MAGIC)
-        labels = read_idx(lp, LABELS_MAGIC)
-        _check_pair(images, labels, ip, lp)
-        if shape is not None and images.shape[1:] != shape:
-            raise ValueError(
-                f"{ip}: images are {images.shape[1]}x{images.shape[2]} (byte offset 8) but the training "
-                f"images are {shape[0]}x{shape[1]}"
-            )
-        shape = images.shape[1:]
-        x = images.reshape(images.shape[0], 1, images.shape[1], images.shape[2]).astype(np.float32)
-        x /= np.float32(255.0)
-        out.append((x, labels.astype(np.int64)))
-    return out[0], out[1]
+    return load_idx_set(root, MNIST, download, base_url, checksums, progress)
 
 
 __all__ = ["load_mnist", "parse_idx", "read_idx"]
