@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 
 from .layers import Layer, Linear, _bool, _int, layer_from_config
+from .layers.chain import backward_chain, forward_chain
 
 __all__ = ["Sequential"]
 
@@ -109,9 +110,7 @@ class Sequential:
 
     def forward(self, x):
         """Run every layer in order."""
-        for layer in self._layers:
-            x = layer(x)
-        return x
+        return forward_chain(self._layers, x)
 
     def backward(self, dloss, input_grad=True):
         """Back-propagate ``dloss`` (the gradient of the loss w.r.t. the outputs).
@@ -121,29 +120,7 @@ class Sequential:
         uses) it returns None and stops at the first layer that has trainable
         parameters, which skips computing its ``dx``.
         """
-        input_grad = _bool(input_grad, "input_grad")
-        stop = 0
-        if not input_grad:
-            stop = next(
-                (i for i, l in enumerate(self._layers) if any(p.trainable for p in l.parameters())),
-                len(self._layers),
-            )
-        for layer in self._layers[:stop]:
-            for p in layer.parameters():
-                p.grad = None
-        dy = dloss
-        for i in range(len(self._layers) - 1, stop - 1, -1):
-            layer = self._layers[i]
-            if i == stop and not input_grad:
-                saved = layer.needs_input_grad
-                layer.needs_input_grad = False
-                try:
-                    layer.backward(dy)
-                finally:
-                    layer.needs_input_grad = saved
-                return None
-            dy = layer.backward(dy)
-        return dy if input_grad else None
+        return backward_chain(self._layers, dloss, _bool(input_grad, "input_grad"))
 
     # -- parameters and state ----------------------------------------------------
 
@@ -153,9 +130,6 @@ class Sequential:
 
     def named_parameters(self):
         return [(f"{i}.{n}", p) for i, layer in enumerate(self._layers) for n, p in layer.named_parameters()]
-
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.trainable]
 
     def state_dict(self):
         """``{"0.weight": array, ...}``: parameters and buffers named as ``torch.nn.Sequential`` (copies)."""
