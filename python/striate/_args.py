@@ -1,10 +1,14 @@
-"""Argument parsing and validation shared by ``striate.functional`` and ``striate.reference``.
+"""Argument parsing and validation: the ops' geometry, and the scalar checks of the layers and tools.
 
 Every public op turns its user-facing arguments (ints or ``(h, w)`` pairs,
 ``"same"``/``"valid"`` padding, ``None`` strides) into one small, fully
 checked record of plain Python ints here, so that the NumPy oracle and the C++
 wrappers agree on every output size and reject the same inputs with the same
 message. Messages name the argument and what was received.
+
+The last section holds the scalar checks (``int_in``, ``real_in``,
+``boolean``, ``int_at_least``, ``positive_real`` ...) of the layers'
+constructors, the training loop and the tools above it.
 
 Not here: any numerics, dtype conversion or dispatching. Sizes are checked in
 arbitrary-precision Python ints against the int64 range before anything is

@@ -30,10 +30,10 @@ import numpy as np
 
 from . import _args, _config, zoo
 from . import layers as L
-from ._profile import ProfileResult, _Preserved, profile
-from ._summary import infer_input_shape, summary, summary_rows
+from ._profile import ProfileResult, _Preserved, profile  # noqa: F401  (re-exported)
+from ._summary import infer_input_shape, summary, summary_rows  # noqa: F401  (re-exported)
 from .layers.chain import first_trainable, layers_of
-from .training.callbacks import LayerHealth, LayerHealthWarning
+from .training.callbacks import LayerHealth, LayerHealthWarning  # noqa: F401  (re-exported)
 
 __all__ = [
     "summary",

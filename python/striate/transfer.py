@@ -21,12 +21,10 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
-
 from . import io
 from .model import Sequential
 from .training.feature_cache import MAX_CACHE_BYTES, cache_split  # noqa: F401  (re-exported)
-from .training.loop import cached_fit
+from .training.loop import cached_fit  # noqa: F401  (re-exported)
 
 __all__ = ["PRETRAINED", "pretrained_path", "load_pretrained", "load_checked", "cache_split", "cached_fit"]
 

@@ -24,12 +24,12 @@ from . import _args
 from . import layers as L
 from ._plot import check_path as _check_path
 from ._plot import figure as _figure
-from ._plot import plot_history
+from ._plot import plot_history  # noqa: F401  (re-exported)
 from ._plot import save as _save
 from ._profile import _Preserved
 from .layers.chain import layers_of
 from .training.lr_range import lr_range_test
-from .training.lr_range import suggest_lr as _suggest
+from .training.lr_range import suggest_lr as _suggest  # noqa: F401  (the suggestion rule, by its old name)
 
 __all__ = ["filters", "activation_maps", "plot_history", "lr_sweep"]
 

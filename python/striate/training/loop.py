@@ -27,6 +27,7 @@ checkpoints (checkpoints are taken at epoch boundaries).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import numbers
 import sys
 import time
@@ -272,29 +273,11 @@ def _resume(path, tensors, meta, model, optimizer, steps, dropouts, history, sta
 # --------------------------------------------------------------------------- fit
 
 
-def _fit(
-    model,
-    x,
-    y,
-    *,
-    epochs=10,
-    batch_size=64,
-    optimizer=None,
-    loss="cross_entropy",
-    validation_data=None,
-    validation_split=0.0,
-    shuffle=True,
-    augment=None,
-    callbacks=(),
-    seed=None,
-    verbose=1,
-    resume_from=None,
-    checkpoint=None,
-    distributed=False,
-    cache_features=True,
-    require_cache=False,
-):
-    """``fit``; with ``require_cache``, None (and the model untouched) unless the feature cache applies."""
+def _fit(model, x, y, args, require_cache=False):
+    """``fit`` with its keyword arguments in the dict ``args``; with ``require_cache``, None (and the
+    model untouched) unless the feature cache applies."""
+    (epochs, batch_size, optimizer, loss, validation_data, validation_split, shuffle, augment, callbacks,
+     seed, verbose, resume_from, checkpoint, distributed, cache_features) = (args[k] for k in _FIT_ARGS)
     epochs, batch_size, seed, callbacks = _check_fit_args(
         epochs, batch_size, verbose, seed, augment, callbacks, validation_split
     )
@@ -477,11 +460,8 @@ def fit(
     >>> sorted(history.history)
     ['accuracy', 'loss', 'lr', 'time', 'val_accuracy', 'val_loss']
     """
-    return _fit(
-        model, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss, validation_data=validation_data,
-        validation_split=validation_split, shuffle=shuffle, augment=augment, callbacks=callbacks, seed=seed, verbose=verbose,
-        resume_from=resume_from, checkpoint=checkpoint, distributed=distributed, cache_features=cache_features,
-    )
+    args = dict(locals())
+    return _fit(model, x, y, {k: args[k] for k in _FIT_ARGS})
 
 
 def cached_fit(model, x, y, **fit_kwargs):
@@ -508,8 +488,13 @@ def cached_fit(model, x, y, **fit_kwargs):
             validation_pair(fit_kwargs["validation_data"])
     except (TypeError, ValueError):
         return None
-    fit_kwargs = {k: v for k, v in fit_kwargs.items() if k != "cache_features"}
-    return _fit(model, x, y, require_cache=True, **fit_kwargs)
+    bound = inspect.signature(fit).bind(model, x, y, **fit_kwargs)  # a TypeError for what fit refuses
+    bound.apply_defaults()
+    return _fit(model, x, y, {k: bound.arguments[k] for k in _FIT_ARGS}, require_cache=True)
+
+
+# The keyword arguments of ``fit``, in order.
+_FIT_ARGS = tuple(inspect.signature(fit).parameters)[3:]
 
 
 # --------------------------------------------------------------------------- evaluate / predict
