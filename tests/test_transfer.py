@@ -330,7 +330,7 @@ def test_fit_uses_the_cache_when_it_has_the_hook(digits, monkeypatch):
     monkeypatch.setattr(feature_cache, "plan", spy)
     m = _pretrained()
     training.fit(m, x[:64], y[:64], epochs=1, verbose=0, seed=0)
-    assert used[-1] is True  # the outer call (the inner fit of the head asks too, and declines)
+    assert used[-1] is True  # fit planned the cache and took it
     used.clear()
     training.fit(_pretrained(), x[:64], y[:64], epochs=1, verbose=0, seed=0, cache_features=False)
     assert used == []
