@@ -178,8 +178,10 @@ def test_frozen_counts_and_table():
 
 
 def test_si_and_bytes_formatting():
-    assert I._si(999) == "999" and I._si(1234) == "1.23K" and I._si(2.5e9) == "2.5G" and I._si(None) == "?"
-    assert I._bytes(100) == "100 B" and I._bytes(2048) == "2 KiB" and I._bytes(3 * 2**20) == "3 MiB"
+    from striate import _summary as S
+
+    assert S._si(999) == "999" and S._si(1234) == "1.23K" and S._si(2.5e9) == "2.5G" and S._si(None) == "?"
+    assert S._bytes(100) == "100 B" and S._bytes(2048) == "2 KiB" and S._bytes(3 * 2**20) == "3 MiB"
 
 
 # ----------------------------------------------------------------------------- profile

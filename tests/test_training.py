@@ -273,12 +273,12 @@ def test_distributed_fit_under_mpiexec_matches_one_process(digits8, tmp_path):
 
 
 def test_cache_features_trains_a_frozen_backbone_once_with_the_same_result(digits8, monkeypatch):
-    from striate import transfer
+    from striate.training import feature_cache
 
     x, y, xt, yt = digits8
     calls = []
-    real = transfer._features
-    monkeypatch.setattr(transfer, "_features", lambda *a: calls.append(1) or real(*a))
+    real = feature_cache._features
+    monkeypatch.setattr(feature_cache, "_features", lambda *a: calls.append(1) or real(*a))
     runs = []
     for cache in (True, False):
         m = conv_model(p=0.25)

@@ -317,18 +317,20 @@ def test_fit_uses_the_cache_when_it_has_the_hook(digits, monkeypatch):
     if "cache_features" not in inspect.signature(training.fit).parameters:
         pytest.skip("training.fit has no cache_features hook yet")
     (x, y), _ = digits
+    from striate.training import feature_cache
+
     used = []
-    real = transfer.cached_fit
+    real = feature_cache.plan
 
     def spy(model, *args, **kwargs):
         h = real(model, *args, **kwargs)
         used.append(h is not None)
         return h
 
-    monkeypatch.setattr(transfer, "cached_fit", spy)
+    monkeypatch.setattr(feature_cache, "plan", spy)
     m = _pretrained()
     training.fit(m, x[:64], y[:64], epochs=1, verbose=0, seed=0)
-    assert used[-1] is True  # the outer call (the inner fit of the head asks too, and declines)
+    assert used[-1] is True  # fit planned the cache and took it
     used.clear()
     training.fit(_pretrained(), x[:64], y[:64], epochs=1, verbose=0, seed=0, cache_features=False)
     assert used == []

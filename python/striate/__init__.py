@@ -7,13 +7,13 @@ NumPy layer of layers, losses, optimizers and a Keras-like ``fit``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from ._config import get_backend, get_num_threads, seed, set_backend, set_num_threads
 from . import io, layers, losses, optim, zoo  # noqa: E402
-from .io import load_model as load  # noqa: E402
 from .layers import Parameter  # noqa: E402
 from .model import Sequential  # noqa: E402
+from .model import load_model as load  # noqa: E402
 from . import functional, reference  # noqa: E402  (after _config: functional reads the backend)
 from . import augment, datasets, distributed, introspect, onnx_io, training, transfer, viz  # noqa: E402
 from .gradcheck import gradcheck  # noqa: E402  (viz imports matplotlib only when drawing)

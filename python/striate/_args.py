@@ -1,10 +1,14 @@
-"""Argument parsing and validation shared by ``striate.functional`` and ``striate.reference``.
+"""Argument parsing and validation: the ops' geometry, and the scalar checks of the layers and tools.
 
 Every public op turns its user-facing arguments (ints or ``(h, w)`` pairs,
 ``"same"``/``"valid"`` padding, ``None`` strides) into one small, fully
 checked record of plain Python ints here, so that the NumPy oracle and the C++
 wrappers agree on every output size and reject the same inputs with the same
 message. Messages name the argument and what was received.
+
+The last section holds the scalar checks (``int_in``, ``real_in``,
+``boolean``, ``int_at_least``, ``positive_real`` ...) of the layers'
+constructors, the training loop and the tools above it.
 
 Not here: any numerics, dtype conversion or dispatching. Sizes are checked in
 arbitrary-precision Python ints against the int64 range before anything is
@@ -470,3 +474,89 @@ def linear_check(x_shape, w_shape, b_shape) -> None:
         )
     if b_shape is not None and tuple(b_shape) != (w_shape[0],):
         raise ValueError(f"`bias` must have shape ({w_shape[0]},) to match `weight` {tuple(w_shape)}, got {tuple(b_shape)}")
+
+
+# --------------------------------------------------------------------------- constructor and training arguments
+#
+# The checks of the layers' constructors, the optimizers, the training loop and
+# the tools above it (a bool that must be a bool, an int in a range, a finite
+# number in an interval). They raise TypeError for a value of the wrong type
+# and ValueError for one out of range, naming the argument.
+
+INT32_MAX = 2**31 - 1
+
+
+def int_in(value, name: str, lo: int = 1, hi: int | None = None) -> int:
+    """An int in ``[lo, hi]`` (no upper bound when ``hi`` is None); bools and floats are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        if hi is None or hi == INT32_MAX:
+            raise ValueError(f"`{name}` must be >= {lo}, got {value}")
+        raise ValueError(f"`{name}` must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def int_or_pair(value, name: str, lo: int = 1, hi: int | None = INT32_MAX) -> tuple[int, int]:
+    """An int or an ``(h, w)`` pair of ints in ``[lo, hi]``, returned as a pair."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"`{name}` must be an int or an (h, w) pair, got {value!r}")
+        return (int_in(value[0], name, lo, hi), int_in(value[1], name, lo, hi))
+    v = int_in(value, name, lo, hi)
+    return (v, v)
+
+
+def int_at_least(value, name: str, lo: int) -> int:
+    """An int >= ``lo``; anything else is a ValueError (the tools' convention)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        raise ValueError(f"`{name}` must be an int >= {lo}, got {value!r}")
+    return int(value)
+
+
+def real_in(value, name: str, lo=-math.inf, hi=math.inf, lo_open: bool = False, hi_open: bool = False) -> float:
+    """A finite number in the interval from ``lo`` to ``hi`` (each end open or closed)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    bad = (
+        not math.isfinite(value)
+        or value < lo
+        or value > hi
+        or (lo_open and value == lo)
+        or (hi_open and value == hi)
+    )
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        raise ValueError(f"`{name}` must be finite and in {left}{lo}, {hi}{right}, got {value!r}")
+    return value
+
+
+def positive_real(value, name: str) -> float:
+    """A positive finite number; anything else is a ValueError (the tools' convention)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def boolean(value, name: str) -> bool:
+    """A bool (or numpy bool); ints are refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def choice(value, name: str, allowed: tuple):
+    """One of ``allowed`` (compared with ==, bools never stand for ints)."""
+    if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed):
+        raise ValueError(f"`{name}` must be {_one_of(allowed)}, got {value!r}")
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be {_one_of(allowed)}, got {value!r}")
+    return value
+
+
+def _one_of(allowed) -> str:
+    shown = [repr(a) for a in allowed]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]

@@ -18,7 +18,11 @@ import os
 
 import numpy as np
 
+from . import _config, introspect, viz, zoo
+from . import layers as L
 from .cli import CLIError, _positive_float, _positive_int
+from .datasets import load_digits
+from .model import load_model
 
 __all__ = [
     "add_commands",
@@ -38,18 +42,16 @@ def resolve_model(spec, seed=0, in_channels=None):
 
     ``in_channels`` is passed to ``typical_cnn`` (default 3).
     """
-    import striate as st
-
     if spec in ZOO_NAMES:
-        st.seed(seed)
+        _config.seed(seed)
         if spec == "lenet5":
-            return st.zoo.lenet5()
-        return st.zoo.typical_cnn(in_channels=in_channels or 3)
+            return zoo.lenet5()
+        return zoo.typical_cnn(in_channels=in_channels or 3)
     if not os.path.exists(spec):
         raise CLIError(
             f"MODEL must be a saved model file or a zoo name ({', '.join(ZOO_NAMES)}), got {spec!r}: no such file"
         )
-    return st.load(spec)
+    return load_model(spec)
 
 
 def _add_model(p, optional=False):
@@ -66,9 +68,7 @@ def _add_threads(p):
 
 def _set_threads(args):
     if getattr(args, "threads", None) is not None:
-        import striate as st
-
-        st.set_num_threads(args.threads)
+        _config.set_num_threads(args.threads)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -84,8 +84,6 @@ def configure_summary(p):
 
 def cmd_summary(args):
     """``striate summary MODEL [--input-shape C H W]``: print the layer table."""
-    from . import introspect
-
     model = resolve_model(args.model)
     shape = tuple(args.input_shape) if args.input_shape else None
     print(introspect.summary(model, shape))
@@ -107,8 +105,6 @@ def configure_visualize(p):
 
 
 def _sample_input(model, path):
-    from . import introspect
-
     if path is not None:
         x = np.load(path, allow_pickle=False)
         if x.ndim == 4:
@@ -120,8 +116,6 @@ def _sample_input(model, path):
         return x.astype(np.float32)
     c, h, w = introspect.infer_input_shape(model)
     if c == 1 and h == w:
-        from .datasets import load_digits
-
         _, (xt, _) = load_digits(size=h)
         return xt[0]
     return np.random.default_rng(0).random((c, h, w), dtype=np.float32)
@@ -129,9 +123,6 @@ def _sample_input(model, path):
 
 def cmd_visualize(args):
     """``striate visualize MODEL --out DIR``: filter grids of every Conv2d and activation maps."""
-    from . import layers as L
-    from . import viz
-
     model = resolve_model(args.model)
     x = _sample_input(model, args.input)
     os.makedirs(args.out, exist_ok=True)
@@ -160,8 +151,6 @@ def configure_bench(p):
 
 def cmd_bench(args):
     """``striate bench``: per-layer profile of the zoo models, next to PyTorch when installed."""
-    from . import introspect
-
     _set_threads(args)
     report = introspect.bench_zoo(
         tuple(args.models), batch_size=args.batch_size, repeat=args.repeat, torch=False if args.no_torch else "auto"
@@ -186,9 +175,6 @@ def configure_lr_sweep(p):
 
 def cmd_lr_sweep(args):
     """``striate lr-sweep [MODEL]``: LR range test on the embedded digits; prints the suggested lr."""
-    from . import introspect, viz
-    from .datasets import load_digits
-
     _set_threads(args)
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")

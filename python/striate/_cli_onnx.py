@@ -7,6 +7,7 @@ is given. Not here: the export itself (``striate.onnx_io``).
 
 from __future__ import annotations
 
+from . import introspect, onnx_io
 from ._cli_introspect import _add_model, resolve_model
 from .cli import CLIError, _positive_int
 
@@ -22,8 +23,6 @@ def configure_export(p):
 
 
 def cmd_export(args):
-    from . import introspect, onnx_io
-
     model = resolve_model(args.model)
     if args.input_shape is not None:
         shape = tuple(args.input_shape)

@@ -20,7 +20,9 @@ import time
 
 import numpy as np
 
+from . import _config, augment, datasets, io, optim, training, transfer, zoo
 from .cli import CLIError, _positive_float, _positive_int
+from .layers import Conv2d, Linear
 
 __all__ = ["add_commands", "configure_finetune", "cmd_finetune", "few_shot_indices", "load_task"]
 
@@ -53,8 +55,6 @@ def few_shot_indices(y, shots, seed):
 
 def load_task(name, root=None):
     """``(x_train, y_train), (x_test, y_test)`` of a data set named on the command line."""
-    from . import datasets
-
     if name == "digits":
         return datasets.load_digits()
     if name == "shapes":
@@ -69,8 +69,6 @@ def load_task(name, root=None):
 
 
 def _load_model(spec):
-    from . import io, transfer, zoo
-
     if spec in PRETRAINED_NAMES:
         return transfer.load_pretrained(zoo.lenet5(), PRETRAINED_NAMES[spec])
     if not os.path.isfile(spec):
@@ -80,14 +78,10 @@ def _load_model(spec):
 
 
 def _first_conv(model):
-    from .layers import Conv2d
-
     return next((layer for layer in model if isinstance(layer, Conv2d)), None)
 
 
 def _runs(model, x):
-    from . import training
-
     try:
         with training._mode(model, False):
             model(x[:1])
@@ -98,8 +92,6 @@ def _runs(model, x):
 
 def adapt_inputs(model, *arrays):
     """Make images fit the model: grey <-> colour for its first Conv2d, zero padding to 32x32 if needed."""
-    from . import augment
-
     conv = _first_conv(model)
     out = list(arrays)
     if conv is not None:
@@ -138,17 +130,12 @@ def configure_finetune(p):
 
 def cmd_finetune(args):
     """Run ``striate finetune``; returns the exit status."""
-    import striate as st
-
-    from . import optim, training, transfer
-    from .layers import Linear
-
     if args.seed < 0:
         raise CLIError(f"--seed must be >= 0, got {args.seed}")
     if args.dataset not in DATASETS:
         raise CLIError(f"--dataset must be one of {', '.join(DATASETS)}, got {args.dataset!r}")
     if args.threads is not None:
-        st.set_num_threads(args.threads)
+        _config.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = _load_model(args.source)
     heads = [i for i, layer in enumerate(model) if isinstance(layer, Linear)]
@@ -162,7 +149,7 @@ def cmd_finetune(args):
     num_classes = int(max(y.max(), y_test.max())) + 1
     idx = few_shot_indices(y, args.shots, args.seed)
     x, y = x[idx], y[idx]
-    st.seed(args.seed)
+    _config.seed(args.seed)
     model.replace_head(num_classes)
     model.freeze(upto)
     x, x_test = adapt_inputs(model, x, x_test)

@@ -21,6 +21,9 @@ import time
 
 import numpy as np
 
+from . import _config, augment, datasets, distributed, io, optim, training, zoo
+from ._version import __version__
+
 __all__ = ["main", "register", "build_parser", "COMMAND_MODULES", "TRAIN_DEFAULTS"]
 
 # Modules that add subcommands: each defines ``add_commands(register)``.
@@ -103,8 +106,6 @@ def _positive_float(text):
 
 
 def _load_dataset(name, root, size=32):
-    from . import datasets
-
     if name == "digits":
         return datasets.load_digits(size=size)
     loader = getattr(datasets, f"load_{name}", None)
@@ -116,8 +117,6 @@ def _load_dataset(name, root, size=32):
 
 
 def _build_model(name, x_shape, num_classes):
-    from . import zoo
-
     channels, height = x_shape[1], x_shape[2]
     if name == "lenet5":
         if channels != 1 or height not in (28, 32):
@@ -131,24 +130,16 @@ def _build_model(name, x_shape, num_classes):
 
 
 def _default_augment(x_shape):
-    """A mild random affine for digit-like data when ``striate.augment`` is installed, else None."""
-    try:
-        from . import augment
-    except ImportError:
-        return None
+    """A mild random affine for digit-like data."""
     return augment.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
 
 
 def _set_threads(threads):
     if threads is not None:
-        import striate
-
-        striate.set_num_threads(threads)
+        _config.set_num_threads(threads)
 
 
 def _load_model(path):
-    from . import io
-
     return io.load_model(path)
 
 
@@ -175,7 +166,7 @@ def _configure_train(p):
     )
     p.add_argument("--loss", default=d["loss"], choices=["cross_entropy", "squared_error"], help="default %(default)s")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random affine augmentation (default: on when striate.augment is available)")
+                   help="random affine augmentation (default: on)")
     p.add_argument("--seed", type=int, default=d["seed"], help="seeds init, shuffling, dropout (default %(default)s)")
     p.add_argument("--threads", type=_positive_int, default=None, help="threads for the kernels (default: all cores)")
     p.add_argument("--out", default=d["out"], help="where to save the trained model (default %(default)s)")
@@ -187,17 +178,13 @@ def _configure_train(p):
 
 
 def _run_train(args):
-    import striate
-
-    from . import optim, training
-
     if args.seed < 0:
         raise CLIError(f"--seed must be >= 0, got {args.seed}")
     _set_threads(args.threads)
     t0 = time.perf_counter()
     (x, y), (x_test, y_test) = _load_dataset(args.dataset, args.data_root)
     num_classes = int(max(y.max(), y_test.max())) + 1
-    striate.seed(args.seed)
+    _config.seed(args.seed)
     model = _build_model(args.model, x.shape, num_classes)
     opt = optim.SGD(
         model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -214,8 +201,6 @@ def _run_train(args):
     augment = None
     if args.augment is None or args.augment:
         augment = _default_augment(x.shape)
-        if augment is None and args.augment:
-            raise CLIError("--augment needs striate.augment, which this version of striate does not include")
     training.fit(
         model, x, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt, loss=args.loss,
         augment=augment, callbacks=callbacks, seed=args.seed, verbose=args.verbose,
@@ -223,8 +208,6 @@ def _run_train(args):
     )
     metrics = training.evaluate(model, x_test, y_test, loss=args.loss)
     if args.distributed:
-        from . import distributed
-
         if distributed.rank() != 0:  # every rank holds the same model; rank 0 reports
             return 0
     model.save(args.out)
@@ -246,8 +229,6 @@ def _configure_evaluate(p):
 
 
 def _run_evaluate(args):
-    from . import training
-
     _set_threads(args.threads)
     t0 = time.perf_counter()
     model = _load_model(args.model)
@@ -308,8 +289,6 @@ def _configure_predict(p):
 
 
 def _run_predict(args):
-    from . import training
-
     _set_threads(args.threads)
     model = _load_model(args.model)
     channels = getattr(model[0], "in_channels", 1)
@@ -352,10 +331,8 @@ def _command_table():
 
 def build_parser():
     """The argparse parser with every subcommand; each sets ``args.run``."""
-    import striate
-
     parser = argparse.ArgumentParser(prog="striate", description="Convolutional networks on multicore CPUs.")
-    parser.add_argument("--version", action="version", version=f"striate {striate.__version__}")
+    parser.add_argument("--version", action="version", version=f"striate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, configure, run) in _command_table().items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -360,7 +360,6 @@ def linear_backward(dy, x, weight, needs=("x", "weight", "bias")):
     _args.same_shape(dy, (x.shape[0], weight.shape[0]), "dy", f"the output shape for `x` {x.shape} and `weight` {weight.shape}")
     if _numpy_backend():
         return reference.linear_backward(dy, x, weight, needs=need)
-    dy = dy
     dx = _core.matmul(dy, weight, False, False, True) if "x" in need else None
     dw = _core.matmul(dy, x, True, False) if "weight" in need else None
     db = dy.sum(axis=0, dtype=np.float32) if "bias" in need else None

@@ -9,7 +9,10 @@ itself (dtypes, shapes, offsets that tile the data region exactly) before any
 tensor byte is handed to ``safetensors``, then checks the checksums and that
 every float is finite.
 
-``save_model`` / ``load_model`` store a ``Sequential``: tensors named as its
+``save_model`` / ``load_model`` store a ``Sequential`` (by duck typing: this
+module never imports it; ``load_model`` builds through the builder
+``striate.model`` registers, ``read_model`` returns the checked architecture
+and tensors): tensors named as its
 ``state_dict`` (so ``torch.nn.Sequential`` with the same layers loads them
 unchanged) and the architecture as JSON in the metadata
 (``"striate.architecture"``). The architecture is validated against the layer
@@ -33,6 +36,10 @@ import tempfile
 
 import numpy as np
 
+from . import _config
+from . import layers as L
+from ._version import __version__
+
 __all__ = [
     "FormatError",
     "MAX_HEADER_BYTES",
@@ -42,6 +49,8 @@ __all__ = [
     "save_model",
     "load_model",
     "load_weights",
+    "read_model",
+    "register_builder",
 ]
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -395,8 +404,6 @@ def parse_architecture(text, path=None):
     ``config`` is the ``Sequential.to_config()`` dict, ``expected_state`` maps
     each state_dict name to ``(shape, dtype)``.
     """
-    from . import layers as L
-
     try:
         cfg = _parse_json(text)
     except (ValueError, RecursionError) as exc:
@@ -429,8 +436,6 @@ def parse_architecture(text, path=None):
 @contextlib.contextmanager
 def _private_init_rng():
     """Build layers without drawing from the global RNG (their init is overwritten anyway)."""
-    from . import _config
-
     saved = _config._rng
     _config._rng = np.random.default_rng(0)
     try:
@@ -440,13 +445,12 @@ def _private_init_rng():
 
 
 def save_model(model, path):
-    """Save a ``Sequential`` (float32 weights + architecture) to ``path``, atomically."""
-    from .model import Sequential
+    """Save a model (float32 weights + architecture) to ``path``, atomically.
 
-    if not isinstance(model, Sequential):
+    Any object with ``state_dict()`` and ``to_config()`` (a ``Sequential``).
+    """
+    if not (callable(getattr(model, "state_dict", None)) and callable(getattr(model, "to_config", None))):
         raise TypeError(f"`model` must be a striate.Sequential, got {type(model).__name__}")
-    from . import __version__
-
     state = model.state_dict()
     for name, arr in state.items():
         if arr.dtype.kind == "f" and arr.dtype != np.float32:
@@ -458,16 +462,18 @@ def save_model(model, path):
     write_file(path, state, meta)
 
 
-def load_model(path):
-    """Load a ``Sequential`` saved by :func:`save_model` (all checks first, then build).
+def read_model(path):
+    """Read a model file: ``(config, tensors)``, the architecture and its checked tensors.
+
+    The architecture is validated and every tensor checked against the
+    names, shapes and dtypes it implies before any tensor is returned.
+    Building the model is the business of its class (``striate.model.load_model``).
 
     Raises
     ------
     FormatError
         The file is damaged, not a striate model, or does not match its architecture.
     """
-    from .model import Sequential
-
     holder = {}
 
     def expect(metadata):
@@ -477,13 +483,35 @@ def load_model(path):
         return expected
 
     tensors, _ = read_file(path, expect=expect)
-    with _private_init_rng():
-        model = Sequential.from_config(holder["cfg"])
-    try:
-        model.load_state_dict(tensors)
-    except (TypeError, ValueError) as exc:  # pragma: no cover - ruled out by the checks above
-        raise FormatError(path, None, str(exc)) from None
-    return model
+    return holder["cfg"], tensors
+
+
+# Builders of a model from ``(config, tensors, path)``, by the architecture's
+# "format": ``striate.model`` registers ``Sequential``'s under "striate.sequential"
+# when it is imported (``import striate`` imports it), so this module never
+# needs to know the model classes.
+_BUILDERS: dict = {}
+
+
+def register_builder(format_name, build):
+    """Make ``load_model`` build architectures of ``format_name`` with ``build(config, tensors, path)``."""
+    _BUILDERS[format_name] = build
+
+
+def load_model(path):
+    """Load a model saved by :func:`save_model` (all checks first, then build).
+
+    The same as ``striate.load``: the file is read and checked here
+    (``read_model``), the model is built by the builder its architecture's
+    format registered (``Sequential``'s, in ``striate.model``).
+
+    Raises
+    ------
+    FormatError
+        The file is damaged, not a striate model, or does not match its architecture.
+    """
+    cfg, tensors = read_model(path)
+    return _BUILDERS[cfg["format"]](cfg, tensors, path)
 
 
 def load_weights(model, path):
@@ -491,9 +519,7 @@ def load_weights(model, path):
 
     The file must hold exactly the model's state_dict names, dtypes and shapes.
     """
-    from .model import Sequential
-
-    if not isinstance(model, Sequential):
+    if not (callable(getattr(model, "state_dict", None)) and callable(getattr(model, "load_state_dict", None))):
         raise TypeError(f"`model` must be a striate.Sequential, got {type(model).__name__}")
     expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
     tensors, _ = read_file(path, expect=expected)

@@ -4,8 +4,13 @@
 ``torch.nn.Sequential`` does (``"0.weight"``, ``"1.running_mean"``), loads state
 all or nothing, freezes prefixes, swaps the classifier head, describes itself
 (``summary``, ``to_config``) and saves to safetensors through ``striate.io``.
-Training (``fit``/``evaluate``/``predict``) lives in ``striate.training``; the
-methods here only delegate. Deliberately not here: nesting, branches, hooks.
+It sits above the machinery it delegates to, as Keras's ``Model`` sits above
+its trainer: training (``fit``/``evaluate``/``predict``, ``striate.training``),
+files (``striate.io``), the summary and profile (``striate._summary``,
+``striate._profile``) and ONNX export (``striate._onnx_export``) all work on
+it by duck typing and never import it. Building a model from a config or a
+file lives here (``Sequential.from_config``, ``load_model``, which is
+``striate.load``). Deliberately not here: nesting, branches, hooks.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ import numbers
 
 import numpy as np
 
-from .layers import Layer, Linear, _bool, _int, layer_from_config
+import striate.training  # looked up at call time, as ``striate.training.fit``, so it can be replaced
 
-__all__ = ["Sequential"]
+from . import _onnx_export, _profile, _summary, io
+from .layers import Layer, Linear, _bool, _int, layer_from_config
+from .layers.chain import backward_chain, forward_chain
+
+__all__ = ["Sequential", "load_model"]
 
 CONFIG_FORMAT = "striate.sequential"
 CONFIG_VERSION = 1
@@ -109,9 +118,7 @@ class Sequential:
 
     def forward(self, x):
         """Run every layer in order."""
-        for layer in self._layers:
-            x = layer(x)
-        return x
+        return forward_chain(self._layers, x)
 
     def backward(self, dloss, input_grad=True):
         """Back-propagate ``dloss`` (the gradient of the loss w.r.t. the outputs).
@@ -121,29 +128,7 @@ class Sequential:
         uses) it returns None and stops at the first layer that has trainable
         parameters, which skips computing its ``dx``.
         """
-        input_grad = _bool(input_grad, "input_grad")
-        stop = 0
-        if not input_grad:
-            stop = next(
-                (i for i, l in enumerate(self._layers) if any(p.trainable for p in l.parameters())),
-                len(self._layers),
-            )
-        for layer in self._layers[:stop]:
-            for p in layer.parameters():
-                p.grad = None
-        dy = dloss
-        for i in range(len(self._layers) - 1, stop - 1, -1):
-            layer = self._layers[i]
-            if i == stop and not input_grad:
-                saved = layer.needs_input_grad
-                layer.needs_input_grad = False
-                try:
-                    layer.backward(dy)
-                finally:
-                    layer.needs_input_grad = saved
-                return None
-            dy = layer.backward(dy)
-        return dy if input_grad else None
+        return backward_chain(self._layers, dloss, _bool(input_grad, "input_grad"))
 
     # -- parameters and state ----------------------------------------------------
 
@@ -153,9 +138,6 @@ class Sequential:
 
     def named_parameters(self):
         return [(f"{i}.{n}", p) for i, layer in enumerate(self._layers) for n, p in layer.named_parameters()]
-
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.trainable]
 
     def state_dict(self):
         """``{"0.weight": array, ...}``: parameters and buffers named as ``torch.nn.Sequential`` (copies)."""
@@ -278,9 +260,7 @@ class Sequential:
         ``input_shape`` is (C, H, W) without the batch; when None it is inferred
         where possible. See ``striate.introspect.summary``.
         """
-        from . import introspect
-
-        return introspect.summary(self, input_shape)
+        return _summary.summary(self, input_shape)
 
     def to_config(self):
         """The architecture as a JSON-serialisable dict."""
@@ -315,36 +295,118 @@ class Sequential:
 
     def save(self, path):
         """Save weights and architecture to a safetensors file (see ``striate.io``)."""
-        from . import io
-
         io.save_model(self, path)
 
-    def fit(self, x, y, **kwargs):
-        """Train; see ``striate.training.fit``."""
-        from . import training
+    def fit(
+        self,
+        x,
+        y=None,
+        *,
+        epochs=10,
+        batch_size=64,
+        optimizer=None,
+        loss="cross_entropy",
+        validation_data=None,
+        validation_split=0.0,
+        shuffle=True,
+        augment=None,
+        callbacks=(),
+        seed=None,
+        verbose=1,
+        resume_from=None,
+        checkpoint=None,
+        distributed=False,
+        cache_features=True,
+    ):
+        """Train with mini-batch gradient descent; returns a ``striate.training.History``.
 
-        return training.fit(self, x, y, **kwargs)
+        Parameters
+        ----------
+        x : ndarray, shape (N, ...)
+            Inputs: float32 as is, float64 cast, uint8 scaled by 1/255.
+        y : ndarray
+            Int class labels (N,) or targets (N, classes).
+        epochs : int, default 10
+        batch_size : int, default 64
+        optimizer : optimizer, optional
+            Default ``striate.optim.SGD(lr=0.01, momentum=0.9)``.
+        loss : str or loss object, default "cross_entropy"
+        validation_data : (x_val, y_val), optional
+        validation_split : float in [0, 1), default 0
+        shuffle : bool, default True
+        augment : callable, optional
+            ``augment(x_batch, seed) -> x_batch``, training batches only.
+        callbacks : sequence of striate.training.Callback
+        seed : int, optional
+        verbose : {0, 1, 2}, default 1
+        resume_from, checkpoint : str or os.PathLike, optional
+            Resume from / write a resumable training checkpoint.
+        distributed : bool, default False
+            Data-parallel over MPI ranks.
+        cache_features : bool, default True
+            Train only the head on cached features of a frozen backbone, when exact.
 
-    def evaluate(self, x, y, **kwargs):
-        """Loss and accuracy; see ``striate.training.evaluate``."""
-        from . import training
+        Every argument is described in full at ``striate.training.fit``, which
+        this method calls.
+        """
+        return striate.training.fit(self, x, y, **_given(
+            epochs=(epochs, 10), batch_size=(batch_size, 64), optimizer=(optimizer, None),
+            loss=(loss, "cross_entropy"), validation_data=(validation_data, None),
+            validation_split=(validation_split, 0.0), shuffle=(shuffle, True), augment=(augment, None),
+            callbacks=(callbacks, ()), seed=(seed, None), verbose=(verbose, 1), resume_from=(resume_from, None),
+            checkpoint=(checkpoint, None), distributed=(distributed, False), cache_features=(cache_features, True),
+        ))
 
-        return training.evaluate(self, x, y, **kwargs)
+    def evaluate(self, x, y=None, batch_size=256, *, loss=None):
+        """Mean loss and accuracy on ``(x, y)`` in evaluation mode: ``{"loss": float, "accuracy": float}``.
 
-    def predict(self, x, **kwargs):
-        """Class probabilities; see ``striate.training.predict``."""
-        from . import training
+        ``loss`` defaults to the loss the model was last trained with by
+        ``fit``, else cross-entropy; see ``striate.training.evaluate``.
+        """
+        return striate.training.evaluate(self, x, y, **_given(batch_size=(batch_size, 256), loss=(loss, None)))
 
-        return training.predict(self, x, **kwargs)
+    def predict(self, x, batch_size=256):
+        """Class probabilities ``(N, classes)`` for ``x`` in evaluation mode; see ``striate.training.predict``."""
+        return striate.training.predict(self, x, **_given(batch_size=(batch_size, 256)))
 
-    def profile(self, x, y=None, repeat=5, **kwargs):
+    def profile(self, x, y=None, repeat=5, *, loss="cross_entropy", warmup=1):
         """Per-layer forward/backward time of one training step; see ``striate.introspect.profile``."""
-        from . import introspect
+        return _profile.profile(self, x, y, repeat, loss=loss, warmup=warmup)
 
-        return introspect.profile(self, x, y, repeat, **kwargs)
-
-    def to_onnx(self, path, input_shape, **kwargs):
+    def to_onnx(self, path, input_shape, *, opset=_onnx_export.DEFAULT_OPSET):
         """Export to ONNX (opset >= 13) for onnxruntime; see ``striate.onnx_io.export``."""
-        from . import onnx_io
+        return _onnx_export.export(self, path, input_shape, opset=opset)
 
-        return onnx_io.export(self, path, input_shape, **kwargs)
+
+def _given(**pairs):
+    """The keywords whose value is not their default object: what the caller chose.
+
+    ``Sequential.fit`` and friends pass only those on, so the training
+    functions' own defaults apply and a call reads as the caller wrote it.
+    """
+    return {k: v for k, (v, default) in pairs.items() if v is not default}
+
+
+def _build(config, tensors, path):
+    """A ``Sequential`` from a checked file's architecture and tensors (``io.read_model``)."""
+    with io._private_init_rng():
+        model = Sequential.from_config(config)
+    try:
+        model.load_state_dict(tensors)
+    except (TypeError, ValueError) as exc:  # pragma: no cover - ruled out by io's checks
+        raise io.FormatError(path, None, str(exc)) from None
+    return model
+
+
+io.register_builder(CONFIG_FORMAT, _build)
+
+
+def load_model(path):
+    """Load a ``Sequential`` saved by ``Sequential.save`` (``striate.load``); all checks first, then build.
+
+    Raises
+    ------
+    striate.io.FormatError
+        The file is damaged, not a striate model, or does not match its architecture.
+    """
+    return _build(*io.read_model(path), path)

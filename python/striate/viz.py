@@ -5,7 +5,9 @@ Every picture is drawn with matplotlib's Agg canvas straight into a file
 global state is involved. matplotlib is the optional extra ``[viz]``: without
 it each drawing function raises ImportError naming ``pip install
 'striate[viz]'``. ``lr_sweep`` computes without matplotlib and needs it only to
-draw (when ``path`` is given).
+draw (when ``path`` is given): the test itself is
+``striate.training.lr_range_test``, whose step is the one ``fit`` takes, and
+this module only draws its result.
 
 Deliberately not here: interactive plots, anything that changes the model
 passed in (``activation_maps`` restores its modes, ``lr_sweep`` trains a copy),
@@ -14,42 +16,22 @@ or text tables (``striate.introspect``).
 
 from __future__ import annotations
 
-import copy
 import math
-import numbers
-import os
 
 import numpy as np
 
+from . import _args
 from . import layers as L
+from ._plot import check_path as _check_path
+from ._plot import figure as _figure
+from ._plot import plot_history  # noqa: F401  (re-exported)
+from ._plot import save as _save
+from ._profile import _Preserved
+from .layers.chain import layers_of
+from .training.lr_range import lr_range_test
+from .training.lr_range import suggest_lr as _suggest  # noqa: F401  (the suggestion rule, by its old name)
 
 __all__ = ["filters", "activation_maps", "plot_history", "lr_sweep"]
-
-_DPI = 100
-_EXTRA = "pip install 'striate[viz]'"
-
-
-def _figure(func, figsize):
-    """A matplotlib Figure on an Agg canvas, or ImportError naming the extra."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError(f"striate.viz.{func} needs matplotlib, the [viz] extra: {_EXTRA}") from None
-    fig = Figure(figsize=figsize, dpi=_DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _check_path(path):
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}")
-    return os.fspath(path)
-
-
-def _save(fig, path):
-    fig.savefig(path, dpi=_DPI)
-    return path
 
 
 def _mosaic(tiles, cols, pad=1, fill=1.0):
@@ -66,9 +48,7 @@ def _mosaic(tiles, cols, pad=1, fill=1.0):
 
 
 def _int_arg(value, name, lo=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
-        raise ValueError(f"`{name}` must be an int >= {lo}, got {value!r}")
-    return int(value)
+    return _args.int_at_least(value, name, lo)
 
 
 # ----------------------------------------------------------------------------- filters
@@ -177,12 +157,10 @@ def activation_maps(model, x, path, *, max_maps=16):
     str
         ``path``.
     """
-    from .introspect import _layers, _Preserved
-
     path = _check_path(path)
     max_maps = _int_arg(max_maps, "max_maps")
     x = _as_sample(x)
-    layers = _layers(model)
+    layers = layers_of(model)
     convs = [i for i, l in enumerate(layers) if isinstance(l, L.Conv2d)]
     if not convs:
         raise ValueError("activation_maps: `model` has no Conv2d layer")
@@ -219,65 +197,7 @@ def activation_maps(model, x, path, *, max_maps=16):
     return _save(fig, path)
 
 
-# ----------------------------------------------------------------------------- history
-
-
-def plot_history(history, path):
-    """Draw training and validation loss and accuracy against the epoch.
-
-    Parameters
-    ----------
-    history : striate.training.History or dict of str to list
-        Uses ``loss``, ``val_loss``, ``accuracy`` and ``val_accuracy`` when
-        present; ``History.epoch`` (0-based) gives the x values, else 1, 2, ...
-    path : str or os.PathLike
-
-    Returns
-    -------
-    str
-        ``path``.
-    """
-    path = _check_path(path)
-    data = getattr(history, "history", history)
-    if not isinstance(data, dict):
-        raise TypeError(f"`history` must be a History or a dict of lists, got {type(history).__name__}")
-    if not data.get("loss"):
-        raise ValueError("`history` has no 'loss' values to plot")
-    n = len(data["loss"])
-    epochs = [e + 1 for e in getattr(history, "epoch", [])] or list(range(1, n + 1))
-    metrics = [m for m in ("loss", "accuracy") if data.get(m) or data.get("val_" + m)]
-    fig = _figure("plot_history", (4.5 * len(metrics), 3.5))
-    axes = [fig.add_subplot(1, len(metrics), k + 1) for k in range(len(metrics))]
-    for ax, metric in zip(axes, metrics):
-        for key, style, label in ((metric, "o-", "train"), ("val_" + metric, "s--", "validation")):
-            values = data.get(key)
-            if values:
-                ax.plot(epochs[: len(values)], values, style, label=label, markersize=3)
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.88, wspace=0.3)
-    return _save(fig, path)
-
-
 # ----------------------------------------------------------------------------- LR range test
-
-
-def _suggest(lrs, smooth):
-    """(suggested lr, method, lr of steepest descent or None, lr of the minimum)."""
-    lrs = np.asarray(lrs)
-    smooth = np.asarray(smooth)
-    imin = int(np.argmin(smooth))
-    lr_min_loss = float(lrs[imin])
-    skip = max(1, len(lrs) // 10)  # the first steps are dominated by the smoothing warm-up
-    if imin - skip >= 3:
-        slope = np.gradient(smooth, np.log(lrs))
-        k = skip + int(np.argmin(slope[skip : imin + 1]))
-        if slope[k] < 0:
-            lr = float(lrs[k])
-            return lr, "steepest", lr, lr_min_loss
-    return lr_min_loss / 10, "min/10", None, lr_min_loss
 
 
 def lr_sweep(
@@ -296,7 +216,7 @@ def lr_sweep(
     diverge=4.0,
     seed=0,
 ):
-    """Learning-rate range test: train briefly while the lr grows exponentially.
+    """Learning-rate range test (``striate.training.lr_range_test``), drawn when ``path`` is given.
 
     Step ``i`` of ``steps`` trains one mini-batch with SGD at
     ``lr_min * (lr_max / lr_min) ** (i / (steps - 1))``, a log-spaced grid. The
@@ -338,94 +258,16 @@ def lr_sweep(
         ``lr_steepest`` (None when undefined), ``lr_min_loss``, ``diverged``
         (whether the test stopped early) and ``path``.
     """
-    from . import losses as LS
-    from . import optim
-    from .model import Sequential
-
-    if isinstance(model_factory_or_model, Sequential):
-        model = copy.deepcopy(model_factory_or_model)
-    elif callable(model_factory_or_model):
-        model = model_factory_or_model()
-        if not isinstance(model, Sequential):
-            raise TypeError(f"the model factory must return a Sequential, got {type(model).__name__}")
-    else:
-        raise TypeError(
-            f"`model_factory_or_model` must be a Sequential or a callable returning one, "
-            f"got {type(model_factory_or_model).__name__}"
-        )
     if path is not None:
         path = _check_path(path)
         _figure("lr_sweep", (1, 1))  # fail before training when matplotlib is missing
-    for name, v in (("lr_min", lr_min), ("lr_max", lr_max)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v > 0):
-            raise ValueError(f"`{name}` must be a positive finite number, got {v!r}")
-    if lr_min >= lr_max:
-        raise ValueError(f"`lr_min` must be below `lr_max`, got {lr_min!r} >= {lr_max!r}")
-    steps = _int_arg(steps, "steps", lo=2)
-    batch_size = _int_arg(batch_size, "batch_size")
-    seed = _int_arg(seed, "seed", lo=0)
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta < 1:
-        raise ValueError(f"`beta` must be in [0, 1), got {beta!r}")
-    if isinstance(diverge, bool) or not isinstance(diverge, numbers.Real) or not diverge > 1:
-        raise ValueError(f"`diverge` must be a number > 1, got {diverge!r}")
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 2 or x.shape[0] < 1:
-        raise TypeError(
-            f"`x` must be a non-empty float32 numpy.ndarray (N, ...), got "
-            f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}"
-        )
-    y = np.asarray(y)
-    if y.ndim == 0 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"`y` has shape {y.shape}, but `x` has {x.shape[0]} samples")
-    loss_fn = LS.get_loss(loss)
-
-    gen = np.random.default_rng(seed)
-    for k, layer in enumerate(l for l in model if isinstance(l, L.Dropout)):
-        layer.set_rng(np.random.default_rng([seed, k]))
-    model.train()
-    opt = optim.SGD(model.parameters(), lr=float(lr_min), momentum=float(momentum))
-    grid = float(lr_min) * (float(lr_max) / float(lr_min)) ** (np.arange(steps) / (steps - 1))
-    n = x.shape[0]
-    order = gen.permutation(n)
-    pos = 0
-    lrs, raw, smooth = [], [], []
-    avg, best, diverged = 0.0, math.inf, False
-    for i, lr in enumerate(grid):
-        if pos + batch_size > n:
-            order, pos = gen.permutation(n), 0
-        idx = order[pos : pos + batch_size]
-        pos += batch_size
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            value = float(loss_fn(model(x[idx]), y[idx]))
-        if not math.isfinite(value):
-            diverged = True
-            break
-        avg = beta * avg + (1 - beta) * value
-        s = avg / (1 - beta ** (i + 1))
-        lrs.append(float(lr))
-        raw.append(value)
-        smooth.append(s)
-        best = min(best, s)
-        if i > 0 and s > diverge * best:
-            diverged = True
-            break
-        with np.errstate(over="ignore", invalid="ignore"):
-            model.backward(loss_fn.backward(), input_grad=False)
-        opt.lr = float(lr)
-        opt.step()
-    if not lrs:
-        raise ValueError(f"lr_sweep: the loss is not finite at lr_min={lr_min!r}")
-    suggested, method, steepest, at_min = _suggest(lrs, smooth)
-    result = {
-        "lrs": lrs,
-        "losses": smooth,
-        "raw_losses": raw,
-        "suggested_lr": suggested,
-        "method": method,
-        "lr_steepest": steepest,
-        "lr_min_loss": at_min,
-        "diverged": diverged,
-        "path": path,
-    }
+    result = lr_range_test(
+        model_factory_or_model, x, y, lr_min, lr_max, steps, batch_size=batch_size, loss=loss,
+        momentum=momentum, beta=beta, diverge=diverge, seed=seed,
+    )
+    result["path"] = path
+    lrs, raw, smooth = result["lrs"], result["raw_losses"], result["losses"]
+    suggested, method = result["suggested_lr"], result["method"]
     if path is not None:
         fig = _figure("lr_sweep", (6.0, 4.0))
         ax = fig.add_subplot(1, 1, 1)

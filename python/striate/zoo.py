@@ -12,6 +12,7 @@ from __future__ import annotations
 from . import layers as L
 from .layers import _bool, _int
 from .model import Sequential
+from .transfer import load_pretrained
 
 __all__ = ["lenet5", "typical_cnn"]
 
@@ -57,8 +58,6 @@ def lenet5(num_classes=10, pretrained=False, input_size=32):
         ]
     )
     if pretrained:
-        from .transfer import load_pretrained
-
         load_pretrained(model, "lenet5_digits")
     return model
 

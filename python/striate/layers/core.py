@@ -1,0 +1,134 @@
+"""Linear, Dropout and Flatten: the fully connected layer and the two shape/regularisation layers.
+
+Not here: convolution, pooling, normalisation or activations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _config
+from .base import _int, _float, _bool, _check_input, _as, _ops, Layer
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training mode zero each element with probability ``p``
+    and scale the rest by ``1 / (1 - p)``; the identity in evaluation mode.
+
+    The mask is drawn from ``self.rng`` (``set_rng``); when that is None, from
+    ``striate._config.rng()`` at call time.
+    """
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = _float(p, "p", lo=0.0, hi=1.0, hi_open=True)
+        self.rng = None
+        self._mask = None
+
+    def set_rng(self, gen):
+        """Draw masks from ``gen`` (a ``numpy.random.Generator``, or None for the global RNG)."""
+        if gen is not None and not isinstance(gen, np.random.Generator):
+            raise TypeError(f"`gen` must be a numpy.random.Generator or None, got {type(gen).__name__}")
+        self.rng = gen
+
+    def forward(self, x):
+        _check_input(x, "Dropout")
+        if not self.training or self.p == 0.0:
+            self._mask = False
+            return x  # the identity, as torch returns its input
+        gen = self.rng if self.rng is not None else _config.rng()
+        keep = gen.random(x.shape) >= self.p
+        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._mask = mask
+        return x * mask
+
+    def backward(self, dy):
+        mask = self._mask
+        if mask is None:
+            raise RuntimeError("Dropout.backward called before forward")
+        if not self.needs_input_grad:
+            return None
+        if mask is False:
+            return dy
+        self._check_dy(dy, mask.shape)
+        return _as(dy, mask.dtype) * mask
+
+    def config(self):
+        return {"p": self.p}
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C*H*W), in C order as ``torch.nn.Flatten``."""
+
+    def forward(self, x):
+        _check_input(x, "Flatten")
+        if x.ndim < 2:
+            raise ValueError(f"Flatten: input must have a batch dimension, got shape {x.shape}")
+        self._xshape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        xshape = self._saved("_xshape")
+        n = xshape[0]
+        self._check_dy(dy, (n, int(np.prod(xshape[1:], dtype=np.int64))))
+        if not self.needs_input_grad:
+            return None
+        return dy.reshape(xshape)
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape, dtype=np.int64)),)
+
+
+class Linear(Layer):
+    """``y = x @ W.T + b`` with weight (out_features, in_features), as ``torch.nn.Linear``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lin = Linear(3, 2)
+    >>> lin(np.ones((4, 3), np.float32)).shape
+    (4, 2)
+    >>> lin.backward(np.ones((4, 2), np.float32)).shape
+    (4, 3)
+    >>> [(name, p.grad.shape) for name, p in lin.named_parameters()]
+    [('weight', (2, 3)), ('bias', (2,))]
+    """
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features = _int(in_features, "in_features")
+        self.out_features = _int(out_features, "out_features")
+        has_bias = _bool(bias, "bias")
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = self._add_param("weight", (self.out_features, self.in_features), bound)
+        self.bias = self._add_param("bias", (self.out_features,), bound) if has_bias else None
+        self._x = None
+
+    def forward(self, x):
+        _check_input(x, "Linear", 2)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"Linear: input has shape {x.shape}, expected (N, {self.in_features})")
+        y = _ops(x.dtype).linear(x, *self._weights(x.dtype))
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        x = self._saved("_x")
+        self._check_dy(dy, (x.shape[0], self.out_features))
+        needs = self._needs()
+        if not needs:
+            return self._store_grads(None, None, None)
+        w, _ = self._weights(x.dtype)
+        return self._store_grads(*_ops(x.dtype).linear_backward(_as(dy, x.dtype), x, w, needs=needs))
+
+    def output_shape(self, input_shape):
+        return (self.out_features,)
+
+    def config(self):
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None or "bias" in self._spec,
+        }

@@ -1,0 +1,107 @@
+"""BatchNorm2d: batch normalisation per channel, ``torch.nn.BatchNorm2d`` semantics, in NumPy.
+
+Not here: layer or group normalisation.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from .base import _int, _float, _check_input, _as, Layer
+
+
+class BatchNorm2d(Layer):
+    """Batch normalisation over (N, H, W) per channel, ``torch.nn.BatchNorm2d`` semantics.
+
+    Training mode normalises with the batch mean and the biased variance and
+    updates ``running_mean`` / ``running_var`` (unbiased) with
+    ``r = (1 - momentum) * r + momentum * batch_stat``. Evaluation mode, and a
+    frozen layer (weight and bias not trainable), use the running statistics.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features = _int(num_features, "num_features")
+        self.eps = _float(eps, "eps", lo=0.0, lo_open=True)
+        self.momentum = _float(momentum, "momentum", lo=0.0, hi=1.0)
+        c = self.num_features
+        self.weight = self._add_param("weight", (c,), fill=1.0)
+        self.bias = self._add_param("bias", (c,), fill=0.0)
+        self._add_buffer("running_mean", (c,), np.float32, 0.0)
+        self._add_buffer("running_var", (c,), np.float32, 1.0)
+        self._add_buffer("num_batches_tracked", (), np.int64, 0)
+        self._cache = None
+
+    @property
+    def running_mean(self):
+        return self._buffers["running_mean"]
+
+    @property
+    def running_var(self):
+        return self._buffers["running_var"]
+
+    @property
+    def num_batches_tracked(self):
+        return self._buffers["num_batches_tracked"]
+
+    def _uses_batch_stats(self):
+        return self.training and (self.weight.trainable or self.bias.trainable)
+
+    def forward(self, x):
+        _check_input(x, "BatchNorm2d", 4)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d: input has {x.shape[1]} channels, expected num_features={self.num_features}")
+        # NumPy's reductions sum in an order that depends on the memory layout:
+        # an explicit C-contiguous copy makes the result layout-independent.
+        x = np.ascontiguousarray(x)
+        dt = x.dtype
+        shape = (1, -1, 1, 1)
+        # An empty batch has no statistics: it takes the running-stats path (empty output, zero grads).
+        if self._uses_batch_stats() and x.size:
+            n = x.shape[0] * x.shape[2] * x.shape[3]
+            if n <= 1:
+                raise ValueError(f"BatchNorm2d: expected more than 1 value per channel when training, got input {x.shape}")
+            mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+            xc = x - mean.astype(dt).reshape(shape)
+            var = np.mean(np.square(xc, dtype=np.float64), axis=(0, 2, 3))
+            m = self.momentum
+            rm, rv = self.running_mean, self.running_var
+            rm[...] = (1.0 - m) * rm + m * mean
+            rv[...] = (1.0 - m) * rv + m * var * (n / (n - 1))
+            self.num_batches_tracked[...] += 1
+            invstd = (1.0 / np.sqrt(var + self.eps)).astype(dt)
+            batch = True
+        else:
+            xc = x - _as(self.running_mean, dt).reshape(shape)
+            invstd = (1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)).astype(dt)
+            batch = False
+        xhat = xc * invstd.reshape(shape)
+        y = xhat * _as(self.weight.data, dt).reshape(shape) + _as(self.bias.data, dt).reshape(shape)
+        self._cache = (xhat, invstd, batch)
+        return y
+
+    def backward(self, dy):
+        xhat, invstd, batch = self._saved("_cache")
+        self._check_dy(dy, xhat.shape)
+        dt = xhat.dtype
+        dy = np.ascontiguousarray(dy, dtype=dt)
+        axes = (0, 2, 3)
+        shape = (1, -1, 1, 1)
+        dbeta = dy.sum(axis=axes)
+        dgamma = (dy * xhat).sum(axis=axes)
+        self._store_grad(self.weight, dgamma if self.weight.trainable else None)
+        self._store_grad(self.bias, dbeta if self.bias.trainable else None)
+        if not self.needs_input_grad:
+            return None
+        g = _as(self.weight.data, dt).reshape(shape)
+        if not batch:
+            return dy * (g * invstd.reshape(shape))
+        n = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
+        # dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
+        return (g * invstd.reshape(shape)) * (
+            dy - (dbeta / n).reshape(shape) - xhat * (dgamma / n).reshape(shape)
+        )
+
+    def config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}

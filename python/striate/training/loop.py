@@ -1,0 +1,570 @@
+"""The training loop: ``fit``, ``evaluate`` and ``predict``, built from ``train_step`` and ``_train_epoch``.
+
+``fit`` is a Keras-like loop over mini-batches for any model with the model
+protocol (``model(x)``, ``model.backward(dloss)``, ``parameters()``,
+``state_dict()``/``load_state_dict()``, ``train()``/``eval()``, its layers as
+``model.layers`` or by indexing); it never imports ``Sequential``. It owns
+every source of randomness of a run: one NumPy ``Generator`` (from ``seed``,
+or drawn from striate's global RNG) shuffles the data, seeds each Dropout
+layer's generator and a base seed from which every augmentation batch gets
+its own integer seed. All of that, with the model, the optimizer state, the
+epoch and the history, goes into a checkpoint, so ``fit(..., resume_from=path)``
+continues bit-exactly.
+
+What differs between runs is held by objects whose defaults do nothing, not
+by branches in the loop: the run hook (``LocalRun``, or ``DistributedRun``
+under MPI), the callbacks (``CallbackList``), the progress output
+(``_Progress``, silent with ``verbose=0``) and the checkpoint writer. The
+frozen-backbone shortcut (``feature_cache``) only changes what the loop
+trains on: the head, on cached features.
+
+Not here: the step itself (``step.train_step``), batching (``data``),
+callbacks (``callbacks``), the checkpoint format (``checkpoint``), the layers,
+losses and optimizers, mixed precision, gradient accumulation and mid-epoch
+checkpoints (checkpoints are taken at epoch boundaries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import numbers
+import sys
+import time
+import weakref
+
+import numpy as np
+
+from .. import _args, io, losses, optim
+from ..layers.chain import layers_of
+from . import feature_cache
+from .callbacks import Callback, CallbackList, History, TrainState
+from .checkpoint import RunRandomness, _load_into, _make_optimizer, _read_checkpoint, save_checkpoint
+from .data import (
+    ArrayBatches, apply_augment, as_input, as_targets, batch_seed, check_targets_fit, chunks, validation_pair,
+    validation_set,
+)
+from .step import LOCAL, backward_fn, distributed_run, lr_of, train_step
+
+__all__ = ["cached_fit", "evaluate", "fit", "predict"]
+
+# The loss each model was last trained with, so ``evaluate`` reports the same one.
+_last_loss: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+# --------------------------------------------------------------------------- the model protocol
+
+
+def _get_modes(model):
+    return getattr(model, "training", None), [getattr(layer, "training", True) for layer in layers_of(model)]
+
+
+def _set_modes(model, modes):
+    top, per_layer = modes
+    if top is not None:
+        model.train() if top else model.eval()
+    for layer, mode in zip(layers_of(model), per_layer):
+        layer.train() if mode else layer.eval()
+
+
+@contextlib.contextmanager
+def _mode(model, training):
+    """Run a block with the model in training or evaluation mode, then restore every layer's mode."""
+    saved = _get_modes(model)
+    model.train() if training else model.eval()
+    try:
+        yield
+    finally:
+        _set_modes(model, saved)
+
+
+def _num_outputs(model, x):
+    """Run one sample through the model in evaluation mode; return its number of outputs."""
+    with _mode(model, False):
+        out = model(x[:1])
+    if not isinstance(out, np.ndarray) or out.ndim != 2:
+        shape = getattr(out, "shape", None)
+        raise ValueError(f"the model must return (N, classes) outputs, got shape {shape}")
+    return int(out.shape[1])
+
+
+def _dropout_layers(model):
+    return [layer for layer in layers_of(model) if hasattr(layer, "set_rng")]
+
+
+def _resolve_loss(loss):
+    try:
+        return losses.get_loss(loss)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(
+            f"`loss` must be 'cross_entropy', 'squared_error' or a loss object, got {loss!r}"
+        ) from exc
+
+
+def _remember_loss(model, loss_fn):
+    try:
+        _last_loss[model] = loss_fn
+    except TypeError:
+        pass
+
+
+def _n_correct(outputs, y):
+    pred = np.argmax(outputs, axis=1)
+    truth = y if y.ndim == 1 else np.argmax(y, axis=1)
+    return int(np.count_nonzero(pred == truth))
+
+
+# --------------------------------------------------------------------------- the pieces of a run
+
+
+class _Progress:
+    """A tqdm bar per epoch (verbose=1), one line per epoch (verbose=2), or nothing; on stderr."""
+
+    def __init__(self, verbose, epochs, steps):
+        self.verbose, self.epochs, self.steps = verbose, epochs, steps
+        self.bar = None
+
+    def begin(self, epoch):
+        if self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                file=sys.stderr, leave=True, dynamic_ncols=True,
+            )
+
+    def batch(self, loss, acc):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", refresh=False)
+            self.bar.update(1)
+
+    def end(self, epoch, logs):
+        items = [f"{k} {v:.4g}" if k != "time" else f"{v:.2f} s" for k, v in logs.items()]
+        if self.bar is not None:
+            self.bar.set_postfix_str(" - ".join(i for i in items if not i.endswith(" s")), refresh=True)
+            self.close()
+        elif self.verbose == 2:
+            print(f"epoch {epoch + 1}/{self.epochs} - " + " - ".join(items), file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _Checkpointer:
+    """Writes a resumable checkpoint at the end of every epoch; does nothing without a path."""
+
+    def __init__(self, path, model, optimizer, steps, rand, history, callbacks):
+        self.path = path
+        self.model, self.optimizer, self.steps = model, optimizer, steps
+        self.rand, self.history, self.callbacks = rand, history, callbacks
+
+    def epoch_end(self, epoch, global_step):
+        if self.path is None:
+            return
+        save_checkpoint(
+            self.path, self.model, self.optimizer,
+            {
+                "epoch": epoch + 1,
+                "global_step": global_step,
+                "steps_per_epoch": self.steps,
+                **self.rand.state(),
+                "history": self.history._to_json(),
+                "callbacks": self.callbacks.state_dicts(),
+            },
+        )
+
+
+class _Run:
+    """What one ``fit`` run trains, with what, and the objects that watch it."""
+
+    def __init__(self, **parts):
+        self.__dict__.update(parts)
+
+
+def _train_epoch(r, epoch):
+    """Train ``r.net`` for one epoch; return the epoch's logs (loss, accuracy, validation, lr, time)."""
+    r.state.epoch = epoch
+    t0 = time.perf_counter()
+    r.callbacks.on_epoch_begin(epoch, {})
+    lr_first = None
+    batches = r.batches.epoch(epoch, r.rand.shuffle)
+    r.net.train()
+    r.progress.begin(epoch)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step, (xb, yb) in enumerate(batches):
+        if r.augment is not None:
+            xb = apply_augment(r.augment, xb, batch_seed(r.rand.augment_seed, epoch, step))
+        r.callbacks.on_batch_begin(step, {})
+        if lr_first is None:
+            lr_first = lr_of(r.optimizer)
+        out, loss_value = train_step(
+            r.net, xb, yb, r.loss_fn, r.optimizer, params=r.params, backward=r.backward, run=r.run,
+            global_count=r.batches.global_count(step), epoch=epoch + 1, step=step + 1,
+        )
+        r.state.global_step += 1
+        nb = xb.shape[0]
+        batch_correct = _n_correct(out, yb)
+        loss_sum += loss_value * nb
+        correct += batch_correct
+        seen += nb
+        r.callbacks.on_batch_end(
+            step, {"loss": loss_value, "accuracy": batch_correct / max(nb, 1), "lr": lr_of(r.optimizer)}
+        )
+        r.progress.batch(loss_sum / max(seen, 1), correct / max(seen, 1))
+    loss_sum, correct, seen = r.run.reduce(loss_sum, correct, seen)
+    r.run.end_epoch(r.net)
+    logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
+    if r.x_val is not None:
+        val = evaluate(r.net, r.x_val, r.y_val, batch_size=max(r.batch_size, 256), loss=r.loss_fn)
+        logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
+    logs["lr"] = lr_first
+    logs["time"] = time.perf_counter() - t0
+    return logs
+
+
+def _check_fit_args(epochs, batch_size, verbose, seed, augment, callbacks, validation_split):
+    epochs = _args.int_in(epochs, "epochs", 1)
+    batch_size = _args.int_in(batch_size, "batch_size", 1)
+    if verbose not in (0, 1, 2) or isinstance(verbose, bool):
+        raise ValueError(f"`verbose` must be 0, 1 or 2, got {verbose!r}")
+    if seed is not None:
+        seed = _args.int_in(seed, "seed", 0)
+    if augment is not None and not callable(augment):
+        raise TypeError(f"`augment` must be callable (x_batch, seed) -> x_batch, got {type(augment).__name__}")
+    callbacks = list(callbacks or ())
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"`callbacks` must hold Callback instances, got {type(cb).__name__}")
+    if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real):
+        raise TypeError(f"`validation_split` must be a float, got {type(validation_split).__name__}")
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"`validation_split` must be in [0, 1), got {validation_split}")
+    return epochs, batch_size, seed, callbacks
+
+
+def _resume(path, tensors, meta, model, optimizer, steps, dropouts, history, state):
+    """Load a checkpoint's model, optimizer and history; return ``(randomness, start epoch, callback states)``."""
+    saved = meta.get("state") or {}
+    try:
+        rand = RunRandomness.from_state(saved)
+        start_epoch = int(saved["epoch"])
+        state.global_step = int(saved["global_step"])
+        saved_history = History._from_json(saved["history"])
+        cb_states = saved.get("callbacks", [])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise io.FormatError(path, None, f"the checkpoint's training state is invalid or incomplete ({exc!r})") from None
+    if len(rand.dropout) != len(dropouts):
+        raise ValueError(
+            f"the checkpoint {path} has {len(rand.dropout)} Dropout generators, "
+            f"the model has {len(dropouts)}"
+        )
+    if int(saved.get("steps_per_epoch", steps)) != steps:
+        raise ValueError(
+            f"resuming needs the same data and batch_size: the checkpoint has {saved['steps_per_epoch']} "
+            f"steps per epoch, this call {steps}"
+        )
+    _load_into(path, tensors, meta, model, optimizer)
+    history.history, history.epoch = saved_history.history, saved_history.epoch
+    return rand, start_epoch, cb_states
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def _fit(model, x, y, args, require_cache=False):
+    """``fit`` with its keyword arguments in the dict ``args``; with ``require_cache``, None (and the
+    model untouched) unless the feature cache applies."""
+    (epochs, batch_size, optimizer, loss, validation_data, validation_split, shuffle, augment, callbacks,
+     seed, verbose, resume_from, checkpoint, distributed, cache_features) = (args[k] for k in _FIT_ARGS)
+    epochs, batch_size, seed, callbacks = _check_fit_args(
+        epochs, batch_size, verbose, seed, augment, callbacks, validation_split
+    )
+    x = as_input(x)
+    y = as_targets(y, x.shape[0])
+    loss_fn = _resolve_loss(loss)
+    val = None if validation_data is None else validation_pair(validation_data)
+    net = model  # what the loop trains: the model, or its head on cached features
+    cached = None
+    if cache_features or require_cache:
+        cached = feature_cache.plan(
+            model, x, None if val is None else val[0], augment=augment, resume_from=resume_from,
+            checkpoint=checkpoint, distributed=distributed, callbacks=callbacks,
+        )
+    if require_cache and cached is None:
+        return None
+    if cached is not None:
+        net, x, feats_val = cached
+        val = None if val is None else (feats_val, val[1])
+    x, y, x_val, y_val = validation_set(x, y, val, validation_split)
+
+    num_outputs = _num_outputs(net, x)
+    check_targets_fit(y, num_outputs)
+    if y_val is not None:
+        check_targets_fit(y_val, num_outputs, "validation_data[1]")
+
+    run = distributed_run(model) if distributed else LOCAL
+    if resume_from is not None:
+        tensors, meta = _read_checkpoint(resume_from)
+        if optimizer is None:
+            optimizer = _make_optimizer(meta, model)
+    if optimizer is None:
+        optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+
+    batches = ArrayBatches(x, y, batch_size, shuffle, shard=None if run is LOCAL else run.shard)
+    steps = batches.steps_per_epoch
+    history = History()
+    state = TrainState(epochs, steps, history, is_root=run.is_root)
+    dropouts = _dropout_layers(net)
+    start_epoch, cb_states = 0, []
+    if resume_from is not None:
+        rand, start_epoch, cb_states = _resume(
+            resume_from, tensors, meta, model, optimizer, steps, dropouts, history, state
+        )
+    else:
+        rand = RunRandomness.fresh(seed, len(dropouts), agree=run.agree_seed)
+    for layer, g in zip(dropouts, rand.dropout):
+        layer.set_rng(g)
+    _remember_loss(model, loss_fn)
+
+    callbacks = CallbackList(callbacks)
+    r = _Run(
+        net=net, batches=batches, batch_size=batch_size, augment=augment, loss_fn=loss_fn,
+        optimizer=optimizer, params=[p for p in net.parameters() if p.trainable], backward=backward_fn(net),
+        run=run, rand=rand, state=state, callbacks=callbacks, x_val=x_val, y_val=y_val,
+        progress=_Progress(verbose if run.is_root else 0, epochs, steps),
+    )
+    saver = _Checkpointer(
+        checkpoint if run.is_root else None, model, optimizer, steps, rand, history, callbacks
+    )
+    callbacks.bind(model, optimizer, state)
+    callbacks.on_train_begin({})
+    callbacks.load_state_dicts(cb_states)
+
+    saved_modes = _get_modes(net)
+    try:
+        for epoch in range(start_epoch, epochs):
+            logs = _train_epoch(r, epoch)
+            history._append(epoch, logs)
+            r.progress.end(epoch, logs)
+            callbacks.on_epoch_end(epoch, logs)
+            saver.epoch_end(epoch, state.global_step)
+            if state.stop_training:
+                break
+    finally:
+        r.progress.close()
+        _set_modes(net, saved_modes)
+    callbacks.on_train_end({})
+    return history
+
+
+
+def fit(
+    model,
+    x,
+    y,
+    *,
+    epochs=10,
+    batch_size=64,
+    optimizer=None,
+    loss="cross_entropy",
+    validation_data=None,
+    validation_split=0.0,
+    shuffle=True,
+    augment=None,
+    callbacks=(),
+    seed=None,
+    verbose=1,
+    resume_from=None,
+    checkpoint=None,
+    distributed=False,
+    cache_features=True,
+):
+    """Train ``model`` on ``(x, y)`` with mini-batch gradient descent.
+
+    Parameters
+    ----------
+    model : Sequential
+    x : ndarray, shape (N, ...)
+        Inputs. float32 is used as is; float64 is cast to float32; uint8 is
+        scaled by 1/255 to [0, 1] float32. Other dtypes raise TypeError.
+    y : ndarray
+        Int class labels (N,), or targets (N, classes) such as one-hot rows.
+        With ``loss="squared_error"`` int labels stand for one-hot rows.
+    epochs : int, default 10
+        The total number of epochs; a resumed run continues up to it.
+    batch_size : int, default 64
+        The last batch of an epoch may be smaller.
+    optimizer : optimizer, optional
+        Default: ``striate.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)``.
+    loss : str or loss object, default "cross_entropy"
+        ``"cross_entropy"``, ``"squared_error"`` or a ``striate.losses`` object.
+    validation_data : (x_val, y_val), optional
+        Evaluated at the end of every epoch; adds ``val_loss``, ``val_accuracy``.
+    validation_split : float in [0, 1), default 0
+        Hold out this fraction of ``(x, y)``, taken from the end before any
+        shuffling, for validation. Ignored when ``validation_data`` is given.
+    shuffle : bool, default True
+        Reshuffle the training samples every epoch.
+    augment : callable, optional
+        ``augment(x_batch, seed) -> x_batch`` applied to training batches only;
+        ``seed`` is an int from ``batch_seed(base, epoch, step)``, where
+        ``base`` comes from the run's generator (so it is checkpointed).
+    callbacks : sequence of Callback
+    seed : int, optional
+        Seeds the run's generator: shuffling, the Dropout layers' generators
+        and the augmentation seeds. Default: a seed drawn from striate's global
+        RNG (``striate.seed``). Ignored when resuming (the checkpoint's
+        generator states are restored).
+    verbose : {0, 1, 2}, default 1
+        1: a progress bar per epoch; 2: one line per epoch; 0: silent. Both go to stderr.
+    resume_from : str or os.PathLike, optional
+        A checkpoint written by ``fit(..., checkpoint=...)``: restores the
+        model, optimizer (of the same class; built from the checkpoint when
+        ``optimizer`` is None), generators, History and callback states, then
+        trains the remaining epochs. The result is bitwise equal to an
+        uninterrupted run.
+    checkpoint : str or os.PathLike, optional
+        Write a resumable training checkpoint (atomically) at the end of
+        every epoch, after the callbacks ran.
+    cache_features : bool, default True
+        When the model's leading layers are frozen and deterministic (the
+        "freeze the backbone, train the head" recipe), run them once over the
+        data and train only the head on the cached features; the result is
+        bitwise equal to the uncached run (``striate.training.feature_cache.plan``
+        says when the shortcut applies). False always runs the full model.
+    distributed : bool, default False
+        Data-parallel training under ``mpiexec -n K`` (needs the ``[mpi]``
+        extra): every rank holds all of ``x`` and follows rank 0's seed, takes
+        its shard of each global batch of ``batch_size``, and the gradients are
+        averaged over the ranks before every step, so all ranks keep equal
+        weights. Only rank 0 prints and writes ``checkpoint``.
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    NonFiniteError
+        When a loss or gradient is not finite; the optimizer step is skipped.
+
+    Examples
+    --------
+    >>> import striate as st
+    >>> from striate.datasets import load_digits
+    >>> (x, y), (xt, yt) = load_digits()
+    >>> model = st.zoo.lenet5()
+    >>> history = model.fit(x, y, epochs=2, validation_data=(xt, yt), verbose=0)
+    >>> sorted(history.history)
+    ['accuracy', 'loss', 'lr', 'time', 'val_accuracy', 'val_loss']
+    """
+    args = dict(locals())
+    return _fit(model, x, y, {k: args[k] for k in _FIT_ARGS})
+
+
+def cached_fit(model, x, y, **fit_kwargs):
+    """Train only the head of ``model`` on cached backbone features, when that is exact.
+
+    ``fit`` takes this shortcut by itself (``cache_features=True``); this
+    entry point takes it or declines: it returns None, with the model
+    untouched, when the shortcut does not apply (the conditions are those of
+    ``striate.training.feature_cache.plan``), when ``callbacks`` is not a list
+    or tuple (iterating another iterable could consume it), or when ``x`` or
+    ``validation_data`` is malformed (``fit`` reports those). Otherwise it
+    trains like ``fit(model, x, y, **fit_kwargs)`` and returns its History,
+    bitwise equal to the uncached run's (apart from ``time``).
+    """
+    callbacks = fit_kwargs.get("callbacks") or ()
+    if not isinstance(callbacks, (list, tuple)):
+        return None
+    args = {k: fit_kwargs.get(k) for k in ("augment", "resume_from", "checkpoint", "distributed")}
+    if feature_cache.applies(model, callbacks=callbacks, **args) is None:
+        return None
+    try:
+        x = as_input(x)
+        if fit_kwargs.get("validation_data") is not None:
+            validation_pair(fit_kwargs["validation_data"])
+    except (TypeError, ValueError):
+        return None
+    bound = inspect.signature(fit).bind(model, x, y, **fit_kwargs)  # a TypeError for what fit refuses
+    bound.apply_defaults()
+    return _fit(model, x, y, {k: bound.arguments[k] for k in _FIT_ARGS}, require_cache=True)
+
+
+# The keyword arguments of ``fit``, in order.
+_FIT_ARGS = tuple(inspect.signature(fit).parameters)[3:]
+
+
+# --------------------------------------------------------------------------- evaluate / predict
+
+
+def evaluate(model, x, y, batch_size=256, *, loss=None):
+    """Mean loss and accuracy of ``model`` on ``(x, y)``, in evaluation mode.
+
+    Parameters
+    ----------
+    model : Sequential
+    x : ndarray, shape (N, ...)
+        Converted like in ``fit`` (uint8 scaled by 1/255, float64 cast).
+    y : ndarray
+        Int labels (N,) or targets (N, classes).
+    batch_size : int, default 256
+    loss : str or loss object, optional
+        Default: the loss ``model`` was last trained with by ``fit`` in this
+        process, else cross-entropy.
+
+    Returns
+    -------
+    dict
+        ``{"loss": float, "accuracy": float}``; the loss is the mean over samples.
+        Each layer's mode is restored afterwards.
+    """
+    batch_size = _args.int_in(batch_size, "batch_size", 1)
+    x = as_input(x)
+    y = as_targets(y, x.shape[0])
+    if loss is None:
+        try:
+            loss_fn = _last_loss.get(model)
+        except TypeError:
+            loss_fn = None
+        loss_fn = loss_fn if loss_fn is not None else _resolve_loss("cross_entropy")
+    else:
+        loss_fn = _resolve_loss(loss)
+    total, correct = 0.0, 0
+    with _mode(model, False):
+        for sl in chunks(x.shape[0], batch_size):
+            out = model(x[sl])
+            if sl.start == 0:
+                check_targets_fit(y, out.shape[1])
+            yb = y[sl]
+            total += float(loss_fn(out, yb)) * out.shape[0]
+            correct += _n_correct(out, yb)
+    return {"loss": total / x.shape[0], "accuracy": correct / x.shape[0]}
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def predict(model, x, batch_size=256):
+    """Class probabilities ``(N, classes)`` for ``x``, in evaluation mode.
+
+    The softmax of the model's outputs, or the outputs as they are when the
+    model ends in a ``Softmax`` layer. ``x`` is converted like in ``fit``;
+    each layer's mode is restored afterwards.
+    """
+    batch_size = _args.int_in(batch_size, "batch_size", 1)
+    x = as_input(x)
+    layers = layers_of(model)
+    ends_in_softmax = bool(layers) and type(layers[-1]).__name__ == "Softmax"
+    chunks_out = []
+    with _mode(model, False):
+        for sl in chunks(x.shape[0], batch_size):
+            out = np.array(model(x[sl]), dtype=np.float32)
+            chunks_out.append(out if ends_in_softmax else _softmax(out))
+    return np.concatenate(chunks_out, axis=0)

@@ -1,0 +1,206 @@
+"""The training step: forward, loss, backward, finite checks, optimizer step. Written once.
+
+``train_step`` is the step ``fit`` takes for every batch, the step the
+learning-rate range test takes while the rate grows, and the step
+``striate.introspect.profile`` times layer by layer (it passes a model whose
+layers are timed and no optimizer). Its model is anything with the model
+protocol: ``model(x)``, ``model.backward(dloss[, input_grad=False])`` and
+``model.parameters()``; it never needs ``Sequential`` itself.
+
+A run hook adapts the step to the processes of the run: ``LocalRun`` (one
+process; every hook does nothing) or ``DistributedRun`` (over
+``striate.distributed.FitHook``: shards batches, averages gradients, sums
+metrics, keeps BatchNorm statistics equal, agrees on the seed).
+
+Guarantees: a non-finite loss or gradient raises ``NonFiniteError`` before the
+optimizer step, so the parameters keep the values from before the step.
+
+Not here: batching, callbacks, progress output or checkpoints (``loop``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+
+import numpy as np
+
+from .. import distributed
+
+__all__ = ["NonFiniteError", "train_step", "backward_fn", "LocalRun", "DistributedRun", "lr_of"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss or gradient stopped ``fit``.
+
+    Raised before the optimizer step, so the parameters hold the values they
+    had before the failing step. ``epoch`` and ``step`` are 1-based, as shown
+    in the progress output; ``what`` names the loss or the parameter;
+    ``loss`` is the step's loss when it was finite (a gradient failed), else None.
+    """
+
+    def __init__(self, message, *, epoch, step, what, loss=None):
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+        self.what = what
+        self.loss = loss
+
+
+def backward_fn(model):
+    """``model.backward`` with ``input_grad=False`` when the model takes it (stop at the first trainable layer)."""
+    try:
+        params = inspect.signature(model.backward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "input_grad" in params:
+        return lambda d: model.backward(d, input_grad=False)
+    return model.backward
+
+
+def lr_of(optimizer):
+    """The optimizer's current learning rate, or NaN when it has none."""
+    lr = getattr(optimizer, "lr", None)
+    return float(lr) if isinstance(lr, numbers.Real) else float("nan")
+
+
+def _first_nonfinite_grad(params):
+    for p in params:
+        if p.trainable and p.grad is not None and not np.isfinite(p.grad).all():
+            return p.name
+    return None
+
+
+class LocalRun:
+    """The hooks of a run in one process: each one leaves things as they are."""
+
+    is_root = True
+
+    def agree_seed(self, seed):
+        return seed
+
+    def shard(self, idx):  # pragma: no cover - ArrayBatches skips it when there is no shard
+        return idx
+
+    def combine_gradients(self, params, loss_ok, local_count, global_count):
+        """Whether the step goes on to the gradient check; False reports a non-finite loss now."""
+        return loss_ok
+
+    def reduce(self, *values):
+        return values
+
+    def end_epoch(self, model):
+        pass
+
+
+LOCAL = LocalRun()
+
+
+class DistributedRun:
+    """The hooks of a data-parallel run, over ``striate.distributed.fit_hook(model)``.
+
+    ``fit`` uses the hook's ``seed(s)`` (one run seed for every rank),
+    ``shard(indices)`` (this rank's part of each global batch),
+    ``average_gradients(params, local_count, global_count)``, ``reduce(*values)``
+    (sums of the epoch metrics), ``end_epoch(model)`` (BatchNorm statistics)
+    and ``is_root`` (only rank 0 prints progress and writes checkpoints).
+    """
+
+    def __init__(self, hook):
+        self.hook = hook
+        self.is_root = hook.is_root
+
+    def agree_seed(self, seed):
+        return self.hook.seed(seed)
+
+    def shard(self, idx):
+        return self.hook.shard(idx)
+
+    def combine_gradients(self, params, loss_ok, local_count, global_count):
+        if not loss_ok:  # poison the shared gradient, so that every rank stops at this step
+            for p in params:
+                p.grad = np.full_like(p.data, np.nan)
+        self.hook.average_gradients(params, local_count, global_count)
+        return True
+
+    def reduce(self, *values):
+        return self.hook.reduce(*values)
+
+    def end_epoch(self, model):
+        self.hook.end_epoch(model)
+
+
+def distributed_run(model):
+    """The data-parallel run hook for ``fit(distributed=True)``, or ImportError without MPI."""
+
+
+    if not distributed.available():
+        raise ImportError(
+            "`distributed=True` needs mpi4py and an MPI library: install the [mpi] extra "
+            "(pip install 'striate[mpi]') and run under mpiexec"
+        )
+    return DistributedRun(distributed.fit_hook(model))
+
+
+def train_step(model, x, y, loss_fn, optimizer=None, *, params=None, backward=None, run=LOCAL,
+               global_count=None, epoch=1, step=1):
+    """One training step on the batch ``(x, y)``; returns ``(outputs, loss)``.
+
+    Forward in the model's current mode, the loss, backward (down to the first
+    trainable layer), the gradients combined over the run's ranks, the finite
+    checks, then ``optimizer.step()`` (skipped when ``optimizer`` is None).
+
+    Parameters
+    ----------
+    model : model protocol
+        ``model(x)``, ``model.backward(dloss)`` and ``model.parameters()``.
+    x, y : ndarray
+        The batch: float32 inputs, labels or targets for ``loss_fn``.
+    loss_fn : loss object
+        ``loss_fn(outputs, y) -> float`` then ``loss_fn.backward() -> dloss``.
+    optimizer : optimizer, optional
+    params : list of Parameter, optional
+        The trainable parameters (default: those of ``model``); pass them to
+        avoid listing them every step.
+    backward : callable, optional
+        ``backward(dloss)``; default ``backward_fn(model)``.
+    run : LocalRun or DistributedRun
+    global_count : int, optional
+        Samples of the global batch (a distributed run); default ``len(x)``.
+    epoch, step : int
+        1-based, for the error messages.
+
+    Raises
+    ------
+    NonFiniteError
+        The loss or a gradient is not finite; the optimizer step is skipped.
+    """
+    if params is None:
+        params = [p for p in model.parameters() if p.trainable]
+    if backward is None:
+        backward = backward_fn(model)
+    # Non-finite values are reported by the checks below, not as NumPy warnings.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        out = model(x)
+        loss_value = float(loss_fn(out, y))
+        loss_ok = math.isfinite(loss_value)
+        if loss_ok:
+            backward(loss_fn.backward())
+    n = x.shape[0]
+    if not run.combine_gradients(params, loss_ok, n, n if global_count is None else global_count):
+        raise NonFiniteError(
+            f"the loss is {loss_value} at epoch {epoch}, step {step}; "
+            "the parameters are those from before this step",
+            epoch=epoch, step=step, what="loss",
+        )
+    bad = _first_nonfinite_grad(params)
+    if bad is not None:
+        raise NonFiniteError(
+            f"the gradient of {bad} is not finite at epoch {epoch}, step {step}; "
+            "the parameters are those from before this step",
+            epoch=epoch, step=step, what=bad, loss=loss_value if loss_ok else None,
+        )
+    if optimizer is not None:
+        optimizer.step()
+    return out, loss_value
