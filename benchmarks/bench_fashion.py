@@ -133,7 +133,10 @@ def _git_revision():
 def _print_header(args, n_train, n_test, data_root):
     cpu, simd = _cpu_model()
     rev = _git_revision()
-    torch_v = f"PyTorch {torch.__version__}" if torch is not None else "PyTorch not used"
+    if torch is not None:
+        torch_v = f"PyTorch {torch.__version__}"
+    else:
+        torch_v = "PyTorch not used (--no-torch)" if args.no_torch else "PyTorch not installed"
     print("# Fashion-MNIST training, striate next to PyTorch")
     print(f"date:    {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(f"CPU:     {cpu} (flags: {simd})")
