@@ -14,7 +14,8 @@ Both frameworks start from the same weights (striate's ``state_dict`` loaded
 into the equivalent ``torch.nn.Sequential``) and see the same batches in the
 same order: one seeded permutation per epoch, applied once to the data, which
 both then read front to back (striate through ``fit(..., shuffle=False)``,
-PyTorch through slices of the same memory). Only the dropout masks differ.
+PyTorch through slices of the same memory). Only the dropout masks differ
+(each framework draws its own, seeded from ``--seed``).
 Batch 64, SGD with momentum 0.9, cross-entropy. Before anything is timed,
 one forward pass and the parameter gradients of one batch are checked to
 agree with PyTorch within 1e-4 relative. The epochs of the two frameworks
@@ -279,6 +280,8 @@ def _run_model(key, train, test, args):
     val_err = _validate(model, tm, x[:BATCH], y[:BATCH]) if tm is not None else None
     s_opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     t_opt = torch.optim.SGD(tm.parameters(), lr=LR, momentum=MOMENTUM) if tm is not None else None
+    if tm is not None:
+        torch.manual_seed(args.seed)  # torch's dropout masks, reproducible from run to run
     order = np.random.default_rng(args.seed)
     s_times, t_times, s_loss, t_loss = [], [], None, None
     for epoch in range(args.epochs):
