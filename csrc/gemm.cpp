@@ -104,7 +104,7 @@ constexpr int kMaxMR = 16;  // bound on any family's MR (size of the dispatch ta
 constexpr int kMaxNR = 32;  // bound on any family's NR (size of the temporary tile)
 
 struct KernelFamily {
-    GemmIsa isa;
+    Isa isa;
     const char* name;
     int mr;                         // largest row count R
     int nr;                         // columns per tile = width of a packed B panel
@@ -202,7 +202,7 @@ void pack_b_generic(bool transB, const float* B, int64_t ldb, int64_t k0, int64_
 
 template <int... Rs>
 constexpr KernelFamily make_generic_family(std::integer_sequence<int, Rs...>) {
-    return KernelFamily{GemmIsa::Generic, "generic",      kGenericMR, kGenericNR, kGenericMR,
+    return KernelFamily{Isa::generic, "generic",      kGenericMR, kGenericNR, kGenericMR,
                         &pack_a_generic,  &pack_b_generic, {nullptr, &sgemm_ukernel_x16__generic<Rs + 1>...}, {}};
 }
 const KernelFamily kGenericFamily = make_generic_family(std::make_integer_sequence<int, kGenericMR>{});
@@ -320,7 +320,7 @@ __attribute__((target("avx2,fma"))) void pack_b_avx2(bool transB, const float* B
 
 template <int... Rs>
 constexpr KernelFamily make_avx2_family(std::integer_sequence<int, Rs...>) {
-    return KernelFamily{GemmIsa::Avx2, "avx2",       kAvx2MR, 16, kAvx2S,
+    return KernelFamily{Isa::avx2, "avx2",       kAvx2MR, 16, kAvx2S,
                         &pack_a_avx2,  &pack_b_avx2, {nullptr, &sgemm_ukernel_x16__avx2<Rs + 1>...}, {}};
 }
 const KernelFamily kAvx2Family = make_avx2_family(std::make_integer_sequence<int, kAvx2MR>{});
@@ -462,7 +462,7 @@ __attribute__((target("avx512f"))) void pack_b_avx512(bool transB, const float* 
 
 template <int... Rs>
 constexpr KernelFamily make_avx512_family(std::integer_sequence<int, Rs...>) {
-    return KernelFamily{GemmIsa::Avx512,
+    return KernelFamily{Isa::avx512,
                         "avx512",
                         kAvx512MR,
                         32,
@@ -604,39 +604,17 @@ void gemm_dot_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* 
 }
 #endif  // STRIATE_GEMM_X86
 
-bool cpu_supports(GemmIsa isa) {
-    switch (isa) {
-        case GemmIsa::Generic:
-            return true;
-#if STRIATE_GEMM_X86
-        case GemmIsa::Avx2:
-            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        case GemmIsa::Avx512:
-            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-#endif
-        default:
-            return false;
-    }
-}
-
-const KernelFamily& family_for(GemmIsa isa) {
+const KernelFamily& family_for(Isa isa) {
     switch (isa) {
 #if STRIATE_GEMM_X86
-        case GemmIsa::Avx512:
+        case Isa::avx512:
             return kAvx512Family;
-        case GemmIsa::Avx2:
+        case Isa::avx2:
             return kAvx2Family;
 #endif
         default:
             return kGenericFamily;
     }
-}
-
-GemmIsa best_isa() {
-    static const GemmIsa best = cpu_supports(GemmIsa::Avx512) ? GemmIsa::Avx512
-                                : cpu_supports(GemmIsa::Avx2)  ? GemmIsa::Avx2
-                                                               : GemmIsa::Generic;
-    return best;
 }
 
 // ---- per-thread packing workspace: grows, never shrinks, freed at thread exit.
@@ -756,10 +734,10 @@ void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, in
     const Plan p = make_plan(f, M, N, K, threads);
     const int64_t nr = f.nr, S = f.s;
     const int64_t nc = std::min(p.nt, std::max<int64_t>(nr, kNC / nr * nr));
-    parallel_for(
-        p.tm * p.tn,
-        [&](int64_t task) {
-            const int64_t i0 = (task / p.tn) * p.mt, j0 = (task % p.tn) * p.nt;
+    parallel_for_2d(
+        p.tm, p.tn,
+        [&](int64_t ti, int64_t tj) {
+            const int64_t i0 = ti * p.mt, j0 = tj * p.nt;
             const int64_t m = std::min(p.mt, M - i0), n = std::min(p.nt, N - j0);
             Workspace& ws = thread_workspace();
             float* pa = Workspace::grow(ws.a, ws.a_cap, size_t(ceil_div(m, p.mr) * S * p.kc));
@@ -829,19 +807,13 @@ void check_args(bool transA, bool transB, int64_t M, int64_t N, int64_t K, int64
 
 }  // namespace
 
-bool gemm_isa_supported(GemmIsa isa) { return isa == GemmIsa::Auto || cpu_supports(isa); }
-
-const char* gemm_isa_name(GemmIsa isa) {
-    return family_for(isa == GemmIsa::Auto ? best_isa() : isa).name;
-}
-
 namespace {
 enum class Route { Packed, Transposed, Dot };
 
 // Which path computes this shape: a function of the shape and family only.
 Route route_for(const KernelFamily& f, bool transA, bool transB, int64_t M, int64_t N, int64_t K) {
 #if STRIATE_GEMM_X86
-    if (f.isa == GemmIsa::Avx512 && !transA && transB && use_dot_path(M, K)) return Route::Dot;
+    if (f.isa == Isa::avx512 && !transA && transB && use_dot_path(M, K)) return Route::Dot;
 #else
     (void)transA, (void)transB, (void)K;
 #endif
@@ -851,17 +823,18 @@ Route route_for(const KernelFamily& f, bool transA, bool transB, int64_t M, int6
     return 4 * waste_t < 3 * waste_n ? Route::Transposed : Route::Packed;
 }
 
-const KernelFamily& checked_family(GemmIsa isa) {
-    if (isa == GemmIsa::Auto) isa = best_isa();
-    if (!cpu_supports(isa)) {
-        throw std::invalid_argument(std::string("sgemm: `isa` ") + family_for(isa).name +
-                                    " is not supported by this CPU or build");
+// The family of `isa`; one the CPU cannot run throws std::invalid_argument.
+const KernelFamily& checked_family(Isa isa) {
+    if (static_cast<int>(isa) > static_cast<int>(detected_isa())) {
+        throw std::invalid_argument(std::string("sgemm: `isa` '") + isa_name(isa) +
+                                    "' is not supported by this CPU (widest supported: '" +
+                                    isa_name(detected_isa()) + "')");
     }
     return family_for(isa);
 }
 }  // namespace
 
-int64_t sgemm_task_count(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, int threads) {
+int64_t sgemm_task_count(Isa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, int threads) {
     const KernelFamily& f = checked_family(isa);
     if (M <= 0 || N <= 0 || K <= 0) return 0;
     if (threads <= 0) threads = get_num_threads();
@@ -881,8 +854,8 @@ int64_t sgemm_task_count(GemmIsa isa, bool transA, bool transB, int64_t M, int64
     }
 }
 
-void sgemm_isa(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
-               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+void sgemm_isa(Isa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
                int threads) {
     check_args(transA, transB, M, N, K, lda, ldb, ldc);
     const KernelFamily& f = checked_family(isa);
@@ -909,13 +882,13 @@ void sgemm_isa(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int6
 
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
-    sgemm_isa(GemmIsa::Auto, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);
+    sgemm_isa(active_isa(), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);
 }
 
 void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
     check_args(transA, transB, M, N, K, lda, ldb, ldc);
-    const KernelFamily& f = checked_family(GemmIsa::Auto);
+    const KernelFamily& f = checked_family(active_isa());
     if (M == 0 || N == 0) return;
     if (K == 0) {
         scale_c(M, N, beta, C, ldc);
@@ -928,7 +901,7 @@ void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t
     // compute each row exactly as a lone row would be. Below a depth of 128
     // the per-element reduction costs more than the packed path.
     constexpr int64_t kRows = 64;
-    if (f.isa == GemmIsa::Avx512 && !transA && transB && K >= 128 && kRows * K <= 96 * 1024) {
+    if (f.isa == Isa::avx512 && !transA && transB && K >= 128 && kRows * K <= 96 * 1024) {
         for (int64_t i = 0; i < M; i += kRows) {
             gemm_dot_avx512(std::min(kRows, M - i), N, K, alpha, A + i * lda, lda, B, ldb, beta,
                             C + i * ldc, ldc, threads);

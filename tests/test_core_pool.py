@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
+from isa_paths import SUPPORTED_ISAS
 from numpy.lib.stride_tricks import sliding_window_view
 
 import striate as st
@@ -712,11 +713,8 @@ def test_adaptive_avg_pool_matches_torch(hw, out, rng):
 
 @pytest.fixture
 def isa_levels():
-    """The instruction-set levels this CPU offers (0 portable, 1 AVX2, 2 AVX-512); restores the default."""
-    names = {"portable": 0, "avx2": 1, "avx512": 2}
-    top = names[_core._pool_isa(2)]
-    yield list(range(top + 1))
-    _core._pool_isa(2)
+    """The ISA paths this CPU offers, narrowest (generic) first; the global guard restores the path."""
+    return list(SUPPORTED_ISAS)
 
 
 def _tricky(rng, shape):
@@ -738,7 +736,7 @@ def test_max_pool_vector_paths_match_portable(hw, k, ceil_mode, isa_levels, rng)
     h, w = hw
     results = []
     for level in isa_levels:
-        _core._pool_isa(level)
+        st.set_isa(level)
         y, idx = _core.max_pool2d_forward(x, k, k, 2, 2, 0, 0, 1, 1, ceil_mode)
         dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
         dy.reshape(-1)[::5] = -0.0
@@ -750,7 +748,7 @@ def test_max_pool_vector_paths_match_portable(hw, k, ceil_mode, isa_levels, rng)
     close(results[0][2], ref_max_backward(dy, eidx, h, w), k=4)
     for level, r in zip(isa_levels[1:], results[1:]):
         for a, b in zip(results[0], r):
-            assert a.tobytes() == b.tobytes(), f"level {level} differs from portable"
+            assert a.tobytes() == b.tobytes(), f"level {level} differs from generic"
 
 
 @pytest.mark.parametrize("count_include_pad", [False, True])
@@ -764,7 +762,7 @@ def test_avg_pool_vector_paths_match_portable(hw, k, ceil_mode, count_include_pa
     h, w = hw
     results = []
     for level in isa_levels:
-        _core._pool_isa(level)
+        st.set_isa(level)
         y = _core.avg_pool2d_forward(x, *args)
         dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
         dy.reshape(-1)[::5] = -0.0
@@ -773,7 +771,7 @@ def test_avg_pool_vector_paths_match_portable(hw, k, ceil_mode, count_include_pa
     close(results[0][1], ref_avg_backward(dy, h, w, *args), k=k * k)
     for level, r in zip(isa_levels[1:], results[1:]):
         for a, b in zip(results[0], r):
-            assert a.tobytes() == b.tobytes(), f"level {level} differs from portable"
+            assert a.tobytes() == b.tobytes(), f"level {level} differs from generic"
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
@@ -787,7 +785,7 @@ def test_max_pool_backward_block_fallback(where, isa_levels, rng):
     dy = randn(rng, *y.shape)
     expected = ref_max_backward(dy, idx, h, w)
     for level in isa_levels:
-        _core._pool_isa(level)
+        st.set_isa(level)
         close(_core.max_pool2d_backward(dy, idx, h, w), expected, k=4)
         bad = idx.copy()
         bad[pos] = h * w

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._config import get_backend, get_num_threads, seed, set_backend, set_num_threads
+from ._config import get_backend, get_isa, get_num_threads, seed, set_backend, set_isa, set_num_threads
 from . import io, layers, losses, optim, zoo  # noqa: E402
 from .io import load_model as load  # noqa: E402
 from .layers import Parameter  # noqa: E402
@@ -32,9 +32,11 @@ __all__ = [
     "viz",
     "reference",
     "get_backend",
+    "get_isa",
     "get_num_threads",
     "seed",
     "set_backend",
+    "set_isa",
     "set_num_threads",
     "Parameter",
     "Sequential",
