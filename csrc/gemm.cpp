@@ -240,7 +240,7 @@ enum class Route { Packed, Transposed, Dot };
 // Which path computes this shape: a function of the shape and family only.
 Route route_for(const KernelFamily& f, bool transA, bool transB, int64_t M, int64_t N, int64_t K) {
 #if STRIATE_GEMM_X86
-    if (f.isa == Isa::avx512 && !transA && transB && use_dot_path(M, K)) return Route::Dot;
+    if (!transA && transB && use_dot_path(f.isa, M, K)) return Route::Dot;
 #else
     (void)transA, (void)transB, (void)K;
 #endif
@@ -296,7 +296,7 @@ void sgemm_isa(Isa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t 
     switch (route_for(f, transA, transB, M, N, K)) {
 #if STRIATE_GEMM_X86
         case Route::Dot:
-            gemm_dot_avx512(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);
+            gemm_dot(f.isa, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);
             break;
 #endif
         case Route::Transposed:
@@ -326,12 +326,14 @@ void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t
     // The dot kernels give every element the same arithmetic whatever the
     // tile, so row blocks of 64 (which keep A's block in L2 up to this depth)
     // compute each row exactly as a lone row would be. Below a depth of 128
-    // the per-element reduction costs more than the packed path.
+    // the per-element reduction costs more than the packed path; on AVX2 it
+    // does at any depth for blocks of more than a few rows, so AVX2 stays on
+    // the packed path.
     constexpr int64_t kRows = 64;
     if (f.isa == Isa::avx512 && !transA && transB && K >= 128 && kRows * K <= 96 * 1024) {
         for (int64_t i = 0; i < M; i += kRows) {
-            gemm_dot_avx512(std::min(kRows, M - i), N, K, alpha, A + i * lda, lda, B, ldb, beta,
-                            C + i * ldc, ldc, threads);
+            gemm_dot(f.isa, std::min(kRows, M - i), N, K, alpha, A + i * lda, lda, B, ldb, beta, C + i * ldc,
+                     ldc, threads);
         }
         return;
     }

@@ -370,7 +370,7 @@ constexpr KernelFamily make_avx512_family(std::integer_sequence<int, Rs...>) {
 }
 const KernelFamily kAvx512Family = make_avx512_family(std::make_integer_sequence<int, kAvx512MR>{});
 
-// ---- AVX-512 "dot" kernels for C = alpha * A B^T + beta * C with A (M x K) and
+// ---- "dot" kernels (AVX-512, and AVX2 below with the same bits) for C = alpha * A B^T + beta * C with A (M x K) and
 // B (N x K) both row-major, i.e. transA = false, transB = true (the
 // fully-connected forward pass and the convolution weight gradient). Both
 // operands are contiguous along K, so nothing is packed: an RA x RB tile keeps
@@ -443,15 +443,110 @@ __attribute__((target("avx512f,fma"))) void sgemm_dotkernel_x__avx512(int64_t kc
         }
 }
 
+// The same dot kernels for AVX2 + FMA, with the same arithmetic per element:
+// each 16-lane accumulator of the AVX-512 kernel is a pair of 8-lane halves
+// (lanes 0-7 and 8-15, k = l mod 16 as there), the tail is loaded as zeros
+// with masks, and the reduction adds the two halves first, which is the first
+// step of hsum16(). The results are therefore the AVX-512 ones, bit for bit.
+// Tiles are at most 2 x 3 (12 accumulator registers of the 16).
+constexpr int kDot2RA = 2;
+constexpr int kDot2RB = 3;
+
+// Lanes l < r set (r may be <= 0 or >= 8).
+__attribute__((target("avx2"), always_inline)) inline __m256i tail_mask8(int64_t r) {
+    const int v = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(8, r)));
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// hsum16() of the 16 lanes held as (lo, hi).
+__attribute__((target("avx2"), always_inline)) inline float hsum16_pair(__m256 lo, __m256 hi) {
+    const __m256 h = _mm256_add_ps(lo, hi);
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+    return _mm_cvtss_f32(q);
+}
+
+template <int RA, int RB>
+__attribute__((target("avx2,fma"))) void sgemm_dotkernel_x__avx2(int64_t kc, const float* a, int64_t lda,
+                                                                   const float* b, int64_t ldb, float* c,
+                                                                   int64_t ldc, float alpha, float beta) {
+    __m256 acc[2][RA][RB];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h)
+#pragma GCC unroll 8
+        for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+            for (int j = 0; j < RB; ++j) acc[h][i][j] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= kc; k += 16) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            __m256 bv[RB];
+#pragma GCC unroll 8
+            for (int j = 0; j < RB; ++j) bv[j] = _mm256_loadu_ps(b + j * ldb + k + 8 * h);
+#pragma GCC unroll 8
+            for (int i = 0; i < RA; ++i) {
+                const __m256 av = _mm256_loadu_ps(a + i * lda + k + 8 * h);
+#pragma GCC unroll 8
+                for (int j = 0; j < RB; ++j) acc[h][i][j] = _mm256_fmadd_ps(av, bv[j], acc[h][i][j]);
+            }
+        }
+    }
+    if (k < kc) {
+        // Both halves take their FMA even when one is all zeros, as the
+        // AVX-512 kernel's masked lanes do.
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const __m256i mk = tail_mask8(kc - k - 8 * h);
+            __m256 bv[RB];
+#pragma GCC unroll 8
+            for (int j = 0; j < RB; ++j) bv[j] = _mm256_maskload_ps(b + j * ldb + k + 8 * h, mk);
+#pragma GCC unroll 8
+            for (int i = 0; i < RA; ++i) {
+                const __m256 av = _mm256_maskload_ps(a + i * lda + k + 8 * h, mk);
+#pragma GCC unroll 8
+                for (int j = 0; j < RB; ++j) acc[h][i][j] = _mm256_fmadd_ps(av, bv[j], acc[h][i][j]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < RA; ++i)
+#pragma GCC unroll 8
+        for (int j = 0; j < RB; ++j) {
+            float* cij = c + i * ldc + j;
+            *cij = merge_value(beta == 0.f ? 0.f : *cij, alpha * hsum16_pair(acc[0][i][j], acc[1][i][j]), beta);
+        }
+}
+
+// Dispatch tables: kernels[ra][rb] for 1 <= ra <= RA, 1 <= rb <= RB of the
+// family (entries past its tile are null).
+using dot_table_t = std::array<std::array<dot_kernel_fn, kDotRB + 1>, kDotRA + 1>;
+
 template <int RA, int... RBs>
-constexpr std::array<dot_kernel_fn, kDotRB + 1> dot_row(std::integer_sequence<int, RBs...>) {
+constexpr std::array<dot_kernel_fn, kDotRB + 1> dot_row512(std::integer_sequence<int, RBs...>) {
     return {nullptr, &sgemm_dotkernel_x__avx512<RA, RBs + 1>...};
 }
 template <int... RAs>
-constexpr std::array<std::array<dot_kernel_fn, kDotRB + 1>, kDotRA + 1> dot_table(std::integer_sequence<int, RAs...>) {
-    return {std::array<dot_kernel_fn, kDotRB + 1>{}, dot_row<RAs + 1>(std::make_integer_sequence<int, kDotRB>{})...};
+constexpr dot_table_t dot_table512(std::integer_sequence<int, RAs...>) {
+    return {std::array<dot_kernel_fn, kDotRB + 1>{}, dot_row512<RAs + 1>(std::make_integer_sequence<int, kDotRB>{})...};
 }
-const auto kDotKernels = dot_table(std::make_integer_sequence<int, kDotRA>{});
+template <int RA, int... RBs>
+constexpr std::array<dot_kernel_fn, kDotRB + 1> dot_row2(std::integer_sequence<int, RBs...>) {
+    return {nullptr, &sgemm_dotkernel_x__avx2<RA, RBs + 1>...};
+}
+template <int... RAs>
+constexpr dot_table_t dot_table2(std::integer_sequence<int, RAs...>) {
+    return {std::array<dot_kernel_fn, kDotRB + 1>{}, dot_row2<RAs + 1>(std::make_integer_sequence<int, kDot2RB>{})...};
+}
+
+struct DotFamily {
+    int ra, rb;  // tile: at most ra rows of A by rb rows of B
+    dot_table_t kernels;
+};
+const DotFamily kDot512{kDotRA, kDotRB, dot_table512(std::make_integer_sequence<int, kDotRA>{})};
+const DotFamily kDot2{kDot2RA, kDot2RB, dot_table2(std::make_integer_sequence<int, kDot2RA>{})};
+static_assert(kDotRB % kDot2RB == 0 && kDotRA % kDot2RA == 0, "AVX2 dot tiles must divide the task groups");
 
 }  // namespace
 
@@ -466,9 +561,9 @@ int64_t dot_groups_per_task(int64_t M, int64_t N, int64_t K, int threads) {
     return ceil_div(groups, tasks);
 }
 
-// C = alpha * A B^T + beta * C (A: M x K, B: N x K, row-major); M, N, K >= 1.
-void gemm_dot_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-                     int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
+void gemm_dot(Isa isa, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
+              int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
+    const DotFamily& f = isa == Isa::avx512 ? kDot512 : kDot2;
     const int64_t kc = ceil_div(K, ceil_div(K, kDotKC));
     const int64_t groups = ceil_div(N, kDotRB);
     const int64_t per = dot_groups_per_task(M, N, K, threads);
@@ -480,11 +575,11 @@ void gemm_dot_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* 
             for (int64_t k0 = 0; k0 < K; k0 += kc) {
                 const int64_t kb = std::min(kc, K - k0);
                 const float beta_k = k0 == 0 ? beta : 1.f;
-                for (int64_t j = t * per * kDotRB; j < j_end; j += kDotRB) {
-                    const int64_t rb = std::min<int64_t>(kDotRB, j_end - j);
-                    for (int64_t i = 0; i < M; i += kDotRA) {
-                        const int64_t ra = std::min<int64_t>(kDotRA, M - i);
-                        kDotKernels[ra][rb](kb, A + i * lda + k0, lda, B + j * ldb + k0, ldb, C + i * ldc + j, ldc,
+                for (int64_t j = t * per * kDotRB; j < j_end; j += f.rb) {
+                    const int64_t rb = std::min<int64_t>(f.rb, j_end - j);
+                    for (int64_t i = 0; i < M; i += f.ra) {
+                        const int64_t ra = std::min<int64_t>(f.ra, M - i);
+                        f.kernels[ra][rb](kb, A + i * lda + k0, lda, B + j * ldb + k0, ldb, C + i * ldc + j, ldc,
                                             alpha, beta_k);
                     }
                 }

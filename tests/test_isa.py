@@ -9,9 +9,12 @@ kernel tests check under the ``isa`` fixture):
   grayscale and the random stream give the same bits on every path;
 - the affine warp gives the same bits on avx2 and avx512; generic differs in
   the last bits (the AVX copies fuse the interpolation's multiply-add);
-- gemm's packed path gives the same bits on avx2 and avx512; generic differs
-  (separate multiply and add instead of FMA), and so does the AVX-512-only
-  dot path for A B^T with few rows (16 partial sums per element, then a tree).
+- gemm gives the same bits on avx2 and avx512 on its packed path and on its
+  dot path for A B^T (16 partial sums per element, then a fixed tree), which
+  both take for up to 4 rows of A; from 5 to 64 rows only avx512 takes the dot
+  path, so those A B^T shapes differ between the two, as does the
+  fully-connected ``row_invariant`` product (dot on avx512, packed on avx2).
+  generic differs everywhere (separate multiply and add instead of FMA).
 
 Where the bits differ, the paths still agree within the kernel tolerances.
 Not here: the per-kernel correctness tests, which run under every path
@@ -238,7 +241,11 @@ def test_augment_across_paths(rng):
 
 GEMM_PACKED = [(64, 80, 300, False, False), (5, 300, 40, True, False), (100, 100, 2000, True, True),
                (200, 50, 300, False, True), (7, 3, 9, False, False)]
-GEMM_DOT = [(33, 70, 129, False, True), (64, 80, 300, False, True)]  # A B^T, few rows
+GEMM_DOT = [(33, 70, 129, False, True), (64, 80, 300, False, True)]  # A B^T, dot path on avx512 only
+# A B^T with at most 4 rows: the dot path on both AVX paths; depth tails of
+# 0..15, one longer than a depth block (2048), widths around the 2 x 3 and 4 x 6 tiles.
+GEMM_DOT_BOTH = [(1, 1, 1), (1, 7, 5), (2, 13, 12), (3, 6, 16), (4, 19, 17), (4, 25, 33), (1, 1000, 3136),
+                 (3, 5, 2049), (4, 64, 200)]
 
 
 @pytest.mark.parametrize("m,n,k,ta,tb", GEMM_PACKED + GEMM_DOT)
@@ -251,5 +258,43 @@ def test_gemm_across_paths(m, n, k, ta, tb, rng):
     for name, (plain, row_inv) in results.items():
         assert np.all(np.abs(plain - ref) <= tol) and np.all(np.abs(row_inv - ref) <= tol), name
     if (m, n, k, ta, tb) in GEMM_PACKED and len(AVX_PATHS) == 2:
-        # The packed path accumulates each element in the same FMA order on both AVX paths.
+        # The packed path accumulates each element in the same FMA order on both
+        # AVX paths, and merges alpha * acc into C with the same roundings.
         assert results["avx2"][0].tobytes() == results["avx512"][0].tobytes()
+        c0 = _f32(rng, m, n)
+        merged = {}
+        for name in AVX_PATHS:
+            st.set_isa(name)
+            c = c0.copy()
+            _core._sgemm(a, b, c, ta, tb, m, n, k, a.shape[1], b.shape[1], n, 0.75, 0.5, 0, "auto")
+            merged[name] = c.tobytes()
+        assert merged["avx2"] == merged["avx512"]
+
+
+@pytest.mark.parametrize("m,n,k", GEMM_DOT_BOTH)
+def test_gemm_dot_path_is_bit_identical_on_both_avx_paths(m, n, k, rng):
+    if len(AVX_PATHS) < 2:
+        pytest.skip("needs both AVX paths")
+    a, b = _f32(rng, m, k), _f32(rng, n, k)
+    a.reshape(-1)[::13] = -0.0
+    c0 = _f32(rng, m, n)
+    results = {}
+    for name in AVX_PATHS:
+        st.set_isa(name)
+        c = c0.copy()
+        _core._sgemm(a, b, c, False, True, m, n, k, k, k, n, 0.75, 0.5, 0, "auto")
+        results[name] = c
+    ref = 0.75 * (a.astype(np.float64) @ b.astype(np.float64).T) + 0.5 * c0
+    assert np.all(np.abs(results["avx2"] - ref) <= (1e-5 + 1e-4 * np.abs(ref)) * np.sqrt(k + 1))
+    assert results["avx2"].tobytes() == results["avx512"].tobytes()
+
+
+@pytest.mark.parametrize("m,n,k", [(4, 1024, 300), (2, 2000, 700), (3, 4097, 96)])
+def test_gemm_dot_path_is_bit_identical_for_any_thread_count(isa, m, n, k, rng):
+    a, b = _f32(rng, m, k), _f32(rng, n, k)
+    outs = []
+    for threads in (1, 2, 3):
+        c = np.full((m, n), 0.5, np.float32)
+        _core._sgemm(a, b, c, False, True, m, n, k, k, k, n, 1.0, 1.0, threads, "auto")
+        outs.append(c.tobytes())
+    assert outs[0] == outs[1] == outs[2]
