@@ -13,7 +13,8 @@
 // bit-identical for any `threads`. Called from inside a parallel_for region
 // it runs on the calling thread. threads <= 0 means get_num_threads().
 //
-// Not here: convolution-specific packing (see conv2d.cpp), float64.
+// Not here: the micro-kernels (gemm_kernels.hpp), convolution-specific
+// packing (im2col, with the conv code), float64.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +41,10 @@ void sgemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, floa
 // Micro-kernel families: one per instruction-set path of cpu.hpp. sgemm() and
 // sgemm_row_invariant() use the family of active_isa(), so st.set_isa() and
 // STRIATE_ISA steer them; sgemm_isa() forces one, so that tests and
-// benchmarks reach every family the CPU runs.
+// benchmarks reach every family the CPU runs. The AVX2 and AVX-512 families
+// give the same bits except for A B^T with 5 to 64 rows of A (and the
+// row-invariant product), which only AVX-512 computes with its dot kernels;
+// the generic family rounds multiply and add separately.
 //
 // sgemm() with a chosen family; one wider than detected_isa() throws
 // std::invalid_argument. Negative sizes, or a leading dimension below the
