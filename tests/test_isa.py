@@ -298,3 +298,18 @@ def test_gemm_dot_path_is_bit_identical_for_any_thread_count(isa, m, n, k, rng):
         _core._sgemm(a, b, c, False, True, m, n, k, k, k, n, 1.0, 1.0, threads, "auto")
         outs.append(c.tobytes())
     assert outs[0] == outs[1] == outs[2]
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 5, 7), (2, 9, 23), (4, 14, 40), (3, 7, 2049)])
+def test_gemm_dot_path_reads_only_the_logical_operands(isa, m, n, k, rng):
+    """Strided A and B whose padding holds NaN: the dot kernels' tails must not read it."""
+    lda, ldb, ldc = k + 3, k + 5, n + 2
+    a = np.full((m, lda), np.nan, np.float32)
+    b = np.full((n, ldb), np.nan, np.float32)
+    a[:, :k], b[:, :k] = _f32(rng, m, k), _f32(rng, n, k)
+    c = np.full((m, ldc), np.nan, np.float32)
+    c[:, :n] = _f32(rng, m, n)
+    ref = 1.5 * (a[:, :k].astype(np.float64) @ b[:, :k].astype(np.float64).T) - 0.5 * c[:, :n]
+    _core._sgemm(a, b, c, False, True, m, n, k, lda, ldb, ldc, 1.5, -0.5, 0, "auto")
+    assert np.isnan(c[:, n:]).all()
+    assert np.all(np.abs(c[:, :n] - ref) <= (1e-5 + 1e-4 * np.abs(ref)) * np.sqrt(k + 1))
