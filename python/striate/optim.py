@@ -1,111 +1,361 @@
-"""Optimizers (SGD, Adam) and learning-rate schedules (StepLR, CosineAnnealingLR, OneCycleLR).
+"""Optimizers (SGD, Adam, AdamW, RMSprop), gradient clipping and learning-rate schedules.
 
-The update rules are exactly those of ``torch.optim.SGD`` (dampening 0) and
-``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient, no amsgrad),
-applied in place so that ``param.data`` is never reallocated. Parameters whose
+Each update rule is exactly that of its ``torch.optim`` namesake (the
+single-tensor CPU path; no amsgrad, maximize or sparse gradients), applied in
+place so that ``param.data`` is never reallocated. Parameters whose
 ``.trainable`` is False or whose ``.grad`` is None are skipped.
 
-``state_dict()`` holds only numpy arrays and plain numbers (flat keys such as
-``"state.3.exp_avg"``), so it can be written to safetensors as it is. Not here:
-parameter groups, closures, sparse gradients.
+``params`` is a list of Parameters, or a list of parameter groups as in torch:
+dicts ``{"params": [...], "lr": ..., ...}`` whose missing options come from the
+constructor's arguments. ``opt.param_groups`` is that list of dicts (read at
+every step, so editing ``opt.param_groups[1]["lr"]`` works as in torch).
+``opt.lr`` reads group 0's rate; setting it sets every group's rate. The
+schedules set each group from its own base rate, as torch's do.
+
+``state_dict()`` holds only numpy arrays and plain numbers under flat keys, so
+it can be written to safetensors as it is: group 0's options at the top
+(``"lr"``, ``"momentum"``, ...), the other groups' under ``"group.<g>."`` with
+``"groups"`` and ``"group.<g>.size"`` when there are several, and the state of
+parameter ``i`` (counted through the groups in order) under ``"state.<i>."``.
+Not here: closures, amsgrad, ``maximize``, sparse gradients, fused kernels.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .layers import Parameter, _bool, _float, _int
+from .layers import Parameter
 
-__all__ = ["Optimizer", "SGD", "Adam", "LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR"]
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "clip_grad_norm",
+    "LRScheduler",
+    "StepLR",
+    "CosineAnnealingLR",
+    "OneCycleLR",
+]
+
+Params = Union[Iterable[Parameter], Iterable[Dict[str, Any]], Any]
 
 
-def _lr(value, name="lr", allow_zero=False):
-    return _float(value, name, lo=0.0, lo_open=not allow_zero)
+# ----------------------------------------------------------------------------
+# argument checks (errors name the argument and what was received)
+
+
+def _number(value, name, lo=0.0, hi=math.inf, lo_open=False, hi_open=False, allow_inf=False):
+    """A float in the given range; bools, strings and NaN are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    finite = math.isfinite(value) or (allow_inf and value == math.inf)
+    if not finite or value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        what = "" if allow_inf else "finite and "
+        raise ValueError(f"`{name}` must be {what}in {left}{lo}, {hi}{right}, got {value!r}")
+    return value
+
+
+def _count(value, name, lo=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__} {value!r}")
+    if value < lo:
+        raise ValueError(f"`{name}` must be >= {lo}, got {int(value)}")
+    return int(value)
+
+
+def _flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _plain(value):
+    """A 0-d array or numpy scalar (as a checkpoint gives back) as a Python number."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _fma(a, b, c):
+    """``a * b + c`` rounded once in float32, as torch's CPU kernels (FMAs) compute it.
+
+    float32 goes through float64, where the product is exact; float64 rounds
+    twice (there is no wider type to go through). ``a`` or ``b`` may be a
+    scalar. Returns a new array.
+    """
+    c = np.asarray(c)
+    if c.dtype == np.float32:
+        return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + c.astype(np.float64)).astype(np.float32)
+    return a * b + c
+
+
+def _axpy(y, x, alpha):
+    """``y.add(x, alpha=alpha)`` as torch: ``alpha * x + y`` fused (``alpha`` in the array's dtype)."""
+    return _fma(y.dtype.type(alpha), x, y)
+
+
+def _lerp_(a, b, w):
+    """``a.lerp_(b, w)`` as torch computes it on the CPU (fused, two formulas around w = 0.5)."""
+    if abs(w) < 0.5:
+        a[...] = _axpy(a, b - a, w)
+    else:
+        a[...] = _axpy(b, b - a, -(1 - w))
+
+
+def _param_list(obj, where):
+    """The Parameters in ``obj``: a Parameter, a model (``.parameters()``) or an iterable."""
+    if isinstance(obj, Parameter):
+        return [obj]
+    if hasattr(obj, "parameters") and callable(obj.parameters):
+        obj = obj.parameters()
+    if isinstance(obj, (str, bytes, dict)) or not hasattr(obj, "__iter__"):
+        raise TypeError(f"`{where}` must be an iterable of striate Parameters, got {type(obj).__name__}")
+    out = list(obj)
+    for i, p in enumerate(out):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"`{where}[{i}]` must be a striate Parameter, got {type(p).__name__}")
+    if len({id(p) for p in out}) != len(out):
+        raise ValueError(f"`{where}` holds the same Parameter more than once")
+    return out
+
+
+def _split_groups(params):
+    """``[(where, group dict)]`` for a list of Parameters or of parameter-group dicts."""
+    if isinstance(params, Parameter):
+        raise TypeError("`params` must be an iterable of Parameters or of dicts (parameter groups), "
+                        "got a single Parameter; pass [param]")
+    if isinstance(params, dict):
+        raise TypeError("`params` must be an iterable of Parameters or of dicts (parameter groups), "
+                        "got a dict; pass [group]")
+    if hasattr(params, "parameters") and callable(params.parameters):
+        params = params.parameters()
+    if isinstance(params, (str, bytes)) or not hasattr(params, "__iter__"):
+        raise TypeError(f"`params` must be an iterable of Parameters or of dicts, got {type(params).__name__}")
+    items = list(params)
+    if not items:
+        raise ValueError("`params` must hold at least one Parameter, got an empty list")
+    kinds = {isinstance(x, dict) for x in items}
+    if kinds == {True}:
+        return [(f"params[{i}]", g) for i, g in enumerate(items)]
+    if kinds == {True, False}:
+        raise TypeError("`params` mixes Parameters and dicts: pass a list of Parameters or a list of parameter groups")
+    return [(None, {"params": items})]
+
+
+# ----------------------------------------------------------------------------
+# the base class
 
 
 class Optimizer:
-    """Base class: ``step()``, ``zero_grad()``, a settable ``lr`` and ``state_dict()``."""
+    """Base class: parameter groups, ``step()``, ``zero_grad()``, ``lr`` and ``state_dict()``.
 
-    _hyper: tuple = ()  # names of the plain-number hyper-parameters saved in state_dict
-    _slots: tuple = ()  # names of the per-parameter arrays
-    _required_state: tuple = ()  # what a parameter's state must hold once it has any
+    Subclasses list their group options in ``_option_names`` (``"lr"`` first),
+    check them in ``_check``, name their per-parameter state in ``_slots`` and
+    say which of it must be present in ``_required``.
+    """
 
-    def __init__(self, params, lr):
-        if hasattr(params, "parameters") and callable(params.parameters):
-            params = params.parameters()
-        params = list(params)
-        if not params:
-            raise ValueError("`params` must hold at least one Parameter, got an empty list")
-        for i, p in enumerate(params):
-            if not isinstance(p, Parameter):
-                raise TypeError(f"`params[{i}]` must be a striate Parameter, got {type(p).__name__}")
-        if len({id(p) for p in params}) != len(params):
-            raise ValueError("`params` holds the same Parameter more than once")
-        self.params = params
-        self._lr = _lr(lr)
-        self.state = [dict() for _ in params]
+    _option_names: Tuple[str, ...] = ("lr",)
+    _split_options: Dict[str, Tuple[str, ...]] = {}  # an option stored as several flat state_dict keys
+    _legacy: Dict[str, Any] = {}  # value assumed when a state_dict of an older striate lacks the key
+    _slots: Tuple[str, ...] = ()  # per-parameter state; "step" is an int, the others arrays
+
+    def __init__(self, params: Params, defaults: Dict[str, Any]) -> None:
+        self.defaults = self._check_options(defaults, lambda k: k, construct=True)
+        self.param_groups: List[Dict[str, Any]] = []
+        self.params: List[Parameter] = []
+        self.state: List[Dict[str, Any]] = []
+        self._index: Dict[int, int] = {}
+        for where, group in _split_groups(params):
+            self._add_group(group, where)
+        if not self.params:
+            raise ValueError("`params` must hold at least one Parameter, got only empty parameter groups")
+
+    # -- groups ----------------------------------------------------------------
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a parameter group (a dict as in ``params``), as ``torch.optim.Optimizer.add_param_group``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Not a dict, an unknown key, a bad option, or a Parameter that is
+            already in a group; the optimizer is then unchanged.
+        """
+        self._add_group(param_group, "param_group")
+
+    def _add_group(self, group, where):
+        if not isinstance(group, dict):
+            raise TypeError(f"`{where}` must be a dict (a parameter group), got {type(group).__name__}")
+        label = where or "params"
+        if "params" not in group:
+            raise ValueError(f"`{label}` lacks the key 'params'")
+        unknown = sorted(set(group) - {"params"} - set(self._option_names), key=str)
+        if unknown:
+            allowed = ", ".join(repr(k) for k in ("params",) + self._option_names)
+            raise ValueError(f"`{label}` has unknown keys {unknown}; a {type(self).__name__} group takes {allowed}")
+        plist = _param_list(group["params"], f"{where}['params']" if where else "params")
+        for j, p in enumerate(plist):
+            if id(p) in self._index:
+                raise ValueError(
+                    f"`{where}['params'][{j}]` ({p.name!r}) is already in another parameter group; "
+                    "a Parameter may be in only one group"
+                )
+        opts = {k: group.get(k, self.defaults[k]) for k in self._option_names}
+        opts = self._check_options(opts, (lambda k: f"{where}['{k}']") if where else (lambda k: k), construct=True)
+        for p in plist:
+            self._index[id(p)] = len(self.params)
+            self.params.append(p)
+            self.state.append({})
+        self.param_groups.append({"params": plist, **opts})
+
+    def _check_options(self, opts, name, construct=False):
+        """Validated options (``name(key)`` names them in errors). ``lr`` may be 0 except at construction."""
+        out = {"lr": _number(opts["lr"], name("lr"), lo_open=construct)}
+        out.update(self._check(opts, name))
+        return out
+
+    def _check(self, opts, name):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _required(self, opts):
+        """The state slots a parameter of a group with ``opts`` must have once it has any state."""
+        return self._slots
+
+    def _group_options(self, gi):
+        """Group ``gi``'s options, checked (the dicts are public and may have been edited)."""
+        group = self.param_groups[gi]
+        missing = [k for k in self._option_names if k not in group]
+        if missing:
+            raise ValueError(f"`param_groups[{gi}]` lacks {', '.join(map(repr, missing))}")
+        return self._check_options(group, lambda k: f"param_groups[{gi}]['{k}']")
 
     @property
-    def lr(self):
-        """The learning rate; schedules set it. Must be finite and >= 0."""
-        return self._lr
+    def lr(self) -> float:
+        """Group 0's learning rate. Setting it sets every group's (finite, >= 0)."""
+        return self.param_groups[0]["lr"]
 
     @lr.setter
-    def lr(self, value):
-        self._lr = _lr(value, allow_zero=True)
+    def lr(self, value: float) -> None:
+        value = _number(value, "lr")
+        for group in self.param_groups:
+            group["lr"] = value
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to None."""
         for p in self.params:
             p.grad = None
 
     def _active(self):
-        for i, p in enumerate(self.params):
-            if not p.trainable or p.grad is None:
-                continue
-            if p.grad.shape != p.data.shape:
-                raise ValueError(f"gradient of {p.name!r} has shape {p.grad.shape}, the parameter {p.data.shape}")
-            yield i, p, p.grad if p.grad.dtype == p.data.dtype else p.grad.astype(p.data.dtype)
+        """``(options, i, param, grad)`` for each trainable parameter with a gradient, group by group."""
+        for gi, group in enumerate(self.param_groups):
+            opts = self._group_options(gi)
+            for p in group["params"]:
+                i = self._index.get(id(p))
+                if i is None:
+                    raise ValueError(f"`param_groups[{gi}]['params']` holds a Parameter the optimizer was not given; "
+                                     "use add_param_group")
+                if not p.trainable or p.grad is None:
+                    continue
+                g = p.grad
+                if not isinstance(g, np.ndarray):
+                    raise TypeError(f"gradient of {p.name!r} must be a numpy.ndarray, got {type(g).__name__}")
+                if g.shape != p.data.shape:
+                    raise ValueError(f"gradient of {p.name!r} has shape {g.shape}, the parameter {p.data.shape}")
+                yield opts, i, p, g if g.dtype == p.data.dtype else g.astype(p.data.dtype)
 
-    def step(self):  # pragma: no cover - abstract
+    def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- state -----------------------------------------------------------------
 
-    def state_dict(self):
-        """``{"type", "lr", <hyper-parameters>, "state.<i>.<slot>": array | int}`` (copies)."""
-        d = {"type": type(self).__name__, "lr": self.lr}
-        for h in self._hyper:
-            d[h] = getattr(self, h)
+    def _flat(self, opts):
+        out = {}
+        for k in self._option_names:
+            parts = self._split_options.get(k)
+            if parts:
+                out.update(zip(parts, opts[k]))
+            else:
+                out[k] = opts[k]
+        return out
+
+    def _flat_keys(self):
+        return [p for k in self._option_names for p in self._split_options.get(k, (k,))]
+
+    def _unflat(self, flat):
+        return {k: tuple(flat[p] for p in self._split_options[k]) if k in self._split_options else flat[k]
+                for k in self._option_names}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The options and per-parameter state as flat keys (arrays are copies); see the module notes."""
+        d: Dict[str, Any] = {"type": type(self).__name__}
+        n = len(self.param_groups)
+        d.update(self._flat(self._group_options(0)))
+        if n > 1:
+            d["groups"] = n
+            for gi, group in enumerate(self.param_groups):
+                d[f"group.{gi}.size"] = len(group["params"])
+            for gi in range(1, n):
+                for k, v in self._flat(self._group_options(gi)).items():
+                    d[f"group.{gi}.{k}"] = v
         for i, st in enumerate(self.state):
             for k, v in st.items():
                 d[f"state.{i}.{k}"] = v.copy() if isinstance(v, np.ndarray) else v
         return d
 
-    def load_state_dict(self, d):
-        """Restore ``state_dict()`` output. All or nothing: checks everything first."""
+    def _read_groups(self, d):
+        """The group options held in ``d`` (checked), and the keys that are not state."""
+        n = len(self.param_groups)
+        got = _count(_plain(d.get("groups", 1)), "d['groups']")
+        if got != n:
+            raise ValueError(f"`d` holds {got} parameter groups, the optimizer has {n}")
+        known = {"type"}
+        if n > 1:
+            known.add("groups")
+            for gi, group in enumerate(self.param_groups):
+                key = f"group.{gi}.size"
+                known.add(key)
+                if key not in d:
+                    raise ValueError(f"`d` lacks {key!r}")
+                size = _count(_plain(d[key]), f"d[{key!r}]", lo=0)
+                if size != len(group["params"]):
+                    raise ValueError(f"`d` has {size} parameters in group {gi}, the optimizer {len(group['params'])}")
+        options = []
+        for gi in range(n):
+            prefix = "" if gi == 0 else f"group.{gi}."
+            flat = {}
+            for k in self._flat_keys():
+                known.add(prefix + k)
+                if prefix + k in d:
+                    flat[k] = _plain(d[prefix + k])
+                elif k in self._legacy:
+                    flat[k] = self._legacy[k]
+                else:
+                    raise ValueError(f"`d` lacks the hyper-parameter {prefix + k!r}")
+            options.append(self._check_options(self._unflat(flat), lambda k, p=prefix: f"d['{p}{k}']"))
+        return options, known
+
+    def load_state_dict(self, d: Dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output. All or nothing: everything is checked first."""
         if not isinstance(d, dict):
             raise TypeError(f"`d` must be a dict, got {type(d).__name__}")
         if d.get("type") != type(self).__name__:
             raise ValueError(f"`d` is the state of a {d.get('type')!r} optimizer, not {type(self).__name__}")
-        lr = _lr(d.get("lr"), "lr", allow_zero=True)
-        hyper = {}
-        for h in self._hyper:
-            if h not in d:
-                raise ValueError(f"`d` lacks the hyper-parameter {h!r}")
-            v = d[h]
-            if isinstance(v, np.ndarray) and v.ndim == 0:
-                v = v.item()
-            hyper[h] = v
-        new_state = [dict() for _ in self.params]
+        options, known = self._read_groups(d)
+        owner = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+        new_state: List[Dict[str, Any]] = [dict() for _ in self.params]
         for key, v in d.items():
             if not isinstance(key, str):
                 raise ValueError(f"`d` keys must be strings, got {key!r}")
             if not key.startswith("state."):
-                if key not in ("type", "lr") + self._hyper:
+                if key not in known:
                     raise ValueError(f"`d` has an unknown entry {key!r}")
                 continue
             parts = key.split(".")
@@ -113,11 +363,9 @@ class Optimizer:
                 raise ValueError(f"`d` has a state entry {key!r} for no parameter (there are {len(self.params)})")
             i, slot = int(parts[1]), parts[2]
             p = self.params[i]
-            if slot == "step":
-                if isinstance(v, np.ndarray):
-                    v = v.item()
-                new_state[i]["step"] = _int(v, key, lo=0)
-            elif slot in self._slots:
+            if slot == "step" and "step" in self._slots:
+                new_state[i]["step"] = _count(_plain(v), key, lo=0)
+            elif slot in self._slots and slot != "step":
                 if not isinstance(v, np.ndarray) or v.shape != p.data.shape or v.dtype != p.data.dtype:
                     got = (v.shape, v.dtype) if isinstance(v, np.ndarray) else type(v).__name__
                     raise ValueError(f"`d[{key!r}]` must be an array of shape {p.data.shape} {p.data.dtype}, got {got}")
@@ -125,29 +373,44 @@ class Optimizer:
             else:
                 raise ValueError(f"`d` has an unknown state slot {key!r}")
         for i, st in enumerate(new_state):
-            missing = sorted(set(self._required_state) - set(st))
+            missing = sorted(set(self._required(options[owner[i]])) - set(st))
             if st and missing:
                 raise ValueError(f"`d` holds state for parameter {i} without {', '.join(missing)}")
-        self._check_hyper(hyper)
-        self._lr = lr
-        for h, v in hyper.items():
-            setattr(self, h, v)
+        for group, opts in zip(self.param_groups, options):
+            group.update(opts)
         self.state = new_state
 
-    def _check_hyper(self, hyper):
-        """Validate hyper-parameters read from a state dict (subclasses re-run their checks)."""
+    def __repr__(self) -> str:
+        if len(self.param_groups) > 1:
+            lrs = [g["lr"] for g in self.param_groups]
+            return f"{type(self).__name__}({len(self.param_groups)} parameter groups, lr={lrs!r})"
+        g = self.param_groups[0]
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={g[k]!r}" for k in self._option_names) + ")"
 
-    def __repr__(self):
-        hp = ", ".join(f"{h}={getattr(self, h)!r}" for h in self._hyper)
-        return f"{type(self).__name__}(lr={self.lr!r}, {hp})"
+
+# ----------------------------------------------------------------------------
+# the optimizers
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with momentum, exactly ``torch.optim.SGD`` (dampening 0).
+    """Stochastic gradient descent with momentum, exactly ``torch.optim.SGD``.
 
-    ``g = grad + weight_decay * p``; with momentum, ``buf = g`` on the first step
-    and ``buf = momentum * buf + g`` after; ``g = g + momentum * buf`` (Nesterov)
-    or ``g = buf``; then ``p -= lr * g``.
+    ``g = grad + weight_decay * p``; with momentum, ``buf = g`` on the first
+    step and ``buf = momentum * buf + (1 - dampening) * g`` after;
+    ``g = g + momentum * buf`` (Nesterov) or ``g = buf``; then ``p -= lr * g``.
+
+    Parameters
+    ----------
+    params : list of Parameter, list of dict, or a model
+        The parameters, or parameter groups (see the module notes).
+    lr : float, default 0.01
+        The learning rate, > 0.
+    momentum, dampening : float, default 0.0
+        ``momentum`` >= 0; ``dampening`` in [0, 1].
+    nesterov : bool, default False
+        Needs ``momentum`` > 0 and ``dampening`` = 0 (as torch).
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient.
 
     Examples
     --------
@@ -161,73 +424,93 @@ class SGD(Optimizer):
     array([0.9, 2.1])
     """
 
-    _hyper = ("momentum", "nesterov", "weight_decay")
+    _option_names = ("lr", "momentum", "dampening", "nesterov", "weight_decay")
+    _legacy = {"dampening": 0.0}
     _slots = ("momentum_buffer",)
-    _required_state = ("momentum_buffer",)
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__(params, lr)
-        self._check_hyper({"momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay})
-        self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
-        self.weight_decay = float(weight_decay)
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 0.01,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                                      weight_decay=weight_decay))
 
-    def _check_hyper(self, h):
-        _float(h["momentum"], "momentum", lo=0.0)
-        _bool(h["nesterov"], "nesterov")
-        _float(h["weight_decay"], "weight_decay", lo=0.0)
-        if h["nesterov"] and not h["momentum"] > 0:
-            raise ValueError(f"`nesterov`=True requires `momentum` > 0, got momentum={h['momentum']}")
+    def _check(self, o, name):
+        m = _number(o["momentum"], name("momentum"))
+        d = _number(o["dampening"], name("dampening"), hi=1.0)
+        nesterov = _flag(o["nesterov"], name("nesterov"))
+        wd = _number(o["weight_decay"], name("weight_decay"))
+        if nesterov and not (m > 0 and d == 0):
+            raise ValueError(f"`{name('nesterov')}`=True requires momentum > 0 and dampening = 0, "
+                             f"got momentum={m}, dampening={d}")
+        return {"momentum": m, "dampening": d, "nesterov": nesterov, "weight_decay": wd}
 
-    def step(self):
+    def step(self) -> None:
         """Update every trainable parameter that has a gradient, in place."""
-        for i, p, grad in self._active():
+        for o, i, p, grad in self._active():
             dt = p.data.dtype.type
-            g = grad + dt(self.weight_decay) * p.data if self.weight_decay else grad  # never modified in place
-            if self.momentum:
+            m, wd = o["momentum"], o["weight_decay"]
+            g = _axpy(grad, p.data, wd) if wd else grad  # never modified in place
+            if m:
                 buf = self.state[i].get("momentum_buffer")
                 if buf is None:
                     buf = np.array(g, copy=True)
                     self.state[i]["momentum_buffer"] = buf
                 else:
-                    buf *= dt(self.momentum)
-                    buf += g
-                g = g + dt(self.momentum) * buf if self.nesterov else buf
-            p.data -= dt(self.lr) * g
+                    buf *= dt(m)
+                    buf[...] = _axpy(buf, g, 1 - o["dampening"])
+                g = _axpy(g, buf, m) if o["nesterov"] else buf
+            p.data[...] = _axpy(p.data, g, -o["lr"])
 
 
 class Adam(Optimizer):
-    """Adam, exactly ``torch.optim.Adam`` (L2 weight decay added to the gradient, no amsgrad)."""
+    """Adam, exactly ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient; no amsgrad).
 
-    _hyper = ("beta1", "beta2", "eps", "weight_decay")
-    _slots = ("exp_avg", "exp_avg_sq")
-    _required_state = ("step", "exp_avg", "exp_avg_sq")
+    Parameters
+    ----------
+    params : list of Parameter, list of dict, or a model
+        The parameters, or parameter groups (see the module notes).
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+        Each in [0, 1).
+    eps : float, default 1e-8
+    weight_decay : float, default 0.0
+    """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params, lr)
+    _option_names = ("lr", "betas", "eps", "weight_decay")
+    _split_options = {"betas": ("beta1", "beta2")}
+    _slots = ("step", "exp_avg", "exp_avg_sq")
+    _decoupled = False  # AdamW: decay the weights, not the gradient
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    def _check(self, o, name):
+        betas = o["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"`betas` must be a pair (beta1, beta2), got {betas!r}")
-        h = {"beta1": betas[0], "beta2": betas[1], "eps": eps, "weight_decay": weight_decay}
-        self._check_hyper(h)
-        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+            raise ValueError(f"`{name('betas')}` must be a pair (beta1, beta2), got {betas!r}")
+        b1 = _number(betas[0], name("betas") + "[0]", hi=1.0, hi_open=True)
+        b2 = _number(betas[1], name("betas") + "[1]", hi=1.0, hi_open=True)
+        return {"betas": (b1, b2), "eps": _number(o["eps"], name("eps")),
+                "weight_decay": _number(o["weight_decay"], name("weight_decay"))}
 
-    @property
-    def betas(self):
-        return (self.beta1, self.beta2)
-
-    def _check_hyper(self, h):
-        _float(h["beta1"], "betas[0]", lo=0.0, hi=1.0, hi_open=True)
-        _float(h["beta2"], "betas[1]", lo=0.0, hi=1.0, hi_open=True)
-        _float(h["eps"], "eps", lo=0.0)
-        _float(h["weight_decay"], "weight_decay", lo=0.0)
-
-    def step(self):
+    def step(self) -> None:
         """Update every trainable parameter that has a gradient, in place."""
-        b1, b2 = self.beta1, self.beta2
-        for i, p, grad in self._active():
+        for o, i, p, grad in self._active():
             dt = p.data.dtype.type
+            lr, (b1, b2), wd = o["lr"], o["betas"], o["weight_decay"]
             st = self.state[i]
             if "step" not in st:
                 st["step"] = 0
@@ -235,15 +518,220 @@ class Adam(Optimizer):
                 st["exp_avg_sq"] = np.zeros_like(p.data)
             st["step"] += 1
             t = st["step"]
-            g = grad + dt(self.weight_decay) * p.data if self.weight_decay else grad
+            g = grad
+            if wd and self._decoupled:
+                p.data *= dt(1 - lr * wd)
+            elif wd:
+                g = _axpy(grad, p.data, wd)
             m, v = st["exp_avg"], st["exp_avg_sq"]
-            m += dt(1 - b1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 - beta1)
+            _lerp_(m, g, 1 - b1)
             v *= dt(b2)
-            v += dt(1 - b2) * (g * g)
-            step_size = self.lr / (1 - b1**t)
-            denom = np.sqrt(v) / dt(math.sqrt(1 - b2**t))
-            denom += dt(self.eps)
-            p.data -= dt(step_size) * (m / denom)
+            v[...] = _fma(dt(1 - b2) * g, g, v)  # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+            step_size = lr / (1 - b1**t)
+            denom = np.sqrt(v) / dt((1 - b2**t) ** 0.5)
+            denom += dt(o["eps"])
+            p.data += (dt(-step_size) * m) / denom  # torch: param.addcdiv_(exp_avg, denom, value=-step_size)
+
+
+class AdamW(Adam):
+    """AdamW, exactly ``torch.optim.AdamW``: Adam with decoupled weight decay.
+
+    Before the Adam update, ``p *= 1 - lr * weight_decay``; the gradient is
+    left alone. Arguments as ``Adam``, but ``weight_decay`` defaults to 1e-2.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from striate import Parameter
+    >>> p = Parameter(np.array([1.0]), "w")
+    >>> opt = AdamW([p], lr=0.1, weight_decay=0.5)
+    >>> p.grad = np.array([2.0])
+    >>> opt.step()  # p * (1 - 0.05), then the first Adam step moves it by lr
+    >>> p.data.round(6)
+    array([0.85])
+    """
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+class RMSprop(Optimizer):
+    """RMSprop, exactly ``torch.optim.RMSprop`` (with momentum and the centered variant).
+
+    ``g = grad + weight_decay * p``; ``sq = alpha * sq + (1 - alpha) * g**2``;
+    centered: ``ga = lerp(ga, g, 1 - alpha)``, ``avg = sqrt(sq - ga**2) + eps``,
+    else ``avg = sqrt(sq) + eps``; with momentum ``buf = momentum * buf + g / avg``
+    and ``p -= lr * buf``, else ``p -= lr * g / avg``.
+
+    Parameters
+    ----------
+    params : list of Parameter, list of dict, or a model
+        The parameters, or parameter groups (see the module notes).
+    lr : float, default 1e-2
+    alpha : float, default 0.99
+        The smoothing constant, in [0, 1].
+    eps : float, default 1e-8
+    weight_decay, momentum : float, default 0.0
+    centered : bool, default False
+    """
+
+    _option_names = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+    _slots = ("step", "square_avg", "momentum_buffer", "grad_avg")
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered))
+
+    def _check(self, o, name):
+        return {
+            "alpha": _number(o["alpha"], name("alpha"), hi=1.0),
+            "eps": _number(o["eps"], name("eps")),
+            "weight_decay": _number(o["weight_decay"], name("weight_decay")),
+            "momentum": _number(o["momentum"], name("momentum")),
+            "centered": _flag(o["centered"], name("centered")),
+        }
+
+    def _required(self, o):
+        return ("step", "square_avg") + ("momentum_buffer",) * (o["momentum"] > 0) + ("grad_avg",) * o["centered"]
+
+    def step(self) -> None:
+        """Update every trainable parameter that has a gradient, in place."""
+        for o, i, p, grad in self._active():
+            dt = p.data.dtype.type
+            a, m, wd = o["alpha"], o["momentum"], o["weight_decay"]
+            st = self.state[i]
+            if "step" not in st:
+                st["step"] = 0
+                st["square_avg"] = np.zeros_like(p.data)
+            for slot, wanted in (("momentum_buffer", m > 0), ("grad_avg", o["centered"])):
+                if wanted and slot not in st:  # zeros, as torch's first step (or an option turned on since)
+                    st[slot] = np.zeros_like(p.data)
+            st["step"] += 1
+            g = _axpy(grad, p.data, wd) if wd else grad
+            sq = st["square_avg"]
+            sq *= dt(a)
+            sq[...] = _fma(dt(1 - a) * g, g, sq)  # torch: addcmul_, fused
+            if o["centered"]:
+                ga = st["grad_avg"]
+                _lerp_(ga, g, 1 - a)
+                with np.errstate(invalid="ignore"):  # as torch: a rounding below zero gives NaN
+                    avg = np.sqrt(_fma(-ga, ga, sq))
+            else:
+                avg = np.sqrt(sq)
+            avg += dt(o["eps"])
+            if m > 0:
+                buf = st["momentum_buffer"]
+                buf *= dt(m)
+                buf += g / avg
+                p.data[...] = _axpy(p.data, buf, -o["lr"])
+            else:
+                p.data += (dt(-o["lr"]) * g) / avg  # torch: param.addcdiv_(grad, avg, value=-lr)
+
+
+# ----------------------------------------------------------------------------
+# gradient clipping
+
+
+def _norm(g, norm_type):
+    """The ``norm_type``-norm of one gradient, in float64."""
+    if g.size == 0:
+        return 0.0
+    a = np.abs(g.astype(np.float64, copy=False))
+    if norm_type == math.inf:
+        return float(a.max())
+    if norm_type == 2.0:
+        return float(np.sqrt(np.square(a).sum()))
+    if norm_type == 1.0:
+        return float(a.sum())
+    return float((a**norm_type).sum() ** (1.0 / norm_type))
+
+
+def clip_grad_norm(params: Any, max_norm: float, norm_type: Union[float, str] = 2.0) -> float:
+    """Scale the gradients in place so that their total norm is at most ``max_norm``.
+
+    As ``torch.nn.utils.clip_grad_norm_`` (with ``error_if_nonfinite=False``):
+    the total norm is the ``norm_type``-norm of the per-gradient norms, and
+    every gradient is multiplied by ``min(1, max_norm / (total_norm + 1e-6))``.
+    A non-finite total norm is returned as it is and the gradients are scaled
+    all the same (to zeros and NaNs), as torch does. Parameters with no
+    gradient, or with ``.trainable`` False, are left out.
+
+    Parameters
+    ----------
+    params : Parameter, iterable of Parameter, or a model
+    max_norm : float
+        >= 0.
+    norm_type : float or "inf", default 2.0
+        > 0; ``math.inf`` (or ``"inf"``) for the largest absolute value.
+
+    Returns
+    -------
+    float
+        The total norm of the gradients before clipping (0.0 when there are none).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from striate import Parameter
+    >>> p = Parameter(np.zeros(2), "w")
+    >>> p.grad = np.array([3.0, 4.0])
+    >>> clip_grad_norm([p], max_norm=1.0)
+    5.0
+    >>> p.grad.round(6)
+    array([0.6, 0.8])
+    """
+    plist = _param_list(params, "params")
+    max_norm = _number(max_norm, "max_norm")
+    if isinstance(norm_type, str) and norm_type.strip().lower() == "inf":
+        norm_type = math.inf
+    norm_type = _number(norm_type, "norm_type", lo_open=True, allow_inf=True)
+    grads = []
+    for p in plist:
+        if p.grad is None or not p.trainable:
+            continue
+        g = p.grad
+        if not isinstance(g, np.ndarray) or g.dtype.kind != "f":
+            got = g.dtype if isinstance(g, np.ndarray) else type(g).__name__
+            raise TypeError(f"gradient of {p.name!r} must be a float numpy.ndarray, got {got}")
+        grads.append(p)
+    if not grads:
+        return 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = [_norm(p.grad, norm_type) for p in grads]
+        if norm_type == math.inf:
+            total = max(norms)
+            if any(n != n for n in norms):
+                total = math.nan
+        else:
+            total = _norm(np.asarray(norms), norm_type)
+        coef = max_norm / (total + 1e-6)
+        if coef > 1.0:
+            return total
+        for p in grads:
+            c = p.grad.dtype.type(coef)
+            if p.grad.flags.writeable:
+                p.grad *= c
+            else:
+                p.grad = p.grad * c
+    return total
 
 
 # ----------------------------------------------------------------------------
@@ -251,79 +739,107 @@ class Adam(Optimizer):
 
 
 class LRScheduler:
-    """Base class of the schedules: ``lr_at(t)`` in closed form.
+    """Base class of the schedules: each group's rate in closed form.
 
     ``step()`` advances by one (epoch or batch, as the caller decides) and sets
-    ``optimizer.lr``; ``sched(t)`` jumps to ``t``, sets ``optimizer.lr`` and
-    returns it. ``get_last_lr()`` returns ``[lr]`` like torch.
+    every group's ``lr``; ``sched(t)`` jumps to ``t``, sets the rates and
+    returns group 0's. ``get_last_lr()`` returns one rate per group, as torch.
+    ``base_lrs`` are the groups' rates when the schedule was made.
     """
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer: Optimizer) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"`optimizer` must be a striate Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.base_lr = optimizer.lr
+        self.base_lrs = [optimizer._group_options(gi)["lr"] for gi in range(len(optimizer.param_groups))]
         self.last_epoch = 0
         self._apply(0)
 
-    def lr_at(self, t):  # pragma: no cover - abstract
+    @property
+    def base_lr(self) -> float:
+        """Group 0's base rate."""
+        return self.base_lrs[0]
+
+    def _lr(self, g, t):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _apply(self, t):
-        self.last_epoch = t
-        lr = self.lr_at(t)
-        self.optimizer.lr = lr
-        self._last_lr = lr
-        return lr
+    def lr_at(self, t: int) -> float:
+        """Group 0's rate at step ``t``."""
+        return self._lr(0, t)
 
-    def step(self):
-        """Advance one step and set the optimizer's learning rate."""
+    def lrs_at(self, t: int) -> List[float]:
+        """Every group's rate at step ``t``."""
+        return [self._lr(g, t) for g in range(len(self.base_lrs))]
+
+    def _apply(self, t):
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.base_lrs):
+            raise ValueError(f"the optimizer has {len(groups)} parameter groups, the schedule was made for "
+                             f"{len(self.base_lrs)}")
+        lrs = [_number(lr, "lr") for lr in self.lrs_at(t)]
+        for group, lr in zip(groups, lrs):
+            group["lr"] = lr
+        self.last_epoch = t
+        self._last_lrs = lrs
+        return lrs[0]
+
+    def step(self) -> float:
+        """Advance one step and set the groups' learning rates; returns group 0's."""
         return self._apply(self.last_epoch + 1)
 
-    def __call__(self, t):
-        """Set the optimizer's learning rate for step/epoch ``t`` and return it."""
-        return self._apply(_int(t, "t", lo=0))
+    def __call__(self, t: int) -> float:
+        """Set the groups' learning rates for step/epoch ``t`` and return group 0's."""
+        return self._apply(_count(t, "t", lo=0))
 
-    def get_last_lr(self):
-        return [self._last_lr]
+    def get_last_lr(self) -> List[float]:
+        return list(self._last_lrs)
 
-    def state_dict(self):
-        return {"type": type(self).__name__, "last_epoch": self.last_epoch, "base_lr": self.base_lr}
+    def state_dict(self) -> Dict[str, Any]:
+        return {"type": type(self).__name__, "last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d: Dict[str, Any]) -> None:
+        """Restore ``state_dict()`` output (all or nothing)."""
         if not isinstance(d, dict) or d.get("type") != type(self).__name__:
             got = d.get("type") if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"`d` must be the state of a {type(self).__name__}, got {got!r}")
-        last = d.get("last_epoch")
-        base = d.get("base_lr")
-        last = _int(last.item() if isinstance(last, np.ndarray) else last, "last_epoch", lo=0)
-        base = _lr(base.item() if isinstance(base, np.ndarray) else base, "base_lr")
-        self.base_lr = base
-        self._apply(last)
+        last = _count(_plain(d.get("last_epoch")), "last_epoch", lo=0)
+        bases = d.get("base_lrs", [d["base_lr"]] if "base_lr" in d else None)  # "base_lr": striate 0.1
+        if isinstance(bases, np.ndarray):
+            bases = bases.tolist()
+        if not isinstance(bases, (list, tuple)) or len(bases) != len(self.base_lrs):
+            raise ValueError(f"`d['base_lrs']` must hold {len(self.base_lrs)} rates, got {bases!r}")
+        bases = [_number(_plain(b), f"base_lrs[{i}]", lo_open=True) for i, b in enumerate(bases)]
+        old = self.base_lrs
+        self.base_lrs = bases
+        try:
+            self._apply(last)
+        except BaseException:
+            self.base_lrs = old
+            raise
 
 
 class StepLR(LRScheduler):
     """``lr = base_lr * gamma ** (t // step_size)`` (``torch.optim.lr_scheduler.StepLR``)."""
 
-    def __init__(self, optimizer, step_size, gamma=0.1):
-        self.step_size = _int(step_size, "step_size")
-        self.gamma = _float(gamma, "gamma", lo=0.0, lo_open=True)
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
+        self.step_size = _count(step_size, "step_size")
+        self.gamma = _number(gamma, "gamma", lo_open=True)
         super().__init__(optimizer)
 
-    def lr_at(self, t):
-        return self.base_lr * self.gamma ** (t // self.step_size)
+    def _lr(self, g, t):
+        return self.base_lrs[g] * self.gamma ** (t // self.step_size)
 
 
 class CosineAnnealingLR(LRScheduler):
     """``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2``."""
 
-    def __init__(self, optimizer, T_max, eta_min=0.0):
-        self.T_max = _int(T_max, "T_max")
-        self.eta_min = _float(eta_min, "eta_min", lo=0.0)
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
+        self.T_max = _count(T_max, "T_max")
+        self.eta_min = _number(eta_min, "eta_min")
         super().__init__(optimizer)
 
-    def lr_at(self, t):
-        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+    def _lr(self, g, t):
+        return self.eta_min + (self.base_lrs[g] - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
 
 
 class OneCycleLR(LRScheduler):
@@ -332,43 +848,69 @@ class OneCycleLR(LRScheduler):
     Warm up from ``max_lr / div_factor`` to ``max_lr`` over the first
     ``pct_start * total_steps - 1`` steps, then anneal to
     ``max_lr / (div_factor * final_div_factor)`` at step ``total_steps - 1``.
-    Stepping past ``total_steps`` raises ValueError, as in torch.
+    ``max_lr`` is one rate for every group or a sequence with one per group.
+
+    Step ``total_steps``, which a torch-style loop (``opt.step();
+    sched.step()`` ``total_steps`` times) reaches after its last update, holds
+    the final rate; torch extrapolates there (below zero for ``"linear"``).
+    Stepping further raises ValueError, as in torch.
     """
 
     def __init__(
         self,
-        optimizer,
-        max_lr,
-        total_steps,
-        pct_start=0.3,
-        anneal_strategy="cos",
-        div_factor=25.0,
-        final_div_factor=1e4,
-    ):
-        self.max_lr = _lr(max_lr, "max_lr")
-        self.total_steps = _int(total_steps, "total_steps")
-        self.pct_start = _float(pct_start, "pct_start", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        optimizer: Optimizer,
+        max_lr: Union[float, Sequence[float]],
+        total_steps: int,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+    ) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"`optimizer` must be a striate Optimizer, got {type(optimizer).__name__}")
+        n = len(optimizer.param_groups)
+        if isinstance(max_lr, (list, tuple)):
+            if len(max_lr) != n:
+                raise ValueError(f"`max_lr` must be one rate or {n} (one per parameter group), got {len(max_lr)}")
+            self.max_lrs = [_number(v, f"max_lr[{i}]", lo_open=True) for i, v in enumerate(max_lr)]
+        else:
+            self.max_lrs = [_number(max_lr, "max_lr", lo_open=True)] * n
+        self.total_steps = _count(total_steps, "total_steps")
+        self.pct_start = _number(pct_start, "pct_start", hi=1.0, lo_open=True, hi_open=True)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"`anneal_strategy` must be 'cos' or 'linear', got {anneal_strategy!r}")
         self.anneal_strategy = anneal_strategy
-        self.div_factor = _float(div_factor, "div_factor", lo=0.0, lo_open=True)
-        self.final_div_factor = _float(final_div_factor, "final_div_factor", lo=0.0, lo_open=True)
-        self.initial_lr = self.max_lr / self.div_factor
-        self.min_lr = self.initial_lr / self.final_div_factor
+        self.div_factor = _number(div_factor, "div_factor", lo_open=True)
+        self.final_div_factor = _number(final_div_factor, "final_div_factor", lo_open=True)
         self._phase1_end = float(self.pct_start * self.total_steps) - 1
         super().__init__(optimizer)
-        self.base_lr = self.initial_lr
+        self.base_lrs = [m / self.div_factor for m in self.max_lrs]
+
+    @property
+    def max_lr(self) -> float:
+        return self.max_lrs[0]
+
+    @property
+    def initial_lr(self) -> float:
+        return self.max_lrs[0] / self.div_factor
+
+    @property
+    def min_lr(self) -> float:
+        return self.initial_lr / self.final_div_factor
 
     def _anneal(self, start, end, pct):
         if self.anneal_strategy == "cos":
             return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
         return (end - start) * pct + start
 
-    def lr_at(self, t):
+    def _lr(self, g, t):
         if t > self.total_steps:
             raise ValueError(f"OneCycleLR stepped {t} times, more than `total_steps`={self.total_steps}")
+        peak = self.max_lrs[g]
+        start = peak / self.div_factor
         end1 = self._phase1_end
         if t <= end1:
-            return self._anneal(self.initial_lr, self.max_lr, t / end1 if end1 > 0 else 1.0)
+            return self._anneal(start, peak, t / end1 if end1 > 0 else 1.0)
         end2 = float(self.total_steps - 1)
-        return self._anneal(self.max_lr, self.min_lr, (t - end1) / (end2 - end1))
+        pct = min((t - end1) / (end2 - end1), 1.0)  # t = total_steps holds the final rate
+        return self._anneal(peak, start / self.final_div_factor, pct)
