@@ -7,7 +7,7 @@ NumPy layer of layers, losses, optimizers and a Keras-like ``fit``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # the one version source: pyproject.toml reads it
 
 from ._config import get_backend, get_num_threads, seed, set_backend, set_num_threads
 from . import io, layers, losses, optim, zoo  # noqa: E402

@@ -10,7 +10,7 @@ mean, class weights, ``ignore_index``.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
