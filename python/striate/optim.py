@@ -84,30 +84,38 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _fma(a, b, c):
+def _fma(a, b, c, out=None):
     """``a * b + c`` rounded once in float32, as torch's CPU kernels (FMAs) compute it.
 
     float32 goes through float64, where the product is exact; float64 rounds
     twice (there is no wider type to go through). ``a`` or ``b`` may be a
-    scalar. Returns a new array.
+    scalar. Writes into ``out`` when given (it may be ``c``), else returns a new array.
     """
-    c = np.asarray(c)
-    if c.dtype == np.float32:
-        return (np.asarray(a, np.float64) * np.asarray(b, np.float64) + c.astype(np.float64)).astype(np.float32)
-    return a * b + c
+    if np.asarray(c).dtype == np.float32:
+        t = np.multiply(a, b, dtype=np.float64)
+        t += c
+    else:
+        t = a * b
+        t += c
+    if out is None:
+        return t.astype(np.float32) if t.dtype != np.asarray(c).dtype else t
+    np.copyto(out, t, casting="same_kind")
+    return out
 
 
-def _axpy(y, x, alpha):
+def _axpy(y, x, alpha, out=None):
     """``y.add(x, alpha=alpha)`` as torch: ``alpha * x + y`` fused (``alpha`` in the array's dtype)."""
-    return _fma(y.dtype.type(alpha), x, y)
+    if alpha == 1:  # nothing to fuse
+        return np.add(y, x, out=out)
+    return _fma(y.dtype.type(alpha), x, y, out=out)
 
 
 def _lerp_(a, b, w):
     """``a.lerp_(b, w)`` as torch computes it on the CPU (fused, two formulas around w = 0.5)."""
     if abs(w) < 0.5:
-        a[...] = _axpy(a, b - a, w)
+        _axpy(a, b - a, w, out=a)
     else:
-        a[...] = _axpy(b, b - a, -(1 - w))
+        _axpy(b, b - a, -(1 - w), out=a)
 
 
 def _param_list(obj, where):
@@ -316,9 +324,8 @@ class Optimizer:
         got = _count(_plain(d.get("groups", 1)), "d['groups']")
         if got != n:
             raise ValueError(f"`d` holds {got} parameter groups, the optimizer has {n}")
-        known = {"type"}
+        known = {"type", "groups"}
         if n > 1:
-            known.add("groups")
             for gi, group in enumerate(self.param_groups):
                 key = f"group.{gi}.size"
                 known.add(key)
@@ -463,9 +470,9 @@ class SGD(Optimizer):
                     self.state[i]["momentum_buffer"] = buf
                 else:
                     buf *= dt(m)
-                    buf[...] = _axpy(buf, g, 1 - o["dampening"])
+                    _axpy(buf, g, 1 - o["dampening"], out=buf)
                 g = _axpy(g, buf, m) if o["nesterov"] else buf
-            p.data[...] = _axpy(p.data, g, -o["lr"])
+            _axpy(p.data, g, -o["lr"], out=p.data)
 
 
 class Adam(Optimizer):
@@ -526,7 +533,7 @@ class Adam(Optimizer):
             m, v = st["exp_avg"], st["exp_avg_sq"]
             _lerp_(m, g, 1 - b1)
             v *= dt(b2)
-            v[...] = _fma(dt(1 - b2) * g, g, v)  # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+            _fma(dt(1 - b2) * g, g, v, out=v)  # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
             step_size = lr / (1 - b1**t)
             denom = np.sqrt(v) / dt((1 - b2**t) ** 0.5)
             denom += dt(o["eps"])
@@ -628,7 +635,7 @@ class RMSprop(Optimizer):
             g = _axpy(grad, p.data, wd) if wd else grad
             sq = st["square_avg"]
             sq *= dt(a)
-            sq[...] = _fma(dt(1 - a) * g, g, sq)  # torch: addcmul_, fused
+            _fma(dt(1 - a) * g, g, sq, out=sq)  # torch: addcmul_, fused
             if o["centered"]:
                 ga = st["grad_avg"]
                 _lerp_(ga, g, 1 - a)
@@ -641,7 +648,7 @@ class RMSprop(Optimizer):
                 buf = st["momentum_buffer"]
                 buf *= dt(m)
                 buf += g / avg
-                p.data[...] = _axpy(p.data, buf, -o["lr"])
+                _axpy(p.data, buf, -o["lr"], out=p.data)
             else:
                 p.data += (dt(-o["lr"]) * g) / avg  # torch: param.addcdiv_(grad, avg, value=-lr)
 
