@@ -748,3 +748,7 @@ def clip_grad_norm(params: Any, max_norm: float, norm_type: Union[float, str] = 
 
 # The schedules live in _schedules.py (which imports this module's Optimizer).
 from ._schedules import CosineAnnealingLR, LRScheduler, OneCycleLR, StepLR  # noqa: E402
+
+for _cls in (LRScheduler, StepLR, CosineAnnealingLR, OneCycleLR):
+    _cls.__module__ = __name__  # help() and pickle name them striate.optim.<name>
+del _cls
