@@ -47,14 +47,14 @@ def _torch_residual(torch):
     return Residual
 
 
-def torch_resnet20(torch, num_classes=10, in_channels=3):
-    """He et al.'s CIFAR ResNet-20 with projection shortcuts, written out in torch."""
+def torch_resnet20(torch, num_classes=10, in_channels=3, n=3):
+    """He et al.'s CIFAR ResNet-20 with projection shortcuts, written out in torch (n blocks per stage)."""
     nn = torch.nn
     Residual = _torch_residual(torch)
     layers = [nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
     c_in = 16
     for stage, c in enumerate((16, 32, 64)):
-        for block in range(3):
+        for block in range(n):
             s = 2 if stage and not block else 1
             body = nn.Sequential(
                 nn.Conv2d(c_in, c, 3, s, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
@@ -408,7 +408,7 @@ import hashlib, sys
 import numpy as np, striate as st
 from striate import losses, optim, zoo
 st.seed(7)
-m = zoo.resnet20(num_classes=4)
+m = zoo.resnet(14, num_classes=4)
 opt = optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 rng = np.random.default_rng(1)
 ce = losses.CrossEntropy()
