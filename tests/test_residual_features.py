@@ -17,6 +17,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 
 import striate as st
 from striate import io, optim, zoo
@@ -209,6 +211,64 @@ def test_nested_shape_change_names_the_tensor(saved, tmp_path):
     with pytest.raises(io.FormatError, match="shape") as info:
         st.load(bad)
     assert info.value.tensor == "5.body.2.weight"
+
+
+def _tree_paths(tree, path=()):
+    yield path
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for k, v in items:
+        yield from _tree_paths(v, path + (k,))
+
+
+_NESTED = small_resnet(seed=6)
+_NESTED_ARCH = _NESTED.to_config()
+_NESTED_PATHS = list(_tree_paths(_NESTED_ARCH["layers"]))[1:]
+_SCALARS = hs.one_of(hs.none(), hs.booleans(), hs.integers(-3, 2**40), hs.floats(allow_nan=False), hs.text(max_size=6),
+                     hs.sampled_from(["Sequential", "Residual", "Conv2d", "ReLU", "Identity", "layers", "body"]))
+_VALUES = hs.recursive(_SCALARS, lambda inner: hs.one_of(hs.lists(inner, max_size=3),
+                                                         hs.dictionaries(hs.text(max_size=6), inner, max_size=3)),
+                       max_leaves=6)
+
+
+@hs.composite
+def nested_edits(draw):
+    """The nested architecture with one to three values replaced, deleted or duplicated anywhere in the tree."""
+    arch = json.loads(json.dumps(_NESTED_ARCH))
+    for _ in range(draw(hs.integers(1, 3))):
+        path = draw(hs.sampled_from(_NESTED_PATHS))
+        parent = arch["layers"]
+        try:
+            for k in path[:-1]:
+                parent = parent[k]
+            key = path[-1]
+            what = draw(hs.sampled_from(["replace", "replace", "delete", "copy"]))
+            if what == "replace":
+                parent[key] = draw(_VALUES)
+            elif what == "delete":
+                del parent[key]
+            elif isinstance(parent, list):
+                parent.insert(key, json.loads(json.dumps(parent[key])))
+            else:
+                parent[key] = json.loads(json.dumps(arch["layers"][3]))  # a whole block in its place
+        except (KeyError, IndexError, TypeError):
+            pass  # an earlier edit removed the path
+    return arch
+
+
+@settings(max_examples=int(os.environ.get("STRIATE_FUZZ_EXAMPLES", "80")), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(arch=nested_edits())
+def test_fuzz_nested_architecture(arch, tmp_path):
+    """A nested architecture edited anywhere either loads (with the architecture it says) or is one FormatError."""
+    path = tmp_path / "f.safetensors"
+    io.write_file(path, _NESTED.state_dict(), {io.ARCH_KEY: json.dumps(arch)})
+    try:
+        model = st.load(path)
+    except io.FormatError as e:
+        assert e.path == str(path)
+        return
+    assert model.to_config()["layers"] == st.Sequential.from_config(model.to_config()).to_config()["layers"]
+    assert list(model.state_dict()) == list(_NESTED.state_dict())
 
 
 # ----------------------------------------------------------------------------- ONNX
