@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -26,6 +27,7 @@ from striate import introspect as I
 from striate import layers as L
 from striate.datasets import load_digits
 from striate.training import LayerHealth, feature_cache, fit
+from test_fuzz import edited_onnx
 
 PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(st.__file__)))
 S = st.Sequential
@@ -363,6 +365,37 @@ def test_import_refuses_branches_that_are_not_residual(tmp_path):
     ok = [make("Relu", ["input"], ["a"]), make("Add", ["a", "input"], ["output"])]
     back = st.onnx_io.import_model(_graph(tmp_path, ok))
     assert isinstance(back[0], L.Residual) and isinstance(back[0].body, L.ReLU) and back[0].shortcut is None
+
+
+def _residual_onnx():
+    try:
+        import onnx  # noqa: F401
+    except ImportError:  # pragma: no cover - onnx is an optional extra
+        return None
+    m = small_resnet(seed=8).eval()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "r.onnx")
+        m.to_onnx(path, (1, 8, 8))
+        with open(path, "rb") as f:
+            return f.read()
+
+
+RESIDUAL_ONNX = _residual_onnx()
+
+
+@pytest.mark.skipif(RESIDUAL_ONNX is None, reason="needs the onnx extra")
+@settings(max_examples=int(os.environ.get("STRIATE_FUZZ_EXAMPLES", "80")), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@given(raw=edited_onnx(RESIDUAL_ONNX) if RESIDUAL_ONNX else hs.just(b""))
+def test_fuzz_residual_onnx_import(raw, tmp_path):
+    """Edits of a graph with forks and Add nodes give a Sequential or a ValueError, nothing else."""
+    path = tmp_path / "m.onnx"
+    path.write_bytes(raw)
+    try:
+        model = st.onnx_io.import_model(path)
+    except ValueError:
+        return
+    assert isinstance(model, st.Sequential) and len(model) >= 1
 
 
 # ----------------------------------------------------------------------------- gradcheck

@@ -164,7 +164,15 @@ class _Reader:
         if id(node) in self.done:  # pragma: no cover - a node is reached once through its one data input
             raise ValueError(f"{self.path}: node {nname} is reached twice")
         self.done.add(id(node))
-        layer, loads = _convert(node, _attrs(node, self.helper), self.tensor, self.path, nname)
+        try:
+            layer, loads = _convert(node, _attrs(node, self.helper), self.tensor, self.path, nname)
+        except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+            # attributes of the wrong type, missing attributes, inputs or outputs
+            raise ValueError(f"{self.path}: node {nname}: malformed ({type(e).__name__}: {e})") from None
+        except ValueError as e:  # a layer constructor's check: say which file and node it is about
+            if str(e).startswith(self.path):
+                raise
+            raise ValueError(f"{self.path}: node {nname} ({node.op_type}): {e}") from None
         self.loads += loads
         return layer
 
