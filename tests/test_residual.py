@@ -174,6 +174,26 @@ def test_resnet20_names_load_strictly_into_torch_and_eval_outputs_match(torch):
     _close(model(x), want, rtol=1e-4)
 
 
+def test_resnet20_loads_a_torch_safetensors_file(torch, tmp_path):
+    from safetensors.torch import save_file
+
+    st.seed(0)
+    net = torch_resnet20(torch)
+    with torch.no_grad():
+        for name, b in net.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    save_file(net.state_dict(), str(tmp_path / "torch.safetensors"))
+    tensors, _ = st.io.read_file(tmp_path / "torch.safetensors", require_checksums=False)
+    model = zoo.resnet20()
+    model.load_state_dict(tensors)
+    model.eval()
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(x)).numpy()
+    _close(model(x), want, rtol=1e-4)
+
+
 def test_resnet20_ten_sgd_steps_match_torch_loss_for_loss(torch):
     """Train mode (batch statistics), SGD with momentum and weight decay: each loss within 1e-4 relative.
 

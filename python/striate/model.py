@@ -82,9 +82,6 @@ class Sequential(_Container):
         others = [other for j, other in enumerate(self._layers) if j != i]
         return self._check_child(layer, f"layers[{i}]", others)
 
-    def _rename(self):
-        self._adopt()
-
     def _index(self, i):
         if isinstance(i, bool) or not isinstance(i, numbers.Integral):
             raise TypeError(f"`index` must be an int or a slice, got {type(i).__name__}")
