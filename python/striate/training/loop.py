@@ -36,7 +36,7 @@ import weakref
 import numpy as np
 
 from .. import _args, io, losses, optim
-from ..layers.chain import layers_of
+from ..layers.chain import layers_of, leaves
 from . import feature_cache
 from .callbacks import Callback, CallbackList, History, TrainState
 from .checkpoint import RunRandomness, _load_into, _make_optimizer, _read_checkpoint, save_checkpoint
@@ -56,14 +56,14 @@ _last_loss: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _get_modes(model):
-    return getattr(model, "training", None), [getattr(layer, "training", True) for layer in layers_of(model)]
+    return getattr(model, "training", None), [getattr(layer, "training", True) for layer in leaves(model)]
 
 
 def _set_modes(model, modes):
     top, per_layer = modes
     if top is not None:
         model.train() if top else model.eval()
-    for layer, mode in zip(layers_of(model), per_layer):
+    for layer, mode in zip(leaves(model), per_layer):
         layer.train() if mode else layer.eval()
 
 
@@ -89,7 +89,7 @@ def _num_outputs(model, x):
 
 
 def _dropout_layers(model):
-    return [layer for layer in layers_of(model) if hasattr(layer, "set_rng")]
+    return [layer for layer in leaves(model) if hasattr(layer, "set_rng")]  # nested ones too
 
 
 def _resolve_loss(loss):
