@@ -1,6 +1,7 @@
 // bindings.cpp: the striate._core module. Each op family registers its own
 // functions from its bind_*.cpp file; this file assembles them and binds the
-// process-wide settings (thread count, ISA path) and the output-size formulas
+// process-wide settings (thread count, ISA path), the translation of
+// OutOfMemory into MemoryError, and the output-size formulas
 // of shape.hpp, which striate._args calls so that Python and C++ share one
 // definition. Not here: any kernel or its argument checks.
 #include <pybind11/pybind11.h>
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "cpu.hpp"
+#include "memory.hpp"
 #include "parallel.hpp"
 #include "shape.hpp"
 
@@ -23,6 +25,14 @@ void bind_augment(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "striate C++/OpenMP kernels (use striate.functional, which validates arguments)";
+    // OutOfMemory (memory.hpp) keeps its message: the op, the buffer and its bytes.
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const striate::OutOfMemory& e) {
+            PyErr_SetString(PyExc_MemoryError, e.what());
+        }
+    });
     m.def(
         "set_num_threads",
         [](const py::object& n) {
