@@ -70,8 +70,8 @@ farray affine(const py::object& x_obj, const py::object& angle_obj, const py::ob
                                     std::to_string(d.w));
     }
     farray y = new_array<float>({d.n, d.c, d.h, d.w}, "augment_affine", "y");
-    call_without_gil("augment_affine", affine_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(angle), in(tx), in(ty), in(scale), fill,
-                     0);
+    call_without_gil("augment_affine", affine_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(angle), in(tx), in(ty),
+                     in(scale), fill, 0);
     return y;
 }
 
@@ -124,8 +124,8 @@ farray crop(const py::object& x_obj, const py::object& top_obj, const py::object
         }
     }
     farray y = new_array<float>({d.n, d.c, out_h, out_w}, "augment_crop", "y");
-    call_without_gil("augment_crop", crop_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(top), in(left), out_h, out_w, padding, fill,
-                     0);
+    call_without_gil("augment_crop", crop_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(top), in(left), out_h, out_w,
+                     padding, fill, 0);
     return y;
 }
 

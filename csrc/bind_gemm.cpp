@@ -61,9 +61,9 @@ void require_extent(const farray& arr, int64_t rows, int64_t cols, int64_t ld, c
 }
 
 // C = alpha * op(A) op(B) + beta * C in place on flat float32 buffers, BLAS style.
-void sgemm_py(const py::object& a_obj, const py::object& b_obj, const py::object& c_obj, bool trans_a, bool trans_b, int64_t m, int64_t n,
-              int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta, int threads,
-              const std::string& isa, bool naive) {
+void sgemm_py(const py::object& a_obj, const py::object& b_obj, const py::object& c_obj, bool trans_a, bool trans_b,
+              int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta,
+              int threads, const std::string& isa, bool naive) {
     const farray a = arg<float>(a_obj, "a");
     const farray b = arg<float>(b_obj, "b");
     farray c = out_arg<float>(c_obj, "c");
@@ -77,10 +77,11 @@ void sgemm_py(const py::object& a_obj, const py::object& b_obj, const py::object
     require_extent(b, trans_b ? n : k, trans_b ? k : n, ldb, "b");
     require_extent(c, m, n, ldc, "c");
     if (naive) {
-        call_without_gil("_sgemm_naive", sgemm_naive, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta, out(c), ldc);
+        call_without_gil("_sgemm_naive", sgemm_naive, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta,
+                         out(c), ldc);
     } else {
-        call_without_gil("_sgemm", sgemm_isa, which, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta, out(c),
-                         ldc, threads);
+        call_without_gil("_sgemm", sgemm_isa, which, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta,
+                         out(c), ldc, threads);
     }
 }
 }  // namespace
@@ -92,8 +93,9 @@ void bind_gemm(py::module_& m) {
           "result exactly as it would be computed alone (results independent of the batch size)");
     m.def(
         "_sgemm",
-        [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-           int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta, int threads, const std::string& isa) {
+        [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, int64_t m,
+           int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta, int threads,
+           const std::string& isa) {
             sgemm_py(a, b, c, trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, threads, isa, false);
         },
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a"),
@@ -103,8 +105,8 @@ void bind_gemm(py::module_& m) {
         "C = alpha * op(A) op(B) + beta * C on flat C-contiguous float32 buffers, in place (testing entry point)");
     m.def(
         "_sgemm_naive",
-        [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-           int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta) {
+        [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, int64_t m,
+           int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta) {
             sgemm_py(a, b, c, trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, 1, "auto", true);
         },
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a"),

@@ -151,8 +151,8 @@ farray lp_pool2d_forward_py(const py::object& x_obj, double p, int64_t kh, int64
     return y;
 }
 
-farray lp_pool2d_backward_py(const py::object& dy_obj, const py::object& x_obj, const py::object& y_obj, double p, int64_t kh, int64_t kw,
-                             int64_t sh, int64_t sw, bool ceil_mode) {
+farray lp_pool2d_backward_py(const py::object& dy_obj, const py::object& x_obj, const py::object& y_obj, double p,
+                             int64_t kh, int64_t kw, int64_t sh, int64_t sw, bool ceil_mode) {
     const farray dy = arg<float>(dy_obj, "dy");
     const farray x = arg<float>(x_obj, "x");
     const farray y = arg<float>(y_obj, "y");

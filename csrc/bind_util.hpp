@@ -127,7 +127,9 @@ inline std::optional<py::array_t<T, py::array::c_style>> opt_arg(const py::handl
 template <class T>
 inline py::array_t<T, py::array::c_style> out_arg(const py::handle& obj, const char* name) {
     auto a = arg<T>(obj, name);
-    if (!a.writeable()) throw std::invalid_argument(std::string("`") + name + "` must be writable, got a read-only array");
+    if (!a.writeable()) {
+        throw std::invalid_argument(std::string("`") + name + "` must be writable, got a read-only array");
+    }
     return a;
 }
 

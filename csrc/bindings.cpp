@@ -38,7 +38,8 @@ PYBIND11_MODULE(_core, m) {
         [](const py::object& n) {
             // Any Python int reaches the range check, however large.
             if (!PyLong_Check(n.ptr()) || PyBool_Check(n.ptr())) {
-                throw py::type_error("`n` must be an int, got " + std::string(py::str(py::type::of(n).attr("__name__"))));
+                throw py::type_error("`n` must be an int, got " +
+                                     std::string(py::str(py::type::of(n).attr("__name__"))));
             }
             int overflow = 0;
             const long long v = PyLong_AsLongLongAndOverflow(n.ptr(), &overflow);
