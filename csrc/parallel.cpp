@@ -28,7 +28,10 @@ std::atomic<bool> g_pool_unusable{false};
 // keeps one pool per thread that opens regions and retires workers when a
 // region is smaller, so every region here opens with the whole pool.
 thread_local int tl_pool = 1;
-thread_local int tl_denied = 0;   // a pool size the probe refused on this thread
+// A pool size the probe refused on this thread, valid until set_num_threads runs again.
+std::atomic<unsigned> g_settings{0};
+thread_local int tl_denied = 0;
+thread_local unsigned tl_denied_settings = 0;
 thread_local int tl_touched = 0;  // written by new workers to allocate their thread-local block
 
 void on_fork_child() {
@@ -153,7 +156,10 @@ void grow_pool(int nt) {
     const int made = probe_threads(extra + kHeadroomThreads, &err);
     int usable = made - kHeadroomThreads;
     if (usable > extra) usable = extra;
-    if (usable < extra) tl_denied = nt;  // do not probe again for this size
+    if (usable < extra) {  // do not probe again for this size until the settings change
+        tl_denied = nt;
+        tl_denied_settings = g_settings.load(std::memory_order_relaxed);
+    }
     if (usable <= 0) return;
     const int team = tl_pool + usable;
 #ifdef STRIATE_HAVE_OPENMP
@@ -180,7 +186,7 @@ int plan_team(int nt, int threads) {
     if (want > kMaxThreads) want = kMaxThreads;
     g_region_ran.store(true, std::memory_order_relaxed);
     if (want > tl_pool) {
-        if (want != tl_denied) grow_pool(want);
+        if (want != tl_denied || tl_denied_settings != g_settings.load(std::memory_order_relaxed)) grow_pool(want);
     } else if (want < tl_pool) {
         tl_pool = want;  // libgomp retires the surplus workers at the next region; nothing is created
     }
@@ -207,6 +213,7 @@ void set_num_threads(int64_t n) {
     }
 #endif
     g_num_threads.store(want, std::memory_order_relaxed);
+    g_settings.fetch_add(1, std::memory_order_relaxed);
 }
 
 }  // namespace striate
