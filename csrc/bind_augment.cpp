@@ -42,8 +42,13 @@ void require_finite(const darray& a, const char* name) {
     }
 }
 
-farray affine(const farray& x, const darray& angle, const darray& tx, const darray& ty, const darray& scale,
-              float fill) {
+farray affine(const py::object& x_obj, const py::object& angle_obj, const py::object& tx_obj,
+              const py::object& ty_obj, const py::object& scale_obj, float fill) {
+    const farray x = arg<float>(x_obj, "x");
+    const darray angle = arg<double>(angle_obj, "angle");
+    const darray tx = arg<double>(tx_obj, "tx");
+    const darray ty = arg<double>(ty_obj, "ty");
+    const darray scale = arg<double>(scale_obj, "scale");
     const Dims d = batch_dims(x);
     require_len(angle, d.n, "angle");
     require_len(tx, d.n, "tx");
@@ -64,27 +69,33 @@ farray affine(const farray& x, const darray& angle, const darray& tx, const darr
         throw std::invalid_argument("`x` images are too large for affine: " + std::to_string(d.h) + "x" +
                                     std::to_string(d.w));
     }
-    farray y = new_array<float>({d.n, d.c, d.h, d.w});
-    call_without_gil(affine_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(angle), in(tx), in(ty), in(scale), fill,
-                     0);
+    farray y = new_array<float>({d.n, d.c, d.h, d.w}, "augment_affine", "y");
+    call_without_gil("augment_affine", affine_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(angle), in(tx), in(ty),
+                     in(scale), fill, 0);
     return y;
 }
 
-farray hflip(const farray& x, const py::object& flags_obj) {
+farray hflip(const py::object& x_obj, const py::object& flags_obj) {
+    const farray x = arg<float>(x_obj, "x");
     const Dims d = batch_dims(x);
-    std::optional<u8array> flags;
-    if (!flags_obj.is_none()) {
-        if (!py::isinstance<u8array>(flags_obj)) throw std::invalid_argument("`flags` must be a uint8 array");
-        flags = flags_obj.cast<u8array>();
-        require_len(*flags, d.n, "flags");
+    // A flags array of another dtype has always been a ValueError here.
+    if (py::isinstance<py::array>(flags_obj) &&
+        !py::reinterpret_borrow<py::array>(flags_obj).dtype().is(py::dtype::of<uint8_t>())) {
+        throw std::invalid_argument("`flags` must be a uint8 array, got dtype " +
+                                    std::string(py::str(py::reinterpret_borrow<py::array>(flags_obj).dtype())));
     }
-    farray y = new_array<float>({d.n, d.c, d.h, d.w});
-    call_without_gil(hflip_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(flags), 0);
+    const std::optional<u8array> flags = opt_arg<uint8_t>(flags_obj, "flags");
+    if (flags) require_len(*flags, d.n, "flags");
+    farray y = new_array<float>({d.n, d.c, d.h, d.w}, "augment_hflip", "y");
+    call_without_gil("augment_hflip", hflip_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(flags), 0);
     return y;
 }
 
-farray crop(const farray& x, const larray& top, const larray& left, int64_t out_h, int64_t out_w, int64_t padding,
-            float fill) {
+farray crop(const py::object& x_obj, const py::object& top_obj, const py::object& left_obj, int64_t out_h,
+            int64_t out_w, int64_t padding, float fill) {
+    const farray x = arg<float>(x_obj, "x");
+    const larray top = arg<int64_t>(top_obj, "top");
+    const larray left = arg<int64_t>(left_obj, "left");
     const Dims d = batch_dims(x);
     require_len(top, d.n, "top");
     require_len(left, d.n, "left");
@@ -112,13 +123,14 @@ farray crop(const farray& x, const larray& top, const larray& left, int64_t out_
                                         std::to_string(l) + " at index " + std::to_string(i));
         }
     }
-    farray y = new_array<float>({d.n, d.c, out_h, out_w});
-    call_without_gil(crop_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(top), in(left), out_h, out_w, padding, fill,
-                     0);
+    farray y = new_array<float>({d.n, d.c, out_h, out_w}, "augment_crop", "y");
+    call_without_gil("augment_crop", crop_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(top), in(left), out_h, out_w,
+                     padding, fill, 0);
     return y;
 }
 
-farray grayscale(const farray& x, int64_t num_output_channels) {
+farray grayscale(const py::object& x_obj, int64_t num_output_channels) {
+    const farray x = arg<float>(x_obj, "x");
     const Dims d = batch_dims(x);
     if (d.c != 1 && d.c != 3) {
         throw std::invalid_argument("`x` must have 1 or 3 channels, got " + std::to_string(d.c));
@@ -126,8 +138,8 @@ farray grayscale(const farray& x, int64_t num_output_channels) {
     if (num_output_channels != 1 && num_output_channels != 3) {
         throw std::invalid_argument("`num_output_channels` must be 1 or 3, got " + std::to_string(num_output_channels));
     }
-    farray y = new_array<float>({d.n, num_output_channels, d.h, d.w});
-    call_without_gil(grayscale_forward, in(x), out(y), d.n, d.c, d.h, d.w, num_output_channels, 0);
+    farray y = new_array<float>({d.n, num_output_channels, d.h, d.w}, "augment_grayscale", "y");
+    call_without_gil("augment_grayscale", grayscale_forward, in(x), out(y), d.n, d.c, d.h, d.w, num_output_channels, 0);
     return y;
 }
 
@@ -136,23 +148,24 @@ darray uniform(uint64_t key, int64_t start, int64_t n, int64_t k) {
         throw std::invalid_argument("`start`, `n` and `k` must be non-negative, got " + std::to_string(start) + ", " +
                                     std::to_string(n) + ", " + std::to_string(k));
     }
-    darray u = new_array<double>({n, k});
-    call_without_gil(uniform_stream, key, start, n, k, out(u));
+    checked_add(start, n, "`start` + `n`");
+    darray u = new_array<double>({n, k}, "augment_uniform", "u");
+    call_without_gil("augment_uniform", uniform_stream, key, start, n, k, out(u));
     return u;
 }
 
 }  // namespace
 
 void bind_augment(py::module_& m) {
-    m.def("augment_affine", &affine, py::arg("x").noconvert(), py::arg("angle").noconvert(),
-          py::arg("tx").noconvert(), py::arg("ty").noconvert(), py::arg("scale").noconvert(), py::arg("fill"),
+    m.def("augment_affine", &affine, py::arg("x"), py::arg("angle"),
+          py::arg("tx"), py::arg("ty"), py::arg("scale"), py::arg("fill"),
           "Bilinear affine warp of an (N, C, H, W) float32 batch with per-sample parameters.");
-    m.def("augment_hflip", &hflip, py::arg("x").noconvert(), py::arg("flags") = py::none(),
+    m.def("augment_hflip", &hflip, py::arg("x"), py::arg("flags") = py::none(),
           "Left-right mirror of the samples whose uint8 flag is set (all when flags is None).");
-    m.def("augment_crop", &crop, py::arg("x").noconvert(), py::arg("top").noconvert(), py::arg("left").noconvert(),
+    m.def("augment_crop", &crop, py::arg("x"), py::arg("top"), py::arg("left"),
           py::arg("out_h"), py::arg("out_w"), py::arg("padding"), py::arg("fill"),
           "Per-sample crop from the batch padded with fill.");
-    m.def("augment_grayscale", &grayscale, py::arg("x").noconvert(), py::arg("num_output_channels"),
+    m.def("augment_grayscale", &grayscale, py::arg("x"), py::arg("num_output_channels"),
           "Luma 0.299 R + 0.587 G + 0.114 B, repeated to num_output_channels.");
     m.def("augment_uniform", &uniform, py::arg("key"), py::arg("start"), py::arg("n"), py::arg("k"),
           "Counter-based uniforms in [0, 1): (n, k) array, row i for sample start + i.");

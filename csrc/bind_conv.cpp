@@ -39,34 +39,41 @@ Conv2dShape conv_shape(const farray& x, const farray& w, int64_t stride_h, int64
 }
 
 // y = conv2d(x, w) + b; x (N, C, H, W), w (K, C/groups, kh, kw), b (K,) or None -> y (N, K, OH, OW).
-farray conv2d_forward_py(const farray& x, const farray& w, const std::optional<farray>& b, int64_t stride_h,
+farray conv2d_forward_py(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj, int64_t stride_h,
                          int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                          int64_t pad_right, int64_t dil_h, int64_t dil_w, int64_t groups) {
+    const farray x = arg<float>(x_obj, "x");
+    const farray w = arg<float>(w_obj, "w");
+    const std::optional<farray> b = opt_arg<float>(b_obj, "b");
     const Conv2dShape s =
         conv_shape(x, w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dil_h, dil_w, groups);
     if (b) {
         require_ndim(*b, 1, "b");
         require_shape(*b, {s.K}, "b");
     }
-    farray y = new_array<float>({s.N, s.K, s.OH, s.OW});
-    call_without_gil(conv2d_forward, s, in(x), in(w), in(b), out(y), 0);
+    farray y = new_array<float>({s.N, s.K, s.OH, s.OW}, "conv2d_forward", "y");
+    call_without_gil("conv2d_forward", conv2d_forward, s, in(x), in(w), in(b), out(y), 0);
     return y;
 }
 
 // (dx|None, dw|None, db|None), each computed only when asked.
-py::tuple conv2d_backward_py(const farray& dy, const farray& x, const farray& w, int64_t stride_h,
+py::tuple conv2d_backward_py(const py::object& dy_obj, const py::object& x_obj, const py::object& w_obj,
+                             int64_t stride_h,
                              int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                              int64_t pad_right, int64_t dil_h, int64_t dil_w, int64_t groups, bool need_dx,
                              bool need_dw, bool need_db) {
+    const farray dy = arg<float>(dy_obj, "dy");
+    const farray x = arg<float>(x_obj, "x");
+    const farray w = arg<float>(w_obj, "w");
     const Conv2dShape s =
         conv_shape(x, w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dil_h, dil_w, groups);
     require_ndim(dy, 4, "dy");
     require_shape(dy, {s.N, s.K, s.OH, s.OW}, "dy");
     std::optional<farray> dx, dw, db;
-    if (need_dx) dx = new_array<float>({s.N, s.C, s.H, s.W});
-    if (need_dw) dw = new_array<float>({s.K, s.C / s.groups, s.kh, s.kw});
-    if (need_db) db = new_array<float>({s.K});
-    call_without_gil(conv2d_backward, s, in(dy), in(x), in(w), out(dx), out(dw), out(db), 0);
+    if (need_dx) dx = new_array<float>({s.N, s.C, s.H, s.W}, "conv2d_backward", "dx");
+    if (need_dw) dw = new_array<float>({s.K, s.C / s.groups, s.kh, s.kw}, "conv2d_backward", "dw");
+    if (need_db) db = new_array<float>({s.K}, "conv2d_backward", "db");
+    call_without_gil("conv2d_backward", conv2d_backward, s, in(dy), in(x), in(w), out(dx), out(dw), out(db), 0);
     auto or_none = [](std::optional<farray>& a) -> py::object { return a ? py::object(*a) : py::none(); };
     return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
 }
@@ -74,13 +81,13 @@ py::tuple conv2d_backward_py(const farray& dy, const farray& x, const farray& w,
 }  // namespace
 
 void bind_conv(py::module_& m) {
-    m.def("conv2d_forward", &conv2d_forward_py, py::arg("x").noconvert(), py::arg("w").noconvert(),
-          py::arg("b").noconvert().none(true), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"),
+    m.def("conv2d_forward", &conv2d_forward_py, py::arg("x"), py::arg("w"),
+          py::arg("b").none(true), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"),
           py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dil_h"), py::arg("dil_w"),
           py::arg("groups"),
           "y = conv2d(x, w) + b for float32 NCHW arrays; x (N, C, H, W), w (K, C/groups, kh, kw), b (K,) or None.");
-    m.def("conv2d_backward", &conv2d_backward_py, py::arg("dy").noconvert(), py::arg("x").noconvert(),
-          py::arg("w").noconvert(), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"),
+    m.def("conv2d_backward", &conv2d_backward_py, py::arg("dy"), py::arg("x"),
+          py::arg("w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"),
           py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dil_h"), py::arg("dil_w"),
           py::arg("groups"), py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"),
           "Gradients (dx, dw, db) of conv2d_forward; an entry is None when not asked for.");

@@ -4,12 +4,15 @@
 // kernel family the CPU runs. Not here: any arithmetic.
 #include "bind_util.hpp"
 #include "gemm.hpp"
+#include "parallel.hpp"
 
 namespace striate {
 
 namespace {
 // out = op(a) @ op(b), fresh array. a, b: 2-D float32, C-contiguous.
-farray matmul(const farray& a, const farray& b, bool trans_a, bool trans_b, bool row_invariant) {
+farray matmul(const py::object& a_obj, const py::object& b_obj, bool trans_a, bool trans_b, bool row_invariant) {
+    const farray a = arg<float>(a_obj, "a");
+    const farray b = arg<float>(b_obj, "b");
     require_ndim(a, 2, "a");
     require_ndim(b, 2, "b");
     const int64_t M = trans_a ? a.shape(1) : a.shape(0);
@@ -20,9 +23,9 @@ farray matmul(const farray& a, const farray& b, bool trans_a, bool trans_b, bool
         throw std::invalid_argument("matmul: inner dimensions differ: `a` gives " + std::to_string(Ka) +
                                     ", `b` gives " + std::to_string(Kb));
     }
-    farray c = new_array<float>({M, N});
+    farray c = new_array<float>({M, N}, "matmul", "c");
     const int64_t lda = a.shape(1), ldb = b.shape(1);
-    call_without_gil(row_invariant ? sgemm_row_invariant : sgemm, trans_a, trans_b, M, N, Ka, 1.f, in(a), lda,
+    call_without_gil("matmul", row_invariant ? sgemm_row_invariant : sgemm, trans_a, trans_b, M, N, Ka, 1.f, in(a), lda,
                      in(b), ldb, 0.f, out(c), N, 0);
     return c;
 }
@@ -34,6 +37,14 @@ Isa parse_gemm_isa(const std::string& isa) {
     throw std::invalid_argument("`isa` must be one of 'auto', 'generic', 'avx2', 'avx512', got '" + isa + "'");
 }
 
+// An explicit thread count for the testing entry points: <= 0 means the default.
+void require_threads(int threads) {
+    if (threads > kMaxThreads) {
+        throw std::invalid_argument("`threads` must be at most " + std::to_string(kMaxThreads) + ", got " +
+                                    std::to_string(threads));
+    }
+}
+
 // The flat buffer `arr` must hold a rows x cols matrix with leading dimension ld.
 void require_extent(const farray& arr, int64_t rows, int64_t cols, int64_t ld, const char* name) {
     if (rows <= 0 || cols <= 0) return;
@@ -41,7 +52,8 @@ void require_extent(const farray& arr, int64_t rows, int64_t cols, int64_t ld, c
         throw std::invalid_argument(std::string("`ld") + name + "` must be >= " + std::to_string(cols) + ", got " +
                                     std::to_string(ld));
     }
-    const int64_t need = (rows - 1) * ld + cols;
+    const int64_t need =
+        checked_add(checked_mul(rows - 1, ld, "buffer extent"), cols, (std::string("`") + name + "` extent").c_str());
     if (static_cast<int64_t>(arr.size()) < need) {
         throw std::invalid_argument(std::string("`") + name + "` must hold at least " + std::to_string(need) +
                                     " floats, got " + std::to_string(arr.size()));
@@ -49,54 +61,61 @@ void require_extent(const farray& arr, int64_t rows, int64_t cols, int64_t ld, c
 }
 
 // C = alpha * op(A) op(B) + beta * C in place on flat float32 buffers, BLAS style.
-void sgemm_py(const farray& a, const farray& b, farray& c, bool trans_a, bool trans_b, int64_t m, int64_t n,
-              int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta, int threads,
-              const std::string& isa, bool naive) {
+void sgemm_py(const py::object& a_obj, const py::object& b_obj, const py::object& c_obj, bool trans_a, bool trans_b,
+              int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta,
+              int threads, const std::string& isa, bool naive) {
+    const farray a = arg<float>(a_obj, "a");
+    const farray b = arg<float>(b_obj, "b");
+    farray c = out_arg<float>(c_obj, "c");
     if (m < 0 || n < 0 || k < 0) {
         throw std::invalid_argument("`m`, `n`, `k` must be >= 0, got " + std::to_string(m) + ", " +
                                     std::to_string(n) + ", " + std::to_string(k));
     }
+    require_threads(threads);
     const Isa which = parse_gemm_isa(isa);
     require_extent(a, trans_a ? k : m, trans_a ? m : k, lda, "a");
     require_extent(b, trans_b ? n : k, trans_b ? k : n, ldb, "b");
     require_extent(c, m, n, ldc, "c");
     if (naive) {
-        call_without_gil(sgemm_naive, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta, out(c), ldc);
+        call_without_gil("_sgemm_naive", sgemm_naive, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta,
+                         out(c), ldc);
     } else {
-        call_without_gil(sgemm_isa, which, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta, out(c),
-                         ldc, threads);
+        call_without_gil("_sgemm", sgemm_isa, which, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta,
+                         out(c), ldc, threads);
     }
 }
 }  // namespace
 
 void bind_gemm(py::module_& m) {
-    m.def("matmul", &matmul, py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("trans_a") = false,
+    m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
           py::arg("trans_b") = false, py::arg("row_invariant") = false,
           "op(a) @ op(b) with striate's deterministic SGEMM; row_invariant=True computes each row of the "
           "result exactly as it would be computed alone (results independent of the batch size)");
     m.def(
         "_sgemm",
-        [](const farray& a, const farray& b, farray c, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-           int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta, int threads, const std::string& isa) {
+        [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, int64_t m,
+           int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta, int threads,
+           const std::string& isa) {
             sgemm_py(a, b, c, trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, threads, isa, false);
         },
-        py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(), py::arg("trans_a"),
+        py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a"),
         py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("lda"), py::arg("ldb"),
         py::arg("ldc"), py::arg("alpha") = 1.f, py::arg("beta") = 0.f, py::arg("threads") = 0,
         py::arg("isa") = "auto",
         "C = alpha * op(A) op(B) + beta * C on flat C-contiguous float32 buffers, in place (testing entry point)");
     m.def(
         "_sgemm_naive",
-        [](const farray& a, const farray& b, farray c, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-           int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta) {
+        [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, int64_t m,
+           int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta) {
             sgemm_py(a, b, c, trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, 1, "auto", true);
         },
-        py::arg("a").noconvert(), py::arg("b").noconvert(), py::arg("c").noconvert(), py::arg("trans_a"),
+        py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a"),
         py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("lda"), py::arg("ldb"),
         py::arg("ldc"), py::arg("alpha") = 1.f, py::arg("beta") = 0.f, "The naive oracle with _sgemm's arguments");
     m.def(
         "_sgemm_task_count",
         [](bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int threads, const std::string& isa) {
+            require_threads(threads);
             return sgemm_task_count(parse_gemm_isa(isa), trans_a, trans_b, m, n, k, threads);
         },
         py::arg("trans_a"), py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("threads") = 0,

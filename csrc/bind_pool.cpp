@@ -86,55 +86,51 @@ PoolGeom make_geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t kh, int64
     return g;
 }
 
-// indices: C-contiguous int64, the wrong dtype or layout is a TypeError.
-void require_index_array(const py::array& a) {
-    if (!a.dtype().is(py::dtype::of<int64_t>())) {
-        throw py::type_error("`indices` must be an int64 array, got dtype " + std::string(py::str(a.dtype())));
-    }
-    if (!(a.flags() & py::array::c_style)) throw py::type_error("`indices` must be C-contiguous");
-}
-
-py::tuple max_pool2d_forward_py(const farray& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+py::tuple max_pool2d_forward_py(const py::object& x_obj, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                                 int64_t pw, int64_t dh, int64_t dw, bool ceil_mode) {
+    const farray x = arg<float>(x_obj, "x");
     const Shape s = require_nchw(x, "x");
     const PoolGeom g = make_geom(s[0], s[1], s[2], s[3], kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode);
     const Shape ys = {s[0], s[1], g.OH, g.OW};
-    farray y = new_array<float>(ys);
-    larray ind = new_array<int64_t>(ys);
-    call_without_gil(max_pool2d_forward, in(x), out(y), out(ind), g);
+    farray y = new_array<float>(ys, "max_pool2d_forward", "y");
+    larray ind = new_array<int64_t>(ys, "max_pool2d_forward", "indices");
+    call_without_gil("max_pool2d_forward", max_pool2d_forward, in(x), out(y), out(ind), g);
     return py::make_tuple(y, ind);
 }
 
-farray max_pool2d_backward_py(const farray& dy, const py::array& indices, int64_t H, int64_t W) {
+farray max_pool2d_backward_py(const py::object& dy_obj, const py::object& indices_obj, int64_t H, int64_t W) {
+    const farray dy = arg<float>(dy_obj, "dy");
+    const larray indices = arg<int64_t>(indices_obj, "indices");
     require_ndim(dy, 4, "dy");
-    require_index_array(indices);
     const Shape s = shape_of(dy);
     require_shape(indices, s, "indices");
     const PoolGeom g = planes_geom(s, H, W);
-    farray dx = new_array<float>({s[0], s[1], H, W});
-    call_without_gil(max_pool2d_backward, in(dy), in_as<int64_t>(indices), out(dx), g);
+    farray dx = new_array<float>({s[0], s[1], H, W}, "max_pool2d_backward", "dx");
+    call_without_gil("max_pool2d_backward", max_pool2d_backward, in(dy), in(indices), out(dx), g);
     return dx;
 }
 
-farray avg_pool2d_forward_py(const farray& x, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+farray avg_pool2d_forward_py(const py::object& x_obj, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                              int64_t pw, bool ceil_mode, bool count_include_pad) {
+    const farray x = arg<float>(x_obj, "x");
     const Shape s = require_nchw(x, "x");
     const PoolGeom g = make_geom(s[0], s[1], s[2], s[3], kh, kw, sh, sw, ph, pw, 1, 1, ceil_mode);
-    farray y = new_array<float>({s[0], s[1], g.OH, g.OW});
-    call_without_gil(avg_pool2d_forward, in(x), out(y), g, count_include_pad);
+    farray y = new_array<float>({s[0], s[1], g.OH, g.OW}, "avg_pool2d_forward", "y");
+    call_without_gil("avg_pool2d_forward", avg_pool2d_forward, in(x), out(y), g, count_include_pad);
     return y;
 }
 
-farray avg_pool2d_backward_py(const farray& dy, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
+farray avg_pool2d_backward_py(const py::object& dy_obj, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t sh,
                               int64_t sw, int64_t ph, int64_t pw, bool ceil_mode, bool count_include_pad) {
+    const farray dy = arg<float>(dy_obj, "dy");
     require_ndim(dy, 4, "dy");
     require_positive(H, "H");
     require_positive(W, "W");
     const Shape s = shape_of(dy);
     const PoolGeom g = make_geom(s[0], s[1], H, W, kh, kw, sh, sw, ph, pw, 1, 1, ceil_mode);
     require_shape(dy, {s[0], s[1], g.OH, g.OW}, "dy");
-    farray dx = new_array<float>({s[0], s[1], H, W});
-    call_without_gil(avg_pool2d_backward, in(dy), out(dx), g, count_include_pad);
+    farray dx = new_array<float>({s[0], s[1], H, W}, "avg_pool2d_backward", "dx");
+    call_without_gil("avg_pool2d_backward", avg_pool2d_backward, in(dy), out(dx), g, count_include_pad);
     return dx;
 }
 
@@ -144,18 +140,22 @@ void require_p(double p) {
     }
 }
 
-farray lp_pool2d_forward_py(const farray& x, double p, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+farray lp_pool2d_forward_py(const py::object& x_obj, double p, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                             bool ceil_mode) {
+    const farray x = arg<float>(x_obj, "x");
     require_p(p);
     const Shape s = require_nchw(x, "x");
     const PoolGeom g = make_geom(s[0], s[1], s[2], s[3], kh, kw, sh, sw, 0, 0, 1, 1, ceil_mode);
-    farray y = new_array<float>({s[0], s[1], g.OH, g.OW});
-    call_without_gil(lp_pool2d_forward, in(x), out(y), p, g);
+    farray y = new_array<float>({s[0], s[1], g.OH, g.OW}, "lp_pool2d_forward", "y");
+    call_without_gil("lp_pool2d_forward", lp_pool2d_forward, in(x), out(y), p, g);
     return y;
 }
 
-farray lp_pool2d_backward_py(const farray& dy, const farray& x, const farray& y, double p, int64_t kh, int64_t kw,
-                             int64_t sh, int64_t sw, bool ceil_mode) {
+farray lp_pool2d_backward_py(const py::object& dy_obj, const py::object& x_obj, const py::object& y_obj, double p,
+                             int64_t kh, int64_t kw, int64_t sh, int64_t sw, bool ceil_mode) {
+    const farray dy = arg<float>(dy_obj, "dy");
+    const farray x = arg<float>(x_obj, "x");
+    const farray y = arg<float>(y_obj, "y");
     require_p(p);
     const Shape s = require_nchw(x, "x");
     require_ndim(dy, 4, "dy");
@@ -164,8 +164,8 @@ farray lp_pool2d_backward_py(const farray& dy, const farray& x, const farray& y,
     const Shape ys = {s[0], s[1], g.OH, g.OW};
     require_shape(y, ys, "y");
     require_shape(dy, ys, "dy");
-    farray dx = new_array<float>(s);
-    call_without_gil(lp_pool2d_backward, in(dy), in(x), in(y), out(dx), p, g);
+    farray dx = new_array<float>(s, "lp_pool2d_backward", "dx");
+    call_without_gil("lp_pool2d_backward", lp_pool2d_backward, in(dy), in(x), in(y), out(dx), p, g);
     return dx;
 }
 
@@ -173,49 +173,51 @@ void require_out_size(int64_t v, const char* name) {
     if (v < 0) throw std::invalid_argument(std::string("`") + name + "` must be non-negative, got " + std::to_string(v));
 }
 
-farray adaptive_avg_pool2d_forward_py(const farray& x, int64_t oh, int64_t ow) {
+farray adaptive_avg_pool2d_forward_py(const py::object& x_obj, int64_t oh, int64_t ow) {
+    const farray x = arg<float>(x_obj, "x");
     const Shape s = require_nchw(x, "x");
     require_out_size(oh, "oh");
     require_out_size(ow, "ow");
     const PoolGeom g = planes_geom({s[0], s[1], oh, ow}, s[2], s[3]);
-    farray y = new_array<float>({s[0], s[1], oh, ow});
-    call_without_gil(adaptive_avg_pool2d_forward, in(x), out(y), g);
+    farray y = new_array<float>({s[0], s[1], oh, ow}, "adaptive_avg_pool2d_forward", "y");
+    call_without_gil("adaptive_avg_pool2d_forward", adaptive_avg_pool2d_forward, in(x), out(y), g);
     return y;
 }
 
-farray adaptive_avg_pool2d_backward_py(const farray& dy, int64_t H, int64_t W) {
+farray adaptive_avg_pool2d_backward_py(const py::object& dy_obj, int64_t H, int64_t W) {
+    const farray dy = arg<float>(dy_obj, "dy");
     require_ndim(dy, 4, "dy");
     const Shape s = shape_of(dy);
     const PoolGeom g = planes_geom(s, H, W);
-    farray dx = new_array<float>({s[0], s[1], H, W});
-    call_without_gil(adaptive_avg_pool2d_backward, in(dy), out(dx), g);
+    farray dx = new_array<float>({s[0], s[1], H, W}, "adaptive_avg_pool2d_backward", "dx");
+    call_without_gil("adaptive_avg_pool2d_backward", adaptive_avg_pool2d_backward, in(dy), out(dx), g);
     return dx;
 }
 
 }  // namespace
 
 void bind_pool(py::module_& m) {
-    m.def("max_pool2d_forward", &max_pool2d_forward_py, py::arg("x").noconvert(), py::arg("kh"), py::arg("kw"),
+    m.def("max_pool2d_forward", &max_pool2d_forward_py, py::arg("x"), py::arg("kh"), py::arg("kw"),
           py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
           py::arg("ceil_mode"), "Max pooling: returns (y, indices), indices int64 flat positions h*W + w.");
-    m.def("max_pool2d_backward", &max_pool2d_backward_py, py::arg("dy").noconvert(),
-          py::arg("indices").noconvert(), py::arg("H"), py::arg("W"),
+    m.def("max_pool2d_backward", &max_pool2d_backward_py, py::arg("dy"),
+          py::arg("indices"), py::arg("H"), py::arg("W"),
           "Gradient of max pooling: scatters dy through indices into a fresh (N, C, H, W) dx.");
-    m.def("avg_pool2d_forward", &avg_pool2d_forward_py, py::arg("x").noconvert(), py::arg("kh"), py::arg("kw"),
+    m.def("avg_pool2d_forward", &avg_pool2d_forward_py, py::arg("x"), py::arg("kh"), py::arg("kw"),
           py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("ceil_mode"),
           py::arg("count_include_pad"), "Average pooling.");
-    m.def("avg_pool2d_backward", &avg_pool2d_backward_py, py::arg("dy").noconvert(), py::arg("H"), py::arg("W"),
+    m.def("avg_pool2d_backward", &avg_pool2d_backward_py, py::arg("dy"), py::arg("H"), py::arg("W"),
           py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"),
           py::arg("ceil_mode"), py::arg("count_include_pad"), "Gradient of average pooling.");
-    m.def("lp_pool2d_forward", &lp_pool2d_forward_py, py::arg("x").noconvert(), py::arg("p"), py::arg("kh"),
+    m.def("lp_pool2d_forward", &lp_pool2d_forward_py, py::arg("x"), py::arg("p"), py::arg("kh"),
           py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ceil_mode"),
           "Power-average pooling (torch.nn.functional.lp_pool2d).");
-    m.def("lp_pool2d_backward", &lp_pool2d_backward_py, py::arg("dy").noconvert(), py::arg("x").noconvert(),
-          py::arg("y").noconvert(), py::arg("p"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+    m.def("lp_pool2d_backward", &lp_pool2d_backward_py, py::arg("dy"), py::arg("x"),
+          py::arg("y"), py::arg("p"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
           py::arg("ceil_mode"), "Gradient of power-average pooling.");
-    m.def("adaptive_avg_pool2d_forward", &adaptive_avg_pool2d_forward_py, py::arg("x").noconvert(), py::arg("oh"),
+    m.def("adaptive_avg_pool2d_forward", &adaptive_avg_pool2d_forward_py, py::arg("x"), py::arg("oh"),
           py::arg("ow"), "Adaptive average pooling to (oh, ow).");
-    m.def("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_py, py::arg("dy").noconvert(),
+    m.def("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_py, py::arg("dy"),
           py::arg("H"), py::arg("W"), "Gradient of adaptive average pooling.");
 }
 

@@ -1,6 +1,7 @@
 // bindings.cpp: the striate._core module. Each op family registers its own
 // functions from its bind_*.cpp file; this file assembles them and binds the
-// process-wide settings (thread count, ISA path) and the output-size formulas
+// process-wide settings (thread count, ISA path), the translation of
+// OutOfMemory into MemoryError, and the output-size formulas
 // of shape.hpp, which striate._args calls so that Python and C++ share one
 // definition. Not here: any kernel or its argument checks.
 #include <pybind11/pybind11.h>
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "cpu.hpp"
+#include "memory.hpp"
 #include "parallel.hpp"
 #include "shape.hpp"
 
@@ -23,8 +25,38 @@ void bind_augment(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "striate C++/OpenMP kernels (use striate.functional, which validates arguments)";
-    m.def("set_num_threads", &striate::set_num_threads, py::arg("n"));
-    m.def("get_num_threads", &striate::get_num_threads);
+    // OutOfMemory (memory.hpp) keeps its message: the op, the buffer and its bytes.
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const striate::OutOfMemory& e) {
+            PyErr_SetString(PyExc_MemoryError, e.what());
+        }
+    });
+    m.def(
+        "set_num_threads",
+        [](const py::object& n) {
+            // Any Python int reaches the range check, however large.
+            if (!PyLong_Check(n.ptr()) || PyBool_Check(n.ptr())) {
+                throw py::type_error("`n` must be an int, got " +
+                                     std::string(py::str(py::type::of(n).attr("__name__"))));
+            }
+            int overflow = 0;
+            const long long v = PyLong_AsLongLongAndOverflow(n.ptr(), &overflow);
+            if (overflow != 0) {
+                throw std::invalid_argument("`n` (number of threads) must be between 1 and " +
+                                            std::to_string(striate::kMaxThreads) + ", got " + std::string(py::str(n)));
+            }
+            striate::set_num_threads(static_cast<int64_t>(v));
+        },
+        py::arg("n"),
+        "Set the thread count of every kernel, 1 <= n <= max_threads. ValueError outside that range, "
+        "RuntimeError when the process cannot create that many threads (the count is then unchanged).");
+    m.def("get_num_threads", &striate::get_num_threads,
+          "Threads every kernel uses (1 in a process forked after a parallel region ran).");
+    m.def("openmp_usable", &striate::openmp_usable,
+          "False in a process forked after a parallel region ran: kernels there run on one thread.");
+    m.attr("max_threads") = striate::kMaxThreads;
     m.def("set_isa", [](const std::string& name) { striate::set_isa(striate::parse_isa(name)); }, py::arg("name"));
     m.def("get_isa", [] { return std::string(striate::isa_name(striate::active_isa())); });
     m.def("detected_isa", [] { return std::string(striate::isa_name(striate::detected_isa())); });

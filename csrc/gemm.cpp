@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "gemm_kernels.hpp"
+#include "memory.hpp"
 #include "parallel.hpp"
 
 namespace striate {
@@ -45,21 +46,24 @@ void sgemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, floa
 namespace {
 
 // ---- per-thread packing workspace: grows, never shrinks, freed at thread exit.
+// Sizes are checked (memory.hpp): an overflow is a ValueError, a failed
+// allocation an OutOfMemory naming the workspace and its bytes.
+constexpr size_t kWorkspaceAlign = 64;
+
 struct AlignedFree {
-    void operator()(float* p) const { std::free(p); }
+    void operator()(float* p) const { free_workspace(p, kWorkspaceAlign); }
 };
 
 struct Workspace {
     std::unique_ptr<float[], AlignedFree> a, b;
-    size_t a_cap = 0, b_cap = 0;
+    int64_t a_cap = 0, b_cap = 0;
 
-    static float* grow(std::unique_ptr<float[], AlignedFree>& p, size_t& cap, size_t n) {
+    static float* grow(std::unique_ptr<float[], AlignedFree>& p, int64_t& cap, int64_t n, const char* what) {
         if (n > cap) {
-            const size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-            float* q = static_cast<float*>(std::aligned_alloc(64, bytes));
-            if (!q) throw std::bad_alloc();
-            p.reset(q);
-            cap = bytes / sizeof(float);
+            p.reset();  // release first so the peak is not old + new
+            cap = 0;
+            p.reset(static_cast<float*>(allocate_workspace(n, sizeof(float), kWorkspaceAlign, what)));
+            cap = n;
         }
         return p.get();
     }
@@ -167,8 +171,9 @@ void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, in
             const int64_t i0 = ti * p.mt, j0 = tj * p.nt;
             const int64_t m = std::min(p.mt, M - i0), n = std::min(p.nt, N - j0);
             Workspace& ws = thread_workspace();
-            float* pa = Workspace::grow(ws.a, ws.a_cap, size_t(ceil_div(m, p.mr) * S * p.kc));
-            float* pb = Workspace::grow(ws.b, ws.b_cap, size_t(ceil_div(std::min(nc, n), nr) * nr * p.kc));
+            float* pa = Workspace::grow(ws.a, ws.a_cap, ceil_div(m, p.mr) * S * p.kc, "the SGEMM packed-A workspace");
+            float* pb = Workspace::grow(ws.b, ws.b_cap, ceil_div(std::min(nc, n), nr) * nr * p.kc,
+                                        "the SGEMM packed-B workspace");
             alignas(64) float tile[kMaxMR * kMaxNR];
             const bool direct_b = read_b_in_place(transB, ceil_div(m, p.mr), p.kc, ldb);
             for (int64_t k0 = 0; k0 < K; k0 += p.kc) {

@@ -8,6 +8,7 @@
 // thread count. The static schedule hands each thread one contiguous range of
 // the flat index. An exception thrown inside a worker is captured there and
 // rethrown on the calling thread after the region; std::terminate never runs.
+// (The one other region, in parallel.cpp, only starts new workers.)
 //
 // Not here: any numeric code, any allocation policy beyond the thread count.
 #pragma once
@@ -23,10 +24,22 @@
 
 namespace striate {
 
-// Threads used by every kernel; always >= 1.
+// The largest accepted thread count (set_num_threads, STRIATE_NUM_THREADS).
+constexpr int kMaxThreads = 1024;
+
+// Threads used by every kernel; always >= 1 (1 in a child forked after a region ran).
 int get_num_threads();
-// n < 1 is rejected with std::invalid_argument.
-void set_num_threads(int n);
+// n outside [1, kMaxThreads] is rejected with std::invalid_argument; a count
+// the process cannot start threads for raises std::runtime_error (the count
+// then stays as it was).
+void set_num_threads(int64_t n);
+// False in a process forked after an OpenMP region ran (its pool is unusable).
+bool openmp_usable();
+// The team size to open a region with, for nt >= 2 working threads of an
+// explicit `threads` request (0: none): the calling thread's pool, brought to
+// max(get_num_threads(), threads) first. Smaller than nt when the threads
+// cannot be created (see above); 1 means run serially.
+int plan_team(int nt, int threads);
 // Index of the calling thread inside a parallel_for region, 0 outside one.
 inline int thread_index() {
 #ifdef STRIATE_HAVE_OPENMP
@@ -47,12 +60,19 @@ inline bool in_parallel_region() {
 // Calls f(i) for every i in [0, n), spread over at most `threads` threads
 // (get_num_threads() when threads <= 0). Iterations must be independent.
 // Called from inside a region, it runs serially (no nested parallelism).
+// Worker t < nt runs the t-th of nt contiguous ranges (the first n % nt ranges
+// one item longer), as OpenMP's static schedule would; the region itself
+// always has the calling thread's whole team (plan_team), so that libgomp never
+// retires and later re-creates workers between regions of different sizes.
 template <class F>
 void parallel_for(int64_t n, F&& f, int threads = 0) {
     if (n <= 0) return;
     int nt = threads > 0 ? threads : get_num_threads();
     if (nt > n) nt = static_cast<int>(n);
-    if (nt <= 1 || in_parallel_region()) {
+    int team = 1;
+    if (nt > 1 && !in_parallel_region()) team = plan_team(nt, threads);
+    if (nt > team) nt = team;
+    if (nt <= 1) {
         for (int64_t i = 0; i < n; ++i) f(i);
         return;
     }
@@ -60,15 +80,23 @@ void parallel_for(int64_t n, F&& f, int threads = 0) {
     std::exception_ptr error = nullptr;
     std::atomic<bool> failed{false};
     std::mutex error_mutex;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-        if (failed.load(std::memory_order_relaxed)) continue;
-        try {
-            f(i);
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(error_mutex);
-            if (!error) error = std::current_exception();
-            failed.store(true, std::memory_order_relaxed);
+    const int64_t q = n / nt, r = n % nt;
+#pragma omp parallel num_threads(team)
+    {
+        const int64_t t = omp_get_thread_num();
+        if (t < nt) {
+            const int64_t lo = t * q + (t < r ? t : r);
+            const int64_t hi = lo + q + (t < r ? 1 : 0);
+            for (int64_t i = lo; i < hi; ++i) {
+                if (failed.load(std::memory_order_relaxed)) break;
+                try {
+                    f(i);
+                } catch (...) {
+                    std::lock_guard<std::mutex> lock(error_mutex);
+                    if (!error) error = std::current_exception();
+                    failed.store(true, std::memory_order_relaxed);
+                }
+            }
         }
     }
     if (error) std::rethrow_exception(error);

@@ -161,6 +161,26 @@ INDEX = {
         "test_optim.py::test_schedule_state_and_validation", "test_training.py::test_fit_rejects_bad_arguments",
         "test_training.py::test_learning_rate_scheduler_rejects_bad_rates", "test_layers.py::test_constructor_validation",
     ],
+    "18 fork safety": [
+        "test_process_safety.py::test_fork_after_kernels_ran_child_computes_like_the_parent",
+        "test_process_safety.py::test_fork_before_any_kernel_keeps_threads_in_the_child",
+        "test_process_safety.py::test_multiprocessing_pool_computes_like_the_parent",
+    ],
+    "19 thread limits": [
+        "test_process_safety.py::test_set_num_threads_beyond_the_limit_names_it",
+        "test_process_safety.py::test_thread_count_from_the_environment_names_the_variable_and_limit",
+        "test_process_safety.py::test_thread_creation_failure_is_an_exception_not_an_exit",
+        "test_core_hostile.py::test_core_set_num_threads_names_the_limit",
+    ],
+    "20 byte counts and alignment": [
+        "test_core_hostile.py::test_byte_count_overflow_is_a_value_error_naming_the_op",
+        "test_core_hostile.py::test_unallocatable_output_is_a_memory_error_naming_the_op_and_bytes",
+        "test_core_hostile.py::test_misaligned_buffers_are_refused",
+        "test_core_hostile.py::test_workspace_out_of_memory_names_the_op",
+        "test_core_hostile.py::test_non_contiguous_and_negative_stride_buffers_are_refused",
+        "test_core_hostile.py::test_wrong_dtypes_and_non_arrays_are_type_errors",
+        "test_core_hostile.py::test_int_arguments_beyond_int64_are_clean_errors",
+    ],
     "Tools: sanitizers": ["test_reliability.py::test_sanitizer_script_and_build_option"],
     "Tools: hypothesis for kernel arguments": [
         "test_functional.py::test_hypothesis_arguments_raise_only_clean_errors",
@@ -179,9 +199,9 @@ def _test_names(path):
 
 
 def test_index_points_at_existing_tests():
-    """RELIABILITY 1-17 and Tools: every item has tests, and every test the index names exists."""
+    """RELIABILITY 1-20 (and any later item) and Tools: every item has tests, and every test the index names exists."""
     items = [k.split()[0] for k in INDEX if not k.startswith("Tools")]
-    assert items == [str(i) for i in range(1, 18)]
+    assert items == [str(i) for i in range(1, len(items) + 1)] and len(items) >= 20
     names = {}
     for key, tests in INDEX.items():
         assert tests, key
@@ -781,7 +801,7 @@ def test_sanitizer_script_and_build_option():
     script = (REPO / "tools" / "sanitize.sh").read_text()
     assert os.access(REPO / "tools" / "sanitize.sh", os.X_OK)
     for needle in ("STRIATE_SANITIZE=ON", "libasan.so", "libubsan.so", "LD_PRELOAD", "detect_leaks=0",
-                   "halt_on_error=1", "PYTHONMALLOC=malloc"):
+                   "halt_on_error=1", "PYTHONMALLOC=malloc", "tests/test_core_hostile.py"):
         assert needle in script, needle
     cmake = (REPO / "CMakeLists.txt").read_text()
     assert "STRIATE_SANITIZE" in cmake

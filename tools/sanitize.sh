@@ -4,6 +4,11 @@
 #
 #   tools/sanitize.sh [pytest args...]      e.g. tools/sanitize.sh -x -q tests/test_functional.py
 #
+# Without a test path it runs the whole suite, which includes
+# tests/test_core_hostile.py: direct _core calls with hostile arguments
+# (misaligned, negative-stride and overflowing buffers, wrong dtypes, huge
+# ints), so that undefined behaviour on those paths aborts the run as well.
+#
 # The sanitized module is built into a scratch copy of python/, so the source
 # tree and any installed striate are left alone. Any ASan report or UBSan
 # finding aborts the run (halt_on_error, -fno-sanitize-recover=undefined).

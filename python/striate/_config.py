@@ -2,7 +2,10 @@
 
 The thread count lives in the C++ core (every kernel reads it). It defaults to
 the number of usable cores; ``STRIATE_NUM_THREADS`` overrides that and
-``OMP_NUM_THREADS`` is honoured when it is the only one set. The ISA path
+``OMP_NUM_THREADS`` is honoured when it is the only one set. It is at most
+``MAX_THREADS`` (1024, the CPUs a glibc ``cpu_set_t`` describes; more threads
+than CPUs only oversubscribe them). In a process forked after a kernel ran,
+the kernels run on one thread (GNU OpenMP cannot be reused after ``fork``). The ISA path
 (``"avx512"``, ``"avx2"`` or ``"generic"``: the SIMD code every kernel runs)
 lives in the C++ core too (csrc/cpu.hpp); it defaults to the widest the CPU
 supports and ``STRIATE_ISA`` sets it at import, which fails with ValueError
@@ -21,18 +24,27 @@ import numpy as np
 from . import _core
 
 _BACKENDS = ("cpp", "numpy")
+MAX_THREADS = int(_core.max_threads)
 _backend = "cpp"
 _rng = np.random.default_rng()
 
 
 def _usable_cores() -> int:
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    return min(max(1, n), MAX_THREADS)
 
 
-def _threads_from_env() -> int:
+def _check_count(n: int, what: str, raw: object) -> int:
+    if n < 1 or n > MAX_THREADS:
+        raise ValueError(f"{what} must be between 1 and {MAX_THREADS} (the thread limit), got {raw!r}")
+    return n
+
+
+def _threads_from_env() -> int | None:
+    """The thread count the environment asks for, or None when it asks for none."""
     for var in ("STRIATE_NUM_THREADS", "OMP_NUM_THREADS"):
         raw = os.environ.get(var, "").strip()
         if not raw:
@@ -41,22 +53,38 @@ def _threads_from_env() -> int:
             n = int(raw.split(",")[0])
         except ValueError:
             raise ValueError(f"environment variable {var} must be a positive integer, got {raw!r}") from None
-        if n < 1:
-            raise ValueError(f"environment variable {var} must be a positive integer, got {raw!r}")
-        return n
-    return _usable_cores()
+        return _check_count(n, f"environment variable {var}", raw)
+    return None
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads every C++ kernel uses (``n >= 1``).
+    """Set the number of threads every C++ kernel uses.
 
-    Results are bit-identical for every thread count.
+    Parameters
+    ----------
+    n : int
+        Between 1 and ``MAX_THREADS`` (1024).
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an int.
+    ValueError
+        If ``n`` is outside ``[1, MAX_THREADS]``; the message names the limit.
+    RuntimeError
+        If the process cannot start ``n`` threads now (for example under an
+        address-space limit); the thread count is then unchanged.
+
+    Notes
+    -----
+    Results are bit-identical for every thread count. If threads later become
+    impossible to create, the kernels run on as many as could be started
+    rather than ending the process. In a process forked after a kernel ran the
+    kernels run on one thread, whatever ``n`` is.
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"`n` must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"`n` must be >= 1, got {n}")
-    _core.set_num_threads(int(n))
+    _core.set_num_threads(_check_count(int(n), "`n`", int(n)))
 
 
 def get_num_threads() -> int:
@@ -144,7 +172,14 @@ def rng() -> np.random.Generator:
 
 def _init_from_env() -> None:
     global _backend
-    _core.set_num_threads(_threads_from_env())
+    env_threads = _threads_from_env()
+    if env_threads is not None:
+        _core.set_num_threads(env_threads)
+    else:
+        try:
+            _core.set_num_threads(_usable_cores())
+        except RuntimeError:  # threads cannot be started now: stay correct on one
+            _core.set_num_threads(1)
     env_isa = os.environ.get("STRIATE_ISA", "").strip()
     if env_isa:
         _core.set_isa(_check_isa(env_isa, "environment variable STRIATE_ISA"))
