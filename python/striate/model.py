@@ -317,21 +317,23 @@ class Sequential:
         checkpoint=None,
         distributed=False,
         cache_features=True,
+        steps_per_epoch=None,
     ):
         """Train with mini-batch gradient descent; returns a ``striate.training.History``.
 
         Parameters
         ----------
-        x : ndarray, shape (N, ...)
-            Inputs: float32 as is, float64 cast, uint8 scaled by 1/255.
-        y : ndarray
-            Int class labels (N,) or targets (N, classes).
+        x : ndarray, shape (N, ...), ArrayDataset, DataLoader or iterable of (x_batch, y_batch)
+            Inputs: float32 as is, float64 cast, uint8 scaled by 1/255, batch by
+            batch; or a batch source (then ``y`` is None).
+        y : ndarray, optional
+            Int class labels (N,) or targets (N, classes); None with a source.
         epochs : int, default 10
         batch_size : int, default 64
         optimizer : optimizer, optional
             Default ``striate.optim.SGD(lr=0.01, momentum=0.9)``.
         loss : str or loss object, default "cross_entropy"
-        validation_data : (x_val, y_val), optional
+        validation_data : (x_val, y_val) or a loader, optional
         validation_split : float in [0, 1), default 0
         shuffle : bool, default True
         augment : callable, optional
@@ -345,6 +347,8 @@ class Sequential:
             Data-parallel over MPI ranks.
         cache_features : bool, default True
             Train only the head on cached features of a frozen backbone, when exact.
+        steps_per_epoch : int, optional
+            Batch sources only: batches per epoch (default one full pass).
 
         Every argument is described in full at ``striate.training.fit``, which
         this method calls.
@@ -355,10 +359,11 @@ class Sequential:
             validation_split=(validation_split, 0.0), shuffle=(shuffle, True), augment=(augment, None),
             callbacks=(callbacks, ()), seed=(seed, None), verbose=(verbose, 1), resume_from=(resume_from, None),
             checkpoint=(checkpoint, None), distributed=(distributed, False), cache_features=(cache_features, True),
+            steps_per_epoch=(steps_per_epoch, None),
         ))
 
     def evaluate(self, x, y=None, batch_size=256, *, loss=None):
-        """Mean loss and accuracy on ``(x, y)`` in evaluation mode: ``{"loss": float, "accuracy": float}``.
+        """Mean loss and accuracy on ``(x, y)``, or a loader, in evaluation mode: ``{"loss", "accuracy"}``.
 
         ``loss`` defaults to the loss the model was last trained with by
         ``fit``, else cross-entropy; see ``striate.training.evaluate``.
@@ -366,7 +371,10 @@ class Sequential:
         return striate.training.evaluate(self, x, y, **_given(batch_size=(batch_size, 256), loss=(loss, None)))
 
     def predict(self, x, batch_size=256):
-        """Class probabilities ``(N, classes)`` for ``x`` in evaluation mode; see ``striate.training.predict``."""
+        """Class probabilities ``(N, classes)`` for ``x`` (an array or a loader) in evaluation mode.
+
+        See ``striate.training.predict``.
+        """
         return striate.training.predict(self, x, **_given(batch_size=(batch_size, 256)))
 
     def profile(self, x, y=None, repeat=5, *, loss="cross_entropy", warmup=1):

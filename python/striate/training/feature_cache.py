@@ -19,6 +19,7 @@ import numpy as np
 from .. import layers as L
 from ..layers.chain import backward_chain, forward_chain, layers_of
 from .callbacks import EarlyStopping, LearningRateScheduler
+from .data import to_float32
 
 __all__ = ["MAX_CACHE_BYTES", "Head", "cache_split", "plan"]
 
@@ -105,7 +106,7 @@ def _features(layers, x, chunk=_CHUNK):
         for l in layers:
             l.train(False)
         for start in range(0, x.shape[0], chunk):
-            f = x[start : start + chunk]
+            f = to_float32(x[start : start + chunk])
             for l in layers:
                 f = l(f)
             if out is None:
@@ -155,7 +156,8 @@ def plan(model, x, x_val, **fit_args):
     ----------
     model : model protocol
     x : ndarray
-        The coerced training inputs (before any ``validation_split``).
+        The checked training inputs (before any ``validation_split``); uint8
+        or memmapped inputs are converted chunk by chunk.
     x_val : ndarray or None
         The coerced ``validation_data`` inputs.
     **fit_args
