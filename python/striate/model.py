@@ -56,6 +56,7 @@ class Sequential:
         for i, layer in enumerate(layers):
             self._layers.append(self._check_layer(layer, i))
         self._rename()
+        self._classes = self._input_shape = self._dataset = None
 
     def _check_unique(self, layer, i):
         # A layer remembers one forward call, so one instance cannot sit in two places.
@@ -243,6 +244,39 @@ class Sequential:
                 return head
         raise ValueError("replace_head: the model has no Linear layer to replace")
 
+    # -- what the model knows about its data (saved in the file) -----------------
+
+    @property
+    def classes(self):
+        """The class names (list of str, index ``k`` naming output ``k``) or None.
+
+        ``fit`` sets them from an ``ImageFolder``'s classes when trained on one
+        through a loader; saved in the file and restored by ``striate.load``.
+        """
+        return None if self._classes is None else list(self._classes)
+
+    @classes.setter
+    def classes(self, value):
+        self._classes = None if value is None else io.check_classes(value, "classes")
+
+    @property
+    def input_shape(self):
+        """One sample's ``(C, H, W)``, or None; ``fit`` sets it from the data. Saved in the file."""
+        return self._input_shape
+
+    @input_shape.setter
+    def input_shape(self, value):
+        self._input_shape = None if value is None else io.check_input_shape(value, "input_shape")
+
+    @property
+    def dataset(self):
+        """The name of the data set the model was trained on (``striate train`` sets it), or None."""
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value):
+        self._dataset = None if value is None else io.check_dataset_name(value, "dataset")
+
     # -- description -------------------------------------------------------------
 
     def output_shapes(self, input_shape):
@@ -417,4 +451,5 @@ def load_model(path):
     striate.io.FormatError
         The file is damaged, not a striate model, or does not match its architecture.
     """
-    return _build(*io.read_model(path), path)
+    config, tensors, info = io.read_model(path, with_info=True)
+    return io.apply_info(_build(config, tensors, path), info)

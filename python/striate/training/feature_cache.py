@@ -144,7 +144,9 @@ def plan(model, x, x_val, **fit_args):
     - every callback is a ``LearningRateScheduler`` or ``EarlyStopping``
       (other callbacks, such as ``ModelCheckpoint`` or ``LayerHealth``, look at
       the backbone's layers run by run);
-    - the inputs fit the backbone and the features fit in ``MAX_CACHE_BYTES``.
+    - the inputs fit the backbone and the features fit in ``MAX_CACHE_BYTES``;
+    - the inputs are neither uint8 nor a memmap: such data is meant to be read
+      batch by batch, and its features would be a float copy of it.
 
     The result is bitwise equal to the uncached run with the same seed: the
     run's generator is drawn from in the same order (shuffling, the Dropout
@@ -165,8 +167,8 @@ def plan(model, x, x_val, **fit_args):
         ``callbacks`` as ``fit`` got them.
     """
     split = applies(model, **fit_args)
-    if split is None:
-        return None
+    if split is None or isinstance(x, np.memmap) or x.dtype == np.uint8:
+        return None  # uint8 or memmapped data is converted batch by batch, never copied whole
     layers = layers_of(model)
     backbone = layers[:split]
     try:
