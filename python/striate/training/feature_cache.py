@@ -98,8 +98,10 @@ class Head:
         return self.train(False)
 
 
-def _features(layers, x, chunk=_CHUNK):
-    """Run ``layers`` in evaluation mode over ``x`` in chunks; None if the cache would be too large."""
+def _features(layers, x, chunk=_CHUNK, max_bytes=None):
+    """Run ``layers`` in evaluation mode over ``x`` in chunks; None if the cache would pass ``max_bytes``
+    (default ``MAX_CACHE_BYTES``)."""
+    max_bytes = MAX_CACHE_BYTES if max_bytes is None else max_bytes
     modes = [l.training for l in layers]
     out = None
     try:
@@ -110,7 +112,7 @@ def _features(layers, x, chunk=_CHUNK):
             for l in layers:
                 f = l(f)
             if out is None:
-                if f.nbytes // f.shape[0] * x.shape[0] > MAX_CACHE_BYTES:
+                if f.nbytes // f.shape[0] * x.shape[0] > max_bytes:
                     return None
                 out = np.empty((x.shape[0],) + f.shape[1:], f.dtype)
             out[start : start + f.shape[0]] = f
@@ -145,8 +147,9 @@ def plan(model, x, x_val, **fit_args):
       (other callbacks, such as ``ModelCheckpoint`` or ``LayerHealth``, look at
       the backbone's layers run by run);
     - the inputs fit the backbone and the features fit in ``MAX_CACHE_BYTES``;
-    - the inputs are neither uint8 nor a memmap: such data is meant to be read
-      batch by batch, and its features would be a float copy of it.
+    - the inputs are not a memmap (such data is meant to be read batch by
+      batch), and for uint8 inputs the features take no more memory than the
+      inputs themselves (so the cache is never a float32 copy of the data).
 
     The result is bitwise equal to the uncached run with the same seed: the
     run's generator is drawn from in the same order (shuffling, the Dropout
@@ -167,12 +170,14 @@ def plan(model, x, x_val, **fit_args):
         ``callbacks`` as ``fit`` got them.
     """
     split = applies(model, **fit_args)
-    if split is None or isinstance(x, np.memmap) or x.dtype == np.uint8:
-        return None  # uint8 or memmapped data is converted batch by batch, never copied whole
+    if split is None or isinstance(x, np.memmap):
+        return None  # memmapped data is read batch by batch, never copied whole
     layers = layers_of(model)
     backbone = layers[:split]
     try:
-        feats = _features(backbone, x)
+        # uint8 data is cached only when its features take no more memory than it does.
+        limit = min(MAX_CACHE_BYTES, x.nbytes) if x.dtype == np.uint8 else None
+        feats = _features(backbone, x, max_bytes=limit)
         feats_val = _features(backbone, x_val) if x_val is not None else None
     except (TypeError, ValueError):
         return None  # the data does not fit the model: fit reports it
