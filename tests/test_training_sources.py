@@ -336,3 +336,32 @@ def test_bad_model_info_in_a_file_is_a_format_error(tmp_path, key, raw):
         st.load(path)
     with pytest.raises(io.FormatError, match=f"metadata '{key}' is invalid"):
         io.load_model(path)
+
+
+# --------------------------------------------------------------------------- metrics in History
+
+
+def test_fit_records_top_k_accuracies(digits8):
+    from striate import metrics
+
+    x, y, xt, yt = digits8
+    m = conv_model()
+    val = DataLoader(ArrayDataset(xt, yt), batch_size=32, shuffle=False)
+    h = fit(m, x, y, epochs=2, seed=0, verbose=0, validation_data=val, metrics=["accuracy", "top_k", "top_2"])
+    assert list(h.history) == ["loss", "accuracy", "top_5_accuracy", "top_2_accuracy", "val_loss",
+                               "val_accuracy", "val_top_5_accuracy", "val_top_2_accuracy", "lr", "time"]
+    probs = predict(m, xt)
+    assert h.history["val_top_2_accuracy"][-1] == pytest.approx(metrics.top_k_accuracy(yt, probs, 2), abs=1e-12)
+    assert h.history["val_top_5_accuracy"][-1] == pytest.approx(metrics.top_k_accuracy(yt, probs, 5), abs=1e-12)
+    assert all(a <= b <= c for a, b, c in zip(h.history["accuracy"], h.history["top_2_accuracy"],
+                                             h.history["top_5_accuracy"]))
+    h0 = fit(conv_model(), x, y, epochs=2, seed=0, verbose=0, validation_data=val)
+    assert h0.history["loss"] == h.history["loss"]  # recording metrics changes nothing else
+
+
+@pytest.mark.parametrize("metrics, exc", [("top", ValueError), (["top_0"], ValueError), ([5], TypeError),
+                                          ({"a": 1}, TypeError), (["f1"], ValueError)])
+def test_fit_refuses_unknown_metrics(digits8, metrics, exc):
+    x, y, _, _ = digits8
+    with pytest.raises(exc, match="`metrics"):
+        fit(conv_model(), x, y, epochs=1, verbose=0, metrics=metrics)

@@ -352,6 +352,7 @@ class Sequential:
         distributed=False,
         cache_features=True,
         steps_per_epoch=None,
+        metrics=None,
     ):
         """Train with mini-batch gradient descent; returns a ``striate.training.History``.
 
@@ -383,6 +384,8 @@ class Sequential:
             Train only the head on cached features of a frozen backbone, when exact.
         steps_per_epoch : int, optional
             Batch sources only: batches per epoch (default one full pass).
+        metrics : list of str, optional
+            ``"accuracy"`` (always recorded), ``"top_k"`` (top-5), ``"top_<k>"``.
 
         Every argument is described in full at ``striate.training.fit``, which
         this method calls.
@@ -393,7 +396,7 @@ class Sequential:
             validation_split=(validation_split, 0.0), shuffle=(shuffle, True), augment=(augment, None),
             callbacks=(callbacks, ()), seed=(seed, None), verbose=(verbose, 1), resume_from=(resume_from, None),
             checkpoint=(checkpoint, None), distributed=(distributed, False), cache_features=(cache_features, True),
-            steps_per_epoch=(steps_per_epoch, None),
+            steps_per_epoch=(steps_per_epoch, None), metrics=(metrics, None),
         ))
 
     def evaluate(self, x, y=None, batch_size=256, *, loss=None):

@@ -176,8 +176,10 @@ def plan(model, x, x_val, **fit_args):
     backbone = layers[:split]
     try:
         # uint8 data is cached only when its features take no more memory than it does.
-        limit = min(MAX_CACHE_BYTES, x.nbytes) if x.dtype == np.uint8 else None
-        feats = _features(backbone, x, max_bytes=limit)
+        if x.dtype == np.uint8:
+            feats = _features(backbone, x, _CHUNK, min(MAX_CACHE_BYTES, x.nbytes))
+        else:
+            feats = _features(backbone, x)
         feats_val = _features(backbone, x_val) if x_val is not None else None
     except (TypeError, ValueError):
         return None  # the data does not fit the model: fit reports it

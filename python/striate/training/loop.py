@@ -26,58 +26,34 @@ checkpoints (checkpoints are taken at epoch boundaries).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import numbers
 import sys
 import time
-import weakref
 
 import numpy as np
 
-from .. import _args, io, losses, optim
+from .. import _args, io, optim
+from ..datasets.loader import ArrayDataset
 from ..layers.chain import layers_of
 from . import feature_cache
 from .callbacks import Callback, CallbackList, History, TrainState
 from .checkpoint import RunRandomness, _load_into, _make_optimizer, _read_checkpoint, save_checkpoint
-from ..datasets.loader import ArrayDataset
 from .data import (
-    ArrayBatches, apply_augment, as_targets, batch_seed, check_input, check_targets_fit, chunks,
-    to_float32, validation_pair, validation_set,
+    ArrayBatches, apply_augment, as_targets, batch_seed, check_input, check_targets_fit, to_float32, validation_pair,
+    validation_set,
 )
-from .sources import LoaderBatches, is_dataset, is_source, source_batches
+from .evaluation import (  # noqa: F401  (_mode, evaluate, predict: re-exported)
+    _get_modes, _mode, _n_correct, _remember_loss, _resolve_loss, _set_modes, _top_k_correct, evaluate, predict,
+    run_evaluation,
+)
+from .sources import LoaderBatches, is_dataset, is_source
 from .step import LOCAL, backward_fn, distributed_run, lr_of, train_step
 
 __all__ = ["cached_fit", "evaluate", "fit", "predict"]
 
-# The loss each model was last trained with, so ``evaluate`` reports the same one.
-_last_loss: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
 
 # --------------------------------------------------------------------------- the model protocol
-
-
-def _get_modes(model):
-    return getattr(model, "training", None), [getattr(layer, "training", True) for layer in layers_of(model)]
-
-
-def _set_modes(model, modes):
-    top, per_layer = modes
-    if top is not None:
-        model.train() if top else model.eval()
-    for layer, mode in zip(layers_of(model), per_layer):
-        layer.train() if mode else layer.eval()
-
-
-@contextlib.contextmanager
-def _mode(model, training):
-    """Run a block with the model in training or evaluation mode, then restore every layer's mode."""
-    saved = _get_modes(model)
-    model.train() if training else model.eval()
-    try:
-        yield
-    finally:
-        _set_modes(model, saved)
 
 
 def _num_outputs(model, x):
@@ -92,28 +68,6 @@ def _num_outputs(model, x):
 
 def _dropout_layers(model):
     return [layer for layer in layers_of(model) if hasattr(layer, "set_rng")]
-
-
-def _resolve_loss(loss):
-    try:
-        return losses.get_loss(loss)
-    except (KeyError, ValueError) as exc:
-        raise ValueError(
-            f"`loss` must be 'cross_entropy', 'squared_error' or a loss object, got {loss!r}"
-        ) from exc
-
-
-def _remember_loss(model, loss_fn):
-    try:
-        _last_loss[model] = loss_fn
-    except TypeError:
-        pass
-
-
-def _n_correct(outputs, y):
-    pred = np.argmax(outputs, axis=1)
-    truth = y if y.ndim == 1 else np.argmax(y, axis=1)
-    return int(np.count_nonzero(pred == truth))
 
 
 # --------------------------------------------------------------------------- the pieces of a run
@@ -196,6 +150,7 @@ def _train_epoch(r, epoch):
     r.net.train()
     r.progress.begin(epoch)
     loss_sum, correct, seen = 0.0, 0, 0
+    top = [0] * len(r.top_k)
     for step, (xb, yb) in enumerate(batches):
         if r.augment is not None:
             xb = apply_augment(r.augment, xb, batch_seed(r.rand.augment_seed, epoch, step))
@@ -212,19 +167,47 @@ def _train_epoch(r, epoch):
         loss_sum += loss_value * nb
         correct += batch_correct
         seen += nb
+        for i, k in enumerate(r.top_k):
+            top[i] += _top_k_correct(out, yb, k)
         r.callbacks.on_batch_end(
             step, {"loss": loss_value, "accuracy": batch_correct / max(nb, 1), "lr": lr_of(r.optimizer)}
         )
         r.progress.batch(loss_sum / max(seen, 1), correct / max(seen, 1))
-    loss_sum, correct, seen = r.run.reduce(loss_sum, correct, seen)
+    loss_sum, correct, seen, *top = r.run.reduce(loss_sum, correct, seen, *top)
     r.run.end_epoch(r.net)
     logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
+    logs.update({f"top_{k}_accuracy": c / seen for k, c in zip(r.top_k, top)})
     if r.x_val is not None:
-        val = evaluate(r.net, r.x_val, r.y_val, batch_size=max(r.batch_size, 256), loss=r.loss_fn)
-        logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
+        val = run_evaluation(r.net, r.x_val, r.y_val, max(r.batch_size, 256), loss=r.loss_fn, top_k=r.top_k)
+        logs.update({f"val_{key}": value for key, value in val.items()})
     logs["lr"] = lr_first
     logs["time"] = time.perf_counter() - t0
     return logs
+
+
+def _check_metrics(metrics):
+    """The ``k`` of every top-k accuracy ``metrics`` asks for (``"accuracy"`` is always recorded)."""
+    if metrics is None:
+        return ()
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"`metrics` must be a list of metric names, got {type(metrics).__name__}")
+    ks = []
+    for i, name in enumerate(metrics):
+        if not isinstance(name, str):
+            raise TypeError(f"`metrics[{i}]` must be a str, got {type(name).__name__}")
+        if name == "accuracy":
+            continue
+        text = name[: -len("_accuracy")] if name.endswith("_accuracy") else name
+        k = 5 if text == "top_k" else (int(text[4:]) if text.startswith("top_") and text[4:].isdigit() else None)
+        if k is None or k < 1:
+            raise ValueError(
+                f"`metrics[{i}]` must be 'accuracy', 'top_k' (top-5) or 'top_<k>' such as 'top_3', got {name!r}"
+            )
+        if k not in ks:
+            ks.append(k)
+    return tuple(ks)
 
 
 def _check_fit_args(epochs, batch_size, verbose, seed, augment, callbacks, validation_split):
@@ -334,11 +317,12 @@ def _fit(model, x, y, args, require_cache=False):
     """``fit`` with its keyword arguments in the dict ``args``; with ``require_cache``, None (and the
     model untouched) unless the feature cache applies."""
     (epochs, batch_size, optimizer, loss, validation_data, validation_split, shuffle, augment, callbacks,
-     seed, verbose, resume_from, checkpoint, distributed, cache_features, steps_per_epoch) = (
+     seed, verbose, resume_from, checkpoint, distributed, cache_features, steps_per_epoch, metrics) = (
         args[k] for k in _FIT_ARGS)
     epochs, batch_size, seed, callbacks = _check_fit_args(
         epochs, batch_size, verbose, seed, augment, callbacks, validation_split
     )
+    top_k = _check_metrics(metrics)
     source, steps_per_epoch, x, y = _inputs(x, y, steps_per_epoch, validation_split)
     sample_shape = None if x is None else x.shape[1:]
     loss_fn = _resolve_loss(loss)
@@ -406,7 +390,7 @@ def _fit(model, x, y, args, require_cache=False):
     r = _Run(
         net=net, batches=batches, batch_size=batch_size, augment=augment, loss_fn=loss_fn,
         optimizer=optimizer, params=[p for p in net.parameters() if p.trainable], backward=backward_fn(net),
-        run=run, rand=rand, state=state, callbacks=callbacks, x_val=x_val, y_val=y_val,
+        run=run, rand=rand, state=state, callbacks=callbacks, x_val=x_val, y_val=y_val, top_k=top_k,
         progress=_Progress(verbose if run.is_root else 0, epochs, steps),
     )
     saver = _Checkpointer(
@@ -456,6 +440,7 @@ def fit(
     distributed=False,
     cache_features=True,
     steps_per_epoch=None,
+    metrics=None,
 ):
     """Train ``model`` on ``(x, y)``, or on a loader, with mini-batch gradient descent.
 
@@ -536,6 +521,12 @@ def fit(
         starting the source again when it ends. A one-shot iterator (a
         generator) can feed ``epochs > 1`` only with ``steps_per_epoch``, and
         raises ValueError if it runs out.
+    metrics : list of str, optional
+        What History records besides the loss: ``"accuracy"`` (always
+        recorded) and top-k accuracies, ``"top_k"`` (k = 5) or ``"top_<k>"``
+        such as ``"top_3"``, recorded as ``"top_<k>_accuracy"`` (and
+        ``"val_top_<k>_accuracy"``), with ``striate.metrics.top_k_accuracy``'s
+        tie rule.
 
     After training, ``model.input_shape`` is the data's ``(C, H, W)`` (4-D
     inputs), when the model has that attribute.
@@ -594,103 +585,3 @@ def cached_fit(model, x, y, **fit_kwargs):
 
 # The keyword arguments of ``fit``, in order.
 _FIT_ARGS = tuple(inspect.signature(fit).parameters)[3:]
-
-
-# --------------------------------------------------------------------------- evaluate / predict
-
-
-def _array_batches(x, y, batch_size):
-    """``(x_batch float32, y_batch)`` chunks of checked arrays, converted one at a time."""
-    for sl in chunks(x.shape[0], batch_size):
-        yield to_float32(x[sl]), None if y is None else y[sl]
-
-
-def _eval_batches(x, y, batch_size, targets=True):
-    """The batches ``evaluate``/``predict`` run: chunks of arrays, or one pass over a source."""
-    if isinstance(x, ArrayDataset) and y is None:
-        x, y = x.x, x.y
-    if y is None and not isinstance(x, np.ndarray) and is_source(x):
-        return source_batches(x, "x", targets)
-    if y is None and targets:
-        raise TypeError(
-            f"`y` is required unless `x` is a DataLoader, an ArrayDataset or an iterable of (x_batch, y_batch) "
-            f"pairs, got {type(x).__name__}"
-        )
-    x = check_input(x)
-    return _array_batches(x, None if y is None else as_targets(y, x.shape[0]), batch_size)
-
-
-def evaluate(model, x, y=None, batch_size=256, *, loss=None):
-    """Mean loss and accuracy of ``model`` on ``(x, y)``, or on a loader, in evaluation mode.
-
-    Parameters
-    ----------
-    model : Sequential
-    x : ndarray, shape (N, ...), ArrayDataset, DataLoader or iterable of (x_batch, y_batch)
-        Arrays are converted like in ``fit``, batch by batch (uint8 scaled by
-        1/255, float64 cast). A source is read for one pass; a DataLoader
-        from the start of its current epoch, and it is left as it was.
-    y : ndarray, optional
-        Int labels (N,) or targets (N, classes); None with a source.
-    batch_size : int, default 256
-        Arrays only (a source has its own batches).
-    loss : str or loss object, optional
-        Default: the loss ``model`` was last trained with by ``fit`` in this
-        process, else cross-entropy.
-
-    Returns
-    -------
-    dict
-        ``{"loss": float, "accuracy": float}``; the loss is the mean over samples.
-        Each layer's mode is restored afterwards.
-    """
-    batch_size = _args.int_in(batch_size, "batch_size", 1)
-    batches = _eval_batches(x, y, batch_size)
-    if loss is None:
-        try:
-            loss_fn = _last_loss.get(model)
-        except TypeError:
-            loss_fn = None
-        loss_fn = loss_fn if loss_fn is not None else _resolve_loss("cross_entropy")
-    else:
-        loss_fn = _resolve_loss(loss)
-    total, correct, seen = 0.0, 0, 0
-    with _mode(model, False):
-        for xb, yb in batches:
-            out = model(xb)
-            if seen == 0:
-                check_targets_fit(yb, out.shape[1])
-            total += float(loss_fn(out, yb)) * out.shape[0]
-            correct += _n_correct(out, yb)
-            seen += out.shape[0]
-    return {"loss": total / seen, "accuracy": correct / seen}
-
-
-def _softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
-def predict(model, x, batch_size=256):
-    """Class probabilities ``(N, classes)`` for ``x``, in evaluation mode.
-
-    The softmax of the model's outputs, or the outputs as they are when the
-    model ends in a ``Softmax`` layer. ``x`` is an array (converted batch by
-    batch, like in ``fit``), an ``ArrayDataset``, or a source of batches
-    (a DataLoader, or an iterable of ``(x_batch, y_batch)`` pairs or of bare
-    ``x_batch`` arrays), whose rows come back in the order it yields them
-    (use ``DataLoader(..., shuffle=False)`` to keep the data set's order).
-    Each layer's mode is restored afterwards.
-    """
-    batch_size = _args.int_in(batch_size, "batch_size", 1)
-    batches = _eval_batches(x, None, batch_size, targets=False)
-    layers = layers_of(model)
-    ends_in_softmax = bool(layers) and type(layers[-1]).__name__ == "Softmax"
-    chunks_out = []
-    with _mode(model, False):
-        for xb, _ in batches:
-            out = np.array(model(xb), dtype=np.float32)
-            chunks_out.append(out if ends_in_softmax else _softmax(out))
-    return np.concatenate(chunks_out, axis=0)
