@@ -9,8 +9,9 @@ input and split by ``--val-split``. ``model_input`` says what a model takes
 ``fit_to_model`` makes the images fit it or names the mismatch;
 ``read_inputs`` reads the files ``striate predict`` and ``visualize --input``
 accept; ``load_model_file`` tells a file that is not a striate model from a
-damaged one; ``MODELS`` is the ``--model`` table (``resnet20`` appears once
-``striate.zoo`` has it).
+damaged one; ``MODELS`` is the ``--model`` table: the zoo's models
+(``resnet20`` appears once ``striate.zoo`` has it) and ``typical_cnn_bn``,
+typical_cnn with BatchNorm, built here for the Fashion-MNIST recipe.
 
 Not here: training or evaluating (``striate.cli``), decoding images
 (``striate.datasets.folder``), and no ``sys.exit``: errors raise ``CLIError``.
@@ -60,12 +61,38 @@ def _typical_cnn(shape, num_classes):
     return zoo.typical_cnn(in_channels=c, num_classes=num_classes)
 
 
+def _typical_cnn_bn(shape, num_classes):
+    """typical_cnn's stack with BatchNorm after every convolution and dropout before both Linears."""
+    from . import layers as L
+
+    c, h, w = shape
+    if h % 4 or w % 4:
+        raise CLIError(f"typical_cnn_bn takes images whose sides are multiples of 4, the data has {c}x{h}x{w}")
+    return _sequential([
+        L.Conv2d(c, 32, 3, padding=1, bias=False), L.BatchNorm2d(32), L.ReLU(),
+        L.Conv2d(32, 32, 3, padding=1, bias=False), L.BatchNorm2d(32), L.ReLU(), L.MaxPool2d(2),
+        L.Conv2d(32, 64, 3, padding=1, bias=False), L.BatchNorm2d(64), L.ReLU(), L.MaxPool2d(2),
+        L.Dropout(0.25), L.Flatten(), L.Linear(64 * (h // 4) * (w // 4), 128), L.ReLU(), L.Dropout(0.25),
+        L.Linear(128, num_classes),
+    ])
+
+
+def _sequential(layers):
+    from .model import Sequential
+
+    return Sequential(layers)
+
+
 def _resnet20(shape, num_classes):
     return zoo.resnet20(num_classes=num_classes, in_channels=shape[0])
 
 
 # name -> (builder(shape, num_classes), default (C, H, W) for image folders)
-MODELS = {"lenet5": (_lenet5, (1, 32, 32)), "typical_cnn": (_typical_cnn, (3, 32, 32))}
+MODELS = {
+    "lenet5": (_lenet5, (1, 32, 32)),
+    "typical_cnn": (_typical_cnn, (3, 32, 32)),
+    "typical_cnn_bn": (_typical_cnn_bn, (3, 32, 32)),
+}
 if hasattr(zoo, "resnet20"):  # the CIFAR ResNet, once the zoo has it
     MODELS["resnet20"] = (_resnet20, (3, 32, 32))
 

@@ -302,7 +302,8 @@ def _run_predict(args):
 
 register("train", "train a model (default: LeNet-5 on the embedded digits)", _configure_train, _run_train)
 register("evaluate", "test accuracy and loss of a saved model", _configure_evaluate, _run_evaluate)
-register("predict", "class probabilities for images (PNG/JPEG/BMP/GIF) and .npy arrays", _configure_predict, _run_predict)
+register("predict", "class probabilities for images (PNG/JPEG/BMP/GIF) and .npy arrays", _configure_predict,
+         _run_predict)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -1,7 +1,10 @@
 """Training data: input coercion, targets, the validation split, and the epoch iterator ``fit`` reads.
 
-``as_input`` and ``as_targets`` turn what the user passes into float32 inputs
-and int64 labels (or float32 target rows), with errors naming the argument.
+``check_input`` checks what the user passes as inputs without converting it,
+``to_float32`` converts one batch (uint8 scaled by 1/255, floats cast), so no
+more than a batch of a uint8 array or memmap is ever float32 at once;
+``as_targets`` gives int64 labels (or float32 target rows). Errors name the
+argument.
 ``validation_set`` holds out ``validation_data`` or the last
 ``validation_split`` of the samples. ``ArrayBatches`` is the data source of
 ``fit``: the mini-batches of in-memory arrays, one epoch at a time.
@@ -30,7 +33,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ArrayBatches", "as_input", "check_input", "to_float32", "as_targets", "batch_seed", "check_targets_fit", "validation_set"]
+__all__ = [
+    "ArrayBatches", "as_input", "as_targets", "batch_seed", "check_input", "check_targets_fit", "to_float32",
+    "validation_set",
+]
 
 
 def check_input(x, name="x"):

@@ -1,4 +1,4 @@
-"""The training loop: ``fit``, ``evaluate`` and ``predict``, built from ``train_step`` and ``_train_epoch``.
+"""The training loop: ``fit``, built from ``train_step`` and ``_train_epoch`` (``evaluate``, ``predict`` re-exported).
 
 ``fit`` is a Keras-like loop over mini-batches for any model with the model
 protocol (``model(x)``, ``model.backward(dloss)``, ``parameters()``,
@@ -18,7 +18,12 @@ under MPI), the callbacks (``CallbackList``), the progress output
 frozen-backbone shortcut (``feature_cache``) only changes what the loop
 trains on: the head, on cached features.
 
-Not here: the step itself (``step.train_step``), batching (``data``),
+The data reaches the loop through one seam (``data.ArrayBatches`` for
+arrays, ``sources.LoaderBatches`` for a DataLoader or any re-iterable of
+batches), so everything above works the same on both.
+
+Not here: the step itself (``step.train_step``), batching (``data``,
+``sources``), evaluation (``evaluation``),
 callbacks (``callbacks``), the checkpoint format (``checkpoint``), the layers,
 losses and optimizers, mixed precision, gradient accumulation and mid-epoch
 checkpoints (checkpoints are taken at epoch boundaries).
