@@ -276,3 +276,18 @@ def test_an_unexpected_exception_is_one_line_too(monkeypatch, capsys):
 def test_resnet20_is_a_model_choice_once_the_zoo_has_it():
     assert ("resnet20" in _cli_data.MODELS) == hasattr(zoo, "resnet20")
     assert {"lenet5", "typical_cnn"} <= set(_cli_data.MODELS)
+
+
+def test_predict_feeds_arrays_to_a_model_whose_input_cannot_be_inferred(tmp_path, capsys):
+    st.seed(0)
+    path = tmp_path / "flat.safetensors"
+    st.Sequential([st.layers.Flatten(), st.layers.Linear(4, 2)]).save(path)
+    np.save(tmp_path / "x.npy", np.ones((3, 1, 2, 2), np.float32))
+    rc, out, err = run(capsys, "predict", str(path), str(tmp_path / "x.npy"))
+    assert rc == 0 and len(out.strip().splitlines()) == 3, err
+    png = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(png)
+    rc, _, err = run(capsys, "predict", str(path), str(png))
+    assert rc == 1 and "cannot tell which images the model takes" in err

@@ -104,14 +104,19 @@ def build_model(name, shape, num_classes):
     return MODELS[name][0](tuple(shape), num_classes)
 
 
-def model_input(model):
-    """``(C, H, W)`` the model takes: its recorded ``input_shape``, else what its layers imply."""
+def model_input(model, required=True):
+    """``(C, H, W)`` the model takes: its recorded ``input_shape``, else what its layers imply.
+
+    When neither tells, a CLIError, or None with ``required=False``.
+    """
     shape = getattr(model, "input_shape", None)
     if shape is not None:
         return tuple(shape)
     try:
         return tuple(introspect.infer_input_shape(model))
     except ValueError as exc:
+        if not required:
+            return None
         raise CLIError(f"cannot tell which images the model takes ({exc})") from None
 
 
@@ -255,9 +260,12 @@ def fit_to_model(model, x, what="the data", want=None):
 
     Grey becomes colour and colour grey when the channels differ; smaller
     images are zero-padded in the centre (28x28 digits for a 32x32 model).
-    Anything else is a CLIError naming both shapes.
+    Anything else is a CLIError naming both shapes. With ``want`` None and a
+    model whose input cannot be told, ``x`` is passed on as it is.
     """
-    want = tuple(want) if want is not None else model_input(model)
+    want = tuple(want) if want is not None else model_input(model, required=False)
+    if want is None:
+        return x
     have = tuple(x.shape[1:])
     if len(have) == 3 and have[0] != want[0]:
         if have[0] == 3 and want[0] == 1:
@@ -327,8 +335,13 @@ def read_inputs(paths, shape=None):
     ``.npy`` arrays of shape (H, W), (C, H, W) or (N, C, H, W) (uint8 scaled by
     1/255) are taken as they are; PNG, JPEG, BMP and GIF images are decoded to
     ``shape``'s channels and resized to its size when they differ (a note
-    says so). With ``shape=None`` images keep their size and get 1 channel.
+    says so). ``shape`` may be a callable giving it (called for the first
+    image only); None then means images keep their size and get 1 channel.
     """
+    if callable(shape):
+        shape_fn, shape = shape, None
+    else:
+        shape_fn = None
     items, notes = [], []
     for path in _expand(paths):
         ext = os.path.splitext(path)[1].lower()
@@ -337,6 +350,8 @@ def read_inputs(paths, shape=None):
         if ext == ".npy":
             items.append((path, _npy(path)))
         elif ext in IMAGE_EXTENSIONS:
+            if shape is None and shape_fn is not None:
+                shape, shape_fn = shape_fn(), None
             if shape is None:
                 items.append((path, decode_image(path, 1)[None]))
             else:

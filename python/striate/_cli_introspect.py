@@ -111,8 +111,8 @@ def configure_visualize(p):
 def _sample_input(model, args):
     """One (C, H, W) image: ``--input``, else the first test image of the data set (the model's by default)."""
     if args.input is not None:
-        want = model_input(model)
-        items, _ = read_inputs([args.input], want)
+        want = model_input(model, required=False)
+        items, _ = read_inputs([args.input], want if want is not None else (lambda: model_input(model)))
         path, batch = items[0]
         return fit_to_model(model, batch[:1], f"--input {path}", want)[0]
     if args.dataset is None and getattr(model, "dataset", None) is None:

@@ -283,8 +283,8 @@ def _configure_predict(p):
 def _run_predict(args):
     _set_threads(args.threads)
     model = load_model_file(args.model)
-    want = model_input(model)
-    items, notes = read_inputs(args.files, want)
+    want = model_input(model, required=False)  # .npy arrays are fed as they are when the model cannot tell
+    items, notes = read_inputs(args.files, want if want is not None else (lambda: model_input(model)))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     names = model.classes
