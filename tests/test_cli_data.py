@@ -291,3 +291,13 @@ def test_predict_feeds_arrays_to_a_model_whose_input_cannot_be_inferred(tmp_path
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(png)
     rc, _, err = run(capsys, "predict", str(path), str(png))
     assert rc == 1 and "cannot tell which images the model takes" in err
+
+
+def test_typical_cnn_bn_builds_for_28_and_32_pixel_images():
+    for shape in ((1, 28, 28), (3, 32, 32)):
+        st.seed(0)
+        m = _cli_data.build_model("typical_cnn_bn", shape, 10)
+        assert sum(type(l).__name__ == "BatchNorm2d" for l in m) == 3
+        assert m.predict(np.zeros((2,) + shape, np.float32)).shape == (2, 10)
+    with pytest.raises(cli.CLIError, match="multiples of 4"):
+        _cli_data.build_model("typical_cnn_bn", (1, 30, 30), 10)
