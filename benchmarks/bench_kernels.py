@@ -10,13 +10,15 @@ all at the same thread count (threadpoolctl for numpy's BLAS,
 ``--repeat`` runs after a warm-up (fewer, but at least 3, when a cell
 exceeds ``--budget`` seconds). Prints a markdown table of ms, GFLOP/s and
 the ratios PyTorch/striate and reference/striate, their geometric means, and
-the 1 -> 2 thread scaling of striate on the three largest layers.
+the 1 -> 2 thread scaling of striate on the three largest layers. The header
+names the CPU (from /proc/cpuinfo) and the ISA path striate's kernels take;
+``--isa avx2`` (or ``avx512``, ``generic``) sets it before anything runs.
 
 Not a test: it refuses to time a kernel that fails validation, but sets no
 speed limits. Run it with numpy's BLAS overrides removed::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=python \\
-        python3 benchmarks/bench_kernels.py --threads 2 --json bench.json
+        python3 benchmarks/bench_kernels.py --threads 2 [--isa avx2] --json bench.json
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from threadpoolctl import threadpool_limits
 import striate as st
 import striate.functional as F
 import striate.reference as R
+from bench_machine import add_isa_argument, apply_isa, cpu_model, header
 
 try:  # optional peer
     import torch
@@ -220,9 +223,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 thread column")
     ap.add_argument("--budget", type=float, default=3.0,
                     help="seconds per cell after which repetitions stop early (at least 3 runs)")
+    add_isa_argument(ap)
     args = ap.parse_args(argv)
     if args.threads < 1 or args.repeat < 1:
         ap.error("--threads and --repeat must be >= 1")
+    apply_isa(ap, args.isa)
+    print(header(), flush=True)
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"warning: {var} is set; it slows numpy's BLAS (run with env -u {var})", file=sys.stderr)
@@ -278,7 +284,7 @@ def main(argv=None) -> int:
             ms = row[f"{impl}_ms"]
             row[f"{impl}_gflops"] = row["gflop"] / (ms / 1e3) if row["gflop"] and ms else None
 
-    print(f"\nthreads={args.threads}, repeat={args.repeat}, numpy {np.__version__}"
+    print(f"\n{cpu_model()}, ISA {st.get_isa()}, threads={args.threads}, repeat={args.repeat}, numpy {np.__version__}"
           + (f", torch {torch.__version__}" if torch is not None else ", torch not installed") + "\n")
     print("| case | pass | striate ms (GFLOP/s) | PyTorch ms (GFLOP/s) | reference ms (GFLOP/s) "
           "| PyTorch/striate | reference/striate | 1->2 threads |")
@@ -300,6 +306,7 @@ def main(argv=None) -> int:
     if args.json:
         meta = {"threads": args.threads, "repeat": args.repeat, "numpy": np.__version__,
                 "torch": None if torch is None else torch.__version__, "python": platform.python_version(),
+                "cpu": cpu_model(), "isa": st.get_isa(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "geomean_pytorch_over_striate": gm_t,
                 "geomean_reference_over_striate": gm_r}
         with open(args.json, "w") as fh:

@@ -11,11 +11,15 @@ validated: the forward outputs and the loss of one SGD step must agree.
 Peak RSS is the peak resident set size (``VmHWM``) of a child process that
 imports only striate and trains LeNet-5.
 
+The output starts with the CPU model (from /proc/cpuinfo) and the ISA path
+striate's kernels take; ``--isa NAME`` sets that path (``st.set_isa``) before
+anything is timed, in the RSS child too.
+
 Not here: kernel-level timings (``bench_kernels.py``) or accuracy.
 
 Usage::
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py [--threads 1,2] [--repeats 5]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py [--threads 1,2] [--repeats 5] [--isa avx2]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import striate as st  # noqa: E402
 from striate import optim, training, zoo  # noqa: E402
+from bench_machine import add_isa_argument, apply_isa, header  # noqa: E402
 
 torch = None  # imported in main() when available; never in the peak-RSS child
 
@@ -214,7 +219,7 @@ def _peak_rss_self_mb():
 
 
 def _peak_rss_mb(threads):
-    env = dict(os.environ, STRIATE_NUM_THREADS=str(threads))
+    env = dict(os.environ, STRIATE_NUM_THREADS=str(threads), STRIATE_ISA=st.get_isa())
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-child"], capture_output=True,
                           text=True, env=env, check=True)
     return float(proc.stdout.strip().splitlines()[-1])
@@ -227,10 +232,13 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30, help="training batches per repetition")
     ap.add_argument("--batches", type=int, default=4, help="inference batches of 256 per repetition")
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    add_isa_argument(ap)
     args = ap.parse_args(argv)
+    apply_isa(ap, args.isa)
     if args.rss_child:
         _peak_rss_child()
         return 0
+    print(header(), flush=True)
     threads = [int(t) for t in args.threads.split(",")]
     rss = _peak_rss_mb(max(threads))  # before torch makes this process large
     global torch

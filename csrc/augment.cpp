@@ -3,6 +3,9 @@
 // Each kernel loops over samples with parallel_for; a sample is processed by one
 // thread from start to end, with the same arithmetic whatever the thread count.
 // Arguments are trusted here: bind_augment.cpp has checked shapes and ranges.
+// The affine warp has one compiled copy per instruction-set path and runs the
+// one of active_isa() (cpu.hpp); flip, crop and grayscale are plain copies and
+// arithmetic compiled once for the baseline.
 //
 // Not here: argument checks, random parameter drawing, any Python object.
 #include "augment.hpp"
@@ -12,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu.hpp"
 #include "parallel.hpp"
 
 namespace striate {
@@ -32,11 +36,10 @@ void cos_sin_deg(double deg, double& c, double& s) {
     s = std::sin(rad);
 }
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-// One binary, dispatched at load time to the best of AVX-512, AVX2+FMA or baseline.
-#define STRIATE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#if defined(__GNUC__) && defined(__x86_64__)
+#define STRIATE_AUGMENT_X86 1
 #else
-#define STRIATE_CLONES
+#define STRIATE_AUGMENT_X86 0
 #endif
 
 // Fill border around the image in the scratch plane: 2 pixels before, 3 after,
@@ -53,9 +56,13 @@ constexpr int64_t kPadLo = 2, kPadHi = 3;
 // loop per channel gathers and interpolates:
 //   top = p00 + ax (p01 - p00), bot = p10 + ax (p11 - p10), out = top + ay (bot - top).
 // With ax = ay = 0 the result is p00 exactly (identity, whole-pixel shifts).
-STRIATE_CLONES
-void affine_sample(const float* x, float* y, int64_t C, int64_t H, int64_t W, double angle_deg, double tx,
-                   double ty, double scale, float fill) {
+//
+// The body is compiled three times (affine_sample_<isa> below) and the copy
+// of active_isa() runs; the AVX2 and AVX-512 copies may contract the
+// interpolation into FMAs, the generic one cannot.
+inline __attribute__((always_inline)) void affine_sample_body(const float* x, float* y, int64_t C, int64_t H,
+                                                               int64_t W, double angle_deg, double tx, double ty,
+                                                               double scale, float fill) {
     double c, s;
     cos_sin_deg(angle_deg, c, s);
     // Inverse of the counter-clockwise rotation (y down) divided by the scale:
@@ -117,6 +124,42 @@ void affine_sample(const float* x, float* y, int64_t C, int64_t H, int64_t W, do
     }
 }
 
+using affine_sample_fn = void (*)(const float*, float*, int64_t, int64_t, int64_t, double, double, double, double,
+                                  float);
+
+void affine_sample_generic(const float* x, float* y, int64_t C, int64_t H, int64_t W, double angle_deg, double tx,
+                           double ty, double scale, float fill) {
+    affine_sample_body(x, y, C, H, W, angle_deg, tx, ty, scale, fill);
+}
+
+#if STRIATE_AUGMENT_X86
+__attribute__((target("arch=x86-64-v3"))) void affine_sample_avx2(const float* x, float* y, int64_t C, int64_t H,
+                                                                  int64_t W, double angle_deg, double tx, double ty,
+                                                                  double scale, float fill) {
+    affine_sample_body(x, y, C, H, W, angle_deg, tx, ty, scale, fill);
+}
+
+__attribute__((target("arch=x86-64-v4"))) void affine_sample_avx512(const float* x, float* y, int64_t C, int64_t H,
+                                                                    int64_t W, double angle_deg, double tx,
+                                                                    double ty, double scale, float fill) {
+    affine_sample_body(x, y, C, H, W, angle_deg, tx, ty, scale, fill);
+}
+#endif
+
+affine_sample_fn pick_affine_sample() {
+#if STRIATE_AUGMENT_X86
+    switch (active_isa()) {
+        case Isa::avx512:
+            return affine_sample_avx512;
+        case Isa::avx2:
+            return affine_sample_avx2;
+        default:
+            break;
+    }
+#endif
+    return affine_sample_generic;
+}
+
 inline uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
@@ -129,6 +172,7 @@ void affine_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H, i
                     const double* angle_deg, const double* tx, const double* ty, const double* scale,
                     float fill, int threads) {
     const int64_t per = C * H * W;
+    const affine_sample_fn affine_sample = pick_affine_sample();
     parallel_for(
         N,
         [&](int64_t n) {

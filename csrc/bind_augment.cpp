@@ -1,5 +1,6 @@
-// bind_augment.cpp: pybind11 bindings for the augmentation kernels (argument checks,
-// output allocation and GIL release; nothing else).
+// bind_augment.cpp: pybind11 bindings for the augmentation kernels: argument
+// checks, then the pattern of bind_util.hpp (outputs allocated with the GIL
+// held, the kernel called without it); nothing else.
 //
 // striate/augment.py validates and converts first; these checks repeat the ones
 // that protect memory so that a direct call into striate._core cannot crash.
@@ -64,36 +65,21 @@ farray affine(const farray& x, const darray& angle, const darray& tx, const darr
                                     std::to_string(d.w));
     }
     farray y = new_array<float>({d.n, d.c, d.h, d.w});
-    const float* xp = x.data();
-    float* yp = y.mutable_data();
-    const auto* ap = angle.data();
-    const auto* txp = tx.data();
-    const auto* typ = ty.data();
-    const auto* sp = scale.data();
-    {
-        py::gil_scoped_release release;
-        affine_forward(xp, yp, d.n, d.c, d.h, d.w, ap, txp, typ, sp, fill);
-    }
+    call_without_gil(affine_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(angle), in(tx), in(ty), in(scale), fill,
+                     0);
     return y;
 }
 
 farray hflip(const farray& x, const py::object& flags_obj) {
     const Dims d = batch_dims(x);
-    const uint8_t* flags = nullptr;
-    u8array flags_arr;
+    std::optional<u8array> flags;
     if (!flags_obj.is_none()) {
         if (!py::isinstance<u8array>(flags_obj)) throw std::invalid_argument("`flags` must be a uint8 array");
-        flags_arr = flags_obj.cast<u8array>();
-        require_len(flags_arr, d.n, "flags");
-        flags = flags_arr.data();
+        flags = flags_obj.cast<u8array>();
+        require_len(*flags, d.n, "flags");
     }
     farray y = new_array<float>({d.n, d.c, d.h, d.w});
-    const float* xp = x.data();
-    float* yp = y.mutable_data();
-    {
-        py::gil_scoped_release release;
-        hflip_forward(xp, yp, d.n, d.c, d.h, d.w, flags);
-    }
+    call_without_gil(hflip_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(flags), 0);
     return y;
 }
 
@@ -127,14 +113,8 @@ farray crop(const farray& x, const larray& top, const larray& left, int64_t out_
         }
     }
     farray y = new_array<float>({d.n, d.c, out_h, out_w});
-    const float* xp = x.data();
-    float* yp = y.mutable_data();
-    const auto* tp = top.data();
-    const auto* lp = left.data();
-    {
-        py::gil_scoped_release release;
-        crop_forward(xp, yp, d.n, d.c, d.h, d.w, tp, lp, out_h, out_w, padding, fill);
-    }
+    call_without_gil(crop_forward, in(x), out(y), d.n, d.c, d.h, d.w, in(top), in(left), out_h, out_w, padding, fill,
+                     0);
     return y;
 }
 
@@ -147,12 +127,7 @@ farray grayscale(const farray& x, int64_t num_output_channels) {
         throw std::invalid_argument("`num_output_channels` must be 1 or 3, got " + std::to_string(num_output_channels));
     }
     farray y = new_array<float>({d.n, num_output_channels, d.h, d.w});
-    const float* xp = x.data();
-    float* yp = y.mutable_data();
-    {
-        py::gil_scoped_release release;
-        grayscale_forward(xp, yp, d.n, d.c, d.h, d.w, num_output_channels);
-    }
+    call_without_gil(grayscale_forward, in(x), out(y), d.n, d.c, d.h, d.w, num_output_channels, 0);
     return y;
 }
 
@@ -161,13 +136,9 @@ darray uniform(uint64_t key, int64_t start, int64_t n, int64_t k) {
         throw std::invalid_argument("`start`, `n` and `k` must be non-negative, got " + std::to_string(start) + ", " +
                                     std::to_string(n) + ", " + std::to_string(k));
     }
-    darray out = new_array<double>({n, k});
-    double* op = out.mutable_data();
-    {
-        py::gil_scoped_release release;
-        uniform_stream(key, start, n, k, op);
-    }
-    return out;
+    darray u = new_array<double>({n, k});
+    call_without_gil(uniform_stream, key, start, n, k, out(u));
+    return u;
 }
 
 }  // namespace

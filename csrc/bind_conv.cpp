@@ -1,7 +1,8 @@
 // bind_conv.cpp: pybind11 bindings for the conv kernels in conv2d.hpp.
 //
-// Argument checks (ndim, channels vs groups, bias and dy shapes), output
-// allocation with the GIL held, and the GIL released around the kernel.
+// Argument checks (ndim, channels vs groups, bias and dy shapes), then the
+// pattern of bind_util.hpp: outputs allocated with the GIL held, the kernel
+// called without it.
 // Not here: any numeric code, and the user-level argument handling (ints or
 // pairs, "same"/"valid") that striate.functional does.
 #include <pybind11/stl.h>
@@ -48,14 +49,7 @@ farray conv2d_forward_py(const farray& x, const farray& w, const std::optional<f
         require_shape(*b, {s.K}, "b");
     }
     farray y = new_array<float>({s.N, s.K, s.OH, s.OW});
-    const float* px = x.data();
-    const float* pw = w.data();
-    const float* pb = b ? b->data() : nullptr;
-    float* py_ = y.mutable_data();
-    {
-        py::gil_scoped_release release;
-        conv2d_forward(s, px, pw, pb, py_);
-    }
+    call_without_gil(conv2d_forward, s, in(x), in(w), in(b), out(y), 0);
     return y;
 }
 
@@ -72,16 +66,7 @@ py::tuple conv2d_backward_py(const farray& dy, const farray& x, const farray& w,
     if (need_dx) dx = new_array<float>({s.N, s.C, s.H, s.W});
     if (need_dw) dw = new_array<float>({s.K, s.C / s.groups, s.kh, s.kw});
     if (need_db) db = new_array<float>({s.K});
-    const float* pdy = dy.data();
-    const float* px = x.data();
-    const float* pw = w.data();
-    float* pdx = dx ? dx->mutable_data() : nullptr;
-    float* pdw = dw ? dw->mutable_data() : nullptr;
-    float* pdb = db ? db->mutable_data() : nullptr;
-    {
-        py::gil_scoped_release release;
-        conv2d_backward(s, pdy, px, pw, pdx, pdw, pdb);
-    }
+    call_without_gil(conv2d_backward, s, in(dy), in(x), in(w), out(dx), out(dw), out(db), 0);
     auto or_none = [](std::optional<farray>& a) -> py::object { return a ? py::object(*a) : py::none(); };
     return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
 }

@@ -1,6 +1,7 @@
 // bind_gemm.cpp: Python access to sgemm (used by the fully-connected layer),
 // plus the full BLAS-style entry points `_sgemm` / `_sgemm_naive` for tests and
-// benchmarks. Not here: any arithmetic.
+// benchmarks, whose `isa` argument ("auto" follows st.set_isa) reaches every
+// kernel family the CPU runs. Not here: any arithmetic.
 #include "bind_util.hpp"
 #include "gemm.hpp"
 
@@ -19,26 +20,17 @@ farray matmul(const farray& a, const farray& b, bool trans_a, bool trans_b, bool
         throw std::invalid_argument("matmul: inner dimensions differ: `a` gives " + std::to_string(Ka) +
                                     ", `b` gives " + std::to_string(Kb));
     }
-    farray out = new_array<float>({M, N});
-    const float* pa = a.data();
-    const float* pb = b.data();
-    float* pc = out.mutable_data();
+    farray c = new_array<float>({M, N});
     const int64_t lda = a.shape(1), ldb = b.shape(1);
-    {
-        py::gil_scoped_release release;
-        if (row_invariant) {
-            sgemm_row_invariant(trans_a, trans_b, M, N, Ka, 1.f, pa, lda, pb, ldb, 0.f, pc, N);
-        } else {
-            sgemm(trans_a, trans_b, M, N, Ka, 1.f, pa, lda, pb, ldb, 0.f, pc, N);
-        }
-    }
-    return out;
+    call_without_gil(row_invariant ? sgemm_row_invariant : sgemm, trans_a, trans_b, M, N, Ka, 1.f, in(a), lda,
+                     in(b), ldb, 0.f, out(c), N, 0);
+    return c;
 }
-GemmIsa parse_isa(const std::string& isa) {
-    if (isa == "auto") return GemmIsa::Auto;
-    if (isa == "generic") return GemmIsa::Generic;
-    if (isa == "avx2") return GemmIsa::Avx2;
-    if (isa == "avx512") return GemmIsa::Avx512;
+
+// "auto" is the process-wide path (active_isa()); the other names pick a family.
+Isa parse_gemm_isa(const std::string& isa) {
+    if (isa == "auto") return active_isa();
+    if (isa == "generic" || isa == "avx2" || isa == "avx512") return parse_isa(isa);
     throw std::invalid_argument("`isa` must be one of 'auto', 'generic', 'avx2', 'avx512', got '" + isa + "'");
 }
 
@@ -64,18 +56,15 @@ void sgemm_py(const farray& a, const farray& b, farray& c, bool trans_a, bool tr
         throw std::invalid_argument("`m`, `n`, `k` must be >= 0, got " + std::to_string(m) + ", " +
                                     std::to_string(n) + ", " + std::to_string(k));
     }
-    const GemmIsa which = parse_isa(isa);
+    const Isa which = parse_gemm_isa(isa);
     require_extent(a, trans_a ? k : m, trans_a ? m : k, lda, "a");
     require_extent(b, trans_b ? n : k, trans_b ? k : n, ldb, "b");
     require_extent(c, m, n, ldc, "c");
-    const float* pa = a.data();
-    const float* pb = b.data();
-    float* pc = c.mutable_data();
-    py::gil_scoped_release release;
     if (naive) {
-        sgemm_naive(trans_a, trans_b, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc);
+        call_without_gil(sgemm_naive, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta, out(c), ldc);
     } else {
-        sgemm_isa(which, trans_a, trans_b, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc, threads);
+        call_without_gil(sgemm_isa, which, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta, out(c),
+                         ldc, threads);
     }
 }
 }  // namespace
@@ -108,18 +97,20 @@ void bind_gemm(py::module_& m) {
     m.def(
         "_sgemm_task_count",
         [](bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int threads, const std::string& isa) {
-            return sgemm_task_count(parse_isa(isa), trans_a, trans_b, m, n, k, threads);
+            return sgemm_task_count(parse_gemm_isa(isa), trans_a, trans_b, m, n, k, threads);
         },
         py::arg("trans_a"), py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("threads") = 0,
         py::arg("isa") = "auto", "Number of C tiles _sgemm would hand to the thread pool (testing entry point)");
     m.def(
         "_gemm_isa",
         [](const std::string& isa) -> py::object {
-            const GemmIsa which = parse_isa(isa);
-            if (!gemm_isa_supported(which)) return py::none();
-            return py::str(gemm_isa_name(which));
+            const Isa which = parse_gemm_isa(isa);
+            if (static_cast<int>(which) > static_cast<int>(detected_isa())) return py::none();
+            return py::str(isa_name(which));
         },
-        py::arg("isa") = "auto", "Name of the kernel family `isa` selects here, or None if unsupported");
+        py::arg("isa") = "auto",
+        "Name of the kernel family `isa` selects here ('auto': the one st.get_isa() names), or None if this CPU "
+        "cannot run it");
 }
 
 }  // namespace striate

@@ -2,10 +2,11 @@
 //
 // Each function checks its arguments (ndim, positive kernel/stride/dilation,
 // PyTorch's pad <= kernel/2 rule, window against padded input, dy and indices
-// shapes), allocates the outputs with the GIL held, and releases the GIL
-// around the kernel. Also `_pool_isa`, a test hook that caps the vector code
-// the kernels pick. Not here: any numeric code, any user-level argument
-// normalisation (ints or pairs, defaults), which striate.functional does.
+// shapes), then follows the pattern of bind_util.hpp: outputs allocated with
+// the GIL held, the kernel called without it. The vector code the kernels
+// pick follows st.set_isa (cpu.hpp). Not here: any numeric code, any
+// user-level argument normalisation (ints or pairs, defaults), which
+// striate.functional does.
 #include <cmath>
 #include <string>
 
@@ -97,16 +98,10 @@ py::tuple max_pool2d_forward_py(const farray& x, int64_t kh, int64_t kw, int64_t
                                 int64_t pw, int64_t dh, int64_t dw, bool ceil_mode) {
     const Shape s = require_nchw(x, "x");
     const PoolGeom g = make_geom(s[0], s[1], s[2], s[3], kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode);
-    const Shape out = {s[0], s[1], g.OH, g.OW};
-    farray y = new_array<float>(out);
-    larray ind = new_array<int64_t>(out);
-    const float* px = x.data();
-    float* py_ = y.mutable_data();
-    int64_t* pi = ind.mutable_data();
-    {
-        py::gil_scoped_release release;
-        max_pool2d_forward(px, py_, pi, g);
-    }
+    const Shape ys = {s[0], s[1], g.OH, g.OW};
+    farray y = new_array<float>(ys);
+    larray ind = new_array<int64_t>(ys);
+    call_without_gil(max_pool2d_forward, in(x), out(y), out(ind), g);
     return py::make_tuple(y, ind);
 }
 
@@ -117,13 +112,7 @@ farray max_pool2d_backward_py(const farray& dy, const py::array& indices, int64_
     require_shape(indices, s, "indices");
     const PoolGeom g = planes_geom(s, H, W);
     farray dx = new_array<float>({s[0], s[1], H, W});
-    const float* pdy = dy.data();
-    const int64_t* pi = static_cast<const int64_t*>(indices.data());
-    float* pdx = dx.mutable_data();
-    {
-        py::gil_scoped_release release;
-        max_pool2d_backward(pdy, pi, pdx, g);
-    }
+    call_without_gil(max_pool2d_backward, in(dy), in_as<int64_t>(indices), out(dx), g);
     return dx;
 }
 
@@ -132,12 +121,7 @@ farray avg_pool2d_forward_py(const farray& x, int64_t kh, int64_t kw, int64_t sh
     const Shape s = require_nchw(x, "x");
     const PoolGeom g = make_geom(s[0], s[1], s[2], s[3], kh, kw, sh, sw, ph, pw, 1, 1, ceil_mode);
     farray y = new_array<float>({s[0], s[1], g.OH, g.OW});
-    const float* px = x.data();
-    float* py_ = y.mutable_data();
-    {
-        py::gil_scoped_release release;
-        avg_pool2d_forward(px, py_, g, count_include_pad);
-    }
+    call_without_gil(avg_pool2d_forward, in(x), out(y), g, count_include_pad);
     return y;
 }
 
@@ -150,12 +134,7 @@ farray avg_pool2d_backward_py(const farray& dy, int64_t H, int64_t W, int64_t kh
     const PoolGeom g = make_geom(s[0], s[1], H, W, kh, kw, sh, sw, ph, pw, 1, 1, ceil_mode);
     require_shape(dy, {s[0], s[1], g.OH, g.OW}, "dy");
     farray dx = new_array<float>({s[0], s[1], H, W});
-    const float* pdy = dy.data();
-    float* pdx = dx.mutable_data();
-    {
-        py::gil_scoped_release release;
-        avg_pool2d_backward(pdy, pdx, g, count_include_pad);
-    }
+    call_without_gil(avg_pool2d_backward, in(dy), out(dx), g, count_include_pad);
     return dx;
 }
 
@@ -171,12 +150,7 @@ farray lp_pool2d_forward_py(const farray& x, double p, int64_t kh, int64_t kw, i
     const Shape s = require_nchw(x, "x");
     const PoolGeom g = make_geom(s[0], s[1], s[2], s[3], kh, kw, sh, sw, 0, 0, 1, 1, ceil_mode);
     farray y = new_array<float>({s[0], s[1], g.OH, g.OW});
-    const float* px = x.data();
-    float* py_ = y.mutable_data();
-    {
-        py::gil_scoped_release release;
-        lp_pool2d_forward(px, py_, p, g);
-    }
+    call_without_gil(lp_pool2d_forward, in(x), out(y), p, g);
     return y;
 }
 
@@ -187,18 +161,11 @@ farray lp_pool2d_backward_py(const farray& dy, const farray& x, const farray& y,
     require_ndim(dy, 4, "dy");
     require_ndim(y, 4, "y");
     const PoolGeom g = make_geom(s[0], s[1], s[2], s[3], kh, kw, sh, sw, 0, 0, 1, 1, ceil_mode);
-    const Shape out = {s[0], s[1], g.OH, g.OW};
-    require_shape(y, out, "y");
-    require_shape(dy, out, "dy");
+    const Shape ys = {s[0], s[1], g.OH, g.OW};
+    require_shape(y, ys, "y");
+    require_shape(dy, ys, "dy");
     farray dx = new_array<float>(s);
-    const float* pdy = dy.data();
-    const float* px = x.data();
-    const float* py_ = y.data();
-    float* pdx = dx.mutable_data();
-    {
-        py::gil_scoped_release release;
-        lp_pool2d_backward(pdy, px, py_, pdx, p, g);
-    }
+    call_without_gil(lp_pool2d_backward, in(dy), in(x), in(y), out(dx), p, g);
     return dx;
 }
 
@@ -212,12 +179,7 @@ farray adaptive_avg_pool2d_forward_py(const farray& x, int64_t oh, int64_t ow) {
     require_out_size(ow, "ow");
     const PoolGeom g = planes_geom({s[0], s[1], oh, ow}, s[2], s[3]);
     farray y = new_array<float>({s[0], s[1], oh, ow});
-    const float* px = x.data();
-    float* py_ = y.mutable_data();
-    {
-        py::gil_scoped_release release;
-        adaptive_avg_pool2d_forward(px, py_, g);
-    }
+    call_without_gil(adaptive_avg_pool2d_forward, in(x), out(y), g);
     return y;
 }
 
@@ -226,12 +188,7 @@ farray adaptive_avg_pool2d_backward_py(const farray& dy, int64_t H, int64_t W) {
     const Shape s = shape_of(dy);
     const PoolGeom g = planes_geom(s, H, W);
     farray dx = new_array<float>({s[0], s[1], H, W});
-    const float* pdy = dy.data();
-    float* pdx = dx.mutable_data();
-    {
-        py::gil_scoped_release release;
-        adaptive_avg_pool2d_backward(pdy, pdx, g);
-    }
+    call_without_gil(adaptive_avg_pool2d_backward, in(dy), out(dx), g);
     return dx;
 }
 
@@ -260,15 +217,6 @@ void bind_pool(py::module_& m) {
           py::arg("ow"), "Adaptive average pooling to (oh, ow).");
     m.def("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_py, py::arg("dy").noconvert(),
           py::arg("H"), py::arg("W"), "Gradient of adaptive average pooling.");
-    // Test hook: cap the vector code of the pooling kernels (0 portable, 1 AVX2,
-    // 2 AVX-512) and return the instruction set then in use.
-    m.def(
-        "_pool_isa",
-        [](int level) {
-            set_pool_isa_limit(level);
-            return std::string(pool_isa_name());
-        },
-        py::arg("level"));
 }
 
 }  // namespace striate

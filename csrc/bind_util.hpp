@@ -1,17 +1,31 @@
-// bind_util.hpp: helpers shared by the bind_*.cpp files (pybind11 only).
+// bind_util.hpp: the pattern every bind_*.cpp file follows, written once
+// (pybind11 only).
 //
-// Kernels receive C-contiguous float32 arrays whose dtype and layout the
-// Python layer (striate.functional) has already checked; these helpers check
-// again so that a direct call into striate._core can never crash the process.
-// Outputs are allocated here, with the GIL held, before it is released.
+// A binding checks its arrays (require_ndim, require_shape), allocates its
+// outputs with new_array(), then hands the kernel raw pointers with the GIL
+// released:
+//
+//     farray y = new_array<float>({n, k});
+//     call_without_gil(kernel, in(x), in(b), out(y), n, k);
+//
+// in() and out() take the data pointers (an empty std::optional gives
+// nullptr); they run, like every other argument, before call_without_gil
+// releases the GIL, because reading an array's buffer needs it. Kernels receive
+// C-contiguous arrays whose dtype and layout the Python layer
+// (striate.functional) has already checked; these helpers check again so that
+// a direct call into striate._core can never crash the process.
+//
+// Not here: any kernel, any argument rule specific to one op family.
 #pragma once
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shape.hpp"
@@ -65,6 +79,40 @@ inline py::array_t<T, py::array::c_style> new_array(const std::vector<int64_t>& 
     (void)n;
     std::vector<py::ssize_t> s(shape.begin(), shape.end());
     return py::array_t<T, py::array::c_style>(s);
+}
+
+// Read-only data pointer of an array (nullptr for an empty optional).
+template <class T>
+inline const T* in(const py::array_t<T, py::array::c_style>& a) {
+    return a.data();
+}
+template <class T>
+inline const T* in(const std::optional<py::array_t<T, py::array::c_style>>& a) {
+    return a ? a->data() : nullptr;
+}
+// Data pointer of an untyped array whose dtype the caller has checked to be T.
+template <class T>
+inline const T* in_as(const py::array& a) {
+    return static_cast<const T*>(a.data());
+}
+// Writable data pointer of an array (nullptr for an empty optional); a
+// read-only array raises ValueError here, before the kernel runs.
+template <class T>
+inline T* out(py::array_t<T, py::array::c_style>& a) {
+    return a.mutable_data();
+}
+template <class T>
+inline T* out(std::optional<py::array_t<T, py::array::c_style>>& a) {
+    return a ? a->mutable_data() : nullptr;
+}
+
+// f(args...) with the GIL released, so other Python threads run meanwhile.
+// The arguments are evaluated by the caller, with the GIL held; they must be
+// plain values and pointers, never Python objects.
+template <class F, class... Args>
+inline void call_without_gil(F&& f, Args&&... args) {
+    py::gil_scoped_release release;
+    std::forward<F>(f)(std::forward<Args>(args)...);
 }
 
 }  // namespace striate

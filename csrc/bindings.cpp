@@ -1,6 +1,8 @@
 // bindings.cpp: the striate._core module. Each op family registers its own
-// functions from its bind_*.cpp file; this file only assembles them and binds
-// the thread count.
+// functions from its bind_*.cpp file; this file assembles them and binds the
+// process-wide settings (thread count, ISA path) and the output-size formulas
+// of shape.hpp, which striate._args calls so that Python and C++ share one
+// definition. Not here: any kernel or its argument checks.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -8,6 +10,7 @@
 
 #include "cpu.hpp"
 #include "parallel.hpp"
+#include "shape.hpp"
 
 namespace py = pybind11;
 
@@ -25,6 +28,21 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_isa", [](const std::string& name) { striate::set_isa(striate::parse_isa(name)); }, py::arg("name"));
     m.def("get_isa", [] { return std::string(striate::isa_name(striate::active_isa())); });
     m.def("detected_isa", [] { return std::string(striate::isa_name(striate::detected_isa())); });
+    m.def(
+        "conv_out_size",
+        [](int64_t n, int64_t k, int64_t stride, int64_t pad_lo, int64_t pad_hi, int64_t dilation) {
+            return striate::conv_out_size(n, k, stride, pad_lo, pad_hi, dilation, "the axis");
+        },
+        py::arg("n"), py::arg("k"), py::arg("stride"), py::arg("pad_lo"), py::arg("pad_hi"), py::arg("dilation"),
+        "Convolution output size along one axis (shape.hpp); ValueError when the window does not fit.");
+    m.def(
+        "pool_out_size",
+        [](int64_t n, int64_t k, int64_t stride, int64_t pad, int64_t dilation, bool ceil_mode) {
+            return striate::pool_out_size(n, k, stride, pad, dilation, ceil_mode, "the axis");
+        },
+        py::arg("n"), py::arg("k"), py::arg("stride"), py::arg("pad"), py::arg("dilation"), py::arg("ceil_mode"),
+        "Pooling output size along one axis, ceil_mode included (shape.hpp); ValueError when the window does not "
+        "fit.");
 #ifdef STRIATE_HAVE_OPENMP
     m.attr("has_openmp") = true;
 #else

@@ -13,10 +13,13 @@
 // bit-identical for any `threads`. Called from inside a parallel_for region
 // it runs on the calling thread. threads <= 0 means get_num_threads().
 //
-// Not here: convolution-specific packing (see conv2d.cpp), float64.
+// Not here: the micro-kernels (gemm_kernels.hpp), convolution-specific
+// packing (im2col, with the conv code), float64.
 #pragma once
 
 #include <cstdint>
+
+#include "cpu.hpp"
 
 namespace striate {
 
@@ -25,8 +28,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
 
 // sgemm whose rows of C are each computed with the same arithmetic whatever M
 // is, so that a sample's result does not depend on the batch it is computed
-// in (fully-connected layers). The path is chosen from N, K and the CPU only,
-// never from M; plain sgemm may pick a faster path per M.
+// in (fully-connected layers). The path is chosen from N, K and active_isa()
+// only, never from M; plain sgemm may pick a faster path per M.
 void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
                          int threads = 0);
@@ -35,21 +38,21 @@ void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t
 void sgemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
-// Micro-kernel families. sgemm() uses the best one the CPU supports (Auto);
-// sgemm_isa() forces one, so that tests and benchmarks reach every family.
-enum class GemmIsa { Auto, Generic, Avx2, Avx512 };
-
-// True when `isa` can run here (Auto and Generic always can).
-bool gemm_isa_supported(GemmIsa isa);
-// "generic", "avx2" or "avx512"; Auto names the family sgemm() uses.
-const char* gemm_isa_name(GemmIsa isa);
-// sgemm() with a chosen family; an unsupported one throws std::invalid_argument.
-// Negative sizes, or a leading dimension below the logical width, throw too.
-void sgemm_isa(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
-               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
-               int threads = 0);
+// Micro-kernel families: one per instruction-set path of cpu.hpp. sgemm() and
+// sgemm_row_invariant() use the family of active_isa(), so st.set_isa() and
+// STRIATE_ISA steer them; sgemm_isa() forces one, so that tests and
+// benchmarks reach every family the CPU runs. The AVX2 and AVX-512 families
+// give the same bits except for A B^T with 5 to 64 rows of A (and the
+// row-invariant product), which only AVX-512 computes with its dot kernels;
+// the generic family rounds multiply and add separately.
+//
+// sgemm() with a chosen family; one wider than detected_isa() throws
+// std::invalid_argument. Negative sizes, or a leading dimension below the
+// logical width, throw too.
+void sgemm_isa(Isa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads = 0);
 // How many tasks (tiles of C handed to parallel_for) sgemm_isa() would use for
 // this shape and thread count (threads <= 0: get_num_threads()); for tests.
-int64_t sgemm_task_count(GemmIsa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, int threads = 0);
+int64_t sgemm_task_count(Isa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, int threads = 0);
 
 }  // namespace striate

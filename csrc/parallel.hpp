@@ -1,10 +1,13 @@
 // parallel.hpp: the one place in striate that opens OpenMP regions.
 //
-// Every kernel parallelises through parallel_for(). Work is split over
-// independent output items only (images, channels, output tiles), never over a
-// reduction, so results are bit-identical for any thread count. An exception
-// thrown inside a worker is captured there and rethrown on the calling thread
-// after the region; std::terminate never runs.
+// Every kernel parallelises through parallel_for() or its multi-dimensional
+// forms parallel_for_2d() / parallel_for_3d(), which flatten their index space
+// row-major into one parallel_for(): the `#pragma omp` below is the only one in
+// striate. Work is split over independent output items only (images, channels,
+// output tiles), never over a reduction, so results are bit-identical for any
+// thread count. The static schedule hands each thread one contiguous range of
+// the flat index. An exception thrown inside a worker is captured there and
+// rethrown on the calling thread after the region; std::terminate never runs.
 //
 // Not here: any numeric code, any allocation policy beyond the thread count.
 #pragma once
@@ -72,6 +75,26 @@ void parallel_for(int64_t n, F&& f, int threads = 0) {
 #else
     for (int64_t i = 0; i < n; ++i) f(i);
 #endif
+}
+
+// Calls f(i, j) for every i in [0, n0), j in [0, n1): parallel_for over the
+// n0 * n1 pairs in row-major order (j fastest), so a thread's range covers
+// whole rows where it can. n0 * n1 must fit in int64 (callers size their
+// grids with shape.hpp's checked products).
+template <class F>
+void parallel_for_2d(int64_t n0, int64_t n1, F&& f, int threads = 0) {
+    if (n0 <= 0 || n1 <= 0) return;
+    parallel_for(
+        n0 * n1, [&](int64_t t) { f(t / n1, t % n1); }, threads);
+}
+
+// Calls f(i, j, k) for every i < n0, j < n1, k < n2, row-major (k fastest).
+template <class F>
+void parallel_for_3d(int64_t n0, int64_t n1, int64_t n2, F&& f, int threads = 0) {
+    if (n0 <= 0 || n1 <= 0 || n2 <= 0) return;
+    const int64_t n12 = n1 * n2;
+    parallel_for(
+        n0 * n12, [&](int64_t t) { f(t / n12, (t % n12) / n2, t % n2); }, threads);
 }
 
 }  // namespace striate

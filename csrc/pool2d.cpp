@@ -19,7 +19,6 @@
 #include "pool2d.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -27,6 +26,7 @@
 #include <string>
 #include <utility>
 
+#include "cpu.hpp"
 #include "parallel.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -171,28 +171,10 @@ void max_plane_backward_generic(const float* dy, const int64_t* ind, float* dx, 
 // only on the index values, never on how they were made.
 //
 // Every specialised kernel gives the bits of the generic one (the tests
-// compare them at each instruction-set level); the instruction set is chosen
-// at run time (__builtin_cpu_supports), never by compiler flags. Average
-// pooling has AVX-512 kernels of the same shapes further down.
-
-enum class Isa : int { portable = 0, avx2 = 1, avx512 = 2 };
-
-Isa detect_isa() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return Isa::avx512;
-    if (__builtin_cpu_supports("avx2")) return Isa::avx2;
-#endif
-    return Isa::portable;
-}
-
-std::atomic<int> g_isa_limit{static_cast<int>(Isa::avx512)};
-
-Isa active_isa() {
-    static const Isa detected = detect_isa();
-    const int limit = g_isa_limit.load(std::memory_order_relaxed);
-    return static_cast<Isa>(std::min(static_cast<int>(detected), limit));
-}
+// compare them under every instruction-set path); the path is active_isa()
+// (cpu.hpp) at the time of the call, never a compiler flag. Average pooling
+// has AVX-512 kernels of the same shapes further down; on the AVX2 path it
+// runs the generic code.
 
 // dy where `hit`, else +0, computed as 0 + dy like the zero-fill and scatter
 // of the generic kernel; integer masks keep it free of branches.
@@ -461,7 +443,7 @@ MaxForwardPlane pick_max_forward(const PoolGeom& g) {
                 return g.kh == 2 ? max_plane_forward_s2_avx512<2> : max_plane_forward_s2_avx512<3>;
             case Isa::avx2:
                 return g.kh == 2 ? max_plane_forward_s2_avx2<2> : max_plane_forward_s2_avx2<3>;
-            case Isa::portable:
+            case Isa::generic:
                 break;
         }
     }
@@ -733,21 +715,6 @@ void max_pool2d_backward(const float* dy, const int64_t* indices, float* dx, con
             max_plane_backward_generic(pdy, pind, pdx, g, p);
         }
     });
-}
-
-void set_pool_isa_limit(int level) {
-    g_isa_limit.store(std::max(0, std::min(level, static_cast<int>(Isa::avx512))), std::memory_order_relaxed);
-}
-
-const char* pool_isa_name() {
-    switch (active_isa()) {
-        case Isa::avx512:
-            return "avx512";
-        case Isa::avx2:
-            return "avx2";
-        default:
-            return "portable";
-    }
 }
 
 void avg_pool2d_forward(const float* x, float* y, const PoolGeom& g, bool count_include_pad) {

@@ -5,7 +5,8 @@
 // Semantics are PyTorch's (torch.nn.functional) and are spelled out in
 // pool2d.cpp. Work is split over (n, c) planes only; inside a plane every
 // accumulation runs in one fixed order, so results are bit-identical for any
-// thread count.
+// thread count. The vector code follows active_isa() (cpu.hpp) and gives the
+// same bits on every path.
 //
 // Not here: argument checking, shape arithmetic and allocation (the caller,
 // bind_pool.cpp, does those with shape.hpp before calling in), any Python.
@@ -46,12 +47,5 @@ void lp_pool2d_backward(const float* dy, const float* x, const float* y, float* 
 // Adaptive average pooling; only planes, H, W, OH, OW of g are used.
 void adaptive_avg_pool2d_forward(const float* x, float* y, const PoolGeom& g);
 void adaptive_avg_pool2d_backward(const float* dy, float* dx, const PoolGeom& g);
-
-// Vector code selection, for tests: 0 portable, 1 AVX2, 2 AVX-512 (the
-// default; the CPU's own support is always the upper bound). Affects only
-// speed, never results.
-void set_pool_isa_limit(int level);
-// The instruction set the pooling kernels use now: "avx512", "avx2" or "portable".
-const char* pool_isa_name();
 
 }  // namespace striate

@@ -4,6 +4,12 @@
 // All sizes are int64. A product that would overflow, or a geometry with no
 // valid output, throws std::invalid_argument (ValueError in Python) before
 // anything is allocated. "padding" always means padding per side.
+//
+// conv_out_size() and pool_out_size() are the one definition of the output
+// size: the kernels' bindings call them, and so does Python (striate._args,
+// through _core.conv_out_size / _core.pool_out_size, bound in bindings.cpp).
+//
+// Not here: any other argument rule (bind_*.cpp, striate._args).
 #pragma once
 
 #include <cstdint>

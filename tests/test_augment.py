@@ -45,13 +45,13 @@ def scipy_affine(x, angle, tx, ty, scale, fill=0.0):
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 7, 5), (1, 1, 1, 1), (2, 3, 1, 8), (5, 1, 32, 32)])
-def test_affine_identity_is_exact(rng, shape):
+def test_affine_identity_is_exact(rng, shape, isa):
     x = batch(rng, shape)
     y = A.affine(x)
     assert np.array_equal(y, x) and not np.shares_memory(x, y)
 
 
-def test_rotation_direction_by_hand():
+def test_rotation_direction_by_hand(isa):
     # An asymmetric pattern: a bright pixel right of the centre, a dim one below it.
     x = np.zeros((1, 1, 5, 5), np.float32)
     x[0, 0, 2, 4] = 1.0  # right
@@ -64,18 +64,18 @@ def test_rotation_direction_by_hand():
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, -1, 4, 5])
-def test_quarter_turns_match_rot90(rng, k):
+def test_quarter_turns_match_rot90(rng, k, isa):
     x = batch(rng, (3, 2, 8, 8))
     np.testing.assert_array_equal(A.affine(x, angle=90.0 * k), np.rot90(x, k=k, axes=(2, 3)))
 
 
-def test_half_turn_on_non_square(rng):
+def test_half_turn_on_non_square(rng, isa):
     x = batch(rng, (2, 1, 6, 9))
     np.testing.assert_array_equal(A.affine(x, angle=180), x[:, :, ::-1, ::-1])
 
 
 @pytest.mark.parametrize("dx, dy", [(1, 0), (0, 2), (-3, 1), (2, -2)])
-def test_whole_pixel_translation_is_a_shift(rng, dx, dy):
+def test_whole_pixel_translation_is_a_shift(rng, dx, dy, isa):
     x = batch(rng, (2, 3, 7, 9))
     fill = 0.25
     y = A.affine(x, translate=(dx, dy), fill=fill)
@@ -86,7 +86,7 @@ def test_whole_pixel_translation_is_a_shift(rng, dx, dy):
     np.testing.assert_array_equal(y, want)
 
 
-def test_half_pixel_translation_averages_neighbours(rng):
+def test_half_pixel_translation_averages_neighbours(rng, isa):
     x = batch(rng, (1, 1, 4, 6))
     y = A.affine(x, translate=(0.5, 0))
     np.testing.assert_allclose(y[..., 1:], (x[..., 1:] + x[..., :-1]) / 2, rtol=1e-6)
@@ -97,14 +97,14 @@ def test_half_pixel_translation_averages_neighbours(rng):
     "angle, translate, scale, fill",
     [(30.0, (1.5, -2.25), 1.2, 0.0), (-73.0, (0, 0), 0.7, 0.5), (200.0, (3, 4), 1.0, -1.0), (12.5, (0.3, 0.7), 2.0, 0.0)],
 )
-def test_affine_matches_scipy(rng, angle, translate, scale, fill):
+def test_affine_matches_scipy(rng, angle, translate, scale, fill, isa):
     x = batch(rng, (3, 2, 17, 23))
     y = A.affine(x, angle, translate, scale, fill)
     ref = scipy_affine(x, angle, *translate, scale, fill)
     np.testing.assert_allclose(y, ref, atol=1e-6, rtol=1e-6)
 
 
-def test_affine_per_sample_parameters_match_one_by_one(rng):
+def test_affine_per_sample_parameters_match_one_by_one(rng, isa):
     x = batch(rng, (5, 3, 12, 10))
     angle = rng.uniform(-180, 180, 5)
     tr = rng.uniform(-3, 3, (5, 2))
@@ -118,14 +118,14 @@ def test_affine_per_sample_parameters_match_one_by_one(rng):
     np.testing.assert_allclose(y, scipy_affine(x, angle, tr[:, 0], tr[:, 1], scale, 0.1), atol=1e-6)
 
 
-def test_affine_far_outside_is_fill(rng):
+def test_affine_far_outside_is_fill(rng, isa):
     x = batch(rng, (2, 1, 5, 5))
     assert (A.affine(x, translate=(100, 0), fill=0.75) == 0.75).all()
     assert (A.affine(x, scale=1e-12, fill=0.75)[:, :, 2, 2] == x[:, :, 2, 2]).all()  # the centre stays
     assert (A.affine(x, scale=1e-300, fill=0.75)[:, :, 0, 0] == 0.75).all()
 
 
-def test_affine_non_contiguous_input(rng):
+def test_affine_non_contiguous_input(rng, isa):
     base = batch(rng, (4, 3, 10, 12))
     x = base[:, :, :, ::2]
     assert not x.flags.c_contiguous
@@ -141,14 +141,14 @@ def test_empty_batch():
 # --- flip, grayscale, crop -------------------------------------------------------------
 
 
-def test_hflip(rng):
+def test_hflip(rng, isa):
     x = batch(rng)
     y = A.hflip(x)
     np.testing.assert_array_equal(y, x[..., ::-1])
     np.testing.assert_array_equal(A.hflip(y), x)
 
 
-def test_grayscale_weights(rng):
+def test_grayscale_weights(rng, isa):
     x = batch(rng, (3, 3, 5, 4))
     y = A.grayscale(x)
     assert y.shape == (3, 1, 5, 4)
@@ -165,7 +165,7 @@ def test_grayscale_weights(rng):
 
 
 @pytest.mark.parametrize("size, padding", [((5, 7), 0), (4, 2), ((11, 13), 1), ((1, 1), 3)])
-def test_crop_matches_pad_and_slice(rng, size, padding):
+def test_crop_matches_pad_and_slice(rng, size, padding, isa):
     x = batch(rng, (4, 2, 9, 11))
     h, w = (size, size) if isinstance(size, int) else size
     top = rng.integers(0, 9 + 2 * padding - h + 1, 4)
@@ -222,7 +222,7 @@ def test_none_uses_striate_global_generator(rng):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_bit_identical_across_thread_counts(rng, threads):
+def test_bit_identical_across_thread_counts(rng, threads, isa):
     x = batch(rng, (33, 3, 16, 16))
     aug = pipeline()
     st.set_num_threads(1)
@@ -243,7 +243,7 @@ def _serial(fn):
 
 
 @pytest.mark.parametrize("split", [1, 7, 16, 32])
-def test_independent_of_batch_split(rng, split):
+def test_independent_of_batch_split(rng, split, isa):
     x = batch(rng, (33, 1, 12, 12))
     aug = pipeline()
     whole = aug(x, 11)

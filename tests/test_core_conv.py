@@ -161,7 +161,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matches_oracle(rng, case):
+def test_matches_oracle(rng, case, isa):
     N, C, H, W, K, kh, kw, stride, pads, dil, groups, bias = case
     x, w, b = make_inputs(rng, N, C, H, W, K, kh, kw, groups, bias)
     y = call_forward(x, w, b, stride, pads, dil, groups)
@@ -179,7 +179,7 @@ def test_matches_oracle(rng, case):
 
 
 @pytest.mark.parametrize("need", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)])
-def test_backward_computes_only_what_is_asked(rng, need):
+def test_backward_computes_only_what_is_asked(rng, need, isa):
     x, w, _ = make_inputs(rng, 3, 4, 6, 6, 5, 3, 3, 1)
     dy = rng.standard_normal((3, 5, 6, 6), dtype=np.float32)
     full = call_backward(dy, x, w, pads=(1, 1, 1, 1))
@@ -220,7 +220,7 @@ DET_CASES = [
 
 
 @pytest.mark.parametrize("case", DET_CASES)
-def test_bitwise_identical_across_thread_counts(rng, case):
+def test_bitwise_identical_across_thread_counts(rng, case, isa):
     N, C, H, W, K, kh, kw, stride, pads, dil, groups = case
     x, w, b = make_inputs(rng, N, C, H, W, K, kh, kw, groups)
     results = []
@@ -242,7 +242,7 @@ def test_bitwise_identical_across_thread_counts(rng, case):
 # ---------------------------------------------------------------- edge cases
 
 
-def test_flat_dw_keeps_uncovered_inf_out(rng):
+def test_flat_dw_keeps_uncovered_inf_out(rng, isa):
     # Column W-1 lies under no window of taps j = 0, 1 (3 wide, no padding): an inf
     # there must not reach dw[..., 0] or dw[..., 1], though the flattened
     # positions of the flat dw path read it.
@@ -260,7 +260,7 @@ def test_flat_dw_keeps_uncovered_inf_out(rng):
 
 
 @pytest.mark.parametrize("groups", [1, 2])
-def test_zero_dy_gives_exactly_zero_gradients(rng, groups):
+def test_zero_dy_gives_exactly_zero_gradients(rng, groups, isa):
     x, w, _ = make_inputs(rng, 6, 4, 7, 7, 6, 3, 3, groups)
     dy = np.zeros((6, 6, 4, 4), dtype=np.float32)
     for grad in call_backward(dy, x, w, stride=(2, 2), pads=(1, 1, 1, 1), groups=groups):
@@ -268,7 +268,7 @@ def test_zero_dy_gives_exactly_zero_gradients(rng, groups):
 
 
 @pytest.mark.parametrize("kh,C", [(3, 4), (5, 1), (1, 4)])
-def test_empty_batch(rng, kh, C):
+def test_empty_batch(rng, kh, C, isa):
     x = np.zeros((0, C, 8, 8), dtype=np.float32)
     w = rng.standard_normal((6, C, kh, kh), dtype=np.float32)
     b = rng.standard_normal(6, dtype=np.float32)

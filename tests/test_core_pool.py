@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
+from isa_paths import SUPPORTED_ISAS
 from numpy.lib.stride_tricks import sliding_window_view
 
 import striate as st
@@ -203,7 +204,7 @@ MAX_CASES = [
 
 
 @pytest.mark.parametrize("case", MAX_CASES, ids=str)
-def test_max_pool_matches_oracle(case, rng):
+def test_max_pool_matches_oracle(case, rng, isa):
     shape, *args = case
     x = randn(rng, *shape)
     y, idx = _core.max_pool2d_forward(x, *args)
@@ -219,7 +220,7 @@ def test_max_pool_matches_oracle(case, rng):
 
 
 @pytest.mark.parametrize(("kh", "sh", "h"), [(2, 2, 8), (2, 2, 9), (3, 2, 9), (3, 2, 40), (2, 2, 66)])
-def test_max_pool_ties_take_first_index(kh, sh, h):
+def test_max_pool_ties_take_first_index(kh, sh, h, isa):
     x = np.ones((2, 2, h, h), np.float32)
     x[:, :, ::3, :] = 0.5  # ties among the remaining ones
     y, idx = _core.max_pool2d_forward(x, kh, kh, sh, sh, 0, 0, 1, 1, False)
@@ -235,7 +236,7 @@ def test_max_pool_ties_take_first_index(kh, sh, h):
 
 
 @pytest.mark.parametrize(("k", "w"), [(2, 8), (2, 70), (3, 9), (3, 71)])
-def test_max_pool_nan_propagates(k, w, rng):
+def test_max_pool_nan_propagates(k, w, rng, isa):
     x = randn(rng, 1, 2, w, w)
     x[0, 0, 1, 1] = np.nan
     x[0, 1, 4, 5] = np.nan
@@ -268,7 +269,7 @@ def test_max_pool_window_of_padding_only():
 
 
 @pytest.mark.parametrize("k", [2, 3])
-def test_max_pool_backward_any_valid_indices(k, rng):
+def test_max_pool_backward_any_valid_indices(k, rng, isa):
     """Indices need not come from the forward pass: repeats accumulate in output order."""
     h = w = 12
     y, idx = _core.max_pool2d_forward(randn(rng, 2, 3, h, w), k, k, 2, 2, 0, 0, 1, 1, False)
@@ -336,7 +337,7 @@ AVG_CASES = [
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
 @pytest.mark.parametrize("case", AVG_CASES, ids=str)
-def test_avg_pool_matches_oracle(case, count_include_pad, rng):
+def test_avg_pool_matches_oracle(case, count_include_pad, rng, isa):
     shape, *args = case
     x = randn(rng, *shape)
     y = _core.avg_pool2d_forward(x, *args, count_include_pad)
@@ -371,7 +372,7 @@ LP_CASES = [
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 2.5, 0.7])
 @pytest.mark.parametrize("case", LP_CASES, ids=str)
-def test_lp_pool_matches_oracle(case, p, rng):
+def test_lp_pool_matches_oracle(case, p, rng, isa):
     shape, *args = case
     x = rng.uniform(0.1, 2.0, shape).astype(np.float32)
     y = _core.lp_pool2d_forward(x, p, *args)
@@ -419,7 +420,7 @@ def test_lp_pool_argument_errors(rng):
 @pytest.mark.parametrize(
     ("hw", "out"), [((8, 8), (4, 4)), ((7, 9), (3, 4)), ((5, 5), (7, 6)), ((1, 1), (1, 1)), ((6, 10), (1, 1))]
 )
-def test_adaptive_avg_pool_matches_oracle(hw, out, rng):
+def test_adaptive_avg_pool_matches_oracle(hw, out, rng, isa):
     x = randn(rng, 2, 3, *hw)
     y = _core.adaptive_avg_pool2d_forward(x, *out)
     assert y.shape == (2, 3, *out)
@@ -553,7 +554,7 @@ def _shapes_for(x):
     return dy_max, dy3
 
 
-def test_bitwise_identical_for_any_thread_count(rng):
+def test_bitwise_identical_for_any_thread_count(rng, isa):
     x = randn(rng, 4, 16, 33, 40)  # large enough for the kernels to use every thread
     dy_max, dy3 = _shapes_for(x)
     dy_max = {k: randn(rng, *s) for k, s in dy_max.items()}
@@ -585,7 +586,7 @@ def test_empty_batch(rng):
     assert out["adaptive"][1].shape == (0, 3, 9, 9)
 
 
-def test_zero_dy_gives_zero_dx_and_outputs_are_fresh(rng):
+def test_zero_dy_gives_zero_dx_and_outputs_are_fresh(rng, isa):
     x = randn(rng, 2, 3, 13, 36)
     dy_max, dy3 = _shapes_for(x)
     zeros = {k: np.zeros(s, np.float32) for k, s in dy_max.items()}
@@ -604,7 +605,7 @@ def test_zero_dy_gives_zero_dx_and_outputs_are_fresh(rng):
                 assert not np.shares_memory(a, src), key
 
 
-def test_negative_zero_gradient_is_positive_zero(rng):
+def test_negative_zero_gradient_is_positive_zero(rng, isa):
     y, idx = _core.max_pool2d_forward(randn(rng, 1, 2, 8, 32), 2, 2, 2, 2, 0, 0, 1, 1, False)
     dx = _core.max_pool2d_backward(np.full_like(y, -0.0), idx, 8, 32)
     assert np.all(dx == 0) and not np.signbit(dx).any()
@@ -712,11 +713,8 @@ def test_adaptive_avg_pool_matches_torch(hw, out, rng):
 
 @pytest.fixture
 def isa_levels():
-    """The instruction-set levels this CPU offers (0 portable, 1 AVX2, 2 AVX-512); restores the default."""
-    names = {"portable": 0, "avx2": 1, "avx512": 2}
-    top = names[_core._pool_isa(2)]
-    yield list(range(top + 1))
-    _core._pool_isa(2)
+    """The ISA paths this CPU offers, narrowest (generic) first; the global guard restores the path."""
+    return list(SUPPORTED_ISAS)
 
 
 def _tricky(rng, shape):
@@ -738,7 +736,7 @@ def test_max_pool_vector_paths_match_portable(hw, k, ceil_mode, isa_levels, rng)
     h, w = hw
     results = []
     for level in isa_levels:
-        _core._pool_isa(level)
+        st.set_isa(level)
         y, idx = _core.max_pool2d_forward(x, k, k, 2, 2, 0, 0, 1, 1, ceil_mode)
         dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
         dy.reshape(-1)[::5] = -0.0
@@ -750,7 +748,7 @@ def test_max_pool_vector_paths_match_portable(hw, k, ceil_mode, isa_levels, rng)
     close(results[0][2], ref_max_backward(dy, eidx, h, w), k=4)
     for level, r in zip(isa_levels[1:], results[1:]):
         for a, b in zip(results[0], r):
-            assert a.tobytes() == b.tobytes(), f"level {level} differs from portable"
+            assert a.tobytes() == b.tobytes(), f"level {level} differs from generic"
 
 
 @pytest.mark.parametrize("count_include_pad", [False, True])
@@ -764,7 +762,7 @@ def test_avg_pool_vector_paths_match_portable(hw, k, ceil_mode, count_include_pa
     h, w = hw
     results = []
     for level in isa_levels:
-        _core._pool_isa(level)
+        st.set_isa(level)
         y = _core.avg_pool2d_forward(x, *args)
         dy = np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape)
         dy.reshape(-1)[::5] = -0.0
@@ -773,7 +771,7 @@ def test_avg_pool_vector_paths_match_portable(hw, k, ceil_mode, count_include_pa
     close(results[0][1], ref_avg_backward(dy, h, w, *args), k=k * k)
     for level, r in zip(isa_levels[1:], results[1:]):
         for a, b in zip(results[0], r):
-            assert a.tobytes() == b.tobytes(), f"level {level} differs from portable"
+            assert a.tobytes() == b.tobytes(), f"level {level} differs from generic"
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
@@ -787,7 +785,7 @@ def test_max_pool_backward_block_fallback(where, isa_levels, rng):
     dy = randn(rng, *y.shape)
     expected = ref_max_backward(dy, idx, h, w)
     for level in isa_levels:
-        _core._pool_isa(level)
+        st.set_isa(level)
         close(_core.max_pool2d_backward(dy, idx, h, w), expected, k=4)
         bad = idx.copy()
         bad[pos] = h * w

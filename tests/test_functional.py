@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st_h
+from isa_paths import SUPPORTED_ISAS
 from kernel_helpers import check_op
 
 import striate as st
@@ -28,10 +29,17 @@ import striate.reference as R
 from striate import _args
 
 
-@pytest.fixture(params=["cpp", "numpy"])
+# The C++ backend once per ISA path this CPU runs, then the NumPy reference.
+_BACKENDS = [("cpp", isa) for isa in SUPPORTED_ISAS] + [("numpy", None)]
+
+
+@pytest.fixture(params=_BACKENDS, ids=lambda b: b[0] if b[1] is None else f"{b[0]}-{b[1]}")
 def backend(request):
-    st.set_backend(request.param)
-    return request.param
+    name, isa = request.param
+    st.set_backend(name)
+    if isa is not None:
+        st.set_isa(isa)
+    return name
 
 
 def f32(rng, *shape):
@@ -546,7 +554,7 @@ def _workload(seed):
     return res
 
 
-def test_cpp_thread_counts_are_bitwise_identical():
+def test_cpp_thread_counts_are_bitwise_identical(isa):
     st.set_backend("cpp")
     results = {}
     for n in (1, 2, 3):

@@ -1,7 +1,8 @@
 """Tests for csrc/gemm.cpp: the packed SGEMM against a float64 NumPy oracle.
 
-Covers every kernel family the CPU supports (AVX-512, AVX2+FMA, portable), all
-four transpose combinations, sizes on and around the micro-tile and block edges,
+Covers every kernel family the CPU supports (AVX-512, AVX2+FMA, portable; the
+conftest ``isa`` fixture runs each test once per family, with that path set
+through ``st.set_isa``), all four transpose combinations, sizes on and around the micro-tile and block edges,
 zero sizes, strided leading dimensions, alpha/beta, NaN in C with beta == 0,
 bit-identical results for any thread count, and the argument errors. Not here:
 speed (see benchmarks/bench_gemm.py).
@@ -15,8 +16,6 @@ import numpy as np
 import pytest
 
 from striate import _core
-
-ISAS = [isa for isa in ("avx512", "avx2", "generic") if _core._gemm_isa(isa) is not None]
 
 
 def make_operands(rng, m, n, k, trans_a, trans_b, pad=(0, 0, 0), c_fill=np.nan):
@@ -95,14 +94,12 @@ EDGE_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("trans_a,trans_b", TRANS)
 @pytest.mark.parametrize("m,n,k", EDGE_SHAPES)
 def test_matches_float64_reference(isa, trans_a, trans_b, m, n, k):
     check(m, n, k, trans_a, trans_b, isa=isa)
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, -0.75), (-2.0, 0.0), (1.0, 2.0), (0.0, 1.0)])
 def test_alpha_beta(isa, alpha, beta):
     for trans_a, trans_b in TRANS:
@@ -111,20 +108,17 @@ def test_alpha_beta(isa, alpha, beta):
         check(50, 3, 9, trans_a, trans_b, alpha=alpha, beta=beta, isa=isa)
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("trans_a,trans_b", TRANS)
 def test_strided_leading_dimensions(isa, trans_a, trans_b):
     check(19, 37, 41, trans_a, trans_b, pad=(3, 5, 7), isa=isa)
     check(33, 5, 70, trans_a, trans_b, pad=(1, 2, 3), beta=0.5, isa=isa)
 
 
-@pytest.mark.parametrize("isa", ISAS)
 def test_nan_in_c_is_ignored_when_beta_is_zero(isa):
     out = check(30, 50, 20, False, False, beta=0.0, isa=isa)
     assert np.isfinite(out[:, :50]).all()
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize(
     "m,n,k,beta",
     [(0, 5, 3, 0.0), (4, 0, 3, 0.0), (0, 0, 0, 1.0), (4, 5, 0, 0.0), (4, 5, 0, 1.0), (4, 5, 0, -3.0)],
@@ -143,7 +137,6 @@ def test_zero_sizes(isa, m, n, k, beta):
         np.testing.assert_array_equal(c, (beta * c0.astype(np.float64)).astype(np.float32))
 
 
-@pytest.mark.parametrize("isa", ISAS)
 def test_agrees_with_naive_oracle(isa):
     rng = np.random.default_rng(5)
     for trans_a, trans_b in TRANS:
@@ -160,7 +153,6 @@ def test_agrees_with_naive_oracle(isa):
 THREAD_SHAPES = [(200, 300, 150), (500, 7, 300), (64, 784, 150), (16, 1024, 288), (300, 257, 513)]
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m,n,k", THREAD_SHAPES)
 def test_bit_identical_for_any_thread_count(isa, m, n, k):
     rng = np.random.default_rng(7)
@@ -175,14 +167,12 @@ def test_bit_identical_for_any_thread_count(isa, m, n, k):
             np.testing.assert_array_equal(out, outs[0])
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("trans_a,trans_b", TRANS)
 def test_long_reduction_over_several_depth_blocks(isa, trans_a, trans_b):
     # K spans several depth blocks of every path (packed: 256, in-place dot: 2048).
     check(5, 7, 4100, trans_a, trans_b, alpha=0.5, beta=0.5, isa=isa)
 
 
-@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("trans_a,trans_b", TRANS)
 def test_default_thread_count_is_used_for_the_split(isa, trans_a, trans_b):
     # threads <= 0 means the global setting: the split must match an explicit count.
@@ -199,12 +189,12 @@ def test_default_thread_count_is_used_for_the_split(isa, trans_a, trans_b):
     assert _core._sgemm_task_count(trans_a, trans_b, 0, 4, 4, threads=8, isa=isa) == 0
 
 
-def test_large_shapes_match_reference():
+def test_large_shapes_match_reference(isa):
     for trans_a, trans_b in TRANS:
         check(130, 540, 700, trans_a, trans_b, threads=2, beta=1.0)
 
 
-def test_matmul_binding(rng):
+def test_matmul_binding(rng, isa):
     a = rng.standard_normal((37, 60)).astype(np.float32)
     b = rng.standard_normal((60, 45)).astype(np.float32)
     ref = a.astype(np.float64) @ b.astype(np.float64)
@@ -251,7 +241,7 @@ def test_sgemm_argument_errors():
 
 @pytest.mark.parametrize("m,n,k", [(200, 120, 400), (200, 10, 84), (300, 128, 4096), (130, 33, 1536), (70, 5, 64)])
 @pytest.mark.parametrize("trans_b", [True, False])
-def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b):
+def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, isa):
     """row_invariant=True: every row of op(a) @ op(b) is bitwise what that row alone gives (batch independence)."""
     rng = np.random.default_rng(7)
     a = rng.standard_normal((m, k)).astype(np.float32)

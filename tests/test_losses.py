@@ -170,3 +170,70 @@ def test_docstring_examples():
 
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- label smoothing
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("kind", ["labels", "onehot", "probs"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_label_smoothing_matches_torch_over_steps(smoothing, kind, dtype, rng):
+    """Forward and backward as torch.nn.functional.cross_entropy, along 12 gradient steps on the logits."""
+    torch = pytest.importorskip("torch")
+    o = (rng.standard_normal((6, 5)) * 2).astype(dtype)
+    t = _targets(kind, rng, 6, 5)
+    to = torch.tensor(o.copy(), requires_grad=True)
+    tt = torch.from_numpy(t if kind == "labels" else t.astype(dtype))
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+    ce = losses.CrossEntropy(label_smoothing=smoothing)
+    for _ in range(12):
+        val = ce(o, t)
+        tl = torch.nn.functional.cross_entropy(to, tt, label_smoothing=smoothing)
+        to.grad = None
+        tl.backward()
+        assert val == pytest.approx(tl.item(), rel=tol["rtol"])
+        g = ce.backward()
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, to.grad.numpy(), **tol)
+        o = o - dtype(0.5) * g
+        with torch.no_grad():
+            to -= 0.5 * to.grad
+        np.testing.assert_allclose(o, to.detach().numpy(), **tol)
+
+
+@pytest.mark.parametrize("kind", ["labels", "probs"])
+def test_label_smoothing_gradcheck(kind, rng):
+    o = rng.standard_normal((5, 4)) * 3
+    t = _targets(kind, rng)
+    loss = losses.CrossEntropy(label_smoothing=0.2)
+    loss(o, t)
+    np.testing.assert_allclose(loss.backward(), _numgrad(losses.CrossEntropy(label_smoothing=0.2), o, t),
+                               atol=ATOL, rtol=RTOL)
+
+
+def test_label_smoothing_by_hand():
+    o = np.array([[2.0, 0.0]])
+    logp = o[0] - math.log(math.exp(2.0) + 1.0)
+    expect = -(0.95 * logp[0] + 0.05 * logp[1])  # q = 0.9 * one-hot + 0.1 / 2
+    assert losses.CrossEntropy(label_smoothing=0.1)(o, np.array([0])) == pytest.approx(expect, rel=1e-12)
+    # labels and their one-hot rows agree under smoothing too
+    a, b = losses.CrossEntropy(0.3), losses.CrossEntropy(0.3)
+    assert a(o, np.array([1])) == pytest.approx(b(o, np.array([[0.0, 1.0]])), rel=1e-12)
+    np.testing.assert_allclose(a.backward(), b.backward(), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "value, exc",
+    [(-0.1, ValueError), (1.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+     (True, TypeError), ("0.1", TypeError), (None, TypeError)],
+)
+def test_label_smoothing_validation(value, exc):
+    with pytest.raises(exc, match="`label_smoothing`"):
+        losses.CrossEntropy(label_smoothing=value)
+
+
+def test_label_smoothing_repr():
+    assert repr(losses.CrossEntropy()) == "CrossEntropy()"
+    assert repr(losses.CrossEntropy(label_smoothing=0.1)) == "CrossEntropy(label_smoothing=0.1)"
+    assert losses.CrossEntropy(np.float32(0.25)).label_smoothing == 0.25

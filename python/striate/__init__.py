@@ -7,9 +7,9 @@ NumPy layer of layers, losses, optimizers and a Keras-like ``fit``.
 
 from __future__ import annotations
 
-from ._version import __version__
+from ._version import __version__  # the one version source: pyproject.toml reads it
 
-from ._config import get_backend, get_num_threads, seed, set_backend, set_num_threads
+from ._config import get_backend, get_isa, get_num_threads, seed, set_backend, set_isa, set_num_threads
 from . import io, layers, losses, optim, zoo  # noqa: E402
 from .layers import Parameter  # noqa: E402
 from .model import Sequential  # noqa: E402
@@ -34,9 +34,11 @@ __all__ = [
     "viz",
     "reference",
     "get_backend",
+    "get_isa",
     "get_num_threads",
     "seed",
     "set_backend",
+    "set_isa",
     "set_num_threads",
     "Parameter",
     "Sequential",

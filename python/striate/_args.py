@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _core
+
 INT64_MAX = 2**63 - 1
 
 _NEEDS = ("x", "weight", "bias")
@@ -288,6 +290,8 @@ class ConvSpec(NamedTuple):
 
 
 def _conv_out(n: int, k: int, s: int, lo: int, hi: int, d: int, axis: str) -> int:
+    """Convolution output size along ``axis``: the C++ formula (shape.hpp
+    ``conv_out_size``), after checks that give Python's messages."""
     eff = d * (k - 1) + 1
     padded = n + lo + hi
     if padded > INT64_MAX or eff > INT64_MAX:
@@ -297,7 +301,7 @@ def _conv_out(n: int, k: int, s: int, lo: int, hi: int, d: int, axis: str) -> in
             f"kernel (effective size {eff} = dilation*(k-1)+1) is larger than the padded input "
             f"({n} + padding {lo}+{hi} = {padded}) along {axis}"
         )
-    return (padded - eff) // s + 1
+    return int(_core.conv_out_size(n, k, s, lo, hi, d))
 
 
 def conv_padding(padding, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]):
@@ -383,7 +387,11 @@ class PoolSpec(NamedTuple):
 
 
 def pool_out_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool, axis: str) -> int:
-    """PyTorch's pooling output size, including the ceil_mode rule."""
+    """PyTorch's pooling output size, including the ceil_mode rule.
+
+    The formula is the C++ one (shape.hpp ``pool_out_size``); the checks before
+    it give Python's messages and keep arbitrary-precision ints out of int64.
+    """
     eff = d * (k - 1) + 1
     padded = n + 2 * p
     if padded > INT64_MAX or eff > INT64_MAX:
@@ -393,10 +401,7 @@ def pool_out_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool, axis:
             f"pooling window (effective size {eff}) is larger than the padded input "
             f"({n} + 2*padding {p} = {padded}) along {axis}"
         )
-    out = (padded - eff + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= n + p:
-        out -= 1
-    return out
+    return int(_core.pool_out_size(n, k, s, p, d, bool(ceil_mode)))
 
 
 def _require_real_element(n: int, s: int, p: int, d: int, n_out: int, axis: str) -> None:

@@ -1,9 +1,15 @@
-"""Process-wide settings: thread count, backend and the global RNG.
+"""Process-wide settings: thread count, ISA path, backend and the global RNG.
 
 The thread count lives in the C++ core (every kernel reads it). It defaults to
 the number of usable cores; ``STRIATE_NUM_THREADS`` overrides that and
-``OMP_NUM_THREADS`` is honoured when it is the only one set. The backend
+``OMP_NUM_THREADS`` is honoured when it is the only one set. The ISA path
+(``"avx512"``, ``"avx2"`` or ``"generic"``: the SIMD code every kernel runs)
+lives in the C++ core too (csrc/cpu.hpp); it defaults to the widest the CPU
+supports and ``STRIATE_ISA`` sets it at import, which fails with ValueError
+when the variable names an unknown path or one the CPU lacks. The backend
 (``"cpp"`` or ``"numpy"``) defaults to ``"cpp"``; ``STRIATE_BACKEND`` overrides it.
+
+Not here: the kernels, and the CPU detection itself (the C++ core does it once).
 """
 
 from __future__ import annotations
@@ -58,6 +64,56 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
+_ISAS = ("avx512", "avx2", "generic")  # widest first
+
+
+def _check_isa(name: str, what: str) -> str:
+    """``name`` if it is a path this CPU runs; ValueError naming ``what`` otherwise."""
+    widest = _core.detected_isa()
+    if name not in _ISAS:
+        allowed = ", ".join(repr(i) for i in _ISAS)
+        raise ValueError(f"{what} must be one of {allowed}, got {name!r}")
+    if _ISAS.index(name) < _ISAS.index(widest):
+        raise ValueError(f"{what} {name!r} is not supported by this CPU (widest supported: {widest!r})")
+    return name
+
+
+def set_isa(name: str) -> None:
+    """Choose the SIMD path every C++ kernel takes from now on.
+
+    Parameters
+    ----------
+    name : {"avx512", "avx2", "generic"}
+        The instruction-set path. It may not be wider than the CPU supports;
+        ``"generic"`` (portable C++) always works.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a str.
+    ValueError
+        If ``name`` is not one of the three paths, or is wider than this CPU
+        supports (the message names the widest supported one).
+
+    Notes
+    -----
+    Each path is bit-identical for every thread count. Calls already running
+    on other threads finish on the path they started with.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"`isa` must be a str, got {type(name).__name__}")
+    _core.set_isa(_check_isa(name, "`isa`"))
+
+
+def get_isa() -> str:
+    """The SIMD path the C++ kernels take now: ``"avx512"``, ``"avx2"`` or ``"generic"``.
+
+    By default this is the widest path the CPU supports, or ``STRIATE_ISA``
+    when that variable is set.
+    """
+    return str(_core.get_isa())
+
+
 def set_backend(name: str) -> None:
     """Choose where ops run: ``"cpp"`` (the C++ kernels) or ``"numpy"`` (``striate.reference``)."""
     global _backend
@@ -89,6 +145,9 @@ def rng() -> np.random.Generator:
 def _init_from_env() -> None:
     global _backend
     _core.set_num_threads(_threads_from_env())
+    env_isa = os.environ.get("STRIATE_ISA", "").strip()
+    if env_isa:
+        _core.set_isa(_check_isa(env_isa, "environment variable STRIATE_ISA"))
     env_backend = os.environ.get("STRIATE_BACKEND", "").strip()
     if env_backend:
         set_backend(env_backend)

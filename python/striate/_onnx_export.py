@@ -5,9 +5,14 @@ same results as striate, with a dynamic batch dimension. It reads the model
 by duck typing (its layers, in order), so it sits below ``Sequential``, whose
 ``to_onnx`` calls it; ``striate.onnx_io`` re-exports it beside ``import_model``.
 
+Nested containers are written inline: a nested ``Sequential`` as its layers,
+a ``Residual`` as its two branches from the same tensor joined by an ``Add``
+(the body's output first). Initializers are named as the model's state
+(``"3.body.0.weight"``), so the file's weights read like a torch state_dict.
+
 The ``onnx`` package is the optional extra ``[onnx]``. Deliberately not here:
-reading ONNX files (``striate.onnx_io``), graphs that branch, and ops outside
-the layer set of ``striate.layers``.
+reading ONNX files (``striate.onnx_io``), branches other than ``Residual``'s,
+and ops outside the layer set of ``striate.layers``.
 """
 
 from __future__ import annotations
@@ -98,10 +103,31 @@ class _Graph:
         return out
 
 
+def _export_residual(g, i, layer, shape):
+    """Both branches of a Residual from the current tensor, then ``Add(body, shortcut)``."""
+    start = g.current
+    _export_layer(g, f"{i}.body", layer.body, shape)
+    body = g.current
+    short = start
+    if layer.shortcut is not None:
+        g.current = start
+        _export_layer(g, f"{i}.shortcut", layer.shortcut, shape)
+        short = g.current
+    g.current = body
+    g.add("Add", [short])
+
+
 def _export_layer(g, i, layer, shape):
-    """Append the nodes for `layer` (index i) whose input has per-sample `shape`."""
+    """Append the nodes for `layer` (named i: "3", "3.body.0") whose input has per-sample `shape`."""
     name = f"layer {i} ({type(layer).__name__})"
-    if isinstance(layer, L.Conv2d):
+    if isinstance(layer, L.Residual):
+        layer.output_shape(shape)  # a body and a shortcut of different shapes raise here, naming the block
+        _export_residual(g, i, layer, shape)
+    elif isinstance(layer, L._Container) and layer._sequence() is not None:
+        for j, child in enumerate(layer._sequence()):
+            _export_layer(g, f"{i}.{j}", child, shape)
+            shape = tuple(child.output_shape(shape))
+    elif isinstance(layer, L.Conv2d):
         ins = [g.tensor(f"{i}.weight", layer.weight.data.astype(np.float32))]
         if layer.bias is not None:
             ins.append(g.tensor(f"{i}.bias", layer.bias.data.astype(np.float32)))
@@ -155,7 +181,7 @@ def _export_layer(g, i, layer, shape):
         g.add("Sigmoid")
     elif isinstance(layer, L.Softmax):
         g.add("Softmax", axis=int(layer.axis))
-    elif isinstance(layer, L.Dropout):
+    elif isinstance(layer, (L.Dropout, L.Identity)):
         g.add("Identity")
     elif isinstance(layer, L.Flatten):
         g.add("Flatten", axis=1)

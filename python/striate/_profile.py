@@ -6,6 +6,8 @@ median forward and backward time, FLOPs and GFLOP/s. ``_Preserved`` saves and
 restores everything a step changes (parameters, BatchNorm statistics, modes,
 gradients, Dropout generators). Public as ``striate.introspect.profile`` and
 ``Sequential.profile``; it sits below ``Sequential``, which delegates here.
+A container (a ``Residual`` block, a nested ``Sequential``) is timed as one
+row, with the FLOPs of everything inside it.
 
 Not here: the FLOP rules and tables (``striate._summary``), the zoo benchmark
 and the PyTorch comparison (``striate.introspect``).
@@ -19,8 +21,8 @@ import numpy as np
 
 from . import _args, _config
 from . import layers as L
-from ._summary import _flops, _numel, _output_shapes, _table
-from .layers.chain import backward_chain, first_trainable, forward_chain, layers_of
+from ._summary import _flops, _label, _numel, _output_shapes, _table, container_costs
+from .layers.chain import backward_chain, first_trainable, forward_chain, layers_of, leaves
 from .losses import get_loss
 from .training.step import train_step
 
@@ -39,6 +41,21 @@ def _backward_flops(layer, fwd_flops, out_shape, needs_dx):
         bias = n_bias if layer.bias is not None and layer.bias.trainable else 0
         return grads * mac + bias
     return fwd_flops if needs_dx else 0
+
+
+def _container_backward_flops(layer, in_shape, n, needs_dx):
+    """Backward FLOPs of a container on a batch of ``n``: its layers' estimates, plus one add per
+    Residual output element when the input gradient is needed. Without ``needs_dx`` (the first
+    trainable layer of the step) the layers up to its first trainable one compute no input gradient."""
+    inner, adds = container_costs(layer, in_shape)
+    first = next((k for k, (l, *_) in enumerate(inner) if any(p.trainable for p in l.parameters())), len(inner))
+    total = 0
+    for k, (leaf, _, out_shape, f) in enumerate(inner):
+        if f is None:
+            return None
+        if needs_dx or k >= first:
+            total += _backward_flops(leaf, f * n, (n,) + out_shape, needs_dx or k > first)
+    return total + (n * sum(adds) if needs_dx else 0)
 
 
 class ProfileResult:
@@ -121,7 +138,7 @@ class _Preserved:
         self.model = model
 
     def __enter__(self):
-        layers = layers_of(self.model)
+        layers = leaves(self.model)
         self.state = self.model.state_dict()
         self.modes = [l.training for l in layers]
         self.grads = [(p, p.grad) for p in self.model.parameters()]
@@ -132,7 +149,7 @@ class _Preserved:
 
     def __exit__(self, *exc):
         self.model.load_state_dict(self.state)
-        for l, mode in zip(layers_of(self.model), self.modes):
+        for l, mode in zip(leaves(self.model), self.modes):
             l.train(mode)
         for p, g in self.grads:
             p.grad = g
@@ -266,13 +283,18 @@ def profile(model, x, y=None, repeat=5, *, loss="cross_entropy", warmup=1):
         out_shape = rows_info[i]
         f = _flops(layer, in_shape, out_shape)
         f = None if f is None else f * n
-        b = _backward_flops(layer, f, (n,) + out_shape, i > stop) if i >= stop else 0
+        if i < stop:
+            b = 0
+        elif isinstance(layer, L._Container):
+            b = _container_backward_flops(layer, in_shape, n, i > stop)
+        else:
+            b = _backward_flops(layer, f, (n,) + out_shape, i > stop)
         fm, bm = _median_ms(fwd[i]), _median_ms(bwd[i])
         work = None if f is None or b is None else f + b
         rows.append(
             {
                 "index": i,
-                "layer": repr(layer),
+                "layer": _label(layer),
                 "forward_ms": fm,
                 "backward_ms": bm,
                 "flops": f,

@@ -3,7 +3,9 @@
 ``summary`` / ``summary_rows`` describe a model (``Sequential`` or anything
 holding layers) for one input shape: per layer the output shape, parameters
 (trainable and frozen), forward FLOPs, activation memory and the receptive
-field with its jump (product of strides). ``infer_input_shape`` guesses the
+field with its jump (product of strides). A container (a nested
+``Sequential``, a ``Residual``) gets a row with its totals, followed by the
+rows of the layers inside it, indented. ``infer_input_shape`` guesses the
 input shape of a convolutional model. Public as ``striate.introspect.summary``
 and ``Sequential.summary``; it sits below ``Sequential``, which delegates here.
 
@@ -22,14 +24,21 @@ AdaptiveAvgPool2d   the sum of all window sizes (adds and one divide per output)
 BatchNorm2d         2 per element (inference: one multiply-add after folding)
 ReLU/Tanh/Sigmoid   1 per element
 Softmax             3 per element (exp, add, divide)
-Dropout, Flatten    0
+Dropout, Flatten    0 (Identity too)
+Sequential          the sum over its layers
+Residual            body + shortcut + N_out (the addition)
 ==================  ==============================================================
 
 N_out is the number of output elements. Receptive fields follow the standard
 recurrence on each axis, ``rf += (k_eff - 1) * jump; jump *= stride`` with
 ``k_eff = dilation * (k - 1) + 1``; padding does not change the size (so it can
 exceed the input). Flatten acts as one window over the whole feature map, so
-everything after it sees the whole input.
+everything after it sees the whole input. A Residual's field is the larger of
+its two branches' (the identity shortcut keeps the field it is given), axis
+by axis, and so is its jump.
+
+A container's activation memory is that of every output inside it (for a
+Residual, also the sum); the totals add the top-level rows only.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import numbers
 import numpy as np
 
 from . import layers as L
-from .layers.chain import layers_of
+from .layers.chain import leaves, layers_of
 
 __all__ = ["summary", "summary_rows", "infer_input_shape"]
 
@@ -69,36 +78,141 @@ def _check_input_shape(input_shape):
     return tuple(out)
 
 
-def _layer_output(i, layer, shape):
-    """The output shape of ``layer`` for ``shape``, or ValueError naming ``input_shape``."""
+class _Misfit(Exception):
+    """An input shape that does not fit a layer; ``.error`` is the ValueError to report."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _leaf_output(name, layer, shape):
+    """The output shape of a (non-container) ``layer`` for ``shape``; raises ``_Misfit`` naming ``input_shape``."""
 
     def bad(why):
-        return ValueError(f"`input_shape` does not fit layer {i} ({layer!r}): {why}")
+        return _Misfit(ValueError(f"`input_shape` does not fit layer {name} ({layer!r}): {why}"))
 
     spatial = (L.Conv2d, L._Pool, L.AdaptiveAvgPool2d, L.BatchNorm2d)
     if isinstance(layer, spatial) and len(shape) != 3:
-        return None, bad(f"it needs a (C, H, W) input, got {shape}")
+        raise bad(f"it needs a (C, H, W) input, got {shape}")
     if isinstance(layer, L.Conv2d) and shape[0] != layer.in_channels:
-        return None, bad(f"its input has {shape[0]} channels, it expects in_channels={layer.in_channels}")
+        raise bad(f"its input has {shape[0]} channels, it expects in_channels={layer.in_channels}")
     if isinstance(layer, L.BatchNorm2d) and shape[0] != layer.num_features:
-        return None, bad(f"its input has {shape[0]} channels, it expects num_features={layer.num_features}")
+        raise bad(f"its input has {shape[0]} channels, it expects num_features={layer.num_features}")
     if isinstance(layer, L.Linear) and shape != (layer.in_features,):
-        return None, bad(f"its input has shape {shape}, it expects ({layer.in_features},)")
+        raise bad(f"its input has shape {shape}, it expects ({layer.in_features},)")
     out = tuple(int(s) for s in layer.output_shape(shape))
     if any(s < 1 for s in out):
-        return None, bad(f"the output would be {out} for an input of {shape} (the input is too small)")
-    return out, None
+        raise bad(f"the output would be {out} for an input of {shape} (the input is too small)")
+    return out
+
+
+def _label(layer):
+    """The text of a layer's row: its repr, or a one-line description for a container."""
+    if isinstance(layer, L.Residual):
+        return "Residual (" + ("identity" if layer.shortcut is None else "projection") + " shortcut)"
+    if isinstance(layer, L._Container):
+        return f"{type(layer).__name__} ({len(layer.children())} layers)"
+    return repr(layer)
+
+
+def _merge_cost(a, b):
+    return None if a is None or b is None else a + b
+
+
+class _Walk:
+    """One pass over a model for one input shape, down into its containers.
+
+    ``node`` appends a row for a layer and, for a container, the rows of the
+    layers inside it; ``leaves`` collects ``(layer, in_shape, out_shape,
+    flops)`` of every non-container layer and ``adds`` the element count of
+    every Residual sum (for the profiler's backward estimate).
+    """
+
+    def __init__(self, spatial):
+        self.spatial = spatial
+        self.rows = []
+        self.leaves = []
+        self.adds = []
+
+    def node(self, layer, index, depth, in_shape, rf, jump):
+        """Describe ``layer`` at ``index``; return ``(row, out_shape, rf, jump)``."""
+        row = {"index": index, "depth": depth, "layer": _label(layer), "type": type(layer).__name__}
+        self.rows.append(row)
+        name = str(index)
+        if isinstance(layer, L.Residual):
+            out, rf, jump, flops, act = self._residual(layer, name, depth, in_shape, rf, jump)
+        elif isinstance(layer, L._Container) and layer._sequence() is not None:
+            out, rf, jump, flops, act = self._chain(layer, name, depth, in_shape, rf, jump)
+        else:
+            out = _leaf_output(name, layer, in_shape)
+            flops = _flops(layer, in_shape, out)
+            k, s = _window(layer, in_shape) if self.spatial else ((1, 1), (1, 1))
+            rf = tuple(rf[a] + (k[a] - 1) * jump[a] for a in range(2))
+            jump = tuple(jump[a] * s[a] for a in range(2))
+            act = _numel(out) * _BYTES_PER_VALUE
+            self.leaves.append((layer, in_shape, out, flops))
+        params = layer.parameters()
+        n = sum(p.size for p in params)
+        trainable = sum(p.size for p in params if p.trainable)
+        row.update(
+            output_shape=out, params=n, trainable=trainable, frozen=n - trainable, flops=flops,
+            activation_bytes=act, rf=rf if self.spatial else None, jump=jump if self.spatial else None,
+        )
+        return row, out, rf, jump
+
+    def _chain(self, layer, name, depth, shape, rf, jump):
+        flops, act = 0, 0
+        for j, child in enumerate(layer._sequence()):
+            row, shape, rf, jump = self.node(child, f"{name}.{j}", depth + 1, shape, rf, jump)
+            flops = _merge_cost(flops, row["flops"])
+            act += row["activation_bytes"]
+        return shape, rf, jump, flops, act
+
+    def _residual(self, layer, name, depth, in_shape, rf, jump):
+        body, out, b_rf, b_jump = self.node(layer.body, f"{name}.body", depth + 1, in_shape, rf, jump)
+        flops, act = body["flops"], body["activation_bytes"]
+        s_out, s_rf, s_jump = in_shape, rf, jump
+        if layer.shortcut is not None:
+            short, s_out, s_rf, s_jump = self.node(layer.shortcut, f"{name}.shortcut", depth + 1, in_shape, rf, jump)
+            flops, act = _merge_cost(flops, short["flops"]), act + short["activation_bytes"]
+        if s_out != out:
+            what = "the identity shortcut" if layer.shortcut is None else "its shortcut"
+            raise _Misfit(ValueError(
+                f"`input_shape` does not fit layer {name} (Residual): its body gives {out} but {what} gives {s_out}"
+            ))
+        self.adds.append(_numel(out))
+        flops = _merge_cost(flops, _numel(out))
+        act += _numel(out) * _BYTES_PER_VALUE
+        rf = tuple(max(b_rf[a], s_rf[a]) for a in range(2))
+        jump = tuple(max(b_jump[a], s_jump[a]) for a in range(2))
+        return out, rf, jump, flops, act
+
+
+def _walk(model, input_shape):
+    """``(_Walk, top-level output shapes)`` for ``model`` on ``input_shape``; raises ``_Misfit``."""
+    walk = _Walk(len(input_shape) == 3)
+    shape, rf, jump = input_shape, (1, 1), (1, 1)
+    shapes = []
+    for i, layer in enumerate(layers_of(model)):
+        _, shape, rf, jump = walk.node(layer, i, 0, shape, rf, jump)
+        shapes.append(shape)
+    return walk, shapes
 
 
 def _output_shapes(model, input_shape):
-    shapes = []
-    shape = input_shape
-    for i, layer in enumerate(layers_of(model)):
-        shape, err = _layer_output(i, layer, shape)
-        if err is not None:
-            return None, err
-        shapes.append(shape)
-    return shapes, None
+    """``(per top-level layer output shapes, None)``, or ``(None, ValueError)`` when the input does not fit."""
+    try:
+        return _walk(model, input_shape)[1], None
+    except _Misfit as misfit:
+        return None, misfit.error
+
+
+def container_costs(layer, in_shape):
+    """``(leaves, adds)`` of a container on ``in_shape``: see ``_Walk``."""
+    walk = _Walk(len(in_shape) == 3)
+    walk.node(layer, 0, 0, tuple(in_shape), (1, 1), (1, 1))
+    return walk.leaves, walk.adds
 
 
 def infer_input_shape(model):
@@ -114,7 +228,7 @@ def infer_input_shape(model):
     ValueError
         The first layer is not ``Conv2d``, or no square size up to 4096 fits.
     """
-    layers = layers_of(model)
+    layers = leaves(model)
     if not layers or not isinstance(layers[0], L.Conv2d):
         first = type(layers[0]).__name__ if layers else "nothing (the model is empty)"
         raise ValueError(
@@ -142,6 +256,9 @@ def _adaptive_windows(size, out):
 
 def _flops(layer, in_shape, out_shape):
     """Forward FLOPs per sample (see the module docstring), None for unknown layer types."""
+    if isinstance(layer, L._Container):
+        walk = _Walk(len(in_shape) == 3)
+        return walk.node(layer, 0, 0, tuple(in_shape), (1, 1), (1, 1))[0]["flops"]
     n_out = _numel(out_shape)
     if isinstance(layer, L.Conv2d):
         kh, kw = layer.kernel_size
@@ -165,7 +282,7 @@ def _flops(layer, in_shape, out_shape):
         return n_out
     if isinstance(layer, L.Softmax):
         return 3 * n_out
-    if isinstance(layer, (L.Dropout, L.Flatten)):
+    if isinstance(layer, (L.Dropout, L.Flatten, L.Identity)):
         return 0
     return None
 
@@ -203,12 +320,16 @@ def summary_rows(model, input_shape):
     -------
     list of dict
         One dict per layer, then a totals row (``index`` None, ``layer``
-        ``"total"``). Keys: ``index``, ``layer`` (its repr), ``type``,
+        ``"total"``). A container's row (a nested ``Sequential`` or a
+        ``Residual``) holds its totals and is followed by the rows of the
+        layers inside it, whose ``index`` is their dotted name (``"3.body.0"``)
+        and ``depth`` how deeply they are nested (0 at the top level).
+        Keys: ``index``, ``depth``, ``layer`` (its repr, or a description of a container), ``type``,
         ``output_shape``, ``params``, ``trainable``, ``frozen``, ``flops``
         (forward, per sample; None for a layer type without a FLOP rule),
         ``activation_bytes`` (float32 output, per sample), ``rf`` and
         ``jump`` (``(h, w)`` pairs; None for inputs without spatial axes).
-        The totals row sums the counts, and holds the last layer's output
+        The totals row sums the counts of the top-level rows, and holds the last layer's output
         shape, receptive field and jump, plus ``input_shape`` and
         ``inferred`` (whether the input shape was inferred).
 
@@ -226,53 +347,31 @@ def summary_rows(model, input_shape):
     """
     inferred = input_shape is None
     input_shape = infer_input_shape(model) if inferred else _check_input_shape(input_shape)
-    shapes, err = _output_shapes(model, input_shape)
-    if err is not None:
-        raise err
-    rows = []
-    spatial = len(input_shape) == 3
-    rf, jump = [1, 1], [1, 1]
-    in_shape = input_shape
-    for i, (layer, out_shape) in enumerate(zip(layers_of(model), shapes)):
-        params = layer.parameters()
-        n = sum(p.size for p in params)
-        trainable = sum(p.size for p in params if p.trainable)
-        if spatial:
-            k, s = _window(layer, in_shape)
-            for a in range(2):
-                rf[a] += (k[a] - 1) * jump[a]
-                jump[a] *= s[a]
-        rows.append(
-            {
-                "index": i,
-                "layer": repr(layer),
-                "type": type(layer).__name__,
-                "output_shape": out_shape,
-                "params": n,
-                "trainable": trainable,
-                "frozen": n - trainable,
-                "flops": _flops(layer, in_shape, out_shape),
-                "activation_bytes": _numel(out_shape) * _BYTES_PER_VALUE,
-                "rf": tuple(rf) if spatial else None,
-                "jump": tuple(jump) if spatial else None,
-            }
-        )
-        in_shape = out_shape
-    flops = [r["flops"] for r in rows]
+    try:
+        walk, shapes = _walk(model, input_shape)
+    except _Misfit as misfit:
+        raise misfit.error from None
+    rows = walk.rows
+    top = [r for r in rows if r["depth"] == 0]
+    in_shape = shapes[-1] if shapes else input_shape
+    rf = top[-1]["rf"] if top else ((1, 1) if len(input_shape) == 3 else None)
+    jump = top[-1]["jump"] if top else ((1, 1) if len(input_shape) == 3 else None)
+    flops = [r["flops"] for r in top]
     rows.append(
         {
             "index": None,
+            "depth": 0,
             "layer": "total",
             "type": "",
             "output_shape": in_shape,
-            "params": sum(r["params"] for r in rows),
-            "trainable": sum(r["trainable"] for r in rows),
-            "frozen": sum(r["frozen"] for r in rows),
+            "params": sum(r["params"] for r in top),
+            "trainable": sum(r["trainable"] for r in top),
+            "frozen": sum(r["frozen"] for r in top),
             "flops": sum(f for f in flops if f is not None),
             "flops_complete": all(f is not None for f in flops),
-            "activation_bytes": sum(r["activation_bytes"] for r in rows),
-            "rf": tuple(rf) if spatial else None,
-            "jump": tuple(jump) if spatial else None,
+            "activation_bytes": sum(r["activation_bytes"] for r in top),
+            "rf": rf,
+            "jump": jump,
             "input_shape": input_shape,
             "inferred": inferred,
         }
@@ -346,7 +445,7 @@ def summary(model, input_shape=None):
     body = [
         (
             str(r["index"]),
-            r["layer"],
+            "  " * r["depth"] + r["layer"],
             str(r["output_shape"]),
             _si(r["flops"]),
             _bytes(r["activation_bytes"]),

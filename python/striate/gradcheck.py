@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _config
 from . import layers as L
+from .layers.chain import leaves
 from .losses import get_loss
 
 __all__ = ["gradcheck"]
@@ -112,7 +113,7 @@ def gradcheck(model, x, y, loss="cross_entropy", eps=1e-6, *, atol=1e-4, max_ele
         for p in m.parameters():
             p.data = np.ascontiguousarray(p.data)
         x64 = np.array(x, dtype=np.float64, copy=True)
-        dropouts = [layer for layer in m if isinstance(layer, L.Dropout)]
+        dropouts = [layer for layer in leaves(m) if isinstance(layer, L.Dropout)]
 
         def loss_at(inp):
             for j, layer in enumerate(dropouts):

@@ -397,21 +397,12 @@ def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX
 # models
 
 
-def _json_value_ok(v, depth=0):
-    if v is None or isinstance(v, (bool, str)) or _is_int(v):
-        return True
-    if isinstance(v, float):
-        return math.isfinite(v)
-    if isinstance(v, list) and depth == 0:
-        return len(v) <= 4 and all(_json_value_ok(e, 1) for e in v)
-    return False
-
-
 def parse_architecture(text, path=None):
     """Validate an architecture JSON string; return ``(config, expected_state)``.
 
     ``config`` is the ``Sequential.to_config()`` dict, ``expected_state`` maps
-    each state_dict name to ``(shape, dtype)``.
+    each state_dict name to ``(shape, dtype)``. Each layer entry, nested
+    containers' entries included, is checked by ``striate.layers.spec_state``.
     """
     try:
         cfg = _parse_json(text)
@@ -425,18 +416,12 @@ def parse_architecture(text, path=None):
     if not isinstance(specs, list) or not 0 < len(specs) <= _MAX_LAYERS:
         raise FormatError(path, None, f"architecture 'layers' must be a list of 1 to {_MAX_LAYERS} layers")
     expected = {}
+    budget = [_MAX_LAYERS]  # counts nested layers too
     for i, spec in enumerate(specs):
-        if not isinstance(spec, dict) or set(spec) != {"type", "config"}:
-            raise FormatError(path, None, f"architecture layer {i} must be an object with 'type' and 'config'")
-        t, c = spec["type"], spec["config"]
-        if not isinstance(t, str) or t not in L.Layer._registry:
-            raise FormatError(path, None, f"architecture layer {i}: unknown layer type {t!r}")
-        if not isinstance(c, dict) or not all(_json_value_ok(v) for v in c.values()):
-            raise FormatError(path, None, f"architecture layer {i} ({t}): config must map names to numbers, bools, strings or pairs")
         try:
-            state = L.Layer._registry[t].state_spec(c)
+            state = L.spec_state(spec, str(i), budget)
         except (TypeError, ValueError) as exc:
-            raise FormatError(path, None, f"architecture layer {i} ({t}): {exc}") from None
+            raise FormatError(path, None, f"architecture {exc}") from None
         for name, (shape, dtype) in state.items():
             expected[f"{i}.{name}"] = (shape, dtype)
     return cfg, expected

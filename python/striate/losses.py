@@ -2,11 +2,15 @@
 
 ``loss(outputs, targets) -> float`` computes the loss and keeps what
 ``loss.backward() -> doutputs`` needs. Outputs are (N, C) float arrays; the
-gradient has their dtype. Not here: reductions other than the batch mean, class
-weights, label smoothing.
+gradient has their dtype. ``CrossEntropy(label_smoothing=)`` follows
+``torch.nn.functional.cross_entropy``. Not here: reductions other than the batch
+mean, class weights, ``ignore_index``.
 """
 
 from __future__ import annotations
+
+import numbers
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +78,14 @@ class CrossEntropy(Loss):
     Targets are int class labels ``(N,)`` or one-hot / probability rows ``(N, C)``.
     Uses the max-shifted log-sum-exp, so large logits do not overflow.
 
+    Parameters
+    ----------
+    label_smoothing : float, default 0.0
+        In [0, 1]. As torch: the target row ``q`` becomes
+        ``(1 - label_smoothing) * q + label_smoothing / C`` (for labels, ``q``
+        is their one-hot row), and the loss is ``-sum(q * log_softmax(o))``
+        averaged over the batch.
+
     Examples
     --------
     >>> import numpy as np
@@ -82,32 +94,58 @@ class CrossEntropy(Loss):
     1.386294
     >>> ce.backward().shape
     (2, 4)
+    >>> smooth = CrossEntropy(label_smoothing=0.1)
+    >>> round(smooth(np.array([[2.0, 0.0]]), np.array([0])), 6)
+    0.226928
     """
 
     name = "cross_entropy"
 
-    def forward(self, outputs, targets):
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        ls = label_smoothing
+        if isinstance(ls, (bool, np.bool_)) or not isinstance(ls, numbers.Real):
+            raise TypeError(f"`label_smoothing` must be a number, got {type(ls).__name__} {ls!r}")
+        if not 0.0 <= float(ls) <= 1.0:  # NaN fails too
+            raise ValueError(f"`label_smoothing` must be in [0, 1], got {float(ls)!r}")
+        self.label_smoothing = float(ls)
+
+    def forward(self, outputs: np.ndarray, targets: Any) -> float:
         outputs = _check_outputs(outputs, "CrossEntropy")
         kind, t = _targets(targets, outputs, "CrossEntropy")
-        n = outputs.shape[0]
+        n, c = outputs.shape
         if n == 0:
             self._grad = np.zeros_like(outputs)
             return 0.0
+        eps = self.label_smoothing
+        rows = np.arange(n)
         # Non-finite logits give a NaN loss (fit reports it), not a warning.
         with np.errstate(invalid="ignore", over="ignore"):
             z = outputs - outputs.max(axis=1, keepdims=True)
             logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
             p = np.exp(logp)
             if kind == "labels":
-                loss = -float(logp[np.arange(n), t].sum(dtype=np.float64)) / n
-                grad = p
-                grad[np.arange(n), t] -= 1
+                nll = -float(logp[rows, t].sum(dtype=np.float64))
+                if eps:
+                    uniform = -float(logp.sum(dtype=np.float64)) / c
+                    loss = ((1 - eps) * nll + eps * uniform) / n
+                    grad = p - outputs.dtype.type(eps / c)
+                    grad[rows, t] -= outputs.dtype.type(1 - eps)
+                else:
+                    loss = nll / n
+                    grad = p
+                    grad[rows, t] -= 1
             else:
+                if eps:
+                    t = t * outputs.dtype.type(1 - eps) + outputs.dtype.type(eps / c)
                 loss = -float((t * logp).sum(dtype=np.float64)) / n
                 grad = p * t.sum(axis=1, keepdims=True) - t
             grad /= outputs.dtype.type(n)
         self._grad = grad
         return loss
+
+    def __repr__(self) -> str:
+        return f"CrossEntropy(label_smoothing={self.label_smoothing!r})" if self.label_smoothing else "CrossEntropy()"
 
 
 class SquaredError(Loss):

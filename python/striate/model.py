@@ -1,16 +1,21 @@
 """Sequential: a list of layers run in order, with torch-compatible state names.
 
 ``Sequential`` chains ``forward`` and ``backward``, names its state exactly as
-``torch.nn.Sequential`` does (``"0.weight"``, ``"1.running_mean"``), loads state
-all or nothing, freezes prefixes, swaps the classifier head, describes itself
-(``summary``, ``to_config``) and saves to safetensors through ``striate.io``.
+``torch.nn.Sequential`` does (``"0.weight"``, ``"1.running_mean"``, and
+``"3.body.0.weight"`` through nested ``Sequential`` and ``Residual``
+children), loads state all or nothing, freezes prefixes, swaps the
+classifier head, folds BatchNorm into convolutions for inference (``fuse``),
+describes itself (``summary``, ``to_config``, nested for nested children) and
+saves to safetensors through ``striate.io``. It is a container layer
+(``striate.layers.container``), so it can itself be a child.
 It sits above the machinery it delegates to, as Keras's ``Model`` sits above
 its trainer: training (``fit``/``evaluate``/``predict``, ``striate.training``),
 files (``striate.io``), the summary and profile (``striate._summary``,
 ``striate._profile``) and ONNX export (``striate._onnx_export``) all work on
 it by duck typing and never import it. Building a model from a config or a
 file lives here (``Sequential.from_config``, ``load_model``, which is
-``striate.load``). Deliberately not here: nesting, branches, hooks.
+``striate.load``). Deliberately not here: branches other than ``Residual``'s,
+hooks.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 import striate.training  # looked up at call time, as ``striate.training.fit``, so it can be replaced
 
 from . import _onnx_export, _profile, _summary, io
-from .layers import Layer, Linear, _bool, _int, layer_from_config
+from .layers import Layer, Linear, _Container, _bool, _int, child_spec, fuse_conv_bn, layer_from_config
 from .layers.chain import backward_chain, forward_chain
 
 __all__ = ["Sequential", "load_model"]
@@ -31,13 +36,14 @@ CONFIG_FORMAT = "striate.sequential"
 CONFIG_VERSION = 1
 
 
-class Sequential:
-    """Layers applied in order.
+class Sequential(_Container):
+    """Layers applied in order; a ``Sequential`` may hold ``Sequential`` and ``Residual`` children.
 
     Parameters
     ----------
     layers : iterable of Layer
-        Also accepted as separate arguments: ``Sequential(a, b, c)``.
+        Also accepted as separate arguments: ``Sequential(a, b, c)``. A layer
+        instance may sit in one place of the model only.
 
     Examples
     --------
@@ -45,9 +51,13 @@ class Sequential:
     >>> m = Sequential([L.Linear(4, 3), L.ReLU(), L.Linear(3, 2)])
     >>> list(m.state_dict())
     ['0.weight', '0.bias', '2.weight', '2.bias']
+    >>> block = L.Residual(Sequential([L.Linear(2, 2), L.ReLU()]))
+    >>> list(Sequential([L.Linear(4, 2), block]).state_dict())
+    ['0.weight', '0.bias', '1.body.0.weight', '1.body.0.bias']
     """
 
     def __init__(self, layers=(), *more):
+        super().__init__()
         if isinstance(layers, Layer):
             layers = (layers,) + more
         elif more:
@@ -55,26 +65,23 @@ class Sequential:
         self._layers = []
         for i, layer in enumerate(layers):
             self._layers.append(self._check_layer(layer, i))
-        self._rename()
+        self._adopt()
         self._classes = self._input_shape = self._dataset = None
 
-    def _check_unique(self, layer, i):
-        # A layer remembers one forward call, so one instance cannot sit in two places.
-        if any(other is layer for j, other in enumerate(self._layers) if j != i):
-            raise ValueError(f"`layers[{i}]` is already in the model at another index; use a new instance")
-
     # -- container protocol ------------------------------------------------------
+
+    def named_children(self):
+        return [(str(i), layer) for i, layer in enumerate(self._layers)]
+
+    def _sequence(self):
+        return self._layers
 
     def _check_layer(self, layer, i):
         if not isinstance(layer, Layer):
             raise TypeError(f"`layers[{i}]` must be a striate Layer, got {type(layer).__name__}")
-        self._check_unique(layer, i)
-        return layer
-
-    def _rename(self):
-        for i, layer in enumerate(self._layers):
-            for name, p in layer.named_parameters():
-                p.name = f"{i}.{name}"
+        # A layer remembers one forward call, so one instance cannot sit in two places.
+        others = [other for j, other in enumerate(self._layers) if j != i]
+        return self._check_child(layer, f"layers[{i}]", others)
 
     def _index(self, i):
         if isinstance(i, bool) or not isinstance(i, numbers.Integral):
@@ -94,7 +101,7 @@ class Sequential:
         mode = self.training
         self._layers[i] = self._check_layer(layer, i)
         layer.train(mode)
-        self._rename()
+        self._adopt()
 
     def __len__(self):
         return len(self._layers)
@@ -105,7 +112,7 @@ class Sequential:
     def append(self, layer):
         """Add a layer at the end."""
         self._layers.append(self._check_layer(layer, len(self._layers)))
-        self._rename()
+        self._adopt()
         return self
 
     @property
@@ -127,82 +134,40 @@ class Sequential:
         Writes every trainable parameter's ``.grad`` and returns ``dx``, the
         gradient w.r.t. the input. With ``input_grad=False`` (what ``fit``
         uses) it returns None and stops at the first layer that has trainable
-        parameters, which skips computing its ``dx``.
+        parameters, which skips computing its ``dx``. A nested ``Sequential``
+        whose ``needs_input_grad`` its parent turned off does the same.
         """
-        return backward_chain(self._layers, dloss, _bool(input_grad, "input_grad"))
+        input_grad = _bool(input_grad, "input_grad") and self.needs_input_grad
+        return backward_chain(self._layers, dloss, input_grad)
+
+    def output_shape(self, input_shape):
+        """The output shape (without the batch dimension) for ``input_shape``."""
+        shape = tuple(input_shape)
+        for layer in self._layers:
+            shape = tuple(int(s) for s in layer.output_shape(shape))
+        return shape
 
     # -- parameters and state ----------------------------------------------------
 
     def parameters(self):
-        """Every parameter, layer by layer, each layer's weight before its bias."""
-        return [p for layer in self._layers for p in layer.parameters()]
+        """Every parameter, in torch's ``named_parameters()`` order: layer by layer, depth-first,
+        each layer's weight before its bias."""
+        return super().parameters()
 
     def named_parameters(self):
-        return [(f"{i}.{n}", p) for i, layer in enumerate(self._layers) for n, p in layer.named_parameters()]
+        """``[("0.weight", Parameter), ...]``, named and ordered as torch's ``named_parameters()``."""
+        return super().named_parameters()
 
     def state_dict(self):
-        """``{"0.weight": array, ...}``: parameters and buffers named as ``torch.nn.Sequential`` (copies)."""
-        d = {}
-        for i, layer in enumerate(self._layers):
-            for name, arr in layer.state_dict().items():
-                d[f"{i}.{name}"] = arr
-        return d
+        """``{"0.weight": array, ...}``: parameters and buffers named as ``torch.nn.Sequential`` (copies).
 
-    def _state_slots(self):
-        """``{name: (layer, local_name, current array)}`` for every state entry."""
-        slots = {}
-        for i, layer in enumerate(self._layers):
-            for name, p in layer.named_parameters():
-                slots[f"{i}.{name}"] = (layer, name, p.data)
-            for name, b in layer._buffers.items():
-                slots[f"{i}.{name}"] = (layer, name, b)
-        return slots
-
-    def load_state_dict(self, d):
-        """Copy the arrays of ``d`` into the model, in place.
-
-        All or nothing: the names must match exactly and every shape and dtype
-        must equal the model's; otherwise ValueError and nothing changes.
+        A nested ``Sequential`` at index i gives ``"i.j.weight"``, a
+        ``Residual`` ``"i.body.j.weight"`` and ``"i.shortcut.j.weight"`` (or
+        ``"i.shortcut.weight"`` for a single-layer shortcut).
         """
-        if not isinstance(d, dict):
-            raise TypeError(f"`d` must be a dict, got {type(d).__name__}")
-        slots = self._state_slots()
-        missing = [k for k in slots if k not in d]
-        unexpected = [k for k in d if k not in slots]
-        if missing or unexpected:
-            raise ValueError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
-        for name, (_, _, cur) in slots.items():
-            arr = d[name]
-            if not isinstance(arr, np.ndarray):
-                raise TypeError(f"`d[{name!r}]` must be a numpy.ndarray, got {type(arr).__name__}")
-            if arr.shape != cur.shape or arr.dtype != cur.dtype:
-                raise ValueError(
-                    f"`d[{name!r}]` is {arr.dtype} {arr.shape}, the model has {cur.dtype} {cur.shape}"
-                )
-        for name, (_, _, cur) in slots.items():
-            np.copyto(cur, d[name])
-
-    def astype(self, dtype):
-        """Convert every float parameter and buffer to ``dtype`` (float32 or float64)."""
-        for layer in self._layers:
-            layer.astype(dtype)
-        return self
+        return super().state_dict()
 
     # -- modes -------------------------------------------------------------------
-
-    @property
-    def training(self):
-        return all(layer.training for layer in self._layers) if self._layers else True
-
-    def train(self, mode=True):
-        """Training mode for every layer (``mode=False``: evaluation mode)."""
-        mode = _bool(mode, "mode")
-        for layer in self._layers:
-            layer.train(mode)
-        return self
-
-    def eval(self):
-        return self.train(False)
 
     def freeze(self, upto=None):
         """Make the parameters of layers ``[0, upto)`` non-trainable (all layers when None).
@@ -227,22 +192,60 @@ class Sequential:
     def replace_head(self, num_classes):
         """Replace the last Linear by a fresh ``Linear(in_features, num_classes)``; returns it.
 
+        The last Linear of the chain, looking into nested ``Sequential``
+        children too (not into a ``Residual``, whose branches must keep their
+        shape).
+
         Raises
         ------
         ValueError
             The model has no Linear layer, or ``num_classes`` < 1.
         """
         num_classes = _int(num_classes, "num_classes")
+        head = self._replace_last_linear(num_classes)
+        if head is None:
+            raise ValueError("replace_head: the model has no Linear layer to replace")
+        return head
+
+    def _replace_last_linear(self, num_classes):
         for i in range(len(self._layers) - 1, -1, -1):
             old = self._layers[i]
-            if isinstance(old, Linear):
+            if isinstance(old, Sequential):
+                head = old._replace_last_linear(num_classes)
+                if head is not None:
+                    return head
+            elif isinstance(old, Linear):
                 head = Linear(old.in_features, num_classes, bias=old.bias is not None)
                 dt = old.weight.data.dtype
                 if dt != np.float32:
                     head.astype(dt)
                 self[i] = head
                 return head
-        raise ValueError("replace_head: the model has no Linear layer to replace")
+        return None
+
+    def fuse(self):
+        """An inference-only copy with each BatchNorm2d that follows a Conv2d folded into that conv.
+
+        In the top-level chain and in every nested ``Sequential`` (a
+        ``Residual``'s body and shortcut included), ``Conv2d`` then
+        ``BatchNorm2d`` becomes one ``Conv2d`` whose weight and bias hold the
+        BatchNorm's evaluation-mode affine map (computed in float64), and an
+        ``Identity`` takes the BatchNorm's place, so every other layer keeps
+        its index and state names. The copy is in evaluation mode and its
+        outputs equal this model's evaluation-mode outputs to float32
+        rounding; calling ``train()`` on it raises RuntimeError. This model is
+        not changed.
+
+        Examples
+        --------
+        >>> import numpy as np, striate as st
+        >>> from striate import layers as L
+        >>> m = st.Sequential([L.Conv2d(1, 2, 3, bias=False), L.BatchNorm2d(2), L.ReLU()])
+        >>> f = m.fuse()
+        >>> [type(l).__name__ for l in f], list(f.state_dict())
+        (['Conv2d', 'Identity', 'ReLU'], ['0.weight', '0.bias'])
+        """
+        return fuse_conv_bn(self)
 
     # -- what the model knows about its data (saved in the file) -----------------
 
@@ -297,12 +300,12 @@ class Sequential:
         return _summary.summary(self, input_shape)
 
     def to_config(self):
-        """The architecture as a JSON-serialisable dict."""
-        return {
-            "format": CONFIG_FORMAT,
-            "version": CONFIG_VERSION,
-            "layers": [{"type": type(l).__name__, "config": l.config()} for l in self._layers],
-        }
+        """The architecture as a JSON-serialisable dict; nested containers nest their entries."""
+        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **self.config()}
+
+    def config(self):
+        """``{"layers": [{"type": ..., "config": ...}, ...]}``: the entry of a nested ``Sequential``."""
+        return {"layers": [child_spec(l) for l in self._layers]}
 
     @classmethod
     def from_config(cls, config):
@@ -311,7 +314,13 @@ class Sequential:
             raise ValueError(f"`config` must be a {CONFIG_FORMAT!r} dict")
         if config.get("version") != CONFIG_VERSION:
             raise ValueError(f"`config` version must be {CONFIG_VERSION}, got {config.get('version')!r}")
-        specs = config.get("layers")
+        return cls._build_from_config({"layers": config.get("layers")})
+
+    @classmethod
+    def _build_from_config(cls, config):
+        if set(config) != {"layers"}:
+            raise TypeError(f"`config` of Sequential must have the one key 'layers', got {sorted(config)}")
+        specs = config["layers"]
         if not isinstance(specs, list):
             raise ValueError("`config['layers']` must be a list")
         out = []
@@ -321,9 +330,14 @@ class Sequential:
             out.append(layer_from_config(s["type"], s["config"]))
         return cls(out)
 
-    def __repr__(self):
-        inner = "".join(f"\n  ({i}): {l!r}" for i, l in enumerate(self._layers))
-        return f"Sequential({inner}\n)" if inner else "Sequential()"
+    @classmethod
+    def _config_state(cls, config, where, budget):
+        if not isinstance(config, dict) or set(config) != {"layers"} or not isinstance(config["layers"], list):
+            raise ValueError(f"layer {where} (Sequential): config must be an object with one list, 'layers'")
+        state = {}
+        for j, spec in enumerate(config["layers"]):
+            state.update(cls._child_state(spec, f"{where}.{j}", budget, str(j)))
+        return state
 
     # -- files and training (delegated) ------------------------------------------
 

@@ -13,8 +13,11 @@ Initialisation follows PyTorch (kaiming-uniform with a=sqrt(5) on the weight,
 bias uniform in +-1/sqrt(fan_in)), drawn from ``striate._config.rng()``.
 
 The package holds one module per family: ``base`` (Parameter, Layer, the
-registry), ``conv``, ``pool``, ``normalization``, ``activation``, ``core``
-(Linear, Dropout, Flatten) and ``chain`` (walking a list of layers).
+registry, the architecture schema), ``conv``, ``pool``, ``normalization``,
+``activation``, ``core`` (Linear, Dropout, Flatten, Identity), ``container``
+(the base of layers that hold layers, and BatchNorm folding), ``residual``
+(Residual) and ``chain`` (walking a list of layers). ``Sequential``, the
+other container, lives in ``striate.model``.
 
 Examples
 --------
@@ -44,12 +47,15 @@ from .base import (  # noqa: F401  (the private helpers are shared with optim, z
     _pair_out,
     layer_from_config,
     layer_types,
+    spec_state,
 )
 from .conv import Conv2d
 from .pool import _Pool, AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, LPPool2d, MaxPool2d
 from .normalization import BatchNorm2d
 from .activation import _Elementwise, ReLU, Sigmoid, Softmax, Tanh
-from .core import Dropout, Flatten, Linear
+from .core import Dropout, Flatten, Identity, Linear
+from .container import _Container, child_spec, fuse_conv_bn, nodes
+from .residual import Residual
 
 __all__ = [
     "Parameter",
@@ -68,6 +74,8 @@ __all__ = [
     "Dropout",
     "Flatten",
     "Linear",
+    "Identity",
+    "Residual",
     "layer_from_config",
     "layer_types",
 ]

@@ -6,13 +6,19 @@ switches modes and registers every public subclass under its class name for
 ``striate._args`` (bound here under short names); ``_ops`` picks the op module
 for a dtype.
 
-Not here: any concrete layer (see the family modules beside this one) or the
-chaining of layers (``striate.model.Sequential``, ``striate.layers.chain``).
+``spec_state`` validates one ``{"type", "config"}`` entry of an architecture
+(recursively, for containers) and returns the state it implies without
+allocating anything; ``striate.io`` checks files with it.
+
+Not here: any concrete layer (see the family modules beside this one), the
+containers (``striate.layers.container``) or the chaining of layers
+(``striate.model.Sequential``, ``striate.layers.chain``).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 
 import numpy as np
 
@@ -147,6 +153,8 @@ class Layer:
         self._buffers = {}
         # Filled instead of allocating when the layer is built by ``state_spec``.
         self._spec = {}
+        # Where the layer sits in a model ("3.body.0"); set by the container holding it.
+        self._path = ""
 
     # -- parameters and buffers ------------------------------------------------
 
@@ -208,6 +216,28 @@ class Layer:
                 raise TypeError(f"bad `config` for {cls.__name__}: {exc}") from None
             raise
         return dict(obj._spec)
+
+    @classmethod
+    def _config_state(cls, config, where, budget):
+        """``state_spec`` of an architecture entry at ``where``; containers override it to recurse."""
+        if not isinstance(config, dict) or not all(_json_value_ok(v) for v in config.values()):
+            raise ValueError(
+                f"layer {where} ({cls.__name__}): config must map names to numbers, bools, strings or pairs"
+            )
+        try:
+            return cls.state_spec(config)
+        except (TypeError, ValueError) as exc:
+            kind = TypeError if isinstance(exc, TypeError) else ValueError
+            raise kind(f"layer {where} ({cls.__name__}): {exc}") from None
+
+    @classmethod
+    def _build_from_config(cls, config):
+        """A layer from its ``config()`` dict; containers override it to build their children."""
+        params = inspect.signature(cls.__init__).parameters
+        unknown = sorted(set(config) - set(params) - {"self"})
+        if unknown:
+            raise TypeError(f"`config` of {cls.__name__} has unknown keys {unknown}")
+        return cls(**config)
 
     def astype(self, dtype):
         """Convert the float parameters and buffers to ``dtype`` (float32 or float64), in place."""
@@ -320,8 +350,59 @@ def layer_from_config(type_name, config):
         raise ValueError(f"`type_name` must be one of {layer_types()}, got {type_name!r}")
     if not isinstance(config, dict):
         raise TypeError(f"`config` must be a dict, got {type(config).__name__}")
-    params = inspect.signature(cls.__init__).parameters
-    unknown = sorted(set(config) - set(params) - {"self"})
-    if unknown:
-        raise TypeError(f"`config` of {type_name} has unknown keys {unknown}")
-    return cls(**config)
+    return cls._build_from_config(config)
+
+
+# ----------------------------------------------------------------------------
+# architecture entries: the schema a file's layers are checked against
+
+MAX_SPEC_DEPTH = 32
+
+
+def _json_value_ok(v, depth=0):
+    """A config value a leaf layer accepts: None, a bool, str, int, finite float or a short list of them."""
+    if v is None or isinstance(v, (bool, str)) or (isinstance(v, int) and not isinstance(v, bool)):
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, list) and depth == 0:
+        return len(v) <= 4 and all(_json_value_ok(e, 1) for e in v)
+    return False
+
+
+def spec_state(spec, where, budget):
+    """Validate one architecture entry ``{"type": name, "config": {...}}``; return its state.
+
+    Parameters
+    ----------
+    spec : object
+        The entry as parsed from JSON.
+    where : str
+        Its position in the model (``"3"``, ``"3.body.0"``), for the messages;
+        its dots count the nesting depth (at most ``MAX_SPEC_DEPTH``).
+    budget : list of one int
+        How many more entries may follow (decremented here), so that a file
+        cannot describe an unbounded number of layers.
+
+    Returns
+    -------
+    dict
+        ``{local state name: (shape, dtype)}``, names relative to the entry
+        (``"weight"``, ``"body.0.weight"``). Nothing is allocated.
+
+    Raises
+    ------
+    ValueError or TypeError
+        The message starts with ``layer <where>`` and says what is wrong.
+    """
+    if where.count(".") > MAX_SPEC_DEPTH:
+        raise ValueError(f"layer {where}: containers are nested more than {MAX_SPEC_DEPTH} deep")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError(f"layer {where}: the architecture holds too many layers")
+    if not isinstance(spec, dict) or set(spec) != {"type", "config"}:
+        raise ValueError(f"layer {where} must be an object with 'type' and 'config'")
+    t, c = spec["type"], spec["config"]
+    if not isinstance(t, str) or t not in Layer._registry:
+        raise ValueError(f"layer {where}: unknown layer type {t!r}")
+    return Layer._registry[t]._config_state(c, where, budget)

@@ -2,19 +2,23 @@
 
 ``layers_of(model)`` lists the layers of anything that holds them (a
 ``Sequential``, a list, or a bare layer, which counts as a chain of one);
+``named_leaves(model)`` goes down into nested containers and lists every
+layer that holds no layers, with its torch-style name (``"3.body.0"``);
 ``first_trainable(layers)`` is where a training step's backward stops;
 ``forward_chain`` and ``backward_chain`` run the layers in order and in reverse,
 optionally through a ``call(i, layer, value)`` wrapper (``striate.introspect``
 times each layer that way). ``Sequential.forward``/``backward``, the training
 step and the profiler all go through here.
 
-Not here: the container itself (``striate.model.Sequential``) or any loss,
-optimizer or mode switching.
+Not here: the containers themselves (``striate.model.Sequential``,
+``striate.layers.container``) or any loss, optimizer or mode switching.
 """
 
 from __future__ import annotations
 
-__all__ = ["layers_of", "first_trainable", "forward_chain", "backward_chain"]
+from .container import _Container
+
+__all__ = ["layers_of", "named_leaves", "leaves", "first_trainable", "forward_chain", "backward_chain"]
 
 
 def layers_of(model):
@@ -29,6 +33,32 @@ def layers_of(model):
     if hasattr(model, "__len__") and hasattr(model, "__getitem__"):
         return [model[i] for i in range(len(model))]
     return [model]
+
+
+def _named_leaves(layer, name, out):
+    if isinstance(layer, _Container):
+        for child_name, child in layer.named_children():
+            _named_leaves(child, f"{name}.{child_name}", out)
+    else:
+        out.append((name, layer))
+    return out
+
+
+def named_leaves(model):
+    """``[(name, layer), ...]`` for every layer of ``model`` that is not a container, depth-first.
+
+    Names are the torch module names: ``"4"`` for a top-level layer,
+    ``"3.body.0"`` inside a ``Residual`` at index 3.
+    """
+    out = []
+    for i, layer in enumerate(layers_of(model)):
+        _named_leaves(layer, str(i), out)
+    return out
+
+
+def leaves(model):
+    """The layers of ``model`` that are not containers, depth-first (see ``named_leaves``)."""
+    return [layer for _, layer in named_leaves(model)]
 
 
 def first_trainable(layers):

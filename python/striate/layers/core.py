@@ -1,4 +1,4 @@
-"""Linear, Dropout and Flatten: the fully connected layer and the two shape/regularisation layers.
+"""Linear, Dropout, Flatten and Identity: the fully connected layer and the shape/regularisation layers.
 
 Not here: convolution, pooling, normalisation or activations.
 """
@@ -79,6 +79,19 @@ class Flatten(Layer):
 
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape, dtype=np.int64)),)
+
+
+class Identity(Layer):
+    """``y = x``, as ``torch.nn.Identity``: what ``Sequential.fuse`` leaves where a folded BatchNorm2d was."""
+
+    def forward(self, x):
+        _check_input(x, "Identity")
+        self._shape = x.shape
+        return x
+
+    def backward(self, dy):
+        self._check_dy(dy, self._saved("_shape"))
+        return dy if self.needs_input_grad else None
 
 
 class Linear(Layer):

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import _args, _plot, io
 from .. import layers as L
-from ..layers.chain import layers_of
+from ..layers.chain import layers_of, named_leaves
 
 __all__ = [
     "Callback",
@@ -393,7 +393,8 @@ class LayerHealth(Callback):
     For every trainable parameter it records ``grad_norm/<name>`` (for
     example ``grad_norm/0.weight``): the L2 norm of the parameter's gradient,
     averaged over the epoch's batches. For every ReLU layer ``i`` it records
-    ``dead_relu/<i>``: the fraction of the layer's units that were zero for
+    ``dead_relu/<i>`` (``dead_relu/3.body.2`` inside a nested container):
+    the fraction of the layer's units that were zero for
     every training sample of the epoch. A unit is one element of the layer's
     per-sample output (a channel at one position), so a channel that is zero
     only at the border counts only its border units. The values go into the
@@ -443,7 +444,7 @@ class LayerHealth(Callback):
             raise RuntimeError("LayerHealth has no model: pass it to fit(callbacks=...) or as `model`")
         layers = layers_of(self.model)
         params = [(f"{i}.{n}", p) for i, l in enumerate(layers) for n, p in l.named_parameters() if p.trainable]
-        relus = [(i, l) for i, l in enumerate(layers) if isinstance(l, L.ReLU)]
+        relus = [(name, l) for name, l in named_leaves(layers) if isinstance(l, L.ReLU)]
         return params, relus
 
     # -- hooks -------------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import _args, losses
 from ..datasets.loader import ArrayDataset
-from ..layers.chain import layers_of
+from ..layers.chain import layers_of, leaves
 from .data import as_targets, check_input, check_targets_fit, chunks, to_float32
 from .sources import is_source, source_batches
 
@@ -34,14 +34,14 @@ _last_loss: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _get_modes(model):
-    return getattr(model, "training", None), [getattr(layer, "training", True) for layer in layers_of(model)]
+    return getattr(model, "training", None), [getattr(layer, "training", True) for layer in leaves(model)]
 
 
 def _set_modes(model, modes):
     top, per_layer = modes
     if top is not None:
         model.train() if top else model.eval()
-    for layer, mode in zip(layers_of(model), per_layer):
+    for layer, mode in zip(leaves(model), per_layer):
         layer.train() if mode else layer.eval()
 
 

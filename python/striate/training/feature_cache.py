@@ -28,8 +28,13 @@ __all__ = ["MAX_CACHE_BYTES", "Head", "cache_split", "plan"]
 # statistics in both). Dropout and any other layer type are excluded.
 _DETERMINISTIC = (
     L.Conv2d, L.MaxPool2d, L.AvgPool2d, L.LPPool2d, L.AdaptiveAvgPool2d, L.GlobalAvgPool2d,
-    L.BatchNorm2d, L.ReLU, L.Tanh, L.Sigmoid, L.Softmax, L.Flatten, L.Linear,
+    L.BatchNorm2d, L.ReLU, L.Tanh, L.Sigmoid, L.Softmax, L.Flatten, L.Linear, L.Identity,
 )
+
+
+def _deterministic(layer):
+    """A layer of a deterministic type, or a container (Sequential, Residual) of only such layers."""
+    return all(isinstance(n, L._Container) or type(n) in _DETERMINISTIC for n in L.nodes(layer))
 
 # Callbacks that only look at the optimizer or at the state of the model they
 # are bound to (the whole model, whose backbone the shortcut never changes).
@@ -46,7 +51,8 @@ def cache_split(model):
 
     The backbone is the longest prefix of layers that have no trainable
     parameter and are of a deterministic type (Conv2d, pooling, BatchNorm2d,
-    activations, Flatten, Linear); it stops before the first layer with a
+    activations, Flatten, Linear, Identity, and containers of only those, such
+    as frozen ``Residual`` blocks); it stops before the first layer with a
     trainable parameter, the first Dropout (its mask is random in training
     mode) and the first layer of any other type. Returns None when ``model``
     holds no layers, when that prefix is empty or when no parameter after it
@@ -58,7 +64,7 @@ def cache_split(model):
     split = 0
     while split < len(layers):
         layer = layers[split]
-        if type(layer) not in _DETERMINISTIC or any(p.trainable for p in layer.parameters()):
+        if not _deterministic(layer) or any(p.trainable for p in layer.parameters()):
             break
         split += 1
     if split == 0 or not any(p.trainable for l in layers[split:] for p in l.parameters()):

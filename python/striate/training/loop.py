@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import _args, io, optim
 from ..datasets.loader import ArrayDataset
-from ..layers.chain import layers_of
+from ..layers.chain import leaves
 from . import feature_cache
 from .callbacks import Callback, CallbackList, History, TrainState
 from .checkpoint import RunRandomness, _load_into, _make_optimizer, _read_checkpoint, save_checkpoint
@@ -72,7 +72,7 @@ def _num_outputs(model, x):
 
 
 def _dropout_layers(model):
-    return [layer for layer in layers_of(model) if hasattr(layer, "set_rng")]
+    return [layer for layer in leaves(model) if hasattr(layer, "set_rng")]  # nested ones too
 
 
 # --------------------------------------------------------------------------- the pieces of a run

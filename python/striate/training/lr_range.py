@@ -17,7 +17,7 @@ import numbers
 import numpy as np
 
 from .. import _args, losses, optim
-from ..layers.chain import layers_of
+from ..layers.chain import leaves
 from .step import NonFiniteError, train_step
 
 __all__ = ["lr_range_test", "suggest_lr"]
@@ -141,7 +141,7 @@ def lr_range_test(
     y = _check(x, y, lr_min, lr_max, steps, batch_size, beta, diverge, seed)
     loss_fn = losses.get_loss(loss)
     gen = np.random.default_rng(seed)
-    for k, layer in enumerate(l for l in layers_of(model) if hasattr(l, "set_rng")):
+    for k, layer in enumerate(l for l in leaves(model) if hasattr(l, "set_rng")):
         layer.set_rng(np.random.default_rng([seed, k]))
     model.train()
     opt = optim.SGD(model.parameters(), lr=float(lr_min), momentum=float(momentum))

@@ -1,0 +1,390 @@
+"""Real Fashion-MNIST training of the TF-tutorial CNN and LeNet-5, striate next to PyTorch.
+
+Two models train side by side on the real Fashion-MNIST (Debian's
+``dataset-fashion-mnist`` package, or ``--root``):
+
+- the TensorFlow-tutorial CNN: conv5 1->32 pad 2, ReLU, max-pool 2, conv5
+  32->64 pad 2, ReLU, max-pool 2, flatten, fc 3136->1024, ReLU, dropout 0.4,
+  fc 10;
+- LeNet-5 as ``striate.zoo.lenet5()`` builds it, for 32x32 inputs: the 28x28
+  images are zero-padded by 2 on each side, the same array for both
+  frameworks.
+
+Both frameworks start from the same weights (striate's ``state_dict`` loaded
+into the equivalent ``torch.nn.Sequential``) and see the same batches in the
+same order: one seeded permutation per epoch, applied once to the data, which
+both then read front to back (striate through ``fit(..., shuffle=False)``,
+PyTorch through slices of the same memory). Only the dropout masks differ
+(each framework draws its own, seeded from ``--seed``).
+Batch 64, SGD with momentum 0.9, cross-entropy. Before anything is timed,
+one forward pass and the parameter gradients of one batch are checked to
+agree with PyTorch within 1e-4 relative. The epochs of the two frameworks
+alternate, so both see the same machine load. Without PyTorch (or with
+``--no-torch``) striate runs alone.
+
+Prints a header (date, CPU model, ISA path, threads, versions) and a table of
+images/s, epoch seconds, the last epoch's training loss, test accuracy on the
+full test set, and the striate / PyTorch ratio of images/s.
+
+Not here: synthetic-data throughput and peak RSS (``bench_train.py``),
+kernel timings (``bench_kernels.py``), or any speed threshold: this reports,
+it does not judge.
+
+Usage::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fashion.py \\
+        [--threads 2] [--epochs 1] [--model tf|lenet|both] [--isa avx2] [--limit N] [--root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_HERE, "..", "python"))
+sys.path.insert(0, _HERE)
+
+import striate as st  # noqa: E402
+from striate import layers as L  # noqa: E402
+from striate import optim, zoo  # noqa: E402
+
+import bench_train  # noqa: E402  (its torch.nn twin of a Sequential)
+
+torch = None  # set in main() when PyTorch is importable and wanted
+
+BATCH = 64
+LR = 0.01
+MOMENTUM = 0.9
+EVAL_BATCH = 256
+TOLERANCE = 1e-4
+
+
+def tf_cnn():
+    """The TensorFlow-tutorial CNN for 1x28x28 inputs, freshly initialised from striate's RNG."""
+    return st.Sequential(
+        [
+            L.Conv2d(1, 32, 5, padding=2),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Conv2d(32, 64, 5, padding=2),
+            L.ReLU(),
+            L.MaxPool2d(2),
+            L.Flatten(),
+            L.Linear(64 * 7 * 7, 1024),
+            L.ReLU(),
+            L.Dropout(0.4),
+            L.Linear(1024, 10),
+        ]
+    )
+
+
+# name -> (builder, zero padding applied to the 28x28 images)
+MODELS = {
+    "tf": ("TF-tutorial CNN", tf_cnn, 0),
+    "lenet": ("LeNet-5 (32x32)", zoo.lenet5, 2),
+}
+
+
+# --------------------------------------------------------------------------- header
+
+
+def _cpu_model():
+    """The CPU's marketing name from /proc/cpuinfo, and whether it has AVX-512F / AVX2."""
+    name, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and name is None:
+                    name = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+                if name is not None and flags:
+                    break
+    except OSError:
+        pass
+    simd = [f for f in ("avx512f", "avx2", "fma") if f in flags]
+    return name or platform.processor() or "unknown CPU", " ".join(simd) or "unknown"
+
+
+def _isa():
+    if hasattr(st, "get_isa"):
+        return str(st.get_isa())
+    return "unknown (this striate has no st.get_isa)"
+
+
+def _git_revision():
+    try:
+        out = subprocess.run(["git", "-C", _HERE, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _print_header(args, n_train, n_test, data_root):
+    cpu, simd = _cpu_model()
+    rev = _git_revision()
+    if torch is not None:
+        torch_v = f"PyTorch {torch.__version__}"
+    else:
+        torch_v = "PyTorch not used (--no-torch)" if args.no_torch else "PyTorch not installed"
+    print("# Fashion-MNIST training, striate next to PyTorch")
+    print(f"date:    {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    print(f"CPU:     {cpu} (flags: {simd})")
+    print(f"ISA:     {_isa()}")
+    print(f"threads: {args.threads} (st.set_num_threads"
+          + (", torch.set_num_threads)" if torch is not None else ")"))
+    print(f"version: striate {st.__version__}{f' ({rev})' if rev else ''}, {torch_v}, numpy {np.__version__}, "
+          f"Python {platform.python_version()}")
+    print(f"data:    {data_root}: {n_train} training images{' (--limit)' if args.limit else ''}, "
+          f"{n_test} test images")
+    print(f"setup:   batch {BATCH}, SGD lr {LR} momentum {MOMENTUM}, {args.epochs} epoch(s), seed {args.seed}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _load(root, limit):
+    """``((x, y), (xt, yt), where)``, or None when the files are missing."""
+    from striate.datasets import load_fashion_mnist
+
+    try:
+        (x, y), (xt, yt) = load_fashion_mnist(root)
+    except FileNotFoundError:
+        return None
+    if limit:
+        x, y = x[:limit], y[:limit]
+    return (x, y), (xt, yt), root if root is not None else _default_root()
+
+
+def _default_root():
+    """The folder ``load_fashion_mnist()`` read, found the way it searches."""
+    from striate.datasets import fashion, mnist
+
+    return str(next((d for d in fashion.default_dirs() if mnist.find_files(d) is not None), "default folder"))
+
+
+def _pad(x, p):
+    if p == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _rel_err(a, ref):
+    return float(np.max(np.abs(a - ref)) / (np.max(np.abs(ref)) + 1e-12))
+
+
+def _validate(model, tm, xb, yb):
+    """One forward pass and the gradients of one batch agree with torch; return the worst error.
+
+    Runs in evaluation mode (no dropout) and takes no step, so both models
+    keep their equal initial weights. Raises AssertionError naming what differs.
+    """
+    model.eval()
+    tm.eval()
+    out = model(xb)
+    t_out = tm(torch.from_numpy(xb))
+    err = _rel_err(out, t_out.detach().numpy())
+    if err > TOLERANCE:
+        raise AssertionError(f"forward: striate differs from torch, relative error {err:.2e}")
+    ce = st.losses.CrossEntropy()
+    loss = float(ce(out, yb))
+    model.backward(ce.backward(), input_grad=False)
+    t_loss = torch.nn.functional.cross_entropy(t_out, torch.from_numpy(yb))
+    tm.zero_grad()
+    t_loss.backward()
+    if abs(loss - t_loss.item()) > TOLERANCE * abs(t_loss.item()):
+        raise AssertionError(f"loss: striate {loss} differs from torch {t_loss.item()}")
+    worst = err
+    t_params = dict(tm.named_parameters())
+    for name, p in model.named_parameters():
+        g_err = _rel_err(p.grad, t_params[name].grad.numpy())
+        if g_err > TOLERANCE:
+            raise AssertionError(f"gradient of {name}: striate differs from torch, relative error {g_err:.2e}")
+        worst = max(worst, g_err)
+    tm.zero_grad()
+    model.train()
+    tm.train()
+    return worst
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _striate_epoch(model, opt, xp, yp, seed):
+    """One epoch of ``fit`` over the pre-permuted data; (seconds, mean training loss)."""
+    t0 = time.perf_counter()
+    hist = model.fit(xp, yp, epochs=1, batch_size=BATCH, optimizer=opt, shuffle=False, verbose=0, seed=seed)
+    return time.perf_counter() - t0, float(hist.history["loss"][-1])
+
+
+def _torch_epoch(tm, opt, xp, yp):
+    """PyTorch's standard loop over the same pre-permuted arrays; (seconds, mean training loss)."""
+    xt, yt = torch.from_numpy(xp), torch.from_numpy(yp)
+    n = xt.shape[0]
+    loss_sum = 0.0
+    t0 = time.perf_counter()
+    tm.train()
+    for start in range(0, n, BATCH):
+        xb, yb = xt[start : start + BATCH], yt[start : start + BATCH]
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(tm(xb), yb)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item() * xb.shape[0]
+    return time.perf_counter() - t0, loss_sum / n
+
+
+def _torch_accuracy(tm, xt, yt):
+    tm.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, xt.shape[0], EVAL_BATCH):
+            out = tm(torch.from_numpy(xt[start : start + EVAL_BATCH]))
+            correct += int((out.argmax(1).numpy() == yt[start : start + EVAL_BATCH]).sum())
+    return correct / xt.shape[0]
+
+
+def _warm_up(make, x, y):
+    """A few steps on throwaway models, so that first-call costs stay out of the timings."""
+    n = min(x.shape[0], 4 * BATCH)
+    model = make()
+    model.fit(x[:n], y[:n], epochs=1, batch_size=BATCH, shuffle=False, verbose=0, seed=0)
+    if torch is not None:
+        tm = bench_train._torch_model(model)
+        _torch_epoch(tm, torch.optim.SGD(tm.parameters(), lr=LR, momentum=MOMENTUM), x[:n], y[:n])
+
+
+def _run_model(key, train, test, args):
+    """Train one model in both frameworks; return the table rows and the validation error."""
+    label, make, pad = MODELS[key]
+    x, y = _pad(train[0], pad), train[1]
+    xt, yt = _pad(test[0], pad), test[1]
+    _warm_up(make, x, y)
+    st.seed(args.seed)
+    model = make()
+    tm = bench_train._torch_model(model) if torch is not None else None
+    val_err = _validate(model, tm, x[:BATCH], y[:BATCH]) if tm is not None else None
+    s_opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    t_opt = torch.optim.SGD(tm.parameters(), lr=LR, momentum=MOMENTUM) if tm is not None else None
+    if tm is not None:
+        torch.manual_seed(args.seed)  # torch's dropout masks, reproducible from run to run
+    order = np.random.default_rng(args.seed)
+    s_times, t_times, s_loss, t_loss = [], [], None, None
+    for epoch in range(args.epochs):
+        perm = order.permutation(x.shape[0])
+        xp, yp = np.ascontiguousarray(x[perm]), np.ascontiguousarray(y[perm])
+        sec, s_loss = _striate_epoch(model, s_opt, xp, yp, seed=args.seed + epoch)
+        s_times.append(sec)
+        if tm is not None:
+            sec, t_loss = _torch_epoch(tm, t_opt, xp, yp)
+            t_times.append(sec)
+        print(f"  {label}: epoch {epoch + 1}/{args.epochs} done", file=sys.stderr, flush=True)
+    n = x.shape[0]
+    s_sec = float(np.median(s_times))
+    s_acc = float(model.evaluate(xt, yt, batch_size=EVAL_BATCH)["accuracy"])
+    rows = [[label, "striate", n / s_sec, s_sec, s_loss, s_acc, None]]
+    if tm is not None:
+        t_sec = float(np.median(t_times))
+        rows.append([label, "PyTorch", n / t_sec, t_sec, t_loss, _torch_accuracy(tm, xt, yt), None])
+        rows[0][6] = rows[0][2] / rows[1][2]
+    return rows, val_err
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _positive(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=_positive, default=2, help="threads for striate and PyTorch (default 2)")
+    ap.add_argument("--epochs", type=_positive, default=1, help="training epochs (default 1)")
+    ap.add_argument("--model", choices=("tf", "lenet", "both"), default="both", help="which model (default both)")
+    ap.add_argument("--isa", metavar="NAME", help="striate's SIMD path, through st.set_isa (avx512, avx2, generic)")
+    ap.add_argument("--limit", type=_positive, metavar="N", help="train on the first N images only (smoke runs)")
+    ap.add_argument("--root", metavar="DIR", help="folder holding the four Fashion-MNIST IDX files")
+    ap.add_argument("--seed", type=int, default=0, help="initial weights, batch order and dropout (default 0)")
+    ap.add_argument("--no-torch", action="store_true", help="run striate alone even when PyTorch is importable")
+    args = ap.parse_args(argv)
+    if args.seed < 0:
+        ap.error(f"--seed must be non-negative, got {args.seed}")
+    if args.isa is not None:
+        if not hasattr(st, "set_isa"):
+            ap.error(f"--isa {args.isa}: this build of striate has no st.set_isa, so its ISA path cannot be chosen")
+        try:
+            st.set_isa(args.isa)
+        except ValueError as exc:
+            ap.error(f"--isa {args.isa}: {exc}")
+    return args
+
+
+def _print_table(rows):
+    torch_col = "striate / PyTorch img/s"
+    print(f"| model | framework | images/s | epoch s | train loss | test accuracy | {torch_col} |")
+    print("|---|---|---|---|---|---|---|")
+    for label, fw, rate, sec, loss, acc, ratio in rows:
+        r = f"{ratio:.2f}x" if ratio is not None else "-"
+        print(f"| {label} | {fw} | {rate:,.0f} | {sec:.2f} | {loss:.4f} | {100 * acc:.2f}% | {r} |")
+
+
+def main(argv=None):
+    args = _parse(argv)
+    global torch
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch as _torch
+        except ImportError:
+            _torch = None
+        torch = _torch
+    bench_train.torch = torch
+    st.set_num_threads(args.threads)
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+    loaded = _load(args.root, args.limit)
+    if loaded is None:
+        where = args.root or "/usr/share/datasets/fashion-mnist or striate's cache folder"
+        print(f"bench_fashion: skipped, Fashion-MNIST's IDX files are not in {where}; "
+              "`apt-get install dataset-fashion-mnist` or pass --root DIR")
+        return 0
+    train, test, where = loaded
+    _print_header(args, train[0].shape[0], test[0].shape[0], where)
+    sys.stdout.flush()  # the header before the progress lines on stderr
+    keys = ["tf", "lenet"] if args.model == "both" else [args.model]
+    rows, checks = [], []
+    for key in keys:
+        r, err = _run_model(key, train, test, args)
+        rows.extend(r)
+        if err is not None:
+            checks.append(f"{MODELS[key][0]} {err:.1e}")
+    if checks:
+        print(f"checked: forward and gradients agree with PyTorch, worst relative error: {', '.join(checks)}")
+    print()
+    _print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
