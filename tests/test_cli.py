@@ -98,14 +98,15 @@ def test_predict_npy_files(trained, tmp_path, capsys):
     assert lines[3].split("\t")[1].split(" ")[0] == lines[4].split("\t")[1].split(" ")[0]
 
 
-def test_predict_png_without_matplotlib_names_the_extra(trained, tmp_path, monkeypatch, capsys):
+def test_predict_png_without_pillow_names_the_extra(trained, tmp_path, monkeypatch, capsys):
+    # Images are decoded through Pillow (striate.datasets.folder), the [images] extra.
     _, _, path = trained
     png = tmp_path / "digit.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n")
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setitem(sys.modules, "matplotlib.image", None)
-    assert cli.main(["predict", str(path), str(png)]) == 2
-    assert "pip install 'striate[viz]'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    assert cli.main(["predict", str(path), str(png)]) == 1
+    assert "pip install 'striate[images]'" in capsys.readouterr().err
 
 
 def test_predict_png_with_matplotlib(trained, tmp_path, capsys):
@@ -125,27 +126,39 @@ def test_predict_png_with_matplotlib(trained, tmp_path, capsys):
         (["train", "--lr", "-1"], "--lr: must be a positive finite number"),
         (["train", "--momentum", "-1"], "--momentum: must be a finite number >= 0"),
         (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
-        (["train", "--dataset", "imagenet"], "dataset 'imagenet' is not available"),
-        (["train", "--seed", "-2"], "--seed must be >= 0"),
-        (["evaluate", "/nonexistent/model.safetensors"], "cannot read"),
+        (["train", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
         (["predict"], "the following arguments are required"),
         (["nope"], "invalid choice: 'nope'"),
     ],
 )
-def test_user_errors_exit_2_with_a_message(argv, message, capsys):
+def test_usage_errors_exit_2_with_a_message(argv, message, capsys):
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--seed", "-2"], "--seed must be >= 0"),
+        (["evaluate", "/nonexistent/model.safetensors"], "cannot read"),
+    ],
+)
+def test_runtime_errors_exit_1_with_one_line(argv, message, capsys):
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("striate: error: ") and err.count("\n") == 1
+    assert message in err
 
 
 def test_predict_rejects_unknown_files(trained, tmp_path, capsys):
     _, _, path = trained
     txt = tmp_path / "x.txt"
     txt.write_text("7")
-    assert cli.main(["predict", str(path), str(txt)]) == 2
+    assert cli.main(["predict", str(path), str(txt)]) == 1
     assert "unsupported file type .txt" in capsys.readouterr().err
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((1, 1, 1, 1, 1), np.float32))
-    assert cli.main(["predict", str(path), str(bad)]) == 2
+    assert cli.main(["predict", str(path), str(bad)]) == 1
     assert "expected an (H, W), (C, H, W) or (N, C, H, W) array" in capsys.readouterr().err
 
 

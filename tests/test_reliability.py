@@ -574,7 +574,7 @@ def test_pickle_payload_is_refused_by_every_loader(tmp_path, capsys):
             assert str(exc), name
         else:
             assert name.startswith("striate "), f"{name}: accepted a pickle file"
-            assert status == 2, f"{name}: exit status {status}"
+            assert status == 1, f"{name}: exit status {status}"  # a runtime error, not a usage error
             assert "pickle" in capsys.readouterr().err.lower()
         assert not marker.exists(), f"{name} ran the pickle payload"
 

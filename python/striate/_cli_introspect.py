@@ -4,12 +4,14 @@ Each command is a ``configure(parser)`` / ``cmd_*(args) -> int`` pair. They plug
 into ``striate.cli`` through ``add_commands(register)`` (its registry; list
 this module in ``striate.cli.COMMAND_MODULES``), or into any argparse
 sub-parsers through ``add_subcommands(subparsers)``. MODEL is a file saved
-with ``model.save`` (``striate.load``) or a zoo name (``lenet5``, ``typical_cnn``).
+with ``model.save`` (``striate.load``) or a zoo name (``lenet5``, ``typical_cnn``,
+``resnet20`` once the zoo has it). ``visualize`` and ``lr-sweep`` read
+``--dataset`` (default: the one the model recorded, else the digits).
 
 Deliberately not here: the computations themselves (``striate.introspect`` and
 ``striate.viz``) and ``sys.exit``: the commands return the exit status and
-raise CLIError / ValueError / OSError / ImportError for user errors, which ``striate.cli``
-prints.
+raise CLIError (or any exception) for errors, which ``striate.cli`` prints
+as one line.
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ import numpy as np
 
 from . import _config, introspect, viz, zoo
 from . import layers as L
-from .cli import CLIError, _positive_float, _positive_int
-from .datasets import load_digits
-from .model import load_model
+from ._cli_data import add_data_args, fit_to_model, load_model_file, model_input, read_inputs
+from .cli import CLIError, _positive_float, _positive_int, data_for_model
 
 __all__ = [
     "add_commands",
@@ -34,7 +35,7 @@ __all__ = [
     "resolve_model",
 ]
 
-ZOO_NAMES = ("lenet5", "typical_cnn")
+ZOO_NAMES = ("lenet5", "typical_cnn") + (("resnet20",) if hasattr(zoo, "resnet20") else ())
 
 
 def resolve_model(spec, seed=0, in_channels=None):
@@ -46,12 +47,14 @@ def resolve_model(spec, seed=0, in_channels=None):
         _config.seed(seed)
         if spec == "lenet5":
             return zoo.lenet5()
+        if spec == "resnet20":
+            return zoo.resnet20(in_channels=in_channels or 3)
         return zoo.typical_cnn(in_channels=in_channels or 3)
     if not os.path.exists(spec):
         raise CLIError(
             f"MODEL must be a saved model file or a zoo name ({', '.join(ZOO_NAMES)}), got {spec!r}: no such file"
         )
-    return load_model(spec)
+    return load_model_file(spec)
 
 
 def _add_model(p, optional=False):
@@ -98,33 +101,32 @@ def configure_visualize(p):
     p.add_argument("--out", required=True, help="folder for the images (created if missing)")
     p.add_argument(
         "--input", default=None,
-        help="a .npy image (C, H, W) or batch (N, C, H, W; the first is used) for the activation maps "
-        "(default: a test digit for 1-channel models, else a seeded random image)",
+        help="an image (PNG/JPEG/BMP/GIF) or a .npy array (H, W), (C, H, W) or (N, C, H, W; the first is used) "
+        "for the activation maps (default: the first test image of --dataset)",
     )
     p.add_argument("--max-maps", type=_positive_int, default=16, help="maps drawn per conv layer (default 16)")
+    add_data_args(p, default=None)
 
 
-def _sample_input(model, path):
-    if path is not None:
-        x = np.load(path, allow_pickle=False)
-        if x.ndim == 4:
-            x = x[0]
-        if x.ndim != 3:
-            raise ValueError(f"--input must hold a (C, H, W) image or an (N, C, H, W) batch, got shape {x.shape}")
-        if x.dtype == np.uint8:
-            return x.astype(np.float32) / 255
-        return x.astype(np.float32)
-    c, h, w = introspect.infer_input_shape(model)
-    if c == 1 and h == w:
-        _, (xt, _) = load_digits(size=h)
-        return xt[0]
-    return np.random.default_rng(0).random((c, h, w), dtype=np.float32)
+def _sample_input(model, args):
+    """One (C, H, W) image: ``--input``, else the first test image of the data set (the model's by default)."""
+    if args.input is not None:
+        want = model_input(model, required=False)
+        items, _ = read_inputs([args.input], want if want is not None else (lambda: model_input(model)))
+        path, batch = items[0]
+        return fit_to_model(model, batch[:1], f"--input {path}", want)[0]
+    if args.dataset is None and getattr(model, "dataset", None) is None:
+        c, h, w = model_input(model)
+        if c != 1 or h != w:  # no data set to take an image from: a seeded random one
+            return np.random.default_rng(0).random((c, h, w), dtype=np.float32)
+    _, x, _, _ = data_for_model(model, args.dataset, args.data_root, args.download)
+    return x[0]
 
 
 def cmd_visualize(args):
     """``striate visualize MODEL --out DIR``: filter grids of every Conv2d and activation maps."""
     model = resolve_model(args.model)
-    x = _sample_input(model, args.input)
+    x = _sample_input(model, args)
     os.makedirs(args.out, exist_ok=True)
     written = []
     for i, layer in enumerate(model):
@@ -170,19 +172,18 @@ def configure_lr_sweep(p):
     p.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batches and of a zoo model (default 0)")
     p.add_argument("--out", default=None, help="draw loss against lr to this image (needs matplotlib)")
+    add_data_args(p, default=None)
     _add_threads(p)
 
 
 def cmd_lr_sweep(args):
-    """``striate lr-sweep [MODEL]``: LR range test on the embedded digits; prints the suggested lr."""
+    """``striate lr-sweep [MODEL]``: LR range test on a data set's training images; prints the suggested lr."""
     _set_threads(args)
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    model = resolve_model(args.model, seed=args.seed, in_channels=1)
-    c, h, w = introspect.infer_input_shape(model)
-    if c != 1 or h != w:
-        raise ValueError(f"lr-sweep trains on the embedded digits (1 channel, square); the model takes {(c, h, w)}")
-    (x, y), _ = load_digits(size=h)
+    in_channels = 3 if args.dataset in ("cifar10", "imagefolder") else 1
+    model = resolve_model(args.model, seed=args.seed, in_channels=in_channels)
+    _, x, y, _ = data_for_model(model, args.dataset, args.data_root, args.download, split="train")
     result = viz.lr_sweep(
         model, x, y, args.out, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps,
         batch_size=args.batch_size, seed=args.seed,

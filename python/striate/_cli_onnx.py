@@ -2,10 +2,14 @@
 
 MODEL is a saved model file or a zoo name. The input shape is inferred from
 the first convolution (as ``striate summary`` does) unless ``--input-shape C H W``
-is given. Not here: the export itself (``striate.onnx_io``).
+is given. A path that cannot be written is reported as given (the export
+writes a temporary file next to it first). Not here: the export itself
+(``striate.onnx_io``).
 """
 
 from __future__ import annotations
+
+import os
 
 from . import introspect, onnx_io
 from ._cli_introspect import _add_model, resolve_model
@@ -33,7 +37,13 @@ def cmd_export(args):
             raise CLIError(f"{e}; pass --input-shape C H W") from None
     kwargs = {} if args.opset is None else {"opset": args.opset}
     model.eval()
-    onnx_io.export(model, args.out, shape, **kwargs)
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise CLIError(f"cannot write {args.out}: the folder {folder} does not exist")
+    try:
+        onnx_io.export(model, args.out, shape, **kwargs)
+    except OSError as exc:  # name the path given, not the temporary file the export writes first
+        raise CLIError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     print(f"wrote {args.out} (input N x {shape[0]} x {shape[1]} x {shape[2]})")
     return 0
 

@@ -1,6 +1,6 @@
 """The ``striate finetune`` subcommand: few-shot transfer of a pretrained model to a data set.
 
-``striate finetune --from MODEL --dataset NAME --shots K --epochs E`` takes K
+``striate finetune --from MODEL --dataset NAME [--data-root PATH] --shots K --epochs E`` takes K
 labelled training examples per class (stratified, drawn with ``--seed``),
 replaces the model's last Linear by one with the data set's number of
 classes, freezes the layers before it (or ``[0, --freeze-upto)``), trains
@@ -15,18 +15,20 @@ Deliberately not here: the training loop (``striate.training.fit``, with
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
 import numpy as np
 
-from . import _config, augment, datasets, io, optim, training, transfer, zoo
+from . import _config, augment, datasets, optim, training, transfer, zoo
+from ._cli_data import add_data_args, load_data, load_model_file, model_input
 from .cli import CLIError, _positive_float, _positive_int
 from .layers import Conv2d, Linear
 
 __all__ = ["add_commands", "configure_finetune", "cmd_finetune", "few_shot_indices", "load_task"]
 
-DATASETS = ("digits", "shapes", "mnist", "cifar10")
+DATASETS = ("digits", "shapes", "mnist", "fashion-mnist", "cifar10", "imagefolder")
 PRETRAINED_NAMES = {"lenet5": "lenet5_digits"}
 
 # make_shapes has no split: a fixed pool and test set, independent of --seed.
@@ -53,28 +55,30 @@ def few_shot_indices(y, shots, seed):
     return np.sort(np.concatenate(picks))
 
 
-def load_task(name, root=None):
-    """``(x_train, y_train), (x_test, y_test)`` of a data set named on the command line."""
-    if name == "digits":
-        return datasets.load_digits()
+def load_task(name, root=None, download=False, shape=None, seed=0):
+    """``(x_train, y_train), (x_test, y_test)`` of a data set named on the command line.
+
+    ``shape`` is the model's (C, H, W), to which image folders are decoded.
+    """
     if name == "shapes":
         return datasets.make_shapes(SHAPES_POOL[0], seed=SHAPES_POOL[1]), datasets.make_shapes(
             SHAPES_TEST[0], seed=SHAPES_TEST[1]
         )
-    if name in ("mnist", "cifar10"):
-        if root is None:
-            raise CLIError(f"--dataset {name} needs --root (the folder holding its files)")
-        return getattr(datasets, f"load_{name}")(root)
-    raise CLIError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    if name not in DATASETS:
+        raise CLIError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    if name == "digits":
+        return datasets.load_digits()
+    data = load_data(name, root, download, shape=shape, val_split=0.2, seed=seed)
+    return data.train, data.test
 
 
 def _load_model(spec):
     if spec in PRETRAINED_NAMES:
         return transfer.load_pretrained(zoo.lenet5(), PRETRAINED_NAMES[spec])
-    if not os.path.isfile(spec):
+    if not os.path.exists(spec):
         names = ", ".join(PRETRAINED_NAMES)
         raise CLIError(f"--from must be a saved model file or one of {names}, got {spec!r}: no such file")
-    return io.load_model(spec)
+    return load_model_file(spec)
 
 
 def _first_conv(model):
@@ -114,8 +118,8 @@ def adapt_inputs(model, *arrays):
 def configure_finetune(p):
     p.add_argument("--from", dest="source", default="lenet5", metavar="MODEL",
                    help="a saved model file, or lenet5 (bundled weights trained on the digits; default)")
-    p.add_argument("--dataset", default="shapes", help=f"{', '.join(DATASETS)} (default %(default)s)")
-    p.add_argument("--root", "--data-root", dest="root", default=None, help="folder of the mnist / cifar10 files")
+    add_data_args(p, default="shapes", names=DATASETS)
+    p.add_argument("--root", dest="data_root", default=None, help=argparse.SUPPRESS)  # the old spelling
     p.add_argument("--shots", type=_positive_int, default=10, help="labelled examples per class (default %(default)s)")
     p.add_argument("--epochs", type=_positive_int, default=100, help="default %(default)s")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="default %(default)s")
@@ -145,7 +149,9 @@ def cmd_finetune(args):
     upto = head_at if args.freeze_upto is None else args.freeze_upto
     if not 0 <= upto <= head_at:
         raise CLIError(f"--freeze-upto must be in [0, {head_at}] (layer {head_at} is the new head), got {upto}")
-    (x, y), (x_test, y_test) = load_task(args.dataset, args.root)
+    (x, y), (x_test, y_test) = load_task(args.dataset, args.data_root, args.download,
+                                         shape=model_input(model) if args.dataset == "imagefolder" else None,
+                                         seed=args.seed)
     num_classes = int(max(y.max(), y_test.max())) + 1
     idx = few_shot_indices(y, args.shots, args.seed)
     x, y = x[idx], y[idx]
@@ -166,7 +172,10 @@ def cmd_finetune(args):
         + (", cached backbone features" if cached is not None else "")
     )
     if args.out is not None:
-        model.save(args.out)
+        try:
+            model.save(args.out)
+        except OSError as exc:
+            raise CLIError(f"cannot write {args.out}: {exc.strerror or exc}") from None
         print(f"saved {args.out}")
     print(f"test accuracy {metrics['accuracy'] * 100:.2f}% (loss {metrics['loss']:.3f}) "
           f"in {time.perf_counter() - t0:.1f} s")

@@ -1,14 +1,22 @@
 """The ``striate`` command line: ``train``, ``evaluate``, ``predict``, and a registry for more.
 
 ``striate train`` with no arguments trains LeNet-5 on the embedded handwritten
-digits with tuned defaults, saves the model and prints the test accuracy.
-``evaluate`` and ``predict`` load a saved model (``striate.load``). Further
-subcommands (finetune, bench, summary, visualize, export, lr-sweep) plug in
-through ``register`` from the modules listed in ``COMMAND_MODULES``.
+digits with tuned defaults, saves the model (with its data set's name and
+class names) and prints the test accuracy. ``--dataset digits | mnist |
+fashion-mnist | cifar10 | imagefolder`` with ``--data-root`` and ``--download``
+choose the data on every subcommand that reads some (``striate._cli_data``).
+``evaluate`` (default: the data set the model was trained on; ``--report``,
+``--plot``) and ``predict`` (images, ``.npy`` arrays and folders; class names
+when the model has them) load a saved model. Further subcommands (finetune,
+bench, summary, visualize, export, lr-sweep) plug in through ``register``
+from the modules listed in ``COMMAND_MODULES``.
 
-Not here: any training logic (that is ``striate.training.fit``), plotting, or
-``sys.exit`` inside library code; ``main`` returns the exit status, and only
-the console-script wrapper exits with it.
+Errors: argparse's usage errors exit 2; every runtime error prints one line,
+``striate: error: ...``, and exits 1.
+
+Not here: any training logic (that is ``striate.training.fit``), plotting
+(``striate._cli_report``), or ``sys.exit`` inside library code; ``main``
+returns the exit status, and only the console-script wrapper exits with it.
 """
 
 from __future__ import annotations
@@ -21,10 +29,14 @@ import time
 
 import numpy as np
 
-from . import _config, augment, datasets, distributed, io, optim, training, zoo
+from . import _cli_report, _config, augment, distributed, optim, training
+from ._cli_data import (
+    DATASETS, MODELS, CLIError, add_data_args, build_model, fit_to_model, load_data, load_model_file, model_input,
+    read_inputs,
+)
 from ._version import __version__
 
-__all__ = ["main", "register", "build_parser", "COMMAND_MODULES", "TRAIN_DEFAULTS"]
+__all__ = ["CLIError", "main", "register", "build_parser", "COMMAND_MODULES", "TRAIN_DEFAULTS", "data_for_model"]
 
 # Modules that add subcommands: each defines ``add_commands(register)``.
 COMMAND_MODULES: list[str] = ["striate._cli_introspect", "striate._cli_transfer", "striate._cli_onnx"]
@@ -48,10 +60,6 @@ TRAIN_DEFAULTS = {
 }
 
 
-class CLIError(Exception):
-    """A user error on the command line: printed as ``striate: error: ...``, exit status 2."""
-
-
 def register(name, help, configure, run):
     """Add a subcommand.
 
@@ -66,7 +74,8 @@ def register(name, help, configure, run):
         ``argparse`` parser.
     run : callable
         ``run(args) -> int`` does the work and returns the exit status; it
-        raises ``CLIError`` (or ValueError/OSError/ImportError) for user errors.
+        raises ``CLIError`` (or any other exception) for errors, which ``main``
+        prints as one line with exit status 1.
     """
     if name in _COMMANDS:
         raise ValueError(f"subcommand {name!r} is already registered")
@@ -105,42 +114,14 @@ def _positive_float(text):
     return _float_arg(text, positive=True)
 
 
-def _load_dataset(name, root, size=32):
-    if name == "digits":
-        return datasets.load_digits(size=size)
-    loader = getattr(datasets, f"load_{name}", None)
-    if loader is None:
-        raise CLIError(f"dataset {name!r} is not available in this version of striate")
-    if root is None:
-        raise CLIError(f"--dataset {name} needs --data-root (the folder holding its files)")
-    return loader(root)
-
-
-def _build_model(name, x_shape, num_classes):
-    channels, height = x_shape[1], x_shape[2]
-    if name == "lenet5":
-        if channels != 1 or height not in (28, 32):
-            raise CLIError(f"lenet5 takes 1x28x28 or 1x32x32 images, the data has {tuple(x_shape[1:])}")
-        return zoo.lenet5(num_classes=num_classes, input_size=height)
-    if name == "typical_cnn":
-        if height != 32:
-            raise CLIError(f"typical_cnn takes 32x32 images, the data has {tuple(x_shape[1:])}")
-        return zoo.typical_cnn(in_channels=channels, num_classes=num_classes)
-    raise CLIError(f"unknown model {name!r}")
-
-
-def _default_augment(x_shape):
-    """A mild random affine for digit-like data."""
-    return augment.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
-
-
 def _set_threads(threads):
     if threads is not None:
         _config.set_num_threads(threads)
 
 
-def _load_model(path):
-    return io.load_model(path)
+def _default_augment(x_shape):
+    """A mild random affine for digit-like data."""
+    return augment.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
 
 
 def _result_line(metrics, seconds):
@@ -152,9 +133,8 @@ def _result_line(metrics, seconds):
 
 def _configure_train(p):
     d = TRAIN_DEFAULTS
-    p.add_argument("--model", default=d["model"], choices=["lenet5", "typical_cnn"], help="architecture (default %(default)s)")
-    p.add_argument("--dataset", default=d["dataset"], help="digits (embedded), mnist or cifar10 (default %(default)s)")
-    p.add_argument("--data-root", default=None, help="folder of the mnist / cifar10 files")
+    p.add_argument("--model", default=d["model"], choices=list(MODELS), help="architecture (default %(default)s)")
+    add_data_args(p, default=d["dataset"], image_options=True)
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="default %(default)s")
     p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="default %(default)s")
     p.add_argument("--lr", type=_positive_float, default=d["lr"], help="(peak) learning rate, default %(default)s")
@@ -177,43 +157,71 @@ def _configure_train(p):
                    help="data-parallel over MPI ranks (run under mpiexec -n K; needs the [mpi] extra)")
 
 
+def _train_data(args):
+    """The data set of ``striate train``, image folders decoded for the chosen model."""
+    shape = None
+    if args.dataset == "imagefolder":
+        c, h, w = MODELS[args.model][1]
+        if args.image_size is not None:
+            h, w = args.image_size
+        shape = (c, h, w)
+    return load_data(args.dataset, args.data_root, args.download, shape=shape, val_split=args.val_split,
+                     seed=args.seed)
+
+
+def _schedule_callbacks(args, opt, steps):
+    if args.schedule == "onecycle":
+        sched = optim.OneCycleLR(opt, max_lr=args.lr, total_steps=steps * args.epochs)
+    elif args.schedule == "cosine":
+        sched = optim.CosineAnnealingLR(opt, T_max=steps * args.epochs)
+    else:
+        return []
+    return [training.LearningRateScheduler(sched, per_step=True)]
+
+
 def _run_train(args):
     if args.seed < 0:
         raise CLIError(f"--seed must be >= 0, got {args.seed}")
     _set_threads(args.threads)
     t0 = time.perf_counter()
-    (x, y), (x_test, y_test) = _load_dataset(args.dataset, args.data_root)
-    num_classes = int(max(y.max(), y_test.max())) + 1
+    data = _train_data(args)
     _config.seed(args.seed)
-    model = _build_model(args.model, x.shape, num_classes)
+    model = build_model(args.model, data.shape, data.num_classes)
+    (x, y), (x_test, y_test) = data.train, data.test
+    x = fit_to_model(model, x, f"--dataset {data.name}")
+    x_test = fit_to_model(model, x_test, f"--dataset {data.name}")
+    if tuple(x.shape[1:]) != data.shape:
+        print(f"note: {data.name} images ({'x'.join(map(str, data.shape))}) are fed to {args.model} as "
+              f"{'x'.join(map(str, x.shape[1:]))}", file=sys.stderr)
+    if data.classes is not None and len(data.classes) == data.num_classes:
+        model.classes = data.classes
+    model.dataset = data.name
     opt = optim.SGD(
         model.parameters(), lr=args.lr, momentum=args.momentum,
         nesterov=args.momentum > 0, weight_decay=args.weight_decay,
     )
     steps = -(-x.shape[0] // args.batch_size)
-    callbacks = []
-    if args.schedule == "onecycle":
-        sched = optim.OneCycleLR(opt, max_lr=args.lr, total_steps=steps * args.epochs)
-        callbacks.append(training.LearningRateScheduler(sched, per_step=True))
-    elif args.schedule == "cosine":
-        sched = optim.CosineAnnealingLR(opt, T_max=steps * args.epochs)
-        callbacks.append(training.LearningRateScheduler(sched, per_step=True))
-    augment = None
-    if args.augment is None or args.augment:
-        augment = _default_augment(x.shape)
+    aug = _default_augment(x.shape) if args.augment is None or args.augment else None
     training.fit(
         model, x, y, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt, loss=args.loss,
-        augment=augment, callbacks=callbacks, seed=args.seed, verbose=args.verbose,
+        augment=aug, callbacks=_schedule_callbacks(args, opt, steps), seed=args.seed, verbose=args.verbose,
         checkpoint=args.checkpoint, resume_from=args.resume, distributed=args.distributed,
     )
     metrics = training.evaluate(model, x_test, y_test, loss=args.loss)
     if args.distributed:
         if distributed.rank() != 0:  # every rank holds the same model; rank 0 reports
             return 0
-    model.save(args.out)
+    _save(model, args.out)
     print(f"saved {args.out}")
     print(_result_line(metrics, time.perf_counter() - t0))
     return 0
+
+
+def _save(model, path):
+    try:
+        model.save(path)
+    except OSError as exc:
+        raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -221,90 +229,81 @@ def _run_train(args):
 
 def _configure_evaluate(p):
     p.add_argument("model", help="a model file saved by striate (model.save / striate train)")
-    p.add_argument("--dataset", default="digits", help="digits (embedded), mnist or cifar10 (default %(default)s)")
-    p.add_argument("--data-root", default=None, help="folder of the mnist / cifar10 files")
+    add_data_args(p, default=None)
     p.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "squared_error"])
     p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--report", action="store_true",
+                   help="print per-class precision, recall, F1 and support, and the confusion matrix")
+    p.add_argument("--plot", default=None, metavar="CM.png", help="draw the confusion matrix to this image")
     p.add_argument("--threads", type=_positive_int, default=None)
+
+
+def data_for_model(model, dataset, data_root, download, split="test"):
+    """``(name, x, y, classes)``: the model's data set (``--dataset`` or the one it recorded), fitted to it.
+
+    For an image folder every image is used (point ``--data-root`` at held-out images).
+    """
+    name = dataset or getattr(model, "dataset", None) or "digits"
+    if name not in DATASETS:
+        raise CLIError(f"the model was trained on {name!r}, which the command line cannot load; pass --dataset")
+    want = model_input(model)
+    data = load_data(name, data_root, download, shape=want, val_split=0.0)
+    x, y = data.train if split == "train" else data.test
+    return name, fit_to_model(model, x, f"--dataset {name}", want), y, data.classes
 
 
 def _run_evaluate(args):
     _set_threads(args.threads)
     t0 = time.perf_counter()
-    model = _load_model(args.model)
-    _, (x_test, y_test) = _load_dataset(args.dataset, args.data_root)
+    model = load_model_file(args.model)
+    name, x_test, y_test, classes = data_for_model(model, args.dataset, args.data_root, args.download)
     metrics = training.evaluate(model, x_test, y_test, batch_size=args.batch_size, loss=args.loss)
     print(_result_line(metrics, time.perf_counter() - t0) + f" on {x_test.shape[0]} images")
+    if args.report or args.plot:
+        pred = np.argmax(training.predict(model, x_test, batch_size=args.batch_size), axis=1)
+        names = model.classes or classes
+        _cli_report.report(y_test, pred, names, args.plot, title=f"{os.path.basename(args.model)} on {name}",
+                           show=args.report)
+        if args.plot:
+            print(f"wrote {args.plot}")
     return 0
 
 
 # --------------------------------------------------------------------------- predict
 
 
-def _read_image(path, channels):
-    """One input file as a float32 batch ``(n, C, H, W)``."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        if arr.dtype == np.uint8:
-            arr = arr.astype(np.float32) / np.float32(255.0)
-        elif arr.dtype.kind != "f":
-            raise CLIError(f"{path}: arrays must be float or uint8, got dtype {arr.dtype}")
-        arr = arr.astype(np.float32, copy=False)
-        if arr.ndim == 2:
-            return arr[None, None]
-        if arr.ndim == 3:
-            return arr[None]
-        if arr.ndim == 4:
-            return arr
-        raise CLIError(f"{path}: expected an (H, W), (C, H, W) or (N, C, H, W) array, got shape {arr.shape}")
-    if ext == ".png":
-        try:
-            import matplotlib.image as mpimg
-        except ImportError:
-            raise CLIError(
-                f"{path}: reading .png needs matplotlib: install the [viz] extra (pip install 'striate[viz]') "
-                "or pass .npy files"
-            ) from None
-        img = np.asarray(mpimg.imread(path), dtype=np.float32)
-        if img.dtype.kind != "f" or img.max() > 1.0:
-            img = img / np.float32(255.0)
-        if img.ndim == 3:
-            img = img[..., :3]
-            if channels == 1:
-                img = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            else:
-                img = np.moveaxis(img, -1, 0)
-        if img.ndim == 2:
-            img = img[None]
-        return np.ascontiguousarray(img[None], dtype=np.float32)
-    raise CLIError(f"{path}: unsupported file type {ext or '(none)'}; pass .npy or .png files")
-
-
 def _configure_predict(p):
     p.add_argument("model", help="a model file saved by striate")
-    p.add_argument("files", nargs="+", help=".npy arrays ((H, W), (C, H, W) or (N, C, H, W)) or .png images")
+    p.add_argument("files", nargs="+",
+                   help=".npy arrays ((H, W), (C, H, W) or (N, C, H, W)), PNG/JPEG/BMP/GIF images, or folders of them")
     p.add_argument("--top", type=_positive_int, default=1, help="how many classes to print per image (default 1)")
     p.add_argument("--threads", type=_positive_int, default=None)
 
 
 def _run_predict(args):
     _set_threads(args.threads)
-    model = _load_model(args.model)
-    channels = getattr(model[0], "in_channels", 1)
-    for path in args.files:
-        batch = _read_image(path, channels)
-        probs = training.predict(model, batch)
+    model = load_model_file(args.model)
+    want = model_input(model, required=False)  # .npy arrays are fed as they are when the model cannot tell
+    items, notes = read_inputs(args.files, want if want is not None else (lambda: model_input(model)))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    names = model.classes
+    for path, batch in items:
+        probs = training.predict(model, fit_to_model(model, batch, path, want))
+        if names is not None and len(names) != probs.shape[1]:
+            names = None
         for i, row in enumerate(probs):
             top = np.argsort(-row, kind="stable")[: args.top]
-            name = path if probs.shape[0] == 1 else f"{path}[{i}]"
-            print(f"{name}\t" + "\t".join(f"{int(c)} ({row[c]:.3f})" for c in top))
+            label = path if probs.shape[0] == 1 else f"{path}[{i}]"
+            print(f"{label}\t" + "\t".join(
+                f"{names[c] if names else int(c)} ({row[c]:.3f})" for c in top))
     return 0
 
 
 register("train", "train a model (default: LeNet-5 on the embedded digits)", _configure_train, _run_train)
 register("evaluate", "test accuracy and loss of a saved model", _configure_evaluate, _run_evaluate)
-register("predict", "class probabilities for .npy / .png inputs", _configure_predict, _run_predict)
+register("predict", "class probabilities for images (PNG/JPEG/BMP/GIF) and .npy arrays", _configure_predict,
+         _run_predict)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -341,8 +340,21 @@ def build_parser():
     return parser
 
 
+def _one_line(exc):
+    """An exception as one line: its message, prefixed by its type when that is not a user error."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, (CLIError, ValueError, TypeError, OSError, ImportError, ArithmeticError)):
+        text = f"{type(exc).__name__}: {text}"
+    return text
+
+
 def main(argv=None):
-    """Run the command line; returns the exit status (0 on success, 2 on user errors)."""
+    """Run the command line; returns the exit status.
+
+    0 on success, 2 for usage errors (argparse's), 1 for every runtime error,
+    printed as one line ``striate: error: ...`` with no traceback (set
+    ``STRIATE_TRACEBACK=1`` to see one), 130 when interrupted.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -356,6 +368,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("striate: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, OSError, ImportError) as exc:
-        print(f"striate {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # every runtime error: one line, exit status 1
+        if os.environ.get("STRIATE_TRACEBACK"):
+            raise
+        print(f"striate: error: {_one_line(exc)}", file=sys.stderr)
+        return 1

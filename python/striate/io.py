@@ -18,7 +18,9 @@ unchanged) and the architecture as JSON in the metadata
 (``"striate.architecture"``). The architecture is validated against the layer
 schema and the expected tensor names, dtypes and shapes are derived from it
 before the tensors are read. Every failure raises :class:`FormatError`, which
-names the file and the tensor.
+names the file and the tensor. What a model knows about its data (its
+``classes``, ``input_shape`` and ``dataset``) is kept as JSON under
+``INFO_KEYS`` and checked as strictly when read.
 
 Deliberately not here: pickle in any form, memory mapping, lazy loading,
 bfloat16, or files written by other tools without the striate metadata
@@ -51,11 +53,18 @@ __all__ = [
     "load_weights",
     "read_model",
     "register_builder",
+    "check_classes",
+    "check_input_shape",
+    "check_dataset_name",
 ]
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 ARCH_KEY = "striate.architecture"
 CHECKSUM_KEY = "striate.checksums"
+# What a model knows about its data, each a JSON value in the metadata (absent when None).
+INFO_KEYS = {"classes": "striate.classes", "input_shape": "striate.input_shape", "dataset": "striate.dataset"}
+_MAX_CLASSES = 100_000
+_MAX_NAME = 1_000
 _MAX_LAYERS = 10_000
 _MAX_NDIM = 8
 
@@ -433,6 +442,8 @@ def save_model(model, path):
     """Save a model (float32 weights + architecture) to ``path``, atomically.
 
     Any object with ``state_dict()`` and ``to_config()`` (a ``Sequential``).
+    Its ``classes``, ``input_shape`` and ``dataset`` attributes, when set, go
+    into the metadata as JSON (``INFO_KEYS``); ``load_model`` restores them.
     """
     if not (callable(getattr(model, "state_dict", None)) and callable(getattr(model, "to_config", None))):
         raise TypeError(f"`model` must be a striate.Sequential, got {type(model).__name__}")
@@ -444,15 +455,23 @@ def save_model(model, path):
         ARCH_KEY: json.dumps(model.to_config(), sort_keys=True),
         "striate.version": __version__,
     }
+    for attr, key in INFO_KEYS.items():
+        value = getattr(model, attr, None)
+        if value is not None:
+            value = _CHECKS[attr](value, f"model.{attr}")
+            meta[key] = json.dumps(list(value) if isinstance(value, tuple) else value)
     write_file(path, state, meta)
 
 
-def read_model(path):
+def read_model(path, *, with_info=False):
     """Read a model file: ``(config, tensors)``, the architecture and its checked tensors.
 
     The architecture is validated and every tensor checked against the
     names, shapes and dtypes it implies before any tensor is returned.
     Building the model is the business of its class (``striate.model.load_model``).
+    With ``with_info=True`` it returns ``(config, tensors, info)``, ``info``
+    being ``{"classes", "input_shape", "dataset"}`` from the metadata (each
+    None when absent, each checked strictly), for ``apply_info``.
 
     Raises
     ------
@@ -467,8 +486,73 @@ def read_model(path):
         holder["cfg"], expected = parse_architecture(metadata[ARCH_KEY], path)
         return expected
 
-    tensors, _ = read_file(path, expect=expect)
-    return holder["cfg"], tensors
+    tensors, metadata = read_file(path, expect=expect)
+    if not with_info:
+        return holder["cfg"], tensors
+    return holder["cfg"], tensors, read_info(metadata, path)
+
+
+def check_classes(value, name="classes"):
+    """``value`` as a list of distinct non-empty class names (str), or TypeError/ValueError naming ``name``."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"`{name}` must be a list of str or None, got {type(value).__name__}")
+    if not 0 < len(value) <= _MAX_CLASSES:
+        raise ValueError(f"`{name}` must hold 1 to {_MAX_CLASSES} names, got {len(value)}")
+    for i, c in enumerate(value):
+        if not isinstance(c, str):
+            raise TypeError(f"`{name}[{i}]` must be a str, got {type(c).__name__}")
+        if not 0 < len(c) <= _MAX_NAME:
+            raise ValueError(f"`{name}[{i}]` must be 1 to {_MAX_NAME} characters, got {len(c)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"`{name}` must not repeat a name, got {list(value)}")
+    return list(value)
+
+
+def check_input_shape(value, name="input_shape"):
+    """``value`` as a ``(C, H, W)`` tuple of positive ints, or TypeError/ValueError naming ``name``."""
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        got = f"{len(value)} entries" if isinstance(value, (list, tuple)) else type(value).__name__
+        raise TypeError(f"`{name}` must be a (C, H, W) tuple of 3 ints or None, got {got}")
+    for i, v in enumerate(value):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"`{name}[{i}]` must be an int, got {type(v).__name__}")
+        if not 0 < int(v) <= 1 << 20:
+            raise ValueError(f"`{name}[{i}]` must be in [1, {1 << 20}], got {int(v)}")
+    return tuple(int(v) for v in value)
+
+
+def check_dataset_name(value, name="dataset"):
+    """``value`` as a data set name (letters, digits, '-', '_', at most 64), or TypeError/ValueError."""
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a str or None, got {type(value).__name__}")
+    if not 0 < len(value) <= 64 or not all(ch.isascii() and (ch.isalnum() or ch in "-_") for ch in value):
+        raise ValueError(f"`{name}` must be 1 to 64 letters, digits, '-' or '_', got {value!r}")
+    return value
+
+
+_CHECKS = {"classes": check_classes, "input_shape": check_input_shape, "dataset": check_dataset_name}
+
+
+def read_info(metadata, path=None):
+    """``{"classes", "input_shape", "dataset"}`` from a model file's metadata, checked; FormatError if bad."""
+    info = {}
+    for attr, key in INFO_KEYS.items():
+        raw = metadata.get(key)
+        if raw is None:
+            info[attr] = None
+            continue
+        try:
+            info[attr] = _CHECKS[attr](_parse_json(raw), key)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise FormatError(path, None, f"metadata {key!r} is invalid: {exc}") from None
+    return info
+
+
+def apply_info(model, info):
+    """Set ``model.classes``, ``.input_shape`` and ``.dataset`` from ``read_info``'s dict."""
+    for attr, value in info.items():
+        setattr(model, attr, value)
+    return model
 
 
 # Builders of a model from ``(config, tensors, path)``, by the architecture's
@@ -495,8 +579,8 @@ def load_model(path):
     FormatError
         The file is damaged, not a striate model, or does not match its architecture.
     """
-    cfg, tensors = read_model(path)
-    return _BUILDERS[cfg["format"]](cfg, tensors, path)
+    cfg, tensors, info = read_model(path, with_info=True)
+    return apply_info(_BUILDERS[cfg["format"]](cfg, tensors, path), info)
 
 
 def load_weights(model, path):

@@ -66,6 +66,7 @@ class Sequential(_Container):
         for i, layer in enumerate(layers):
             self._layers.append(self._check_layer(layer, i))
         self._adopt()
+        self._classes = self._input_shape = self._dataset = None
 
     # -- container protocol ------------------------------------------------------
 
@@ -246,6 +247,39 @@ class Sequential(_Container):
         """
         return fuse_conv_bn(self)
 
+    # -- what the model knows about its data (saved in the file) -----------------
+
+    @property
+    def classes(self):
+        """The class names (list of str, index ``k`` naming output ``k``) or None.
+
+        ``fit`` sets them from an ``ImageFolder``'s classes when trained on one
+        through a loader; saved in the file and restored by ``striate.load``.
+        """
+        return None if self._classes is None else list(self._classes)
+
+    @classes.setter
+    def classes(self, value):
+        self._classes = None if value is None else io.check_classes(value, "classes")
+
+    @property
+    def input_shape(self):
+        """One sample's ``(C, H, W)``, or None; ``fit`` sets it from the data. Saved in the file."""
+        return self._input_shape
+
+    @input_shape.setter
+    def input_shape(self, value):
+        self._input_shape = None if value is None else io.check_input_shape(value, "input_shape")
+
+    @property
+    def dataset(self):
+        """The name of the data set the model was trained on (``striate train`` sets it), or None."""
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value):
+        self._dataset = None if value is None else io.check_dataset_name(value, "dataset")
+
     # -- description -------------------------------------------------------------
 
     def output_shapes(self, input_shape):
@@ -331,21 +365,24 @@ class Sequential(_Container):
         checkpoint=None,
         distributed=False,
         cache_features=True,
+        steps_per_epoch=None,
+        metrics=None,
     ):
         """Train with mini-batch gradient descent; returns a ``striate.training.History``.
 
         Parameters
         ----------
-        x : ndarray, shape (N, ...)
-            Inputs: float32 as is, float64 cast, uint8 scaled by 1/255.
-        y : ndarray
-            Int class labels (N,) or targets (N, classes).
+        x : ndarray, shape (N, ...), ArrayDataset, DataLoader or iterable of (x_batch, y_batch)
+            Inputs: float32 as is, float64 cast, uint8 scaled by 1/255, batch by
+            batch; or a batch source (then ``y`` is None).
+        y : ndarray, optional
+            Int class labels (N,) or targets (N, classes); None with a source.
         epochs : int, default 10
         batch_size : int, default 64
         optimizer : optimizer, optional
             Default ``striate.optim.SGD(lr=0.01, momentum=0.9)``.
         loss : str or loss object, default "cross_entropy"
-        validation_data : (x_val, y_val), optional
+        validation_data : (x_val, y_val) or a loader, optional
         validation_split : float in [0, 1), default 0
         shuffle : bool, default True
         augment : callable, optional
@@ -359,6 +396,10 @@ class Sequential(_Container):
             Data-parallel over MPI ranks.
         cache_features : bool, default True
             Train only the head on cached features of a frozen backbone, when exact.
+        steps_per_epoch : int, optional
+            Batch sources only: batches per epoch (default one full pass).
+        metrics : list of str, optional
+            ``"accuracy"`` (always recorded), ``"top_k"`` (top-5), ``"top_<k>"``.
 
         Every argument is described in full at ``striate.training.fit``, which
         this method calls.
@@ -369,10 +410,11 @@ class Sequential(_Container):
             validation_split=(validation_split, 0.0), shuffle=(shuffle, True), augment=(augment, None),
             callbacks=(callbacks, ()), seed=(seed, None), verbose=(verbose, 1), resume_from=(resume_from, None),
             checkpoint=(checkpoint, None), distributed=(distributed, False), cache_features=(cache_features, True),
+            steps_per_epoch=(steps_per_epoch, None), metrics=(metrics, None),
         ))
 
     def evaluate(self, x, y=None, batch_size=256, *, loss=None):
-        """Mean loss and accuracy on ``(x, y)`` in evaluation mode: ``{"loss": float, "accuracy": float}``.
+        """Mean loss and accuracy on ``(x, y)``, or a loader, in evaluation mode: ``{"loss", "accuracy"}``.
 
         ``loss`` defaults to the loss the model was last trained with by
         ``fit``, else cross-entropy; see ``striate.training.evaluate``.
@@ -380,7 +422,10 @@ class Sequential(_Container):
         return striate.training.evaluate(self, x, y, **_given(batch_size=(batch_size, 256), loss=(loss, None)))
 
     def predict(self, x, batch_size=256):
-        """Class probabilities ``(N, classes)`` for ``x`` in evaluation mode; see ``striate.training.predict``."""
+        """Class probabilities ``(N, classes)`` for ``x`` (an array or a loader) in evaluation mode.
+
+        See ``striate.training.predict``.
+        """
         return striate.training.predict(self, x, **_given(batch_size=(batch_size, 256)))
 
     def profile(self, x, y=None, repeat=5, *, loss="cross_entropy", warmup=1):
@@ -423,4 +468,5 @@ def load_model(path):
     striate.io.FormatError
         The file is damaged, not a striate model, or does not match its architecture.
     """
-    return _build(*io.read_model(path), path)
+    config, tensors, info = io.read_model(path, with_info=True)
+    return io.apply_info(_build(config, tensors, path), info)

@@ -16,11 +16,16 @@ an uninterrupted one.
 
 The modules:
 
-- ``data``: input coercion, the validation split and ``ArrayBatches``, the
-  epoch iterator the loop reads (the seam for other data sources);
+- ``data``: input checks, per-batch conversion, the validation split and
+  ``ArrayBatches``, the epoch iterator the loop reads (the seam for other
+  data sources);
+- ``sources``: ``LoaderBatches``, that seam over a ``DataLoader`` or any
+  re-iterable of ``(x_batch, y_batch)`` (``steps_per_epoch``, its state in
+  checkpoints, MPI shards);
 - ``step``: ``train_step``, ``NonFiniteError`` and the run hooks (one process
   or MPI ranks);
-- ``loop``: ``fit`` (from ``_train_epoch``), ``evaluate`` and ``predict``;
+- ``loop``: ``fit`` (from ``_train_epoch``);
+- ``evaluation``: ``evaluate``, ``predict`` and the model-mode guard;
 - ``callbacks``: ``History``, ``Callback``, ``EarlyStopping``,
   ``ModelCheckpoint``, ``LearningRateScheduler``, ``LayerHealth``;
 - ``checkpoint``: ``save_checkpoint``/``load_checkpoint`` and the run's randomness;

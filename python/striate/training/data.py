@@ -1,7 +1,10 @@
 """Training data: input coercion, targets, the validation split, and the epoch iterator ``fit`` reads.
 
-``as_input`` and ``as_targets`` turn what the user passes into float32 inputs
-and int64 labels (or float32 target rows), with errors naming the argument.
+``check_input`` checks what the user passes as inputs without converting it,
+``to_float32`` converts one batch (uint8 scaled by 1/255, floats cast), so no
+more than a batch of a uint8 array or memmap is ever float32 at once;
+``as_targets`` gives int64 labels (or float32 target rows). Errors name the
+argument.
 ``validation_set`` holds out ``validation_data`` or the last
 ``validation_split`` of the samples. ``ArrayBatches`` is the data source of
 ``fit``: the mini-batches of in-memory arrays, one epoch at a time.
@@ -30,28 +33,54 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ArrayBatches", "as_input", "as_targets", "batch_seed", "check_targets_fit", "validation_set"]
+__all__ = [
+    "ArrayBatches", "as_input", "as_targets", "batch_seed", "check_input", "check_targets_fit", "to_float32",
+    "validation_set",
+]
 
 
-def as_input(x, name="x"):
-    """``x`` as a C-contiguous float32 array with a batch dimension.
+def check_input(x, name="x"):
+    """``x`` checked (dtype, batch dimension, at least one sample) but not converted.
 
-    uint8 images are scaled by 1/255 to [0, 1]; float64 (and float16) are cast
-    to float32. Other dtypes raise TypeError.
+    A ``np.memmap`` or a uint8 array stays what it is: the batches are
+    converted one at a time by ``to_float32``, so all of ``x`` is never cast.
+    Other dtypes raise TypeError.
     """
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / np.float32(255.0)
-    elif x.dtype.kind == "f":
-        x = x.astype(np.float32, copy=False)
-    else:
+    if x.dtype != np.uint8 and x.dtype.kind != "f":
         raise TypeError(f"`{name}` must hold float32, float64 or uint8 values, got dtype {x.dtype}")
     if x.ndim < 2:
         raise ValueError(f"`{name}` must have a batch dimension and at least 2 dimensions, got shape {x.shape}")
     if x.shape[0] == 0:
         raise ValueError(f"`{name}` must hold at least one sample, got shape {x.shape}")
-    return np.ascontiguousarray(x)
+    return x
+
+
+def to_float32(batch):
+    """One batch of checked inputs as a C-contiguous float32 array.
+
+    uint8 is scaled by 1/255 (``astype(float32) / float32(255)``, the rounding
+    of the dataset loaders, so a uint8 array trains exactly like the float32
+    array they would return); floats are cast. A float32 C-contiguous batch is
+    returned as is.
+    """
+    batch = np.asarray(batch)  # a memmap slice becomes a plain view
+    if batch.dtype == np.uint8:
+        out = batch.astype(np.float32)
+        out /= np.float32(255.0)
+        return out
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def as_input(x, name="x"):
+    """``x`` as a C-contiguous float32 array with a batch dimension (all of it converted at once).
+
+    uint8 images are scaled by 1/255 to [0, 1]; float64 (and float16) are cast
+    to float32. Other dtypes raise TypeError. ``fit``, ``evaluate`` and
+    ``predict`` use ``check_input`` and convert batch by batch instead.
+    """
+    return to_float32(check_input(x, name))
 
 
 def as_targets(y, n, name="y", x_name="x"):
@@ -95,7 +124,7 @@ def validation_pair(validation_data):
     """``validation_data`` checked and coerced: ``(x_val, y_val)``."""
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise ValueError("`validation_data` must be a pair (x_val, y_val)")
-    x_val = as_input(validation_data[0], "validation_data[0]")
+    x_val = check_input(validation_data[0], "validation_data[0]")
     y_val = as_targets(validation_data[1], x_val.shape[0], "validation_data[1]", "validation_data[0]")
     return x_val, y_val
 
@@ -150,7 +179,8 @@ class ArrayBatches:
     Parameters
     ----------
     x, y : ndarray
-        Coerced inputs and targets (``as_input``, ``as_targets``).
+        Checked inputs and coerced targets (``check_input``, ``as_targets``);
+        ``x`` may be uint8 or a memmap: each batch is converted on its own.
     batch_size : int
         The global batch; the last batch of an epoch may be smaller.
     shuffle : bool
@@ -182,4 +212,4 @@ class ArrayBatches:
             idx = order[sl]
             if self.shard is not None:
                 idx = self.shard(idx)
-            yield self.x[idx], self.y[idx]
+            yield to_float32(self.x[idx]), self.y[idx]

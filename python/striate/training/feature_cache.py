@@ -19,6 +19,7 @@ import numpy as np
 from .. import layers as L
 from ..layers.chain import backward_chain, forward_chain, layers_of
 from .callbacks import EarlyStopping, LearningRateScheduler
+from .data import to_float32
 
 __all__ = ["MAX_CACHE_BYTES", "Head", "cache_split", "plan"]
 
@@ -103,19 +104,21 @@ class Head:
         return self.train(False)
 
 
-def _features(layers, x, chunk=_CHUNK):
-    """Run ``layers`` in evaluation mode over ``x`` in chunks; None if the cache would be too large."""
+def _features(layers, x, chunk=_CHUNK, max_bytes=None):
+    """Run ``layers`` in evaluation mode over ``x`` in chunks; None if the cache would pass ``max_bytes``
+    (default ``MAX_CACHE_BYTES``)."""
+    max_bytes = MAX_CACHE_BYTES if max_bytes is None else max_bytes
     modes = [l.training for l in layers]
     out = None
     try:
         for l in layers:
             l.train(False)
         for start in range(0, x.shape[0], chunk):
-            f = x[start : start + chunk]
+            f = to_float32(x[start : start + chunk])
             for l in layers:
                 f = l(f)
             if out is None:
-                if f.nbytes // f.shape[0] * x.shape[0] > MAX_CACHE_BYTES:
+                if f.nbytes // f.shape[0] * x.shape[0] > max_bytes:
                     return None
                 out = np.empty((x.shape[0],) + f.shape[1:], f.dtype)
             out[start : start + f.shape[0]] = f
@@ -149,7 +152,10 @@ def plan(model, x, x_val, **fit_args):
     - every callback is a ``LearningRateScheduler`` or ``EarlyStopping``
       (other callbacks, such as ``ModelCheckpoint`` or ``LayerHealth``, look at
       the backbone's layers run by run);
-    - the inputs fit the backbone and the features fit in ``MAX_CACHE_BYTES``.
+    - the inputs fit the backbone and the features fit in ``MAX_CACHE_BYTES``;
+    - the inputs are not a memmap (such data is meant to be read batch by
+      batch), and for uint8 inputs the features take no more memory than the
+      inputs themselves (so the cache is never a float32 copy of the data).
 
     The result is bitwise equal to the uncached run with the same seed: the
     run's generator is drawn from in the same order (shuffling, the Dropout
@@ -161,7 +167,8 @@ def plan(model, x, x_val, **fit_args):
     ----------
     model : model protocol
     x : ndarray
-        The coerced training inputs (before any ``validation_split``).
+        The checked training inputs (before any ``validation_split``); uint8
+        or memmapped inputs are converted chunk by chunk.
     x_val : ndarray or None
         The coerced ``validation_data`` inputs.
     **fit_args
@@ -169,12 +176,16 @@ def plan(model, x, x_val, **fit_args):
         ``callbacks`` as ``fit`` got them.
     """
     split = applies(model, **fit_args)
-    if split is None:
-        return None
+    if split is None or isinstance(x, np.memmap):
+        return None  # memmapped data is read batch by batch, never copied whole
     layers = layers_of(model)
     backbone = layers[:split]
     try:
-        feats = _features(backbone, x)
+        # uint8 data is cached only when its features take no more memory than it does.
+        if x.dtype == np.uint8:
+            feats = _features(backbone, x, _CHUNK, min(MAX_CACHE_BYTES, x.nbytes))
+        else:
+            feats = _features(backbone, x)
         feats_val = _features(backbone, x_val) if x_val is not None else None
     except (TypeError, ValueError):
         return None  # the data does not fit the model: fit reports it

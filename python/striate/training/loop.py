@@ -1,4 +1,4 @@
-"""The training loop: ``fit``, ``evaluate`` and ``predict``, built from ``train_step`` and ``_train_epoch``.
+"""The training loop: ``fit``, built from ``train_step`` and ``_train_epoch`` (``evaluate``, ``predict`` re-exported).
 
 ``fit`` is a Keras-like loop over mini-batches for any model with the model
 protocol (``model(x)``, ``model.backward(dloss)``, ``parameters()``,
@@ -18,7 +18,12 @@ under MPI), the callbacks (``CallbackList``), the progress output
 frozen-backbone shortcut (``feature_cache``) only changes what the loop
 trains on: the head, on cached features.
 
-Not here: the step itself (``step.train_step``), batching (``data``),
+The data reaches the loop through one seam (``data.ArrayBatches`` for
+arrays, ``sources.LoaderBatches`` for a DataLoader or any re-iterable of
+batches), so everything above works the same on both.
+
+Not here: the step itself (``step.train_step``), batching (``data``,
+``sources``), evaluation (``evaluation``),
 callbacks (``callbacks``), the checkpoint format (``checkpoint``), the layers,
 losses and optimizers, mixed precision, gradient accumulation and mid-epoch
 checkpoints (checkpoints are taken at epoch boundaries).
@@ -26,56 +31,34 @@ checkpoints (checkpoints are taken at epoch boundaries).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import numbers
 import sys
 import time
-import weakref
 
 import numpy as np
 
-from .. import _args, io, losses, optim
-from ..layers.chain import layers_of, leaves
+from .. import _args, io, optim
+from ..datasets.loader import ArrayDataset
+from ..layers.chain import leaves
 from . import feature_cache
 from .callbacks import Callback, CallbackList, History, TrainState
 from .checkpoint import RunRandomness, _load_into, _make_optimizer, _read_checkpoint, save_checkpoint
 from .data import (
-    ArrayBatches, apply_augment, as_input, as_targets, batch_seed, check_targets_fit, chunks, validation_pair,
+    ArrayBatches, apply_augment, as_targets, batch_seed, check_input, check_targets_fit, to_float32, validation_pair,
     validation_set,
 )
+from .evaluation import (  # noqa: F401  (_mode, evaluate, predict: re-exported)
+    _get_modes, _mode, _n_correct, _remember_loss, _resolve_loss, _set_modes, _top_k_correct, evaluate, predict,
+    run_evaluation,
+)
+from .sources import LoaderBatches, is_dataset, is_source
 from .step import LOCAL, backward_fn, distributed_run, lr_of, train_step
 
 __all__ = ["cached_fit", "evaluate", "fit", "predict"]
 
-# The loss each model was last trained with, so ``evaluate`` reports the same one.
-_last_loss: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
 
 # --------------------------------------------------------------------------- the model protocol
-
-
-def _get_modes(model):
-    return getattr(model, "training", None), [getattr(layer, "training", True) for layer in leaves(model)]
-
-
-def _set_modes(model, modes):
-    top, per_layer = modes
-    if top is not None:
-        model.train() if top else model.eval()
-    for layer, mode in zip(leaves(model), per_layer):
-        layer.train() if mode else layer.eval()
-
-
-@contextlib.contextmanager
-def _mode(model, training):
-    """Run a block with the model in training or evaluation mode, then restore every layer's mode."""
-    saved = _get_modes(model)
-    model.train() if training else model.eval()
-    try:
-        yield
-    finally:
-        _set_modes(model, saved)
 
 
 def _num_outputs(model, x):
@@ -90,28 +73,6 @@ def _num_outputs(model, x):
 
 def _dropout_layers(model):
     return [layer for layer in leaves(model) if hasattr(layer, "set_rng")]  # nested ones too
-
-
-def _resolve_loss(loss):
-    try:
-        return losses.get_loss(loss)
-    except (KeyError, ValueError) as exc:
-        raise ValueError(
-            f"`loss` must be 'cross_entropy', 'squared_error' or a loss object, got {loss!r}"
-        ) from exc
-
-
-def _remember_loss(model, loss_fn):
-    try:
-        _last_loss[model] = loss_fn
-    except TypeError:
-        pass
-
-
-def _n_correct(outputs, y):
-    pred = np.argmax(outputs, axis=1)
-    truth = y if y.ndim == 1 else np.argmax(y, axis=1)
-    return int(np.count_nonzero(pred == truth))
 
 
 # --------------------------------------------------------------------------- the pieces of a run
@@ -155,9 +116,9 @@ class _Progress:
 class _Checkpointer:
     """Writes a resumable checkpoint at the end of every epoch; does nothing without a path."""
 
-    def __init__(self, path, model, optimizer, steps, rand, history, callbacks):
+    def __init__(self, path, model, optimizer, batches, rand, history, callbacks):
         self.path = path
-        self.model, self.optimizer, self.steps = model, optimizer, steps
+        self.model, self.optimizer, self.batches = model, optimizer, batches
         self.rand, self.history, self.callbacks = rand, history, callbacks
 
     def epoch_end(self, epoch, global_step):
@@ -168,7 +129,8 @@ class _Checkpointer:
             {
                 "epoch": epoch + 1,
                 "global_step": global_step,
-                "steps_per_epoch": self.steps,
+                "steps_per_epoch": self.batches.steps_per_epoch,
+                "data": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None,
                 **self.rand.state(),
                 "history": self.history._to_json(),
                 "callbacks": self.callbacks.state_dicts(),
@@ -193,6 +155,7 @@ def _train_epoch(r, epoch):
     r.net.train()
     r.progress.begin(epoch)
     loss_sum, correct, seen = 0.0, 0, 0
+    top = [0] * len(r.top_k)
     for step, (xb, yb) in enumerate(batches):
         if r.augment is not None:
             xb = apply_augment(r.augment, xb, batch_seed(r.rand.augment_seed, epoch, step))
@@ -209,19 +172,47 @@ def _train_epoch(r, epoch):
         loss_sum += loss_value * nb
         correct += batch_correct
         seen += nb
+        for i, k in enumerate(r.top_k):
+            top[i] += _top_k_correct(out, yb, k)
         r.callbacks.on_batch_end(
             step, {"loss": loss_value, "accuracy": batch_correct / max(nb, 1), "lr": lr_of(r.optimizer)}
         )
         r.progress.batch(loss_sum / max(seen, 1), correct / max(seen, 1))
-    loss_sum, correct, seen = r.run.reduce(loss_sum, correct, seen)
+    loss_sum, correct, seen, *top = r.run.reduce(loss_sum, correct, seen, *top)
     r.run.end_epoch(r.net)
     logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
+    logs.update({f"top_{k}_accuracy": c / seen for k, c in zip(r.top_k, top)})
     if r.x_val is not None:
-        val = evaluate(r.net, r.x_val, r.y_val, batch_size=max(r.batch_size, 256), loss=r.loss_fn)
-        logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
+        val = run_evaluation(r.net, r.x_val, r.y_val, max(r.batch_size, 256), loss=r.loss_fn, top_k=r.top_k)
+        logs.update({f"val_{key}": value for key, value in val.items()})
     logs["lr"] = lr_first
     logs["time"] = time.perf_counter() - t0
     return logs
+
+
+def _check_metrics(metrics):
+    """The ``k`` of every top-k accuracy ``metrics`` asks for (``"accuracy"`` is always recorded)."""
+    if metrics is None:
+        return ()
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"`metrics` must be a list of metric names, got {type(metrics).__name__}")
+    ks = []
+    for i, name in enumerate(metrics):
+        if not isinstance(name, str):
+            raise TypeError(f"`metrics[{i}]` must be a str, got {type(name).__name__}")
+        if name == "accuracy":
+            continue
+        text = name[: -len("_accuracy")] if name.endswith("_accuracy") else name
+        k = 5 if text == "top_k" else (int(text[4:]) if text.startswith("top_") and text[4:].isdigit() else None)
+        if k is None or k < 1:
+            raise ValueError(
+                f"`metrics[{i}]` must be 'accuracy', 'top_k' (top-5) or 'top_<k>' such as 'top_3', got {name!r}"
+            )
+        if k not in ks:
+            ks.append(k)
+    return tuple(ks)
 
 
 def _check_fit_args(epochs, batch_size, verbose, seed, augment, callbacks, validation_split):
@@ -244,8 +235,10 @@ def _check_fit_args(epochs, batch_size, verbose, seed, augment, callbacks, valid
     return epochs, batch_size, seed, callbacks
 
 
-def _resume(path, tensors, meta, model, optimizer, steps, dropouts, history, state):
-    """Load a checkpoint's model, optimizer and history; return ``(randomness, start epoch, callback states)``."""
+def _resume(path, tensors, meta, model, optimizer, batches, dropouts, history, state):
+    """Load a checkpoint's model, optimizer, history and data position; return
+    ``(randomness, start epoch, callback states)``."""
+    steps = batches.steps_per_epoch
     saved = meta.get("state") or {}
     try:
         rand = RunRandomness.from_state(saved)
@@ -260,12 +253,17 @@ def _resume(path, tensors, meta, model, optimizer, steps, dropouts, history, sta
             f"the checkpoint {path} has {len(rand.dropout)} Dropout generators, "
             f"the model has {len(dropouts)}"
         )
-    if int(saved.get("steps_per_epoch", steps)) != steps:
+    if saved.get("steps_per_epoch", steps) != steps:
         raise ValueError(
             f"resuming needs the same data and batch_size: the checkpoint has {saved['steps_per_epoch']} "
             f"steps per epoch, this call {steps}"
         )
     _load_into(path, tensors, meta, model, optimizer)
+    if hasattr(batches, "load_state_dict"):
+        try:
+            batches.load_state_dict(saved.get("data"))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"the checkpoint {path} was written for other data: {exc}") from None
     history.history, history.epoch = saved_history.history, saved_history.epoch
     return rand, start_epoch, cb_states
 
@@ -273,36 +271,88 @@ def _resume(path, tensors, meta, model, optimizer, steps, dropouts, history, sta
 # --------------------------------------------------------------------------- fit
 
 
+def _inputs(x, y, steps_per_epoch, validation_split):
+    """``(source, x, y)``: a batch source and None, None, or None and the checked arrays."""
+    if isinstance(x, ArrayDataset) and y is None:
+        x, y = x.x, x.y
+    if y is None:
+        if isinstance(x, np.ndarray) or not is_source(x):
+            hint = " (wrap a data set in striate.datasets.DataLoader)" if is_dataset(x) else ""
+            raise TypeError(
+                "`y` is required unless `x` is a DataLoader, an ArrayDataset or an iterable of "
+                f"(x_batch, y_batch) pairs, got {type(x).__name__}{hint}"
+            )
+        if validation_split:
+            raise ValueError("`validation_split` needs arrays; with a loader pass `validation_data`")
+        if steps_per_epoch is not None:
+            steps_per_epoch = _args.int_in(steps_per_epoch, "steps_per_epoch", 1)
+        return x, steps_per_epoch, None, None
+    if is_source(x) and not isinstance(x, np.ndarray) and not isinstance(x, (list, tuple)):
+        raise TypeError(f"pass `y` only with array inputs: `x` is a {type(x).__name__}, which yields its own targets")
+    if steps_per_epoch is not None:
+        raise ValueError("`steps_per_epoch` is for loaders and iterables; with arrays every epoch sees all samples")
+    x = check_input(x)
+    return None, None, x, as_targets(y, x.shape[0])
+
+
+def _validation(validation_data):
+    """``(x_val, y_val)`` checked arrays, ``(source, None)``, or ``(None, None)``."""
+    if validation_data is None:
+        return None, None
+    if isinstance(validation_data, ArrayDataset):
+        validation_data = (validation_data.x, validation_data.y)
+    if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2 and not is_source(validation_data):
+        return validation_pair(validation_data)
+    if is_source(validation_data):
+        return validation_data, None
+    return validation_pair(validation_data)  # the error message for anything else
+
+
+def _record_data(model, sample_shape, source, num_outputs):
+    """Set ``model.input_shape`` from the data and ``model.classes`` from a loader's data set, when it has them."""
+    if hasattr(model, "input_shape") and len(sample_shape) == 3:
+        model.input_shape = tuple(int(s) for s in sample_shape)
+    classes = getattr(getattr(source, "dataset", None), "classes", None)
+    if (hasattr(model, "classes") and isinstance(classes, (list, tuple)) and len(classes) == num_outputs
+            and all(isinstance(c, str) for c in classes)):
+        model.classes = list(classes)
+
+
 def _fit(model, x, y, args, require_cache=False):
     """``fit`` with its keyword arguments in the dict ``args``; with ``require_cache``, None (and the
     model untouched) unless the feature cache applies."""
     (epochs, batch_size, optimizer, loss, validation_data, validation_split, shuffle, augment, callbacks,
-     seed, verbose, resume_from, checkpoint, distributed, cache_features) = (args[k] for k in _FIT_ARGS)
+     seed, verbose, resume_from, checkpoint, distributed, cache_features, steps_per_epoch, metrics) = (
+        args[k] for k in _FIT_ARGS)
     epochs, batch_size, seed, callbacks = _check_fit_args(
         epochs, batch_size, verbose, seed, augment, callbacks, validation_split
     )
-    x = as_input(x)
-    y = as_targets(y, x.shape[0])
+    top_k = _check_metrics(metrics)
+    source, steps_per_epoch, x, y = _inputs(x, y, steps_per_epoch, validation_split)
+    sample_shape = None if x is None else x.shape[1:]
     loss_fn = _resolve_loss(loss)
-    val = None if validation_data is None else validation_pair(validation_data)
+    val = _validation(validation_data)
     net = model  # what the loop trains: the model, or its head on cached features
     cached = None
-    if cache_features or require_cache:
+    if (cache_features or require_cache) and source is None and not is_source(val[0]):
         cached = feature_cache.plan(
-            model, x, None if val is None else val[0], augment=augment, resume_from=resume_from,
+            model, x, val[0], augment=augment, resume_from=resume_from,
             checkpoint=checkpoint, distributed=distributed, callbacks=callbacks,
         )
     if require_cache and cached is None:
         return None
     if cached is not None:
         net, x, feats_val = cached
-        val = None if val is None else (feats_val, val[1])
-    x, y, x_val, y_val = validation_set(x, y, val, validation_split)
-
-    num_outputs = _num_outputs(net, x)
-    check_targets_fit(y, num_outputs)
-    if y_val is not None:
-        check_targets_fit(y_val, num_outputs, "validation_data[1]")
+        val = val if val[0] is None else (feats_val, val[1])
+    if source is None:
+        x, y, x_val, y_val = validation_set(x, y, None if val[0] is None else val, validation_split)
+        num_outputs = _num_outputs(net, to_float32(x[:1]))
+        check_targets_fit(y, num_outputs)
+        if y_val is not None:
+            check_targets_fit(y_val, num_outputs, "validation_data[1]")
+        _record_data(model, sample_shape, None, num_outputs)
+    else:
+        x_val, y_val = val
 
     run = distributed_run(model) if distributed else LOCAL
     if resume_from is not None:
@@ -312,7 +362,20 @@ def _fit(model, x, y, args, require_cache=False):
     if optimizer is None:
         optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
-    batches = ArrayBatches(x, y, batch_size, shuffle, shard=None if run is LOCAL else run.shard)
+    shard = None if run is LOCAL else run.shard
+    if source is None:
+        batches = ArrayBatches(x, y, batch_size, shuffle, shard=shard)
+    else:
+        outputs = {}
+
+        def first(xb, yb):
+            outputs["n"] = _num_outputs(net, xb)
+            _record_data(model, xb.shape[1:], source, outputs["n"])
+
+        batches = LoaderBatches(
+            source, epochs, steps_per_epoch, shard=shard, agree_seed=None if run is LOCAL else run.agree_seed,
+            on_first=first, check_targets=lambda yb, where: check_targets_fit(yb, outputs["n"], f"`x` {where}"),
+        )
     steps = batches.steps_per_epoch
     history = History()
     state = TrainState(epochs, steps, history, is_root=run.is_root)
@@ -320,7 +383,7 @@ def _fit(model, x, y, args, require_cache=False):
     start_epoch, cb_states = 0, []
     if resume_from is not None:
         rand, start_epoch, cb_states = _resume(
-            resume_from, tensors, meta, model, optimizer, steps, dropouts, history, state
+            resume_from, tensors, meta, model, optimizer, batches, dropouts, history, state
         )
     else:
         rand = RunRandomness.fresh(seed, len(dropouts), agree=run.agree_seed)
@@ -332,11 +395,11 @@ def _fit(model, x, y, args, require_cache=False):
     r = _Run(
         net=net, batches=batches, batch_size=batch_size, augment=augment, loss_fn=loss_fn,
         optimizer=optimizer, params=[p for p in net.parameters() if p.trainable], backward=backward_fn(net),
-        run=run, rand=rand, state=state, callbacks=callbacks, x_val=x_val, y_val=y_val,
+        run=run, rand=rand, state=state, callbacks=callbacks, x_val=x_val, y_val=y_val, top_k=top_k,
         progress=_Progress(verbose if run.is_root else 0, epochs, steps),
     )
     saver = _Checkpointer(
-        checkpoint if run.is_root else None, model, optimizer, steps, rand, history, callbacks
+        checkpoint if run.is_root else None, model, optimizer, batches, rand, history, callbacks
     )
     callbacks.bind(model, optimizer, state)
     callbacks.on_train_begin({})
@@ -355,15 +418,16 @@ def _fit(model, x, y, args, require_cache=False):
     finally:
         r.progress.close()
         _set_modes(net, saved_modes)
+        if source is not None:
+            batches.close()
     callbacks.on_train_end({})
     return history
-
 
 
 def fit(
     model,
     x,
-    y,
+    y=None,
     *,
     epochs=10,
     batch_size=64,
@@ -380,18 +444,29 @@ def fit(
     checkpoint=None,
     distributed=False,
     cache_features=True,
+    steps_per_epoch=None,
+    metrics=None,
 ):
-    """Train ``model`` on ``(x, y)`` with mini-batch gradient descent.
+    """Train ``model`` on ``(x, y)``, or on a loader, with mini-batch gradient descent.
 
     Parameters
     ----------
     model : Sequential
-    x : ndarray, shape (N, ...)
-        Inputs. float32 is used as is; float64 is cast to float32; uint8 is
-        scaled by 1/255 to [0, 1] float32. Other dtypes raise TypeError.
-    y : ndarray
+    x : ndarray, shape (N, ...), ArrayDataset, DataLoader or iterable of (x_batch, y_batch)
+        Inputs. Arrays (memmaps included) are converted one batch at a time,
+        never all at once: float32 is used as is, float64 cast to float32,
+        uint8 scaled by 1/255 to [0, 1] float32 (the rounding of the dataset
+        loaders). Other dtypes raise TypeError. An ``ArrayDataset`` stands for
+        its arrays. A ``striate.datasets.DataLoader`` or any other iterable of
+        ``(x_batch, y_batch)`` pairs is a batch source (then ``y`` is None, and
+        ``batch_size`` and ``shuffle`` are the source's business): see
+        ``steps_per_epoch``; a source with ``state_dict()`` (a DataLoader) is
+        checkpointed and restored with the run. When it batches a data set
+        with ``classes`` (``ImageFolder``), they become ``model.classes``.
+    y : ndarray, optional
         Int class labels (N,), or targets (N, classes) such as one-hot rows.
         With ``loss="squared_error"`` int labels stand for one-hot rows.
+        Required with arrays, None with a batch source.
     epochs : int, default 10
         The total number of epochs; a resumed run continues up to it.
     batch_size : int, default 64
@@ -400,8 +475,10 @@ def fit(
         Default: ``striate.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)``.
     loss : str or loss object, default "cross_entropy"
         ``"cross_entropy"``, ``"squared_error"`` or a ``striate.losses`` object.
-    validation_data : (x_val, y_val), optional
+    validation_data : (x_val, y_val), ArrayDataset, DataLoader or iterable, optional
         Evaluated at the end of every epoch; adds ``val_loss``, ``val_accuracy``.
+        A DataLoader is read from the start of its current epoch and left as
+        it was, so each evaluation sees the same batches.
     validation_split : float in [0, 1), default 0
         Hold out this fraction of ``(x, y)``, taken from the end before any
         shuffling, for validation. Ignored when ``validation_data`` is given.
@@ -439,7 +516,25 @@ def fit(
         extra): every rank holds all of ``x`` and follows rank 0's seed, takes
         its shard of each global batch of ``batch_size``, and the gradients are
         averaged over the ranks before every step, so all ranks keep equal
-        weights. Only rank 0 prints and writes ``checkpoint``.
+        weights. Only rank 0 prints and writes ``checkpoint``. A batch source
+        is iterated whole on every rank, each keeping its shard of every
+        batch; a DataLoader's seed is set to rank 0's.
+    steps_per_epoch : int, optional
+        Batch sources only (with arrays it is a ValueError). None: an epoch is
+        one full pass over the source. An int ``k``: each epoch takes the next
+        ``k`` batches, continuing where the previous epoch stopped and
+        starting the source again when it ends. A one-shot iterator (a
+        generator) can feed ``epochs > 1`` only with ``steps_per_epoch``, and
+        raises ValueError if it runs out.
+    metrics : list of str, optional
+        What History records besides the loss: ``"accuracy"`` (always
+        recorded) and top-k accuracies, ``"top_k"`` (k = 5) or ``"top_<k>"``
+        such as ``"top_3"``, recorded as ``"top_<k>_accuracy"`` (and
+        ``"val_top_<k>_accuracy"``), with ``striate.metrics.top_k_accuracy``'s
+        tie rule.
+
+    After training, ``model.input_shape`` is the data's ``(C, H, W)`` (4-D
+    inputs), when the model has that attribute.
 
     Returns
     -------
@@ -477,13 +572,13 @@ def cached_fit(model, x, y, **fit_kwargs):
     bitwise equal to the uncached run's (apart from ``time``).
     """
     callbacks = fit_kwargs.get("callbacks") or ()
-    if not isinstance(callbacks, (list, tuple)):
+    if not isinstance(callbacks, (list, tuple)) or y is None:
         return None
     args = {k: fit_kwargs.get(k) for k in ("augment", "resume_from", "checkpoint", "distributed")}
     if feature_cache.applies(model, callbacks=callbacks, **args) is None:
         return None
     try:
-        x = as_input(x)
+        x = check_input(x)
         if fit_kwargs.get("validation_data") is not None:
             validation_pair(fit_kwargs["validation_data"])
     except (TypeError, ValueError):
@@ -495,76 +590,3 @@ def cached_fit(model, x, y, **fit_kwargs):
 
 # The keyword arguments of ``fit``, in order.
 _FIT_ARGS = tuple(inspect.signature(fit).parameters)[3:]
-
-
-# --------------------------------------------------------------------------- evaluate / predict
-
-
-def evaluate(model, x, y, batch_size=256, *, loss=None):
-    """Mean loss and accuracy of ``model`` on ``(x, y)``, in evaluation mode.
-
-    Parameters
-    ----------
-    model : Sequential
-    x : ndarray, shape (N, ...)
-        Converted like in ``fit`` (uint8 scaled by 1/255, float64 cast).
-    y : ndarray
-        Int labels (N,) or targets (N, classes).
-    batch_size : int, default 256
-    loss : str or loss object, optional
-        Default: the loss ``model`` was last trained with by ``fit`` in this
-        process, else cross-entropy.
-
-    Returns
-    -------
-    dict
-        ``{"loss": float, "accuracy": float}``; the loss is the mean over samples.
-        Each layer's mode is restored afterwards.
-    """
-    batch_size = _args.int_in(batch_size, "batch_size", 1)
-    x = as_input(x)
-    y = as_targets(y, x.shape[0])
-    if loss is None:
-        try:
-            loss_fn = _last_loss.get(model)
-        except TypeError:
-            loss_fn = None
-        loss_fn = loss_fn if loss_fn is not None else _resolve_loss("cross_entropy")
-    else:
-        loss_fn = _resolve_loss(loss)
-    total, correct = 0.0, 0
-    with _mode(model, False):
-        for sl in chunks(x.shape[0], batch_size):
-            out = model(x[sl])
-            if sl.start == 0:
-                check_targets_fit(y, out.shape[1])
-            yb = y[sl]
-            total += float(loss_fn(out, yb)) * out.shape[0]
-            correct += _n_correct(out, yb)
-    return {"loss": total / x.shape[0], "accuracy": correct / x.shape[0]}
-
-
-def _softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
-
-
-def predict(model, x, batch_size=256):
-    """Class probabilities ``(N, classes)`` for ``x``, in evaluation mode.
-
-    The softmax of the model's outputs, or the outputs as they are when the
-    model ends in a ``Softmax`` layer. ``x`` is converted like in ``fit``;
-    each layer's mode is restored afterwards.
-    """
-    batch_size = _args.int_in(batch_size, "batch_size", 1)
-    x = as_input(x)
-    layers = layers_of(model)
-    ends_in_softmax = bool(layers) and type(layers[-1]).__name__ == "Softmax"
-    chunks_out = []
-    with _mode(model, False):
-        for sl in chunks(x.shape[0], batch_size):
-            out = np.array(model(x[sl]), dtype=np.float32)
-            chunks_out.append(out if ends_in_softmax else _softmax(out))
-    return np.concatenate(chunks_out, axis=0)
