@@ -98,6 +98,28 @@ class _Graph:
         return out
 
 
+def _export_gelu(g, i, layer):
+    """GELU: the opset-20 ``Gelu`` op, else the composition torch exports (Erf, or Tanh for "tanh")."""
+    if g.opset >= 20:
+        g.add("Gelu", approximate=layer.approximate)
+        return
+    x = g.current
+    half, one = g.tensor(f"{i}.half", np.float32(0.5)), g.tensor(f"{i}.one", np.float32(1.0))
+    if layer.approximate == "none":  # 0.5 * (x * (1 + erf(x / sqrt(2))))
+        g.add("Div", [g.tensor(f"{i}.sqrt2", np.float32(np.sqrt(2.0)))])
+        g.add("Erf")
+    else:  # 0.5 * (x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * (x * (x * x))))))
+        g.add("Mul", [x])
+        g.add("Mul", [x])
+        g.add("Mul", [g.tensor(f"{i}.kappa", np.float32(0.044715))])
+        g.add("Add", [x])
+        g.add("Mul", [g.tensor(f"{i}.beta", np.float32(np.sqrt(2.0 / np.pi)))])
+        g.add("Tanh")
+    g.add("Add", [one])
+    g.add("Mul", [x])
+    g.add("Mul", [half])
+
+
 def _export_layer(g, i, layer, shape):
     """Append the nodes for `layer` (index i) whose input has per-sample `shape`."""
     name = f"layer {i} ({type(layer).__name__})"
@@ -149,6 +171,14 @@ def _export_layer(g, i, layer, shape):
         g.add("BatchNormalization", ins, epsilon=float(layer.eps))
     elif isinstance(layer, L.ReLU):
         g.add("Relu")
+    elif isinstance(layer, L.LeakyReLU):
+        g.add("LeakyRelu", alpha=float(layer.negative_slope))
+    elif isinstance(layer, L.GELU):
+        _export_gelu(g, i, layer)
+    elif isinstance(layer, L.SiLU):
+        x = g.current
+        g.add("Sigmoid")
+        g.add("Mul", [x])  # x * sigmoid(x), the form onnxruntime fuses
     elif isinstance(layer, L.Tanh):
         g.add("Tanh")
     elif isinstance(layer, L.Sigmoid):
@@ -201,6 +231,7 @@ def export(model, path, input_shape, *, opset=DEFAULT_OPSET):
         raise ValueError(f"`opset` must be an int >= {MIN_OPSET}, got {opset!r}")
 
     g = _Graph(helper, numpy_helper)
+    g.opset = opset
     cur = shape
     for i, layer in enumerate(layers_of(model)):
         _export_layer(g, i, layer, cur)

@@ -20,7 +20,7 @@ AvgPool2d           N_out * kh * kw (kh * kw - 1 adds and one divide per output)
 LPPool2d            N_out * 2 * kh * kw (a power per element, adds, one root)
 AdaptiveAvgPool2d   the sum of all window sizes (adds and one divide per output)
 BatchNorm2d         2 per element (inference: one multiply-add after folding)
-ReLU/Tanh/Sigmoid   1 per element
+ReLU/Tanh/Sigmoid, LeakyReLU/GELU/SiLU   1 per element
 Softmax             3 per element (exp, add, divide)
 Dropout, Flatten    0
 ==================  ==============================================================
@@ -161,7 +161,7 @@ def _flops(layer, in_shape, out_shape):
         return c * sum(_adaptive_windows(h, out_shape[1])) * sum(_adaptive_windows(w, out_shape[2]))
     if isinstance(layer, L.BatchNorm2d):
         return 2 * n_out
-    if isinstance(layer, (L.ReLU, L.Tanh, L.Sigmoid)):
+    if isinstance(layer, (L.ReLU, L.LeakyReLU, L.GELU, L.SiLU, L.Tanh, L.Sigmoid)):
         return n_out
     if isinstance(layer, L.Softmax):
         return 3 * n_out

@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from . import layers as L
+from ._onnx_patterns import Fused, fuse
 from ._onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, _onnx, export  # noqa: F401  (re-exported)
 from .model import Sequential
 
@@ -54,9 +55,11 @@ def import_model(path, *, max_bytes=1 << 30):
     """Read an ONNX file holding a chain of supported ops into a ``Sequential``.
 
     Supported: Conv, MaxPool, AveragePool, LpPool, GlobalAveragePool,
-    BatchNormalization, Relu, Tanh, Sigmoid, Softmax, Flatten, Gemm (transB=1
-    or 0), Identity and Dropout (dropped). Any other op, or a graph that
-    branches, raises ``ValueError`` naming the node.
+    BatchNormalization, Relu, LeakyRelu, Gelu, Tanh, Sigmoid, Softmax,
+    Flatten, Gemm (transB=1 or 0), Identity and Dropout (dropped), and the
+    compositions exporters write for GELU and SiLU (see
+    ``striate._onnx_patterns``); Constant nodes are read as initializers. Any
+    other op, or a graph that branches, raises ``ValueError`` naming the node.
     """
     onnx, helper, numpy_helper = _onnx()
     path = os.fspath(path)
@@ -69,6 +72,12 @@ def import_model(path, *, max_bytes=1 << 30):
         raise ValueError(f"{path}: not a readable ONNX model ({e})") from None
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
+    nodes = []
+    for node in graph.node:  # Constant nodes hold values as initializers do
+        if node.op_type == "Constant" and len(node.output) == 1 and [a.name for a in node.attribute] == ["value"]:
+            inits[node.output[0]] = node.attribute[0].t
+        else:
+            nodes.append(node)
 
     def tensor(name, node_name):
         if name not in inits:
@@ -91,8 +100,26 @@ def import_model(path, *, max_bytes=1 << 30):
     current = inputs[0].name
     layers, loads = [], []
     nname = None
+    def scalar(name):
+        t = inits.get(name)
+        if t is None or t.data_location == onnx.TensorProto.EXTERNAL:
+            return None
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception:  # undecodable: not a constant of a known pattern
+            return None
+        return float(arr.reshape(-1)[0]) if arr.size == 1 and arr.dtype.kind == "f" else None
+
     try:
-        for node in graph.node:
+        for node in fuse(nodes, scalar):
+            if isinstance(node, Fused):
+                nname = node.name
+                if node.input != current:
+                    raise ValueError(f"{path}: node {nname} ({type(node.layer).__name__}) does not continue a "
+                                     "single chain")
+                layers.append(node.layer)
+                current = node.output
+                continue
             nname = node.name or node.op_type
             data_inputs = [n for n in node.input if n and n not in inits]
             if data_inputs != [current]:
@@ -140,6 +167,12 @@ def import_model(path, *, max_bytes=1 << 30):
                 layer = L.BatchNorm2d(scale.shape[0], eps=float(a.get("epsilon", 1e-5)))
                 loads += [(layer.weight, scale), (layer.bias, bias)]
                 loads += [(layer.running_mean, mean), (layer.running_var, var)]
+            elif op == "LeakyRelu":
+                # ONNX stores alpha as float32: the shortest decimal that rounds to it (0.01, not 0.0099999998)
+                layer = L.LeakyReLU(float(str(np.float32(a.get("alpha", 0.01)))))
+            elif op == "Gelu":
+                approx = a.get("approximate", b"none")
+                layer = L.GELU(approx.decode() if isinstance(approx, bytes) else approx)
             elif op in ("Relu", "Tanh", "Sigmoid"):
                 layer = {"Relu": L.ReLU, "Tanh": L.Tanh, "Sigmoid": L.Sigmoid}[op]()
             elif op == "Softmax":
