@@ -20,9 +20,14 @@ schema and the expected tensor names, dtypes and shapes are derived from it
 before the tensors are read. Every failure raises :class:`FormatError`, which
 names the file and the tensor.
 
+``load_weights`` also reads plain safetensors files written by other tools
+(``safetensors.torch.save_file(net.state_dict(), path)``): without striate's
+metadata there are no checksums to verify, but names, dtypes, shapes and
+finiteness are checked all the same; a file that carries striate metadata
+must carry valid checksums.
+
 Deliberately not here: pickle in any form, memory mapping, lazy loading,
-bfloat16, or files written by other tools without the striate metadata
-(``read_file(..., require_checksums=False)`` reads those).
+bfloat16, or dtype conversion on load.
 """
 
 from __future__ import annotations
@@ -339,8 +344,11 @@ def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX
         ``{name: (shape, dtype)}`` the file must hold exactly, or a callable
         ``expect(metadata) -> dict`` evaluated on the header before any tensor
         data is read.
-    require_checksums : bool, default True
+    require_checksums : bool or "auto", default True
         Require and verify the per-tensor SHA-256 that ``write_file`` stores.
+        ``"auto"``: require them when the metadata holds any ``"striate."``
+        key (the file claims to be striate's), else read the file as plain
+        safetensors.
     max_header_bytes : int
         Cap on the header length.
 
@@ -355,6 +363,8 @@ def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             entries, metadata, _ = _parse_header(path, f, size, max_header_bytes)
+            if require_checksums == "auto":
+                require_checksums = any(k.startswith("striate.") for k in metadata)
             checksums = _checksums(path, entries, metadata) if require_checksums else None
             if callable(expect):
                 expect = expect(metadata)
@@ -517,11 +527,32 @@ def load_model(path):
 def load_weights(model, path):
     """Load the tensors of ``path`` into ``model`` in place; the model is unchanged on failure.
 
-    The file must hold exactly the model's state_dict names, dtypes and shapes.
+    The file must hold exactly the model's state_dict names, dtypes and shapes,
+    all finite. It may be striate's (its checksums are then verified) or a
+    plain safetensors file without striate's metadata, such as
+    ``safetensors.torch.save_file(torch_net.state_dict(), path)`` writes for a
+    ``torch.nn.Sequential`` with the same layers. Tensors are not converted: a
+    float64 or float16 file for a float32 model is refused (convert it first).
+
+    Raises
+    ------
+    FormatError
+        A missing or extra tensor, another dtype or shape, a non-finite value,
+        a damaged file, or striate metadata without valid checksums; the model
+        is then unchanged.
+    TypeError
+        ``model`` has no ``state_dict`` / ``load_state_dict``.
+
+    Examples
+    --------
+    >>> import torch, safetensors.torch  # doctest: +SKIP
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))  # doctest: +SKIP
+    >>> safetensors.torch.save_file(net.state_dict(), "w.safetensors")  # doctest: +SKIP
+    >>> load_weights(st.Sequential([L.Flatten(), L.Linear(4, 2)]), "w.safetensors")  # doctest: +SKIP
     """
     if not (callable(getattr(model, "state_dict", None)) and callable(getattr(model, "load_state_dict", None))):
         raise TypeError(f"`model` must be a striate.Sequential, got {type(model).__name__}")
     expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
-    tensors, _ = read_file(path, expect=expected)
+    tensors, _ = read_file(path, expect=expected, require_checksums="auto")
     model.load_state_dict(tensors)
     return model
