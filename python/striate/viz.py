@@ -200,6 +200,15 @@ def activation_maps(model, x, path, *, max_maps=16):
 # ----------------------------------------------------------------------------- LR range test
 
 
+def _sweep_ylim(smooth):
+    """y-limits for the sweep plot: the lowest smoothed loss up to a little above the starting level."""
+    smooth = np.asarray(smooth, np.float64)
+    lo = float(smooth.min())
+    start = float(smooth[: int(np.argmin(smooth)) + 1].max())
+    span = max(start - lo, 0.02 * abs(lo), 1e-3)
+    return lo - 0.1 * span, start + 0.5 * span
+
+
 def lr_sweep(
     model_factory_or_model,
     x,
@@ -230,8 +239,13 @@ def lr_sweep(
     global RNG alone.
 
     The suggested lr is where the smoothed loss falls fastest against
-    log(lr) (before its minimum); when that is not defined (the minimum
-    comes within the first few steps) it is the lr of the minimum / 10.
+    log(lr), searched only where it is at its running minimum, before its
+    overall minimum; on a flat curve (the smoothed loss never falls by 10%),
+    or when the minimum comes within the first steps, it is the lr of the
+    minimum / 10 (``striate.training.lr_range.suggest_lr``). The plot's y-axis
+    is clipped to the useful range: from just below the lowest smoothed loss
+    to a little above the starting level, so a spike near divergence does
+    not squash the curve.
 
     Parameters
     ----------
@@ -256,7 +270,9 @@ def lr_sweep(
         ``lrs`` and ``losses`` (smoothed) for the steps run, ``raw_losses``,
         ``suggested_lr``, ``method`` (``"steepest"`` or ``"min/10"``),
         ``lr_steepest`` (None when undefined), ``lr_min_loss``, ``diverged``
-        (whether the test stopped early) and ``path``.
+        (whether the test stopped early), ``shape`` and ``drop`` (``"flat"``
+        when the smoothed loss never fell by 10%; see
+        ``striate.training.lr_range.curve_shape``) and ``path``.
     """
     if path is not None:
         path = _check_path(path)
@@ -275,9 +291,11 @@ def lr_sweep(
         ax.plot(lrs, smooth, color="C0", label=f"smoothed (beta={beta:g})")
         ax.axvline(suggested, color="C3", linestyle="--", label=f"suggested lr {suggested:.3g} ({method})")
         ax.set_xscale("log")
+        ax.set_ylim(*_sweep_ylim(smooth))
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss")
-        ax.set_title("learning-rate range test")
+        flat = f" (flat: the loss fell {100 * result['drop']:.1f}%)" if result["shape"] == "flat" else ""
+        ax.set_title("learning-rate range test" + flat)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.92)
