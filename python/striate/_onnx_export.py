@@ -152,7 +152,7 @@ def _export_layer(g, i, layer, shape):
         g.add("LpPool", kernel_shape=list(layer.kernel_size), strides=list(layer.stride), p=int(p))
     elif isinstance(layer, L.AdaptiveAvgPool2d):
         _, h, w = shape
-        oh, ow = layer.output_size
+        oh, ow = layer.resolved_size((h, w))
         if (oh, ow) == (1, 1):
             g.add("GlobalAveragePool")
         elif h % oh == 0 and w % ow == 0:

@@ -174,8 +174,9 @@ def _window(layer, in_shape):
     """``((k_eff_h, k_eff_w), (stride_h, stride_w))`` of a layer for the receptive field."""
     if isinstance(layer, L.AdaptiveAvgPool2d):
         # The largest window; the stride is exact when the output size divides the input size.
-        k = tuple(max(_adaptive_windows(in_shape[1 + a], layer.output_size[a])) for a in range(2))
-        s = tuple(max(1, in_shape[1 + a] // layer.output_size[a]) for a in range(2))
+        osize = layer.resolved_size(in_shape[1:])
+        k = tuple(max(_adaptive_windows(in_shape[1 + a], osize[a])) for a in range(2))
+        s = tuple(max(1, in_shape[1 + a] // osize[a]) for a in range(2))
         return k, s
     if isinstance(layer, (L.Conv2d, L.MaxPool2d, L.AvgPool2d, L.LPPool2d)):
         d = getattr(layer, "dilation", (1, 1))

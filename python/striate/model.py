@@ -114,6 +114,14 @@ class Sequential:
     # -- computation -------------------------------------------------------------
 
     def __call__(self, x):
+        """``forward(x)``; an array-like that is not an ndarray (a torch tensor, a list) is converted first.
+
+        As ``predict`` accepts them: anything with ``__array__`` (or ``numpy()``)
+        becomes an ndarray of its own dtype; a torch tensor that requires grad
+        is detached first. ndarrays pass unchanged.
+        """
+        if not isinstance(x, np.ndarray):
+            x = _array_from(x)
         return self.forward(x)
 
     def forward(self, x):
@@ -376,6 +384,17 @@ class Sequential:
     def to_onnx(self, path, input_shape, *, opset=_onnx_export.DEFAULT_OPSET):
         """Export to ONNX (opset >= 13) for onnxruntime; see ``striate.onnx_io.export``."""
         return _onnx_export.export(self, path, input_shape, opset=opset)
+
+
+def _array_from(x):
+    """An ndarray from a torch tensor, a list or any object with ``__array__`` / ``numpy()``."""
+    if callable(getattr(x, "detach", None)) and callable(getattr(x, "numpy", None)):
+        return np.asarray(x.detach().cpu().numpy() if callable(getattr(x, "cpu", None)) else x.detach().numpy())
+    if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
+        return np.asarray(x)
+    if callable(getattr(x, "numpy", None)):
+        return np.asarray(x.numpy())
+    raise TypeError(f"`x` must be a numpy.ndarray or array-like (a torch tensor, a list), got {type(x).__name__}")
 
 
 def _given(**pairs):

@@ -110,12 +110,23 @@ def filters(layer, path, *, max_filters=64, max_inputs=16):
     grid = _mosaic(tiles, cols)
     height = max(2.0, min(10.0, grid.shape[0] / 8))
     width = max(4.0, min(14.0, height * grid.shape[1] / grid.shape[0]))
-    fig = _figure("filters", (width, height + 0.8))
-    ax = fig.add_axes((0.02, 0.02, 0.96, height / (height + 0.8) - 0.04))
+    # The title is wrapped to the figure's width (about 15 characters per inch at 8 points) and
+    # given the room its lines need, so neither side nor top clips it.
+    lines = _wrap(f"{layer!r}: {out_c} filters", width) + _wrap(f"{note}; grey 0, |w| <= {scale:.3g}", width)
+    top = 0.2 + 0.16 * len(lines)
+    fig = _figure("filters", (width, height + top))
+    ax = fig.add_axes((0.02, 0.02, 0.96, height / (height + top) - 0.04))
     ax.imshow(grid, cmap=None if grid.ndim == 3 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
-    fig.suptitle(f"{layer!r}: {out_c} filters\n{note}; grey 0, |w| <= {scale:.3g}", fontsize=8)
+    fig.suptitle("\n".join(lines), fontsize=8, y=1 - 0.08 / (height + top), va="top")
     return _save(fig, path)
+
+
+def _wrap(text, width_in):
+    """``text`` wrapped to lines that fit ``width_in`` inches at 8 points (long words are split)."""
+    import textwrap
+
+    return textwrap.wrap(text, max(20, int(width_in * 15) - 4)) or [""]
 
 
 # ----------------------------------------------------------------------------- activation maps

@@ -7,7 +7,7 @@ Not here: the kernels themselves, or convolution.
 from __future__ import annotations
 
 
-from .base import _pair, _float, _bool, _pair_out, _pool_out, _check_input, _as, _ops, Layer
+from .base import _int, _pair, _float, _bool, _pair_out, _pool_out, _check_input, _as, _ops, Layer
 
 
 class _Pool(Layer):
@@ -16,13 +16,13 @@ class _Pool(Layer):
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
         self.padding = _pair(padding, "padding", lo=0)
         self.dilation = dilation
-        for i in range(2):
-            eff = self.dilation[i] * (self.kernel_size[i] - 1) + 1
-            if 2 * self.padding[i] > eff:
-                raise ValueError(
-                    f"`padding` must be at most half the (effective) kernel size, got padding "
-                    f"{self.padding} for kernel_size {self.kernel_size}"
-                )
+        # torch's rule, the one the forward applies: padding <= kernel_size // 2 per axis, whatever the
+        # dilation (so a layer that builds also runs)
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(
+                f"`padding` must be at most half of `kernel_size` per axis, got padding "
+                f"{self.padding} with kernel_size {self.kernel_size}"
+            )
         self._xshape = None
 
     def output_shape(self, input_shape):
@@ -141,12 +141,19 @@ class LPPool2d(_Pool):
 
 
 class AdaptiveAvgPool2d(_Pool):
-    """Adaptive average pooling to ``output_size`` (an int or an (h, w) pair)."""
+    """Adaptive average pooling to ``output_size`` (an int or an (h, w) pair; None keeps that input size)."""
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = _pair(output_size, "output_size")
+        if isinstance(output_size, (tuple, list)) and len(output_size) == 2 and None in output_size:
+            self.output_size = tuple(None if v is None else _int(v, "output_size") for v in output_size)
+        else:
+            self.output_size = _pair(output_size, "output_size")
         self._xshape = None
+
+    def resolved_size(self, hw):
+        """``output_size`` for an input of spatial size ``hw`` (None entries take the input's)."""
+        return tuple(int(n) if o is None else o for o, n in zip(self.output_size, hw))
 
     def forward(self, x):
         return self._shape_op_forward(x, "adaptive_avg_pool2d", self.output_size)
@@ -155,9 +162,11 @@ class AdaptiveAvgPool2d(_Pool):
         return self._shape_op_backward(dy, "adaptive_avg_pool2d", self.output_size)
 
     def output_shape(self, input_shape):
-        return (input_shape[0],) + self.output_size
+        return (input_shape[0],) + self.resolved_size(input_shape[1:])
 
     def config(self):
+        if None in self.output_size:
+            return {"output_size": list(self.output_size)}
         return {"output_size": _pair_out(self.output_size)}
 
 
