@@ -38,6 +38,7 @@ import json
 import math
 import os
 import tempfile
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -57,6 +58,10 @@ __all__ = [
     "read_model",
     "register_builder",
 ]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Tensors = Dict[str, np.ndarray]
+Expect = Union[Dict[str, Tuple[Any, Any]], Callable[[Dict[str, str]], Dict[str, Tuple[Any, Any]]]]
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 ARCH_KEY = "striate.architecture"
@@ -150,7 +155,7 @@ def _fsync_dir(folder):
         os.close(dfd)
 
 
-def write_file(path, tensors, metadata=None):
+def write_file(path: PathLike, tensors: Tensors, metadata: Optional[Dict[str, str]] = None) -> None:
     """Write ``tensors`` and string ``metadata`` to a safetensors file, atomically.
 
     Parameters
@@ -284,7 +289,7 @@ def _parse_header(path, f, size, max_header_bytes):
     return entries, metadata, 8 + n
 
 
-def read_header(path, *, max_header_bytes=MAX_HEADER_BYTES):
+def read_header(path: PathLike, *, max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
     """Validate a file's header without reading tensor data.
 
     Returns
@@ -334,7 +339,13 @@ def _checksums(path, entries, metadata):
     return sums
 
 
-def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX_HEADER_BYTES):
+def read_file(
+    path: PathLike,
+    *,
+    expect: Optional[Expect] = None,
+    require_checksums: Union[bool, str] = True,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> Tuple[Tensors, Dict[str, str]]:
     """Read a safetensors file after validating it; returns ``(tensors, metadata)``.
 
     Parameters
@@ -408,7 +419,7 @@ def _json_value_ok(v, depth=0):
     return False
 
 
-def parse_architecture(text, path=None):
+def parse_architecture(text: str, path: Optional[PathLike] = None) -> Tuple[Dict[str, Any], Dict[str, Tuple[Any, Any]]]:
     """Validate an architecture JSON string; return ``(config, expected_state)``.
 
     ``config`` is the ``Sequential.to_config()`` dict, ``expected_state`` maps
@@ -454,7 +465,7 @@ def _private_init_rng():
         _config._rng = saved
 
 
-def save_model(model, path):
+def save_model(model: Any, path: PathLike) -> None:
     """Save a model (float32 weights + architecture) to ``path``, atomically.
 
     Any object with ``state_dict()`` and ``to_config()`` (a ``Sequential``).
@@ -472,7 +483,7 @@ def save_model(model, path):
     write_file(path, state, meta)
 
 
-def read_model(path):
+def read_model(path: PathLike) -> Tuple[Dict[str, Any], Tensors]:
     """Read a model file: ``(config, tensors)``, the architecture and its checked tensors.
 
     The architecture is validated and every tensor checked against the
@@ -503,12 +514,12 @@ def read_model(path):
 _BUILDERS: dict = {}
 
 
-def register_builder(format_name, build):
+def register_builder(format_name: str, build: Callable[[Dict[str, Any], Tensors, Any], Any]) -> None:
     """Make ``load_model`` build architectures of ``format_name`` with ``build(config, tensors, path)``."""
     _BUILDERS[format_name] = build
 
 
-def load_model(path):
+def load_model(path: PathLike) -> Any:
     """Load a model saved by :func:`save_model` (all checks first, then build).
 
     The same as ``striate.load``: the file is read and checked here
@@ -524,7 +535,7 @@ def load_model(path):
     return _BUILDERS[cfg["format"]](cfg, tensors, path)
 
 
-def load_weights(model, path):
+def load_weights(model: Any, path: PathLike) -> Any:
     """Load the tensors of ``path`` into ``model`` in place; the model is unchanged on failure.
 
     The file must hold exactly the model's state_dict names, dtypes and shapes,

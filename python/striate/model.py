@@ -16,6 +16,8 @@ file lives here (``Sequential.from_config``, ``load_model``, which is
 from __future__ import annotations
 
 import numbers
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -26,6 +28,9 @@ from .layers import Layer, Linear, _bool, _int, layer_from_config
 from .layers.chain import backward_chain, forward_chain
 
 __all__ = ["Sequential", "load_model"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+ArrayLike = Any  # an ndarray, or anything numpy.asarray takes (a torch tensor, a list)
 
 CONFIG_FORMAT = "striate.sequential"
 CONFIG_VERSION = 1
@@ -47,7 +52,7 @@ class Sequential:
     ['0.weight', '0.bias', '2.weight', '2.bias']
     """
 
-    def __init__(self, layers=(), *more):
+    def __init__(self, layers: Union[Layer, Iterable[Layer]] = (), *more: Layer) -> None:
         if isinstance(layers, Layer):
             layers = (layers,) + more
         elif more:
@@ -101,7 +106,7 @@ class Sequential:
     def __iter__(self):
         return iter(self._layers)
 
-    def append(self, layer):
+    def append(self, layer: Layer) -> "Sequential":
         """Add a layer at the end."""
         self._layers.append(self._check_layer(layer, len(self._layers)))
         self._rename()
@@ -113,7 +118,7 @@ class Sequential:
 
     # -- computation -------------------------------------------------------------
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         """``forward(x)``; an array-like that is not an ndarray (a torch tensor, a list) is converted first.
 
         As ``predict`` accepts them: anything with ``__array__`` (or ``numpy()``)
@@ -124,11 +129,11 @@ class Sequential:
             x = _array_from(x)
         return self.forward(x)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Run every layer in order."""
         return forward_chain(self._layers, x)
 
-    def backward(self, dloss, input_grad=True):
+    def backward(self, dloss: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
         """Back-propagate ``dloss`` (the gradient of the loss w.r.t. the outputs).
 
         Writes every trainable parameter's ``.grad`` and returns ``dx``, the
@@ -140,14 +145,14 @@ class Sequential:
 
     # -- parameters and state ----------------------------------------------------
 
-    def parameters(self):
+    def parameters(self) -> List[Any]:
         """Every parameter, layer by layer, each layer's weight before its bias."""
         return [p for layer in self._layers for p in layer.parameters()]
 
-    def named_parameters(self):
+    def named_parameters(self) -> List[Tuple[str, Any]]:
         return [(f"{i}.{n}", p) for i, layer in enumerate(self._layers) for n, p in layer.named_parameters()]
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """``{"0.weight": array, ...}``: parameters and buffers named as ``torch.nn.Sequential`` (copies)."""
         d = {}
         for i, layer in enumerate(self._layers):
@@ -165,7 +170,7 @@ class Sequential:
                 slots[f"{i}.{name}"] = (layer, name, b)
         return slots
 
-    def load_state_dict(self, d):
+    def load_state_dict(self, d: Dict[str, np.ndarray]) -> None:
         """Copy the arrays of ``d`` into the model, in place.
 
         All or nothing: the names must match exactly and every shape and dtype
@@ -189,7 +194,7 @@ class Sequential:
         for name, (_, _, cur) in slots.items():
             np.copyto(cur, d[name])
 
-    def astype(self, dtype):
+    def astype(self, dtype: Any) -> "Sequential":
         """Convert every float parameter and buffer to ``dtype`` (float32 or float64)."""
         for layer in self._layers:
             layer.astype(dtype)
@@ -201,14 +206,14 @@ class Sequential:
     def training(self):
         return all(layer.training for layer in self._layers) if self._layers else True
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "Sequential":
         """Training mode for every layer (``mode=False``: evaluation mode)."""
         mode = _bool(mode, "mode")
         for layer in self._layers:
             layer.train(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> "Sequential":
         return self.train(False)
 
     def freeze(self, upto=None):
@@ -262,7 +267,7 @@ class Sequential:
             shapes.append(shape)
         return shapes
 
-    def summary(self, input_shape=None):
+    def summary(self, input_shape: Optional[Sequence[int]] = None) -> str:
         """A table per layer: output shape, FLOPs, activation memory, receptive field, params.
 
         ``input_shape`` is (C, H, W) without the batch; when None it is inferred
@@ -270,7 +275,7 @@ class Sequential:
         """
         return _summary.summary(self, input_shape)
 
-    def to_config(self):
+    def to_config(self) -> Dict[str, Any]:
         """The architecture as a JSON-serialisable dict."""
         return {
             "format": CONFIG_FORMAT,
@@ -301,31 +306,31 @@ class Sequential:
 
     # -- files and training (delegated) ------------------------------------------
 
-    def save(self, path):
+    def save(self, path: PathLike) -> None:
         """Save weights and architecture to a safetensors file (see ``striate.io``)."""
         io.save_model(self, path)
 
     def fit(
         self,
-        x,
-        y=None,
+        x: Any,
+        y: Optional[ArrayLike] = None,
         *,
-        epochs=10,
-        batch_size=64,
-        optimizer=None,
-        loss="cross_entropy",
-        validation_data=None,
-        validation_split=0.0,
-        shuffle=True,
-        augment=None,
-        callbacks=(),
-        seed=None,
-        verbose=1,
-        resume_from=None,
-        checkpoint=None,
-        distributed=False,
-        cache_features=True,
-    ):
+        epochs: int = 10,
+        batch_size: int = 64,
+        optimizer: Any = None,
+        loss: Any = "cross_entropy",
+        validation_data: Optional[Tuple[ArrayLike, ArrayLike]] = None,
+        validation_split: float = 0.0,
+        shuffle: bool = True,
+        augment: Optional[Callable[..., np.ndarray]] = None,
+        callbacks: Sequence[Any] = (),
+        seed: Optional[int] = None,
+        verbose: int = 1,
+        resume_from: Optional[PathLike] = None,
+        checkpoint: Optional[PathLike] = None,
+        distributed: bool = False,
+        cache_features: bool = True,
+    ) -> "striate.training.History":
         """Train with mini-batch gradient descent; returns a ``striate.training.History``.
 
         Parameters
@@ -365,7 +370,8 @@ class Sequential:
             checkpoint=(checkpoint, None), distributed=(distributed, False), cache_features=(cache_features, True),
         ))
 
-    def evaluate(self, x, y=None, batch_size=256, *, loss=None):
+    def evaluate(self, x: Any, y: Optional[ArrayLike] = None, batch_size: int = 256, *,
+                 loss: Any = None) -> Dict[str, float]:
         """Mean loss and accuracy on ``(x, y)`` in evaluation mode: ``{"loss": float, "accuracy": float}``.
 
         ``loss`` defaults to the loss the model was last trained with by
@@ -373,7 +379,7 @@ class Sequential:
         """
         return striate.training.evaluate(self, x, y, **_given(batch_size=(batch_size, 256), loss=(loss, None)))
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x: ArrayLike, batch_size: int = 256) -> np.ndarray:
         """Class probabilities ``(N, classes)`` for ``x`` in evaluation mode; see ``striate.training.predict``."""
         return striate.training.predict(self, x, **_given(batch_size=(batch_size, 256)))
 
@@ -381,7 +387,7 @@ class Sequential:
         """Per-layer forward/backward time of one training step; see ``striate.introspect.profile``."""
         return _profile.profile(self, x, y, repeat, loss=loss, warmup=warmup)
 
-    def to_onnx(self, path, input_shape, *, opset=_onnx_export.DEFAULT_OPSET):
+    def to_onnx(self, path: PathLike, input_shape: Sequence[int], *, opset: int = _onnx_export.DEFAULT_OPSET) -> str:
         """Export to ONNX (opset >= 13) for onnxruntime; see ``striate.onnx_io.export``."""
         return _onnx_export.export(self, path, input_shape, opset=opset)
 
@@ -420,7 +426,7 @@ def _build(config, tensors, path):
 io.register_builder(CONFIG_FORMAT, _build)
 
 
-def load_model(path):
+def load_model(path: PathLike) -> Sequential:
     """Load a ``Sequential`` saved by ``Sequential.save`` (``striate.load``); all checks first, then build.
 
     Raises
@@ -428,4 +434,5 @@ def load_model(path):
     striate.io.FormatError
         The file is damaged, not a striate model, or does not match its architecture.
     """
-    return _build(*io.read_model(path), path)
+    config, tensors = io.read_model(path)
+    return _build(config, tensors, path)

@@ -67,7 +67,18 @@ class _Elementwise(Layer):
 
 
 class ReLU(_Elementwise):
-    """``max(x, 0)``; NaN propagates."""
+    """``max(x, 0)``, as ``torch.nn.ReLU``; NaN propagates.
+
+    Shape
+    -----
+    Input ``(*)``, output ``(*)``: any shape, unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ReLU()(np.array([-1.0, 0.5], np.float32))
+    array([0. , 0.5], dtype=float32)
+    """
 
     def _f(self, x):
         return np.maximum(x, 0)
@@ -120,7 +131,7 @@ class LeakyReLU(_SavesInput):
     array([-0.2,  0. ,  3. ], dtype=float32)
     """
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
         self.negative_slope = _float(negative_slope, "negative_slope")
 
@@ -157,7 +168,7 @@ class GELU(_SavesInput):
     array([-0.1587,  0.    ,  0.8413], dtype=float32)
     """
 
-    def __init__(self, approximate="none"):
+    def __init__(self, approximate: str = "none") -> None:
         super().__init__()
         if approximate not in ("none", "tanh"):
             raise ValueError(f"`approximate` must be 'none' or 'tanh', got {approximate!r}")
@@ -213,7 +224,18 @@ class SiLU(_SavesInput):
 
 
 class Tanh(_Elementwise):
-    """Hyperbolic tangent."""
+    """Hyperbolic tangent, as ``torch.nn.Tanh``.
+
+    Shape
+    -----
+    Input ``(*)``, output ``(*)``: any shape, unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Tanh()(np.array([0.0], np.float32))
+    array([0.], dtype=float32)
+    """
 
     def _f(self, x):
         return np.tanh(x)
@@ -223,7 +245,18 @@ class Tanh(_Elementwise):
 
 
 class Sigmoid(_Elementwise):
-    """Logistic sigmoid, computed without overflow for large |x|."""
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, computed without overflow for large |x|.
+
+    Shape
+    -----
+    Input ``(*)``, output ``(*)``: any shape, unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Sigmoid()(np.array([0.0, 1000.0], np.float32))
+    array([0.5, 1. ], dtype=float32)
+    """
 
     def _f(self, x):
         e = np.exp(-np.abs(x))
@@ -234,9 +267,24 @@ class Sigmoid(_Elementwise):
 
 
 class Softmax(Layer):
-    """Softmax along ``axis`` (max-shifted, so large inputs do not overflow)."""
+    """Softmax along ``axis`` (max-shifted, so large inputs do not overflow).
 
-    def __init__(self, axis=-1):
+    Parameters
+    ----------
+    axis : int, default -1
+
+    Shape
+    -----
+    Input ``(*)``, output ``(*)``: any shape, unchanged; sums to 1 along ``axis``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Softmax()(np.zeros((1, 4), np.float32))
+    array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
+    """
+
+    def __init__(self, axis: int = -1) -> None:
         super().__init__()
         self.axis = _int(axis, "axis", lo=-64, hi=63)
 
