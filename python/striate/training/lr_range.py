@@ -24,6 +24,7 @@ __all__ = ["lr_range_test", "suggest_lr", "curve_shape"]
 
 
 FLAT_DROP = 0.1  # a smoothed loss that never falls by 10% of its starting level is "flat"
+FLAT_BAND = 0.005  # on a flat curve, losses within 0.5% of the starting level of the lowest are as low
 
 
 def _skip(n):
@@ -34,24 +35,27 @@ def _skip(n):
 def curve_shape(lrs, smooth):
     """``(shape, drop)``: what the smoothed loss did over the sweep, and by how much it fell.
 
-    ``drop`` is the fall from the starting level (after the warm-up steps) to
-    the minimum, relative to the starting level. ``shape`` is ``"flat"`` when
-    ``drop`` is below ``FLAT_DROP`` (the sweep never found a rate that makes
-    progress within its steps), else ``"rising"`` when the minimum comes within
-    the warm-up, ``"falling"`` when it comes in the last tenth of the sweep (the
-    loss still fell at ``lr_max``), else ``"valley"``.
+    The warm-up steps (the first tenth, where the bias-corrected average is
+    one or two batches' noise) are left out. ``drop`` is the fall from the
+    starting level (the first step after the warm-up) to the lowest point
+    after it, relative to the starting level. ``shape`` is ``"rising"`` when
+    that lowest point comes right at the start and the loss ends higher (it
+    only went up), else ``"flat"`` when ``drop`` is below ``FLAT_DROP`` (the
+    sweep never found a rate that makes progress within its steps), else
+    ``"falling"`` when the lowest point is in the last tenth (the loss still
+    fell at ``lr_max``), else ``"valley"``.
     """
     smooth = np.asarray(smooth, np.float64)
     n = len(smooth)
     skip = min(_skip(n), n - 1)
-    imin = int(np.argmin(smooth))
     start = float(smooth[skip])
-    drop = (start - float(smooth[imin])) / abs(start) if start else 0.0
+    ilow = skip + int(np.argmin(smooth[skip:]))
+    drop = (start - float(smooth[ilow])) / abs(start) if start else 0.0
+    if ilow < 2 * skip and float(smooth[-1]) > start + FLAT_DROP * abs(start):
+        return "rising", drop
     if drop < FLAT_DROP:
         return "flat", drop
-    if imin < skip:
-        return "rising", drop
-    if imin >= n - _skip(n):
+    if ilow >= n - _skip(n):
         return "falling", drop
     return "valley", drop
 
@@ -63,9 +67,12 @@ def suggest_lr(lrs, smooth):
     searched only before the loss first leaves its running minimum (by a
     tenth of its total fall) and at points on that minimum (``"steepest"``),
     so noise on a plateau, a fall after a bump or the rise towards
-    divergence is never picked. On a flat curve (see ``curve_shape``),
-    or when the minimum comes within the first steps, it is the lr of the
-    minimum / 10 (``"min/10"``): the rates just below divergence, divided by 10,
+    divergence is never picked. On a flat curve (see ``curve_shape``) it is
+    the largest lr after the warm-up steps whose loss is within ``FLAT_BAND``
+    (of the starting level) of the lowest, divided by 10: the top of the
+    plateau, however the noise placed its lowest point. When the
+    minimum comes within the first steps of a curve that then rises, the lr
+    of the minimum / 10 (both ``"min/10"``): the rates just below divergence, divided by 10,
     train with SGD and momentum where the noise of a flat curve does not.
     """
     lrs = np.asarray(lrs, np.float64)
@@ -88,6 +95,13 @@ def suggest_lr(lrs, smooth):
             if slope[k] < 0:
                 lr = float(lrs[k])
                 return lr, "steepest", lr, lr_min_loss
+    if shape == "flat" and len(lrs) > skip:
+        # On a flat curve where the lowest point falls is noise: take the largest lr (after the
+        # warm-up, whose values are one or two batches' noise) still within FLAT_BAND of the lowest
+        # loss, i.e. the top of the plateau just before the loss rises.
+        after = smooth[skip:]
+        near = np.flatnonzero(after <= after.min() + FLAT_BAND * abs(float(smooth[skip])))
+        return float(lrs[skip + int(near[-1])]) / 10, "min/10", None, lr_min_loss
     return lr_min_loss / 10, "min/10", None, lr_min_loss
 
 
