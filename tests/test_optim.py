@@ -344,3 +344,25 @@ def test_docstring_examples():
 
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                                    dict(lr=0.05, momentum=0.9, weight_decay=1e-3), dict(lr=0.1)])
+def test_sgd_float32_keeps_the_0_1_arithmetic_bit_for_bit(kwargs, rng):
+    """SGD without dampening rounds as striate 0.1 did, so trained weights keep their hashes."""
+    ps = _params(rng)
+    ref = [p.data.copy() for p in ps]
+    bufs = [None] * len(ps)
+    opt = optim.SGD(ps, **kwargs)
+    lr, m, wd = (np.float32(kwargs.get(k, 0.0)) for k in ("lr", "momentum", "weight_decay"))
+    for k in range(12):
+        for i, p in enumerate(ps):
+            p.grad = _grad(p, k)
+            g = p.grad + wd * ref[i] if wd else p.grad
+            if m:
+                bufs[i] = g.copy() if bufs[i] is None else bufs[i] * m + g
+                g = g + m * bufs[i] if kwargs.get("nesterov") else bufs[i]
+            ref[i] = ref[i] - lr * g
+        opt.step()
+        for p, r in zip(ps, ref):
+            np.testing.assert_array_equal(p.data, r)

@@ -100,7 +100,7 @@ def pair(value, name: str, *, allow_none: bool = False) -> tuple:
     if _is_int(value):
         return (int(value), int(value))
     if isinstance(value, (tuple, list)) and len(value) == 2:
-        out = []
+        out: list = []
         for v in value:
             if _is_int(v):
                 out.append(int(v))
@@ -196,7 +196,8 @@ def shape4(value, name: str) -> tuple[int, int, int, int]:
             raise TypeError(f"`{name}` must be a tuple of 4 ints, got {tuple(value)!r}")
         if v < 0:
             raise ValueError(f"`{name}` entries must be non-negative, got {tuple(value)!r}")
-    shape = tuple(int(v) for v in value)
+    a, b, c, d = (int(v) for v in value)
+    shape = (a, b, c, d)
     checked_numel(shape, f"`{name}`")
     return shape
 
@@ -541,7 +542,7 @@ def real_in(value, name: str, lo=-math.inf, hi=math.inf, lo_open: bool = False, 
 
 def positive_real(value, name: str) -> float:
     """A positive finite number; anything else is a ValueError (the tools' convention)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and float(value) > 0):
         raise ValueError(f"`{name}` must be a positive finite number, got {value!r}")
     return float(value)
 

@@ -191,6 +191,8 @@ def cmd_lr_sweep(args):
     lrs, losses = result["lrs"], result["losses"]
     for k in np.unique(np.linspace(0, len(lrs) - 1, min(len(lrs), 8)).round().astype(int)):
         print(f"lr {lrs[k]:10.3g}  smoothed loss {losses[k]:.4f}")
+    if result["shape"] == "flat":
+        print(f"the smoothed loss is flat over the sweep (it fell {100 * result['drop']:.1f}%)")
     stop = "stopped early: the loss diverged" if result["diverged"] else "ran every step"
     print(f"{len(lrs)} steps from {lrs[0]:.3g} to {lrs[-1]:.3g} ({stop})")
     how = "steepest descent of the smoothed loss" if result["method"] == "steepest" else "lr of the lowest loss / 10"

@@ -117,6 +117,28 @@ def _export_residual(g, i, layer, shape):
     g.add("Add", [short])
 
 
+def _export_gelu(g, i, layer):
+    """GELU: the opset-20 ``Gelu`` op, else the composition torch exports (Erf, or Tanh for "tanh")."""
+    if g.opset >= 20:
+        g.add("Gelu", approximate=layer.approximate)
+        return
+    x = g.current
+    half, one = g.tensor(f"{i}.half", np.float32(0.5)), g.tensor(f"{i}.one", np.float32(1.0))
+    if layer.approximate == "none":  # 0.5 * (x * (1 + erf(x / sqrt(2))))
+        g.add("Div", [g.tensor(f"{i}.sqrt2", np.float32(np.sqrt(2.0)))])
+        g.add("Erf")
+    else:  # 0.5 * (x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * (x * (x * x))))))
+        g.add("Mul", [x])
+        g.add("Mul", [x])
+        g.add("Mul", [g.tensor(f"{i}.kappa", np.float32(0.044715))])
+        g.add("Add", [x])
+        g.add("Mul", [g.tensor(f"{i}.beta", np.float32(np.sqrt(2.0 / np.pi)))])
+        g.add("Tanh")
+    g.add("Add", [one])
+    g.add("Mul", [x])
+    g.add("Mul", [half])
+
+
 def _export_layer(g, i, layer, shape):
     """Append the nodes for `layer` (named i: "3", "3.body.0") whose input has per-sample `shape`."""
     name = f"layer {i} ({type(layer).__name__})"
@@ -156,7 +178,7 @@ def _export_layer(g, i, layer, shape):
         g.add("LpPool", kernel_shape=list(layer.kernel_size), strides=list(layer.stride), p=int(p))
     elif isinstance(layer, L.AdaptiveAvgPool2d):
         _, h, w = shape
-        oh, ow = layer.output_size
+        oh, ow = layer.resolved_size((h, w))
         if (oh, ow) == (1, 1):
             g.add("GlobalAveragePool")
         elif h % oh == 0 and w % ow == 0:
@@ -175,6 +197,14 @@ def _export_layer(g, i, layer, shape):
         g.add("BatchNormalization", ins, epsilon=float(layer.eps))
     elif isinstance(layer, L.ReLU):
         g.add("Relu")
+    elif isinstance(layer, L.LeakyReLU):
+        g.add("LeakyRelu", alpha=float(layer.negative_slope))
+    elif isinstance(layer, L.GELU):
+        _export_gelu(g, i, layer)
+    elif isinstance(layer, L.SiLU):
+        x = g.current
+        g.add("Sigmoid")
+        g.add("Mul", [x])  # x * sigmoid(x), the form onnxruntime fuses
     elif isinstance(layer, L.Tanh):
         g.add("Tanh")
     elif isinstance(layer, L.Sigmoid):
@@ -227,6 +257,7 @@ def export(model, path, input_shape, *, opset=DEFAULT_OPSET):
         raise ValueError(f"`opset` must be an int >= {MIN_OPSET}, got {opset!r}")
 
     g = _Graph(helper, numpy_helper)
+    g.opset = opset
     cur = shape
     for i, layer in enumerate(layers_of(model)):
         _export_layer(g, i, layer, cur)

@@ -22,7 +22,7 @@ AvgPool2d           N_out * kh * kw (kh * kw - 1 adds and one divide per output)
 LPPool2d            N_out * 2 * kh * kw (a power per element, adds, one root)
 AdaptiveAvgPool2d   the sum of all window sizes (adds and one divide per output)
 BatchNorm2d         2 per element (inference: one multiply-add after folding)
-ReLU/Tanh/Sigmoid   1 per element
+ReLU/Tanh/Sigmoid, LeakyReLU/GELU/SiLU   1 per element
 Softmax             3 per element (exp, add, divide)
 Dropout, Flatten    0 (Identity too)
 Sequential          the sum over its layers
@@ -278,7 +278,7 @@ def _flops(layer, in_shape, out_shape):
         return c * sum(_adaptive_windows(h, out_shape[1])) * sum(_adaptive_windows(w, out_shape[2]))
     if isinstance(layer, L.BatchNorm2d):
         return 2 * n_out
-    if isinstance(layer, (L.ReLU, L.Tanh, L.Sigmoid)):
+    if isinstance(layer, (L.ReLU, L.LeakyReLU, L.GELU, L.SiLU, L.Tanh, L.Sigmoid)):
         return n_out
     if isinstance(layer, L.Softmax):
         return 3 * n_out
@@ -291,8 +291,9 @@ def _window(layer, in_shape):
     """``((k_eff_h, k_eff_w), (stride_h, stride_w))`` of a layer for the receptive field."""
     if isinstance(layer, L.AdaptiveAvgPool2d):
         # The largest window; the stride is exact when the output size divides the input size.
-        k = tuple(max(_adaptive_windows(in_shape[1 + a], layer.output_size[a])) for a in range(2))
-        s = tuple(max(1, in_shape[1 + a] // layer.output_size[a]) for a in range(2))
+        osize = layer.resolved_size(in_shape[1:])
+        k = tuple(max(_adaptive_windows(in_shape[1 + a], osize[a])) for a in range(2))
+        s = tuple(max(1, in_shape[1 + a] // osize[a]) for a in range(2))
         return k, s
     if isinstance(layer, (L.Conv2d, L.MaxPool2d, L.AvgPool2d, L.LPPool2d)):
         d = getattr(layer, "dilation", (1, 1))

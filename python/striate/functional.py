@@ -14,12 +14,17 @@ Not here: numerics (see ``csrc/`` and ``reference.py``), dtype conversion
 
 from __future__ import annotations
 
+from typing import Any, Optional, Sequence, Tuple, Union
+
 import numpy as np
 
 from . import _args, _core, reference
 from ._config import get_backend
 
 __all__ = list(reference.__all__)  # the same ops, the same signatures
+
+_Pair = Union[int, Tuple[int, int]]  # an int for both axes, or (h, w)
+_OptPair = Union[int, Tuple[Optional[int], Optional[int]]]  # None: keep that input size
 
 
 def _f32(a, name, ndim):
@@ -46,7 +51,8 @@ def _numpy_backend() -> bool:
 # --------------------------------------------------------------------------- convolution
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, stride: _Pair = 1,
+           padding: Union[_Pair, str] = 0, dilation: _Pair = 1, groups: int = 1) -> np.ndarray:
     """2-D convolution (cross-correlation), ``torch.nn.functional.conv2d`` semantics.
 
     Parameters
@@ -91,7 +97,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _core.conv2d_forward(x, weight, bias, *s.core_args())
 
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, needs=("x", "weight", "bias")):
+def conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, stride: _Pair = 1,
+                    padding: Union[_Pair, str] = 0, dilation: _Pair = 1, groups: int = 1,
+                    needs: Sequence[str] = ("x", "weight", "bias")) -> Tuple[Any, Any, Any]:
     """Gradients of :func:`conv2d`.
 
     Parameters
@@ -126,7 +134,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, ne
 # --------------------------------------------------------------------------- max pooling
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+def max_pool2d(x: np.ndarray, kernel_size: _Pair, stride: Optional[_Pair] = None, padding: _Pair = 0,
+               dilation: _Pair = 1, ceil_mode: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """Max pooling returning the argmax, ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
 
     Parameters
@@ -158,7 +167,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return _core.max_pool2d_forward(x, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw, s.ceil_mode)
 
 
-def max_pool2d_backward(dy, indices, x_shape):
+def max_pool2d_backward(dy: np.ndarray, indices: np.ndarray, x_shape: Sequence[int]) -> np.ndarray:
     """Gradient of :func:`max_pool2d`: ``dy`` summed into ``x_shape`` through ``indices``.
 
     Parameters
@@ -186,7 +195,8 @@ def max_pool2d_backward(dy, indices, x_shape):
 # --------------------------------------------------------------------------- average pooling
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+def avg_pool2d(x: np.ndarray, kernel_size: _Pair, stride: Optional[_Pair] = None, padding: _Pair = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True) -> np.ndarray:
     """Average pooling, ``torch.nn.functional.avg_pool2d`` semantics.
 
     Parameters
@@ -210,7 +220,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     return _core.avg_pool2d_forward(x, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.ceil_mode, cip)
 
 
-def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+def avg_pool2d_backward(dy: np.ndarray, x_shape: Sequence[int], kernel_size: _Pair, stride: Optional[_Pair] = None,
+                        padding: _Pair = 0, ceil_mode: bool = False, count_include_pad: bool = True) -> np.ndarray:
     """Gradient of :func:`avg_pool2d` with respect to its input.
 
     Returns
@@ -230,7 +241,8 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0, ceil_m
 # --------------------------------------------------------------------------- power-average pooling
 
 
-def lp_pool2d(x, norm_type, kernel_size, stride=None, ceil_mode=False):
+def lp_pool2d(x: np.ndarray, norm_type: float, kernel_size: _Pair, stride: Optional[_Pair] = None,
+              ceil_mode: bool = False) -> np.ndarray:
     """Power-average pooling, ``torch.nn.functional.lp_pool2d`` semantics.
 
     ``y = (sum over the window of x ** p) ** (1 / p)``, where windows clipped by
@@ -249,7 +261,8 @@ def lp_pool2d(x, norm_type, kernel_size, stride=None, ceil_mode=False):
     return _core.lp_pool2d_forward(x, p, s.kh, s.kw, s.sh, s.sw, s.ceil_mode)
 
 
-def lp_pool2d_backward(dy, x, y, norm_type, kernel_size, stride=None, ceil_mode=False):
+def lp_pool2d_backward(dy: np.ndarray, x: np.ndarray, y: np.ndarray, norm_type: float, kernel_size: _Pair,
+                       stride: Optional[_Pair] = None, ceil_mode: bool = False) -> np.ndarray:
     """Gradient of :func:`lp_pool2d`; outputs where ``y == 0`` pass no gradient.
 
     Parameters
@@ -277,7 +290,7 @@ def lp_pool2d_backward(dy, x, y, norm_type, kernel_size, stride=None, ceil_mode=
 # --------------------------------------------------------------------------- adaptive average pooling
 
 
-def adaptive_avg_pool2d(x, output_size):
+def adaptive_avg_pool2d(x: np.ndarray, output_size: _OptPair) -> np.ndarray:
     """Adaptive average pooling, ``torch.nn.functional.adaptive_avg_pool2d`` semantics.
 
     Output ``i`` averages input rows ``[floor(i*H/OH), ceil((i+1)*H/OH))``.
@@ -299,7 +312,7 @@ def adaptive_avg_pool2d(x, output_size):
     return _core.adaptive_avg_pool2d_forward(x, oh, ow)
 
 
-def adaptive_avg_pool2d_backward(dy, x_shape, output_size):
+def adaptive_avg_pool2d_backward(dy: np.ndarray, x_shape: Sequence[int], output_size: _OptPair) -> np.ndarray:
     """Gradient of :func:`adaptive_avg_pool2d` with respect to its input.
 
     Returns
@@ -318,7 +331,7 @@ def adaptive_avg_pool2d_backward(dy, x_shape, output_size):
 # --------------------------------------------------------------------------- fully connected
 
 
-def linear(x, weight, bias=None):
+def linear(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
     """Fully-connected layer: ``y = x @ weight.T + bias`` (``torch.nn.functional.linear``).
 
     Parameters
@@ -344,7 +357,8 @@ def linear(x, weight, bias=None):
     return y
 
 
-def linear_backward(dy, x, weight, needs=("x", "weight", "bias")):
+def linear_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray,
+                    needs: Sequence[str] = ("x", "weight", "bias")) -> Tuple[Any, Any, Any]:
     """Gradients of :func:`linear`: ``dx = dy @ weight``, ``dweight = dy.T @ x``, ``dbias = dy.sum(0)``.
 
     Returns

@@ -76,8 +76,12 @@ def _torch_module(layer, torch):
         m = nn.Dropout(layer.p)
     elif isinstance(layer, L.Softmax):
         m = nn.Softmax(dim=layer.axis)
+    elif isinstance(layer, L.LeakyReLU):
+        return nn.LeakyReLU(layer.negative_slope)
+    elif isinstance(layer, L.GELU):
+        return nn.GELU(approximate=layer.approximate)
     else:
-        simple = {L.ReLU: nn.ReLU, L.Tanh: nn.Tanh, L.Sigmoid: nn.Sigmoid, L.Flatten: nn.Flatten}
+        simple = {L.ReLU: nn.ReLU, L.Tanh: nn.Tanh, L.Sigmoid: nn.Sigmoid, L.SiLU: nn.SiLU, L.Flatten: nn.Flatten}
         cls = simple.get(type(layer))
         return None if cls is None else cls()
     with torch.no_grad():

@@ -22,9 +22,14 @@ names the file and the tensor. What a model knows about its data (its
 ``classes``, ``input_shape`` and ``dataset``) is kept as JSON under
 ``INFO_KEYS`` and checked as strictly when read.
 
+``load_weights`` also reads plain safetensors files written by other tools
+(``safetensors.torch.save_file(net.state_dict(), path)``): without striate's
+metadata there are no checksums to verify, but names, dtypes, shapes and
+finiteness are checked all the same; a file that carries striate metadata
+must carry valid checksums.
+
 Deliberately not here: pickle in any form, memory mapping, lazy loading,
-bfloat16, or files written by other tools without the striate metadata
-(``read_file(..., require_checksums=False)`` reads those).
+bfloat16, or dtype conversion on load.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import json
 import math
 import os
 import tempfile
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -57,6 +63,10 @@ __all__ = [
     "check_input_shape",
     "check_dataset_name",
 ]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Tensors = Dict[str, np.ndarray]
+Expect = Union[Dict[str, Tuple[Any, Any]], Callable[[Dict[str, str]], Dict[str, Tuple[Any, Any]]]]
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 ARCH_KEY = "striate.architecture"
@@ -154,7 +164,7 @@ def _fsync_dir(folder):
         os.close(dfd)
 
 
-def write_file(path, tensors, metadata=None):
+def write_file(path: PathLike, tensors: Tensors, metadata: Optional[Dict[str, str]] = None) -> None:
     """Write ``tensors`` and string ``metadata`` to a safetensors file, atomically.
 
     Parameters
@@ -288,7 +298,7 @@ def _parse_header(path, f, size, max_header_bytes):
     return entries, metadata, 8 + n
 
 
-def read_header(path, *, max_header_bytes=MAX_HEADER_BYTES):
+def read_header(path: PathLike, *, max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
     """Validate a file's header without reading tensor data.
 
     Returns
@@ -338,7 +348,13 @@ def _checksums(path, entries, metadata):
     return sums
 
 
-def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX_HEADER_BYTES):
+def read_file(
+    path: PathLike,
+    *,
+    expect: Optional[Expect] = None,
+    require_checksums: Union[bool, str] = True,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> Tuple[Tensors, Dict[str, str]]:
     """Read a safetensors file after validating it; returns ``(tensors, metadata)``.
 
     Parameters
@@ -348,8 +364,11 @@ def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX
         ``{name: (shape, dtype)}`` the file must hold exactly, or a callable
         ``expect(metadata) -> dict`` evaluated on the header before any tensor
         data is read.
-    require_checksums : bool, default True
+    require_checksums : bool or "auto", default True
         Require and verify the per-tensor SHA-256 that ``write_file`` stores.
+        ``"auto"``: require them when the metadata holds any ``"striate."``
+        key (the file claims to be striate's), else read the file as plain
+        safetensors.
     max_header_bytes : int
         Cap on the header length.
 
@@ -364,6 +383,8 @@ def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             entries, metadata, _ = _parse_header(path, f, size, max_header_bytes)
+            if require_checksums == "auto":
+                require_checksums = any(k.startswith("striate.") for k in metadata)
             checksums = _checksums(path, entries, metadata) if require_checksums else None
             if callable(expect):
                 expect = expect(metadata)
@@ -397,7 +418,7 @@ def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX
 # models
 
 
-def parse_architecture(text, path=None):
+def parse_architecture(text: str, path: Optional[PathLike] = None) -> Tuple[Dict[str, Any], Dict[str, Tuple[Any, Any]]]:
     """Validate an architecture JSON string; return ``(config, expected_state)``.
 
     ``config`` is the ``Sequential.to_config()`` dict, ``expected_state`` maps
@@ -438,7 +459,7 @@ def _private_init_rng():
         _config._rng = saved
 
 
-def save_model(model, path):
+def save_model(model: Any, path: PathLike) -> None:
     """Save a model (float32 weights + architecture) to ``path``, atomically.
 
     Any object with ``state_dict()`` and ``to_config()`` (a ``Sequential``).
@@ -463,7 +484,7 @@ def save_model(model, path):
     write_file(path, state, meta)
 
 
-def read_model(path, *, with_info=False):
+def read_model(path: PathLike, *, with_info: bool = False) -> Any:
     """Read a model file: ``(config, tensors)``, the architecture and its checked tensors.
 
     The architecture is validated and every tensor checked against the
@@ -562,12 +583,12 @@ def apply_info(model, info):
 _BUILDERS: dict = {}
 
 
-def register_builder(format_name, build):
+def register_builder(format_name: str, build: Callable[[Dict[str, Any], Tensors, Any], Any]) -> None:
     """Make ``load_model`` build architectures of ``format_name`` with ``build(config, tensors, path)``."""
     _BUILDERS[format_name] = build
 
 
-def load_model(path):
+def load_model(path: PathLike) -> Any:
     """Load a model saved by :func:`save_model` (all checks first, then build).
 
     The same as ``striate.load``: the file is read and checked here
@@ -583,14 +604,35 @@ def load_model(path):
     return apply_info(_BUILDERS[cfg["format"]](cfg, tensors, path), info)
 
 
-def load_weights(model, path):
+def load_weights(model: Any, path: PathLike) -> Any:
     """Load the tensors of ``path`` into ``model`` in place; the model is unchanged on failure.
 
-    The file must hold exactly the model's state_dict names, dtypes and shapes.
+    The file must hold exactly the model's state_dict names, dtypes and shapes,
+    all finite. It may be striate's (its checksums are then verified) or a
+    plain safetensors file without striate's metadata, such as
+    ``safetensors.torch.save_file(torch_net.state_dict(), path)`` writes for a
+    ``torch.nn.Sequential`` with the same layers. Tensors are not converted: a
+    float64 or float16 file for a float32 model is refused (convert it first).
+
+    Raises
+    ------
+    FormatError
+        A missing or extra tensor, another dtype or shape, a non-finite value,
+        a damaged file, or striate metadata without valid checksums; the model
+        is then unchanged.
+    TypeError
+        ``model`` has no ``state_dict`` / ``load_state_dict``.
+
+    Examples
+    --------
+    >>> import torch, safetensors.torch  # doctest: +SKIP
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))  # doctest: +SKIP
+    >>> safetensors.torch.save_file(net.state_dict(), "w.safetensors")  # doctest: +SKIP
+    >>> load_weights(st.Sequential([L.Flatten(), L.Linear(4, 2)]), "w.safetensors")  # doctest: +SKIP
     """
     if not (callable(getattr(model, "state_dict", None)) and callable(getattr(model, "load_state_dict", None))):
         raise TypeError(f"`model` must be a striate.Sequential, got {type(model).__name__}")
     expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
-    tensors, _ = read_file(path, expect=expected)
+    tensors, _ = read_file(path, expect=expected, require_checksums="auto")
     model.load_state_dict(tensors)
     return model

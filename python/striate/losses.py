@@ -100,6 +100,7 @@ class CrossEntropy(Loss):
     """
 
     name = "cross_entropy"
+    label_smoothing: float
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()

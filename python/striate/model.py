@@ -21,6 +21,8 @@ hooks.
 from __future__ import annotations
 
 import numbers
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -31,6 +33,9 @@ from .layers import Layer, Linear, _Container, _bool, _int, child_spec, fuse_con
 from .layers.chain import backward_chain, forward_chain
 
 __all__ = ["Sequential", "load_model"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+ArrayLike = Any  # an ndarray, or anything numpy.asarray takes (a torch tensor, a list)
 
 CONFIG_FORMAT = "striate.sequential"
 CONFIG_VERSION = 1
@@ -56,7 +61,7 @@ class Sequential(_Container):
     ['0.weight', '0.bias', '1.body.0.weight', '1.body.0.bias']
     """
 
-    def __init__(self, layers=(), *more):
+    def __init__(self, layers: Union[Layer, Iterable[Layer]] = (), *more: Layer) -> None:
         super().__init__()
         if isinstance(layers, Layer):
             layers = (layers,) + more
@@ -109,7 +114,7 @@ class Sequential(_Container):
     def __iter__(self):
         return iter(self._layers)
 
-    def append(self, layer):
+    def append(self, layer: Layer) -> "Sequential":
         """Add a layer at the end."""
         self._layers.append(self._check_layer(layer, len(self._layers)))
         self._adopt()
@@ -121,14 +126,22 @@ class Sequential(_Container):
 
     # -- computation -------------------------------------------------------------
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
+        """``forward(x)``; an array-like that is not an ndarray (a torch tensor, a list) is converted first.
+
+        As ``predict`` accepts them: anything with ``__array__`` (or ``numpy()``)
+        becomes an ndarray of its own dtype; a torch tensor that requires grad
+        is detached first. ndarrays pass unchanged.
+        """
+        if not isinstance(x, np.ndarray):
+            x = _array_from(x)
         return self.forward(x)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """Run every layer in order."""
         return forward_chain(self._layers, x)
 
-    def backward(self, dloss, input_grad=True):
+    def backward(self, dloss: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
         """Back-propagate ``dloss`` (the gradient of the loss w.r.t. the outputs).
 
         Writes every trainable parameter's ``.grad`` and returns ``dx``, the
@@ -149,16 +162,16 @@ class Sequential(_Container):
 
     # -- parameters and state ----------------------------------------------------
 
-    def parameters(self):
+    def parameters(self) -> List[Any]:
         """Every parameter, in torch's ``named_parameters()`` order: layer by layer, depth-first,
         each layer's weight before its bias."""
         return super().parameters()
 
-    def named_parameters(self):
+    def named_parameters(self) -> List[Tuple[str, Any]]:
         """``[("0.weight", Parameter), ...]``, named and ordered as torch's ``named_parameters()``."""
         return super().named_parameters()
 
-    def state_dict(self):
+    def state_dict(self) -> Dict[str, np.ndarray]:
         """``{"0.weight": array, ...}``: parameters and buffers named as ``torch.nn.Sequential`` (copies).
 
         A nested ``Sequential`` at index i gives ``"i.j.weight"``, a
@@ -291,7 +304,7 @@ class Sequential(_Container):
             shapes.append(shape)
         return shapes
 
-    def summary(self, input_shape=None):
+    def summary(self, input_shape: Optional[Sequence[int]] = None) -> str:
         """A table per layer: output shape, FLOPs, activation memory, receptive field, params.
 
         ``input_shape`` is (C, H, W) without the batch; when None it is inferred
@@ -299,11 +312,11 @@ class Sequential(_Container):
         """
         return _summary.summary(self, input_shape)
 
-    def to_config(self):
+    def to_config(self) -> Dict[str, Any]:
         """The architecture as a JSON-serialisable dict; nested containers nest their entries."""
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, **self.config()}
 
-    def config(self):
+    def config(self) -> Dict[str, Any]:
         """``{"layers": [{"type": ..., "config": ...}, ...]}``: the entry of a nested ``Sequential``."""
         return {"layers": [child_spec(l) for l in self._layers]}
 
@@ -341,33 +354,33 @@ class Sequential(_Container):
 
     # -- files and training (delegated) ------------------------------------------
 
-    def save(self, path):
+    def save(self, path: PathLike) -> None:
         """Save weights and architecture to a safetensors file (see ``striate.io``)."""
         io.save_model(self, path)
 
     def fit(
         self,
-        x,
-        y=None,
+        x: Any,
+        y: Optional[ArrayLike] = None,
         *,
-        epochs=10,
-        batch_size=64,
-        optimizer=None,
-        loss="cross_entropy",
-        validation_data=None,
-        validation_split=0.0,
-        shuffle=True,
-        augment=None,
-        callbacks=(),
-        seed=None,
-        verbose=1,
-        resume_from=None,
-        checkpoint=None,
-        distributed=False,
-        cache_features=True,
-        steps_per_epoch=None,
-        metrics=None,
-    ):
+        epochs: int = 10,
+        batch_size: int = 64,
+        optimizer: Any = None,
+        loss: Any = "cross_entropy",
+        validation_data: Any = None,
+        validation_split: float = 0.0,
+        shuffle: bool = True,
+        augment: Optional[Callable[..., np.ndarray]] = None,
+        callbacks: Sequence[Any] = (),
+        seed: Optional[int] = None,
+        verbose: int = 1,
+        resume_from: Optional[PathLike] = None,
+        checkpoint: Optional[PathLike] = None,
+        distributed: bool = False,
+        cache_features: bool = True,
+        steps_per_epoch: Optional[int] = None,
+        metrics: Optional[Sequence[str]] = None,
+    ) -> "striate.training.History":
         """Train with mini-batch gradient descent; returns a ``striate.training.History``.
 
         Parameters
@@ -413,7 +426,8 @@ class Sequential(_Container):
             steps_per_epoch=(steps_per_epoch, None), metrics=(metrics, None),
         ))
 
-    def evaluate(self, x, y=None, batch_size=256, *, loss=None):
+    def evaluate(self, x: Any, y: Optional[ArrayLike] = None, batch_size: int = 256, *,
+                 loss: Any = None) -> Dict[str, float]:
         """Mean loss and accuracy on ``(x, y)``, or a loader, in evaluation mode: ``{"loss", "accuracy"}``.
 
         ``loss`` defaults to the loss the model was last trained with by
@@ -421,7 +435,7 @@ class Sequential(_Container):
         """
         return striate.training.evaluate(self, x, y, **_given(batch_size=(batch_size, 256), loss=(loss, None)))
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
         """Class probabilities ``(N, classes)`` for ``x`` (an array or a loader) in evaluation mode.
 
         See ``striate.training.predict``.
@@ -432,9 +446,20 @@ class Sequential(_Container):
         """Per-layer forward/backward time of one training step; see ``striate.introspect.profile``."""
         return _profile.profile(self, x, y, repeat, loss=loss, warmup=warmup)
 
-    def to_onnx(self, path, input_shape, *, opset=_onnx_export.DEFAULT_OPSET):
+    def to_onnx(self, path: PathLike, input_shape: Sequence[int], *, opset: int = _onnx_export.DEFAULT_OPSET) -> str:
         """Export to ONNX (opset >= 13) for onnxruntime; see ``striate.onnx_io.export``."""
         return _onnx_export.export(self, path, input_shape, opset=opset)
+
+
+def _array_from(x):
+    """An ndarray from a torch tensor, a list or any object with ``__array__`` / ``numpy()``."""
+    if callable(getattr(x, "detach", None)) and callable(getattr(x, "numpy", None)):
+        return np.asarray(x.detach().cpu().numpy() if callable(getattr(x, "cpu", None)) else x.detach().numpy())
+    if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
+        return np.asarray(x)
+    if callable(getattr(x, "numpy", None)):
+        return np.asarray(x.numpy())
+    raise TypeError(f"`x` must be a numpy.ndarray or array-like (a torch tensor, a list), got {type(x).__name__}")
 
 
 def _given(**pairs):
@@ -460,7 +485,7 @@ def _build(config, tensors, path):
 io.register_builder(CONFIG_FORMAT, _build)
 
 
-def load_model(path):
+def load_model(path: PathLike) -> Sequential:
     """Load a ``Sequential`` saved by ``Sequential.save`` (``striate.load``); all checks first, then build.
 
     Raises

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from . import layers as L
+from ._onnx_patterns import Fused, fuse
 from ._onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, _onnx, export  # noqa: F401  (re-exported)
 from .model import Sequential
 
@@ -59,6 +60,8 @@ def _convert(node, a, tensor, path, nname):
     """
     op = node.op_type
     loads = []
+    if isinstance(node, _FusedNode):
+        return node.layer, []
     if op == "Conv":
         w = tensor(node.input[1], nname)
         b = tensor(node.input[2], nname) if len(node.input) > 2 and node.input[2] else None
@@ -100,6 +103,12 @@ def _convert(node, a, tensor, path, nname):
         layer = L.BatchNorm2d(scale.shape[0], eps=float(a.get("epsilon", 1e-5)))
         loads += [(layer.weight, scale), (layer.bias, bias)]
         loads += [(layer.running_mean, mean), (layer.running_var, var)]
+    elif op == "LeakyRelu":
+        # ONNX stores alpha as float32: the shortest decimal that rounds to it (0.01, not 0.0099999998)
+        layer = L.LeakyReLU(float(str(np.float32(a.get("alpha", 0.01)))))
+    elif op == "Gelu":
+        approx = a.get("approximate", b"none")
+        layer = L.GELU(approx.decode() if isinstance(approx, bytes) else approx)
     elif op in ("Relu", "Tanh", "Sigmoid"):
         layer = {"Relu": L.ReLU, "Tanh": L.Tanh, "Sigmoid": L.Sigmoid}[op]()
     elif op == "Softmax":
@@ -126,6 +135,17 @@ def _convert(node, a, tensor, path, nname):
     return layer, loads
 
 
+class _FusedNode:
+    """A node-shaped view of a ``Fused`` pattern (several ONNX nodes read as one layer)."""
+
+    op_type = "Fused"
+    attribute = ()
+
+    def __init__(self, fused):
+        self.layer, self.name = fused.layer, fused.name
+        self.input, self.output = [fused.input], [fused.output]
+
+
 def _branch_layer(layers, empty):
     """One layer for a branch: the layer itself, a Sequential of several, ``empty`` for none."""
     if not layers:
@@ -143,11 +163,11 @@ class _Reader:
     ``Add``). The branch that gives the ``Add``'s first input is the body.
     """
 
-    def __init__(self, path, graph, inits, tensor, helper):
+    def __init__(self, path, nodes, inits, tensor, helper):
         self.path, self.tensor, self.helper = path, tensor, helper
         self.inits = set(inits)
         self.readers = {}
-        for node in graph.node:
+        for node in nodes:
             for name in dict.fromkeys(n for n in node.input if n and n not in inits):
                 self.readers.setdefault(name, []).append(node)
         self.done = set()
@@ -249,11 +269,14 @@ def import_model(path, *, max_bytes=1 << 30):
     """Read an ONNX file holding a chain of supported ops into a ``Sequential``.
 
     Supported: Conv, MaxPool, AveragePool, LpPool, GlobalAveragePool,
-    BatchNormalization, Relu, Tanh, Sigmoid, Softmax, Flatten, Gemm (transB=1
-    or 0), Identity and Dropout (dropped), and ``Add`` joining the two
-    branches of a fork, which becomes a ``Residual`` (a torch ResNet exported
-    by ``torch.onnx.export`` reads back this way). Any other op, or a graph
-    that branches otherwise, raises ``ValueError`` naming the node.
+    BatchNormalization, Relu, LeakyRelu, Gelu, Tanh, Sigmoid, Softmax,
+    Flatten, Gemm (transB=1 or 0), Identity and Dropout (dropped), the
+    compositions exporters write for GELU and SiLU (see
+    ``striate._onnx_patterns``), and ``Add`` joining the two branches of a
+    fork, which becomes a ``Residual`` (a torch ResNet exported by
+    ``torch.onnx.export`` reads back this way). Constant nodes are read as
+    initializers. Any other op, or a graph that branches otherwise, raises
+    ``ValueError`` naming the node.
     """
     onnx, helper, numpy_helper = _onnx()
     path = os.fspath(path)
@@ -266,6 +289,12 @@ def import_model(path, *, max_bytes=1 << 30):
         raise ValueError(f"{path}: not a readable ONNX model ({e})") from None
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
+    plain = []
+    for node in graph.node:  # Constant nodes hold values as initializers do
+        if node.op_type == "Constant" and len(node.output) == 1 and [a.name for a in node.attribute] == ["value"]:
+            inits[node.output[0]] = node.attribute[0].t
+        else:
+            plain.append(node)
 
     def tensor(name, node_name):
         if name not in inits:
@@ -285,15 +314,26 @@ def import_model(path, *, max_bytes=1 << 30):
     inputs = [v for v in graph.input if v.name not in inits]
     if len(inputs) != 1:
         raise ValueError(f"{path}: expected one graph input, got {[v.name for v in inputs]}")
-    reader = _Reader(path, graph, inits, tensor, helper)
+    def scalar(name):
+        t = inits.get(name)
+        if t is None or t.data_location == onnx.TensorProto.EXTERNAL:
+            return None
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception:  # undecodable: not a constant of a known pattern
+            return None
+        return float(arr.reshape(-1)[0]) if arr.size == 1 and arr.dtype.kind == "f" else None
+
     try:
+        nodes = [_FusedNode(n) if isinstance(n, Fused) else n for n in fuse(plain, scalar)]
+        reader = _Reader(path, nodes, inits, tensor, helper)
         layers, last = reader.chain(inputs[0].name, False)
     except (TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
         # attributes of the wrong type, missing attributes, inputs or outputs
         raise ValueError(f"{path}: a node is malformed ({type(e).__name__}: {e})") from None
     except RecursionError:
         raise ValueError(f"{path}: residual blocks are nested too deeply") from None
-    left = [node.name or node.op_type for node in graph.node if id(node) not in reader.done]
+    left = [node.name or node.op_type for node in nodes if id(node) not in reader.done]
     if left:
         raise ValueError(f"{path}: node {left[0]} is not on the path from the input to the output")
     if [o.name for o in graph.output] != [last]:

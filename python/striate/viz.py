@@ -110,12 +110,23 @@ def filters(layer, path, *, max_filters=64, max_inputs=16):
     grid = _mosaic(tiles, cols)
     height = max(2.0, min(10.0, grid.shape[0] / 8))
     width = max(4.0, min(14.0, height * grid.shape[1] / grid.shape[0]))
-    fig = _figure("filters", (width, height + 0.8))
-    ax = fig.add_axes((0.02, 0.02, 0.96, height / (height + 0.8) - 0.04))
+    # The title is wrapped to the figure's width (about 15 characters per inch at 8 points) and
+    # given the room its lines need, so neither side nor top clips it.
+    lines = _wrap(f"{layer!r}: {out_c} filters", width) + _wrap(f"{note}; grey 0, |w| <= {scale:.3g}", width)
+    top = 0.2 + 0.16 * len(lines)
+    fig = _figure("filters", (width, height + top))
+    ax = fig.add_axes((0.02, 0.02, 0.96, height / (height + top) - 0.04))
     ax.imshow(grid, cmap=None if grid.ndim == 3 else "gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
-    fig.suptitle(f"{layer!r}: {out_c} filters\n{note}; grey 0, |w| <= {scale:.3g}", fontsize=8)
+    fig.suptitle("\n".join(lines), fontsize=8, y=1 - 0.08 / (height + top), va="top")
     return _save(fig, path)
+
+
+def _wrap(text, width_in):
+    """``text`` wrapped to lines that fit ``width_in`` inches at 8 points (long words are split)."""
+    import textwrap
+
+    return textwrap.wrap(text, max(20, int(width_in * 15) - 4)) or [""]
 
 
 # ----------------------------------------------------------------------------- activation maps
@@ -200,6 +211,15 @@ def activation_maps(model, x, path, *, max_maps=16):
 # ----------------------------------------------------------------------------- LR range test
 
 
+def _sweep_ylim(smooth):
+    """y-limits for the sweep plot: the lowest smoothed loss up to a little above the starting level."""
+    smooth = np.asarray(smooth, np.float64)
+    lo = float(smooth.min())
+    start = float(smooth[: int(np.argmin(smooth)) + 1].max())
+    span = max(start - lo, 0.02 * abs(lo), 1e-3)
+    return lo - 0.1 * span, start + 0.5 * span
+
+
 def lr_sweep(
     model_factory_or_model,
     x,
@@ -230,8 +250,13 @@ def lr_sweep(
     global RNG alone.
 
     The suggested lr is where the smoothed loss falls fastest against
-    log(lr) (before its minimum); when that is not defined (the minimum
-    comes within the first few steps) it is the lr of the minimum / 10.
+    log(lr), searched only where it is at its running minimum, before its
+    overall minimum; on a flat curve (the smoothed loss never falls by 10%),
+    or when the minimum comes within the first steps, it is the lr of the
+    minimum / 10 (``striate.training.lr_range.suggest_lr``). The plot's y-axis
+    is clipped to the useful range: from just below the lowest smoothed loss
+    to a little above the starting level, so a spike near divergence does
+    not squash the curve.
 
     Parameters
     ----------
@@ -256,7 +281,9 @@ def lr_sweep(
         ``lrs`` and ``losses`` (smoothed) for the steps run, ``raw_losses``,
         ``suggested_lr``, ``method`` (``"steepest"`` or ``"min/10"``),
         ``lr_steepest`` (None when undefined), ``lr_min_loss``, ``diverged``
-        (whether the test stopped early) and ``path``.
+        (whether the test stopped early), ``shape`` and ``drop`` (``"flat"``
+        when the smoothed loss never fell by 10%; see
+        ``striate.training.lr_range.curve_shape``) and ``path``.
     """
     if path is not None:
         path = _check_path(path)
@@ -275,9 +302,11 @@ def lr_sweep(
         ax.plot(lrs, smooth, color="C0", label=f"smoothed (beta={beta:g})")
         ax.axvline(suggested, color="C3", linestyle="--", label=f"suggested lr {suggested:.3g} ({method})")
         ax.set_xscale("log")
+        ax.set_ylim(*_sweep_ylim(smooth))
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss")
-        ax.set_title("learning-rate range test")
+        flat = f" (flat: the loss fell {100 * result['drop']:.1f}%)" if result["shape"] == "flat" else ""
+        ax.set_title("learning-rate range test" + flat)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
         fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.92)

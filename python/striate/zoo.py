@@ -18,7 +18,7 @@ from .transfer import load_pretrained
 __all__ = ["lenet5", "typical_cnn", "resnet", "resnet20", "MODELS"]
 
 
-def lenet5(num_classes=10, pretrained=False, input_size=32):
+def lenet5(num_classes: int = 10, pretrained: bool = False, input_size: int = 32) -> Sequential:
     """LeNet-5 for 1-channel images: conv5-relu-pool, conv5-relu-pool, 120-84-num_classes.
 
     Parameters
@@ -63,7 +63,7 @@ def lenet5(num_classes=10, pretrained=False, input_size=32):
     return model
 
 
-def typical_cnn(in_channels=3, num_classes=10):
+def typical_cnn(in_channels: int = 3, num_classes: int = 10) -> Sequential:
     """A small VGG-like CNN for 32x32 inputs.
 
     conv3x3(in->32)-relu, conv3x3(32->32)-relu, maxpool2, conv3x3(32->64)-relu,

@@ -97,7 +97,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         _check_array_state(state)
         super().load_build()
 
-    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.BUILD[0]] = load_build  # type: ignore[assignment]
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct_fn(),

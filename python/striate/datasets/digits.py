@@ -80,7 +80,7 @@ def _stratified_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def load_digits(size: int = 32):
+def load_digits(size: int = 32) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The embedded real handwritten digits, upsampled and split 80/20.
 
     Parameters
@@ -110,7 +110,7 @@ def load_digits(size: int = 32):
     if size < 1 or size > 4096:
         raise ValueError(f"`size` must be in [1, 4096], got {size}")
     pixels, labels = _read_raw()
-    images = pixels.reshape(-1, _SIDE, _SIDE).astype(np.float64) / 16.0
+    images: np.ndarray = pixels.reshape(-1, _SIDE, _SIDE).astype(np.float64) / 16.0
     if size != _SIDE:
         m = bilinear_matrix(_SIDE, int(size))
         images = np.einsum("oh,nhw,pw->nop", m, images, m, optimize=True)

@@ -122,7 +122,7 @@ def _scan(root: Path):
         raise ValueError(f"`root` {root} has no class folders{hint}; expected root/<class name>/<image>")
     samples, empty = [], []
     for k, name in enumerate(classes):
-        found = []
+        found: list = []
         for dirpath, dirnames, filenames in sorted(os.walk(root / name)):
             dirnames[:] = [d for d in dirnames if _visible(d)]
             found.extend(
@@ -231,7 +231,7 @@ class ImageFolder:
                     "pass image_size=(H, W) to resize every image to one size"
                 )
             x[j] = a
-        return x, self.targets[np.asarray(indices, dtype=np.int64)]
+        return x, self.targets[np.asarray(indices, dtype=np.int64)]  # type: ignore[return-value]
 
     def get_batch(self, indices) -> tuple[np.ndarray, np.ndarray]:
         """Decode the images at ``indices`` into ``(x (B, C, H, W) float32, y int64)``."""

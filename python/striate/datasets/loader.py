@@ -180,7 +180,8 @@ def _item_label(y, where: str):
 
 def _items_batch(dataset, idx: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """Stack ``dataset[i]`` for every i in ``idx`` (the path for data sets without ``get_batch``)."""
-    xs, ys = [], []
+    xs: list = []
+    ys: list = []
     for i in idx.tolist():
         where = f"batch {batch}, dataset[{i}]"
         item = dataset[i]
@@ -430,7 +431,7 @@ class _LoaderIterator:
         if loader.prefetch == 0:
             self._order = loader.epoch_order(self._epoch)
             return
-        self._queue = queue.Queue(maxsize=loader.prefetch)
+        self._queue: queue.Queue = queue.Queue(maxsize=loader.prefetch)
         self._stop = threading.Event()
         # The thread holds the loader, the queue and the event, never this iterator,
         # so dropping the iterator (an abandoned loop) runs __del__, which stops it.

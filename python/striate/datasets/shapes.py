@@ -82,7 +82,7 @@ def _distance(cls: int, px, py, cx, cy, r):
     raise AssertionError(cls)
 
 
-def make_shapes(n: int, size: int = 32, seed: int = 0):
+def make_shapes(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Generate ``n`` grey images of simple shapes, one of ``len(SHAPE_CLASSES)`` classes each.
 
     Parameters

@@ -52,7 +52,7 @@ from .base import (  # noqa: F401  (the private helpers are shared with optim, z
 from .conv import Conv2d
 from .pool import _Pool, AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, LPPool2d, MaxPool2d
 from .normalization import BatchNorm2d
-from .activation import _Elementwise, ReLU, Sigmoid, Softmax, Tanh
+from .activation import _Elementwise, _SavesInput, GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from .core import Dropout, Flatten, Identity, Linear
 from .container import _Container, child_spec, fuse_conv_bn, nodes
 from .residual import Residual
@@ -68,6 +68,9 @@ __all__ = [
     "GlobalAvgPool2d",
     "BatchNorm2d",
     "ReLU",
+    "LeakyReLU",
+    "GELU",
+    "SiLU",
     "Tanh",
     "Sigmoid",
     "Softmax",

@@ -6,14 +6,54 @@ Not here: the kernels (``striate.functional`` and the C++ core) and pooling.
 from __future__ import annotations
 
 import math
+from typing import Tuple, Union
 
 from .base import _int, _pair, _bool, _pair_out, _conv_out, _check_input, _as, _ops, Layer
 
+_Pair = Union[int, Tuple[int, int]]  # an int for both axes, or (h, w)
+
 
 class Conv2d(Layer):
-    """2-D convolution, ``torch.nn.Conv2d`` semantics; weight (out, in/groups, kh, kw)."""
+    """2-D convolution, ``torch.nn.Conv2d`` semantics; weight (out, in/groups, kh, kw).
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Both divisible by ``groups``.
+    kernel_size : int or (int, int)
+    stride, dilation : int or (int, int), default 1
+    padding : int, (int, int), "same" or "valid", default 0
+        Zero padding on each side; "same" needs stride 1.
+    groups : int, default 1
+    bias : bool, default True
+
+    Shape
+    -----
+    Input ``(N, in_channels, H, W)``, output ``(N, out_channels, H_out, W_out)`` with
+    ``H_out = (H + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1``
+    (the same for W).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> conv = Conv2d(1, 4, 3, padding=1)
+    >>> conv(np.zeros((2, 1, 8, 8), np.float32)).shape
+    (2, 4, 8, 8)
+    >>> conv.weight.data.shape, conv.bias.data.shape
+    ((4, 1, 3, 3), (4,))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _Pair,
+        stride: _Pair = 1,
+        padding: Union[_Pair, str] = 0,
+        dilation: _Pair = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.in_channels = _int(in_channels, "in_channels")
         self.out_channels = _int(out_channels, "out_channels")

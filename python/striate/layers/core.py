@@ -19,9 +19,25 @@ class Dropout(Layer):
 
     The mask is drawn from ``self.rng`` (``set_rng``); when that is None, from
     ``striate._config.rng()`` at call time.
+
+    Parameters
+    ----------
+    p : float, default 0.5
+        The probability of zeroing an element, in [0, 1).
+
+    Shape
+    -----
+    Input ``(*)``, output ``(*)``: any shape, unchanged.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> drop = Dropout(0.5)
+    >>> drop.eval()(np.ones(4, np.float32))  # evaluation mode: the identity
+    array([1., 1., 1., 1.], dtype=float32)
     """
 
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         self.p = _float(p, "p", lo=0.0, hi=1.0, hi_open=True)
         self.rng = None
@@ -60,7 +76,18 @@ class Dropout(Layer):
 
 
 class Flatten(Layer):
-    """(N, C, H, W) -> (N, C*H*W), in C order as ``torch.nn.Flatten``."""
+    """(N, C, H, W) -> (N, C*H*W), in C order as ``torch.nn.Flatten``.
+
+    Shape
+    -----
+    Input ``(N, *)``, output ``(N, prod(*))``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Flatten()(np.zeros((2, 3, 4, 5), np.float32)).shape
+    (2, 60)
+    """
 
     def forward(self, x):
         _check_input(x, "Flatten")
@@ -97,6 +124,15 @@ class Identity(Layer):
 class Linear(Layer):
     """``y = x @ W.T + b`` with weight (out_features, in_features), as ``torch.nn.Linear``.
 
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+
+    Shape
+    -----
+    Input ``(N, in_features)``, output ``(N, out_features)``.
+
     Examples
     --------
     >>> import numpy as np
@@ -109,7 +145,7 @@ class Linear(Layer):
     [('weight', (2, 3)), ('bias', (2,))]
     """
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         self.in_features = _int(in_features, "in_features")
         self.out_features = _int(out_features, "out_features")

@@ -18,9 +18,30 @@ class BatchNorm2d(Layer):
     updates ``running_mean`` / ``running_var`` (unbiased) with
     ``r = (1 - momentum) * r + momentum * batch_stat``. Evaluation mode, and a
     frozen layer (weight and bias not trainable), use the running statistics.
+
+    Parameters
+    ----------
+    num_features : int
+        The channels C.
+    eps : float, default 1e-5
+        Added to the variance.
+    momentum : float, default 0.1
+        Weight of the batch statistic in the running averages.
+
+    Shape
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, H, W)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bn = BatchNorm2d(3)
+    >>> y = bn(np.random.default_rng(0).standard_normal((4, 3, 2, 2)).astype(np.float32))
+    >>> y.shape, bool(abs(y.mean()) < 1e-6)
+    ((4, 3, 2, 2), True)
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.num_features = _int(num_features, "num_features")
         self.eps = _float(eps, "eps", lo=0.0, lo_open=True)

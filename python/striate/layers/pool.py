@@ -6,8 +6,12 @@ Not here: the kernels themselves, or convolution.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple, Union
 
-from .base import _pair, _float, _bool, _pair_out, _pool_out, _check_input, _as, _ops, Layer
+
+from .base import _int, _pair, _float, _bool, _pair_out, _pool_out, _check_input, _as, _ops, Layer
+
+_Pair = Union[int, Tuple[int, int]]  # an int for both axes, or (h, w)
 
 
 class _Pool(Layer):
@@ -16,13 +20,13 @@ class _Pool(Layer):
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
         self.padding = _pair(padding, "padding", lo=0)
         self.dilation = dilation
-        for i in range(2):
-            eff = self.dilation[i] * (self.kernel_size[i] - 1) + 1
-            if 2 * self.padding[i] > eff:
-                raise ValueError(
-                    f"`padding` must be at most half the (effective) kernel size, got padding "
-                    f"{self.padding} for kernel_size {self.kernel_size}"
-                )
+        # torch's rule, the one the forward applies: padding <= kernel_size // 2 per axis, whatever the
+        # dilation (so a layer that builds also runs)
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(
+                f"`padding` must be at most half of `kernel_size` per axis, got padding "
+                f"{self.padding} with kernel_size {self.kernel_size}"
+            )
         self._xshape = None
 
     def output_shape(self, input_shape):
@@ -56,9 +60,34 @@ class _Pool(Layer):
 
 
 class MaxPool2d(_Pool):
-    """Max pooling (``torch.nn.MaxPool2d``); ``dilation`` is an addition, keyword only."""
+    """Max pooling (``torch.nn.MaxPool2d``); ``dilation`` is an addition, keyword only.
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, *, dilation=1):
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Default ``kernel_size``.
+    padding : int or (int, int), default 0
+        Implicit -inf padding; at most ``kernel_size // 2`` per axis (torch's rule).
+    ceil_mode : bool, default False
+    dilation : int or (int, int), default 1
+
+    Shape
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, H_out, W_out)``: ``H_out = (H + 2 * padding
+    - dilation * (kernel_size - 1) - 1) // stride + 1`` (rounded up with ``ceil_mode``,
+    as torch; the same for W).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> MaxPool2d(2)(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
+    array([[[[ 5.,  7.],
+             [13., 15.]]]], dtype=float32)
+    """
+
+    def __init__(self, kernel_size: _Pair, stride: Optional[_Pair] = None, padding: _Pair = 0,
+                 ceil_mode: bool = False, *, dilation: _Pair = 1) -> None:
         super().__init__()
         self._window(kernel_size, stride, padding, _pair(dilation, "dilation"))
         self.ceil_mode = _bool(ceil_mode, "ceil_mode")
@@ -85,9 +114,35 @@ class MaxPool2d(_Pool):
 
 
 class AvgPool2d(_Pool):
-    """Average pooling (``torch.nn.AvgPool2d``)."""
+    """Average pooling (``torch.nn.AvgPool2d``).
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Default ``kernel_size``.
+    padding : int or (int, int), default 0
+        Zero padding, at most ``kernel_size // 2`` per axis.
+    ceil_mode : bool, default False
+    count_include_pad : bool, default True
+        Whether the padded zeros count in the window's average.
+
+    Shape
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, H_out, W_out)``: ``H_out = (H + 2 * padding
+    - kernel_size) // stride + 1`` (rounded up with ``ceil_mode``,
+    as torch; the same for W).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> AvgPool2d(2)(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
+    array([[[[ 2.5,  4.5],
+             [10.5, 12.5]]]], dtype=float32)
+    """
+
+    def __init__(self, kernel_size: _Pair, stride: Optional[_Pair] = None, padding: _Pair = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True) -> None:
         super().__init__()
         self._window(kernel_size, stride, padding)
         self.ceil_mode = _bool(ceil_mode, "ceil_mode")
@@ -110,9 +165,30 @@ class AvgPool2d(_Pool):
 
 
 class LPPool2d(_Pool):
-    """Power-average pooling: ``(sum over window of x**p) ** (1/p)`` (``torch.nn.LPPool2d``)."""
+    """Power-average pooling: ``(sum over window of x**p) ** (1/p)`` (``torch.nn.LPPool2d``).
 
-    def __init__(self, norm_type, kernel_size, stride=None, ceil_mode=False):
+    Parameters
+    ----------
+    norm_type : float
+        The power ``p`` (> 0).
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Default ``kernel_size``.
+    ceil_mode : bool, default False
+
+    Shape
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, (H - kernel_size) // stride + 1, ...)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> LPPool2d(2, 2)(np.full((1, 1, 2, 2), 3.0, np.float32))
+    array([[[[6.]]]], dtype=float32)
+    """
+
+    def __init__(self, norm_type: float, kernel_size: _Pair, stride: Optional[_Pair] = None,
+                 ceil_mode: bool = False) -> None:
         super().__init__()
         self.norm_type = _float(norm_type, "norm_type", lo=0.0, lo_open=True)
         self._window(kernel_size, stride, 0)
@@ -141,12 +217,38 @@ class LPPool2d(_Pool):
 
 
 class AdaptiveAvgPool2d(_Pool):
-    """Adaptive average pooling to ``output_size`` (an int or an (h, w) pair)."""
+    """Adaptive average pooling to ``output_size`` (an int or an (h, w) pair; None keeps that input size).
 
-    def __init__(self, output_size):
+    Windows as ``torch.nn.AdaptiveAvgPool2d``: output row ``i`` averages input rows
+    ``floor(i * H / OH)`` to ``ceil((i + 1) * H / OH)`` (exclusive).
+
+    Parameters
+    ----------
+    output_size : int or (int or None, int or None)
+
+    Shape
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, OH, OW)`` (``OH = H`` where None).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> AdaptiveAvgPool2d((None, 1))(np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3))
+    array([[[[1.],
+             [4.]]]], dtype=float32)
+    """
+
+    def __init__(self, output_size: Union[int, Tuple[Optional[int], Optional[int]]]) -> None:
         super().__init__()
-        self.output_size = _pair(output_size, "output_size")
+        if isinstance(output_size, (tuple, list)) and len(output_size) == 2 and None in output_size:
+            self.output_size = tuple(None if v is None else _int(v, "output_size") for v in output_size)
+        else:
+            self.output_size = _pair(output_size, "output_size")
         self._xshape = None
+
+    def resolved_size(self, hw):
+        """``output_size`` for an input of spatial size ``hw`` (None entries take the input's)."""
+        return tuple(int(n) if o is None else o for o, n in zip(self.output_size, hw))
 
     def forward(self, x):
         return self._shape_op_forward(x, "adaptive_avg_pool2d", self.output_size)
@@ -155,16 +257,29 @@ class AdaptiveAvgPool2d(_Pool):
         return self._shape_op_backward(dy, "adaptive_avg_pool2d", self.output_size)
 
     def output_shape(self, input_shape):
-        return (input_shape[0],) + self.output_size
+        return (input_shape[0],) + self.resolved_size(input_shape[1:])
 
     def config(self):
+        if None in self.output_size:
+            return {"output_size": list(self.output_size)}
         return {"output_size": _pair_out(self.output_size)}
 
 
 class GlobalAvgPool2d(AdaptiveAvgPool2d):
-    """``AdaptiveAvgPool2d(1)``: (N, C, H, W) -> (N, C, 1, 1)."""
+    """``AdaptiveAvgPool2d(1)``: (N, C, H, W) -> (N, C, 1, 1).
 
-    def __init__(self):
+    Shape
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, 1, 1)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> GlobalAvgPool2d()(np.ones((2, 3, 4, 4), np.float32)).shape
+    (2, 3, 1, 1)
+    """
+
+    def __init__(self) -> None:
         super().__init__(1)
 
     def config(self):

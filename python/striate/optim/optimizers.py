@@ -60,38 +60,31 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _fma(a, b, c, out=None):
-    """``a * b + c`` rounded once in float32, as torch's CPU kernels (FMAs) compute it.
+class _Scratch:
+    """Two reusable work arrays per dtype, sized to the largest parameter seen.
 
-    float32 goes through float64, where the product is exact; float64 rounds
-    twice (there is no wider type to go through). ``a`` or ``b`` may be a
-    scalar. Writes into ``out`` when given (it may be ``c``), else returns a new array.
+    The updates write their temporaries into views of these instead of
+    allocating new arrays at every step; they never hold state between calls.
     """
-    if np.asarray(c).dtype == np.float32:
-        t = np.multiply(a, b, dtype=np.float64)
-        t += c
-    else:
-        t = a * b
-        t += c
-    if out is None:
-        return t.astype(np.float32) if t.dtype != np.asarray(c).dtype else t
-    np.copyto(out, t, casting="same_kind")
+
+    def __init__(self):
+        self._bufs = {}
+
+    def get(self, like):
+        """Two arrays shaped and typed like ``like`` (views into the shared buffers)."""
+        key = like.dtype.str
+        bufs = self._bufs.get(key)
+        if bufs is None or bufs[0].size < like.size:
+            bufs = (np.empty(like.size, like.dtype), np.empty(like.size, like.dtype))
+            self._bufs[key] = bufs
+        return bufs[0][: like.size].reshape(like.shape), bufs[1][: like.size].reshape(like.shape)
+
+
+def _decayed(grad, p, wd, out):
+    """``grad + wd * p`` (L2 weight decay on the gradient) written into ``out``."""
+    np.multiply(p, p.dtype.type(wd), out=out)
+    np.add(grad, out, out=out)
     return out
-
-
-def _axpy(y, x, alpha, out=None):
-    """``y.add(x, alpha=alpha)`` as torch: ``alpha * x + y`` fused (``alpha`` in the array's dtype)."""
-    if alpha == 1:  # nothing to fuse
-        return np.add(y, x, out=out)
-    return _fma(y.dtype.type(alpha), x, y, out=out)
-
-
-def _lerp_(a, b, w):
-    """``a.lerp_(b, w)`` as torch computes it on the CPU (fused, two formulas around w = 0.5)."""
-    if abs(w) < 0.5:
-        _axpy(a, b - a, w, out=a)
-    else:
-        _axpy(b, b - a, -(1 - w), out=a)
 
 
 def _param_list(obj, where):
@@ -157,6 +150,7 @@ class Optimizer:
         self.params: List[Parameter] = []
         self.state: List[Dict[str, Any]] = []
         self._index: Dict[int, int] = {}
+        self._scratch = _Scratch()
         for where, group in _split_groups(params):
             self._add_group(group, where)
         if not self.params:
@@ -438,7 +432,8 @@ class SGD(Optimizer):
         for o, i, p, grad in self._active():
             dt = p.data.dtype.type
             m, wd = o["momentum"], o["weight_decay"]
-            g = _axpy(grad, p.data, wd) if wd else grad  # never modified in place
+            t1, t2 = self._scratch.get(p.data)
+            g = _decayed(grad, p.data, wd, t1) if wd else grad  # grad itself is never modified
             if m:
                 buf = self.state[i].get("momentum_buffer")
                 if buf is None:
@@ -446,9 +441,19 @@ class SGD(Optimizer):
                     self.state[i]["momentum_buffer"] = buf
                 else:
                     buf *= dt(m)
-                    _axpy(buf, g, 1 - o["dampening"], out=buf)
-                g = _axpy(g, buf, m) if o["nesterov"] else buf
-            _axpy(p.data, g, -o["lr"], out=p.data)
+                    if o["dampening"]:
+                        np.multiply(g, dt(1 - o["dampening"]), out=t2)
+                        buf += t2
+                    else:
+                        buf += g
+                if o["nesterov"]:
+                    np.multiply(buf, dt(m), out=t2)
+                    g = np.add(g, t2, out=t2)
+                else:
+                    g = buf
+            step = g if (g is t1 or g is t2) else t1  # a scratch array g may be overwritten
+            np.multiply(g, dt(o["lr"]), out=step)
+            p.data -= step
 
 
 class Adam(Optimizer):
@@ -501,19 +506,26 @@ class Adam(Optimizer):
                 st["exp_avg_sq"] = np.zeros_like(p.data)
             st["step"] += 1
             t = st["step"]
+            t1, t2 = self._scratch.get(p.data)
             g = grad
             if wd and self._decoupled:
                 p.data *= dt(1 - lr * wd)
             elif wd:
-                g = _axpy(grad, p.data, wd)
+                g = _decayed(grad, p.data, wd, t1)
             m, v = st["exp_avg"], st["exp_avg_sq"]
-            _lerp_(m, g, 1 - b1)
+            np.subtract(g, m, out=t2)  # torch: exp_avg.lerp_(grad, 1 - beta1)
+            t2 *= dt(1 - b1)
+            m += t2
+            np.multiply(g, g, out=t2)  # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+            t2 *= dt(1 - b2)
             v *= dt(b2)
-            _fma(dt(1 - b2) * g, g, v, out=v)  # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-            step_size = lr / (1 - b1**t)
-            denom = np.sqrt(v) / dt((1 - b2**t) ** 0.5)
+            v += t2
+            denom = np.sqrt(v, out=t2)
+            denom /= dt(math.sqrt(1 - b2**t))
             denom += dt(o["eps"])
-            p.data += (dt(-step_size) * m) / denom  # torch: param.addcdiv_(exp_avg, denom, value=-step_size)
+            step = np.divide(m, denom, out=t2)  # torch: param.addcdiv_(exp_avg, denom, value=-step_size)
+            step *= dt(lr / (1 - b1**t))
+            p.data -= step
 
 
 class AdamW(Adam):
@@ -608,25 +620,34 @@ class RMSprop(Optimizer):
                 if wanted and slot not in st:  # zeros, as torch's first step (or an option turned on since)
                     st[slot] = np.zeros_like(p.data)
             st["step"] += 1
-            g = _axpy(grad, p.data, wd) if wd else grad
+            t1, t2 = self._scratch.get(p.data)
+            g = _decayed(grad, p.data, wd, t1) if wd else grad
             sq = st["square_avg"]
+            np.multiply(g, g, out=t2)  # torch: square_avg.mul_(alpha).addcmul_(grad, grad, 1 - alpha)
+            t2 *= dt(1 - a)
             sq *= dt(a)
-            _fma(dt(1 - a) * g, g, sq, out=sq)  # torch: addcmul_, fused
+            sq += t2
             if o["centered"]:
                 ga = st["grad_avg"]
-                _lerp_(ga, g, 1 - a)
+                np.subtract(g, ga, out=t2)  # torch: grad_avg.lerp_(grad, 1 - alpha)
+                t2 *= dt(1 - a)
+                ga += t2
+                np.multiply(ga, ga, out=t2)
+                np.subtract(sq, t2, out=t2)
                 with np.errstate(invalid="ignore"):  # as torch: a rounding below zero gives NaN
-                    avg = np.sqrt(_fma(-ga, ga, sq))
+                    avg = np.sqrt(t2, out=t2)
             else:
-                avg = np.sqrt(sq)
+                avg = np.sqrt(sq, out=t2)
             avg += dt(o["eps"])
+            step = np.divide(g, avg, out=t2)
             if m > 0:
                 buf = st["momentum_buffer"]
                 buf *= dt(m)
-                buf += g / avg
-                _axpy(p.data, buf, -o["lr"], out=p.data)
+                buf += step
+                step = np.multiply(buf, dt(o["lr"]), out=t2)
             else:
-                p.data += (dt(-o["lr"]) * g) / avg  # torch: param.addcdiv_(grad, avg, value=-lr)
+                step *= dt(o["lr"])  # torch: param.addcdiv_(grad, avg, value=-lr)
+            p.data -= step
 
 
 # ----------------------------------------------------------------------------

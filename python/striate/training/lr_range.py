@@ -20,28 +20,88 @@ from .. import _args, losses, optim
 from ..layers.chain import leaves
 from .step import NonFiniteError, train_step
 
-__all__ = ["lr_range_test", "suggest_lr"]
+__all__ = ["lr_range_test", "suggest_lr", "curve_shape"]
+
+
+FLAT_DROP = 0.1  # a smoothed loss that never falls by 10% of its starting level is "flat"
+FLAT_BAND = 0.005  # on a flat curve, losses within 0.5% of the starting level of the lowest are as low
+
+
+def _skip(n):
+    """The first steps, dominated by the smoothing warm-up, that the rules ignore."""
+    return max(1, n // 10)
+
+
+def curve_shape(lrs, smooth):
+    """``(shape, drop)``: what the smoothed loss did over the sweep, and by how much it fell.
+
+    The warm-up steps (the first tenth, where the bias-corrected average is
+    one or two batches' noise) are left out. ``drop`` is the fall from the
+    starting level (the first step after the warm-up) to the lowest point
+    after it, relative to the starting level. ``shape`` is ``"rising"`` when
+    that lowest point comes right at the start and the loss ends higher (it
+    only went up), else ``"flat"`` when ``drop`` is below ``FLAT_DROP`` (the
+    sweep never found a rate that makes progress within its steps), else
+    ``"falling"`` when the lowest point is in the last tenth (the loss still
+    fell at ``lr_max``), else ``"valley"``.
+    """
+    smooth = np.asarray(smooth, np.float64)
+    n = len(smooth)
+    skip = min(_skip(n), n - 1)
+    start = float(smooth[skip])
+    ilow = skip + int(np.argmin(smooth[skip:]))
+    drop = (start - float(smooth[ilow])) / abs(start) if start else 0.0
+    if ilow < 2 * skip and float(smooth[-1]) > start + FLAT_DROP * abs(start):
+        return "rising", drop
+    if drop < FLAT_DROP:
+        return "flat", drop
+    if ilow >= n - _skip(n):
+        return "falling", drop
+    return "valley", drop
 
 
 def suggest_lr(lrs, smooth):
     """``(suggested lr, method, lr of steepest descent or None, lr of the minimum)``.
 
     The suggestion is where the smoothed loss falls fastest against log(lr),
-    before its minimum (``"steepest"``); when that is not defined (the minimum
-    comes within the first few steps) it is the lr of the minimum / 10
-    (``"min/10"``).
+    searched only before the loss first leaves its running minimum (by a
+    tenth of its total fall) and at points on that minimum (``"steepest"``),
+    so noise on a plateau, a fall after a bump or the rise towards
+    divergence is never picked. On a flat curve (see ``curve_shape``) it is
+    the largest lr after the warm-up steps whose loss is within ``FLAT_BAND``
+    (of the starting level) of the lowest, divided by 10: the top of the
+    plateau, however the noise placed its lowest point. When the
+    minimum comes within the first steps of a curve that then rises, the lr
+    of the minimum / 10 (both ``"min/10"``): the rates just below divergence, divided by 10,
+    train with SGD and momentum where the noise of a flat curve does not.
     """
-    lrs = np.asarray(lrs)
-    smooth = np.asarray(smooth)
+    lrs = np.asarray(lrs, np.float64)
+    smooth = np.asarray(smooth, np.float64)
     imin = int(np.argmin(smooth))
     lr_min_loss = float(lrs[imin])
-    skip = max(1, len(lrs) // 10)  # the first steps are dominated by the smoothing warm-up
-    if imin - skip >= 3:
+    skip = _skip(len(lrs))
+    shape, _ = curve_shape(lrs, smooth)
+    if shape != "flat" and imin - skip >= 3:
         slope = np.gradient(smooth, np.log(lrs))
-        k = skip + int(np.argmin(slope[skip : imin + 1]))
-        if slope[k] < 0:
-            lr = float(lrs[k])
-            return lr, "steepest", lr, lr_min_loss
+        running = np.minimum.accumulate(smooth)
+        # the search stops where the loss first leaves its running minimum (by a tenth of its total fall)
+        margin = 0.1 * (smooth[skip] - smooth[imin])
+        left = np.flatnonzero(smooth[skip:] - running[skip:] > margin)
+        end = min(imin + 1, skip + int(left[0]) if len(left) else len(lrs))
+        idx = np.arange(skip, end)
+        idx = idx[smooth[idx] <= running[idx]]  # on its running minimum: a new low
+        if len(idx):
+            k = int(idx[np.argmin(slope[idx])])
+            if slope[k] < 0:
+                lr = float(lrs[k])
+                return lr, "steepest", lr, lr_min_loss
+    if shape == "flat" and len(lrs) > skip:
+        # On a flat curve where the lowest point falls is noise: take the largest lr (after the
+        # warm-up, whose values are one or two batches' noise) still within FLAT_BAND of the lowest
+        # loss, i.e. the top of the plateau just before the loss rises.
+        after = smooth[skip:]
+        near = np.flatnonzero(after <= after.min() + FLAT_BAND * abs(float(smooth[skip])))
+        return float(lrs[skip + int(near[-1])]) / 10, "min/10", None, lr_min_loss
     return lr_min_loss / 10, "min/10", None, lr_min_loss
 
 
@@ -135,7 +195,9 @@ def lr_range_test(
         ``lrs`` and ``losses`` (smoothed) for the steps run, ``raw_losses``,
         ``suggested_lr``, ``method`` (``"steepest"`` or ``"min/10"``, see
         ``suggest_lr``), ``lr_steepest`` (None when undefined),
-        ``lr_min_loss`` and ``diverged`` (whether the test stopped early).
+        ``lr_min_loss``, ``diverged`` (whether the test stopped early), and
+        ``shape`` and ``drop`` (see ``curve_shape``: ``"flat"`` when the
+        smoothed loss never fell by 10%).
     """
     model = _fresh_model(model_factory_or_model)
     y = _check(x, y, lr_min, lr_max, steps, batch_size, beta, diverge, seed)
@@ -176,7 +238,10 @@ def lr_range_test(
     if not lrs:
         raise ValueError(f"lr_range_test: the loss is not finite at lr_min={lr_min!r}")
     suggested, method, steepest, at_min = suggest_lr(lrs, smooth)
+    shape, drop = curve_shape(lrs, smooth)
     return {
+        "shape": shape,
+        "drop": drop,
         "lrs": lrs,
         "losses": smooth,
         "raw_losses": raw,

@@ -37,8 +37,11 @@ __all__ = ["LoaderBatches", "is_source", "source_batches", "split_batch"]
 
 
 def is_source(x):
-    """True when ``x`` is a batch source: iterable, and not an array or a list of samples."""
+    """True when ``x`` is a batch source: iterable, and not an array, an array-like
+    (``__array__``, such as a torch tensor) or a list of samples."""
     if isinstance(x, (np.ndarray, str, bytes, dict)) or isinstance(x, (list, tuple)) and _looks_like_samples(x):
+        return False
+    if hasattr(x, "__array__"):
         return False
     return hasattr(x, "__iter__")
 
