@@ -1,0 +1,188 @@
+// conv_internal.hpp: what the convolution files (conv2d.cpp and conv_*.cpp)
+// share: the tile contract every conv micro-kernel family follows, the
+// per-thread scratch arenas, the padded-image geometry of the direct kernels,
+// small index helpers, and the entry points of each algorithm for the
+// dispatcher in conv2d.cpp.
+//
+// Not here: the public API (conv2d.hpp), the micro-kernels themselves
+// (in each algorithm's file), anything that talks to Python.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "conv2d.hpp"
+
+namespace striate {
+namespace conv {
+
+// ---------------------------------------------------------------------------
+// Tile contract (every conv micro-kernel family follows it)
+//
+// A family is a template <shape...> over compile-time tile dimensions (A, B),
+// one instantiation per tile shape, collected in a dispatch table indexed by
+// the tile's actual dimensions (so edge tiles are simply smaller tiles). One
+// call computes one register tile: A x B accumulators of one vector of W
+// lanes each (W = 16 on AVX-512, sized for 32 registers: A*B <= 28; W = 8 on
+// AVX2, sized for 16 registers: A*B <= 12), leaving registers for the
+// operands of one step.
+//   init:   every accumulator starts from zero, from the bias, or (dw families
+//           that accumulate image after image) from the partial already in
+//           memory, as the family's `first`-style argument says;
+//   step:   for each reduction index t = 0, 1, ... in increasing order (never
+//           reordered, never split across calls or threads), load one operand
+//           as vectors, broadcast the other, and acc = fma(x, y, acc): one
+//           rounding per term;
+//   store:  each output lane is written exactly once, under a lane mask at
+//           the edges; operands are zero-padded (or masked) instead of
+//           branching, so the step loop has no edge branches. Full-vector
+//           loads may touch up to kDirectSlack floats past a padded buffer;
+//           the buffers are allocated with that slack.
+// A kernel takes raw pointers, leading dimensions and counts only: it knows
+// nothing of Conv2dShape, allocates nothing and never opens a parallel region.
+//
+// Consequences. Each output element is the same sum in the same order for any
+// tile shape and any thread count, so results are bit-identical across
+// thread counts. In every family except flat dw the order per element does
+// not depend on W either; flat dw keeps per-lane partial sums over positions
+// and adds the lanes by a fixed tree at the end, so its bits depend on W.
+//
+// Families (each in its algorithm's file): direct (MR channels x NV position vectors),
+// kvec (ROWS x NT positions x KV channel vectors), dw outer product (NR output
+// channels x MV input-channel vectors), flat dw (MK output channels x NR
+// reduction rows, lane-summed once), kvec dw (NI kernel rows x KW taps),
+// scatter dx (NR input channels x NV band vectors).
+// ---------------------------------------------------------------------------
+
+// Images per dw/db partial. Fixed (never derived from the thread count) so that
+// the reduction order, and therefore every bit of dw and db, is the same for
+// any number of threads.
+constexpr int64_t kBatchChunk = 4;
+// Floats past a padded image that full-vector loads may touch.
+constexpr int64_t kDirectSlack = 32;
+
+// A per-thread scratch buffer that grows on demand and is kept across calls,
+// so steady-state training allocates nothing here. Buffers start on a
+// 64-byte boundary, so rows whose stride is a multiple of 16 floats are read
+// with whole-cache-line vector loads.
+class Arena {
+   public:
+    float* get(int64_t n) {
+        if (n > size_) {
+            buf_.reset();  // release first so the peak is not old + new
+            buf_.reset(static_cast<float*>(
+                ::operator new[](static_cast<size_t>(n) * sizeof(float), std::align_val_t(kAlign))));
+            size_ = n;
+        }
+        return buf_.get();
+    }
+
+   private:
+    static constexpr size_t kAlign = 64;
+    struct Free {
+        void operator()(float* p) const { ::operator delete[](p, std::align_val_t(kAlign)); }
+    };
+    std::unique_ptr<float[], Free> buf_;
+    int64_t size_ = 0;
+};
+
+extern thread_local Arena tl_cols;   // im2col output
+extern thread_local Arena tl_dcols;  // input-gradient columns before col2im
+extern thread_local Arena tl_parts;  // dw/db partials (used by the calling thread only)
+extern thread_local Arena tl_pad;    // zero-padded image (direct paths)
+extern thread_local Arena tl_out;    // direct-path output before dropping the padded columns
+extern thread_local Arena tl_wpack;  // packed weights (calling thread only)
+extern thread_local Arena tl_dyT;    // transposed or flattened dy
+
+// i = hi * n + lo, decoded: `const auto [g, r] = split_index(gr, R);`.
+struct IndexPair {
+    int64_t hi, lo;
+};
+inline IndexPair split_index(int64_t i, int64_t n) { return {i / n, i % n}; }
+
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+inline int64_t ceil_div_nonneg(int64_t a, int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+
+inline bool is_pointwise(const Conv2dShape& s) {
+    return s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.pt == 0 && s.pb == 0 && s.pl == 0 && s.pr == 0;
+}
+
+// Geometry of one direct convolution: a (Cin, Hin, Win) input padded by
+// (top, bottom, left, right) into (Cin, Hp, Wp), kernel (kh, kw) with
+// dilation (dh, dw), stride 1, output (Hout, Wout) flattened with row stride Wp.
+struct DirectGeom {
+    int64_t Cin, Hin, Win, top, bottom, left, right, kh, kw, dh, dw;
+    int64_t Hp, Wp, Hout, Wout;
+    int64_t Q() const { return (Hout - 1) * Wp + Wout; }  // flattened output positions
+    int64_t R() const { return Cin * kh * kw; }
+    int64_t padded_size() const { return Cin * Hp * Wp + kDirectSlack; }
+};
+
+DirectGeom make_direct_geom(int64_t Cin, int64_t Hin, int64_t Win, int64_t top, int64_t bottom, int64_t left,
+                            int64_t right, int64_t kh, int64_t kw, int64_t dh, int64_t dw);
+// The geometry of x itself: (Cg, H, W) padded as the forward pads it.
+DirectGeom input_geom(const Conv2dShape& s);
+// The geometry of dx as a convolution of dy padded by the dilated kernel
+// extent minus the forward padding (each side must be >= 0).
+DirectGeom dx_geom(const Conv2dShape& s);
+// off[r] for r = (c, i, j): c*Hp*Wp + i*dh*Wp + j*dw.
+void direct_offsets(const DirectGeom& d, int64_t* off);
+// xp = zero-padded src. src is (Cin, Hin, Win); xp holds d.padded_size() floats.
+void pad_image(const DirectGeom& d, const float* src, float* xp);
+// Sum of n floats in a fixed order (16 interleaved lanes, then the lanes in order).
+float sum_fixed(const float* p, int64_t n);
+
+// dst[j*ldd + r] = src[r*lds + j] for r < 16, j < ncols (<= 16): 16 full lanes are
+// stored per destination row, lanes r >= nrows are zero (or, with
+// store_valid_only, only the lanes r < nrows are stored). AVX-512.
+void transpose_block16(const float* src, int64_t lds, int64_t nrows, int64_t ncols, float* dst, int64_t ldd,
+                       bool store_valid_only = false);
+// xT (Hp*Wp, ldc) = zero-padded channels-last copy of x (Cg, H, W); ldc is a multiple of 16.
+void pad_transpose(const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t Hp, int64_t ldc, const float* x, float* xT);
+// dyT (P, ldk) = transpose of dy (Kg, P); ldk is a multiple of 16, columns past Kg zero.
+void transpose_dy(int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dyT);
+
+// ---- the algorithms (one file each) ---------------------------------------
+
+// conv_direct.cpp: stride-1 forward and dx read straight from the padded image.
+bool direct_forward_ok(const Conv2dShape& s);
+bool direct_dx_ok(const Conv2dShape& s);
+void forward_direct(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads);
+void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, float* dx, int threads);
+// Estimated vector FMAs of backward_dx_direct (for the scatter-dx choice).
+double direct_dx_cost(const Conv2dShape& s);
+
+// conv_dx_scatter.cpp: stride-1 dx by bands of kernel rows.
+bool scatter_dx_better(const Conv2dShape& s);
+void backward_dx_scatter(const Conv2dShape& s, const float* dy, const float* w, float* dx, int threads);
+
+// A dw algorithm: chunk() writes the partial of images [n0, n1) into part
+// (part_size floats), reduce() sums nchunks partials in chunk order into dw
+// (K, Cg, kh, kw). chunk() runs inside a chunk task, reduce() on the caller.
+struct DwPlan {
+    int64_t part_size = 0;
+    virtual ~DwPlan() = default;
+    virtual void chunk(const float* dy, const float* x, int64_t n0, int64_t n1, float* part, int threads) const = 0;
+    virtual void reduce(const float* parts, int64_t nchunks, float* dw, int threads) const = 0;
+};
+
+// conv_dw_direct.cpp, conv_dw_kvec.cpp, conv_dw_flat.cpp, conv_gemm.cpp:
+// each returns null when its algorithm does not apply to s.
+std::unique_ptr<DwPlan> make_dw_direct(const Conv2dShape& s);
+std::unique_ptr<DwPlan> make_dw_kvec(const Conv2dShape& s);
+std::unique_ptr<DwPlan> make_dw_flat(const Conv2dShape& s);
+std::unique_ptr<DwPlan> make_dw_gemm(const Conv2dShape& s);
+
+// conv_gemm.cpp: im2col + SGEMM, the path for every shape and CPU.
+void forward_gemm(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads);
+// dx of images [n0, n1) through W^T . dy and col2im.
+void backward_dx_gemm(const Conv2dShape& s, const float* dy, const float* w, float* dx, int64_t n0, int64_t n1,
+                      int threads);
+// Partials summed in chunk order: dst[i] = sum_c src[c*len + i].
+void reduce_chunks(const float* src, int64_t nchunks, int64_t len, float* dst, int threads);
+
+}  // namespace conv
+}  // namespace striate
