@@ -2,13 +2,16 @@
 // geometry and the choice of algorithm per shape and ISA path.
 //
 // Paths, chosen from the shape and active_isa() only (never the thread count):
-//   forward, stride 1, not pointwise, AVX-512: direct kernel on the padded
+// Every specialised path exists for AVX-512 and for AVX2 (the same kernels,
+// conv_tiles.hpp, with tiles sized per ISA); the generic path takes
+// im2col + SGEMM for every shape.
+//   forward, stride 1, not pointwise: direct kernel on the padded
 //       image (conv_direct.cpp), vectors over positions or, for small outputs,
 //       over output channels; bias fused.
-//   dx, stride 1, not pointwise, AVX-512: scatter dx by bands of kernel rows
+//   dx, stride 1, not pointwise: scatter dx by bands of kernel rows
 //       (conv_dx_scatter.cpp) when it needs fewer FMAs or the padding is wider
 //       than the dilated kernel, else the direct kernel on the padded dy.
-//   dw, AVX-512, first that applies:
+//   dw, first that applies:
 //       >= 16 input channels per group, any stride: outer products on
 //           channels-last copies (conv_dw_direct.cpp);
 //       < 16 input and 12..16 output channels per group, stride 1, kernel
@@ -16,7 +19,7 @@
 //       < 16 input and <= 16 output channels per group, stride 1, output rows
 //           filling half the padded width: flat dw (conv_dw_flat.cpp).
 //   everything else (strided forward/dx, pointwise, dw with few input and
-//   many output channels, CPUs or ISA paths without AVX-512): im2col + SGEMM
+//   many output channels, the generic ISA path): im2col + SGEMM
 //   (conv_gemm.cpp).
 //   db[k] = sum_n sum_p dy[n,k,p] always in fixed-order lanes (sum_fixed).
 //
@@ -105,8 +108,9 @@ Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     int threads) {
     // x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW)
-    if (!conv::is_pointwise(s) && conv::direct_forward_ok(s)) {
-        conv::forward_direct(s, x, w, b, y, threads);
+    const conv::ConvKit* kit = conv::conv_kit();  // one ISA path for the whole call
+    if (!conv::is_pointwise(s) && conv::direct_forward_ok(s, kit)) {
+        conv::forward_direct(*kit, s, x, w, b, y, threads);
     } else {
         conv::forward_gemm(s, x, w, b, y, threads);
     }
@@ -115,10 +119,10 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 namespace {
 
 // The dw algorithm for s (see the list at the top of this file).
-std::unique_ptr<conv::DwPlan> choose_dw(const Conv2dShape& s) {
-    if (auto p = conv::make_dw_direct(s)) return p;
-    if (auto p = conv::make_dw_kvec(s)) return p;
-    if (auto p = conv::make_dw_flat(s)) return p;
+std::unique_ptr<conv::DwPlan> choose_dw(const Conv2dShape& s, const conv::ConvKit* kit) {
+    if (auto p = conv::make_dw_direct(s, kit)) return p;
+    if (auto p = conv::make_dw_kvec(s, kit)) return p;
+    if (auto p = conv::make_dw_flat(s, kit)) return p;
     return conv::make_dw_gemm(s);
 }
 
@@ -130,15 +134,16 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     // dx is (N, C, H, W), dw is (K, Cg, kh, kw), db is (K,)
     const int64_t P = s.OH * s.OW;
     const bool pointwise = conv::is_pointwise(s);
+    const conv::ConvKit* kit = conv::conv_kit();  // one ISA path for the whole call
     bool dx_gemm = false;
-    if (dx && !pointwise && conv::scatter_dx_better(s)) {
-        conv::backward_dx_scatter(s, dy, w, dx, threads);
-    } else if (dx && !pointwise && conv::direct_dx_ok(s)) {
-        conv::backward_dx_direct(s, dy, w, dx, threads);
+    if (dx && !pointwise && conv::scatter_dx_better(s, kit)) {
+        conv::backward_dx_scatter(*kit, s, dy, w, dx, threads);
+    } else if (dx && !pointwise && conv::direct_dx_ok(s, kit)) {
+        conv::backward_dx_direct(*kit, s, dy, w, dx, threads);
     } else {
         dx_gemm = dx != nullptr;  // per image, inside the chunk tasks below
     }
-    const std::unique_ptr<conv::DwPlan> plan = dw ? choose_dw(s) : nullptr;
+    const std::unique_ptr<conv::DwPlan> plan = dw ? choose_dw(s, kit) : nullptr;
 
     // Partials: chunk c owns dw_parts[c] (plan->part_size floats) and db_parts[c] (K,).
     const int64_t nchunks = (s.N + kBatchChunk - 1) / kBatchChunk;

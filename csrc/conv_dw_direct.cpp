@@ -1,11 +1,9 @@
 // conv_dw_direct.cpp: the weight gradient for 16 or more input channels per
 // group, any stride, as outer products on channels-last copies of x and dy
-// (AVX-512).
+// on the kernels of the active ISA path.
 //
 // Not here: dw for few input channels (conv_dw_kvec.cpp, conv_dw_flat.cpp,
 // conv_gemm.cpp), the batch-chunk loop that calls it (conv2d.cpp).
-#include <immintrin.h>
-
 #include <algorithm>
 #include <vector>
 
@@ -18,7 +16,7 @@ namespace conv {
 
 namespace {
 
-// ---- direct dw (AVX-512), for Cg >= 16 and any stride ------------------------
+// ---- direct dw, for Cg >= 16 and any stride -----------------------------------
 //
 // dw[k][c][i][j] = sum_n sum_p dy[n][k][p] * xpad[n][c][src(p) + i*dh*Wp + j*dw]
 // with src(p) = oh*sh*Wp + ow*sw. Per image, x is copied into a zero-padded
@@ -27,54 +25,22 @@ namespace {
 // part[i][j][k][c] += sum_p dyT[p][k] * xT[src(p) + off_ij][c]
 // is an outer-product update vectorised over c (loads) with k broadcast, and
 // no im2col matrix exists. The sum over p runs in order, images in chunk order,
-// so the result does not depend on the tiling or the thread count.
+// so the result does not depend on the tiling, the thread count or the vector
+// width.
 
-struct DwTile {
-    int mv, nr;  // vectors of 16 input channels, output channels per tile
-};
+using DwVariant = ConvKit::DwVariant;
 
-template <int MV, int NR>
-__attribute__((target("avx512f,fma"))) void dw_tile_avx512(const float* xT, int64_t ldc, const int64_t* src, int64_t P,
-                                                            const float* dyT, int64_t ldk, float* part, bool first) {
-    __m512 acc[NR][MV];
-    for (int r = 0; r < NR; ++r)
-        for (int v = 0; v < MV; ++v)
-            acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(part + r * ldc + 16 * v);
-    for (int64_t p = 0; p < P; ++p) {
-        const float* xrow = xT + src[p] * ldc;
-        __m512 xv[MV];
-        for (int v = 0; v < MV; ++v) xv[v] = _mm512_loadu_ps(xrow + 16 * v);
-        const float* drow = dyT + p * ldk;
-        for (int r = 0; r < NR; ++r) {
-            const __m512 b = _mm512_set1_ps(drow[r]);
-            for (int v = 0; v < MV; ++v) acc[r][v] = _mm512_fmadd_ps(b, xv[v], acc[r][v]);
-        }
-    }
-    for (int r = 0; r < NR; ++r)
-        for (int v = 0; v < MV; ++v) _mm512_storeu_ps(part + r * ldc + 16 * v, acc[r][v]);
-}
-
-using dw_tile_fn = void (*)(const float*, int64_t, const int64_t*, int64_t, const float*, int64_t, float*, bool);
-
-struct DwVariant {
-    DwTile t;
-    dw_tile_fn fn;
-};
-const DwVariant kDwVariants[] = {
-    {{4, 6}, dw_tile_avx512<4, 6>}, {{3, 8}, dw_tile_avx512<3, 8>}, {{2, 12}, dw_tile_avx512<2, 12>},
-    {{2, 8}, dw_tile_avx512<2, 8>}, {{1, 16}, dw_tile_avx512<1, 16>},
-};
-
-// The variant with the least padded work for Cg input and Kg output channels.
-const DwVariant& choose_dw_variant(int64_t Cg, int64_t Kg) {
-    const DwVariant* best = &kDwVariants[0];
+// The kit's variant with the least padded work for Cg input and Kg output channels.
+const DwVariant& choose_dw_variant(const ConvKit& kit, int64_t Cg, int64_t Kg) {
+    const DwVariant* best = &kit.dw[0];
     double best_work = -1;
-    for (const DwVariant& v : kDwVariants) {
+    for (const DwVariant& v : kit.dw) {
+        if (v.mv == 0) break;
         // Padded FMAs, weighted lightly by the loads each tile step issues per FMA
         // (the tiles are FMA-bound: 64->64 on 7x7 and 16x16 ran 4-6% faster with
         // the unpadded 2 x 8 tile than with 4 x 6 and its 66 padded channels).
-        const double work = double(round_up(Cg, 16 * v.t.mv) * round_up(Kg, v.t.nr)) *
-                             (1.0 + 0.1 * double(v.t.mv + v.t.nr) / double(v.t.mv * v.t.nr));
+        const double work = double(round_up(Cg, kit.W * v.mv) * round_up(Kg, v.nr)) *
+                            (1.0 + 0.1 * double(v.mv + v.nr) / double(v.mv * v.nr));
         if (best_work < 0 || work < best_work) {
             best = &v;
             best_work = work;
@@ -86,13 +52,14 @@ const DwVariant& choose_dw_variant(int64_t Cg, int64_t Kg) {
 // Partials per chunk are (groups, kh*kw, kpad, ldc): part[g][i*kw + j][k][c].
 class DwDirect final : public DwPlan {
    public:
-    explicit DwDirect(const Conv2dShape& s) : s_(s), v_(choose_dw_variant(s.C / s.groups, s.K / s.groups)) {
+    DwDirect(const ConvKit& kit, const Conv2dShape& s)
+        : kit_(kit), s_(s), v_(choose_dw_variant(kit, s.C / s.groups, s.K / s.groups)) {
         Cg_ = s.C / s.groups;
         Kg_ = s.K / s.groups;
         khw_ = s.kh * s.kw;
-        ldc_ = round_up(Cg_, 16 * v_.t.mv);
-        kpad_ = round_up(Kg_, v_.t.nr);
-        ldk_ = round_up(kpad_, 16);
+        ldc_ = round_up(Cg_, kit.W * v_.mv);
+        kpad_ = round_up(Kg_, v_.nr);
+        ldk_ = round_up(kpad_, kit.W);
         Hp_ = s.H + s.pt + s.pb;
         Wp_ = s.W + s.pl + s.pr;
         part_size = s.groups * khw_ * kpad_ * ldc_;
@@ -105,13 +72,13 @@ class DwDirect final : public DwPlan {
 
     void chunk(const float* dy, const float* x, int64_t n0, int64_t n1, float* part, int threads) const override {
         const Conv2dShape& s = s_;
-        const int64_t P = s.OH * s.OW, cstep = 16 * v_.t.mv;
+        const int64_t P = s.OH * s.OW, cstep = kit_.W * v_.mv;
         float* xT = tl_pad.get(Hp_ * Wp_ * ldc_);
         float* dyT = tl_dyT.get(P * ldk_);
         for (int64_t n = n0; n < n1; ++n) {
             for (int64_t g = 0; g < s.groups; ++g) {
-                pad_transpose(s, Cg_, Wp_, Hp_, ldc_, x + (n * s.C + g * Cg_) * s.H * s.W, xT);
-                transpose_dy(Kg_, P, ldk_, dy + (n * s.K + g * Kg_) * P, dyT);
+                pad_transpose(kit_, s, Cg_, Wp_, Hp_, ldc_, x + (n * s.C + g * Cg_) * s.H * s.W, xT);
+                transpose_dy(kit_, Kg_, P, ldk_, dy + (n * s.K + g * Kg_) * P, dyT);
                 float* pg = part + g * khw_ * kpad_ * ldc_;  // (kh*kw, kpad, ldc)
                 // Taps are independent tiles: spread over the threads when the chunks
                 // alone cannot use them (a single chunk), serial inside a chunk task.
@@ -120,7 +87,7 @@ class DwDirect final : public DwPlan {
                     [&](int64_t ij) {
                         const auto [i, j] = split_index(ij, s.kw);
                         const int64_t off_ij = i * s.dh * Wp_ + j * s.dw;
-                        for (int64_t k0 = 0; k0 < kpad_; k0 += v_.t.nr)
+                        for (int64_t k0 = 0; k0 < kpad_; k0 += v_.nr)
                             for (int64_t c0 = 0; c0 < ldc_; c0 += cstep)
                                 v_.fn(xT + off_ij * ldc_ + c0, ldc_, src_.data(), P, dyT + k0, ldk_,
                                       pg + (ij * kpad_ + k0) * ldc_ + c0, n == n0);
@@ -156,6 +123,7 @@ class DwDirect final : public DwPlan {
     }
 
    private:
+    const ConvKit& kit_;
     Conv2dShape s_;
     const DwVariant& v_;
     int64_t Cg_, Kg_, khw_, ldc_, kpad_, ldk_, Hp_, Wp_;
@@ -164,9 +132,9 @@ class DwDirect final : public DwPlan {
 
 }  // namespace
 
-std::unique_ptr<DwPlan> make_dw_direct(const Conv2dShape& s) {
-    if (is_pointwise(s) || s.C / s.groups < 16 || active_isa() != Isa::avx512) return nullptr;
-    return std::make_unique<DwDirect>(s);
+std::unique_ptr<DwPlan> make_dw_direct(const Conv2dShape& s, const ConvKit* kit) {
+    if (!kit || is_pointwise(s) || s.C / s.groups < 16) return nullptr;
+    return std::make_unique<DwDirect>(*kit, s);
 }
 
 }  // namespace conv

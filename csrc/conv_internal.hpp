@@ -5,9 +5,10 @@
 // dispatcher in conv2d.cpp.
 //
 // Not here: the public API (conv2d.hpp), the micro-kernels themselves
-// (in each algorithm's file), anything that talks to Python.
+// (conv_tiles.hpp), the vector layer (simd.hpp), anything that talks to Python.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "conv2d.hpp"
+#include "cpu.hpp"
 
 namespace striate {
 namespace conv {
@@ -46,11 +48,12 @@ namespace conv {
 //
 // Consequences. Each output element is the same sum in the same order for any
 // tile shape and any thread count, so results are bit-identical across
-// thread counts. In every family except flat dw the order per element does
-// not depend on W either; flat dw keeps per-lane partial sums over positions
-// and adds the lanes by a fixed tree at the end, so its bits depend on W.
+// thread counts. The order per element does not depend on W either: flat dw,
+// the one family that keeps per-lane partial sums, uses 16 logical lanes on
+// every ISA and one fixed tree to add them. So a shape that takes the same
+// algorithms on two ISA paths gets the same bits on both.
 //
-// Families (each in its algorithm's file): direct (MR channels x NV position vectors),
+// Families (conv_tiles.hpp, tile sizes per ISA there): direct (MR channels x NV position vectors),
 // kvec (ROWS x NT positions x KV channel vectors), dw outer product (NR output
 // channels x MV input-channel vectors), flat dw (MK output channels x NR
 // reduction rows, lane-summed once), kvec dw (NI kernel rows x KW taps),
@@ -135,29 +138,106 @@ void pad_image(const DirectGeom& d, const float* src, float* xp);
 // Sum of n floats in a fixed order (16 interleaved lanes, then the lanes in order).
 float sum_fixed(const float* p, int64_t n);
 
-// dst[j*ldd + r] = src[r*lds + j] for r < 16, j < ncols (<= 16): 16 full lanes are
-// stored per destination row, lanes r >= nrows are zero (or, with
-// store_valid_only, only the lanes r < nrows are stored). AVX-512.
-void transpose_block16(const float* src, int64_t lds, int64_t nrows, int64_t ncols, float* dst, int64_t ldd,
-                       bool store_valid_only = false);
-// xT (Hp*Wp, ldc) = zero-padded channels-last copy of x (Cg, H, W); ldc is a multiple of 16.
-void pad_transpose(const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t Hp, int64_t ldc, const float* x, float* xT);
-// dyT (P, ldk) = transpose of dy (Kg, P); ldk is a multiple of 16, columns past Kg zero.
-void transpose_dy(int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dyT);
+// ---- the micro-kernels of one ISA path ---------------------------------------
+
+// One vector of output positions of the direct kernel: input at
+// xp[off[r] + src + l], output at out[m*ldo + dst + l], for the lanes l set in
+// mask. Loads always read all W lanes (the padded buffer has kDirectSlack
+// floats of slack); stores are masked.
+struct Seg {
+    int64_t src, dst;
+    uint32_t mask;
+};
+
+using direct_tile_fn = void (*)(const float* xp, const int64_t* off, int64_t R, const float* wb, const Seg* sg,
+                                float* out, int64_t ldo, const float* bias);
+using kvec_tile_fn = void (*)(const float* xp, const int64_t* off, int64_t R, const float* wT, int64_t ldw,
+                              int64_t src0, int64_t rstep, const float* bias, int64_t nlast, float* out0,
+                              float* out1, int64_t ldt);
+using dw_tile_fn = void (*)(const float* xT, int64_t ldc, const int64_t* src, int64_t P, const float* dyT,
+                            int64_t ldk, float* part, bool first);
+using flat_dw_fn = void (*)(const float* xp, int64_t xstride, const float* dyf, int64_t ldq, int64_t dystride,
+                            int64_t nimg, const int64_t* off, const uint16_t* masks, int64_t qv, float* dst,
+                            int64_t ldd);
+using kvec_dw_fn = void (*)(const float* xp, int64_t xstride, const float* dyT, int64_t ldk, int64_t dystride,
+                            int64_t nimg, const int64_t* pair_off, int64_t OH, int64_t OW, int64_t Wp, float* dst);
+using scatter_dx_fn = void (*)(const float* dyf, int64_t ldq, int64_t Kg, int64_t kw, int64_t dil,
+                               const float* const* wrow, float* const* dst, const uint16_t* masks);
+using transpose_fn = void (*)(const float* src, int64_t lds, int64_t nrows, int64_t ncols, float* dst, int64_t ldd,
+                              bool store_valid_only);
+using flatten_fn = void (*)(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq, const float* dy,
+                            float* dyf);
+
+// Logical lanes of the flat dw on every ISA (see flat_dw_tile).
+constexpr int64_t kFlatLanes = 16;
+constexpr int kMaxDirectMR = 8, kMaxKvecNT = 12, kFlatMax = 6, kMaxKdwNI = 8, kMaxSdxNR = 2, kMaxSdxNV = 9;
+
+// The dispatch tables of every family for one ISA path (conv_tiles.hpp,
+// instantiated by conv_tiles_avx512.cpp and conv_tiles_avx2.cpp). Each table
+// is indexed by a tile's actual dimensions, entry 0 unused.
+struct ConvKit {
+    Isa isa;
+    int W;  // lanes per vector
+    // direct: two tile shapes of equal register count; fn[m] computes m <= mr channels x nv vectors.
+    struct DirectShape {
+        int mr, nv;
+        direct_tile_fn fn[kMaxDirectMR + 1];
+    } direct[2];
+    // kvec: at most kvec_nt[KV-1] positions per row; kvec[KV-1][ROWS-1][NT].
+    int kvec_nt[2];
+    std::array<kvec_tile_fn, kMaxKvecNT + 1> kvec[2][2];
+    // dw outer product: up to six variants of mv vectors x nr output channels (mv == 0 ends the list).
+    struct DwVariant {
+        int mv, nr;
+        dw_tile_fn fn;
+    };
+    std::array<DwVariant, 6> dw;
+    // flat dw: flat[mk][nr]; flat_mk(Kg) output channels per tile and flat_acc / that rows.
+    int flat_acc;
+    int64_t (*flat_mk)(int64_t Kg);
+    std::array<flat_dw_fn, kFlatMax + 1> flat[kFlatMax + 1];
+    // kvec dw: kdw[kw == 5][ni] for ni <= kdw_ni[kw == 5] kernel rows.
+    int kdw_ni[2];
+    std::array<kvec_dw_fn, kMaxKdwNI + 1> kdw[2];
+    // scatter dx: sdx[nr][nv] for nr <= sdx_nr channels and nv <= sdx_nv band vectors.
+    int sdx_nr, sdx_nv;
+    std::array<scatter_dx_fn, kMaxSdxNV + 1> sdx[kMaxSdxNR + 1];
+    transpose_fn transpose;  // W x W blocks
+    flatten_fn flatten_dy;
+};
+
+// The kits of the vector paths; null when this build or CPU has none.
+const ConvKit* kit_avx512();
+const ConvKit* kit_avx2();
+// The kit for active_isa(), read once per call by the dispatcher: null on the
+// generic path, which takes im2col + GEMM everywhere.
+const ConvKit* conv_kit();
+
+// xT (Hp*Wp, ldc) = zero-padded channels-last copy of x (Cg, H, W); ldc is a multiple of kit.W.
+void pad_transpose(const ConvKit& kit, const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t Hp, int64_t ldc,
+                   const float* x, float* xT);
+// dyT (P, ldk) = transpose of dy (Kg, P); ldk is a multiple of kit.W, columns past Kg zero.
+void transpose_dy(const ConvKit& kit, int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dyT);
 
 // ---- the algorithms (one file each) ---------------------------------------
 
+// Every vector algorithm takes the kit of the ISA path the call started on;
+// its *_ok / *_better / make_* functions answer false or null without one.
+
 // conv_direct.cpp: stride-1 forward and dx read straight from the padded image.
-bool direct_forward_ok(const Conv2dShape& s);
-bool direct_dx_ok(const Conv2dShape& s);
-void forward_direct(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads);
-void backward_dx_direct(const Conv2dShape& s, const float* dy, const float* w, float* dx, int threads);
+bool direct_forward_ok(const Conv2dShape& s, const ConvKit* kit);
+bool direct_dx_ok(const Conv2dShape& s, const ConvKit* kit);
+void forward_direct(const ConvKit& kit, const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
+                    int threads);
+void backward_dx_direct(const ConvKit& kit, const Conv2dShape& s, const float* dy, const float* w, float* dx,
+                        int threads);
 // Estimated vector FMAs of backward_dx_direct (for the scatter-dx choice).
-double direct_dx_cost(const Conv2dShape& s);
+double direct_dx_cost(const ConvKit& kit, const Conv2dShape& s);
 
 // conv_dx_scatter.cpp: stride-1 dx by bands of kernel rows.
-bool scatter_dx_better(const Conv2dShape& s);
-void backward_dx_scatter(const Conv2dShape& s, const float* dy, const float* w, float* dx, int threads);
+bool scatter_dx_better(const Conv2dShape& s, const ConvKit* kit);
+void backward_dx_scatter(const ConvKit& kit, const Conv2dShape& s, const float* dy, const float* w, float* dx,
+                         int threads);
 
 // A dw algorithm: chunk() writes the partial of images [n0, n1) into part
 // (part_size floats), reduce() sums nchunks partials in chunk order into dw
@@ -171,9 +251,9 @@ struct DwPlan {
 
 // conv_dw_direct.cpp, conv_dw_kvec.cpp, conv_dw_flat.cpp, conv_gemm.cpp:
 // each returns null when its algorithm does not apply to s.
-std::unique_ptr<DwPlan> make_dw_direct(const Conv2dShape& s);
-std::unique_ptr<DwPlan> make_dw_kvec(const Conv2dShape& s);
-std::unique_ptr<DwPlan> make_dw_flat(const Conv2dShape& s);
+std::unique_ptr<DwPlan> make_dw_direct(const Conv2dShape& s, const ConvKit* kit);
+std::unique_ptr<DwPlan> make_dw_kvec(const Conv2dShape& s, const ConvKit* kit);
+std::unique_ptr<DwPlan> make_dw_flat(const Conv2dShape& s, const ConvKit* kit);
 std::unique_ptr<DwPlan> make_dw_gemm(const Conv2dShape& s);
 
 // conv_gemm.cpp: im2col + SGEMM, the path for every shape and CPU.
