@@ -1,7 +1,10 @@
-"""Tests for the convolution kernels in striate._core (csrc/conv2d.cpp, csrc/bind_conv.cpp).
+"""Tests for the convolution kernels in striate._core (csrc/conv*.cpp, csrc/bind_conv.cpp).
 
 The oracle here is independent of striate.reference and of torch: a float64
 NumPy convolution built from a padded input, sliding_window_view and einsum.
+The oracle and determinism tests run once per ISA path the CPU supports
+(avx512, avx2, generic; the ``isa`` fixture sets it with ``_core.set_isa`` and
+restores it), and the vector paths are checked to give identical bits.
 Not here: the user-facing argument handling of striate.functional and the full
 shape grid against striate.reference (tests/test_functional.py).
 """
@@ -76,6 +79,27 @@ def assert_close(got, ref, reduction, name, params):
 
 
 # ---------------------------------------------------------------- helpers
+
+_ISA_ORDER = ("generic", "avx2", "avx512")
+
+
+def _supported_isas():
+    top = _ISA_ORDER.index(_core.detected_isa())
+    return _ISA_ORDER[: top + 1]
+
+
+@pytest.fixture(params=list(reversed(_ISA_ORDER)))
+def isa(request):
+    """Run the test on one ISA path (skipped when the CPU lacks it), then restore the previous one."""
+    if request.param not in _supported_isas():
+        pytest.skip(f"this CPU has no {request.param} path")
+    before = _core.get_isa()
+    _core.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _core.set_isa(before)
+
 
 
 def call_forward(x, w, b, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1):
@@ -157,11 +181,22 @@ CASES = [
     # One image: channel blocks, channel pairs and kernel taps are split over the threads.
     pytest.param((1, 20, 9, 9, 37, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="batch1-direct-tail-blocks"),
     pytest.param((1, 9, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1, True), id="batch1-scatter-dx"),
+    # The layers each specialised path was built for, at full size (small batches):
+    # LeNet C1 (flat dw), LeNet C3 (kvec forward, kvec dw, scatter dx), 3->32 (GEMM dw),
+    # 32->32 on 32x32 (rows mode), 64->64 and 128->128 (direct dw variants), 5x5 32->64.
+    pytest.param((3, 1, 28, 28, 6, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="layer-lenet-c1"),
+    pytest.param((3, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="layer-lenet-c3"),
+    pytest.param((2, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-3-to-32"),
+    pytest.param((2, 32, 32, 32, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-32-to-32"),
+    pytest.param((2, 64, 16, 16, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-64-to-64"),
+    pytest.param((1, 128, 16, 16, 128, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-128-to-128-batch1"),
+    pytest.param((2, 32, 14, 14, 64, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="layer-5x5-32-to-64"),
+    pytest.param((1, 64, 8, 8, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-8x8-batch1"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matches_oracle(rng, case):
+def test_matches_oracle(rng, case, isa):
     N, C, H, W, K, kh, kw, stride, pads, dil, groups, bias = case
     x, w, b = make_inputs(rng, N, C, H, W, K, kh, kw, groups, bias)
     y = call_forward(x, w, b, stride, pads, dil, groups)
@@ -216,11 +251,15 @@ DET_CASES = [
     (1, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (9, 32, 7, 7, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (5, 4, 8, 9, 40, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    # Channel counts of the big layers (direct dw variants, rows-mode direct) and 3->32.
+    (5, 64, 8, 8, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (6, 32, 16, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (5, 3, 16, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
 @pytest.mark.parametrize("case", DET_CASES)
-def test_bitwise_identical_across_thread_counts(rng, case):
+def test_bitwise_identical_across_thread_counts(rng, case, isa):
     N, C, H, W, K, kh, kw, stride, pads, dil, groups = case
     x, w, b = make_inputs(rng, N, C, H, W, K, kh, kw, groups)
     results = []
@@ -237,6 +276,34 @@ def test_bitwise_identical_across_thread_counts(rng, case):
     for threads, arrays in results[1:]:
         for name, a, b0 in zip(("y", "dx", "dw", "db"), arrays, base):
             assert a.tobytes() == b0.tobytes(), f"{name} differs between 1 and {threads} threads"
+
+
+def _all_outputs(case, seed=0):
+    N, C, H, W, K, kh, kw, stride, pads, dil, groups, bias = case
+    rng = np.random.default_rng(seed)
+    x, w, b = make_inputs(rng, N, C, H, W, K, kh, kw, groups, bias)
+    y = call_forward(x, w, b, stride, pads, dil, groups)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    return [y, *call_backward(dy, x, w, stride, pads, dil, groups)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vector_isas_give_identical_bits(case):
+    # Every specialised kernel sums each output in one order that depends on the
+    # shape only (flat dw in 16 logical lanes on both paths), and both paths
+    # choose the same algorithms, so AVX2 reproduces AVX-512 bit for bit.
+    if "avx512" not in _supported_isas():
+        pytest.skip("needs a CPU with both the avx512 and the avx2 path")
+    before = _core.get_isa()
+    try:
+        results = {}
+        for name in ("avx512", "avx2"):
+            _core.set_isa(name)
+            results[name] = _all_outputs(case)
+    finally:
+        _core.set_isa(before)
+    for what, a, b in zip(("y", "dx", "dw", "db"), results["avx512"], results["avx2"]):
+        assert a.tobytes() == b.tobytes(), f"{what} differs between avx512 and avx2"
 
 
 # ---------------------------------------------------------------- edge cases
