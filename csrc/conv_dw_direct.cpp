@@ -20,9 +20,11 @@ namespace {
 //
 // dw[k][c][i][j] = sum_n sum_p dy[n][k][p] * xpad[n][c][src(p) + i*dh*Wp + j*dw]
 // with src(p) = oh*sh*Wp + ow*sw. Per image, x is copied into a zero-padded
-// channels-last buffer xT (Hp*Wp pixels x ldc channels) and dy into dyT
-// (P x ldk), so that for each kernel tap (i, j) the partial
-// part[i][j][k][c] += sum_p dyT[p][k] * xT[src(p) + off_ij][c]
+// channels-last buffer xT (Hp*Wp pixels x ldc channels) and dy into dyP,
+// packed per tile of nr output channels (dyP[k / nr][p][k % nr], zero past
+// Kg: each tile reads nr consecutive floats per position), so that for each
+// kernel tap (i, j) the partial
+// part[i][j][k][c] += sum_p dyP[k / nr][p][k % nr] * xT[src(p) + off_ij][c]
 // is an outer-product update vectorised over c (loads) with k broadcast, and
 // no im2col matrix exists. The sum over p runs in order, images in chunk order,
 // so the result does not depend on the tiling, the thread count or the vector
@@ -39,8 +41,12 @@ const DwVariant& choose_dw_variant(const ConvKit& kit, int64_t Cg, int64_t Kg) {
         // Padded FMAs, weighted lightly by the loads each tile step issues per FMA
         // (the tiles are FMA-bound: 64->64 on 7x7 and 16x16 ran 4-6% faster with
         // the unpadded 2 x 8 tile than with 4 x 6 and its 66 padded channels).
+        // Fewer than 10 accumulators cannot hide the FMA latency (4 cycles on 2
+        // pipes): on AVX2, 32->32 ran at half the speed with the 4 x 2 tile than
+        // with 2 x 6 and its padded channels.
+        const int acc = v.mv * v.nr;
         const double work = double(round_up(Cg, kit.W * v.mv) * round_up(Kg, v.nr)) *
-                            (1.0 + 0.1 * double(v.mv + v.nr) / double(v.mv * v.nr));
+                            (1.0 + 0.1 * double(v.mv + v.nr) / double(acc)) * (acc < 10 ? 1.5 : 1.0);
         if (best_work < 0 || work < best_work) {
             best = &v;
             best_work = work;
@@ -59,7 +65,6 @@ class DwDirect final : public DwPlan {
         khw_ = s.kh * s.kw;
         ldc_ = round_up(Cg_, kit.W * v_.mv);
         kpad_ = round_up(Kg_, v_.nr);
-        ldk_ = round_up(kpad_, kit.W);
         Hp_ = s.H + s.pt + s.pb;
         Wp_ = s.W + s.pl + s.pr;
         part_size = s.groups * khw_ * kpad_ * ldc_;
@@ -74,11 +79,11 @@ class DwDirect final : public DwPlan {
         const Conv2dShape& s = s_;
         const int64_t P = s.OH * s.OW, cstep = kit_.W * v_.mv;
         float* xT = tl_pad.get(Hp_ * Wp_ * ldc_);
-        float* dyT = tl_dyT.get(P * ldk_);
+        float* dyP = tl_dyT.get(kpad_ * P);
         for (int64_t n = n0; n < n1; ++n) {
             for (int64_t g = 0; g < s.groups; ++g) {
                 pad_transpose(kit_, s, Cg_, Wp_, Hp_, ldc_, x + (n * s.C + g * Cg_) * s.H * s.W, xT);
-                transpose_dy(kit_, Kg_, P, ldk_, dy + (n * s.K + g * Kg_) * P, dyT);
+                pack_dy(dy + (n * s.K + g * Kg_) * P, P, dyP);
                 float* pg = part + g * khw_ * kpad_ * ldc_;  // (kh*kw, kpad, ldc)
                 // Taps are independent tiles: spread over the threads when the chunks
                 // alone cannot use them (a single chunk), serial inside a chunk task.
@@ -87,9 +92,11 @@ class DwDirect final : public DwPlan {
                     [&](int64_t ij) {
                         const auto [i, j] = split_index(ij, s.kw);
                         const int64_t off_ij = i * s.dh * Wp_ + j * s.dw;
-                        for (int64_t k0 = 0; k0 < kpad_; k0 += v_.nr)
-                            for (int64_t c0 = 0; c0 < ldc_; c0 += cstep)
-                                v_.fn(xT + off_ij * ldc_ + c0, ldc_, src_.data(), P, dyT + k0, ldk_,
+                        // Input-channel blocks outside: one block of xT (one cache line per
+                        // pixel) stays in L1 while the packed dy tiles stream past it.
+                        for (int64_t c0 = 0; c0 < ldc_; c0 += cstep)
+                            for (int64_t k0 = 0; k0 < kpad_; k0 += v_.nr)
+                                v_.fn(xT + off_ij * ldc_ + c0, ldc_, src_.data(), P, dyP + k0 * P, v_.nr,
                                       pg + (ij * kpad_ + k0) * ldc_ + c0, n == n0);
                     },
                     threads);
@@ -123,10 +130,24 @@ class DwDirect final : public DwPlan {
     }
 
    private:
+    // dyP[k / nr][p][k % nr] = dy[k][p] (Kg, P), zero for Kg <= k < kpad.
+    void pack_dy(const float* dy, int64_t P, float* dyP) const {
+        const int64_t nr = v_.nr;
+        for (int64_t k = 0; k < kpad_; ++k) {
+            float* dst = dyP + (k / nr) * P * nr + k % nr;
+            if (k < Kg_) {
+                const float* src = dy + k * P;
+                for (int64_t p = 0; p < P; ++p) dst[p * nr] = src[p];
+            } else {
+                for (int64_t p = 0; p < P; ++p) dst[p * nr] = 0.f;
+            }
+        }
+    }
+
     const ConvKit& kit_;
     Conv2dShape s_;
     const DwVariant& v_;
-    int64_t Cg_, Kg_, khw_, ldc_, kpad_, ldk_, Hp_, Wp_;
+    int64_t Cg_, Kg_, khw_, ldc_, kpad_, Hp_, Wp_;
     std::vector<int64_t> src_;  // src_[p]: pixel of xT under output position p for tap (0, 0)
 };
 

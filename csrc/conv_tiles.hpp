@@ -14,6 +14,7 @@
 
 constexpr bool kWide = V::W == 16;
 constexpr int W = V::W;
+constexpr uint32_t kFullMask = (1u << W) - 1u;  // all W lanes
 
 // ---- direct: MR channels x NV position vectors --------------------------------
 // out[m*ldo + sg[v].dst + l] = bias[m] + sum_r wb[r*WS + m] * xp[off[r] + sg[v].src + l]
@@ -40,6 +41,10 @@ STRIATE_TILE_TARGET void direct_tile(const float* xp, const int64_t* off, int64_
     }
     for (int v = 0; v < NV; ++v) {
         if (!sg[v].mask) continue;
+        if (sg[v].mask == kFullMask) {  // plain stores: AVX2 masked stores are slow on AMD cores
+            for (int m = 0; m < MR; ++m) V::store(out + m * ldo + sg[v].dst, acc[m][v]);
+            continue;
+        }
         const typename V::mask mask = V::bits(sg[v].mask);
         for (int m = 0; m < MR; ++m) V::mask_store(out + m * ldo + sg[v].dst, mask, acc[m][v]);
     }
@@ -262,11 +267,17 @@ std::array<scatter_dx_fn, kMaxSdxNV + 1> scatter_dx_row(std::integer_sequence<in
 // store_valid_only, only the lanes r < nrows are stored).
 STRIATE_TILE_TARGET void transpose_block(const float* src, int64_t lds, int64_t nrows, int64_t ncols, float* dst,
                                          int64_t ldd, bool store_valid_only) {
+    // Whole rows and columns take plain loads and stores (AVX2 masked stores are slow on AMD cores).
     const typename V::mask cm = V::prefix(ncols);
     typename V::reg r[W];
-    for (int i = 0; i < W; ++i) r[i] = i < nrows ? V::maskz_load(cm, src + i * lds) : V::zero();
+    for (int i = 0; i < W; ++i)
+        r[i] = i >= nrows ? V::zero() : ncols >= W ? V::load(src + i * lds) : V::maskz_load(cm, src + i * lds);
     V::transpose(r);
-    const typename V::mask rm = V::prefix(store_valid_only ? nrows : W);
+    if (!store_valid_only || nrows >= W) {
+        for (int j = 0; j < ncols; ++j) V::store(dst + j * ldd, r[j]);
+        return;
+    }
+    const typename V::mask rm = V::prefix(nrows);
     for (int j = 0; j < ncols; ++j) V::mask_store(dst + j * ldd, rm, r[j]);
 }
 
@@ -307,7 +318,7 @@ ConvKit make_kit(Isa isa) {
                  {1, 16, dw_tile<1, 16>}, {0, 0, nullptr}}};
     } else {
         // Accumulators + MV x vectors + one broadcast <= 16 registers.
-        k.dw = {{{3, 4, dw_tile<3, 4>}, {2, 6, dw_tile<2, 6>}, {1, 12, dw_tile<1, 12>}, {4, 2, dw_tile<4, 2>},
+        k.dw = {{{2, 6, dw_tile<2, 6>}, {3, 4, dw_tile<3, 4>}, {1, 12, dw_tile<1, 12>}, {4, 2, dw_tile<4, 2>},
                  {2, 4, dw_tile<2, 4>}, {1, 8, dw_tile<1, 8>}}};
     }
     k.flat_acc = kWide ? 24 : 12;
