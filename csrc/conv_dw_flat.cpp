@@ -68,8 +68,10 @@ void flat_dw_chunk(const ConvKit& kit, const Conv2dShape& s, const DirectGeom& d
         float* pg = part + g * Kg * R;  // (Kg, R)
         for (int64_t k0 = 0; k0 < Kg; k0 += mkb) {
             const int64_t mk = std::min(mkb, Kg - k0);
-            for (int64_t r0 = 0; r0 < R; r0 += nrb) {
-                const int64_t nr = std::min(nrb, R - r0);
+            // Rows split evenly over the tiles: no narrow tail tile waiting on FMA latency.
+            const int64_t ntiles = (R + nrb - 1) / nrb;
+            for (int64_t t = 0; t < ntiles; ++t) {
+                const int64_t r0 = t * R / ntiles, nr = (t + 1) * R / ntiles - r0;
                 kit.flat[mk][static_cast<size_t>(nr)](
                     xp, xstride, dyf + k0 * ldq, ldq, dystride, nimg, off + r0, masks.data(), qv, pg + k0 * R + r0, R);
             }

@@ -292,8 +292,14 @@ STRIATE_TILE_TARGET void flatten_dy(int64_t Kg, int64_t OH, int64_t OW, int64_t 
             float* drow = dk + h * Wp;
             const float* srow = src + h * OW;
             const int64_t row_end = std::min(Wp, ldq - h * Wp);  // write [0, row_end): data, then zeros
-            for (int64_t w0 = 0; w0 < row_end; w0 += W)
-                V::mask_store(drow + w0, V::prefix(row_end - w0), V::maskz_load(V::prefix(OW - w0), srow + w0));
+            for (int64_t w0 = 0; w0 < row_end; w0 += W) {
+                const typename V::reg v = w0 + W <= OW ? V::load(srow + w0) : V::maskz_load(V::prefix(OW - w0), srow + w0);
+                if (w0 + W <= row_end) {
+                    V::store(drow + w0, v);  // plain stores where they fit: AVX2 masked stores are slow on AMD cores
+                } else {
+                    V::mask_store(drow + w0, V::prefix(row_end - w0), v);
+                }
+            }
         }
         for (int64_t q = OH * Wp; q < ldq; ++q) dk[q] = 0.f;
     }
