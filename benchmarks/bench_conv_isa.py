@@ -8,7 +8,7 @@ forward+backward (dx, dw, db) is timed for PyTorch and for striate on each
 path. The calls are interleaved (one of each, round after round), so that the
 load of a shared machine hits all of them alike; each cell is the median over
 ``--repeat`` rounds after a warm-up. Prints the CPU model, a markdown table of
-ms and GFLOP/s per layer and the ratios PyTorch time / striate time, with
+ms and GFLOP/s per layer (``--stat``: median, or min) and the ratios PyTorch time / striate time, with
 their geometric means.
 
 Not a test: it sets no speed limits. Run it with numpy's BLAS overrides removed::
@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=15, help="timed rounds per layer (median)")
     ap.add_argument("--isa", default=None, help="comma-separated ISA paths to time (default: avx512,avx2 as supported)")
     ap.add_argument("--only", default=None, help="substring: time only the layers whose name contains it")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="per-cell statistic over the rounds (min is less sensitive to a loaded machine)")
     args = ap.parse_args()
 
     order = ("generic", "avx2", "avx512")
@@ -105,7 +107,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     before = _core.get_isa()
     print(f"# conv fwd+bwd per ISA path; CPU: {cpu_model()}; threads {args.threads}; "
-          f"torch {torch.__version__ if torch else 'absent'}; median of {args.repeat} interleaved rounds")
+          f"torch {torch.__version__ if torch else 'absent'}; {args.stat} of {args.repeat} interleaved rounds")
     head = ["layer", "PyTorch ms"] + [f"{i} ms" for i in isas] + [f"{i} GFLOP/s" for i in isas]
     head += [f"PyTorch/{i}" for i in isas]
     print("| " + " | ".join(head) + " |")
@@ -146,7 +148,8 @@ def main() -> None:
                     fn()
                     if rnd >= 2:  # two warm-up rounds
                         times[key].append(time.perf_counter() - t0)
-            ms = {key: 1e3 * float(np.median(v)) for key, v in times.items()}
+            reduce_ = np.min if args.stat == "min" else np.median
+            ms = {key: 1e3 * float(reduce_(v)) for key, v in times.items()}
             flops = 3 * 2.0 * N * K * OH * OH * C * k * k
             row = [name, f"{ms['pytorch']:.2f}" if "pytorch" in ms else "-"]
             row += [f"{ms[i]:.2f}" for i in isas]

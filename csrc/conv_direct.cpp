@@ -277,7 +277,8 @@ void backward_dx_direct(const ConvKit& kit, const Conv2dShape& s, const float* d
             s.groups * R,
             [&](int64_t gr) {
                 const auto [g, r] = split_index(gr, R);
-                const int64_t k = r / khw, i = r % khw / s.kw, j = r % s.kw;
+                const auto [k, ij] = split_index(r, khw);
+                const auto [i, j] = split_index(ij, s.kw);
                 for (int64_t c = 0; c < ldw; ++c)
                     wT[gr * ldw + c] =
                         c < Cg ? w[((g * Kg + k) * Cg + c) * khw + (s.kh - 1 - i) * s.kw + (s.kw - 1 - j)] : 0.f;

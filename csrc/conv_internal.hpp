@@ -24,25 +24,28 @@ namespace conv {
 // ---------------------------------------------------------------------------
 // Tile contract (every conv micro-kernel family follows it)
 //
-// A family is a template <shape...> over compile-time tile dimensions (A, B),
-// one instantiation per tile shape, collected in a dispatch table indexed by
-// the tile's actual dimensions (so edge tiles are simply smaller tiles). One
-// call computes one register tile: A x B accumulators of one vector of W
-// lanes each (W = 16 on AVX-512, sized for 32 registers: A*B <= 28; W = 8 on
-// AVX2, sized for 16 registers: A*B <= 12), leaving registers for the
-// operands of one step.
+// A family is a function template over compile-time tile dimensions (A, B),
+// written once over the vector type V of simd.hpp and instantiated per ISA
+// path (conv_tiles_avx512.cpp, conv_tiles_avx2.cpp), one instantiation per
+// tile shape, collected in the ConvKit table indexed by the tile's actual
+// dimensions (so edge tiles are simply smaller tiles). One call computes one
+// register tile: A x B accumulators of one vector of W lanes each (W = 16 on
+// AVX-512, sized for 32 registers: A*B <= 28; W = 8 on AVX2, sized for 16
+// registers: A*B <= 12 with the operands of one step in the other 4 and at
+// least 10 accumulators where possible, to hide the 4-cycle FMA latency).
 //   init:   every accumulator starts from zero, from the bias, or (dw families
 //           that accumulate image after image) from the partial already in
 //           memory, as the family's `first`-style argument says;
 //   step:   for each reduction index t = 0, 1, ... in increasing order (never
-//           reordered, never split across calls or threads), load one operand
-//           as vectors, broadcast the other, and acc = fma(x, y, acc): one
-//           rounding per term;
-//   store:  each output lane is written exactly once, under a lane mask at
-//           the edges; operands are zero-padded (or masked) instead of
-//           branching, so the step loop has no edge branches. Full-vector
-//           loads may touch up to kDirectSlack floats past a padded buffer;
-//           the buffers are allocated with that slack.
+//           reordered, never split across threads), load one operand as
+//           vectors, broadcast the other, and acc = fma(x, y, acc): one
+//           rounding per term. A reduction split across calls (dw over images)
+//           resumes from the exact partial, so the order is unchanged;
+//   store:  each output lane is written exactly once, plain stores for whole
+//           vectors and masked stores at the edges; operands are zero-padded
+//           (or masked) instead of branching, so the step loop has no edge
+//           branches. Full-vector loads may touch up to kDirectSlack floats
+//           past a padded buffer; the buffers are allocated with that slack.
 // A kernel takes raw pointers, leading dimensions and counts only: it knows
 // nothing of Conv2dShape, allocates nothing and never opens a parallel region.
 //
@@ -50,14 +53,16 @@ namespace conv {
 // tile shape and any thread count, so results are bit-identical across
 // thread counts. The order per element does not depend on W either: flat dw,
 // the one family that keeps per-lane partial sums, uses 16 logical lanes on
-// every ISA and one fixed tree to add them. So a shape that takes the same
-// algorithms on two ISA paths gets the same bits on both.
+// every ISA and one fixed tree to add them, and the dispatcher's choices that
+// change the order (scatter or direct dx) are made with the same cost model on
+// both paths. So AVX2 and AVX-512 give the same bits; the generic path
+// (im2col + GEMM) does not.
 //
-// Families (conv_tiles.hpp, tile sizes per ISA there): direct (MR channels x NV position vectors),
-// kvec (ROWS x NT positions x KV channel vectors), dw outer product (NR output
-// channels x MV input-channel vectors), flat dw (MK output channels x NR
-// reduction rows, lane-summed once), kvec dw (NI kernel rows x KW taps),
-// scatter dx (NR input channels x NV band vectors).
+// Families (conv_tiles.hpp, with their tile sizes per ISA): direct (MR
+// channels x NV position vectors), kvec (ROWS x NT positions x KV channel
+// vectors), dw outer product (NR output channels x MV input-channel vectors),
+// flat dw (MK output channels x NR reduction rows, lane-summed once), kvec dw
+// (NI kernel rows x KW taps), scatter dx (NR input channels x NV band vectors).
 // ---------------------------------------------------------------------------
 
 // Images per dw/db partial. Fixed (never derived from the thread count) so that
