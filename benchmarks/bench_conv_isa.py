@@ -94,6 +94,9 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="substring: time only the layers whose name contains it")
     ap.add_argument("--stat", choices=("median", "min"), default="median",
                     help="per-cell statistic over the rounds (min is less sensitive to a loaded machine)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or the process's CPU time over all its threads (insensitive to "
+                         "other processes on a loaded machine; GFLOP/s are then per CPU-second)")
     args = ap.parse_args()
 
     order = ("generic", "avx2", "avx512")
@@ -107,7 +110,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     before = _core.get_isa()
     print(f"# conv fwd+bwd per ISA path; CPU: {cpu_model()}; threads {args.threads}; "
-          f"torch {torch.__version__ if torch else 'absent'}; {args.stat} of {args.repeat} interleaved rounds")
+          f"torch {torch.__version__ if torch else 'absent'}; {args.stat} {args.clock} time of {args.repeat} interleaved rounds")
     head = ["layer", "PyTorch ms"] + [f"{i} ms" for i in isas] + [f"{i} GFLOP/s" for i in isas]
     head += [f"PyTorch/{i}" for i in isas]
     print("| " + " | ".join(head) + " |")
@@ -142,12 +145,13 @@ def main() -> None:
                     torch.nn.functional.conv2d(xx, ww, bb, stride=stride, padding=pad).backward(tdy)
                 calls["pytorch"] = t_run
             times = {key: [] for key in calls}
+            clock = time.process_time if args.clock == "cpu" else time.perf_counter
             for rnd in range(args.repeat + 2):
                 for key, fn in calls.items():
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     fn()
                     if rnd >= 2:  # two warm-up rounds
-                        times[key].append(time.perf_counter() - t0)
+                        times[key].append(clock() - t0)
             reduce_ = np.min if args.stat == "min" else np.median
             ms = {key: 1e3 * float(reduce_(v)) for key, v in times.items()}
             flops = 3 * 2.0 * N * K * OH * OH * C * k * k
