@@ -79,7 +79,7 @@ class DwDirect final : public DwPlan {
         const Conv2dShape& s = s_;
         const int64_t P = s.OH * s.OW, cstep = kit_.W * v_.mv;
         float* xT = tl_pad.get(Hp_ * Wp_ * ldc_);
-        float* dyP = tl_dyT.get(kpad_ * P);
+        float* dyP = tl_dyT.get(kpad_ * P + kit_.W);
         for (int64_t n = n0; n < n1; ++n) {
             for (int64_t g = 0; g < s.groups; ++g) {
                 pad_transpose(kit_, s, Cg_, Wp_, Hp_, ldc_, x + (n * s.C + g * Cg_) * s.H * s.W, xT);
@@ -130,17 +130,18 @@ class DwDirect final : public DwPlan {
     }
 
    private:
-    // dyP[k / nr][p][k % nr] = dy[k][p] (Kg, P), zero for Kg <= k < kpad.
+    // dyP[k / nr][p][k % nr] = dy[k][p] (Kg, P), zero for Kg <= k < kpad; dyP
+    // has kit.W floats of slack. Each block of nr channels x W positions is one
+    // W x W transpose whose destination rows (nr floats apart) overlap: row
+    // p + 1 overwrites the zero lanes past nr of row p, so writing them in order
+    // leaves exactly the packed layout.
     void pack_dy(const float* dy, int64_t P, float* dyP) const {
-        const int64_t nr = v_.nr;
-        for (int64_t k = 0; k < kpad_; ++k) {
-            float* dst = dyP + (k / nr) * P * nr + k % nr;
-            if (k < Kg_) {
-                const float* src = dy + k * P;
-                for (int64_t p = 0; p < P; ++p) dst[p * nr] = src[p];
-            } else {
-                for (int64_t p = 0; p < P; ++p) dst[p * nr] = 0.f;
-            }
+        const int64_t nr = v_.nr, W = kit_.W;
+        for (int64_t k0 = 0; k0 < kpad_; k0 += nr) {
+            const int64_t nrows = std::max<int64_t>(0, std::min(nr, Kg_ - k0));
+            for (int64_t p0 = 0; p0 < P; p0 += W)
+                kit_.transpose(dy + std::min(k0, Kg_ - 1) * P + p0, P, nrows, std::min(W, P - p0),
+                               dyP + (k0 * P + p0 * nr), nr, false);
         }
     }
 
