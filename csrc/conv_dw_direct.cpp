@@ -69,22 +69,34 @@ class DwDirect final : public DwPlan {
         Wp_ = s.W + s.pl + s.pr;
         part_size = s.groups * khw_ * kpad_ * ldc_;
         const int64_t P = s.OH * s.OW;
-        src_.resize(static_cast<size_t>(P));
-        for (int64_t oh = 0; oh < s.OH; ++oh)
-            for (int64_t ow = 0; ow < s.OW; ++ow)
-                src_[static_cast<size_t>(oh * s.OW + ow)] = oh * s.sh * Wp_ + ow * s.sw;
+        // Images per tile call: as many as keep one input-channel block of their
+        // xT (Hp*Wp pixels of W*mv floats) within about 24 KB of L1, so small
+        // planes (8x8) do not pay the tile's set-up once per few positions.
+        const int64_t slice = Hp_ * Wp_ * kit.W * v_.mv * int64_t(sizeof(float));
+        ipc_ = std::max<int64_t>(1, std::min<int64_t>(kBatchChunk, 24576 / slice));
+        // src_[i*P + p]: the pixel of image i of a call under output position p for tap (0, 0).
+        src_.resize(static_cast<size_t>(ipc_ * P));
+        for (int64_t i = 0; i < ipc_; ++i)
+            for (int64_t oh = 0; oh < s.OH; ++oh)
+                for (int64_t ow = 0; ow < s.OW; ++ow)
+                    src_[static_cast<size_t>(i * P + oh * s.OW + ow)] = i * Hp_ * Wp_ + oh * s.sh * Wp_ + ow * s.sw;
     }
 
     void chunk(const float* dy, const float* x, int64_t n0, int64_t n1, float* part, int threads) const override {
         const Conv2dShape& s = s_;
-        const int64_t P = s.OH * s.OW, cstep = kit_.W * v_.mv;
-        float* xT = tl_pad.get(Hp_ * Wp_ * ldc_);
-        float* dyP = tl_dyT.get(kpad_ * P + kit_.W);
-        for (int64_t n = n0; n < n1; ++n) {
-            for (int64_t g = 0; g < s.groups; ++g) {
-                pad_transpose(kit_, s, Cg_, Wp_, Hp_, ldc_, x + (n * s.C + g * Cg_) * s.H * s.W, xT);
-                pack_dy(dy + (n * s.K + g * Kg_) * P, P, dyP);
-                float* pg = part + g * khw_ * kpad_ * ldc_;  // (kh*kw, kpad, ldc)
+        const int64_t P = s.OH * s.OW, cstep = kit_.W * v_.mv, xsize = Hp_ * Wp_ * ldc_;
+        float* xT = tl_pad.get(ipc_ * xsize);
+        float* dyP = tl_dyT.get(kpad_ * ipc_ * P + kit_.W);
+        for (int64_t g = 0; g < s.groups; ++g) {
+            float* pg = part + g * khw_ * kpad_ * ldc_;  // (kh*kw, kpad, ldc)
+            // Images nb .. nb+m-1 in one pass: each tile runs over their m*P positions
+            // in image order, as image-by-image calls would.
+            for (int64_t nb = n0; nb < n1; nb += ipc_) {
+                const int64_t m = std::min(ipc_, n1 - nb), mP = m * P;
+                for (int64_t i = 0; i < m; ++i)
+                    pad_transpose(kit_, s, Cg_, Wp_, Hp_, ldc_, x + ((nb + i) * s.C + g * Cg_) * s.H * s.W,
+                                  xT + i * xsize);
+                pack_dy(dy + (nb * s.K + g * Kg_) * P, s.K * P, m, P, dyP);
                 // Taps are independent tiles: spread over the threads when the chunks
                 // alone cannot use them (a single chunk), serial inside a chunk task.
                 parallel_for(
@@ -96,8 +108,8 @@ class DwDirect final : public DwPlan {
                         // pixel) stays in L1 while the packed dy tiles stream past it.
                         for (int64_t c0 = 0; c0 < ldc_; c0 += cstep)
                             for (int64_t k0 = 0; k0 < kpad_; k0 += v_.nr)
-                                v_.fn(xT + off_ij * ldc_ + c0, ldc_, src_.data(), P, dyP + k0 * P, v_.nr,
-                                      pg + (ij * kpad_ + k0) * ldc_ + c0, n == n0);
+                                v_.fn(xT + off_ij * ldc_ + c0, ldc_, src_.data(), mP, dyP + k0 * mP, v_.nr,
+                                      pg + (ij * kpad_ + k0) * ldc_ + c0, nb == n0);
                     },
                     threads);
             }
@@ -130,26 +142,28 @@ class DwDirect final : public DwPlan {
     }
 
    private:
-    // dyP[k / nr][p][k % nr] = dy[k][p] (Kg, P), zero for Kg <= k < kpad; dyP
-    // has kit.W floats of slack. Each block of nr channels x W positions is one
-    // W x W transpose whose destination rows (nr floats apart) overlap: row
-    // p + 1 overwrites the zero lanes past nr of row p, so writing them in order
-    // leaves exactly the packed layout.
-    void pack_dy(const float* dy, int64_t P, float* dyP) const {
+    // dyP[k / nr][i*P + p][k % nr] = dy[i][k][p] for m images of dy (image
+    // stride ldi, each (Kg, P)), zero for Kg <= k < kpad; dyP has kit.W floats
+    // of slack. Each block of nr channels x W positions is one W x W transpose
+    // whose destination rows (nr floats apart) overlap: the next row overwrites
+    // the zero lanes past nr of the row before, so writing the rows in order
+    // (tiles, then images, then positions) leaves exactly the packed layout.
+    void pack_dy(const float* dy, int64_t ldi, int64_t m, int64_t P, float* dyP) const {
         const int64_t nr = v_.nr, W = kit_.W;
         for (int64_t k0 = 0; k0 < kpad_; k0 += nr) {
             const int64_t nrows = std::max<int64_t>(0, std::min(nr, Kg_ - k0));
-            for (int64_t p0 = 0; p0 < P; p0 += W)
-                kit_.transpose(dy + std::min(k0, Kg_ - 1) * P + p0, P, nrows, std::min(W, P - p0),
-                               dyP + (k0 * P + p0 * nr), nr, false);
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t p0 = 0; p0 < P; p0 += W)
+                    kit_.transpose(dy + i * ldi + std::min(k0, Kg_ - 1) * P + p0, P, nrows, std::min(W, P - p0),
+                                   dyP + (k0 * m * P + (i * P + p0) * nr), nr, false);
         }
     }
 
     const ConvKit& kit_;
     Conv2dShape s_;
     const DwVariant& v_;
-    int64_t Cg_, Kg_, khw_, ldc_, kpad_, Hp_, Wp_;
-    std::vector<int64_t> src_;  // src_[p]: pixel of xT under output position p for tap (0, 0)
+    int64_t Cg_, Kg_, khw_, ldc_, kpad_, Hp_, Wp_, ipc_;
+    std::vector<int64_t> src_;
 };
 
 }  // namespace
