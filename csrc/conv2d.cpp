@@ -1,10 +1,11 @@
 // conv2d.cpp: 2-D convolution forward and backward (float32, NCHW): argument
 // geometry and the choice of algorithm per shape and ISA path.
 //
-// Paths, chosen from the shape and active_isa() only (never the thread count):
-// Every specialised path exists for AVX-512 and for AVX2 (the same kernels,
-// conv_tiles.hpp, with tiles sized per ISA); the generic path takes
-// im2col + SGEMM for every shape.
+// Paths, chosen from the shape and the ISA path only (never the thread count;
+// active_isa() is read once per call). Every specialised path exists for
+// AVX-512 and for AVX2 (the same kernels, conv_tiles.hpp, with tiles sized per
+// ISA, and the same choices, so both give the same bits); the generic path
+// takes im2col + SGEMM for every shape.
 //   forward, stride 1, not pointwise: direct kernel on the padded
 //       image (conv_direct.cpp), vectors over positions or, for small outputs,
 //       over output channels; bias fused.
@@ -34,7 +35,7 @@
 // buffers live in per-thread arenas kept across calls (conv_internal.hpp).
 //
 // Not here: argument checks against Python objects (bind_conv.cpp), the
-// kernels (conv_*.cpp), the GEMM (gemm.cpp).
+// algorithms (conv_*.cpp), the SIMD layer (simd.hpp), the GEMM (gemm.cpp).
 #include "conv2d.hpp"
 
 #include <algorithm>
