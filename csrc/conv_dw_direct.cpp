@@ -144,19 +144,23 @@ class DwDirect final : public DwPlan {
    private:
     // dyP[k / nr][i*P + p][k % nr] = dy[i][k][p] for m images of dy (image
     // stride ldi, each (Kg, P)), zero for Kg <= k < kpad; dyP has kit.W floats
-    // of slack. Each block of nr channels x W positions is one W x W transpose
-    // whose destination rows (nr floats apart) overlap: the next row overwrites
-    // the zero lanes past nr of the row before, so writing the rows in order
-    // (tiles, then images, then positions) leaves exactly the packed layout.
+    // of slack. Each block of up to W channels x W positions is one W x W
+    // transpose into rows nr floats apart, W lanes stored per row: the lanes
+    // past the tile's nr run into the next row's first lanes. So the channel
+    // sub-blocks of a tile (nr may exceed W) are written last one first, and
+    // tiles, images and positions in increasing order: every lane that runs
+    // over is overwritten afterwards by the data that belongs there.
     void pack_dy(const float* dy, int64_t ldi, int64_t m, int64_t P, float* dyP) const {
         const int64_t nr = v_.nr, W = kit_.W;
-        for (int64_t k0 = 0; k0 < kpad_; k0 += nr) {
-            const int64_t nrows = std::max<int64_t>(0, std::min(nr, Kg_ - k0));
+        for (int64_t k0 = 0; k0 < kpad_; k0 += nr)
             for (int64_t i = 0; i < m; ++i)
                 for (int64_t p0 = 0; p0 < P; p0 += W)
-                    kit_.transpose(dy + i * ldi + std::min(k0, Kg_ - 1) * P + p0, P, nrows, std::min(W, P - p0),
-                                   dyP + (k0 * m * P + (i * P + p0) * nr), nr, false);
-        }
+                    for (int64_t sub = (nr - 1) / W * W; sub >= 0; sub -= W) {
+                        const int64_t kb = k0 + sub;
+                        const int64_t nrows = std::max<int64_t>(0, std::min({W, nr - sub, Kg_ - kb}));
+                        kit_.transpose(dy + i * ldi + std::min(kb, Kg_ - 1) * P + p0, P, nrows,
+                                       std::min(W, P - p0), dyP + (k0 * m * P + (i * P + p0) * nr + sub), nr, false);
+                    }
     }
 
     const ConvKit& kit_;

@@ -192,6 +192,10 @@ CASES = [
     pytest.param((1, 128, 16, 16, 128, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-128-to-128-batch1"),
     pytest.param((2, 32, 14, 14, 64, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="layer-5x5-32-to-64"),
     pytest.param((1, 64, 8, 8, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-8x8-batch1"),
+    # 33 -> 24 channels: the AVX2 direct dw takes its 1 x 12 tile, whose 12 output
+    # channels per tile are packed in two transposes of 8 (wider than a vector).
+    pytest.param((2, 33, 6, 9, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="direct-dw-tile-wider-than-vector"),
+    pytest.param((5, 33, 5, 7, 24, 1, 4, (1, 1), (2, 2, 3, 2), (1, 1), 1, False), id="direct-dw-wide-tile-images"),
 ]
 
 
@@ -304,6 +308,55 @@ def test_vector_isas_give_identical_bits(case):
         _core.set_isa(before)
     for what, a, b in zip(("y", "dx", "dw", "db"), results["avx512"], results["avx2"]):
         assert a.tobytes() == b.tobytes(), f"{what} differs between avx512 and avx2"
+
+
+def _random_case(rng):
+    groups = int(rng.choice([1, 1, 1, 2, 3]))
+    Cg = int(rng.choice([1, 2, 3, 5, 6, 7, 12, 15, 16, 17, 20, 32, 33]))
+    Kg = int(rng.choice([1, 4, 6, 8, 12, 13, 16, 17, 24, 32, 40]))
+    kh, kw = (int(v) for v in rng.integers(1, 6, size=2))
+    dh, dw = (int(v) for v in rng.choice([1, 1, 2], size=2))
+    H = int(rng.integers(max(1, dh * (kh - 1)), 16))
+    W = int(rng.integers(max(1, dw * (kw - 1)), 34))
+    pads = tuple(int(v) for v in rng.integers(0, 4, size=4))
+    stride = (1, 1) if rng.random() < 0.8 else tuple(int(v) for v in rng.integers(1, 3, size=2))
+    N = int(rng.integers(1, 7))
+    return (N, Cg * groups, H, W, Kg * groups, kh, kw, stride, pads, (dh, dw), groups, bool(rng.random() < 0.5))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_shapes_agree_across_isas(seed):
+    # Random geometry reaches tile shapes and tails the fixed cases may miss: the
+    # vector paths must give the same bits, and all paths must match the oracle.
+    rng = np.random.default_rng(seed)
+    before = _core.get_isa()
+    try:
+        for _ in range(12):
+            case = _random_case(rng)
+            N, C, H, W, K, kh, kw, stride, pads, dil, groups, bias = case
+            if H + pads[0] + pads[1] < dil[0] * (kh - 1) + 1 or W + pads[2] + pads[3] < dil[1] * (kw - 1) + 1:
+                continue
+            results = {}
+            for name in _supported_isas():
+                _core.set_isa(name)
+                results[name] = _all_outputs(case, seed)
+            if "avx512" in results:
+                for what, a, b2 in zip(("y", "dx", "dw", "db"), results["avx512"], results["avx2"]):
+                    assert a.tobytes() == b2.tobytes(), f"{what} differs between avx512 and avx2 for {case}"
+            # The oracle on the inputs and dy _all_outputs drew.
+            rng_case = np.random.default_rng(seed)
+            x, w, b = make_inputs(rng_case, N, C, H, W, K, kh, kw, groups, bias)
+            y_ref = ref_forward(x, w, b, stride, pads, dil, groups)
+            dy = rng_case.standard_normal(y_ref.shape, dtype=np.float32)
+            dx_ref, dw_ref, db_ref = ref_backward(dy, x, w, stride, pads, dil, groups)
+            OH, OW = y_ref.shape[2:]
+            for name, (y, dx, dw, db) in results.items():
+                assert_close(y, y_ref, (C // groups) * kh * kw, f"y [{name}]", case)
+                assert_close(dx, dx_ref, (K // groups) * kh * kw, f"dx [{name}]", case)
+                assert_close(dw, dw_ref, N * OH * OW, f"dw [{name}]", case)
+                assert_close(db, db_ref, N * OH * OW, f"db [{name}]", case)
+    finally:
+        _core.set_isa(before)
 
 
 # ---------------------------------------------------------------- edge cases
