@@ -2,9 +2,12 @@
 //
 // Geometry follows torch.nn.functional.conv2d: per-side padding (top, bottom,
 // left, right may differ), stride, dilation, groups; weight is
-// (K, C/groups, kh, kw). Results are bit-identical for any thread count: work
-// is split over images only, and the batch reduction for dw/db runs over
-// fixed-size chunks of images whose partials are summed in index order.
+// (K, C/groups, kh, kw). Results are bit-identical for any thread count:
+// threads split independent outputs only (images, and within an image channel
+// blocks or kernel taps), each output is summed in one fixed order, and the
+// batch reduction for dw/db runs over fixed-size chunks of images whose
+// partials are summed in index order. The algorithm (conv2d.cpp) depends on
+// the shape and the ISA path (cpu.hpp).
 //
 // Not here: argument checking against Python objects (bind_conv.cpp), float64,
 // other layouts (NHWC), transposed convolution.

@@ -1,7 +1,10 @@
-"""Tests for the convolution kernels in striate._core (csrc/conv2d.cpp, csrc/bind_conv.cpp).
+"""Tests for the convolution kernels in striate._core (csrc/conv*.cpp, csrc/bind_conv.cpp).
 
 The oracle here is independent of striate.reference and of torch: a float64
 NumPy convolution built from a padded input, sliding_window_view and einsum.
+The oracle and determinism tests run once per ISA path the CPU supports
+(avx512, avx2, generic; the ``isa`` fixture sets it with ``_core.set_isa`` and
+restores it), and the vector paths are checked to give identical bits.
 Not here: the user-facing argument handling of striate.functional and the full
 shape grid against striate.reference (tests/test_functional.py).
 """
@@ -76,6 +79,27 @@ def assert_close(got, ref, reduction, name, params):
 
 
 # ---------------------------------------------------------------- helpers
+
+_ISA_ORDER = ("generic", "avx2", "avx512")
+
+
+def _supported_isas():
+    top = _ISA_ORDER.index(_core.detected_isa())
+    return _ISA_ORDER[: top + 1]
+
+
+@pytest.fixture(params=list(reversed(_ISA_ORDER)))
+def isa(request):
+    """Run the test on one ISA path (skipped when the CPU lacks it), then restore the previous one."""
+    if request.param not in _supported_isas():
+        pytest.skip(f"this CPU has no {request.param} path")
+    before = _core.get_isa()
+    _core.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _core.set_isa(before)
+
 
 
 def call_forward(x, w, b, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1):
@@ -157,6 +181,21 @@ CASES = [
     # One image: channel blocks, channel pairs and kernel taps are split over the threads.
     pytest.param((1, 20, 9, 9, 37, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="batch1-direct-tail-blocks"),
     pytest.param((1, 9, 9, 13, 10, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1, True), id="batch1-scatter-dx"),
+    # The layers each specialised path was built for, at full size (small batches):
+    # LeNet C1 (flat dw), LeNet C3 (kvec forward, kvec dw, scatter dx), 3->32 (GEMM dw),
+    # 32->32 on 32x32 (rows mode), 64->64 and 128->128 (direct dw variants), 5x5 32->64.
+    pytest.param((3, 1, 28, 28, 6, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="layer-lenet-c1"),
+    pytest.param((3, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="layer-lenet-c3"),
+    pytest.param((2, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-3-to-32"),
+    pytest.param((2, 32, 32, 32, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-32-to-32"),
+    pytest.param((2, 64, 16, 16, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-64-to-64"),
+    pytest.param((1, 128, 16, 16, 128, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-128-to-128-batch1"),
+    pytest.param((2, 32, 14, 14, 64, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="layer-5x5-32-to-64"),
+    pytest.param((1, 64, 8, 8, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="layer-8x8-batch1"),
+    # 33 -> 24 channels: the AVX2 direct dw takes its 1 x 12 tile, whose 12 output
+    # channels per tile are packed in two transposes of 8 (wider than a vector).
+    pytest.param((2, 33, 6, 9, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="direct-dw-tile-wider-than-vector"),
+    pytest.param((5, 33, 5, 7, 24, 1, 4, (1, 1), (2, 2, 3, 2), (1, 1), 1, False), id="direct-dw-wide-tile-images"),
 ]
 
 
@@ -216,6 +255,10 @@ DET_CASES = [
     (1, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (9, 32, 7, 7, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (5, 4, 8, 9, 40, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    # Channel counts of the big layers (direct dw variants, rows-mode direct) and 3->32.
+    (5, 64, 8, 8, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (6, 32, 16, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (5, 3, 16, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
@@ -237,6 +280,83 @@ def test_bitwise_identical_across_thread_counts(rng, case, isa):
     for threads, arrays in results[1:]:
         for name, a, b0 in zip(("y", "dx", "dw", "db"), arrays, base):
             assert a.tobytes() == b0.tobytes(), f"{name} differs between 1 and {threads} threads"
+
+
+def _all_outputs(case, seed=0):
+    N, C, H, W, K, kh, kw, stride, pads, dil, groups, bias = case
+    rng = np.random.default_rng(seed)
+    x, w, b = make_inputs(rng, N, C, H, W, K, kh, kw, groups, bias)
+    y = call_forward(x, w, b, stride, pads, dil, groups)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    return [y, *call_backward(dy, x, w, stride, pads, dil, groups)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vector_isas_give_identical_bits(case):
+    # Every specialised kernel sums each output in one order that depends on the
+    # shape only (flat dw in 16 logical lanes on both paths), and both paths
+    # choose the same algorithms, so AVX2 reproduces AVX-512 bit for bit.
+    if "avx512" not in _supported_isas():
+        pytest.skip("needs a CPU with both the avx512 and the avx2 path")
+    before = _core.get_isa()
+    try:
+        results = {}
+        for name in ("avx512", "avx2"):
+            _core.set_isa(name)
+            results[name] = _all_outputs(case)
+    finally:
+        _core.set_isa(before)
+    for what, a, b in zip(("y", "dx", "dw", "db"), results["avx512"], results["avx2"]):
+        assert a.tobytes() == b.tobytes(), f"{what} differs between avx512 and avx2"
+
+
+def _random_case(rng):
+    groups = int(rng.choice([1, 1, 1, 2, 3]))
+    Cg = int(rng.choice([1, 2, 3, 5, 6, 7, 12, 15, 16, 17, 20, 32, 33]))
+    Kg = int(rng.choice([1, 4, 6, 8, 12, 13, 16, 17, 24, 32, 40]))
+    kh, kw = (int(v) for v in rng.integers(1, 6, size=2))
+    dh, dw = (int(v) for v in rng.choice([1, 1, 2], size=2))
+    H = int(rng.integers(max(1, dh * (kh - 1)), 16))
+    W = int(rng.integers(max(1, dw * (kw - 1)), 34))
+    pads = tuple(int(v) for v in rng.integers(0, 4, size=4))
+    stride = (1, 1) if rng.random() < 0.8 else tuple(int(v) for v in rng.integers(1, 3, size=2))
+    N = int(rng.integers(1, 7))
+    return (N, Cg * groups, H, W, Kg * groups, kh, kw, stride, pads, (dh, dw), groups, bool(rng.random() < 0.5))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_shapes_agree_across_isas(seed):
+    # Random geometry reaches tile shapes and tails the fixed cases may miss: the
+    # vector paths must give the same bits, and all paths must match the oracle.
+    rng = np.random.default_rng(seed)
+    before = _core.get_isa()
+    try:
+        for _ in range(12):
+            case = _random_case(rng)
+            N, C, H, W, K, kh, kw, stride, pads, dil, groups, bias = case
+            if H + pads[0] + pads[1] < dil[0] * (kh - 1) + 1 or W + pads[2] + pads[3] < dil[1] * (kw - 1) + 1:
+                continue
+            results = {}
+            for name in _supported_isas():
+                _core.set_isa(name)
+                results[name] = _all_outputs(case, seed)
+            if "avx512" in results:
+                for what, a, b2 in zip(("y", "dx", "dw", "db"), results["avx512"], results["avx2"]):
+                    assert a.tobytes() == b2.tobytes(), f"{what} differs between avx512 and avx2 for {case}"
+            # The oracle on the inputs and dy _all_outputs drew.
+            rng_case = np.random.default_rng(seed)
+            x, w, b = make_inputs(rng_case, N, C, H, W, K, kh, kw, groups, bias)
+            y_ref = ref_forward(x, w, b, stride, pads, dil, groups)
+            dy = rng_case.standard_normal(y_ref.shape, dtype=np.float32)
+            dx_ref, dw_ref, db_ref = ref_backward(dy, x, w, stride, pads, dil, groups)
+            OH, OW = y_ref.shape[2:]
+            for name, (y, dx, dw, db) in results.items():
+                assert_close(y, y_ref, (C // groups) * kh * kw, f"y [{name}]", case)
+                assert_close(dx, dx_ref, (K // groups) * kh * kw, f"dx [{name}]", case)
+                assert_close(dw, dw_ref, N * OH * OW, f"dw [{name}]", case)
+                assert_close(db, db_ref, N * OH * OW, f"db [{name}]", case)
+    finally:
+        _core.set_isa(before)
 
 
 # ---------------------------------------------------------------- edge cases

@@ -1,0 +1,181 @@
+// conv_dw_direct.cpp: the weight gradient for 16 or more input channels per
+// group, any stride, as outer products on channels-last copies of x and dy
+// on the kernels of the active ISA path.
+//
+// Not here: dw for few input channels (conv_dw_kvec.cpp, conv_dw_flat.cpp,
+// conv_gemm.cpp), the batch-chunk loop that calls it (conv2d.cpp).
+#include <algorithm>
+#include <vector>
+
+#include "conv_internal.hpp"
+#include "cpu.hpp"
+#include "parallel.hpp"
+
+namespace striate {
+namespace conv {
+
+namespace {
+
+// ---- direct dw, for Cg >= 16 and any stride -----------------------------------
+//
+// dw[k][c][i][j] = sum_n sum_p dy[n][k][p] * xpad[n][c][src(p) + i*dh*Wp + j*dw]
+// with src(p) = oh*sh*Wp + ow*sw. Per image, x is copied into a zero-padded
+// channels-last buffer xT (Hp*Wp pixels x ldc channels) and dy into dyP,
+// packed per tile of nr output channels (dyP[k / nr][p][k % nr], zero past
+// Kg: each tile reads nr consecutive floats per position), so that for each
+// kernel tap (i, j) the partial
+// part[i][j][k][c] += sum_p dyP[k / nr][p][k % nr] * xT[src(p) + off_ij][c]
+// is an outer-product update vectorised over c (loads) with k broadcast, and
+// no im2col matrix exists. The sum over p runs in order, images in chunk order,
+// so the result does not depend on the tiling, the thread count or the vector
+// width.
+
+using DwVariant = ConvKit::DwVariant;
+
+// The kit's variant with the least padded work for Cg input and Kg output channels.
+const DwVariant& choose_dw_variant(const ConvKit& kit, int64_t Cg, int64_t Kg) {
+    const DwVariant* best = &kit.dw[0];
+    double best_work = -1;
+    for (const DwVariant& v : kit.dw) {
+        if (v.mv == 0) break;
+        // Padded FMAs, weighted lightly by the loads each tile step issues per FMA
+        // (the tiles are FMA-bound: 64->64 on 7x7 and 16x16 ran 4-6% faster with
+        // the unpadded 2 x 8 tile than with 4 x 6 and its 66 padded channels).
+        // Fewer than 10 accumulators cannot hide the FMA latency (4 cycles on 2
+        // pipes): on AVX2, 32->32 ran at half the speed with the 4 x 2 tile than
+        // with 2 x 6 and its padded channels.
+        const int acc = v.mv * v.nr;
+        const double work = double(round_up(Cg, kit.W * v.mv) * round_up(Kg, v.nr)) *
+                            (1.0 + 0.1 * double(v.mv + v.nr) / double(acc)) * (acc < 10 ? 1.5 : 1.0);
+        if (best_work < 0 || work < best_work) {
+            best = &v;
+            best_work = work;
+        }
+    }
+    return *best;
+}
+
+// Partials per chunk are (groups, kh*kw, kpad, ldc): part[g][i*kw + j][k][c].
+class DwDirect final : public DwPlan {
+   public:
+    DwDirect(const ConvKit& kit, const Conv2dShape& s)
+        : kit_(kit), s_(s), v_(choose_dw_variant(kit, s.C / s.groups, s.K / s.groups)) {
+        Cg_ = s.C / s.groups;
+        Kg_ = s.K / s.groups;
+        khw_ = s.kh * s.kw;
+        ldc_ = round_up(Cg_, kit.W * v_.mv);
+        kpad_ = round_up(Kg_, v_.nr);
+        Hp_ = s.H + s.pt + s.pb;
+        Wp_ = s.W + s.pl + s.pr;
+        part_size = s.groups * khw_ * kpad_ * ldc_;
+        const int64_t P = s.OH * s.OW;
+        // Images per tile call: as many as keep one input-channel block of their
+        // xT (Hp*Wp pixels of W*mv floats) within about 24 KB of L1, so small
+        // planes (8x8) do not pay the tile's set-up once per few positions.
+        const int64_t slice = Hp_ * Wp_ * kit.W * v_.mv * int64_t(sizeof(float));
+        ipc_ = std::max<int64_t>(1, std::min<int64_t>(kBatchChunk, 24576 / slice));
+        // src_[i*P + p]: the pixel of image i of a call under output position p for tap (0, 0).
+        src_.resize(static_cast<size_t>(ipc_ * P));
+        for (int64_t i = 0; i < ipc_; ++i)
+            for (int64_t oh = 0; oh < s.OH; ++oh)
+                for (int64_t ow = 0; ow < s.OW; ++ow)
+                    src_[static_cast<size_t>(i * P + oh * s.OW + ow)] = i * Hp_ * Wp_ + oh * s.sh * Wp_ + ow * s.sw;
+    }
+
+    void chunk(const float* dy, const float* x, int64_t n0, int64_t n1, float* part, int threads) const override {
+        const Conv2dShape& s = s_;
+        const int64_t P = s.OH * s.OW, cstep = kit_.W * v_.mv, xsize = Hp_ * Wp_ * ldc_;
+        float* xT = tl_pad.get(ipc_ * xsize);
+        float* dyP = tl_dyT.get(kpad_ * ipc_ * P + kit_.W);
+        for (int64_t g = 0; g < s.groups; ++g) {
+            float* pg = part + g * khw_ * kpad_ * ldc_;  // (kh*kw, kpad, ldc)
+            // Images nb .. nb+m-1 in one pass: each tile runs over their m*P positions
+            // in image order, as image-by-image calls would.
+            for (int64_t nb = n0; nb < n1; nb += ipc_) {
+                const int64_t m = std::min(ipc_, n1 - nb), mP = m * P;
+                for (int64_t i = 0; i < m; ++i)
+                    pad_transpose(kit_, s, Cg_, Wp_, Hp_, ldc_, x + ((nb + i) * s.C + g * Cg_) * s.H * s.W,
+                                  xT + i * xsize);
+                pack_dy(dy + (nb * s.K + g * Kg_) * P, s.K * P, m, P, dyP);
+                // Taps are independent tiles: spread over the threads when the chunks
+                // alone cannot use them (a single chunk), serial inside a chunk task.
+                parallel_for(
+                    khw_,
+                    [&](int64_t ij) {
+                        const auto [i, j] = split_index(ij, s.kw);
+                        const int64_t off_ij = i * s.dh * Wp_ + j * s.dw;
+                        // Input-channel blocks outside: one block of xT (one cache line per
+                        // pixel) stays in L1 while the packed dy tiles stream past it.
+                        for (int64_t c0 = 0; c0 < ldc_; c0 += cstep)
+                            for (int64_t k0 = 0; k0 < kpad_; k0 += v_.nr)
+                                v_.fn(xT + off_ij * ldc_ + c0, ldc_, src_.data(), mP, dyP + k0 * mP, v_.nr,
+                                      pg + (ij * kpad_ + k0) * ldc_ + c0, nb == n0);
+                    },
+                    threads);
+            }
+        }
+    }
+
+    // dw[g*Kg + k][c][i][j] = sum over chunks, in order, of part[chunk][g][i*kw + j][k][c].
+    void reduce(const float* parts, int64_t nchunks, float* dw, int threads) const override {
+        const int64_t CKK = Cg_ * khw_;
+        parallel_for(
+            s_.K,
+            [&](int64_t kk) {
+                const auto [g, k] = split_index(kk, Kg_);
+                std::vector<float> t(static_cast<size_t>(khw_ * Cg_), 0.f);  // (kh*kw, Cg)
+                for (int64_t c = 0; c < nchunks; ++c)
+                    for (int64_t ij = 0; ij < khw_; ++ij) {
+                        const float* src = parts + c * part_size + ((g * khw_ + ij) * kpad_ + k) * ldc_;
+                        float* tr = t.data() + ij * Cg_;
+                        if (c == 0) {
+                            std::copy(src, src + Cg_, tr);
+                        } else {
+                            for (int64_t ch = 0; ch < Cg_; ++ch) tr[ch] += src[ch];
+                        }
+                    }
+                float* dst = dw + kk * CKK;  // (Cg, kh, kw)
+                for (int64_t ij = 0; ij < khw_; ++ij)
+                    for (int64_t ch = 0; ch < Cg_; ++ch) dst[ch * khw_ + ij] = t[static_cast<size_t>(ij * Cg_ + ch)];
+            },
+            threads);
+    }
+
+   private:
+    // dyP[k / nr][i*P + p][k % nr] = dy[i][k][p] for m images of dy (image
+    // stride ldi, each (Kg, P)), zero for Kg <= k < kpad; dyP has kit.W floats
+    // of slack. Each block of up to W channels x W positions is one W x W
+    // transpose into rows nr floats apart, W lanes stored per row: the lanes
+    // past the tile's nr run into the next row's first lanes. So the channel
+    // sub-blocks of a tile (nr may exceed W) are written last one first, and
+    // tiles, images and positions in increasing order: every lane that runs
+    // over is overwritten afterwards by the data that belongs there.
+    void pack_dy(const float* dy, int64_t ldi, int64_t m, int64_t P, float* dyP) const {
+        const int64_t nr = v_.nr, W = kit_.W;
+        for (int64_t k0 = 0; k0 < kpad_; k0 += nr)
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t p0 = 0; p0 < P; p0 += W)
+                    for (int64_t sub = (nr - 1) / W * W; sub >= 0; sub -= W) {
+                        const int64_t kb = k0 + sub;
+                        const int64_t nrows = std::max<int64_t>(0, std::min({W, nr - sub, Kg_ - kb}));
+                        kit_.transpose(dy + i * ldi + std::min(kb, Kg_ - 1) * P + p0, P, nrows,
+                                       std::min(W, P - p0), dyP + (k0 * m * P + (i * P + p0) * nr + sub), nr, false);
+                    }
+    }
+
+    const ConvKit& kit_;
+    Conv2dShape s_;
+    const DwVariant& v_;
+    int64_t Cg_, Kg_, khw_, ldc_, kpad_, Hp_, Wp_, ipc_;
+    std::vector<int64_t> src_;
+};
+
+}  // namespace
+
+std::unique_ptr<DwPlan> make_dw_direct(const Conv2dShape& s, const ConvKit* kit) {
+    if (!kit || is_pointwise(s) || s.C / s.groups < 16) return nullptr;
+    return std::make_unique<DwDirect>(*kit, s);
+}
+
+}  // namespace conv
+}  // namespace striate

@@ -1,0 +1,349 @@
+// conv_tiles.hpp: every convolution micro-kernel family, written once over the
+// vector type V (simd.hpp) and the tile contract of conv_internal.hpp, and
+// the ConvKit of dispatch tables that exports them.
+//
+// Deliberately without an include guard: conv_tiles_avx512.cpp and
+// conv_tiles_avx2.cpp each include it once, inside their own namespace, after
+// defining `using V = simd::...;` and STRIATE_TILE_TARGET (the target
+// attribute every kernel here carries). Tile dimensions follow from V::W:
+// 16 lanes (AVX-512, 32 registers) take the large tiles, 8 lanes (AVX2, 16
+// registers) tiles of at most 12 accumulators.
+//
+// Not here: the drivers that pack operands and loop over tiles (conv_*.cpp),
+// the choice of algorithm (conv2d.cpp).
+
+constexpr bool kWide = V::W == 16;
+constexpr int W = V::W;
+constexpr uint32_t kFullMask = (1u << W) - 1u;  // all W lanes
+
+// ---- direct: MR channels x NV position vectors --------------------------------
+// out[m*ldo + sg[v].dst + l] = bias[m] + sum_r wb[r*WS + m] * xp[off[r] + sg[v].src + l]
+// for m < MR and the lanes l set in sg[v].mask; wb holds R rows of WS floats.
+template <int MR, int NV, int WS>
+STRIATE_TILE_TARGET void direct_tile(const float* xp, const int64_t* off, int64_t R, const float* wb, const Seg* sg,
+                                     float* out, int64_t ldo, const float* bias) {
+    typename V::reg acc[MR][NV];
+    int64_t so[NV];
+    for (int v = 0; v < NV; ++v) so[v] = sg[v].src;
+    for (int m = 0; m < MR; ++m) {
+        const typename V::reg init = bias ? V::set1(bias[m]) : V::zero();
+        for (int v = 0; v < NV; ++v) acc[m][v] = init;
+    }
+    for (int64_t r = 0; r < R; ++r) {
+        const float* src = xp + off[r];
+        typename V::reg xv[NV];
+        for (int v = 0; v < NV; ++v) xv[v] = V::load(src + so[v]);
+        const float* wr = wb + r * WS;
+        for (int m = 0; m < MR; ++m) {
+            const typename V::reg wv = V::set1(wr[m]);
+            for (int v = 0; v < NV; ++v) acc[m][v] = V::fma(wv, xv[v], acc[m][v]);
+        }
+    }
+    for (int v = 0; v < NV; ++v) {
+        if (!sg[v].mask) continue;
+        if (sg[v].mask == kFullMask) {  // plain stores: AVX2 masked stores are slow on AMD cores
+            for (int m = 0; m < MR; ++m) V::store(out + m * ldo + sg[v].dst, acc[m][v]);
+            continue;
+        }
+        const typename V::mask mask = V::bits(sg[v].mask);
+        for (int m = 0; m < MR; ++m) V::mask_store(out + m * ldo + sg[v].dst, mask, acc[m][v]);
+    }
+}
+
+// Tile shapes of equal register count: AVX-512 8 x 3 and 6 x 4 (24
+// accumulators), AVX2 4 x 3 and 6 x 2 (12 accumulators, the 3 or 2 x vectors
+// and one broadcast fill the 16 registers).
+constexpr int kDirMR0 = kWide ? 8 : 4, kDirNV0 = 3;
+constexpr int kDirMR1 = 6, kDirNV1 = kWide ? 4 : 2;
+
+template <int NV, int WS, int... Ms>
+ConvKit::DirectShape direct_shape(std::integer_sequence<int, Ms...>) {
+    return {WS, NV, {nullptr, direct_tile<Ms + 1, NV, WS>...}};
+}
+
+// ---- kvec: ROWS x NT positions x KV vectors of output channels ------------------
+// outROW[t*ldt + W*kv + l] = bias[W*kv + l] + sum_r wT[r*ldw + W*kv + l] * xp[off[r] + src0 + ROW*rstep + t];
+// the bias of the last vector is read under the mask of its nlast lanes.
+template <int ROWS, int NT, int KV>
+STRIATE_TILE_TARGET void kvec_tile(const float* xp, const int64_t* off, int64_t R, const float* wT, int64_t ldw,
+                                   int64_t src0, int64_t rstep, const float* bias, int64_t nlast, float* out0,
+                                   float* out1, int64_t ldt) {
+    typename V::reg acc[ROWS][NT][KV];
+    for (int kv = 0; kv < KV; ++kv) {
+        const typename V::mask mk = V::prefix(kv == KV - 1 ? nlast : W);
+        const typename V::reg init = bias ? V::maskz_load(mk, bias + W * kv) : V::zero();
+        for (int h = 0; h < ROWS; ++h)
+            for (int t = 0; t < NT; ++t) acc[h][t][kv] = init;
+    }
+    for (int64_t r = 0; r < R; ++r) {
+        typename V::reg wv[KV];
+        for (int kv = 0; kv < KV; ++kv) wv[kv] = V::load(wT + r * ldw + W * kv);
+        const float* b0 = xp + off[r] + src0;
+        for (int h = 0; h < ROWS; ++h) {
+            const float* bh = b0 + h * rstep;
+            for (int t = 0; t < NT; ++t) {
+                const typename V::reg bc = V::set1(bh[t]);
+                for (int kv = 0; kv < KV; ++kv) acc[h][t][kv] = V::fma(wv[kv], bc, acc[h][t][kv]);
+            }
+        }
+    }
+    for (int h = 0; h < ROWS; ++h) {
+        float* o = h == 0 ? out0 : out1;
+        for (int t = 0; t < NT; ++t)
+            for (int kv = 0; kv < KV; ++kv) V::store(o + ldt * t + W * kv, acc[h][t][kv]);
+    }
+}
+
+// Positions per row: AVX-512 12 (one vector, 2 rows: 24 accumulators) and 7
+// (two vectors: 28); AVX2 6 (12) and 3 (12).
+constexpr int kKvecNT1 = kWide ? 12 : 6, kKvecNT2 = kWide ? 7 : 3;
+
+template <int ROWS, int KV, int... Ts>
+std::array<kvec_tile_fn, kMaxKvecNT + 1> kvec_row(std::integer_sequence<int, Ts...>) {
+    return {nullptr, kvec_tile<ROWS, Ts + 1, KV>...};
+}
+
+// ---- dw outer product: NR output channels x MV vectors of input channels ----------
+// part[r*ldc + W*v + l] (+)= sum_p dyT[p*ldk + r] * xT[src[p]*ldc + W*v + l], from
+// zero when `first`, else from part.
+template <int MV, int NR>
+STRIATE_TILE_TARGET void dw_tile(const float* xT, int64_t ldc, const int64_t* src, int64_t P, const float* dyT,
+                                 int64_t ldk, float* part, bool first) {
+    typename V::reg acc[NR][MV];
+    for (int r = 0; r < NR; ++r)
+        for (int v = 0; v < MV; ++v) acc[r][v] = first ? V::zero() : V::load(part + r * ldc + W * v);
+    for (int64_t p = 0; p < P; ++p) {
+        const float* xrow = xT + src[p] * ldc;
+        typename V::reg xv[MV];
+        for (int v = 0; v < MV; ++v) xv[v] = V::load(xrow + W * v);
+        const float* drow = dyT + p * ldk;
+        for (int r = 0; r < NR; ++r) {
+            const typename V::reg b = V::set1(drow[r]);
+            for (int v = 0; v < MV; ++v) acc[r][v] = V::fma(b, xv[v], acc[r][v]);
+        }
+    }
+    for (int r = 0; r < NR; ++r)
+        for (int v = 0; v < MV; ++v) V::store(part + r * ldc + W * v, acc[r][v]);
+}
+
+// ---- flat dw: MK output channels x NR reduction rows, lanes summed once --------------
+// dst[m*ldd + r] = sum_n sum_v sum_{l in masks[v]} dyf[n][m*ldq + 16*v + l] * xp[n][off[r] + 16*v + l].
+// Positions are grouped in 16 logical lanes on every ISA (kFlatLanes): each
+// lane l accumulates positions 16*v + l over (n, v) in order, then the lanes
+// are added by the tree of V::hsum. With 8-lane vectors the tile runs twice,
+// over lanes 0..7 and 8..15, and adds the halves (hi + lo) before V::hsum,
+// which is exactly the first step of Avx512::hsum: every ISA gives the same
+// bits.
+template <int MK, int NR>
+STRIATE_TILE_TARGET void flat_dw_tile(const float* xp, int64_t xstride, const float* dyf, int64_t ldq,
+                                      int64_t dystride, int64_t nimg, const int64_t* off, const uint16_t* masks,
+                                      int64_t qv, float* dst, int64_t ldd) {
+    static_assert(kFlatLanes % W == 0, "flat dw lanes must be whole vectors");
+    typename V::reg total[MK][NR];
+    int64_t o[NR];
+    for (int r = 0; r < NR; ++r) o[r] = off[r];
+    for (int h = 0; h < kFlatLanes / W; ++h) {
+        typename V::reg acc[MK][NR];
+        for (int m = 0; m < MK; ++m)
+            for (int r = 0; r < NR; ++r) acc[m][r] = V::zero();
+        for (int64_t n = 0; n < nimg; ++n) {
+            const float* xn = xp + n * xstride + h * W;
+            const float* dn = dyf + n * dystride + h * W;
+            for (int64_t v = 0; v < qv; ++v) {
+                const typename V::mask mask = V::bits(static_cast<uint32_t>(masks[v]) >> (h * W));
+                typename V::reg dv[MK];
+                for (int m = 0; m < MK; ++m) {
+                    dv[m] = V::load(dn + m * ldq + kFlatLanes * v);
+                    V::keep(dv[m]);  // in a register, not reloaded by each of the NR FMAs
+                }
+                for (int r = 0; r < NR; ++r) {
+                    const typename V::reg xv = V::load(xn + o[r] + kFlatLanes * v);
+                    for (int m = 0; m < MK; ++m) acc[m][r] = V::fma_where(dv[m], xv, acc[m][r], mask);
+                }
+            }
+        }
+        for (int m = 0; m < MK; ++m)
+            for (int r = 0; r < NR; ++r) total[m][r] = h == 0 ? acc[m][r] : V::add(acc[m][r], total[m][r]);
+    }
+    for (int m = 0; m < MK; ++m)
+        for (int r = 0; r < NR; ++r) dst[m * ldd + r] = V::hsum(total[m][r]);
+}
+
+template <int MK, int... Rs>
+std::array<flat_dw_fn, kFlatMax + 1> flat_dw_row(std::integer_sequence<int, Rs...>) {
+    return {nullptr, flat_dw_tile<MK, Rs + 1>...};
+}
+
+// Output channels per flat-dw tile for Kg channels; rows per tile = accumulators / that.
+// AVX-512: 4 x 6 or 6 x 4 (24); AVX2: 2 x 6 or 3 x 4 (12).
+int64_t flat_dw_mk(int64_t Kg) {
+    if (kWide) return (Kg % 4 != 0 && Kg % 6 == 0) || Kg == 6 ? 6 : 4;
+    return Kg % 2 != 0 && Kg % 3 == 0 ? 3 : 2;
+}
+
+// ---- kvec dw: NI kernel rows x KW taps, vectors over W output channels ---------------
+// dst[(a*KW + j)*ldk + l] = sum_n sum_(oh, ow) dyT[n][(oh*OW + ow)*ldk + l] * xp[n][pair_off[a] + oh*Wp + ow + j].
+template <int NI, int KW>
+STRIATE_TILE_TARGET void kvec_dw_tile(const float* xp, int64_t xstride, const float* dyT, int64_t ldk,
+                                      int64_t dystride, int64_t nimg, const int64_t* pair_off, int64_t OH, int64_t OW,
+                                      int64_t Wp, float* dst) {
+    typename V::reg acc[NI][KW];
+    for (int a = 0; a < NI; ++a)
+        for (int j = 0; j < KW; ++j) acc[a][j] = V::zero();
+    int64_t po[NI];
+    for (int a = 0; a < NI; ++a) po[a] = pair_off[a];
+    for (int64_t n = 0; n < nimg; ++n) {
+        const float* xn = xp + n * xstride;
+        const float* dn = dyT + n * dystride;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+            const float* xrow = xn + oh * Wp;
+            const float* drow = dn + oh * OW * ldk;
+            for (int64_t ow = 0; ow < OW; ++ow) {
+                const typename V::reg dv = V::load(drow + ow * ldk);
+                for (int a = 0; a < NI; ++a) {
+                    const float* b = xrow + po[a] + ow;
+                    for (int j = 0; j < KW; ++j) acc[a][j] = V::fma(dv, V::set1(b[j]), acc[a][j]);
+                }
+            }
+        }
+    }
+    for (int a = 0; a < NI; ++a)
+        for (int j = 0; j < KW; ++j) V::store(dst + (a * KW + j) * ldk, acc[a][j]);
+}
+
+// Kernel rows per tile: AVX-512 8 (k3: 24 accumulators) and 5 (k5: 25); AVX2 4 (12) and 2 (10).
+constexpr int kKdwNI3 = kWide ? 8 : 4, kKdwNI5 = kWide ? 5 : 2;
+
+template <int KW, int... As>
+std::array<kvec_dw_fn, kMaxKdwNI + 1> kvec_dw_row(std::integer_sequence<int, As...>) {
+    return {nullptr, kvec_dw_tile<As + 1, KW>...};
+}
+
+// ---- scatter dx: NR input channels x NV band vectors --------------------------------
+// dst[a][W*v + l] += sum_k sum_j wrow[a][j*Kg + k] * dyf[k*ldq + W*v + l - j*dil] on the
+// lanes set in masks[v]; k and j in order.
+template <int NR, int NV>
+STRIATE_TILE_TARGET void scatter_dx_tile(const float* dyf, int64_t ldq, int64_t Kg, int64_t kw, int64_t dil,
+                                         const float* const* wrow, float* const* dst, const uint16_t* masks) {
+    typename V::reg acc[NR][NV];
+    for (int a = 0; a < NR; ++a)
+        for (int v = 0; v < NV; ++v) acc[a][v] = V::zero();
+    const float* wr[NR];
+    for (int a = 0; a < NR; ++a) wr[a] = wrow[a];
+    for (int64_t k = 0; k < Kg; ++k) {
+        for (int64_t j = 0; j < kw; ++j) {
+            const float* src = dyf + k * ldq - j * dil;
+            typename V::reg dv[NV];
+            for (int v = 0; v < NV; ++v) {
+                dv[v] = V::load(src + W * v);
+                // Keep the vector in a register: folded into each of the NR FMAs it would be
+                // loaded NR times, and loads, not FMAs, would set the pace.
+                V::keep(dv[v]);
+            }
+            for (int a = 0; a < NR; ++a) {
+                const typename V::reg wv = V::set1(wr[a][j * Kg + k]);
+                for (int v = 0; v < NV; ++v) acc[a][v] = V::fma(wv, dv[v], acc[a][v]);
+            }
+        }
+    }
+    for (int a = 0; a < NR; ++a)
+        for (int v = 0; v < NV; ++v) {
+            float* p = dst[a] + W * v;
+            V::store(p, V::mask_add(V::load(p), V::bits(masks[v]), acc[a][v]));
+        }
+}
+
+// AVX-512 2 x 9 (18 accumulators + 9 dy vectors + 1 weight); AVX2 2 x 5 (10 + 5 + 1).
+constexpr int kSdxNR = 2, kSdxNV = kWide ? 9 : 5;
+
+template <int NR, int... Vs>
+std::array<scatter_dx_fn, kMaxSdxNV + 1> scatter_dx_row(std::integer_sequence<int, Vs...>) {
+    return {nullptr, scatter_dx_tile<NR, Vs + 1>...};
+}
+
+// ---- W x W block transpose and the flattened dy copy -----------------------------------
+// dst[j*ldd + r] = src[r*lds + j] for r < W, j < ncols (<= W): W full lanes are
+// stored per destination row, lanes r >= nrows are zero (or, with
+// store_valid_only, only the lanes r < nrows are stored).
+STRIATE_TILE_TARGET void transpose_block(const float* src, int64_t lds, int64_t nrows, int64_t ncols, float* dst,
+                                         int64_t ldd, bool store_valid_only) {
+    // Whole rows and columns take plain loads and stores (AVX2 masked stores are slow on AMD cores).
+    const typename V::mask cm = V::prefix(ncols);
+    typename V::reg r[W];
+    for (int i = 0; i < W; ++i)
+        r[i] = i >= nrows ? V::zero() : ncols >= W ? V::load(src + i * lds) : V::maskz_load(cm, src + i * lds);
+    V::transpose(r);
+    if (!store_valid_only || nrows >= W) {
+        for (int j = 0; j < ncols; ++j) V::store(dst + j * ldd, r[j]);
+        return;
+    }
+    const typename V::mask rm = V::prefix(nrows);
+    for (int j = 0; j < ncols; ++j) V::mask_store(dst + j * ldd, rm, r[j]);
+}
+
+// dyf (Kg, ldq) = dy (Kg, OH, OW) flattened with row stride Wp, zero elsewhere.
+STRIATE_TILE_TARGET void flatten_dy(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq, const float* dy,
+                                    float* dyf) {
+    // Rows are short (28 floats for LeNet C1): masked vector copies, no library call per row.
+    for (int64_t k = 0; k < Kg; ++k) {
+        float* dk = dyf + k * ldq;
+        const float* src = dy + k * OH * OW;
+        for (int64_t h = 0; h < OH; ++h) {
+            float* drow = dk + h * Wp;
+            const float* srow = src + h * OW;
+            const int64_t row_end = std::min(Wp, ldq - h * Wp);  // write [0, row_end): data, then zeros
+            for (int64_t w0 = 0; w0 < row_end; w0 += W) {
+                const typename V::reg v = w0 + W <= OW ? V::load(srow + w0) : V::maskz_load(V::prefix(OW - w0), srow + w0);
+                if (w0 + W <= row_end) {
+                    V::store(drow + w0, v);  // plain stores where they fit: AVX2 masked stores are slow on AMD cores
+                } else {
+                    V::mask_store(drow + w0, V::prefix(row_end - w0), v);
+                }
+            }
+        }
+        for (int64_t q = OH * Wp; q < ldq; ++q) dk[q] = 0.f;
+    }
+}
+
+// ---- the kit --------------------------------------------------------------------------
+
+ConvKit make_kit(Isa isa) {
+    ConvKit k{};
+    k.isa = isa;
+    k.W = W;
+    k.direct[0] = direct_shape<kDirNV0, kDirMR0>(std::make_integer_sequence<int, kDirMR0>{});
+    k.direct[1] = direct_shape<kDirNV1, kDirMR1>(std::make_integer_sequence<int, kDirMR1>{});
+    k.kvec_nt[0] = kKvecNT1;
+    k.kvec_nt[1] = kKvecNT2;
+    k.kvec[0][0] = kvec_row<1, 1>(std::make_integer_sequence<int, kKvecNT1>{});
+    k.kvec[0][1] = kvec_row<2, 1>(std::make_integer_sequence<int, kKvecNT1>{});
+    k.kvec[1][0] = kvec_row<1, 2>(std::make_integer_sequence<int, kKvecNT2>{});
+    k.kvec[1][1] = kvec_row<2, 2>(std::make_integer_sequence<int, kKvecNT2>{});
+    if (kWide) {
+        k.dw = {{{4, 6, dw_tile<4, 6>}, {3, 8, dw_tile<3, 8>}, {2, 12, dw_tile<2, 12>}, {2, 8, dw_tile<2, 8>},
+                 {1, 16, dw_tile<1, 16>}, {0, 0, nullptr}}};
+    } else {
+        // Accumulators + MV x vectors + one broadcast <= 16 registers.
+        k.dw = {{{2, 6, dw_tile<2, 6>}, {3, 4, dw_tile<3, 4>}, {1, 12, dw_tile<1, 12>}, {4, 2, dw_tile<4, 2>},
+                 {2, 4, dw_tile<2, 4>}, {1, 8, dw_tile<1, 8>}}};
+    }
+    k.flat_acc = kWide ? 24 : 12;
+    k.flat_mk = flat_dw_mk;
+    k.flat[1] = flat_dw_row<1>(std::make_integer_sequence<int, kFlatMax>{});
+    k.flat[2] = flat_dw_row<2>(std::make_integer_sequence<int, kFlatMax>{});
+    k.flat[3] = flat_dw_row<3>(std::make_integer_sequence<int, kFlatMax>{});
+    k.flat[4] = flat_dw_row<4>(std::make_integer_sequence<int, kFlatMax>{});
+    k.flat[5] = flat_dw_row<5>(std::make_integer_sequence<int, kFlatMax>{});
+    k.flat[6] = flat_dw_row<6>(std::make_integer_sequence<int, kFlatMax>{});
+    k.kdw_ni[0] = kKdwNI3;
+    k.kdw_ni[1] = kKdwNI5;
+    k.kdw[0] = kvec_dw_row<3>(std::make_integer_sequence<int, kKdwNI3>{});
+    k.kdw[1] = kvec_dw_row<5>(std::make_integer_sequence<int, kKdwNI5>{});
+    k.sdx_nr = kSdxNR;
+    k.sdx_nv = kSdxNV;
+    k.sdx[1] = scatter_dx_row<1>(std::make_integer_sequence<int, kSdxNV>{});
+    k.sdx[2] = scatter_dx_row<2>(std::make_integer_sequence<int, kSdxNV>{});
+    k.transpose = transpose_block;
+    k.flatten_dy = flatten_dy;
+    return k;
+}
