@@ -1,6 +1,6 @@
 """Benchmark striate's conv and max-pool kernels against the NumPy reference and PyTorch.
 
-For the six convolution layers and the max-pool case of PERFORMANCE.md, every
+For the six convolution layers and the max-pool case of docs/performance.md, every
 variant is first validated against ``striate.reference`` in float64 (forward
 and every gradient, tolerance (1e-5 + 1e-4*|ref|)*sqrt(K)); then forward and
 forward+backward (dx, dw, db; the first layer also without dx) are timed for

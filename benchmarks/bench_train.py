@@ -1,6 +1,6 @@
 """Training and inference throughput (images/s) of striate next to PyTorch, plus peak RSS.
 
-Models: LeNet-5 on 1x28x28 inputs and the small CIFAR net of PERFORMANCE.md
+Models: LeNet-5 on 1x28x28 inputs and the small CIFAR net of docs/performance.md
 (``zoo.typical_cnn`` on 3x32x32). Training is ``fit`` itself (batch 64, SGD
 with momentum 0.9, one epoch over synthetic data, verbose=0), so the loop,
 batch gathering and the non-finite checks are included; inference is

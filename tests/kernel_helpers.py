@@ -1,6 +1,6 @@
 """The one test helper for kernels: ``check_op`` runs an op of ``striate.functional``
 forward and backward and checks every output and every gradient against
-``striate.reference`` computed in float64 (RELIABILITY item 2).
+``striate.reference`` computed in float64 (guarantee 2).
 
 Tolerance: ``|got - ref| <= (1e-5 + 1e-4 * |ref|) * sqrt(K)``, K the length of
 the reduction that produced the value. Positions where the reference is NaN must

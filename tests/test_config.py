@@ -1,4 +1,4 @@
-"""Package-level settings: threads, backend and seed (API.md, package level)."""
+"""Package-level settings: threads, backend and seed (docs/api.md, package level)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Direct ``striate._core`` calls with hostile arguments (RELIABILITY 20, and 5-6 at the core level).
+"""Direct ``striate._core`` calls with hostile arguments (Guarantee 20, and 5-6 at the core level).
 
 Every entry point of the extension is called the way a careless or hostile
 caller would: misaligned buffers (a float32 array starting one byte into its
@@ -110,7 +110,7 @@ def _same(a, b):
 
 @pytest.mark.parametrize("ep, name", CASES)
 def test_misaligned_buffers_are_refused(ep, name):
-    """RELIABILITY 20: a buffer that starts one byte off is refused with a TypeError naming it, never read."""
+    """Guarantee 20: a buffer that starts one byte off is refused with a TypeError naming it, never read."""
     arr = ENTRY_POINTS[ep][1][name]
     if arr.itemsize == 1:
         pytest.skip("a one-byte dtype is aligned at every address")
@@ -120,7 +120,7 @@ def test_misaligned_buffers_are_refused(ep, name):
 
 @pytest.mark.parametrize("ep, name", CASES)
 def test_non_contiguous_and_negative_stride_buffers_are_refused(ep, name):
-    """RELIABILITY 20: negative-stride and strided views are refused (naming the argument); the copy computes."""
+    """Guarantee 20: negative-stride and strided views are refused (naming the argument); the copy computes."""
     arr = ENTRY_POINTS[ep][1][name]
     views = [reversed_view(arr)]
     if arr.ndim == 1 and arr.size > 1:
@@ -138,7 +138,7 @@ def test_non_contiguous_and_negative_stride_buffers_are_refused(ep, name):
 
 @pytest.mark.parametrize("ep, name", CASES)
 def test_wrong_dtypes_and_non_arrays_are_type_errors(ep, name):
-    """RELIABILITY 5/20: another dtype (byte-swapped included) or a non-array is a TypeError naming the argument."""
+    """Guarantee 5/20: another dtype (byte-swapped included) or a non-array is a TypeError naming the argument."""
     arr = ENTRY_POINTS[ep][1][name]
     others = [np.float64, np.float16, np.int32, np.int64, np.uint8, arr.dtype.newbyteorder(">")]
     for dt in others:
@@ -158,7 +158,7 @@ def test_wrong_dtypes_and_non_arrays_are_type_errors(ep, name):
 
 
 def test_aligned_copies_and_masked_arrays_compute_the_same():
-    """RELIABILITY 20: what is accepted computes the same as the plain array (an ndarray subclass included)."""
+    """Guarantee 20: what is accepted computes the same as the plain array (an ndarray subclass included)."""
     for ep in ENTRY_POINTS:
         fn, arrays = ENTRY_POINTS[ep]
         base = _call(ep)
@@ -169,7 +169,7 @@ def test_aligned_copies_and_masked_arrays_compute_the_same():
 
 
 def test_read_only_outputs_and_empty_misaligned_inputs():
-    """RELIABILITY 20: an in-place output must be writable; a size-0 array is not checked for alignment."""
+    """Guarantee 20: an in-place output must be writable; a size-0 array is not checked for alignment."""
     c = np.zeros(15, f32)
     c.flags.writeable = False
     with pytest.raises(ValueError, match="`c` must be writable"):
@@ -199,7 +199,7 @@ BYTE_OVERFLOW = {
 
 @pytest.mark.parametrize("op", sorted(BYTE_OVERFLOW))
 def test_byte_count_overflow_is_a_value_error_naming_the_op(op):
-    """RELIABILITY 20: an output whose element count fits int64 but whose byte count does not is a ValueError.
+    """Guarantee 20: an output whose element count fits int64 but whose byte count does not is a ValueError.
 
     Unchecked, pybind11's stride arithmetic overflowed (UBSan abort) and the
     release build showed numpy's "array is too big" instead.
@@ -210,7 +210,7 @@ def test_byte_count_overflow_is_a_value_error_naming_the_op(op):
 
 
 def test_unallocatable_output_is_a_memory_error_naming_the_op_and_bytes():
-    """RELIABILITY 20/24: 512 TiB (beyond any address space) is a MemoryError naming the op, the array and the bytes."""
+    """Guarantee 20/24: 512 TiB (beyond any address space) is a MemoryError naming the op, the array and the bytes."""
     with pytest.raises(MemoryError, match=r"`adaptive_avg_pool2d_forward`: out of memory: output `y` of shape "
                                           r"\(1, 1, 16777216, 8388608\) needs 562949953421312 bytes"):
         _core.adaptive_avg_pool2d_forward(np.ones((1, 1, 2, 2), f32), 2**24, 2**23)
@@ -233,7 +233,7 @@ except MemoryError as e:
 
 @pytest.mark.skipif(UNDER_ASAN, reason="an address-space limit does not combine with ASan's shadow memory")
 def test_workspace_out_of_memory_names_the_op():
-    """RELIABILITY 24: a workspace that cannot be allocated is a MemoryError naming the op (not "std::bad_alloc")."""
+    """Guarantee 24: a workspace that cannot be allocated is a MemoryError naming the op (not "std::bad_alloc")."""
     env = dict(os.environ, PYTHONPATH=PYTHON_DIR)
     r = subprocess.run([sys.executable, "-c", _WORKSPACE_SCRIPT], capture_output=True, text=True, env=env,
                        timeout=120)
@@ -248,7 +248,7 @@ HUGE = [2**63, -(2**63) - 1, 2**64, 10**30]
 
 @pytest.mark.parametrize("value", HUGE + [I64_MAX, -I64_MAX - 1, -1, 0])
 def test_int_arguments_beyond_int64_are_clean_errors(value):
-    """RELIABILITY 20: integers at and beyond the int64 range raise TypeError/ValueError in every geometry slot."""
+    """Guarantee 20: integers at and beyond the int64 range raise TypeError/ValueError in every geometry slot."""
     calls = [
         lambda v: _core.conv2d_forward(X, W, None, v, 1, 0, 0, 0, 0, 1, 1, 1),
         lambda v: _core.conv2d_forward(X, W, None, 1, 1, v, 0, 0, 0, 1, 1, 1),
@@ -278,7 +278,7 @@ def test_int_arguments_beyond_int64_are_clean_errors(value):
 
 
 def test_uniform_start_near_int64_max_is_refused():
-    """RELIABILITY 6/20: ``start + n`` past int64 would be signed overflow in the stream's counter."""
+    """Guarantee 6/20: ``start + n`` past int64 would be signed overflow in the stream's counter."""
     with pytest.raises(ValueError, match=r"`start` \+ `n` overflows int64"):
         _core.augment_uniform(1, I64_MAX - 1, 4, 1)
     u = _core.augment_uniform(1, I64_MAX - 4, 4, 1)
@@ -286,7 +286,7 @@ def test_uniform_start_near_int64_max_is_refused():
 
 
 def test_sgemm_extents_and_thread_counts_are_checked():
-    """RELIABILITY 6/19: a leading dimension whose extent overflows int64, or an absurd ``threads``, is a ValueError."""
+    """Guarantee 6/19: a leading dimension whose extent overflows int64, or an absurd ``threads``, is a ValueError."""
     a, b, c = A2.ravel(), B2.ravel(), np.zeros(15, f32)
     with pytest.raises(ValueError, match="overflows int64"):
         _core._sgemm(a, b, c, False, False, 3, 5, 4, I64_MAX // 2, 5, 5)
@@ -300,7 +300,7 @@ def test_sgemm_extents_and_thread_counts_are_checked():
 
 @pytest.mark.parametrize("n", [0, -1, 1025, 2**31, 2**63, 2**70])
 def test_core_set_num_threads_names_the_limit(n):
-    """RELIABILITY 19: any int outside [1, 1024] reaches the range check (no "incompatible function arguments")."""
+    """Guarantee 19: any int outside [1, 1024] reaches the range check (no "incompatible function arguments")."""
     before = _core.get_num_threads()
     with pytest.raises(ValueError, match=rf"`n` \(number of threads\) must be between 1 and 1024, got {n}"):
         _core.set_num_threads(n)

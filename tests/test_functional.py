@@ -1,7 +1,7 @@
 """Tests of striate.functional: the C++ kernels (backend "cpp") and the NumPy
 path (backend "numpy") against the float64 reference, edge cases, layouts,
 bad input, thread determinism, concurrent Python threads and the backend switch
-(RELIABILITY items 2-8).
+(guarantees 2-8).
 
 Tests that need the C++ conv/pool kernels carry "cpp" in their id, so
 ``-k "not cpp"`` runs the rest on a build that lacks them.

@@ -1,4 +1,4 @@
-"""Fuzzing of every file loader with hypothesis over bytes (RELIABILITY Tools, items 9-12).
+"""Fuzzing of every file loader with hypothesis over bytes (Guarantee Tools, items 9-12).
 
 Targets: the MNIST IDX parser (raw and gzip), the CIFAR-10 binary and
 python-pickle batches, the safetensors weights loader (``io.read_file`` and
@@ -103,7 +103,7 @@ def _parse_both(data, name, magic, gz):
 @given(data=_bytes_from(IDX_IMAGES, IDX_LABELS, gzip.compress(IDX_IMAGES), gzip.compress(IDX_LABELS)),
        gz=hs.booleans(), compress_after=hs.booleans())
 def test_fuzz_idx(data, gz, compress_after):
-    """RELIABILITY 11 / Tools: the IDX parser (raw and gzip) raises only ValueError on any bytes."""
+    """Guarantee 11 / Tools: the IDX parser (raw and gzip) raises only ValueError on any bytes."""
     if gz and compress_after:
         data = gzip.compress(data)
     results = {}
@@ -136,7 +136,7 @@ CIFAR_BIN = _cifar_bin([3, 9])
 @FUZZ
 @given(data=hs.one_of(hs.binary(max_size=8000), mutated(CIFAR_BIN)))
 def test_fuzz_cifar_binary(data):
-    """RELIABILITY 12 / Tools: a binary CIFAR-10 batch parses or raises ValueError, whatever the bytes."""
+    """Guarantee 12 / Tools: a binary CIFAR-10 batch parses or raises ValueError, whatever the bytes."""
     try:
         x, y = cifar.parse_cifar_bin(data, "batch.bin")
     except ValueError as e:
@@ -161,7 +161,7 @@ CIFAR_PICKLES = _cifar_pickles()
 @FUZZ
 @given(data=hs.one_of(hs.binary(max_size=512), *[mutated(b) for b in CIFAR_PICKLES]))
 def test_fuzz_cifar_pickle(data):
-    """RELIABILITY 10, 12 / Tools: the restricted unpickler turns any bytes into a batch or a ValueError."""
+    """Guarantee 10, 12 / Tools: the restricted unpickler turns any bytes into a batch or a ValueError."""
     try:
         x, y = cifar.parse_cifar_pickle(data, "data_batch_1")
     except ValueError as e:
@@ -177,7 +177,7 @@ _DTYPE_STATE_CRASH = (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00u1\x89\x88\x87R"
 
 
 def test_cifar_pickle_with_a_malformed_dtype_state_is_refused_not_a_crash():
-    """RELIABILITY 10, 12 (found by fuzzing): a dtype state numpy would crash on is refused with ValueError.
+    """Guarantee 10, 12 (found by fuzzing): a dtype state numpy would crash on is refused with ValueError.
 
     Run in a fresh process: before the fix this input killed it with SIGSEGV.
     """
@@ -193,7 +193,7 @@ def test_cifar_pickle_with_a_malformed_dtype_state_is_refused_not_a_crash():
 
 @pytest.mark.parametrize("i", range(len(CIFAR_PICKLES)))
 def test_cifar_pickles_of_every_in_band_protocol_still_load(i):
-    """RELIABILITY 12: the checked BUILD accepts what numpy writes (protocols 2-4, bytes or str keys)."""
+    """Guarantee 12: the checked BUILD accepts what numpy writes (protocols 2-4, bytes or str keys)."""
     if i == 3:  # protocol 5 stores the array out of band through a function that is not allowed
         with pytest.raises(ValueError, match="refused global"):
             cifar.parse_cifar_pickle(CIFAR_PICKLES[i], "batch")
@@ -313,7 +313,7 @@ def scratch():
 @given(data=hs.one_of(hs.binary(max_size=256), mutated(WEIGHTS, max_ops=3), edited_weights(),
                       edited_weights().flatmap(lambda b: mutated(b, max_ops=2))))
 def test_fuzz_weights_file(data, scratch):
-    """RELIABILITY 9 / Tools: st.load and io.read_file refuse a damaged file with one FormatError, nothing else.
+    """Guarantee 9 / Tools: st.load and io.read_file refuse a damaged file with one FormatError, nothing else.
 
     A file that still loads must give back exactly the saved tensors.
     """
@@ -432,7 +432,7 @@ except pytest.skip.Exception:  # pragma: no cover - onnx is an optional extra
 @given(data=hs.one_of(hs.binary(max_size=256), mutated(ONNX_BASE or b"", max_ops=3),
                       edited_onnx(ONNX_BASE or b"") if ONNX_BASE else hs.just(b"")))
 def test_fuzz_onnx_import(data, scratch):
-    """RELIABILITY Tools: onnx_io.import_model turns any bytes into a Sequential or a ValueError."""
+    """Guarantee Tools: onnx_io.import_model turns any bytes into a Sequential or a ValueError."""
     from striate import onnx_io
 
     path = os.path.join(scratch, "m.onnx")
@@ -482,7 +482,7 @@ _ONNX_REGRESSIONS = {
 @pytest.mark.skipif(ONNX_BASE is None, reason="needs the onnx extra")
 @pytest.mark.parametrize("case", sorted(_ONNX_REGRESSIONS))
 def test_onnx_import_malformed_nodes_are_value_errors(case, tmp_path):
-    """RELIABILITY Tools (fuzzing): attributes of the wrong type or missing parts give ValueError naming the file.
+    """Guarantee Tools (fuzzing): attributes of the wrong type or missing parts give ValueError naming the file.
 
     Each of these escaped as TypeError, KeyError or IndexError before, and a
     kernel_shape larger than the weight made the importer allocate (and
@@ -546,7 +546,7 @@ _CHECKPOINT_REGRESSIONS = {
 
 @pytest.mark.parametrize("case", sorted(_CHECKPOINT_REGRESSIONS))
 def test_malformed_checkpoint_metadata_is_a_format_error(case, tmp_path):
-    """RELIABILITY 9, 15: checkpoint metadata of the wrong shape is refused with FormatError (a ValueError).
+    """Guarantee 9, 15: checkpoint metadata of the wrong shape is refused with FormatError (a ValueError).
 
     Loading either refuses the file or gives a state that trains on; no other exception escapes.
     """

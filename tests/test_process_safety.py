@@ -1,4 +1,4 @@
-"""The process around the kernels: fork, multiprocessing and thread limits (RELIABILITY 18, 19).
+"""The process around the kernels: fork, multiprocessing and thread limits (Guarantee 18, 19).
 
 Every scenario runs in a fresh interpreter under a timeout, so a regression
 (a child blocked forever on GNU OpenMP's inherited pool, or libgomp ending the
@@ -75,7 +75,7 @@ print("ok")
 
 
 def test_fork_after_kernels_ran_child_computes_like_the_parent():
-    """RELIABILITY 18: a child forked after the kernels ran computes bit-identical results and exits 0.
+    """Guarantee 18: a child forked after the kernels ran computes bit-identical results and exits 0.
 
     Without the atfork handler the child's first parallel region waits forever
     for the parent's OpenMP workers, which do not exist in the child.
@@ -99,7 +99,7 @@ print("ok")
 
 
 def test_fork_before_any_kernel_keeps_threads_in_the_child():
-    """RELIABILITY 18: a child forked before any region ran keeps its thread count and computes."""
+    """Guarantee 18: a child forked before any region ran keeps its thread count and computes."""
     r = _run(_FORK_FIRST_SCRIPT, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
 
@@ -123,7 +123,7 @@ if __name__ == "__main__":
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_multiprocessing_pool_computes_like_the_parent(method, tmp_path):
-    """RELIABILITY 18: ``multiprocessing.Pool`` with the fork and the spawn start method returns the parent's results.
+    """Guarantee 18: ``multiprocessing.Pool`` with the fork and the spawn start method returns the parent's results.
 
     Forked workers run the kernels on one thread; spawned ones start fresh and
     keep the configured count. Both are bit-identical to the parent.
@@ -140,7 +140,7 @@ def test_multiprocessing_pool_computes_like_the_parent(method, tmp_path):
 
 @pytest.mark.parametrize("n", [2**31, 1025, 10**20])
 def test_set_num_threads_beyond_the_limit_names_it(n):
-    """RELIABILITY 19: an absurd thread count is a ValueError naming the limit, and the count is unchanged."""
+    """Guarantee 19: an absurd thread count is a ValueError naming the limit, and the count is unchanged."""
     before = st.get_num_threads()
     with pytest.raises(ValueError, match=rf"`n` must be between 1 and 1024 \(the thread limit\), got {n}"):
         st.set_num_threads(n)
@@ -151,7 +151,7 @@ def test_set_num_threads_beyond_the_limit_names_it(n):
 @pytest.mark.parametrize("var", ["STRIATE_NUM_THREADS", "OMP_NUM_THREADS"])
 @pytest.mark.parametrize("raw", ["99999999999", "1025", "0"])
 def test_thread_count_from_the_environment_names_the_variable_and_limit(var, raw):
-    """RELIABILITY 19: STRIATE_NUM_THREADS / OMP_NUM_THREADS beyond the limit fail the import with that ValueError."""
+    """Guarantee 19: STRIATE_NUM_THREADS / OMP_NUM_THREADS beyond the limit fail the import with that ValueError."""
     env = {"STRIATE_NUM_THREADS": "", "OMP_NUM_THREADS": "", var: raw}
     r = _run("import striate", **env)
     assert r.returncode != 0
@@ -192,7 +192,7 @@ print(outcome)
 @pytest.mark.parametrize("limit_mb, threads, hog_mb", [(1024, 300, 0), (900, 60, 300), (1100, 60, 100),
                                                       (700, 200, 500)])
 def test_thread_creation_failure_is_an_exception_not_an_exit(limit_mb, threads, hog_mb, tmp_path):
-    """RELIABILITY 19: under an address-space limit, too many threads never end the process.
+    """Guarantee 19: under an address-space limit, too many threads never end the process.
 
     libgomp exits with status 1 ("Thread creation failed") when it cannot
     create a worker. set_num_threads raises RuntimeError when the threads

@@ -1,5 +1,5 @@
 """Tests of striate.reference, the NumPy oracle: float64 central-difference
-gradient checks of every op (RELIABILITY item 1), hand-computed semantics
+gradient checks of every op (guarantee 1), hand-computed semantics
 (output sizes, padding, ceil_mode, count_include_pad, index layout, ties, NaN,
 lp scaling, adaptive windows), dtype handling, and a comparison with
 torch.nn.functional when PyTorch is importable.

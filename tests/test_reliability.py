@@ -1,6 +1,6 @@
-"""RELIABILITY.md as tests: the items no other test file covers, and an index of those it does.
+"""docs/guarantees.md as tests: the items no other test file covers, and an index of those it does.
 
-Each test here names its item in its docstring ("RELIABILITY 14: ..."). Items
+Each test here names its item in its docstring ("Guarantee 14: ..."). Items
 already tested elsewhere are not tested twice: ``INDEX`` below maps every item
 to those tests (file::name), and ``test_index_points_at_existing_tests`` keeps
 that map honest by checking that each named test still exists.
@@ -199,7 +199,7 @@ def _test_names(path):
 
 
 def test_index_points_at_existing_tests():
-    """RELIABILITY 1-20 (and any later item) and Tools: every item has tests, and every test the index names exists."""
+    """Guarantee 1-20 (and any later item) and Tools: every item has tests, and every test the index names exists."""
     items = [k.split()[0] for k in INDEX if not k.startswith("Tools")]
     assert items == [str(i) for i in range(1, len(items) + 1)] and len(items) >= 20
     names = {}
@@ -256,7 +256,7 @@ CORE_OVERFLOW = {
 
 @pytest.mark.parametrize("case", sorted(CORE_OVERFLOW))
 def test_core_size_overflow_is_a_value_error_before_allocation(case):
-    """RELIABILITY 6: a _core call whose element count overflows int64 raises ValueError, allocating nothing.
+    """Guarantee 6: a _core call whose element count overflows int64 raises ValueError, allocating nothing.
 
     The sizes asked for are beyond any address space, so reaching an allocator
     would be a MemoryError (or a wrapped, too-small buffer); the checked
@@ -281,7 +281,7 @@ CORE_GEOMETRY_OVERFLOW = {
 
 @pytest.mark.parametrize("case", sorted(CORE_GEOMETRY_OVERFLOW))
 def test_core_geometry_overflow_names_the_overflow(case):
-    """RELIABILITY 6: padding or dilation so large that the padded extent overflows int64 is reported as such."""
+    """Guarantee 6: padding or dilation so large that the padded extent overflows int64 is reported as such."""
     with pytest.raises(ValueError, match="overflows int64") as info:
         CORE_GEOMETRY_OVERFLOW[case]()
     # names what overflowed (a wrapped value can trip a later, unrelated check)
@@ -301,7 +301,7 @@ FUNCTIONAL_OVERFLOW = {
 
 @pytest.mark.parametrize("case", sorted(FUNCTIONAL_OVERFLOW))
 def test_functional_size_overflow_is_a_value_error(case):
-    """RELIABILITY 6: striate.functional refuses sizes that overflow int64 with a ValueError saying so."""
+    """Guarantee 6: striate.functional refuses sizes that overflow int64 with a ValueError saying so."""
     st.set_backend("cpp")
     with pytest.raises(ValueError, match="overflow"):
         FUNCTIONAL_OVERFLOW[case]()
@@ -309,7 +309,7 @@ def test_functional_size_overflow_is_a_value_error(case):
 
 @pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d", "lp_pool2d"])
 def test_ceil_mode_with_a_huge_stride_keeps_the_output_size(op):
-    """RELIABILITY 6: ceil_mode output size with stride 2**63-1 is computed without overflow (1, as the reference).
+    """Guarantee 6: ceil_mode output size with stride 2**63-1 is computed without overflow (1, as the reference).
 
     Unchecked, stride - 1 + (padded - extent) wrapped and gave 0 output rows.
     """
@@ -360,7 +360,7 @@ print("ok")
 
 @pytest.mark.parametrize("threads", [2, 3, 8])
 def test_worker_exceptions_are_rethrown_after_the_region(threads):
-    """RELIABILITY 7: an exception thrown inside OpenMP workers reaches Python as ValueError; no std::terminate.
+    """Guarantee 7: an exception thrown inside OpenMP workers reaches Python as ValueError; no std::terminate.
 
     Runs in a fresh process with STRIATE_NUM_THREADS set, so that a terminate
     (SIGABRT) would show as the exit status instead of killing the test run.
@@ -395,7 +395,7 @@ def _ticks_during(call):
 
 
 def test_another_thread_runs_during_a_long_convolution():
-    """RELIABILITY 8: the GIL is released around the kernels: Python code keeps running during a long conv.
+    """Guarantee 8: the GIL is released around the kernels: Python code keeps running during a long conv.
 
     The main thread counts loop iterations while a worker thread is inside
     one conv2d (forward, then backward) call. With the GIL held for the call,
@@ -449,7 +449,7 @@ def _released_blocks():
 
 
 def test_no_python_api_while_the_gil_is_released():
-    """RELIABILITY 8: while the GIL is released, the bindings call no Python or pybind11 API (static check).
+    """Guarantee 8: while the GIL is released, the bindings call no Python or pybind11 API (static check).
 
     Every ``py::gil_scoped_release`` scope holds only kernel calls on raw
     pointers taken before the release; and each binding file releases the GIL.
@@ -554,7 +554,7 @@ def _write_loaders_inputs(d, marker):
 
 
 def test_pickle_payload_is_refused_by_every_loader(tmp_path, capsys):
-    """RELIABILITY 10: pickle bytes offered to every loader are refused, and the payload never runs.
+    """Guarantee 10: pickle bytes offered to every loader are refused, and the payload never runs.
 
     MNIST (raw and .gz), CIFAR-10 (python batches, binary batches), st.load,
     io.read_file/read_header/load_weights, transfer.load_checked, training
@@ -591,7 +591,7 @@ class _Snap(Callback):
 
 
 def test_divergence_stops_fit_with_parameters_and_adam_state_intact():
-    """RELIABILITY 13: a run that diverges by itself stops with NonFiniteError naming epoch and step.
+    """Guarantee 13: a run that diverges by itself stops with NonFiniteError naming epoch and step.
 
     Adam with an absurd learning rate overflows the weights within a few
     steps; the model and the optimizer state (moments, step count) must be
@@ -645,7 +645,7 @@ def _generation(path):
 
 
 def test_sigkill_during_saves_leaves_a_loadable_file(tmp_path):
-    """RELIABILITY 14: SIGKILL at many points of repeated saves; the file always loads, old or new, never mixed.
+    """Guarantee 14: SIGKILL at many points of repeated saves; the file always loads, old or new, never mixed.
 
     A child process saves generation after generation to the same path and
     prints each number once its save returned. It is killed after varying
@@ -672,7 +672,7 @@ def test_sigkill_during_saves_leaves_a_loadable_file(tmp_path):
 
 
 def test_successful_saves_leave_no_temp_files(tmp_path):
-    """RELIABILITY 14: after successful saves (models, raw files, checkpoints) the folder holds only the targets."""
+    """Guarantee 14: after successful saves (models, raw files, checkpoints) the folder holds only the targets."""
     from striate.training import save_checkpoint
 
     model = Sequential([L.Conv2d(1, 2, 3), L.BatchNorm2d(2), L.Flatten(), L.Linear(8, 3)])
@@ -685,7 +685,7 @@ def test_successful_saves_leave_no_temp_files(tmp_path):
 
 
 def test_save_order_is_write_fsync_replace_fsync_folder(tmp_path, monkeypatch):
-    """RELIABILITY 14: the temp file lives in the target's folder, is fsynced before os.replace, the folder after."""
+    """Guarantee 14: the temp file lives in the target's folder, is fsynced before os.replace, the folder after."""
     import stat
 
     events = []
@@ -752,7 +752,7 @@ def _fit_in_process(threads, epochs, ckpt="-", resume=False, bn=True):
 
 
 def test_whole_fit_is_identical_for_every_STRIATE_NUM_THREADS():
-    """RELIABILITY 16: a whole fit (dropout, BatchNorm, grouped conv, striate.augment, Adam) in fresh processes
+    """Guarantee 16: a whole fit (dropout, BatchNorm, grouped conv, striate.augment, Adam) in fresh processes
     with STRIATE_NUM_THREADS = 1, 2, 3 and 8 gives the same weights hash and the same loss history."""
     runs = [_fit_in_process(n, epochs=2) for n in (1, 2, 3, 8)]
     for r in runs[1:]:
@@ -762,7 +762,7 @@ def test_whole_fit_is_identical_for_every_STRIATE_NUM_THREADS():
 
 @pytest.mark.parametrize("bn", [False, True], ids=["no-batchnorm", "batchnorm"])
 def test_resume_in_fresh_processes_on_other_thread_counts(tmp_path, bn):
-    """RELIABILITY 15: 2N epochs straight == N epochs, checkpoint, N more in another process, bitwise.
+    """Guarantee 15: 2N epochs straight == N epochs, checkpoint, N more in another process, bitwise.
 
     With dropout, striate.augment's C++ transforms, Adam (whose moments and
     step count must come back) and, in one variant, BatchNorm (whose 0-d
@@ -780,7 +780,7 @@ def test_resume_in_fresh_processes_on_other_thread_counts(tmp_path, bn):
 
 
 def test_checkpoint_round_trip_keeps_zero_dim_buffers(tmp_path):
-    """RELIABILITY 15: a checkpoint of a model with BatchNorm (0-d num_batches_tracked) loads back into it."""
+    """Guarantee 15: a checkpoint of a model with BatchNorm (0-d num_batches_tracked) loads back into it."""
     from striate.training import load_checkpoint, save_checkpoint
 
     model = Sequential([L.Conv2d(1, 2, 3), L.BatchNorm2d(2), L.Flatten(), L.Linear(8, 3)])
@@ -793,7 +793,7 @@ def test_checkpoint_round_trip_keeps_zero_dim_buffers(tmp_path):
 
 
 def test_sanitizer_script_and_build_option():
-    """RELIABILITY Tools: an ASan+UBSan build option and a script that runs the suite with the runtimes preloaded.
+    """Guarantee Tools: an ASan+UBSan build option and a script that runs the suite with the runtimes preloaded.
 
     (The script itself is run by hand or in CI: ``tools/sanitize.sh``; a full
     run takes minutes.)

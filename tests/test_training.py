@@ -677,7 +677,7 @@ def test_resume_in_a_fresh_process_is_bit_exact(digits8, tmp_path):
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(digits8, tmp_path, monkeypatch):
-    """RELIABILITY 14 at the fit level: a save that dies before the rename keeps the old checkpoint."""
+    """Guarantee 14 at the fit level: a save that dies before the rename keeps the old checkpoint."""
     x, y, _, _ = digits8
     ckpt = tmp_path / "run.ckpt"
     model = linear_model()
@@ -788,7 +788,7 @@ def test_history_plot_writes_an_image(digits8, tmp_path):
 
 
 def test_trained_weights_are_identical_for_every_thread_count(digits8):
-    """RELIABILITY 16 end to end: the same fit on 1, 2, 3 and 8 threads gives bitwise-equal weights."""
+    """Guarantee 16 end to end: the same fit on 1, 2, 3 and 8 threads gives bitwise-equal weights."""
     x, y, xt, yt = digits8
     results = []
     for threads in (1, 2, 3, 8):

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 
-ZOO_INPUTS = {"lenet5": (1, 32, 32), "typical_cnn": (3, 32, 32)}
+ZOO_INPUTS = {"lenet5": (1, 32, 32), "typical_cnn": (3, 32, 32), "resnet20": (3, 32, 32)}
 
 
 def _torch_module(layer, torch):
@@ -215,7 +215,7 @@ def bench_zoo(models=("lenet5", "typical_cnn"), batch_size=64, repeat=5, *, torc
         for name in models:
             _config.seed(int(gen.integers(2**31)))
             shape = ZOO_INPUTS[name]
-            model = zoo.lenet5() if name == "lenet5" else zoo.typical_cnn(in_channels=shape[0])
+            model = zoo.lenet5() if name == "lenet5" else zoo.MODELS[name](in_channels=shape[0])
             x = gen.random((batch_size,) + shape, dtype=np.float32)
             y = gen.integers(0, 10, size=batch_size)
             prof = profile(model, x, y, repeat=repeat)

@@ -1,4 +1,4 @@
-"""Layers: Parameter, the Layer base class and the layers of API.md.
+"""Layers: Parameter, the Layer base class and the layers of the public API (docs/api.md).
 
 Each layer runs ``forward`` on NumPy arrays (NCHW, float32; float64 works with
 the NumPy backend for gradient checks), keeps only what ``backward`` needs, and

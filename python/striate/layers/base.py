@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from .. import _args, _config, functional, reference
+from .. import _args, _config, _core, functional, reference
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -52,16 +52,21 @@ def _pair_out(p):
 
 
 def _conv_out(size, k, s, p, d):
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+    """Convolution output size along one axis: the core's one formula (shape.hpp),
+    or 0 when the kernel does not fit (callers report that with the layer's name)."""
+    try:
+        return int(_core.conv_out_size(size, k, s, p, p, d))
+    except (ValueError, OverflowError, TypeError):
+        return 0
 
 
 def _pool_out(size, k, s, p, d, ceil_mode):
-    """PyTorch's pooling output size, including the ceil_mode rule."""
-    num = size + 2 * p - d * (k - 1) - 1
-    out = (num + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
+    """PyTorch's pooling output size, ceil_mode rule included: the core's one
+    formula (shape.hpp), or 0 when the window does not fit."""
+    try:
+        return int(_core.pool_out_size(size, k, s, p, d, bool(ceil_mode)))
+    except (ValueError, OverflowError, TypeError):
+        return 0
 
 
 def _check_input(x, layer, ndim=None):
