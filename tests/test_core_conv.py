@@ -292,10 +292,13 @@ def _all_outputs(case, seed=0):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_vector_isas_give_identical_bits(case):
+def test_vector_isas_give_identical_bits(case, request):
     # Every specialised kernel sums each output in one order that depends on the
     # shape only (flat dw in 16 logical lanes on both paths), and both paths
-    # choose the same algorithms, so AVX2 reproduces AVX-512 bit for bit.
+    # choose the same algorithms, so AVX2 reproduces AVX-512 bit for bit. The
+    # exception is a dw that goes through the GEMM as dy . cols^T with 5 to 64
+    # output channels: AVX-512 takes its dot kernels there and AVX2 the packed
+    # GEMM (faster on 8 ymm lanes), so those dw agree within tolerance only.
     if "avx512" not in _supported_isas():
         pytest.skip("needs a CPU with both the avx512 and the avx2 path")
     before = _core.get_isa()
@@ -306,8 +309,25 @@ def test_vector_isas_give_identical_bits(case):
             results[name] = _all_outputs(case)
     finally:
         _core.set_isa(before)
-    for what, a, b in zip(("y", "dx", "dw", "db"), results["avx512"], results["avx2"]):
-        assert a.tobytes() == b.tobytes(), f"{what} differs between avx512 and avx2"
+    _assert_vector_isas_agree(case, results["avx512"], results["avx2"], request.node.callspec.id in GEMM_DW_CASES)
+
+
+# Cases whose dw runs through the GEMM's A . B^T with 5..64 rows (see above).
+GEMM_DW_CASES = {
+    "stride2-asym-pad", "stride-dilation-mixed", "pointwise", "1x1-stride2", "channel-vectors-odd-rows",
+    "channel-vectors-tail", "channel-vectors-32-and-tail", "gemm-dw-3-to-32", "layer-3-to-32",
+}
+
+
+def _assert_vector_isas_agree(case, a512, a2, gemm_dw):
+    """y, dx and db bit for bit; dw too unless it may come from the GEMM's dot kernels."""
+    N, C, H, W, K, kh, kw, stride, pads, dil, groups, bias = case
+    for what, a, b in zip(("y", "dx", "dw", "db"), a512, a2):
+        if what == "dw" and gemm_dw:
+            OH, OW = a512[0].shape[2:]
+            assert_close(b, a.astype(np.float64), N * OH * OW, "dw [avx2 vs avx512]", case)
+        else:
+            assert a.tobytes() == b.tobytes(), f"{what} differs between avx512 and avx2 for {case}"
 
 
 def _random_case(rng):
@@ -341,8 +361,9 @@ def test_random_shapes_agree_across_isas(seed):
                 _core.set_isa(name)
                 results[name] = _all_outputs(case, seed)
             if "avx512" in results:
-                for what, a, b2 in zip(("y", "dx", "dw", "db"), results["avx512"], results["avx2"]):
-                    assert a.tobytes() == b2.tobytes(), f"{what} differs between avx512 and avx2 for {case}"
+                # dw may come from the GEMM (see test_vector_isas_give_identical_bits);
+                # the oracle check below holds it to the tolerance on every path.
+                _assert_vector_isas_agree(case, results["avx512"], results["avx2"], gemm_dw=True)
             # The oracle on the inputs and dy _all_outputs drew.
             rng_case = np.random.default_rng(seed)
             x, w, b = make_inputs(rng_case, N, C, H, W, K, kh, kw, groups, bias)
