@@ -1,7 +1,8 @@
 """Benchmark striate's convolution on each ISA path side by side with PyTorch.
 
-For the conv layers of ``bench_kernels.py`` and a few shapes of real CNNs (a
-5x5 32->64 layer on 14x14, 1x1, stride 2, a 7x7 stride-2 stem, 8x8 planes),
+For the conv layers of ``bench_kernels.py`` and the shape families of real
+CNNs (a 5x5 32->64 layer on 14x14, 1x1, stride 2, a 7x7 stride-2 stem, 8x8
+and 7x7 planes), the one list of ``bench_layers.py``,
 every ISA path the CPU supports (``--isa``, default all of avx512 and avx2 it
 has) is first validated against ``striate.reference`` in float64, then
 forward+backward (dx, dw, db) is timed for PyTorch and for striate on each
@@ -20,70 +21,51 @@ Not a test: it sets no speed limits. Run it with numpy's BLAS overrides removed:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
-import os
-import platform
-import sys
 import time
 
 import numpy as np
 
 import striate as st
 import striate.functional as F
+import striate.reference as R
 from striate import _core
+from bench_kernels import _check
+from bench_layers import CONVS, FAMILIES
+from bench_machine import cpu_model
 
 try:  # optional peer
     import torch
 except ImportError:  # pragma: no cover - depends on the machine
     torch = None
 
-_here = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("bench_kernels", os.path.join(_here, "bench_kernels.py"))
-bk = importlib.util.module_from_spec(_spec)
-sys.modules["bench_kernels"] = bk  # its dataclasses look their module up
-_spec.loader.exec_module(bk)
-
-# (name, N, C, H, K, k, pad, stride)
-EXTRA = [
-    ("32->64 k5 p2 14x14", 64, 32, 14, 64, 5, 2, 1),
-    ("128->128 k3 p1 8x8", 64, 128, 8, 128, 3, 1, 1),
-    ("64->64 k1 16x16", 64, 64, 16, 64, 1, 0, 1),
-    ("64->128 k3 p1 s2 16x16", 64, 64, 16, 128, 3, 1, 2),
-    ("3->64 k7 p3 s2 56x56 stem", 16, 3, 56, 64, 7, 3, 2),
-]
-
 
 def layers():
-    out = [(c.name, c.N, c.C, c.H, c.K, c.k, c.pad, 1) for c in bk.CONVS]
-    return out + EXTRA
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """(name, N, C, H, K, k, pad, stride) of every layer in ``bench_layers`` (the same list as bench_kernels)."""
+    return [(c.name, c.N, c.C, c.H, c.K, c.k, c.pad, c.stride) for c in CONVS + FAMILIES]
 
 
 def out_size(H, k, pad, stride):
     return (H + 2 * pad - k) // stride + 1
 
 
-def validate(name, x, w, b, dy, pad, stride):
+def reference(x, w, b, dy, pad, stride):
+    """The float64 reference (y, dx, dw, db) of one layer, computed once for every ISA's check."""
     x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    y = R.conv2d(x64, w64, b.astype(np.float64), stride=stride, padding=pad)
+    return (y, *R.conv2d_backward(dy64, x64, w64, stride=stride, padding=pad))
+
+
+def validate(name, x, w, b, dy, pad, stride, ref):
+    """Stop the run when striate's y, dx, dw or db on the current ISA is outside tolerance of ``ref``."""
     K, C, k, _ = w.shape
     OH = dy.shape[2]
     y = F.conv2d(x, w, b, stride=stride, padding=pad)
-    bk._check(f"{name} y", y, bk.R.conv2d(x64, w64, b.astype(np.float64), stride=stride, padding=pad), C * k * k + 1)
-    ref = bk.R.conv2d_backward(dy64, x64, w64, stride=stride, padding=pad)
+    _check(f"{name} y", y, ref[0], C * k * k + 1)
     got = F.conv2d_backward(dy, x, w, stride=stride, padding=pad)
-    for gname, g, r, n in zip(("dx", "dw", "db"), got, ref, (K * k * k, x.shape[0] * OH * OH, x.shape[0] * OH * OH)):
-        bk._check(f"{name} {gname}", g, r, n)
+    counts = (K * k * k, x.shape[0] * OH * OH, x.shape[0] * OH * OH)
+    for gname, g, r, n in zip(("dx", "dw", "db"), got, ref[1:], counts):
+        _check(f"{name} {gname}", g, r, n)
 
 
 def main() -> None:
@@ -109,7 +91,8 @@ def main() -> None:
     if torch is not None:
         torch.set_num_threads(args.threads)
     before = _core.get_isa()
-    print(f"# conv fwd+bwd per ISA path; CPU: {cpu_model()}; threads {args.threads}; "
+    print(f"# conv fwd+bwd per ISA path; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+          f"CPU: {cpu_model()}; threads {args.threads}; "
           f"torch {torch.__version__ if torch else 'absent'}; {args.stat} {args.clock} time of {args.repeat} interleaved rounds")
     head = ["layer", "PyTorch ms"] + [f"{i} ms" for i in isas] + [f"{i} GFLOP/s" for i in isas]
     head += [f"PyTorch/{i}" for i in isas]
@@ -126,9 +109,10 @@ def main() -> None:
             w = (rng.standard_normal((K, C, k, k)) / math.sqrt(C * k * k)).astype(np.float32)
             b = rng.standard_normal(K, dtype=np.float32)
             dy = rng.standard_normal((N, K, OH, OH), dtype=np.float32)
+            ref = reference(x, w, b, dy, pad, stride)
             for i in isas:
                 _core.set_isa(i)
-                validate(f"{name} [{i}]", x, w, b, dy, pad, stride)
+                validate(f"{name} [{i}]", x, w, b, dy, pad, stride, ref)
             calls = {}
             for i in isas:
                 def run(i=i):

@@ -53,10 +53,10 @@ sys.path.insert(0, os.path.join(_HERE, "..", "python"))
 sys.path.insert(0, _HERE)
 
 import striate as st  # noqa: E402
-from striate import layers as L  # noqa: E402
 from striate import optim, zoo  # noqa: E402
 
 import bench_train  # noqa: E402  (its torch.nn twin of a Sequential)
+from bench_models import tf_cnn  # noqa: E402
 
 torch = None  # set in main() when PyTorch is importable and wanted
 
@@ -65,25 +65,6 @@ LR = 0.01
 MOMENTUM = 0.9
 EVAL_BATCH = 256
 TOLERANCE = 1e-4
-
-
-def tf_cnn():
-    """The TensorFlow-tutorial CNN for 1x28x28 inputs, freshly initialised from striate's RNG."""
-    return st.Sequential(
-        [
-            L.Conv2d(1, 32, 5, padding=2),
-            L.ReLU(),
-            L.MaxPool2d(2),
-            L.Conv2d(32, 64, 5, padding=2),
-            L.ReLU(),
-            L.MaxPool2d(2),
-            L.Flatten(),
-            L.Linear(64 * 7 * 7, 1024),
-            L.ReLU(),
-            L.Dropout(0.4),
-            L.Linear(1024, 10),
-        ]
-    )
 
 
 # name -> (builder, zero padding applied to the 28x28 images)

@@ -1,18 +1,23 @@
 """Benchmark striate's conv and max-pool kernels against the NumPy reference and PyTorch.
 
-For the six convolution layers and the max-pool case of docs/performance.md, every
-variant is first validated against ``striate.reference`` in float64 (forward
-and every gradient, tolerance (1e-5 + 1e-4*|ref|)*sqrt(K)); then forward and
-forward+backward (dx, dw, db; the first layer also without dx) are timed for
-striate (C++), the float32 NumPy reference and PyTorch when it is importable,
-all at the same thread count (threadpoolctl for numpy's BLAS,
-``torch.set_num_threads`` for PyTorch). Each cell is the median of
-``--repeat`` runs after a warm-up (fewer, but at least 3, when a cell
-exceeds ``--budget`` seconds). Prints a markdown table of ms, GFLOP/s and
-the ratios PyTorch/striate and reference/striate, their geometric means, and
-the 1 -> 2 thread scaling of striate on the three largest layers. The header
-names the CPU (from /proc/cpuinfo) and the ISA path striate's kernels take;
-``--isa avx2`` (or ``avx512``, ``generic``) sets it before anything runs.
+Two tables: the six convolution layers of docs/performance.md with the
+max-pool case, and the shape families of real CNNs (5x5 32->64 on 14x14,
+3x3 stride 2, 1x1, a 7x7 stride-2 stem, 128->128 on 8x8 and 7x7 planes);
+``--shapes`` picks one or both. The layer list lives in ``bench_layers.py``,
+shared with ``bench_conv_isa.py``. Every variant is first validated against
+``striate.reference`` in float64 (forward and every gradient, tolerance
+(1e-5 + 1e-4*|ref|)*sqrt(K)); then forward and forward+backward (dx, dw, db;
+a first layer also without dx) are timed for striate (C++), the float32
+NumPy reference and PyTorch when it is importable, all at the same thread
+count (threadpoolctl for numpy's BLAS, ``torch.set_num_threads`` for
+PyTorch). Each cell is the median of ``--repeat`` runs after a warm-up
+(fewer, but at least 3, when a cell exceeds ``--budget`` seconds). Prints
+markdown tables of ms, GFLOP/s and the ratios PyTorch/striate and
+reference/striate, their geometric means (per table and over all conv
+layers), and the 1 -> 2 thread scaling of striate on the three largest
+layers. The header names the CPU (from /proc/cpuinfo) and the ISA path
+striate's kernels take; ``--isa avx2`` (or ``avx512``, ``generic``) sets it
+before anything runs.
 
 Not a test: it refuses to time a kernel that fails validation, but sets no
 speed limits. Run it with numpy's BLAS overrides removed::
@@ -30,14 +35,13 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
-
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 import striate as st
 import striate.functional as F
 import striate.reference as R
+from bench_layers import CONVS, FAMILIES, SHAPE_SETS, Conv
 from bench_machine import add_isa_argument, apply_isa, cpu_model, header
 
 try:  # optional peer
@@ -46,34 +50,6 @@ except ImportError:  # pragma: no cover - depends on the machine
     torch = None
 
 
-@dataclass(frozen=True)
-class Conv:
-    name: str
-    N: int
-    C: int
-    H: int
-    K: int
-    k: int
-    pad: int
-    first: bool = False  # a network's first layer: also timed without dx
-
-    @property
-    def out(self) -> int:
-        return self.H + 2 * self.pad - self.k + 1
-
-    @property
-    def fwd_flops(self) -> float:
-        return 2.0 * self.N * self.K * self.out**2 * self.C * self.k * self.k
-
-
-CONVS = [
-    Conv("LeNet C1 1->6 k5 p2 28x28", 64, 1, 28, 6, 5, 2, first=True),
-    Conv("LeNet C3 6->16 k5 14x14", 64, 6, 14, 16, 5, 0),
-    Conv("3->32 k3 p1 32x32", 64, 3, 32, 32, 3, 1, first=True),
-    Conv("32->32 k3 p1 32x32", 64, 32, 32, 32, 3, 1),
-    Conv("64->64 k3 p1 16x16", 64, 64, 16, 64, 3, 1),
-    Conv("128->128 k3 p1 16x16 b32", 32, 128, 16, 128, 3, 1),
-]
 POOL_SHAPE = (64, 32, 32, 32)  # max-pool 2x2 / 2
 
 
@@ -92,13 +68,14 @@ def _check(name, got, ref, K):
 
 def validate_conv(c: Conv, x, w, b, dy):
     x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
-    _check(f"{c.name} y", F.conv2d(x, w, b, padding=c.pad), R.conv2d(x64, w64, b.astype(np.float64), padding=c.pad),
+    kw = {"stride": c.stride, "padding": c.pad}
+    _check(f"{c.name} y", F.conv2d(x, w, b, **kw), R.conv2d(x64, w64, b.astype(np.float64), **kw),
            c.C * c.k * c.k + 1)
-    ref = R.conv2d_backward(dy64, x64, w64, padding=c.pad)
-    got = F.conv2d_backward(dy, x, w, padding=c.pad)
+    ref = R.conv2d_backward(dy64, x64, w64, **kw)
+    got = F.conv2d_backward(dy, x, w, **kw)
     for gname, g, r, K in zip(("dx", "dw", "db"), got, ref, (c.K * c.k * c.k, c.N * c.out**2, c.N * c.out**2)):
         _check(f"{c.name} {gname}", g, r, K)
-    nodx = F.conv2d_backward(dy, x, w, padding=c.pad, needs=("weight", "bias"))
+    nodx = F.conv2d_backward(dy, x, w, **kw, needs=("weight", "bias"))
     if nodx[0] is not None:
         raise SystemExit(f"validation failed: {c.name}: dx returned though not needed")
     _check(f"{c.name} dw (no dx)", nodx[1], ref[1], c.N * c.out**2)
@@ -134,30 +111,31 @@ def median_ms(fn, repeat: int, budget_s: float = 3.0, warmup: int = 2) -> float:
 
 def conv_variants(c: Conv, x, w, b, dy):
     """{(impl, kind): callable} for kind in fwd, fwd+bwd, fwd+bwd (no dx)."""
-    p = c.pad
-    out = {
-        ("striate", "fwd"): lambda: F.conv2d(x, w, b, padding=p),
-        ("striate", "fwd+bwd"): lambda: (F.conv2d(x, w, b, padding=p), F.conv2d_backward(dy, x, w, padding=p)),
-        ("reference", "fwd"): lambda: R.conv2d(x, w, b, padding=p),
-        ("reference", "fwd+bwd"): lambda: (R.conv2d(x, w, b, padding=p), R.conv2d_backward(dy, x, w, padding=p)),
-    }
-    if c.first:
-        out[("striate", "fwd+bwd no dx")] = lambda: (
-            F.conv2d(x, w, b, padding=p), F.conv2d_backward(dy, x, w, padding=p, needs=("weight", "bias")))
-        out[("reference", "fwd+bwd no dx")] = lambda: (
-            R.conv2d(x, w, b, padding=p), R.conv2d_backward(dy, x, w, padding=p, needs=("weight", "bias")))
+    p, sd = c.pad, c.stride
+    out = {}
+    for impl, mod in (("striate", F), ("reference", R)):
+        def fwd(mod=mod):
+            return mod.conv2d(x, w, b, stride=sd, padding=p)
+
+        def fwd_bwd(mod=mod, needs=("x", "weight", "bias")):
+            return fwd(mod), mod.conv2d_backward(dy, x, w, stride=sd, padding=p, needs=needs)
+
+        out[(impl, "fwd")] = fwd
+        out[(impl, "fwd+bwd")] = fwd_bwd
+        if c.first:
+            out[(impl, "fwd+bwd no dx")] = lambda fb=fwd_bwd: fb(needs=("weight", "bias"))
     if torch is not None:
         tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
         tconv = torch.nn.functional.conv2d
 
         def t_fwd():
             with torch.no_grad():
-                return tconv(tx, tw, tb, padding=p)
+                return tconv(tx, tw, tb, stride=sd, padding=p)
 
         def t_bwd(need_dx):
             xx = tx.detach().requires_grad_(need_dx)
             ww, bb = tw.detach().requires_grad_(True), tb.detach().requires_grad_(True)
-            tconv(xx, ww, bb, padding=p).backward(tdy)
+            tconv(xx, ww, bb, stride=sd, padding=p).backward(tdy)
 
         out[("pytorch", "fwd")] = t_fwd
         out[("pytorch", "fwd+bwd")] = lambda: t_bwd(True)
@@ -215,77 +193,67 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=st.get_num_threads(), help="threads for every implementation")
-    ap.add_argument("--repeat", type=int, default=15, help="timed repetitions per cell (median reported)")
-    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    ap.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 thread column")
-    ap.add_argument("--budget", type=float, default=3.0,
-                    help="seconds per cell after which repetitions stop early (at least 3 runs)")
-    add_isa_argument(ap)
-    args = ap.parse_args(argv)
-    if args.threads < 1 or args.repeat < 1:
-        ap.error("--threads and --repeat must be >= 1")
-    apply_isa(ap, args.isa)
-    print(header(), flush=True)
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if var in os.environ:
-            print(f"warning: {var} is set; it slows numpy's BLAS (run with env -u {var})", file=sys.stderr)
-    st.set_backend("cpp")
-    rng = np.random.default_rng(0)
+def _conv_rows(convs, args, rng, largest):
+    """Validate then time every conv of ``convs``; one row per (layer, pass)."""
     rows = []
-    largest = sorted(CONVS, key=lambda c: c.fwd_flops, reverse=True)[:3]
-
-    with threadpool_limits(args.threads):
-        for c in CONVS:
-            x = rng.standard_normal((c.N, c.C, c.H, c.H), dtype=np.float32)
-            w = rng.standard_normal((c.K, c.C, c.k, c.k), dtype=np.float32) / math.sqrt(c.C * c.k * c.k)
-            b = rng.standard_normal(c.K, dtype=np.float32)
-            dy = rng.standard_normal((c.N, c.K, c.out, c.out), dtype=np.float32)
-            set_threads(args.threads)
-            validate_conv(c, x, w, b, dy)
-            variants = conv_variants(c, x, w, b, dy)
-            kinds = ["fwd", "fwd+bwd"] + (["fwd+bwd no dx"] if c.first else [])
-            flops = {"fwd": c.fwd_flops, "fwd+bwd": 3 * c.fwd_flops, "fwd+bwd no dx": 2 * c.fwd_flops}
-            for kind in kinds:
-                row = {"case": c.name, "kind": kind, "gflop": flops[kind] / 1e9}
-                for impl in ("striate", "reference", "pytorch"):
-                    fn = variants.get((impl, kind))
-                    row[f"{impl}_ms"] = median_ms(fn, args.repeat, args.budget) if fn else None
-                if kind == "fwd+bwd" and c in largest and not args.no_scaling:
-                    fn = variants[("striate", kind)]
-                    set_threads(1)
-                    t1 = median_ms(fn, args.repeat, args.budget)
-                    set_threads(2)
-                    t2 = median_ms(fn, args.repeat, args.budget)
-                    set_threads(args.threads)
-                    row["scaling_1_to_2"] = t1 / t2
-                rows.append(row)
-                print(f"  {c.name:28s} {kind:14s} done", file=sys.stderr, flush=True)
-
-        x = rng.standard_normal(POOL_SHAPE, dtype=np.float32)
-        dy = rng.standard_normal((POOL_SHAPE[0], POOL_SHAPE[1], POOL_SHAPE[2] // 2, POOL_SHAPE[3] // 2), dtype=np.float32)
+    for c in convs:
+        x = rng.standard_normal((c.N, c.C, c.H, c.H), dtype=np.float32)
+        w = rng.standard_normal((c.K, c.C, c.k, c.k), dtype=np.float32) / math.sqrt(c.C * c.k * c.k)
+        b = rng.standard_normal(c.K, dtype=np.float32)
+        dy = rng.standard_normal((c.N, c.K, c.out, c.out), dtype=np.float32)
         set_threads(args.threads)
-        validate_pool(x, dy)
-        variants = pool_variants(x, dy)
-        for kind in ("fwd", "fwd+bwd"):
-            row = {"case": "max-pool 2x2/2 64x32x32x32", "kind": kind, "gflop": None}
+        validate_conv(c, x, w, b, dy)
+        variants = conv_variants(c, x, w, b, dy)
+        kinds = ["fwd", "fwd+bwd"] + (["fwd+bwd no dx"] if c.first else [])
+        flops = {"fwd": c.fwd_flops, "fwd+bwd": 3 * c.fwd_flops, "fwd+bwd no dx": 2 * c.fwd_flops}
+        for kind in kinds:
+            row = {"case": c.name, "kind": kind, "gflop": flops[kind] / 1e9}
             for impl in ("striate", "reference", "pytorch"):
                 fn = variants.get((impl, kind))
                 row[f"{impl}_ms"] = median_ms(fn, args.repeat, args.budget) if fn else None
+            if kind == "fwd+bwd" and c in largest and not args.no_scaling:
+                fn = variants[("striate", kind)]
+                set_threads(1)
+                t1 = median_ms(fn, args.repeat, args.budget)
+                set_threads(2)
+                t2 = median_ms(fn, args.repeat, args.budget)
+                set_threads(args.threads)
+                row["scaling_1_to_2"] = t1 / t2
             rows.append(row)
+            print(f"  {c.name:30s} {kind:14s} done", file=sys.stderr, flush=True)
+    return rows
 
-    for row in rows:
-        s, r, t = row["striate_ms"], row["reference_ms"], row["pytorch_ms"]
-        row["pytorch_over_striate"] = t / s if t else None
-        row["reference_over_striate"] = r / s
+
+def _pool_rows(args, rng):
+    """Validate then time max-pool 2x2/2 on ``POOL_SHAPE``."""
+    x = rng.standard_normal(POOL_SHAPE, dtype=np.float32)
+    dy = rng.standard_normal((POOL_SHAPE[0], POOL_SHAPE[1], POOL_SHAPE[2] // 2, POOL_SHAPE[3] // 2), dtype=np.float32)
+    set_threads(args.threads)
+    validate_pool(x, dy)
+    variants = pool_variants(x, dy)
+    rows = []
+    for kind in ("fwd", "fwd+bwd"):
+        row = {"case": "max-pool 2x2/2 64x32x32x32", "kind": kind, "gflop": None}
         for impl in ("striate", "reference", "pytorch"):
-            ms = row[f"{impl}_ms"]
-            row[f"{impl}_gflops"] = row["gflop"] / (ms / 1e3) if row["gflop"] and ms else None
+            fn = variants.get((impl, kind))
+            row[f"{impl}_ms"] = median_ms(fn, args.repeat, args.budget) if fn else None
+        rows.append(row)
+    return rows
 
-    print(f"\n{cpu_model()}, ISA {st.get_isa()}, threads={args.threads}, repeat={args.repeat}, numpy {np.__version__}"
-          + (f", torch {torch.__version__}" if torch is not None else ", torch not installed") + "\n")
+
+def _derive(row):
+    """Add the ratios and GFLOP/s to a timed row."""
+    s, r, t = row["striate_ms"], row["reference_ms"], row["pytorch_ms"]
+    row["pytorch_over_striate"] = t / s if t else None
+    row["reference_over_striate"] = r / s
+    for impl in ("striate", "reference", "pytorch"):
+        ms = row[f"{impl}_ms"]
+        row[f"{impl}_gflops"] = row["gflop"] / (ms / 1e3) if row["gflop"] and ms else None
+
+
+def _print_table(title, rows):
+    """A markdown table of ``rows`` and the geometric means of its conv fwd+bwd ratios; returns them."""
+    print(f"\n### {title}\n")
     print("| case | pass | striate ms (GFLOP/s) | PyTorch ms (GFLOP/s) | reference ms (GFLOP/s) "
           "| PyTorch/striate | reference/striate | 1->2 threads |")
     print("|---|---|---|---|---|---|---|---|")
@@ -300,15 +268,63 @@ def main(argv=None) -> int:
     conv_fb = [r for r in rows if r["kind"] == "fwd+bwd" and r["gflop"]]
     gm_t = geomean([r["pytorch_over_striate"] for r in conv_fb])
     gm_r = geomean([r["reference_over_striate"] for r in conv_fb])
-    print(f"\ngeometric mean over the conv layers (fwd+bwd): PyTorch/striate {_fmt(gm_t)}, "
+    print(f"\ngeometric mean over these {len(conv_fb)} conv layers (fwd+bwd): PyTorch/striate {_fmt(gm_t)}, "
           f"reference/striate {_fmt(gm_r)}")
+    return gm_t, gm_r
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=st.get_num_threads(), help="threads for every implementation")
+    ap.add_argument("--repeat", type=int, default=15, help="timed repetitions per cell (median reported)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the 1 vs 2 thread column")
+    ap.add_argument("--budget", type=float, default=3.0,
+                    help="seconds per cell after which repetitions stop early (at least 3 runs)")
+    ap.add_argument("--shapes", choices=tuple(SHAPE_SETS), default="all",
+                    help="base: the six layers of docs/performance.md; families: the shapes of real CNNs "
+                         "(5x5, stride 2, 1x1, 7x7 stem, 8x8/7x7 planes); all: both, as two tables (default)")
+    add_isa_argument(ap)
+    args = ap.parse_args(argv)
+    if args.threads < 1 or args.repeat < 1:
+        ap.error("--threads and --repeat must be >= 1")
+    apply_isa(ap, args.isa)
+    print(header(), flush=True)
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"warning: {var} is set; it slows numpy's BLAS (run with env -u {var})", file=sys.stderr)
+    st.set_backend("cpp")
+    rng = np.random.default_rng(0)
+    chosen = SHAPE_SETS[args.shapes]
+    largest = sorted(chosen, key=lambda c: c.fwd_flops, reverse=True)[:3]
+    with threadpool_limits(args.threads):
+        base = _conv_rows([c for c in CONVS if c in chosen], args, rng, largest)
+        fams = _conv_rows([c for c in FAMILIES if c in chosen], args, rng, largest)
+        pool = _pool_rows(args, rng) if args.shapes != "families" else []
+    rows = base + pool + fams
+    for row in rows:
+        _derive(row)
+
+    print(f"\n{cpu_model()}, ISA {st.get_isa()}, threads={args.threads}, repeat={args.repeat}, numpy {np.__version__}"
+          + (f", torch {torch.__version__}" if torch is not None else ", torch not installed"))
+    means = {}
+    if base or pool:
+        means["base"] = _print_table("Layers of docs/performance.md and max-pool", base + pool)
+    if fams:
+        means["families"] = _print_table("Shape families of real CNNs", fams)
+    conv_fb = [r for r in base + fams if r["kind"] == "fwd+bwd"]
+    gm_t = geomean([r["pytorch_over_striate"] for r in conv_fb])
+    gm_r = geomean([r["reference_over_striate"] for r in conv_fb])
+    if base and fams:
+        print(f"\ngeometric mean over all {len(conv_fb)} conv layers (fwd+bwd): PyTorch/striate {_fmt(gm_t)}, "
+              f"reference/striate {_fmt(gm_r)}")
 
     if args.json:
-        meta = {"threads": args.threads, "repeat": args.repeat, "numpy": np.__version__,
+        meta = {"threads": args.threads, "repeat": args.repeat, "numpy": np.__version__, "shapes": args.shapes,
                 "torch": None if torch is None else torch.__version__, "python": platform.python_version(),
                 "cpu": cpu_model(), "isa": st.get_isa(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "geomean_pytorch_over_striate": gm_t,
-                "geomean_reference_over_striate": gm_r}
+                "geomean_reference_over_striate": gm_r, "geomeans_by_table": means}
         with open(args.json, "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=2)
     return 0

@@ -4,7 +4,7 @@
 ``avx2`` or ``generic``); ``apply_isa`` sets it with ``st.set_isa`` before
 anything is timed (an unsupported name stops the run with the ValueError's
 message). ``header`` is the line every benchmark prints first: the CPU model
-from /proc/cpuinfo, the ISA path the kernels take, and striate's thread count.
+from /proc/cpuinfo, the date, the ISA path the kernels take, and striate's thread count.
 
 Not here: any timing or validation.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import time
 
 import striate as st
 
@@ -55,5 +56,6 @@ def apply_isa(ap: argparse.ArgumentParser, isa: str | None) -> None:
 
 
 def header() -> str:
-    """One line naming the CPU, the ISA path and the thread count."""
-    return f"CPU: {cpu_model()}; striate ISA path: {st.get_isa()}; striate threads: {st.get_num_threads()}"
+    """One line with the date (UTC), the CPU, the ISA path and the thread count."""
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; CPU: {cpu_model()}; "
+            f"striate ISA path: {st.get_isa()}; striate threads: {st.get_num_threads()}")

@@ -1,25 +1,40 @@
-"""Training and inference throughput (images/s) of striate next to PyTorch, plus peak RSS.
+"""Training and inference throughput of striate next to PyTorch and onnxruntime, plus peak RSS.
 
-Models: LeNet-5 on 1x28x28 inputs and the small CIFAR net of docs/performance.md
-(``zoo.typical_cnn`` on 3x32x32). Training is ``fit`` itself (batch 64, SGD
-with momentum 0.9, one epoch over synthetic data, verbose=0), so the loop,
-batch gathering and the non-finite checks are included; inference is
-``model.predict`` at batch 256. PyTorch (when importable) runs the same
-architecture with striate's weights, ``torch.set_num_threads`` equal to
-striate's thread count, and the same batches. Before timing, every pair is
-validated: the forward outputs and the loss of one SGD step must agree.
-Peak RSS is the peak resident set size (``VmHWM``) of a child process that
-imports only striate and trains LeNet-5.
+PyTorch tables (``--only torch``): LeNet-5 on 1x28x28 inputs and the small
+CIFAR net of docs/performance.md (``zoo.typical_cnn`` on 3x32x32). Training is
+``fit`` itself (batch 64, SGD with momentum 0.9, one epoch over synthetic
+data, verbose=0), so the loop, batch gathering and the non-finite checks are
+included; inference is ``model.predict`` at batch 256. PyTorch (when
+importable) runs the same architecture with striate's weights,
+``torch.set_num_threads`` equal to striate's thread count, and the same
+batches. Before timing, every pair is validated: the forward outputs and the
+loss of one SGD step must agree. Peak RSS is the peak resident set size
+(``VmHWM``) of a child process that imports only striate and trains LeNet-5.
+
+onnxruntime table (``--only onnx``): LeNet-5 (1x28x28), the TF-tutorial CNN
+(``bench_models.tf_cnn``) and ``zoo.typical_cnn`` (3x32x32), each exported
+with ``model.to_onnx`` and run by onnxruntime's CPU provider with
+``intra_op_num_threads`` equal to striate's thread count, one inter-op
+thread and ORT_ENABLE_ALL graph optimisations. onnxruntime's logits must
+match striate's evaluation-mode forward within 1e-4 (relative to the largest
+logit; its softmax must match ``predict`` likewise) before anything is timed.
+Batch 1: median latency of ``--latency-runs`` runs after 50 warm-up runs;
+batch 256: images/s from the median of ``--ort-repeats`` runs. striate is
+timed both through ``predict`` (softmax included, what a user calls) and
+through its bare evaluation-mode forward; the ratio is onnxruntime's time
+over striate's ``predict`` time (above 1: striate is faster).
 
 The output starts with the CPU model (from /proc/cpuinfo) and the ISA path
 striate's kernels take; ``--isa NAME`` sets that path (``st.set_isa``) before
 anything is timed, in the RSS child too.
 
-Not here: kernel-level timings (``bench_kernels.py``) or accuracy.
+Not here: kernel-level timings (``bench_kernels.py``) or accuracy
+(``bench_fashion.py``).
 
 Usage::
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py [--threads 1,2] [--repeats 5] [--isa avx2]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py \\
+        [--threads 1,2] [--repeats 5] [--isa avx2] [--only torch|onnx]
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -38,11 +54,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import striate as st  # noqa: E402
 from striate import optim, training, zoo  # noqa: E402
 from bench_machine import add_isa_argument, apply_isa, header  # noqa: E402
+from bench_models import tf_cnn  # noqa: E402
 
 torch = None  # imported in main() when available; never in the peak-RSS child
+ort = None  # onnxruntime, likewise
 
 TRAIN_BATCH = 64
 INFER_BATCH = 256
+ORT_TOLERANCE = 1e-4
 
 
 def _models():
@@ -192,6 +211,104 @@ def _bench_infer(make, shape, batches, repeats):
     return s_rate, x.shape[0] / float(np.median(times))
 
 
+# --------------------------------------------------------------------------- onnxruntime
+
+
+def _onnx_models():
+    """name -> (builder, input shape) of the models timed against onnxruntime."""
+    return {
+        "LeNet-5 1x28x28": (lambda: zoo.lenet5(input_size=28), (1, 28, 28)),
+        "TF-tutorial CNN 1x28x28": (tf_cnn, (1, 28, 28)),
+        "typical_cnn 3x32x32": (lambda: zoo.typical_cnn(in_channels=3, num_classes=10), (3, 32, 32)),
+    }
+
+
+def _ort_session(path, threads):
+    """An onnxruntime CPU session: ``threads`` intra-op threads, 1 inter-op, every graph optimisation."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _validate_ort(name, model, run, shape):
+    """onnxruntime's logits equal striate's evaluation-mode forward, and its softmax ``predict``, within 1e-4."""
+    for n in (1, 16):
+        x, _ = _data(shape, n, seed=2)
+        ref = model(x)
+        got = run(x)
+        err = float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) + 1e-12))
+        if got.shape != ref.shape or err > ORT_TOLERANCE:
+            raise SystemExit(f"validation failed: {name}, batch {n}: onnxruntime's outputs differ from striate's, "
+                             f"relative error {err:.2e} > {ORT_TOLERANCE:g}")
+        perr = float(np.max(np.abs(_softmax(got.astype(np.float64)) - model.predict(x, batch_size=n))))
+        if perr > ORT_TOLERANCE:
+            raise SystemExit(f"validation failed: {name}, batch {n}: predict differs from onnxruntime's softmax "
+                             f"by {perr:.2e}")
+
+
+def _median_s(fn, runs, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _bench_ort(name, make, shape, threads, latency_runs, big_runs, tmpdir):
+    """Rows of batch-1 latency (ms) and batch-256 images/s: onnxruntime, striate predict, striate forward.
+
+    The same model (striate's weights, exported with ``to_onnx``) runs in
+    both, after validation. Each framework is timed in its own block (never
+    interleaved call by call: onnxruntime's worker threads spin after a run
+    and would steal the cores from the next striate call).
+    """
+    st.seed(0)
+    model = make()
+    model.eval()
+    slug = "".join(ch if ch.isalnum() else "_" for ch in name)
+    path = model.to_onnx(os.path.join(tmpdir, f"{slug}_{threads}.onnx"), shape)
+    sess = _ort_session(path, threads)
+    feed = sess.get_inputs()[0].name
+
+    def run(x):
+        return sess.run(None, {feed: x})[0]
+
+    _validate_ort(name, model, run, shape)
+    rows = []
+    for batch, runs, warmup in ((1, latency_runs, 50), (INFER_BATCH, big_runs, 3)):
+        x, _ = _data(shape, batch, seed=3)
+        t_ort = _median_s(lambda: run(x), runs, warmup)
+        t_pred = _median_s(lambda: model.predict(x, batch_size=batch), runs, warmup)
+        t_fwd = _median_s(lambda: model(x), runs, warmup)
+        rows.append((name, batch, threads, t_ort, t_pred, t_fwd))
+    return rows
+
+
+def _print_ort_table(rows):
+    print(f"\nInference against onnxruntime {ort.__version__} (CPU provider, intra-op threads = striate's, "
+          "inter-op 1, ORT_ENABLE_ALL); batch 1: median latency in ms; batch 256: images/s")
+    print("| model | batch | threads | onnxruntime | striate predict | striate forward (eval) "
+          "| onnxruntime time / striate predict time |")
+    print("|---|---|---|---|---|---|---|")
+    for name, batch, t, t_ort, t_pred, t_fwd in rows:
+        if batch == 1:
+            cells = [f"{1e3 * v:.3f} ms" for v in (t_ort, t_pred, t_fwd)]
+        else:
+            cells = [f"{batch / v:,.0f} img/s" for v in (t_ort, t_pred, t_fwd)]
+        print(f"| {name} | {batch} | {t} | " + " | ".join(cells) + f" | {t_ort / t_pred:.2f}x |")
+
+
 def _peak_rss_child():
     """Run in a child: train LeNet-5 (1x28x28, batch 64) and print the peak RSS in MB."""
     x, y = _data((1, 28, 28), TRAIN_BATCH * 40)
@@ -231,6 +348,12 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed repetitions; the median is reported")
     ap.add_argument("--steps", type=int, default=30, help="training batches per repetition")
     ap.add_argument("--batches", type=int, default=4, help="inference batches of 256 per repetition")
+    ap.add_argument("--latency-runs", type=int, default=300,
+                    help="timed batch-1 runs per framework against onnxruntime (median)")
+    ap.add_argument("--ort-repeats", type=int, default=20,
+                    help="timed batch-256 runs per framework against onnxruntime (median)")
+    ap.add_argument("--only", choices=("torch", "onnx"), default=None,
+                    help="run only the PyTorch tables (training, inference, peak RSS) or only onnxruntime's")
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     add_isa_argument(ap)
     args = ap.parse_args(argv)
@@ -238,8 +361,24 @@ def main(argv=None):
     if args.rss_child:
         _peak_rss_child()
         return 0
+    if min(args.repeats, args.steps, args.batches, args.latency_runs, args.ort_repeats) < 1:
+        ap.error("--repeats, --steps, --batches, --latency-runs and --ort-repeats must be >= 1")
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        ap.error(f"--threads must be comma-separated integers, got {args.threads!r}")
+    if min(threads) < 1:
+        ap.error(f"--threads must be positive, got {args.threads!r}")
     print(header(), flush=True)
-    threads = [int(t) for t in args.threads.split(",")]
+    if args.only != "onnx":
+        _torch_tables(args, threads)
+    if args.only != "torch":
+        _onnx_table(args, threads)
+    return 0
+
+
+def _torch_tables(args, threads):
+    """Training and batch-256 inference next to PyTorch, and the peak RSS of LeNet-5 training."""
     rss = _peak_rss_mb(max(threads))  # before torch makes this process large
     global torch
     try:
@@ -268,7 +407,26 @@ def main(argv=None):
         ratio = f"{s / p:.2f}x" if p else "-"
         print(f"| {name} | {task} | {t} | {s:,.0f} | {f'{p:,.0f}' if p else '-'} | {ratio} |")
     print(f"\nPeak RSS while training LeNet-5 (1x28x28, batch 64, {max(threads)} threads): {rss:.0f} MB")
-    return 0
+
+
+def _onnx_table(args, threads):
+    """Batch-1 latency and batch-256 throughput next to onnxruntime, on the models exported by ``to_onnx``."""
+    global ort
+    try:
+        import onnxruntime as _ort
+
+        ort = _ort
+    except ImportError:
+        print("\nonnxruntime is not installed: no comparison with it (pip install onnxruntime)")
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for name, (make, shape) in _onnx_models().items():
+            for t in threads:
+                st.set_num_threads(t)
+                rows += _bench_ort(name, make, shape, t, args.latency_runs, args.ort_repeats, tmpdir)
+                print(f"  done: {name} vs onnxruntime, {t} thread(s)", file=sys.stderr, flush=True)
+    _print_ort_table(rows)
 
 
 if __name__ == "__main__":
