@@ -126,3 +126,93 @@ def test_inplace_taken_only_after_private_outputs(monkeypatch):
     seen.clear()
     st.Sequential([L.ReLU(), L.Tanh(), L.ReLU()]).forward(np.ones((1, 3), np.float32))
     assert seen == [False, False]
+
+
+# --- the planned inference path --------------------------------------------------------------
+
+
+def bn_model(seed=0):
+    st.seed(seed)
+    m = st.Sequential([
+        L.Conv2d(2, 4, 3, padding=1, bias=False), L.BatchNorm2d(4), L.ReLU(), L.MaxPool2d(2), L.ReLU(),
+        L.Residual(st.Sequential([L.Conv2d(4, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU()])),
+        L.Conv2d(4, 4, 3, padding=1), L.Tanh(), L.ReLU(),
+        L.Flatten(), L.Linear(64, 16), L.ReLU(), L.Dropout(0.25), L.Linear(16, 5),
+    ])
+    rng = np.random.default_rng(seed)
+    for layer in st.layers.chain.leaves(m):
+        if isinstance(layer, L.BatchNorm2d):  # non-trivial statistics, so the folding matters
+            layer.running_mean[...] = rng.standard_normal(4)
+            layer.running_var[...] = rng.uniform(0.5, 2.0, 4)
+    return m.eval()
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_fused_planned_matches_eval_model(n):
+    m = bn_model()
+    f = m.fuse()
+    x = data(n=n)[0]
+    ref = m(x)
+    for _ in range(3):  # first call plans, the next ones run the plan
+        np.testing.assert_allclose(f(x), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_planned_is_bit_identical_to_the_chain():
+    f = bn_model().fuse()
+    x = data(n=4)[0]
+    chain = st.layers.chain.forward_chain(f.layers, x)
+    planned = [f(x) for _ in range(3)]
+    assert all(np.array_equal(p, chain) for p in planned)
+    assert not np.shares_memory(planned[0], planned[1])  # each call returns a new array
+
+
+def test_plan_reads_the_weights_live():
+    f = bn_model().fuse()
+    x = data()[0]
+    before = f(x)
+    f(x)  # planned now
+    f[0].weight.data *= 2.0  # in place
+    f[10].bias.data = f[10].bias.data + 1.0  # replaced
+    expect = st.layers.chain.forward_chain(f.layers, x)
+    assert not np.array_equal(expect, before)
+    assert np.array_equal(f(x), expect)
+
+
+def test_plan_follows_a_changed_layer_list():
+    f = bn_model().fuse()
+    x = data()[0]
+    f(x), f(x)
+    f[13] = L.Linear(16, 3).eval()
+    assert f(x).shape == (3, 3)
+
+
+def test_planned_forward_never_writes_the_input_and_falls_back():
+    f = st.Sequential([L.ReLU(), L.Flatten(), L.ReLU()]).fuse()
+    x = data()[0]
+    keep = x.copy()
+    for _ in range(3):
+        y = f(x)
+    assert np.array_equal(x, keep) and not np.shares_memory(x, y)
+    g = bn_model().fuse()
+    xt = np.ascontiguousarray(data()[0].transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # not C-contiguous
+    assert np.array_equal(g(xt), g(np.ascontiguousarray(xt)))
+    assert g(xt.astype(np.float64)).dtype == np.float64  # float64 takes the reference path
+    with pytest.raises(ValueError):
+        g(np.zeros((1, 3, 8, 8), np.float32))  # wrong channels: the checked path raises, as before
+
+
+def test_predict_unchanged_and_sees_training():
+    m = bn_model()
+    x = np.random.default_rng(5).standard_normal((10, 2, 8, 8), dtype=np.float32)
+    logits = m(x)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    first = m.predict(x, batch_size=4)
+    np.testing.assert_allclose(first, e / e.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)
+    m.predict(x, batch_size=4)  # planned now for batch shapes 4 and 2
+    m.train()
+    m.fit(x, np.arange(10) % 5, epochs=1, batch_size=5, verbose=0, seed=0)
+    m.eval()
+    logits = m(x)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(m.predict(x, batch_size=4), e / e.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)
+    assert not getattr(m, "_predicting", False)
