@@ -216,3 +216,15 @@ def test_predict_unchanged_and_sees_training():
     e = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(m.predict(x, batch_size=4), e / e.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)
     assert not getattr(m, "_predicting", False)
+
+
+def test_plan_honours_a_dropout_switched_to_training():
+    f = bn_model().fuse()
+    x = data()[0]
+    ref = f(x)
+    f(x)
+    f[12].training = True  # a layer's own mode, changed after planning
+    f[12].set_rng(np.random.default_rng(0))
+    assert not np.array_equal(f(x), ref)
+    f[12].training = False
+    assert np.array_equal(f(x), ref)

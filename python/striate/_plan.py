@@ -24,7 +24,7 @@ from . import _args, _core
 from ._config import get_backend
 from .layers.activation import ReLU
 from .layers.conv import Conv2d
-from .layers.core import Flatten, Identity, Linear
+from .layers.core import Dropout, Flatten, Identity, Linear
 from .layers.pool import MaxPool2d
 
 __all__ = ["Plan", "build", "plannable"]
@@ -100,6 +100,12 @@ def _pool_step(pool, shape):
     return step
 
 
+def _dropout_step(drop):
+    def step(x):
+        return drop.forward(x) if drop.training else x  # a layer's mode may change after planning
+    return step
+
+
 def _exact(layer, cls):
     """``layer`` is a ``cls`` itself, not a subclass (which may change what forward does)."""
     return type(layer) is cls
@@ -146,12 +152,15 @@ def build(layers, x, out_shapes):
             n = shape[0]
             steps.append(lambda v, n=n: v.reshape(n, -1))
             relu = None
+        elif _exact(layer, Dropout):
+            steps.append(_dropout_step(layer))  # its input in eval mode, else a fresh array: as Identity
+            relu = None
         elif _exact(layer, ReLU) and fresh:
             steps.append(_relu_inplace)
         else:
             steps.append(layer.forward)
             relu, generic = None, True
-        fresh = kernel or (fresh and (_exact(layer, Identity) or _exact(layer, Flatten) or _exact(layer, ReLU)))
+        fresh = kernel or (fresh and any(_exact(layer, c) for c in (Identity, Flatten, ReLU, Dropout)))
         if relu is not None:
             i = relu  # the ReLU ran in place on this layer's output
         shape = tuple(out_shapes[i])
