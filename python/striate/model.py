@@ -4,7 +4,8 @@
 ``torch.nn.Sequential`` does (``"0.weight"``, ``"1.running_mean"``, and
 ``"3.body.0.weight"`` through nested ``Sequential`` and ``Residual``
 children), loads state all or nothing, freezes prefixes, swaps the
-classifier head, folds BatchNorm into convolutions for inference (``fuse``),
+classifier head, folds BatchNorm into convolutions and plans the forward for
+inference (``fuse``; ``predict`` runs the planned forward too),
 describes itself (``summary``, ``to_config``, nested for nested children) and
 saves to safetensors through ``striate.io``. It is a container layer
 (``striate.layers.container``), so it can itself be a child.
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 import numbers
 import os
+import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 import striate.training  # looked up at call time, as ``striate.training.fit``, so it can be replaced
 
-from . import _onnx_export, _profile, _summary, io
+from . import _onnx_export, _plan, _profile, _summary, io
 from .layers import Layer, Linear, _Container, _bool, _int, child_spec, fuse_conv_bn, layer_from_config
 from .layers.chain import backward_chain, forward_chain
 
@@ -39,6 +41,11 @@ ArrayLike = Any  # an ndarray, or anything numpy.asarray takes (a torch tensor, 
 
 CONFIG_FORMAT = "striate.sequential"
 CONFIG_VERSION = 1
+
+# Planned forwards per model (``_plan.Plan`` by input shape), outside the instances so that
+# copies (``fuse`` deep-copies) and pickles never carry closures over another model's layers.
+_PLANS: "weakref.WeakKeyDictionary[Any, Dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+_MAX_PLANS = 8  # input shapes remembered per model; the oldest go first
 
 
 class Sequential(_Container):
@@ -138,8 +145,41 @@ class Sequential(_Container):
         return self.forward(x)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Run every layer in order."""
+        """Run every layer in order.
+
+        A model made by ``fuse()``, and any model inside ``predict``, runs a
+        forward planned once per input shape (``striate._plan``): the same
+        kernels and bits, with the per-layer checks done at planning time.
+        Such a forward saves nothing for ``backward``. The array returned is
+        the last layer's output, new on every call.
+        """
+        if self._inference_only or getattr(self, "_predicting", False):
+            return self._planned_forward(x)
         return forward_chain(self._layers, x)
+
+    def _planned_forward(self, x):
+        """``forward`` through the plan for ``x.shape``, planning it on a checked first run."""
+        if not _plan.plannable(x):
+            return forward_chain(self._layers, x)
+        plans = _PLANS.get(self)
+        if plans is None:
+            plans = _PLANS[self] = {}
+        key = (x.shape, tuple(self._layers))
+        plan = plans.get(key)
+        if plan is not None:
+            return plan(x)
+        shapes = []
+
+        def record(i, layer, value, backward):
+            out = layer(value)
+            shapes.append(np.shape(out))
+            return out
+
+        y = forward_chain(self._layers, x, record)
+        if len(plans) >= _MAX_PLANS:
+            del plans[next(iter(plans))]
+        plans[key] = _plan.build(self._layers, x, shapes)
+        return y
 
     def backward(self, dloss: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
         """Back-propagate ``dloss`` (the gradient of the loss w.r.t. the outputs).
@@ -237,7 +277,7 @@ class Sequential(_Container):
         return None
 
     def fuse(self):
-        """An inference-only copy with each BatchNorm2d that follows a Conv2d folded into that conv.
+        """An inference-only copy: BatchNorm2d folded into the Conv2d before it, activations fused, a planned forward.
 
         In the top-level chain and in every nested ``Sequential`` (a
         ``Residual``'s body and shortcut included), ``Conv2d`` then
@@ -248,6 +288,14 @@ class Sequential(_Container):
         outputs equal this model's evaluation-mode outputs to float32
         rounding; calling ``train()`` on it raises RuntimeError. This model is
         not changed.
+
+        Its ``forward`` is planned once per input shape (``striate._plan``):
+        the first call with a shape runs the layers with all their checks and
+        records a list of direct kernel calls; later calls run that list, with
+        each ReLU that follows a Conv2d or Linear (Identity layers between
+        allowed) applied in place on that layer's output, and nothing saved
+        for ``backward``. Weights are read on every call, so editing them
+        later is seen; up to 8 input shapes are remembered.
 
         Examples
         --------
@@ -438,9 +486,16 @@ class Sequential(_Container):
     def predict(self, x: Any, batch_size: int = 256) -> np.ndarray:
         """Class probabilities ``(N, classes)`` for ``x`` (an array or a loader) in evaluation mode.
 
-        See ``striate.training.predict``.
+        Runs the planned forward (see ``forward``): the plan for each batch
+        shape is made once and kept, and reads the weights live, so later
+        weight changes are seen. See ``striate.training.predict``.
         """
-        return striate.training.predict(self, x, **_given(batch_size=(batch_size, 256)))
+        was = getattr(self, "_predicting", False)
+        self._predicting = True  # forward goes through the planned path (nothing is saved for backward)
+        try:
+            return striate.training.predict(self, x, **_given(batch_size=(batch_size, 256)))
+        finally:
+            self._predicting = was
 
     def profile(self, x, y=None, repeat=5, *, loss="cross_entropy", warmup=1):
         """Per-layer forward/backward time of one training step; see ``striate.introspect.profile``."""

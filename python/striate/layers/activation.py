@@ -80,6 +80,33 @@ class ReLU(_Elementwise):
     array([0. , 0.5], dtype=float32)
     """
 
+    # Inside a Sequential, after a layer whose output nobody else holds (a conv's,
+    # a Linear's), the chain walk sets _inplace for one call: the forward then
+    # clamps that array in place (the conv's bias + ReLU epilogue, without a
+    # second buffer) and the backward masks its own private dy in place.
+    # max(x, 0) and dy * mask are exact, so the bits are those of the
+    # out-of-place path.
+    _can_inplace = True
+    _inplace = False
+
+    def forward(self, x):
+        if not self._inplace:
+            return super().forward(x)
+        _check_input(x, "ReLU")
+        self._y = np.maximum(x, 0, out=x)
+        return x
+
+    def backward(self, dy):
+        if not self._inplace:
+            return super().backward(dy)
+        y = self._saved("_y")
+        self._check_dy(dy, y.shape)
+        if not self.needs_input_grad:
+            return None
+        if dy.dtype != y.dtype or not dy.flags.writeable:
+            return _as(dy, y.dtype) * self._df(y)
+        return np.multiply(dy, self._df(y), out=dy)
+
     def _f(self, x):
         return np.maximum(x, 0)
 

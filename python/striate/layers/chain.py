@@ -10,6 +10,20 @@ optionally through a ``call(i, layer, value)`` wrapper (``striate.introspect``
 times each layer that way). ``Sequential.forward``/``backward``, the training
 step and the profiler all go through here.
 
+Buffer reuse along the walk: a layer whose output is a fresh array it does not
+keep (class attribute ``_fresh_output``: Conv2d, Linear, BatchNorm2d,
+Residual) hands the next layer an array nobody else can see; a layer that can
+work in place (``_can_inplace``: ReLU) is then told so through its
+``_inplace`` flag for that one call and overwrites that array instead of
+allocating (ReLU after a conv is the conv's bias + ReLU epilogue). The same
+holds backward: a gradient produced by a layer that returns fresh arrays
+(``_fresh_grad``) may be overwritten by the layer before it (ReLU's
+``dy * (y > 0)``). ``_passthrough`` layers (Identity, Flatten, Dropout)
+return either a fresh array they do not keep or their input (or a view of it),
+both ways, so they keep whatever the walk knew. The input of the walk and the ``dloss`` it is given
+are never written to, and every returned output is the array of the last
+layer (fresh unless that layer returns its input).
+
 Not here: the containers themselves (``striate.model.Sequential``,
 ``striate.layers.container``) or any loss, optimizer or mode switching.
 """
@@ -70,11 +84,29 @@ def _plain(i, layer, value, backward):
     return layer.backward(value) if backward else layer(value)
 
 
+def _call_inplace(call, i, layer, value, backward):
+    """``call(...)`` with ``layer._inplace`` set for that one call (the value is private to the walk)."""
+    layer._inplace = True
+    try:
+        return call(i, layer, value, backward)
+    finally:
+        layer._inplace = False
+
+
 def forward_chain(layers, x, call=None):
-    """Run ``layers`` in order on ``x``; ``call(i, layer, x, False)`` replaces ``layer(x)`` when given."""
+    """Run ``layers`` in order on ``x``; ``call(i, layer, x, False)`` replaces ``layer(x)`` when given.
+
+    A ReLU after a layer with a fresh, unkept output runs in place on it (see
+    the module docstring); ``x`` itself is never written to.
+    """
     call = call or _plain
+    private = False
     for i, layer in enumerate(layers):
-        x = call(i, layer, x, False)
+        if private and getattr(layer, "_can_inplace", False):
+            x = _call_inplace(call, i, layer, x, False)
+        else:
+            x = call(i, layer, x, False)
+        private = getattr(layer, "_fresh_output", False) or (private and getattr(layer, "_passthrough", False))
     return x
 
 
@@ -88,6 +120,7 @@ def backward_chain(layers, dy, input_grad=True, call=None):
     ``layer.backward(dy)`` when given.
     """
     call = call or _plain
+    private = False  # dloss belongs to the caller
     stop = 0 if input_grad else first_trainable(layers)
     for layer in layers[:stop]:
         for p in layer.parameters():
@@ -102,5 +135,9 @@ def backward_chain(layers, dy, input_grad=True, call=None):
             finally:
                 layer.needs_input_grad = saved
             return None
-        dy = call(i, layer, dy, True)
+        if private and getattr(layer, "_can_inplace", False):
+            dy = _call_inplace(call, i, layer, dy, True)
+        else:
+            dy = call(i, layer, dy, True)
+        private = getattr(layer, "_fresh_grad", False) or (private and getattr(layer, "_passthrough", False))
     return dy if input_grad else None

@@ -43,6 +43,9 @@ class Conv2d(Layer):
     ((4, 1, 3, 3), (4,))
     """
 
+    _fresh_output = True  # a new output array the layer does not keep (see layers.chain)
+    _fresh_grad = True
+
     def __init__(
         self,
         in_channels: int,

@@ -37,6 +37,8 @@ class Dropout(Layer):
     array([1., 1., 1., 1.], dtype=float32)
     """
 
+    _passthrough = True  # returns its input (or a view), or a fresh array it does not keep (see layers.chain)
+
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         self.p = _float(p, "p", lo=0.0, hi=1.0, hi_open=True)
@@ -89,6 +91,8 @@ class Flatten(Layer):
     (2, 60)
     """
 
+    _passthrough = True  # returns its input (or a view), or a fresh array it does not keep (see layers.chain)
+
     def forward(self, x):
         _check_input(x, "Flatten")
         if x.ndim < 2:
@@ -110,6 +114,8 @@ class Flatten(Layer):
 
 class Identity(Layer):
     """``y = x``, as ``torch.nn.Identity``: what ``Sequential.fuse`` leaves where a folded BatchNorm2d was."""
+
+    _passthrough = True  # returns its input (or a view), or a fresh array it does not keep (see layers.chain)
 
     def forward(self, x):
         _check_input(x, "Identity")
@@ -144,6 +150,9 @@ class Linear(Layer):
     >>> [(name, p.grad.shape) for name, p in lin.named_parameters()]
     [('weight', (2, 3)), ('bias', (2,))]
     """
+
+    _fresh_output = True  # a new output array the layer does not keep (see layers.chain)
+    _fresh_grad = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()

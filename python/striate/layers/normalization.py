@@ -41,6 +41,9 @@ class BatchNorm2d(Layer):
     ((4, 3, 2, 2), True)
     """
 
+    _fresh_output = True  # a new output array the layer does not keep (see layers.chain)
+    _fresh_grad = True
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.num_features = _int(num_features, "num_features")

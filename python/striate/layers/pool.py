@@ -86,6 +86,9 @@ class MaxPool2d(_Pool):
              [13., 15.]]]], dtype=float32)
     """
 
+    _fresh_output = True  # a new output array the layer does not keep (see layers.chain)
+    _fresh_grad = True
+
     def __init__(self, kernel_size: _Pair, stride: Optional[_Pair] = None, padding: _Pair = 0,
                  ceil_mode: bool = False, *, dilation: _Pair = 1) -> None:
         super().__init__()
@@ -140,6 +143,9 @@ class AvgPool2d(_Pool):
     array([[[[ 2.5,  4.5],
              [10.5, 12.5]]]], dtype=float32)
     """
+
+    _fresh_output = True  # a new output array the layer does not keep (see layers.chain)
+    _fresh_grad = True
 
     def __init__(self, kernel_size: _Pair, stride: Optional[_Pair] = None, padding: _Pair = 0,
                  ceil_mode: bool = False, count_include_pad: bool = True) -> None:

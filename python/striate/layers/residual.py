@@ -43,6 +43,9 @@ class Residual(_Container):
     (2, 4, 5, 5)
     """
 
+    _fresh_output = True  # y + shortcut: a new array it does not keep (see layers.chain)
+    _fresh_grad = True
+
     def __init__(self, body, shortcut=None):
         super().__init__()
         self._body = self._check_child(body, "body")

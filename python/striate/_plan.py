@@ -1,0 +1,168 @@
+"""The planned inference forward: a chain of layers turned, once per input shape, into a list of bound calls.
+
+``build(layers, x)`` walks a chain for one float32 input, checks every
+geometry once (with the same functions the layers use) and returns a
+``Plan``: a list of small closures that call the C++ core directly, with a
+ReLU that follows a Conv2d or Linear (through Identity layers) applied in
+place on that layer's fresh output (the conv's bias + ReLU epilogue). A call
+then costs one Python closure per kept step, without the per-layer argument
+checks, copies and saved state of ``Layer.forward``. Layers the planner does
+not know run their own ``forward``. Weights are read from the layers on every
+call, so a plan never holds stale weights. Outputs are bit-identical to the
+layers' own forward (the same kernels, in the same order).
+
+Not here: deciding when a plan may be used (``Sequential.forward``: fused
+models and ``predict`` only, since a planned forward saves nothing for
+``backward``), BatchNorm folding (``layers.container.fuse_conv_bn``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _args, _core
+from ._config import get_backend
+from .layers.activation import ReLU
+from .layers.conv import Conv2d
+from .layers.core import Dropout, Flatten, Identity, Linear
+from .layers.pool import MaxPool2d
+
+__all__ = ["Plan", "build", "plannable"]
+
+
+class Plan:
+    """A planned forward for one input shape: ``plan(x)`` runs ``steps`` in order."""
+
+    __slots__ = ("steps", "shape")
+
+    def __init__(self, steps, shape):
+        self.steps = steps
+        self.shape = shape
+
+    def __call__(self, x):
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+def plannable(x):
+    """Whether ``x`` can go through a plan: a C-contiguous, aligned float32 array on the C++ backend."""
+    return (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned
+            and get_backend() != "numpy" and hasattr(_core, "conv2d_forward"))
+
+
+def _relu_follows(layers, i):
+    """The index of a ReLU after ``layers[i]`` with only Identity layers between, or None."""
+    j = i + 1
+    while j < len(layers) and type(layers[j]) is Identity:
+        j += 1
+    return j if j < len(layers) and type(layers[j]) is ReLU else None
+
+
+def _conv_step(conv, shape, relu):
+    w, b = conv.weight, conv.bias
+    spec = _args.conv_spec(shape, w.data.shape, None if b is None else b.data.shape, conv.stride, conv.padding,
+                           conv.dilation, conv.groups)
+    args, fwd = spec.core_args(), _core.conv2d_forward
+    if b is None:
+        def step(x):
+            return fwd(x, w.data, None, *args)
+    else:
+        def step(x):
+            return fwd(x, w.data, b.data, *args)
+    if relu:
+        def step_relu(x, conv=step):
+            y = conv(x)
+            return np.maximum(y, 0, out=y)
+        return step_relu
+    return step
+
+
+def _linear_step(lin, relu):
+    w, b, mm = lin.weight, lin.bias, _core.matmul
+
+    def step(x):
+        y = mm(x, w.data, False, True, True)  # as functional.linear: row-invariant GEMM, then the bias
+        if b is not None:
+            y += b.data
+        if relu:
+            np.maximum(y, 0, out=y)
+        return y
+    return step
+
+
+def _pool_step(pool, shape):
+    s = _args.pool_spec(shape, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+    args, fwd = (s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw, s.ceil_mode), _core.max_pool2d_forward
+
+    def step(x):
+        return fwd(x, *args)[0]
+    return step
+
+
+def _dropout_step(drop):
+    def step(x):
+        return drop.forward(x) if drop.training else x  # a layer's mode may change after planning
+    return step
+
+
+def _exact(layer, cls):
+    """``layer`` is a ``cls`` itself, not a subclass (which may change what forward does)."""
+    return type(layer) is cls
+
+
+def _contiguous(v):
+    return v if v.flags.c_contiguous and v.flags.aligned else np.ascontiguousarray(v)
+
+
+def _relu_inplace(v):
+    return np.maximum(v, 0, out=v)
+
+
+def build(layers, x, out_shapes):
+    """A ``Plan`` for ``layers`` on inputs shaped like ``x``.
+
+    ``out_shapes[i]`` is the output shape of ``layers[i]`` on ``x`` (from a
+    checked run of the layers themselves). A step that would need a copy or a
+    cast (an input that is not contiguous float32, float64 weights) is left to
+    the layer's own forward.
+    """
+    steps, i, shape = [], 0, tuple(x.shape)
+    fresh = False  # the value at this point is a new array of the plan's own (may be overwritten)
+    generic = False  # ... came out of a layer's own forward (may be a view of anything)
+    while i < len(layers):
+        layer = layers[i]
+        relu = _relu_follows(layers, i)
+        fast = all(p.data.dtype == np.float32 and p.data.flags.c_contiguous for p in layer.parameters())
+        kernel = fast and (_exact(layer, Conv2d) or (_exact(layer, Linear) and len(shape) == 2)) or _exact(layer, MaxPool2d)
+        if generic and kernel:
+            steps.append(_contiguous)  # the core takes C-contiguous arrays only
+        if kernel:
+            generic = False
+        if _exact(layer, Conv2d) and fast:
+            steps.append(_conv_step(layer, shape, relu is not None))
+        elif _exact(layer, Linear) and fast and len(shape) == 2:
+            steps.append(_linear_step(layer, relu is not None))
+        elif _exact(layer, MaxPool2d):
+            steps.append(_pool_step(layer, shape))
+            relu = None
+        elif _exact(layer, Identity):
+            relu = None
+        elif _exact(layer, Flatten):
+            n = shape[0]
+            steps.append(lambda v, n=n: v.reshape(n, -1))
+            relu = None
+        elif _exact(layer, Dropout):
+            steps.append(_dropout_step(layer))  # its input in eval mode, else a fresh array: as Identity
+            relu = None
+        elif _exact(layer, ReLU) and fresh:
+            steps.append(_relu_inplace)
+        else:
+            steps.append(layer.forward)
+            relu, generic = None, True
+        fresh = kernel or (fresh and any(_exact(layer, c) for c in (Identity, Flatten, ReLU, Dropout)))
+        if relu is not None:
+            i = relu  # the ReLU ran in place on this layer's output
+        shape = tuple(out_shapes[i])
+        i += 1
+    return Plan(steps, tuple(x.shape))

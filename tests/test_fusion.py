@@ -1,0 +1,230 @@
+"""Buffer reuse in the layer chain (in-place ReLU after a conv or Linear) and the planned inference path.
+
+Checks that the in-place walk gives the same bits as the allocating one,
+never writes to an array the caller holds (input, dloss, earlier outputs),
+and leaves training unchanged; and that ``Sequential.fuse()``'s planned
+forward matches the evaluation-mode model and is invalidated on weight
+changes. Not here: the kernels themselves (test_core_conv.py) or BatchNorm
+folding alone (test_residual_features.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+import striate as st
+from striate import layers as L
+from striate.layers.activation import ReLU
+
+BACKENDS = ["numpy"] + (["cpp"] if hasattr(st._core, "conv2d_forward") else [])
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def backend(request):
+    st.set_backend(request.param)
+    yield request.param
+    st.set_backend("cpp" if "cpp" in BACKENDS else "numpy")
+
+
+@pytest.fixture
+def no_inplace(monkeypatch):
+    """Turn the in-place walk off (the allocating path every layer had before)."""
+    def off():
+        monkeypatch.setattr(ReLU, "_can_inplace", False)
+    return off
+
+
+def make(seed=0):
+    st.seed(seed)
+    return st.Sequential([
+        L.Conv2d(2, 4, 3, padding=1), L.ReLU(), L.MaxPool2d(2),
+        L.Residual(st.Sequential([L.Conv2d(4, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU()])),
+        L.ReLU(),
+        L.Conv2d(4, 4, 3, padding=1, bias=False), L.BatchNorm2d(4), L.Identity(), L.ReLU(),
+        L.Flatten(), L.Linear(64, 16), L.ReLU(), L.Dropout(0.25), L.Linear(16, 5), L.ReLU(),
+    ])
+
+
+def run_step(model, x, d):
+    for layer in st.layers.chain.leaves(model):
+        if isinstance(layer, L.Dropout):
+            layer.set_rng(np.random.default_rng(7))
+    y = model.forward(x)
+    dx = model.backward(d)
+    grads = [p.grad.copy() for p in model.parameters()]
+    return y, dx, grads
+
+
+def data(seed=1, n=3):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 2, 8, 8), dtype=np.float32), rng.standard_normal((n, 5), dtype=np.float32)
+
+
+def test_inplace_walk_is_bit_identical(no_inplace):
+    x, d = data()
+    y1, dx1, g1 = run_step(make().train(), x, d)
+    no_inplace()
+    y0, dx0, g0 = run_step(make().train(), x, d)
+    assert np.array_equal(y1, y0) and np.array_equal(dx1, dx0)
+    assert all(np.array_equal(a, b) for a, b in zip(g1, g0))
+
+
+def test_caller_arrays_are_never_written():
+    m = make().train()
+    x, d = data()
+    x_copy, d_copy = x.copy(), d.copy()
+    y1 = m.forward(x)
+    y1_copy = y1.copy()
+    m.backward(d)
+    y2 = m.forward(data(seed=2)[0])
+    m.backward(d)
+    assert np.array_equal(x, x_copy) and np.array_equal(d, d_copy)
+    assert np.array_equal(y1, y1_copy) and not np.shares_memory(y1, y2)
+
+
+def test_relu_called_alone_is_not_in_place():
+    x = np.array([-1.0, 2.0], np.float32)
+    r = ReLU()
+    y = r(x)
+    assert x[0] == -1.0 and not np.shares_memory(x, y)
+    dy = np.ones(2, np.float32)
+    r.backward(dy)
+    assert np.array_equal(dy, [1.0, 1.0])
+
+
+def test_short_fit_unchanged(no_inplace):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((24, 2, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 5, 24)
+
+    def fitted():
+        m = make()
+        m.fit(x, y, epochs=2, batch_size=8, seed=0, verbose=0)
+        return hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in m.state_dict().values())).hexdigest()
+
+    with_reuse = fitted()
+    no_inplace()
+    assert fitted() == with_reuse
+
+
+def test_inplace_taken_only_after_private_outputs(monkeypatch):
+    seen = []
+    plain = ReLU.forward
+
+    def spy(self, x):
+        seen.append(self._inplace)
+        return plain(self, x)
+
+    monkeypatch.setattr(ReLU, "forward", spy)
+    m = make().train()
+    m.forward(data()[0])
+    # conv, (residual body: bn), residual, bn -> identity, linear, linear: every ReLU here follows a private output
+    assert seen == [True, True, True, True, True, True]
+    seen.clear()
+    st.Sequential([L.ReLU(), L.Tanh(), L.ReLU()]).forward(np.ones((1, 3), np.float32))
+    assert seen == [False, False]
+
+
+# --- the planned inference path --------------------------------------------------------------
+
+
+def bn_model(seed=0):
+    st.seed(seed)
+    m = st.Sequential([
+        L.Conv2d(2, 4, 3, padding=1, bias=False), L.BatchNorm2d(4), L.ReLU(), L.MaxPool2d(2), L.ReLU(),
+        L.Residual(st.Sequential([L.Conv2d(4, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU()])),
+        L.Conv2d(4, 4, 3, padding=1), L.Tanh(), L.ReLU(),
+        L.Flatten(), L.Linear(64, 16), L.ReLU(), L.Dropout(0.25), L.Linear(16, 5),
+    ])
+    rng = np.random.default_rng(seed)
+    for layer in st.layers.chain.leaves(m):
+        if isinstance(layer, L.BatchNorm2d):  # non-trivial statistics, so the folding matters
+            layer.running_mean[...] = rng.standard_normal(4)
+            layer.running_var[...] = rng.uniform(0.5, 2.0, 4)
+    return m.eval()
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_fused_planned_matches_eval_model(n):
+    m = bn_model()
+    f = m.fuse()
+    x = data(n=n)[0]
+    ref = m(x)
+    for _ in range(3):  # first call plans, the next ones run the plan
+        np.testing.assert_allclose(f(x), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_planned_is_bit_identical_to_the_chain():
+    f = bn_model().fuse()
+    x = data(n=4)[0]
+    chain = st.layers.chain.forward_chain(f.layers, x)
+    planned = [f(x) for _ in range(3)]
+    assert all(np.array_equal(p, chain) for p in planned)
+    assert not np.shares_memory(planned[0], planned[1])  # each call returns a new array
+
+
+def test_plan_reads_the_weights_live():
+    f = bn_model().fuse()
+    x = data()[0]
+    before = f(x)
+    f(x)  # planned now
+    f[0].weight.data *= 2.0  # in place
+    f[10].bias.data = f[10].bias.data + 1.0  # replaced
+    expect = st.layers.chain.forward_chain(f.layers, x)
+    assert not np.array_equal(expect, before)
+    assert np.array_equal(f(x), expect)
+
+
+def test_plan_follows_a_changed_layer_list():
+    f = bn_model().fuse()
+    x = data()[0]
+    f(x), f(x)
+    f[13] = L.Linear(16, 3).eval()
+    assert f(x).shape == (3, 3)
+
+
+def test_planned_forward_never_writes_the_input_and_falls_back():
+    f = st.Sequential([L.ReLU(), L.Flatten(), L.ReLU()]).fuse()
+    x = data()[0]
+    keep = x.copy()
+    for _ in range(3):
+        y = f(x)
+    assert np.array_equal(x, keep) and not np.shares_memory(x, y)
+    g = bn_model().fuse()
+    xt = np.ascontiguousarray(data()[0].transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # not C-contiguous
+    assert np.array_equal(g(xt), g(np.ascontiguousarray(xt)))
+    assert g(xt.astype(np.float64)).dtype == np.float64  # float64 takes the reference path
+    with pytest.raises(ValueError):
+        g(np.zeros((1, 3, 8, 8), np.float32))  # wrong channels: the checked path raises, as before
+
+
+def test_predict_unchanged_and_sees_training():
+    m = bn_model()
+    x = np.random.default_rng(5).standard_normal((10, 2, 8, 8), dtype=np.float32)
+    logits = m(x)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    first = m.predict(x, batch_size=4)
+    np.testing.assert_allclose(first, e / e.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)
+    m.predict(x, batch_size=4)  # planned now for batch shapes 4 and 2
+    m.train()
+    m.fit(x, np.arange(10) % 5, epochs=1, batch_size=5, verbose=0, seed=0)
+    m.eval()
+    logits = m(x)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(m.predict(x, batch_size=4), e / e.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)
+    assert not getattr(m, "_predicting", False)
+
+
+def test_plan_honours_a_dropout_switched_to_training():
+    f = bn_model().fuse()
+    x = data()[0]
+    ref = f(x)
+    f(x)
+    f[12].training = True  # a layer's own mode, changed after planning
+    f[12].set_rng(np.random.default_rng(0))
+    assert not np.array_equal(f(x), ref)
+    f[12].training = False
+    assert np.array_equal(f(x), ref)
