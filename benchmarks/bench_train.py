@@ -1,14 +1,19 @@
 """Training and inference throughput of striate next to PyTorch and onnxruntime, plus peak RSS.
 
-PyTorch tables (``--only torch``): LeNet-5 on 1x28x28 inputs and the small
-CIFAR net of docs/performance.md (``zoo.typical_cnn`` on 3x32x32). Training is
+PyTorch tables (``--only torch``): LeNet-5 on 1x28x28 inputs, the small
+CIFAR net of docs/performance.md (``zoo.typical_cnn`` on 3x32x32) and
+ResNet-20 (``zoo.resnet20``, nested ``Residual`` blocks with batch norm, on
+3x32x32). Training is
 ``fit`` itself (batch 64, SGD with momentum 0.9, one epoch over synthetic
 data, verbose=0), so the loop, batch gathering and the non-finite checks are
 included; inference is ``model.predict`` at batch 256. PyTorch (when
-importable) runs the same architecture with striate's weights,
+importable) runs the same architecture with striate's weights
+(``bench_models.torch_twin``: a torch ``Residual`` module with ``body`` and
+``shortcut`` inside nested ``nn.Sequential``, loaded strictly),
 ``torch.set_num_threads`` equal to striate's thread count, and the same
-batches. Before timing, every pair is validated: the forward outputs and the
-loss of one SGD step must agree. Peak RSS is the peak resident set size
+batches. Before timing, every pair is validated in evaluation mode: the
+forward outputs must agree within 1e-4 (relative to the largest logit), and
+so must the loss before and after one SGD step. Peak RSS is the peak resident set size
 (``VmHWM``) of a child process that imports only striate and trains LeNet-5.
 
 onnxruntime table (``--only onnx``): LeNet-5 (1x28x28), the TF-tutorial CNN
@@ -19,14 +24,17 @@ thread and ORT_ENABLE_ALL graph optimisations. onnxruntime's logits must
 match striate's evaluation-mode forward within 1e-4 (relative to the largest
 logit; its softmax must match ``predict`` likewise) before anything is timed.
 Batch 1: median latency of ``--latency-runs`` runs after 50 warm-up runs;
-batch 256: images/s from the median of ``--ort-repeats`` runs. striate is
+batch 256: images/s from the median of ``--ort-repeats`` runs. ResNet-20 is
+not in this table. striate is
 timed both through ``predict`` (softmax included, what a user calls) and
 through its bare evaluation-mode forward; the ratio is onnxruntime's time
 over striate's ``predict`` time (above 1: striate is faster).
 
 The output starts with the CPU model (from /proc/cpuinfo) and the ISA path
 striate's kernels take; ``--isa NAME`` sets that path (``st.set_isa``) before
-anything is timed, in the RSS child too.
+anything is timed, in the RSS child too. ``--models`` keeps only the named
+rows (``lenet5``, ``cifar``, ``tf_cnn``, ``resnet20``) in every table; the
+peak RSS line is always LeNet-5's.
 
 Not here: kernel-level timings (``bench_kernels.py``) or accuracy
 (``bench_fashion.py``).
@@ -34,7 +42,7 @@ Not here: kernel-level timings (``bench_kernels.py``) or accuracy
 Usage::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py \\
-        [--threads 1,2] [--repeats 5] [--isa avx2] [--only torch|onnx]
+        [--threads 1,2] [--repeats 5] [--isa avx2] [--only torch|onnx] [--models resnet20,...]
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import striate as st  # noqa: E402
 from striate import optim, training, zoo  # noqa: E402
 from bench_machine import add_isa_argument, apply_isa, header  # noqa: E402
-from bench_models import tf_cnn  # noqa: E402
+from bench_models import tf_cnn, torch_twin  # noqa: E402
 
 torch = None  # imported in main() when available; never in the peak-RSS child
 ort = None  # onnxruntime, likewise
@@ -64,40 +72,21 @@ INFER_BATCH = 256
 ORT_TOLERANCE = 1e-4
 
 
+MODEL_KEYS = ("lenet5", "cifar", "tf_cnn", "resnet20")  # the names ``--models`` accepts
+
+
 def _models():
+    """key -> (row name, builder, input shape) of the models timed against PyTorch."""
     return {
-        "LeNet-5 1x28x28": (lambda: zoo.lenet5(input_size=28), (1, 28, 28)),
-        "CIFAR net 3x32x32": (lambda: zoo.typical_cnn(in_channels=3, num_classes=10), (3, 32, 32)),
+        "lenet5": ("LeNet-5 1x28x28", lambda: zoo.lenet5(input_size=28), (1, 28, 28)),
+        "cifar": ("CIFAR net 3x32x32", lambda: zoo.typical_cnn(in_channels=3, num_classes=10), (3, 32, 32)),
+        "resnet20": ("ResNet-20 3x32x32", lambda: zoo.resnet20(num_classes=10, in_channels=3), (3, 32, 32)),
     }
 
 
 def _torch_model(model):
-    """The same architecture in torch.nn, loaded with ``model``'s weights."""
-    nn = torch.nn
-    mods = []
-    for layer in model:
-        name = type(layer).__name__
-        cfg = layer.config()
-        if name == "Conv2d":
-            mods.append(nn.Conv2d(cfg["in_channels"], cfg["out_channels"], cfg["kernel_size"], stride=cfg["stride"],
-                                  padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"],
-                                  bias=cfg["bias"]))
-        elif name == "MaxPool2d":
-            mods.append(nn.MaxPool2d(cfg["kernel_size"], stride=cfg["stride"], padding=cfg["padding"],
-                                     ceil_mode=cfg["ceil_mode"]))
-        elif name == "ReLU":
-            mods.append(nn.ReLU())
-        elif name == "Dropout":
-            mods.append(nn.Dropout(cfg["p"]))
-        elif name == "Flatten":
-            mods.append(nn.Flatten())
-        elif name == "Linear":
-            mods.append(nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg["bias"]))
-        else:
-            raise ValueError(f"no torch counterpart for {name}")
-    tm = nn.Sequential(*mods)
-    tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
-    return tm
+    """The same architecture in torch.nn, loaded strictly with ``model``'s weights (``bench_models.torch_twin``)."""
+    return torch_twin(torch, model)
 
 
 def _data(shape, n, seed=0):
@@ -217,9 +206,9 @@ def _bench_infer(make, shape, batches, repeats):
 def _onnx_models():
     """name -> (builder, input shape) of the models timed against onnxruntime."""
     return {
-        "LeNet-5 1x28x28": (lambda: zoo.lenet5(input_size=28), (1, 28, 28)),
-        "TF-tutorial CNN 1x28x28": (tf_cnn, (1, 28, 28)),
-        "typical_cnn 3x32x32": (lambda: zoo.typical_cnn(in_channels=3, num_classes=10), (3, 32, 32)),
+        "lenet5": ("LeNet-5 1x28x28", lambda: zoo.lenet5(input_size=28), (1, 28, 28)),
+        "tf_cnn": ("TF-tutorial CNN 1x28x28", tf_cnn, (1, 28, 28)),
+        "cifar": ("typical_cnn 3x32x32", lambda: zoo.typical_cnn(in_channels=3, num_classes=10), (3, 32, 32)),
     }
 
 
@@ -354,6 +343,8 @@ def main(argv=None):
                     help="timed batch-256 runs per framework against onnxruntime (median)")
     ap.add_argument("--only", choices=("torch", "onnx"), default=None,
                     help="run only the PyTorch tables (training, inference, peak RSS) or only onnxruntime's")
+    ap.add_argument("--models", default=",".join(MODEL_KEYS),
+                    help=f"comma-separated rows to run, of {', '.join(MODEL_KEYS)} (default: all)")
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     add_isa_argument(ap)
     args = ap.parse_args(argv)
@@ -369,6 +360,11 @@ def main(argv=None):
         ap.error(f"--threads must be comma-separated integers, got {args.threads!r}")
     if min(threads) < 1:
         ap.error(f"--threads must be positive, got {args.threads!r}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(MODEL_KEYS))
+    if unknown or not models:
+        ap.error(f"--models must name some of {', '.join(MODEL_KEYS)}, got {args.models!r}")
+    args.models = models
     print(header(), flush=True)
     if args.only != "onnx":
         _torch_tables(args, threads)
@@ -388,7 +384,10 @@ def _torch_tables(args, threads):
     except ImportError:
         torch = None
     rows = []
-    for name, (make, shape) in _models().items():
+    chosen = [v for k, v in _models().items() if k in args.models]
+    if not chosen:
+        print("No PyTorch comparison: none of --models is in its table (lenet5, cifar, resnet20)")
+    for name, make, shape in chosen:
         for t in threads:
             st.set_num_threads(t)
             if torch is not None:
@@ -401,6 +400,9 @@ def _torch_tables(args, threads):
             rows.append((name, "inference (batch 256)", t, s_inf, t_inf))
             print(f"  done: {name}, {t} thread(s)", file=sys.stderr, flush=True)
     torch_v = f"PyTorch {torch.__version__}" if torch is not None else "PyTorch (not installed)"
+    if not rows:
+        print(f"\nPeak RSS while training LeNet-5 (1x28x28, batch 64, {max(threads)} threads): {rss:.0f} MB")
+        return
     print(f"| model | task | threads | striate img/s | {torch_v} img/s | striate / torch |")
     print("|---|---|---|---|---|---|")
     for name, task, t, s, p in rows:
@@ -420,8 +422,12 @@ def _onnx_table(args, threads):
         print("\nonnxruntime is not installed: no comparison with it (pip install onnxruntime)")
         return
     rows = []
+    chosen = [v for k, v in _onnx_models().items() if k in args.models]
+    if not chosen:
+        print("\nNo onnxruntime comparison: none of --models is in its table (lenet5, tf_cnn, cifar)")
+        return
     with tempfile.TemporaryDirectory() as tmpdir:
-        for name, (make, shape) in _onnx_models().items():
+        for name, make, shape in chosen:
             for t in threads:
                 st.set_num_threads(t)
                 rows += _bench_ort(name, make, shape, t, args.latency_runs, args.ort_repeats, tmpdir)
