@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, datasets, introspect, io, zoo
+from . import _files, augment, datasets, introspect, io, zoo
 from .datasets import _download
 from .datasets.folder import decode_image
 
@@ -287,7 +287,9 @@ def fit_to_model(model, x, what="the data", want=None):
 
 def _npy(path):
     try:
-        arr = np.load(path, allow_pickle=False)
+        f, _ = _files.open_regular(path)  # a FIFO or a device is refused at once
+        with f:
+            arr = np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise CLIError(f"{path}: not a readable .npy array ({exc})") from None
     if arr.dtype == np.uint8:

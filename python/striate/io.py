@@ -34,11 +34,10 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
 
-from . import _config
+from . import _config, _files
 from . import layers as L
 from ._version import __version__
 
@@ -119,39 +118,8 @@ def _sha256(arr):
 
 
 def _atomic_write(path, data):
-    """Write ``data`` to ``path`` so that ``path`` is either the old or the new file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder):
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse
-        pass
-    finally:
-        os.close(dfd)
+    """Write ``data`` to ``path`` atomically (``_files.atomic_write``: symlinks followed, non-files refused)."""
+    _files.atomic_write(path, data)
 
 
 def write_file(path, tensors, metadata=None):
@@ -298,8 +266,11 @@ def read_header(path, *, max_header_bytes=MAX_HEADER_BYTES):
     metadata : dict[str, str]
     """
     try:
-        with open(path, "rb") as f:
-            entries, metadata, _ = _parse_header(path, f, os.fstat(f.fileno()).st_size, max_header_bytes)
+        f, size = _files.open_regular(path)
+        with f:
+            entries, metadata, _ = _parse_header(path, f, size, max_header_bytes)
+    except _files.NotRegularFileError as exc:
+        raise FormatError(path, None, str(exc).split(": ", 1)[-1]) from None
     except OSError as exc:
         raise FormatError(path, None, f"cannot read: {exc}") from None
     return {k: (v[0], v[1]) for k, v in entries.items()}, metadata
@@ -361,8 +332,8 @@ def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX
     from safetensors.numpy import load
 
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        f, size = _files.open_regular(path)
+        with f:
             entries, metadata, _ = _parse_header(path, f, size, max_header_bytes)
             checksums = _checksums(path, entries, metadata) if require_checksums else None
             if callable(expect):
@@ -370,7 +341,9 @@ def read_file(path, *, expect=None, require_checksums=True, max_header_bytes=MAX
             if expect is not None:
                 _check_expected(path, entries, expect)
             f.seek(0)
-            blob = f.read()
+            blob = f.read(size + 1)
+    except _files.NotRegularFileError as exc:
+        raise FormatError(path, None, str(exc).split(": ", 1)[-1]) from None
     except OSError as exc:
         raise FormatError(path, None, f"cannot read: {exc}") from None
     if len(blob) != size:

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from . import layers as L
+from . import _files, layers as L
 from ._onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, _onnx, export  # noqa: F401  (re-exported)
 from .model import Sequential
 
@@ -257,11 +257,9 @@ def import_model(path, *, max_bytes=1 << 30):
     """
     onnx, helper, numpy_helper = _onnx()
     path = os.fspath(path)
-    size = os.path.getsize(path)
-    if size > max_bytes:
-        raise ValueError(f"{path}: file is {size} bytes, more than `max_bytes`={max_bytes}")
+    blob = _files.read_bounded(path, max_bytes)  # regular files only, at most the size checked
     try:
-        proto = onnx.load(path, load_external_data=False)
+        proto = onnx.load_model_from_string(blob)
     except Exception as e:  # protobuf DecodeError and friends
         raise ValueError(f"{path}: not a readable ONNX model ({e})") from None
     graph = proto.graph
