@@ -460,9 +460,18 @@ def read_model(path, *, with_info=False):
         return expected
 
     tensors, metadata = read_file(path, expect=expect)
+    check_running_var(path, tensors)
     if not with_info:
         return holder["cfg"], tensors
     return holder["cfg"], tensors, read_info(metadata, path)
+
+
+def check_running_var(path, tensors):
+    """FormatError when a BatchNorm ``running_var`` holds a negative or NaN value (``predict`` would give NaN)."""
+    for name, arr in tensors.items():
+        if name.split(".")[-1] == "running_var" and arr.size and not (arr >= 0).all():
+            bad = arr[~(arr >= 0)].reshape(-1)[0]
+            raise FormatError(path, name, f"a variance must be non-negative, got {float(bad)!r}")
 
 
 def check_classes(value, name="classes"):
@@ -565,5 +574,6 @@ def load_weights(model, path):
         raise TypeError(f"`model` must be a striate.Sequential, got {type(model).__name__}")
     expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
     tensors, _ = read_file(path, expect=expected)
+    check_running_var(path, tensors)
     model.load_state_dict(tensors)
     return model

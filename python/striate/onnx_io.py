@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from . import _files, layers as L
+from . import _files, io, layers as L
 from ._onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, _onnx, export  # noqa: F401  (re-exported)
 from .model import Sequential
 
@@ -97,6 +97,9 @@ def _convert(node, a, tensor, path, nname):
         layer = L.GlobalAvgPool2d()
     elif op == "BatchNormalization":
         scale, bias, mean, var = (tensor(n, nname) for n in node.input[1:5])
+        if var.size and not (var >= 0).all():
+            raise io.FormatError(path, node.input[4], f"node {nname}: a variance must be non-negative, "
+                                 f"got {float(var[~(var >= 0)].reshape(-1)[0])!r}")
         layer = L.BatchNorm2d(scale.shape[0], eps=float(a.get("epsilon", 1e-5)))
         loads += [(layer.weight, scale), (layer.bias, bias)]
         loads += [(layer.running_mean, mean), (layer.running_var, var)]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import os
 import sys
 import time
 
@@ -235,6 +236,36 @@ def _check_fit_args(epochs, batch_size, verbose, seed, augment, callbacks, valid
     return epochs, batch_size, seed, callbacks
 
 
+def _check_checkpoint_path(path):
+    """Refuse, before the first epoch, a checkpoint path that no save could write."""
+    if path is None:
+        return
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`checkpoint` must be a path, got {type(path).__name__}")
+    target = os.path.realpath(os.fspath(path))
+    if os.path.isdir(target):
+        raise ValueError(f"`checkpoint` must name a file, got the directory {os.fspath(path)!r}")
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise ValueError(f"`checkpoint` must name a regular file, got {os.fspath(path)!r}")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise ValueError(f"`checkpoint`: the folder {folder!r} does not exist")
+
+
+def _check_optimizer_params(optimizer, model):
+    """An optimizer over parameters that are not the model's trains nothing: refuse it."""
+    params = getattr(optimizer, "params", None)
+    if not isinstance(params, list):
+        return
+    own = {id(p) for p in model.parameters()}
+    foreign = [p for p in params if id(p) not in own]
+    if foreign:
+        raise ValueError(
+            f"`optimizer` holds {len(foreign)} parameter(s) that are not the model's "
+            f"(first: {getattr(foreign[0], 'name', '?')!r}); build it over model.parameters()"
+        )
+
+
 def _resume(path, tensors, meta, model, optimizer, batches, dropouts, history, state):
     """Load a checkpoint's model, optimizer, history and data position; return
     ``(randomness, start epoch, callback states)``."""
@@ -327,6 +358,9 @@ def _fit(model, x, y, args, require_cache=False):
     epochs, batch_size, seed, callbacks = _check_fit_args(
         epochs, batch_size, verbose, seed, augment, callbacks, validation_split
     )
+    shuffle, distributed, cache_features = (_args.flag(v, k) for v, k in (
+        (shuffle, "shuffle"), (distributed, "distributed"), (cache_features, "cache_features")))
+    _check_checkpoint_path(checkpoint)
     top_k = _check_metrics(metrics)
     source, steps_per_epoch, x, y = _inputs(x, y, steps_per_epoch, validation_split)
     sample_shape = None if x is None else x.shape[1:]
@@ -361,6 +395,8 @@ def _fit(model, x, y, args, require_cache=False):
             optimizer = _make_optimizer(meta, model)
     if optimizer is None:
         optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    else:
+        _check_optimizer_params(optimizer, model)
 
     shard = None if run is LOCAL else run.shard
     if source is None:

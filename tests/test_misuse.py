@@ -1,0 +1,113 @@
+"""Tests that misuse raises instead of giving a silent wrong result, and that errors say the truth.
+
+RELIABILITY items 23 (an optimizer over other parameters, a negative
+running_var, masked arrays, bools given as strings) and 24 (the real limit of
+an int argument, the label received, a checkpoint path that is a directory).
+Not here: bad kernel arguments (test_core_hostile.py, test_functional.py).
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import striate as st
+import striate.functional as F
+from striate import io, layers as L, onnx_io, optim
+from striate.model import Sequential
+from striate.training import evaluate, fit, predict
+
+
+def _data(n=16):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 1, 4, 4)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def _model():
+    st.seed(0)
+    return Sequential([L.Conv2d(1, 2, 3), L.BatchNorm2d(2), L.Flatten(), L.Linear(8, 3)])
+
+
+def test_optimizer_over_other_parameters_raises():
+    x, y = _data()
+    model, other = _model(), _model()
+    before = model.state_dict()
+    with pytest.raises(ValueError, match="not the model's"):
+        fit(model, x, y, epochs=1, optimizer=optim.SGD(other.parameters(), lr=0.1), verbose=0)
+    assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("arg", ["shuffle", "distributed", "cache_features"])
+def test_bool_given_as_string_raises_type_error(arg):
+    x, y = _data()
+    with pytest.raises(TypeError, match=f"`{arg}` must be a bool"):
+        fit(_model(), x, y, epochs=1, verbose=0, **{arg: "no"})
+
+
+def test_negative_running_var_refused_safetensors(tmp_path):
+    m = _model()
+    m.layers[1].running_var[0] = -1.0
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    with pytest.raises(io.FormatError, match="running_var.*non-negative"):
+        st.load(path)
+    with pytest.raises(io.FormatError, match="non-negative"):
+        io.load_weights(_model(), path)
+
+
+def test_negative_running_var_refused_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    m = _model()
+    m.eval()
+    m.layers[1].running_var[1] = -0.5
+    path = tmp_path / "m.onnx"
+    onnx_io.export(m, path, input_shape=(1, 4, 4))
+    with pytest.raises(io.FormatError, match="non-negative"):
+        onnx_io.import_model(path)
+
+
+def test_masked_arrays_refused():
+    x, y = _data()
+    mx = np.ma.masked_array(x, mask=np.zeros_like(x, bool))
+    model = _model()
+    with pytest.raises(TypeError, match="MaskedArray"):
+        fit(model, mx, y, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="MaskedArray"):
+        fit(model, x, np.ma.masked_array(y), epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="MaskedArray"):
+        predict(model, mx)
+    with pytest.raises(TypeError, match="MaskedArray"):
+        evaluate(model, mx, y)
+    with pytest.raises(TypeError, match="MaskedArray"):
+        L.ReLU()(mx)
+    with pytest.raises(TypeError, match="MaskedArray"):
+        F.max_pool2d(mx, 2)
+
+
+def test_int_limit_is_named():
+    with pytest.raises(ValueError, match=r"at most 2\*\*31-1.*1099511627776"):
+        L.Linear(2**40, 2)
+
+
+@pytest.mark.parametrize("label, shown", [(np.uint64(2**64 - 1), "18446744073709551615"), (1e30, "1e+30")])
+def test_huge_label_is_shown_as_received(label, shown):
+    x, _ = _data(4)
+    y = np.array([0, 1, 2, label], dtype=type(label) if isinstance(label, np.generic) else np.float64)
+    with pytest.raises(ValueError) as info:
+        fit(_model(), x, y, epochs=1, verbose=0)
+    assert shown in str(info.value) and "-1" not in str(info.value).replace(shown, ""), str(info.value)
+
+
+def test_checkpoint_directory_fails_before_first_epoch(tmp_path):
+    x, y = _data()
+    d = tmp_path / "ck"
+    d.mkdir()
+    seen = []
+
+    class Spy(st.training.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(epoch)
+
+    with pytest.raises(ValueError, match="`checkpoint`"):
+        fit(_model(), x, y, epochs=2, checkpoint=d, callbacks=[Spy()], verbose=0)
+    assert seen == [] and os.listdir(tmp_path) == ["ck"] and os.listdir(d) == []
