@@ -111,3 +111,39 @@ def test_checkpoint_directory_fails_before_first_epoch(tmp_path):
     with pytest.raises(ValueError, match="`checkpoint`"):
         fit(_model(), x, y, epochs=2, checkpoint=d, callbacks=[Spy()], verbose=0)
     assert seen == [] and os.listdir(tmp_path) == ["ck"] and os.listdir(d) == []
+
+
+def _exported(tmp_path, model, shape):
+    pytest.importorskip("onnx")
+    path = tmp_path / "m.onnx"
+    model.eval()
+    onnx_io.export(model, path, input_shape=shape)
+    return path
+
+
+def test_onnx_constructor_error_names_file_and_node(tmp_path):
+    import onnx
+
+    path = _exported(tmp_path, Sequential([L.MaxPool2d(2), L.Flatten()]), (1, 4, 4))
+    proto = onnx.load(path)
+    node = next(n for n in proto.graph.node if n.op_type == "MaxPool")
+    for a in node.attribute:
+        if a.name == "kernel_shape":
+            del a.ints[:]
+            a.ints.extend([0, 0])
+    onnx.save(proto, path)
+    with pytest.raises(ValueError) as info:
+        onnx_io.import_model(path)
+    msg = str(info.value)
+    assert str(path) in msg and f"node {node.name}" in msg and "MaxPool" in msg, msg
+
+
+def test_summary_of_an_onnx_file_summarises_it(tmp_path, capsys):
+    from striate import cli
+
+    st.seed(0)
+    path = _exported(tmp_path, Sequential([L.Conv2d(1, 2, 3), L.ReLU(), L.Flatten(), L.Linear(8, 3)]), (1, 4, 4))
+    rc = cli.main(["summary", str(path), "--input-shape", "1", "4", "4"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "Conv2d" in out and "Linear" in out and "header" not in out + err

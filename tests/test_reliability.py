@@ -181,6 +181,30 @@ INDEX = {
         "test_core_hostile.py::test_wrong_dtypes_and_non_arrays_are_type_errors",
         "test_core_hostile.py::test_int_arguments_beyond_int64_are_clean_errors",
     ],
+    "21 a stop restores everything": [
+        "test_stop_restores.py::test_nan_stop_restores_batchnorm_buffers_and_model_saves",
+    ],
+    "22 files that are not files": [
+        "test_files_not_files.py::test_save_through_symlink_updates_target_and_keeps_link",
+        "test_files_not_files.py::test_save_onto_non_file_raises_and_leaves_it",
+        "test_files_not_files.py::test_killed_saves_leave_no_temp_after_next_save",
+        "test_files_not_files.py::test_stale_temp_of_a_live_process_is_kept",
+        "test_files_not_files.py::test_loaders_refuse_a_fifo_at_once",
+        "test_files_not_files.py::test_loaders_refuse_a_directory_and_the_zero_device",
+        "test_files_not_files.py::test_read_bounded_reads_what_it_checked",
+    ],
+    "23 no silent misuse": [
+        "test_misuse.py::test_optimizer_over_other_parameters_raises",
+        "test_misuse.py::test_bool_given_as_string_raises_type_error",
+        "test_misuse.py::test_negative_running_var_refused_safetensors",
+        "test_misuse.py::test_negative_running_var_refused_onnx",
+        "test_misuse.py::test_masked_arrays_refused",
+    ],
+    "24 errors say the truth": [
+        "test_misuse.py::test_int_limit_is_named", "test_misuse.py::test_huge_label_is_shown_as_received",
+        "test_misuse.py::test_checkpoint_directory_fails_before_first_epoch",
+        "test_core_hostile.py::test_workspace_out_of_memory_names_the_op",
+    ],
     "Tools: sanitizers": ["test_reliability.py::test_sanitizer_script_and_build_option"],
     "Tools: hypothesis for kernel arguments": [
         "test_functional.py::test_hypothesis_arguments_raise_only_clean_errors",

@@ -128,6 +128,13 @@ def load_model_file(path):
         raise CLIError(f"{path}: cannot read: no such file")
     if os.path.isdir(path):
         raise CLIError(f"{path} is a folder, not a striate model file")
+    if path.lower().endswith(".onnx"):  # read through the ONNX import, not as safetensors
+        from . import onnx_io
+
+        try:
+            return onnx_io.import_model(path)
+        except (ImportError, ValueError) as exc:
+            raise CLIError(f"{path}: an ONNX file that cannot be imported ({exc})") from None
     try:
         _, metadata = io.read_header(path)
     except io.FormatError as exc:
