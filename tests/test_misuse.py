@@ -147,3 +147,40 @@ def test_summary_of_an_onnx_file_summarises_it(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "Conv2d" in out and "Linear" in out and "header" not in out + err
+
+
+def test_sequential_from_eight_threads_is_right_or_raises():
+    import threading
+
+    st.seed(0)
+    model = Sequential([L.Conv2d(1, 8, 3), L.ReLU(), L.Conv2d(8, 8, 3), L.Flatten(), L.Linear(8 * 12 * 12, 5)])
+    model.eval()
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((16, 1, 16, 16)).astype(np.float32) for _ in range(8)]
+    expected = [model(x) for x in xs]
+    outcomes = [[] for _ in xs]
+    barrier = threading.Barrier(len(xs))
+
+    def work(i):
+        barrier.wait()
+        for _ in range(20):
+            try:
+                outcomes[i].append(("ok", model(xs[i])))
+            except RuntimeError as exc:
+                outcomes[i].append(("raised", str(exc)))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    raised = 0
+    for i, outs in enumerate(outcomes):
+        assert len(outs) == 20
+        for kind, v in outs:
+            if kind == "ok":
+                assert np.array_equal(v, expected[i]), f"thread {i} got a wrong answer"
+            else:
+                raised += 1
+                assert "another thread" in v
+    assert raised > 0, "no concurrent entry happened: the test did not exercise anything"

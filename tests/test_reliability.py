@@ -199,11 +199,14 @@ INDEX = {
         "test_misuse.py::test_negative_running_var_refused_safetensors",
         "test_misuse.py::test_negative_running_var_refused_onnx",
         "test_misuse.py::test_masked_arrays_refused",
+        "test_misuse.py::test_sequential_from_eight_threads_is_right_or_raises",
     ],
     "24 errors say the truth": [
         "test_misuse.py::test_int_limit_is_named", "test_misuse.py::test_huge_label_is_shown_as_received",
         "test_misuse.py::test_checkpoint_directory_fails_before_first_epoch",
         "test_core_hostile.py::test_workspace_out_of_memory_names_the_op",
+        "test_misuse.py::test_onnx_constructor_error_names_file_and_node",
+        "test_misuse.py::test_summary_of_an_onnx_file_summarises_it",
     ],
     "Tools: sanitizers": ["test_reliability.py::test_sanitizer_script_and_build_option"],
     "Tools: hypothesis for kernel arguments": [

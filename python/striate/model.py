@@ -20,7 +20,9 @@ hooks.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
+import threading
 
 import numpy as np
 
@@ -34,6 +36,33 @@ __all__ = ["Sequential", "load_model"]
 
 CONFIG_FORMAT = "striate.sequential"
 CONFIG_VERSION = 1
+
+
+# Which thread is inside which model (id -> (thread ident, depth)): one thread at a time per model.
+_ENTRY_LOCK = threading.Lock()
+_ENTERED = {}
+
+
+@contextlib.contextmanager
+def _sole_entry(model, what):
+    """Raise RuntimeError when another thread is inside ``model``: its layers keep per-call caches."""
+    key, me = id(model), threading.get_ident()
+    with _ENTRY_LOCK:
+        owner, depth = _ENTERED.get(key, (me, 0))
+        if owner != me:
+            raise RuntimeError(
+                f"Sequential.{what}: another thread is running this model; a model holds per-call "
+                "state in its layers, so use one model (or a copy.deepcopy of it) per thread"
+            )
+        _ENTERED[key] = (me, depth + 1)
+    try:
+        yield
+    finally:
+        with _ENTRY_LOCK:
+            if depth:
+                _ENTERED[key] = (me, depth)
+            else:
+                del _ENTERED[key]
 
 
 class Sequential(_Container):
@@ -125,8 +154,9 @@ class Sequential(_Container):
         return self.forward(x)
 
     def forward(self, x):
-        """Run every layer in order."""
-        return forward_chain(self._layers, x)
+        """Run every layer in order (RuntimeError when another thread is inside this model)."""
+        with _sole_entry(self, "forward"):
+            return forward_chain(self._layers, x)
 
     def backward(self, dloss, input_grad=True):
         """Back-propagate ``dloss`` (the gradient of the loss w.r.t. the outputs).
@@ -138,7 +168,8 @@ class Sequential(_Container):
         whose ``needs_input_grad`` its parent turned off does the same.
         """
         input_grad = _bool(input_grad, "input_grad") and self.needs_input_grad
-        return backward_chain(self._layers, dloss, input_grad)
+        with _sole_entry(self, "backward"):
+            return backward_chain(self._layers, dloss, input_grad)
 
     def output_shape(self, input_shape):
         """The output shape (without the batch dimension) for ``input_shape``."""
