@@ -183,6 +183,7 @@ INDEX = {
     ],
     "21 a stop restores everything": [
         "test_stop_restores.py::test_nan_stop_restores_batchnorm_buffers_and_model_saves",
+        "test_fit_options.py::test_clip_grad_norm_still_stops_on_a_non_finite_norm",
     ],
     "22 files that are not files": [
         "test_files_not_files.py::test_save_through_symlink_updates_target_and_keeps_link",
@@ -195,6 +196,7 @@ INDEX = {
     ],
     "23 no silent misuse": [
         "test_misuse.py::test_optimizer_over_other_parameters_raises",
+        "test_fit_options.py::test_bad_optimizer_raises_before_the_first_step",
         "test_misuse.py::test_bool_given_as_string_raises_type_error",
         "test_misuse.py::test_negative_running_var_refused_safetensors",
         "test_misuse.py::test_negative_running_var_refused_onnx",

@@ -398,6 +398,7 @@ class Sequential(_Container):
         cache_features=True,
         steps_per_epoch=None,
         metrics=None,
+        clip_grad_norm=None,
     ):
         """Train with mini-batch gradient descent; returns a ``striate.training.History``.
 
@@ -431,6 +432,8 @@ class Sequential(_Container):
             Batch sources only: batches per epoch (default one full pass).
         metrics : list of str, optional
             ``"accuracy"`` (always recorded), ``"top_k"`` (top-5), ``"top_<k>"``.
+        clip_grad_norm : float, optional
+            Clip the gradients' total 2-norm to this value before every step.
 
         Every argument is described in full at ``striate.training.fit``, which
         this method calls.
@@ -442,6 +445,7 @@ class Sequential(_Container):
             callbacks=(callbacks, ()), seed=(seed, None), verbose=(verbose, 1), resume_from=(resume_from, None),
             checkpoint=(checkpoint, None), distributed=(distributed, False), cache_features=(cache_features, True),
             steps_per_epoch=(steps_per_epoch, None), metrics=(metrics, None),
+            clip_grad_norm=(clip_grad_norm, None),
         ))
 
     def evaluate(self, x, y=None, batch_size=256, *, loss=None):

@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from .. import distributed
+from .. import distributed, optim
 
 __all__ = ["NonFiniteError", "train_step", "backward_fn", "LocalRun", "DistributedRun", "lr_of"]
 
@@ -165,7 +165,7 @@ def distributed_run(model):
 
 
 def train_step(model, x, y, loss_fn, optimizer=None, *, params=None, backward=None, run=LOCAL,
-               global_count=None, epoch=1, step=1):
+               global_count=None, epoch=1, step=1, clip_grad_norm=None):
     """One training step on the batch ``(x, y)``; returns ``(outputs, loss)``.
 
     Forward in the model's current mode, the loss, backward (down to the first
@@ -191,6 +191,10 @@ def train_step(model, x, y, loss_fn, optimizer=None, *, params=None, backward=No
         Samples of the global batch (a distributed run); default ``len(x)``.
     epoch, step : int
         1-based, for the error messages.
+    clip_grad_norm : float, optional
+        Clip the total 2-norm of ``params``' gradients after they are combined
+        and before the gradient check and the step; a non-finite norm leaves
+        non-finite gradients, which the check reports.
 
     Raises
     ------
@@ -205,13 +209,13 @@ def train_step(model, x, y, loss_fn, optimizer=None, *, params=None, backward=No
     snapshot = _buffer_snapshot(model)
     try:
         return _checked_step(model, x, y, loss_fn, optimizer, params, backward, run, global_count,
-                             epoch, step)
+                             epoch, step, clip_grad_norm)
     except NonFiniteError:
         _restore(snapshot)
         raise
 
 
-def _checked_step(model, x, y, loss_fn, optimizer, params, backward, run, global_count, epoch, step):
+def _checked_step(model, x, y, loss_fn, optimizer, params, backward, run, global_count, epoch, step, clip):
     # Non-finite values are reported by the checks below, not as NumPy warnings.
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         out = model(x)
@@ -226,6 +230,9 @@ def _checked_step(model, x, y, loss_fn, optimizer, params, backward, run, global
             "the parameters are those from before this step",
             epoch=epoch, step=step, what="loss",
         )
+    if clip is not None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            optim.clip_grad_norm(params, clip)
     bad = _first_nonfinite_grad(params)
     if bad is not None:
         raise NonFiniteError(
