@@ -218,6 +218,9 @@ INDEX = {
     "Tools: fuzzing the loaders": [
         "test_fuzz.py::test_fuzz_idx", "test_fuzz.py::test_fuzz_cifar_binary", "test_fuzz.py::test_fuzz_cifar_pickle",
         "test_fuzz.py::test_fuzz_weights_file", "test_fuzz.py::test_fuzz_onnx_import",
+        "test_fuzz_loaders.py::test_fuzz_image_folder", "test_fuzz_loaders.py::test_fuzz_loader_state",
+        "test_fuzz_loaders.py::test_fuzz_checkpoint_with_loader_state",
+        "test_fuzz_loaders.py::test_fuzz_nested_architecture_json", "test_fuzz_loaders.py::test_fuzz_plain_safetensors",
     ],
 }
 
