@@ -181,6 +181,35 @@ INDEX = {
         "test_core_hostile.py::test_wrong_dtypes_and_non_arrays_are_type_errors",
         "test_core_hostile.py::test_int_arguments_beyond_int64_are_clean_errors",
     ],
+    "21 a stop restores everything": [
+        "test_stop_restores.py::test_nan_stop_restores_batchnorm_buffers_and_model_saves",
+        "test_fit_options.py::test_clip_grad_norm_still_stops_on_a_non_finite_norm",
+    ],
+    "22 files that are not files": [
+        "test_files_not_files.py::test_save_through_symlink_updates_target_and_keeps_link",
+        "test_files_not_files.py::test_save_onto_non_file_raises_and_leaves_it",
+        "test_files_not_files.py::test_killed_saves_leave_no_temp_after_next_save",
+        "test_files_not_files.py::test_stale_temp_of_a_live_process_is_kept",
+        "test_files_not_files.py::test_loaders_refuse_a_fifo_at_once",
+        "test_files_not_files.py::test_loaders_refuse_a_directory_and_the_zero_device",
+        "test_files_not_files.py::test_read_bounded_reads_what_it_checked",
+    ],
+    "23 no silent misuse": [
+        "test_misuse.py::test_optimizer_over_other_parameters_raises",
+        "test_fit_options.py::test_bad_optimizer_raises_before_the_first_step",
+        "test_misuse.py::test_bool_given_as_string_raises_type_error",
+        "test_misuse.py::test_negative_running_var_refused_safetensors",
+        "test_misuse.py::test_negative_running_var_refused_onnx",
+        "test_misuse.py::test_masked_arrays_refused",
+        "test_misuse.py::test_sequential_from_eight_threads_is_right_or_raises",
+    ],
+    "24 errors say the truth": [
+        "test_misuse.py::test_int_limit_is_named", "test_misuse.py::test_huge_label_is_shown_as_received",
+        "test_misuse.py::test_checkpoint_directory_fails_before_first_epoch",
+        "test_core_hostile.py::test_workspace_out_of_memory_names_the_op",
+        "test_misuse.py::test_onnx_constructor_error_names_file_and_node",
+        "test_misuse.py::test_summary_of_an_onnx_file_summarises_it",
+    ],
     "Tools: sanitizers": ["test_reliability.py::test_sanitizer_script_and_build_option"],
     "Tools: hypothesis for kernel arguments": [
         "test_functional.py::test_hypothesis_arguments_raise_only_clean_errors",
@@ -189,6 +218,9 @@ INDEX = {
     "Tools: fuzzing the loaders": [
         "test_fuzz.py::test_fuzz_idx", "test_fuzz.py::test_fuzz_cifar_binary", "test_fuzz.py::test_fuzz_cifar_pickle",
         "test_fuzz.py::test_fuzz_weights_file", "test_fuzz.py::test_fuzz_onnx_import",
+        "test_fuzz_loaders.py::test_fuzz_image_folder", "test_fuzz_loaders.py::test_fuzz_loader_state",
+        "test_fuzz_loaders.py::test_fuzz_checkpoint_with_loader_state",
+        "test_fuzz_loaders.py::test_fuzz_nested_architecture_json", "test_fuzz_loaders.py::test_fuzz_plain_safetensors",
     ],
 }
 

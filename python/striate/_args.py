@@ -205,6 +205,13 @@ def shape4(value, name: str) -> tuple[int, int, int, int]:
 # --------------------------------------------------------------------------- arrays
 
 
+def not_masked(a, name: str):
+    """TypeError for a ``numpy.ma.MaskedArray``: striate would ignore its mask."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"`{name}` is a numpy.ma.MaskedArray, whose mask striate would ignore; "
+                        "pass a plain array (e.g. a.filled(value))")
+
+
 def array(a, name: str, *, float32: bool, ndim: int | None = None) -> np.ndarray:
     """Check that ``a`` is a floating ndarray (float32 only when ``float32``) of ``ndim`` dims.
 
@@ -212,6 +219,7 @@ def array(a, name: str, *, float32: bool, ndim: int | None = None) -> np.ndarray
     only ``np.ndarray`` of dtype float32 in native byte order. The lenient path
     (the reference) also accepts float64 and array-likes, never ints.
     """
+    not_masked(a, name)
     if float32:
         if not isinstance(a, np.ndarray):
             raise TypeError(f"`{name}` must be a numpy.ndarray of float32, got {type(a).__name__}")
@@ -499,7 +507,9 @@ def int_in(value, name: str, lo: int = 1, hi: int | None = None) -> int:
     value = int(value)
     if value < lo or (hi is not None and value > hi):
         if hi is None or hi == INT32_MAX:
-            raise ValueError(f"`{name}` must be >= {lo}, got {value}")
+            if value < lo:
+                raise ValueError(f"`{name}` must be >= {lo}, got {value}")
+            raise ValueError(f"`{name}` must be at most 2**31-1 ({hi}), got {value}")
         raise ValueError(f"`{name}` must be in [{lo}, {hi}], got {value}")
     return value
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, datasets, introspect, io, zoo
+from . import _files, augment, datasets, introspect, io, zoo
 from .datasets import _download
 from .datasets.folder import decode_image
 
@@ -128,6 +128,13 @@ def load_model_file(path):
         raise CLIError(f"{path}: cannot read: no such file")
     if os.path.isdir(path):
         raise CLIError(f"{path} is a folder, not a striate model file")
+    if path.lower().endswith(".onnx"):  # read through the ONNX import, not as safetensors
+        from . import onnx_io
+
+        try:
+            return onnx_io.import_model(path)
+        except (ImportError, ValueError) as exc:
+            raise CLIError(f"{path}: an ONNX file that cannot be imported ({exc})") from None
     try:
         _, metadata = io.read_header(path)
     except io.FormatError as exc:
@@ -287,7 +294,9 @@ def fit_to_model(model, x, what="the data", want=None):
 
 def _npy(path):
     try:
-        arr = np.load(path, allow_pickle=False)
+        f, _ = _files.open_regular(path)  # a FIFO or a device is refused at once
+        with f:
+            arr = np.load(f, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise CLIError(f"{path}: not a readable .npy array ({exc})") from None
     if arr.dtype == np.uint8:

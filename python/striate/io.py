@@ -39,12 +39,11 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from . import _config
+from . import _config, _files
 from . import layers as L
 from ._version import __version__
 
@@ -129,39 +128,8 @@ def _sha256(arr):
 
 
 def _atomic_write(path, data):
-    """Write ``data`` to ``path`` so that ``path`` is either the old or the new file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder):
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse
-        pass
-    finally:
-        os.close(dfd)
+    """Write ``data`` to ``path`` atomically (``_files.atomic_write``: symlinks followed, non-files refused)."""
+    _files.atomic_write(path, data)
 
 
 def write_file(path: PathLike, tensors: Tensors, metadata: Optional[Dict[str, str]] = None) -> None:
@@ -308,8 +276,11 @@ def read_header(path: PathLike, *, max_header_bytes: int = MAX_HEADER_BYTES) -> 
     metadata : dict[str, str]
     """
     try:
-        with open(path, "rb") as f:
-            entries, metadata, _ = _parse_header(path, f, os.fstat(f.fileno()).st_size, max_header_bytes)
+        f, size = _files.open_regular(path)
+        with f:
+            entries, metadata, _ = _parse_header(path, f, size, max_header_bytes)
+    except _files.NotRegularFileError as exc:
+        raise FormatError(path, None, str(exc).split(": ", 1)[-1]) from None
     except OSError as exc:
         raise FormatError(path, None, f"cannot read: {exc}") from None
     return {k: (v[0], v[1]) for k, v in entries.items()}, metadata
@@ -380,8 +351,8 @@ def read_file(
     from safetensors.numpy import load
 
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        f, size = _files.open_regular(path)
+        with f:
             entries, metadata, _ = _parse_header(path, f, size, max_header_bytes)
             if require_checksums == "auto":
                 require_checksums = any(k.startswith("striate.") for k in metadata)
@@ -391,7 +362,9 @@ def read_file(
             if expect is not None:
                 _check_expected(path, entries, expect)
             f.seek(0)
-            blob = f.read()
+            blob = f.read(size + 1)
+    except _files.NotRegularFileError as exc:
+        raise FormatError(path, None, str(exc).split(": ", 1)[-1]) from None
     except OSError as exc:
         raise FormatError(path, None, f"cannot read: {exc}") from None
     if len(blob) != size:
@@ -508,9 +481,18 @@ def read_model(path: PathLike, *, with_info: bool = False) -> Any:
         return expected
 
     tensors, metadata = read_file(path, expect=expect)
+    check_running_var(path, tensors)
     if not with_info:
         return holder["cfg"], tensors
     return holder["cfg"], tensors, read_info(metadata, path)
+
+
+def check_running_var(path, tensors):
+    """FormatError when a BatchNorm ``running_var`` holds a negative or NaN value (``predict`` would give NaN)."""
+    for name, arr in tensors.items():
+        if name.split(".")[-1] == "running_var" and arr.size and not (arr >= 0).all():
+            bad = arr[~(arr >= 0)].reshape(-1)[0]
+            raise FormatError(path, name, f"a variance must be non-negative, got {float(bad)!r}")
 
 
 def check_classes(value, name="classes"):
@@ -634,5 +616,6 @@ def load_weights(model: Any, path: PathLike) -> Any:
         raise TypeError(f"`model` must be a striate.Sequential, got {type(model).__name__}")
     expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
     tensors, _ = read_file(path, expect=expected, require_checksums="auto")
+    check_running_var(path, tensors)
     model.load_state_dict(tensors)
     return model

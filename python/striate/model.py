@@ -21,8 +21,10 @@ hooks.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
+import threading
 import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -46,6 +48,33 @@ CONFIG_VERSION = 1
 # copies (``fuse`` deep-copies) and pickles never carry closures over another model's layers.
 _PLANS: "weakref.WeakKeyDictionary[Any, Dict[tuple, Any]]" = weakref.WeakKeyDictionary()
 _MAX_PLANS = 8  # input shapes remembered per model; the oldest go first
+
+
+# Which thread is inside which model (id -> (thread ident, depth)): one thread at a time per model.
+_ENTRY_LOCK = threading.Lock()
+_ENTERED = {}
+
+
+@contextlib.contextmanager
+def _sole_entry(model, what):
+    """Raise RuntimeError when another thread is inside ``model``: its layers keep per-call caches."""
+    key, me = id(model), threading.get_ident()
+    with _ENTRY_LOCK:
+        owner, depth = _ENTERED.get(key, (me, 0))
+        if owner != me:
+            raise RuntimeError(
+                f"Sequential.{what}: another thread is running this model; a model holds per-call "
+                "state in its layers, so use one model (or a copy.deepcopy of it) per thread"
+            )
+        _ENTERED[key] = (me, depth + 1)
+    try:
+        yield
+    finally:
+        with _ENTRY_LOCK:
+            if depth:
+                _ENTERED[key] = (me, depth)
+            else:
+                del _ENTERED[key]
 
 
 class Sequential(_Container):
@@ -151,11 +180,13 @@ class Sequential(_Container):
         forward planned once per input shape (``striate._plan``): the same
         kernels and bits, with the per-layer checks done at planning time.
         Such a forward saves nothing for ``backward``. The array returned is
-        the last layer's output, new on every call.
+        the last layer's output, new on every call. Another thread entering the
+        same model meanwhile gets ``RuntimeError``.
         """
-        if self._inference_only or getattr(self, "_predicting", False):
-            return self._planned_forward(x)
-        return forward_chain(self._layers, x)
+        with _sole_entry(self, "forward"):
+            if self._inference_only or getattr(self, "_predicting", False):
+                return self._planned_forward(x)
+            return forward_chain(self._layers, x)
 
     def _planned_forward(self, x):
         """``forward`` through the plan for ``x.shape``, planning it on a checked first run."""
@@ -191,7 +222,8 @@ class Sequential(_Container):
         whose ``needs_input_grad`` its parent turned off does the same.
         """
         input_grad = _bool(input_grad, "input_grad") and self.needs_input_grad
-        return backward_chain(self._layers, dloss, input_grad)
+        with _sole_entry(self, "backward"):
+            return backward_chain(self._layers, dloss, input_grad)
 
     def output_shape(self, input_shape):
         """The output shape (without the batch dimension) for ``input_shape``."""
@@ -428,6 +460,7 @@ class Sequential(_Container):
         cache_features: bool = True,
         steps_per_epoch: Optional[int] = None,
         metrics: Optional[Sequence[str]] = None,
+        clip_grad_norm: Optional[float] = None,
     ) -> "striate.training.History":
         """Train with mini-batch gradient descent; returns a ``striate.training.History``.
 
@@ -461,6 +494,8 @@ class Sequential(_Container):
             Batch sources only: batches per epoch (default one full pass).
         metrics : list of str, optional
             ``"accuracy"`` (always recorded), ``"top_k"`` (top-5), ``"top_<k>"``.
+        clip_grad_norm : float, optional
+            Clip the gradients' total 2-norm to this value before every step.
 
         Every argument is described in full at ``striate.training.fit``, which
         this method calls.
@@ -472,6 +507,7 @@ class Sequential(_Container):
             callbacks=(callbacks, ()), seed=(seed, None), verbose=(verbose, 1), resume_from=(resume_from, None),
             checkpoint=(checkpoint, None), distributed=(distributed, False), cache_features=(cache_features, True),
             steps_per_epoch=(steps_per_epoch, None), metrics=(metrics, None),
+            clip_grad_norm=(clip_grad_norm, None),
         ))
 
     def evaluate(self, x: Any, y: Optional[ArrayLike] = None, batch_size: int = 256, *,

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from . import layers as L
+from . import _files, io, layers as L
 from ._onnx_patterns import Fused, fuse
 from ._onnx_export import DEFAULT_OPSET, MIN_OPSET, OnnxExportError, _onnx, export  # noqa: F401  (re-exported)
 from .model import Sequential
@@ -100,6 +100,9 @@ def _convert(node, a, tensor, path, nname):
         layer = L.GlobalAvgPool2d()
     elif op == "BatchNormalization":
         scale, bias, mean, var = (tensor(n, nname) for n in node.input[1:5])
+        if var.size and not (var >= 0).all():
+            raise io.FormatError(path, node.input[4], f"node {nname}: a variance must be non-negative, "
+                                 f"got {float(var[~(var >= 0)].reshape(-1)[0])!r}")
         layer = L.BatchNorm2d(scale.shape[0], eps=float(a.get("epsilon", 1e-5)))
         loads += [(layer.weight, scale), (layer.bias, bias)]
         loads += [(layer.running_mean, mean), (layer.running_var, var)]
@@ -280,11 +283,9 @@ def import_model(path, *, max_bytes=1 << 30):
     """
     onnx, helper, numpy_helper = _onnx()
     path = os.fspath(path)
-    size = os.path.getsize(path)
-    if size > max_bytes:
-        raise ValueError(f"{path}: file is {size} bytes, more than `max_bytes`={max_bytes}")
+    blob = _files.read_bounded(path, max_bytes)  # regular files only, at most the size checked
     try:
-        proto = onnx.load(path, load_external_data=False)
+        proto = onnx.load_model_from_string(blob)
     except Exception as e:  # protobuf DecodeError and friends
         raise ValueError(f"{path}: not a readable ONNX model ({e})") from None
     graph = proto.graph

@@ -20,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .. import _files
+
 # Downloads larger than this are refused (CIFAR-10 archives are about 170 MB).
 MAX_DOWNLOAD_BYTES = 1 << 30
 _CHUNK = 1 << 16
@@ -67,7 +69,8 @@ def parse_checksum(checksum: str) -> tuple[str, str]:
 def file_digest(path: Path, algo: str) -> str:
     """Hex digest of a file, read in chunks."""
     h = hashlib.new(algo)
-    with open(path, "rb") as f:
+    f, _ = _files.open_regular(path)
+    with f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

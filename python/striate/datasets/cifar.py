@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _files
 from . import _download
 
 RECORD_BYTES = 1 + 3 * 32 * 32
@@ -204,11 +205,7 @@ def parse_cifar_pickle(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_capped(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > MAX_FILE_BYTES:
-            raise ValueError(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES}-byte limit")
-        return f.read()
+    return _files.read_bounded(path, MAX_FILE_BYTES)  # regular files only, at most the size checked
 
 
 def _locate(root: Path) -> tuple[Path, str] | None:

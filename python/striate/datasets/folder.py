@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _files
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -76,7 +78,8 @@ def decode_image(path, channels: int = 3, image_size=None) -> np.ndarray:
     Image = _pillow()
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f, Image.open(f, formats=list(_PILLOW_FORMATS)) as img:
+        f, _ = _files.open_regular(path)
+        with f, Image.open(f, formats=list(_PILLOW_FORMATS)) as img:
             img.load()
             if img.mode in _HIGH_DEPTH_MODES:  # 16-bit grayscale PNG
                 img, scale = img.convert("F"), 65535.0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _files
 from . import _download
 
 IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
@@ -153,11 +154,12 @@ def parse_idx(f, name: str, expected_magic: int, file_size: int | None = None) -
 def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     """Read one IDX file (raw or ``.gz``) with :func:`parse_idx`."""
     path = Path(path)
-    if path.suffix == ".gz":
-        with gzip.open(path, "rb") as f:
-            return parse_idx(f, str(path), expected_magic)
-    with open(path, "rb") as f:
-        return parse_idx(f, str(path), expected_magic, os.fstat(f.fileno()).st_size)
+    raw, size = _files.open_regular(path)  # a FIFO or a device is refused at once
+    with raw:
+        if path.suffix == ".gz":
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                return parse_idx(f, str(path), expected_magic)
+        return parse_idx(raw, str(path), expected_magic, size)
 
 
 def _check_pair(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path: Path) -> None:

@@ -73,6 +73,8 @@ def _check_input(x, layer, ndim=None):
     """The input must be a float32/float64 ndarray (of rank ``ndim``)."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{layer}: input must be a numpy.ndarray, got {type(x).__name__}")
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{layer}: input is a numpy.ma.MaskedArray, whose mask would be ignored; pass a plain array")
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{layer}: input must be float32 or float64, got {x.dtype}")
     if ndim is not None and x.ndim != ndim:

@@ -21,6 +21,7 @@ import numpy as np
 from .. import _args, _plot, io
 from .. import layers as L
 from ..layers.chain import layers_of, named_leaves
+from ..optim.schedules import LRScheduler
 
 __all__ = [
     "Callback",
@@ -216,7 +217,7 @@ class EarlyStopping(_Monitor):
             raise ValueError(f"`min_delta` must be >= 0, got {min_delta}")
         super().__init__(monitor, mode, float(min_delta))
         self.patience = _args.int_in(patience, "patience", 0)
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = _args.flag(restore_best_weights, "restore_best_weights")
         self.wait = 0
         self.best_epoch = None
         self.stopped_epoch = None
@@ -272,7 +273,7 @@ class ModelCheckpoint(_Monitor):
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
         super().__init__(monitor, mode)
         self.path = str(path)
-        self.save_best_only = bool(save_best_only)
+        self.save_best_only = _args.flag(save_best_only, "save_best_only")
         self.saved = []
 
     def on_train_begin(self, logs=None):
@@ -315,15 +316,19 @@ class LearningRateScheduler(Callback):
         if not callable(schedule):
             raise TypeError(f"`schedule` must be callable (t -> lr), got {type(schedule).__name__}")
         self.schedule = schedule
-        self.per_step = bool(per_step)
+        self.per_step = _args.flag(per_step, "per_step")
 
     def _set(self, t):
+        # A striate.optim schedule over this optimizer sets every group's rate itself: assigning its
+        # return value (group 0's rate) to ``optimizer.lr`` would flatten per-group rates.
+        sets_groups = isinstance(self.schedule, LRScheduler) and self.schedule.optimizer is self.optimizer
         lr = self.schedule(t)
         if isinstance(lr, (list, tuple)) and lr:
             lr = lr[0]
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"the schedule must return a finite learning rate >= 0, got {lr!r} at t={t}")
-        self.optimizer.lr = float(lr)
+        if not sets_groups:
+            self.optimizer.lr = float(lr)
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self.per_step:

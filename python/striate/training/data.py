@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _args
+
 __all__ = [
     "ArrayBatches", "as_input", "as_targets", "batch_seed", "check_input", "check_targets_fit", "to_float32",
     "validation_set",
@@ -44,8 +46,9 @@ def check_input(x, name="x"):
 
     A ``np.memmap`` or a uint8 array stays what it is: the batches are
     converted one at a time by ``to_float32``, so all of ``x`` is never cast.
-    Other dtypes raise TypeError.
+    Other dtypes, and masked arrays (their mask would be ignored), raise TypeError.
     """
+    _args.not_masked(x, name)
     if not isinstance(x, np.ndarray):
         x = np.asarray(x)
     if x.dtype != np.uint8 and x.dtype.kind != "f":
@@ -85,6 +88,7 @@ def as_input(x, name="x"):
 
 def as_targets(y, n, name="y", x_name="x"):
     """``y`` as int64 labels (N,) or float32 targets (N, C), checked against ``n`` samples."""
+    _args.not_masked(y, name)
     if not isinstance(y, np.ndarray):
         y = np.asarray(y)
     if y.ndim not in (1, 2):
@@ -97,6 +101,11 @@ def as_targets(y, n, name="y", x_name="x"):
         if y.dtype.kind not in "fiub":
             raise TypeError(f"`{name}` targets must be numeric, got dtype {y.dtype}")
         return np.ascontiguousarray(y, dtype=np.float32)
+    if y.dtype.kind in "iuf" and y.size and y.dtype.kind != "i" and y.max() >= 2.0**63:
+        big = y.max()
+        raise ValueError(f"`{name}` labels must be below 2**63, got {int(big) if y.dtype.kind == 'u' else big!r}")
+    if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and y.min() < -(2.0**63):
+        raise ValueError(f"`{name}` labels must be non-negative, got {y.min()!r}")
     if y.dtype.kind in "iu":
         labels = y.astype(np.int64)
     elif y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):

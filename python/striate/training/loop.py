@@ -32,7 +32,9 @@ checkpoints (checkpoints are taken at epoch boundaries).
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
+import os
 import sys
 import time
 
@@ -150,7 +152,7 @@ def _train_epoch(r, epoch):
     r.state.epoch = epoch
     t0 = time.perf_counter()
     r.callbacks.on_epoch_begin(epoch, {})
-    lr_first = None
+    lr_used = None  # the rate of the epoch's last step, as the progress bar shows it
     batches = r.batches.epoch(epoch, r.rand.shuffle)
     r.net.train()
     r.progress.begin(epoch)
@@ -160,11 +162,10 @@ def _train_epoch(r, epoch):
         if r.augment is not None:
             xb = apply_augment(r.augment, xb, batch_seed(r.rand.augment_seed, epoch, step))
         r.callbacks.on_batch_begin(step, {})
-        if lr_first is None:
-            lr_first = lr_of(r.optimizer)
+        lr_used = lr_of(r.optimizer)
         out, loss_value = train_step(
             r.net, xb, yb, r.loss_fn, r.optimizer, params=r.params, backward=r.backward, run=r.run,
-            global_count=r.batches.global_count(step), epoch=epoch + 1, step=step + 1,
+            global_count=r.batches.global_count(step), epoch=epoch + 1, step=step + 1, clip_grad_norm=r.clip,
         )
         r.state.global_step += 1
         nb = xb.shape[0]
@@ -185,7 +186,7 @@ def _train_epoch(r, epoch):
     if r.x_val is not None:
         val = run_evaluation(r.net, r.x_val, r.y_val, max(r.batch_size, 256), loss=r.loss_fn, top_k=r.top_k)
         logs.update({f"val_{key}": value for key, value in val.items()})
-    logs["lr"] = lr_first
+    logs["lr"] = lr_used
     logs["time"] = time.perf_counter() - t0
     return logs
 
@@ -233,6 +234,63 @@ def _check_fit_args(epochs, batch_size, verbose, seed, augment, callbacks, valid
     if not 0.0 <= validation_split < 1.0:
         raise ValueError(f"`validation_split` must be in [0, 1), got {validation_split}")
     return epochs, batch_size, seed, callbacks
+
+
+def _check_checkpoint_path(path):
+    """Refuse, before the first epoch, a checkpoint path that no save could write."""
+    if path is None:
+        return
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`checkpoint` must be a path, got {type(path).__name__}")
+    target = os.path.realpath(os.fspath(path))
+    if os.path.isdir(target):
+        raise ValueError(f"`checkpoint` must name a file, got the directory {os.fspath(path)!r}")
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise ValueError(f"`checkpoint` must name a regular file, got {os.fspath(path)!r}")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise ValueError(f"`checkpoint`: the folder {folder!r} does not exist")
+
+
+def _clip(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`clip_grad_norm` must be a float, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"`clip_grad_norm` must be a finite float > 0, got {value!r}")
+    return float(value)
+
+
+# ``fit(optimizer=<name>)``: each optimizer with the rate torch defaults to (SGD as fit's default).
+_OPTIMIZER_NAMES = {
+    "sgd": lambda ps: optim.SGD(ps, lr=0.01, momentum=0.9),
+    "adam": lambda ps: optim.Adam(ps, lr=1e-3),
+    "adamw": lambda ps: optim.AdamW(ps, lr=1e-3),
+    "rmsprop": lambda ps: optim.RMSprop(ps, lr=1e-2),
+}
+
+
+def _optimizer_by_name(name, net):
+    make = _OPTIMIZER_NAMES.get(name.lower())
+    if make is None:
+        raise ValueError(f"`optimizer` must be an optimizer or one of {', '.join(map(repr, _OPTIMIZER_NAMES))}, "
+                         f"got {name!r}")
+    return make(net.parameters())
+
+
+def _check_optimizer_params(optimizer, model):
+    """An optimizer over parameters that are not the model's trains nothing: refuse it."""
+    if not callable(getattr(optimizer, "step", None)):
+        raise TypeError(f"`optimizer` must be an optimizer (with .step()) or a name, got {type(optimizer).__name__}")
+    params = getattr(optimizer, "params", None)
+    if not isinstance(params, list):
+        return
+    own = {id(p) for p in model.parameters()}
+    foreign = [p for p in params if id(p) not in own]
+    if foreign:
+        raise ValueError(
+            f"`optimizer` holds {len(foreign)} parameter(s) that are not the model's "
+            f"(first: {getattr(foreign[0], 'name', '?')!r}); build it over model.parameters()"
+        )
 
 
 def _resume(path, tensors, meta, model, optimizer, batches, dropouts, history, state):
@@ -322,11 +380,16 @@ def _fit(model, x, y, args, require_cache=False):
     """``fit`` with its keyword arguments in the dict ``args``; with ``require_cache``, None (and the
     model untouched) unless the feature cache applies."""
     (epochs, batch_size, optimizer, loss, validation_data, validation_split, shuffle, augment, callbacks,
-     seed, verbose, resume_from, checkpoint, distributed, cache_features, steps_per_epoch, metrics) = (
-        args[k] for k in _FIT_ARGS)
+     seed, verbose, resume_from, checkpoint, distributed, cache_features, steps_per_epoch, metrics,
+     clip) = (args[k] for k in _FIT_ARGS)
+    if clip is not None:
+        clip = _clip(clip)
     epochs, batch_size, seed, callbacks = _check_fit_args(
         epochs, batch_size, verbose, seed, augment, callbacks, validation_split
     )
+    shuffle, distributed, cache_features = (_args.flag(v, k) for v, k in (
+        (shuffle, "shuffle"), (distributed, "distributed"), (cache_features, "cache_features")))
+    _check_checkpoint_path(checkpoint)
     top_k = _check_metrics(metrics)
     source, steps_per_epoch, x, y = _inputs(x, y, steps_per_epoch, validation_split)
     sample_shape = None if x is None else x.shape[1:]
@@ -361,6 +424,10 @@ def _fit(model, x, y, args, require_cache=False):
             optimizer = _make_optimizer(meta, model)
     if optimizer is None:
         optimizer = optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    elif isinstance(optimizer, str):
+        optimizer = _optimizer_by_name(optimizer, net)
+    else:
+        _check_optimizer_params(optimizer, model)
 
     shard = None if run is LOCAL else run.shard
     if source is None:
@@ -395,6 +462,7 @@ def _fit(model, x, y, args, require_cache=False):
     r = _Run(
         net=net, batches=batches, batch_size=batch_size, augment=augment, loss_fn=loss_fn,
         optimizer=optimizer, params=[p for p in net.parameters() if p.trainable], backward=backward_fn(net),
+        clip=clip,
         run=run, rand=rand, state=state, callbacks=callbacks, x_val=x_val, y_val=y_val, top_k=top_k,
         progress=_Progress(verbose if run.is_root else 0, epochs, steps),
     )
@@ -446,6 +514,7 @@ def fit(
     cache_features=True,
     steps_per_epoch=None,
     metrics=None,
+    clip_grad_norm=None,
 ):
     """Train ``model`` on ``(x, y)``, or on a loader, with mini-batch gradient descent.
 
@@ -471,8 +540,12 @@ def fit(
         The total number of epochs; a resumed run continues up to it.
     batch_size : int, default 64
         The last batch of an epoch may be smaller.
-    optimizer : optimizer, optional
+    optimizer : optimizer or str, optional
         Default: ``striate.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)``.
+        A name builds one over the model's parameters with torch's default
+        rate: ``"sgd"`` (the default above), ``"adam"`` and ``"adamw"``
+        (lr=1e-3), ``"rmsprop"`` (lr=1e-2). An optimizer must hold only the
+        model's parameters (ValueError otherwise, before the first step).
     loss : str or loss object, default "cross_entropy"
         ``"cross_entropy"``, ``"squared_error"`` or a ``striate.losses`` object.
     validation_data : (x_val, y_val), ArrayDataset, DataLoader or iterable, optional
@@ -535,6 +608,12 @@ def fit(
 
     After training, ``model.input_shape`` is the data's ``(C, H, W)`` (4-D
     inputs), when the model has that attribute.
+
+    clip_grad_norm : float, optional
+        Clip the total 2-norm of the trainable gradients to this value after
+        backward and before every step (``striate.optim.clip_grad_norm``, as
+        ``torch.nn.utils.clip_grad_norm_``). A non-finite total norm still
+        stops the run with ``NonFiniteError``.
 
     Returns
     -------

@@ -13,7 +13,9 @@ process; every hook does nothing) or ``DistributedRun`` (over
 metrics, keeps BatchNorm statistics equal, agrees on the seed).
 
 Guarantees: a non-finite loss or gradient raises ``NonFiniteError`` before the
-optimizer step, so the parameters keep the values from before the step.
+optimizer step, so the parameters keep the values from before the step, and
+the buffers (BatchNorm running statistics, ``num_batches_tracked``), which the
+forward pass already updated, are put back as they were before it.
 
 Not here: batching, callbacks, progress output or checkpoints (``loop``).
 """
@@ -26,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from .. import distributed
+from .. import distributed, optim
 
 __all__ = ["NonFiniteError", "train_step", "backward_fn", "LocalRun", "DistributedRun", "lr_of"]
 
@@ -63,6 +65,25 @@ def lr_of(optimizer):
     """The optimizer's current learning rate, or NaN when it has none."""
     lr = getattr(optimizer, "lr", None)
     return float(lr) if isinstance(lr, numbers.Real) else float("nan")
+
+
+def _buffer_snapshot(model):
+    """``[(live array, copy), ...]`` of the model's buffers, to undo a failed step's forward pass."""
+    buffers = getattr(model, "buffers", None)
+    if not callable(buffers):
+        return []
+    try:
+        live = buffers()
+    except TypeError:  # a model whose ``buffers`` takes arguments is not ours to snapshot
+        return []
+    if not isinstance(live, dict):
+        return []
+    return [(b, b.copy()) for b in live.values() if isinstance(b, np.ndarray)]
+
+
+def _restore(snapshot):
+    for live, saved in snapshot:
+        live[...] = saved
 
 
 def _first_nonfinite_grad(params):
@@ -144,7 +165,7 @@ def distributed_run(model):
 
 
 def train_step(model, x, y, loss_fn, optimizer=None, *, params=None, backward=None, run=LOCAL,
-               global_count=None, epoch=1, step=1):
+               global_count=None, epoch=1, step=1, clip_grad_norm=None):
     """One training step on the batch ``(x, y)``; returns ``(outputs, loss)``.
 
     Forward in the model's current mode, the loss, backward (down to the first
@@ -170,16 +191,31 @@ def train_step(model, x, y, loss_fn, optimizer=None, *, params=None, backward=No
         Samples of the global batch (a distributed run); default ``len(x)``.
     epoch, step : int
         1-based, for the error messages.
+    clip_grad_norm : float, optional
+        Clip the total 2-norm of ``params``' gradients after they are combined
+        and before the gradient check and the step; a non-finite norm leaves
+        non-finite gradients, which the check reports.
 
     Raises
     ------
     NonFiniteError
-        The loss or a gradient is not finite; the optimizer step is skipped.
+        The loss or a gradient is not finite; the optimizer step is skipped
+        and the buffers are restored to their values before the step.
     """
     if params is None:
         params = [p for p in model.parameters() if p.trainable]
     if backward is None:
         backward = backward_fn(model)
+    snapshot = _buffer_snapshot(model)
+    try:
+        return _checked_step(model, x, y, loss_fn, optimizer, params, backward, run, global_count,
+                             epoch, step, clip_grad_norm)
+    except NonFiniteError:
+        _restore(snapshot)
+        raise
+
+
+def _checked_step(model, x, y, loss_fn, optimizer, params, backward, run, global_count, epoch, step, clip):
     # Non-finite values are reported by the checks below, not as NumPy warnings.
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         out = model(x)
@@ -194,6 +230,9 @@ def train_step(model, x, y, loss_fn, optimizer=None, *, params=None, backward=No
             "the parameters are those from before this step",
             epoch=epoch, step=step, what="loss",
         )
+    if clip is not None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            optim.clip_grad_norm(params, clip)
     bad = _first_nonfinite_grad(params)
     if bad is not None:
         raise NonFiniteError(
