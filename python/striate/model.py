@@ -52,7 +52,7 @@ _MAX_PLANS = 8  # input shapes remembered per model; the oldest go first
 
 # Which thread is inside which model (id -> (thread ident, depth)): one thread at a time per model.
 _ENTRY_LOCK = threading.Lock()
-_ENTERED = {}
+_ENTERED: Dict[int, Tuple[int, int]] = {}
 
 
 @contextlib.contextmanager
