@@ -184,9 +184,16 @@ class Sequential(_Container):
         same model meanwhile gets ``RuntimeError``.
         """
         with _sole_entry(self, "forward"):
-            if self._inference_only or getattr(self, "_predicting", False):
-                return self._planned_forward(x)
-            return forward_chain(self._layers, x)
+            try:
+                if self._inference_only or getattr(self, "_predicting", False):
+                    return self._planned_forward(x)
+                return forward_chain(self._layers, x)
+            except ValueError as e:
+                if type(e) is not ValueError or self._input_shape is None or not hasattr(e, "_striate_where"):
+                    raise
+                shape = getattr(x, "shape", None)
+                raise ValueError(f"{e} (this model takes input of shape (N, {', '.join(map(str, self._input_shape))}), "
+                                 f"got {shape})") from None
 
     def _planned_forward(self, x):
         """``forward`` through the plan for ``x.shape``, planning it on a checked first run."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from .container import _Container
 
-__all__ = ["layers_of", "named_leaves", "leaves", "first_trainable", "forward_chain", "backward_chain"]
+__all__ = ["layers_of", "named_leaves", "leaves", "first_trainable", "forward_chain", "backward_chain", "located"]
 
 
 def layers_of(model):
@@ -102,12 +102,34 @@ def forward_chain(layers, x, call=None):
     call = call or _plain
     private = False
     for i, layer in enumerate(layers):
-        if private and getattr(layer, "_can_inplace", False):
-            x = _call_inplace(call, i, layer, x, False)
-        else:
-            x = call(i, layer, x, False)
+        try:
+            if private and getattr(layer, "_can_inplace", False):
+                x = _call_inplace(call, i, layer, x, False)
+            else:
+                x = call(i, layer, x, False)
+        except ValueError as e:
+            raise located(e, str(i), layer) from None
         private = getattr(layer, "_fresh_output", False) or (private and getattr(layer, "_passthrough", False))
     return x
+
+
+def located(error, name, layer):
+    """``error`` (a ValueError from ``layer``'s forward) as a ValueError naming where it happened.
+
+    The name is torch's module name, built up as the error leaves each
+    container (``"3.body.0"``): ``layer 3.body.0 (Conv2d): <the layer's message>``.
+    Subclasses of ValueError (``FormatError``, ...) pass unchanged.
+    """
+    if type(error) is not ValueError:
+        return error
+    inner = getattr(error, "_striate_where", None)
+    if inner is None:
+        where = (name, type(layer).__name__, str(error))
+    else:
+        where = (f"{name}.{inner[0]}", inner[1], inner[2])
+    out = ValueError(f"layer {where[0]} ({where[1]}): {where[2]}")
+    out._striate_where = where
+    return out
 
 
 def backward_chain(layers, dy, input_grad=True, call=None):

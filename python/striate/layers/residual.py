@@ -16,6 +16,7 @@ concatenate instead of adding.
 from __future__ import annotations
 
 from .base import _check_input, layer_from_config
+from .chain import located
 from .container import _Container, backward_into, child_spec
 
 
@@ -80,8 +81,14 @@ class Residual(_Container):
 
     def forward(self, x):
         _check_input(x, "Residual")
-        y = self._body(x)
-        s = x if self._shortcut is None else self._shortcut(x)
+        try:
+            y = self._body(x)
+        except ValueError as e:
+            raise located(e, "body", self._body) from None
+        try:
+            s = x if self._shortcut is None else self._shortcut(x)
+        except ValueError as e:
+            raise located(e, "shortcut", self._shortcut) from None
         if y.shape != s.shape:
             raise self._mismatch(y.shape, s.shape)
         self._out_shape = y.shape
