@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import sys
 import threading
 import time
 import tracemalloc
@@ -18,7 +19,8 @@ from striate.datasets import ArrayDataset, DataLoader
 @pytest.fixture(autouse=True)
 def _no_hang():
     """A loader bug must fail the run, not hang it."""
-    faulthandler.dump_traceback_later(120, exit=True)
+    # sys.__stderr__: under --capture=sys (the sanitizer run) sys.stderr has no file descriptor
+    faulthandler.dump_traceback_later(120, exit=True, file=sys.__stderr__)
     yield
     faulthandler.cancel_dump_traceback_later()
 
