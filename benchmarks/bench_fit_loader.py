@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
     bench_speed(args.n, args.repeat)
+    if args.stream <= 0:  # --stream 0: the speed figure only
+        return
     workdir = tempfile.mkdtemp(prefix="striate-bench-fit-")
     try:
         bench_stream(args.stream, args.stream_steps, args.batch, workdir)
