@@ -45,25 +45,33 @@ def _erfc(z, exact=False):
 
 
 class _Elementwise(Layer):
-    """``y = f(x)`` element by element, with ``dx = dy * f'`` written in terms of ``y``."""
+    """``y = f(x)`` element by element, with ``dx = dy * f'``.
+
+    The derivative is written in terms of what the layer keeps: its output
+    ``y`` (``_keeps = "_y"``, the default) or, for ``_SavesInput``, its input
+    ``x`` (``_keeps = "_x"``).
+    """
+
+    _keeps = "_y"
 
     def _f(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _df(self, y):  # pragma: no cover - abstract
+    def _df(self, kept):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, x):
         _check_input(x, type(self).__name__)
-        self._y = self._f(x)
-        return self._y
+        y = self._f(x)
+        setattr(self, self._keeps, y if self._keeps == "_y" else x)
+        return y
 
     def backward(self, dy):
-        y = self._saved("_y")
-        self._check_dy(dy, y.shape)
+        kept = self._saved(self._keeps)
+        self._check_dy(dy, kept.shape)
         if not self.needs_input_grad:
             return None
-        return _as(dy, y.dtype) * self._df(y)
+        return _as(dy, kept.dtype) * self._df(kept)
 
 
 class ReLU(_Elementwise):
@@ -116,26 +124,10 @@ class ReLU(_Elementwise):
         return y > 0
 
 
-class _SavesInput(Layer):
+class _SavesInput(_Elementwise):
     """``y = f(x)`` element by element, with ``dx = dy * f'(x)`` (the derivative needs ``x``, not ``y``)."""
 
-    def _f(self, x):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _df(self, x):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def forward(self, x):
-        _check_input(x, type(self).__name__)
-        self._x = x
-        return self._f(x)
-
-    def backward(self, dy):
-        x = self._saved("_x")
-        self._check_dy(dy, x.shape)
-        if not self.needs_input_grad:
-            return None
-        return _as(dy, x.dtype) * self._df(x)
+    _keeps = "_x"
 
 
 class LeakyReLU(_SavesInput):
