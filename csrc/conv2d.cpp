@@ -39,6 +39,8 @@
 #include "conv2d.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -106,14 +108,73 @@ Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_
     return s;
 }
 
+namespace {
+
+// 0 auto, 1 off, 2 force (conv2d_set_winograd).
+std::atomic<int> g_winograd{0};
+
+enum class Algo { winograd, direct, scatter, gemm };
+
+const char* algo_name(Algo a) {
+    switch (a) {
+        case Algo::winograd: return "winograd";
+        case Algo::direct: return "direct";
+        case Algo::scatter: return "scatter";
+        default: return "gemm";
+    }
+}
+
+bool take_winograd(bool ok, bool better) {
+    const int mode = g_winograd.load(std::memory_order_relaxed);
+    return ok && mode != 1 && (mode == 2 || better);
+}
+
+Algo forward_algo(const Conv2dShape& s, const conv::ConvKit* kit) {
+    if (conv::is_pointwise(s)) return Algo::gemm;
+    if (take_winograd(conv::winograd_forward_ok(s, kit), conv::winograd_forward_better(s))) return Algo::winograd;
+    if (conv::direct_forward_ok(s, kit)) return Algo::direct;
+    return Algo::gemm;
+}
+
+Algo dx_algo(const Conv2dShape& s, const conv::ConvKit* kit) {
+    if (conv::is_pointwise(s)) return Algo::gemm;
+    if (take_winograd(conv::winograd_dx_ok(s, kit), conv::winograd_dx_better(s))) return Algo::winograd;
+    if (conv::scatter_dx_better(s, kit)) return Algo::scatter;
+    if (conv::direct_dx_ok(s, kit)) return Algo::direct;
+    return Algo::gemm;
+}
+
+}  // namespace
+
+const char* conv2d_forward_algorithm(const Conv2dShape& s) { return algo_name(forward_algo(s, conv::conv_kit())); }
+const char* conv2d_dx_algorithm(const Conv2dShape& s) { return algo_name(dx_algo(s, conv::conv_kit())); }
+
+void conv2d_set_winograd(const char* mode) {
+    const std::string m(mode ? mode : "");
+    if (m == "auto") {
+        g_winograd = 0;
+    } else if (m == "off") {
+        g_winograd = 1;
+    } else if (m == "force") {
+        g_winograd = 2;
+    } else {
+        throw std::invalid_argument("`mode` must be 'auto', 'off' or 'force', got '" + m + "'");
+    }
+}
+
+const char* conv2d_get_winograd() {
+    const int mode = g_winograd.load(std::memory_order_relaxed);
+    return mode == 0 ? "auto" : mode == 1 ? "off" : "force";
+}
+
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     int threads) {
     // x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW)
     const conv::ConvKit* kit = conv::conv_kit();  // one ISA path for the whole call
-    if (!conv::is_pointwise(s) && conv::direct_forward_ok(s, kit)) {
-        conv::forward_direct(*kit, s, x, w, b, y, threads);
-    } else {
-        conv::forward_gemm(s, x, w, b, y, threads);
+    switch (forward_algo(s, kit)) {
+        case Algo::winograd: conv::forward_winograd(*kit, s, x, w, b, y, threads); break;
+        case Algo::direct: conv::forward_direct(*kit, s, x, w, b, y, threads); break;
+        default: conv::forward_gemm(s, x, w, b, y, threads); break;
     }
 }
 
@@ -134,15 +195,15 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     // dy is (N, K, OH, OW), x is (N, C, H, W), w is (K, Cg, kh, kw)
     // dx is (N, C, H, W), dw is (K, Cg, kh, kw), db is (K,)
     const int64_t P = s.OH * s.OW;
-    const bool pointwise = conv::is_pointwise(s);
     const conv::ConvKit* kit = conv::conv_kit();  // one ISA path for the whole call
     bool dx_gemm = false;
-    if (dx && !pointwise && conv::scatter_dx_better(s, kit)) {
-        conv::backward_dx_scatter(*kit, s, dy, w, dx, threads);
-    } else if (dx && !pointwise && conv::direct_dx_ok(s, kit)) {
-        conv::backward_dx_direct(*kit, s, dy, w, dx, threads);
-    } else {
-        dx_gemm = dx != nullptr;  // per image, inside the chunk tasks below
+    if (dx) {
+        switch (dx_algo(s, kit)) {
+            case Algo::winograd: conv::backward_dx_winograd(*kit, s, dy, w, dx, threads); break;
+            case Algo::scatter: conv::backward_dx_scatter(*kit, s, dy, w, dx, threads); break;
+            case Algo::direct: conv::backward_dx_direct(*kit, s, dy, w, dx, threads); break;
+            default: dx_gemm = true; break;  // per image, inside the chunk tasks below
+        }
     }
     const std::unique_ptr<conv::DwPlan> plan = dw ? choose_dw(s, kit) : nullptr;
 

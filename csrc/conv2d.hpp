@@ -48,4 +48,15 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w, float* dx,
                      float* dw, float* db, int threads = 0);
 
+// Which algorithm conv2d_forward / the dx of conv2d_backward take for s on the
+// active ISA path: "winograd", "direct", "scatter" (dx only) or "gemm".
+const char* conv2d_forward_algorithm(const Conv2dShape& s);
+const char* conv2d_dx_algorithm(const Conv2dShape& s);
+
+// Winograd use, for tests and benchmarks: "auto" (the default: where it was
+// measured faster), "off" (never) or "force" (every shape it supports:
+// 3x3, stride 1, dilation 1, groups 1; for dx also padding <= 2). Process-wide.
+void conv2d_set_winograd(const char* mode);
+const char* conv2d_get_winograd();
+
 }  // namespace striate
