@@ -173,9 +173,8 @@ using transpose_fn = void (*)(const float* src, int64_t lds, int64_t nrows, int6
                               bool store_valid_only);
 using flatten_fn = void (*)(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq, const float* dy,
                             float* dyf);
-using wino_in_fn = void (*)(const float* const* e, const float* const* o, int64_t L, float* v, int64_t lda);
-using wino_out_fn = void (*)(const float* m, int64_t lda, int64_t L, float bias, float* y0, float* y1,
-                             int64_t ncols);
+using wino_in_fn = void (*)(const float* const* src, int64_t P, float* v, int64_t lda);
+using wino_out_fn = void (*)(const float* m, int64_t lda, int64_t P, float bias, float* y0, float* y1);
 
 // Logical lanes of the flat dw on every ISA (see flat_dw_tile).
 constexpr int64_t kFlatLanes = 16;
@@ -213,7 +212,7 @@ struct ConvKit {
     std::array<scatter_dx_fn, kMaxSdxNV + 1> sdx[kMaxSdxNR + 1];
     transpose_fn transpose;  // W x W blocks
     flatten_fn flatten_dy;
-    // Winograd F(2x2, 3x3): input and output transforms of one tile-row segment.
+    // Winograd F(2x2, 3x3): input and output transforms of a run of tiles.
     wino_in_fn wino2_in;
     wino_out_fn wino2_out;
 };

@@ -306,80 +306,59 @@ STRIATE_TILE_TARGET void flatten_dy(int64_t Kg, int64_t OH, int64_t OW, int64_t 
 }
 
 // ---- Winograd F(2x2, 3x3) transforms ---------------------------------------------------
-// Vectors run over W consecutive tiles of one tile row (tile j covers input
-// columns 2j..2j+3 and output columns 2j, 2j+1). Each value is one fixed
+// Vectors run over W consecutive tiles p of a chunk of whole tile rows,
+// flattened (p = tile row * TW + tile column). Each value is one fixed
 // sequence of additions and subtractions, the same on every ISA path.
 
-// The input transform B^T d B of L tiles: e[i] and o[i] (i < 4) are the even and
-// odd columns of the tile row's 4 input rows (e[i][j] = column 2j, o[i][j] =
-// column 2j + 1), readable for j <= round_up(L, W). Tile j reads e[j], o[j],
-// e[j+1], o[j+1]; v[a*lda + j] = (B^T d B)[a / 4][a % 4] for j < round_up(L, W)
-// (lanes past L are scratch, to be overwritten by the next tiles or ignored).
-STRIATE_TILE_TARGET void wino2_input(const float* const* e, const float* const* o, int64_t L, float* v,
-                                     int64_t lda) {
+// The input transform B^T d B of P tiles: tile p's input d[i][q] (row i,
+// column q of its 4 x 4 input) is src[4i + q][p], readable for
+// p < round_up(P, W); v[a*lda + p] = (B^T d B)[a / 4][a % 4] for
+// p < round_up(P, W) (lanes past P are scratch, overwritten by later tiles or
+// ignored).
+STRIATE_TILE_TARGET void wino2_input(const float* const* src, int64_t P, float* v, int64_t lda) {
     using R = typename V::reg;
-    for (int64_t j = 0; j < L; j += W) {
+    for (int64_t p = 0; p < P; p += W) {
         R t[4][4];  // t = B^T d, one column q at a time
         for (int q = 0; q < 4; ++q) {
-            const float* const* src = q % 2 ? o : e;
-            const int64_t at = j + q / 2;
-            const R d0 = V::load(src[0] + at), d1 = V::load(src[1] + at), d2 = V::load(src[2] + at),
-                    d3 = V::load(src[3] + at);
+            const R d0 = V::load(src[q] + p), d1 = V::load(src[4 + q] + p), d2 = V::load(src[8 + q] + p),
+                    d3 = V::load(src[12 + q] + p);
             t[0][q] = V::sub(d0, d2);
             t[1][q] = V::add(d1, d2);
             t[2][q] = V::sub(d2, d1);
             t[3][q] = V::sub(d1, d3);
         }
-        for (int p = 0; p < 4; ++p) {  // (B^T d) B, row p
-            float* vp = v + 4 * p * lda + j;
-            V::store(vp, V::sub(t[p][0], t[p][2]));
-            V::store(vp + lda, V::add(t[p][1], t[p][2]));
-            V::store(vp + 2 * lda, V::sub(t[p][2], t[p][1]));
-            V::store(vp + 3 * lda, V::sub(t[p][1], t[p][3]));
+        for (int r = 0; r < 4; ++r) {  // (B^T d) B, row r
+            float* vr = v + 4 * r * lda + p;
+            V::store(vr, V::sub(t[r][0], t[r][2]));
+            V::store(vr + lda, V::add(t[r][1], t[r][2]));
+            V::store(vr + 2 * lda, V::sub(t[r][2], t[r][1]));
+            V::store(vr + 3 * lda, V::sub(t[r][1], t[r][3]));
         }
     }
 }
 
-// Stores the output columns [0, n) of the 2W columns lo, hi at y.
-STRIATE_TILE_TARGET STRIATE_SIMD_INLINE void wino_store_cols(float* y, typename V::reg lo, typename V::reg hi,
-                                                             int64_t n) {
-    if (n >= 2 * W) {
-        V::store(y, lo);
-        V::store(y + W, hi);
-    } else if (n > W) {
-        V::store(y, lo);
-        V::mask_store(y + W, V::prefix(n - W), hi);
-    } else if (n == W) {
-        V::store(y, lo);
-    } else if (n > 0) {
-        V::mask_store(y, V::prefix(n), lo);
-    }
-}
-
-// The output transform A^T m A + bias of L tiles: m[a*lda + j] (a < 16) for tile
-// j (readable for j < round_up(L, W)); output row r of tile j goes to
-// y_r[2j], y_r[2j + 1] for the columns < ncols; y1 is null when the tile row's
-// second output row is past the image.
-STRIATE_TILE_TARGET void wino2_output(const float* m, int64_t lda, int64_t L, float bias, float* y0, float* y1,
-                                      int64_t ncols) {
+// The output transform A^T m A + bias of P tiles: m[a*lda + p] (a < 16),
+// readable for p < round_up(P, W); output (r, l) of tile p goes to
+// y_r[2p + l], stored for p < round_up(P, W) (y0, y1 hold that many pairs).
+STRIATE_TILE_TARGET void wino2_output(const float* m, int64_t lda, int64_t P, float bias, float* y0, float* y1) {
     using R = typename V::reg;
     const R b = V::set1(bias);
-    for (int64_t j = 0; j < L; j += W) {
+    for (int64_t p = 0; p < P; p += W) {
         R s[2][4];  // s = A^T m
         for (int q = 0; q < 4; ++q) {
-            const R m0 = V::load(m + q * lda + j), m1 = V::load(m + (4 + q) * lda + j),
-                    m2 = V::load(m + (8 + q) * lda + j), m3 = V::load(m + (12 + q) * lda + j);
+            const R m0 = V::load(m + q * lda + p), m1 = V::load(m + (4 + q) * lda + p),
+                    m2 = V::load(m + (8 + q) * lda + p), m3 = V::load(m + (12 + q) * lda + p);
             s[0][q] = V::add(V::add(m0, m1), m2);
             s[1][q] = V::sub(V::sub(m1, m2), m3);
         }
         for (int r = 0; r < 2; ++r) {
-            float* y = r ? y1 : y0;
-            if (!y) continue;
+            float* y = (r ? y1 : y0) + 2 * p;
             const R c0 = V::add(V::add(V::add(s[r][0], s[r][1]), s[r][2]), b);
             const R c1 = V::add(V::sub(V::sub(s[r][1], s[r][2]), s[r][3]), b);
             R lo, hi;
             V::interleave(c0, c1, lo, hi);
-            wino_store_cols(y + 2 * j, lo, hi, ncols - 2 * j);
+            V::store(y, lo);
+            V::store(y + W, hi);
         }
     }
 }

@@ -50,55 +50,80 @@ WinoGeom make_geom(int64_t Cin, int64_t Hin, int64_t Win, int64_t top, int64_t l
     return {Cin, Hin, Win, top, left, Kout, Hout, Wout, (Hout + 1) / 2, (Wout + 1) / 2};
 }
 
+// The tiles in blocks of whole tile rows: several whole images per block, or
+// (large planes, small batches) runs of tile rows of one image. From the
+// shape only, so every thread count computes the same blocks.
+struct Blocking {
+    int64_t images_per_block;  // > 0: blocks of whole images; 0: blocks of rows_per_block tile rows
+    int64_t rows_per_block, blocks_per_image, nblocks, max_tiles;
+};
+
 // Tiles per block: V and M of a block (16 (Cin + Kout) floats per tile) in
 // about 384 KB, so they stay in L2 while the GEMMs read them.
-int64_t block_tiles(const WinoGeom& g) {
-    if (const char* e = std::getenv("STRIATE_WINO_T")) return std::max<int64_t>(16, std::atoll(e));
+int64_t target_tiles(const WinoGeom& g) {
     const int64_t per_tile = kPoints * (g.Cin + g.Kout);
-    return std::clamp<int64_t>(round_up(96 * 1024 / per_tile, 16), 32, 512);
+    return std::clamp<int64_t>(96 * 1024 / per_tile, 32, 512);
 }
 
-// Calls f(n, th, tw0, tw1, tb) for the tile-row segments of tiles [t0, t1):
-// image n, tile row th, tile columns [tw0, tw1), the first at block column tb.
-template <class F>
-void for_segments(const WinoGeom& g, int64_t t0, int64_t t1, F&& f) {
-    const int64_t per_image = g.TH * g.TW;
-    for (int64_t t = t0; t < t1;) {
-        const auto [n, r] = split_index(t, per_image);
-        const auto [th, tw0] = split_index(r, g.TW);
-        const int64_t tw1 = std::min(g.TW, tw0 + (t1 - t));
-        f(n, th, tw0, tw1, t - t0);
-        t += tw1 - tw0;
+constexpr int64_t kMinBlocks = 4;  // split images into row blocks below this many blocks
+
+Blocking make_blocking(const WinoGeom& g, int64_t N) {
+    const int64_t target = target_tiles(g), per_image = g.TH * g.TW;
+    Blocking b{};
+    if (per_image <= target && N >= kMinBlocks * (target / per_image)) {
+        b.images_per_block = target / per_image;
+        b.nblocks = (N + b.images_per_block - 1) / b.images_per_block;
+        b.max_tiles = b.images_per_block * per_image;
+        return b;
     }
+    int64_t rows = std::max<int64_t>(1, target / g.TW);
+    const int64_t wanted = (kMinBlocks + N - 1) / std::max<int64_t>(N, 1);  // blocks per image
+    rows = std::max<int64_t>(1, std::min(rows, (g.TH + wanted - 1) / wanted));
+    b.rows_per_block = rows;
+    b.blocks_per_image = (g.TH + rows - 1) / rows;
+    b.nblocks = N * b.blocks_per_image;
+    b.max_tiles = rows * g.TW;
+    return b;
 }
 
-// e[j] = row[col0 + 2j], o[j] = row[col0 + 2j + 1] for j < n, zero outside
-// [0, Win); all zero when the row ih is outside [0, Hin).
-void deinterleave_row(const float* plane, int64_t Hin, int64_t Win, int64_t ih, int64_t col0, int64_t n, float* e,
-                      float* o) {
-    if (ih < 0 || ih >= Hin) {
-        std::fill(e, e + n, 0.f);
-        std::fill(o, o + n, 0.f);
+// Calls f(n, th0, th1, tb) for the chunks of block blk: tile rows [th0, th1)
+// of image n, whose first tile is column tb of the block.
+template <class F>
+void for_chunks(const WinoGeom& g, const Blocking& b, int64_t N, int64_t blk, F&& f) {
+    if (b.images_per_block > 0) {
+        const int64_t n0 = blk * b.images_per_block, n1 = std::min(N, n0 + b.images_per_block);
+        for (int64_t n = n0; n < n1; ++n) f(n, int64_t{0}, g.TH, (n - n0) * g.TH * g.TW);
         return;
     }
-    const float* row = plane + ih * Win;
-    // j in [jlo, jhi): both columns inside the row.
-    const int64_t jlo = std::min(n, col0 >= 0 ? 0 : (-col0 + 1) / 2);
-    const int64_t room = Win - col0;  // columns from col0 to the end of the row
-    const int64_t jhi = std::max(jlo, std::min(n, room < 0 ? 0 : room / 2));
-    auto at = [&](int64_t c) { return c >= 0 && c < Win ? row[c] : 0.f; };
-    for (int64_t j = 0; j < jlo; ++j) {
-        e[j] = at(col0 + 2 * j);
-        o[j] = at(col0 + 2 * j + 1);
+    const auto [n, part] = split_index(blk, b.blocks_per_image);
+    const int64_t th0 = part * b.rows_per_block;
+    f(n, th0, std::min(g.TH, th0 + b.rows_per_block), int64_t{0});
+}
+
+// Input row ih of plane (Hin, Win) as the 2 TW + 2 columns the tiles read,
+// starting at column -left: e0[j] = column 2j, o0[j] = 2j + 1, e1[j] = 2j + 2,
+// o1[j] = 2j + 3 for j < TW (zeros outside the input). tmp holds 2 TW + 2 floats.
+void split_row(const WinoGeom& g, const float* plane, int64_t ih, float* tmp, float* e0, float* o0, float* e1,
+               float* o1) {
+    const int64_t TW = g.TW, len = 2 * TW + 2;
+    if (ih < 0 || ih >= g.Hin) {
+        std::fill(e0, e0 + TW, 0.f);
+        std::fill(o0, o0 + TW, 0.f);
+        std::fill(e1, e1 + TW, 0.f);
+        std::fill(o1, o1 + TW, 0.f);
+        return;
     }
-    const float* src = row + col0;
-    for (int64_t j = jlo; j < jhi; ++j) {
-        e[j] = src[2 * j];
-        o[j] = src[2 * j + 1];
-    }
-    for (int64_t j = jhi; j < n; ++j) {
-        e[j] = at(col0 + 2 * j);
-        o[j] = at(col0 + 2 * j + 1);
+    // tmp[j] = row[j - left] inside [0, Win), zero elsewhere.
+    const float* row = plane + ih * g.Win;
+    const int64_t lo = std::clamp<int64_t>(g.left, 0, len), hi = std::clamp<int64_t>(g.left + g.Win, lo, len);
+    std::fill(tmp, tmp + lo, 0.f);
+    std::memcpy(tmp + lo, row + (lo - g.left), static_cast<size_t>(hi - lo) * sizeof(float));
+    std::fill(tmp + hi, tmp + len, 0.f);
+    for (int64_t j = 0; j < TW; ++j) {
+        e0[j] = tmp[2 * j];
+        o0[j] = tmp[2 * j + 1];
+        e1[j] = tmp[2 * j + 2];
+        o1[j] = tmp[2 * j + 3];
     }
 }
 
@@ -133,41 +158,56 @@ void transform_weights(int64_t K, int64_t C, const Get& get, float* U, int threa
 // transformed weights U (16, Kout, Cin); bias may be null.
 void winograd_conv(const ConvKit& kit, const WinoGeom& g, int64_t N, const float* in, const float* U,
                    const float* bias, float* out, int threads) {
-    const int64_t W = kit.W, total = N * g.TH * g.TW;
-    const int64_t T = block_tiles(g), ld = round_up(T, 16) + kSlack;
-    const int64_t nblocks = (total + T - 1) / T;
-    const int64_t rowlen = round_up(g.TW + 1, 16) + kSlack;  // one even or odd input row
-    const int64_t v_size = kPoints * g.Cin * ld, m_size = kPoints * g.Kout * ld + kSlack;
+    const Blocking bk = make_blocking(g, N);
+    const int64_t TW = g.TW, ld = round_up(bk.max_tiles, 16) + kSlack;
+    // Point strides one cache line past the channel rows, so the 16 points of
+    // one tile land in different cache sets (ld * channels is often a multiple of 4 KB).
+    const int64_t vs = g.Cin * ld + 16, ms = g.Kout * ld + 16;
+    const int64_t v_size = kPoints * vs, m_size = kPoints * ms + kSlack;
+    // Scratch: one padded input row; the 8 split-row arrays (row parity x e0, o0,
+    // e1, o1) of up to rows_max + 1 row pairs; the two output rows of every tile row.
+    const int64_t rows_max = bk.images_per_block > 0 ? g.TH : bk.rows_per_block;
+    const int64_t tmp_size = round_up(2 * TW + 2, 16), arr = (rows_max + 1) * TW + kSlack;
+    const int64_t y_size = 2 * rows_max * TW + 2 * kSlack;
+    const int64_t scratch = v_size + m_size + tmp_size + 8 * arr + 2 * y_size;
     parallel_for(
-        nblocks,
+        bk.nblocks,
         [&](int64_t blk) {
-            const int64_t t0 = blk * T, t1 = std::min(total, t0 + T), nt = t1 - t0;
-            float* V = tl_wino.get(v_size + m_size + 8 * rowlen);
+            float* V = tl_wino.get(scratch);
             float* M = V + v_size;
-            float* rows = M + m_size;
-            const float* e[4] = {rows, rows + 2 * rowlen, rows + 4 * rowlen, rows + 6 * rowlen};
-            const float* o[4] = {rows + rowlen, rows + 3 * rowlen, rows + 5 * rowlen, rows + 7 * rowlen};
-            // Input transform, segment after segment: the scratch lanes a segment
-            // writes past its tiles belong to later segments (or the slack).
-            for_segments(g, t0, t1, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t tb) {
-                const int64_t L = tw1 - tw0, fill = round_up(L, W) + 1;
+            float* tmp = M + m_size;
+            float* A = tmp + tmp_size;  // split rows: A + (parity * 4 + kind) * arr
+            float* Y = A + 8 * arr;     // output rows: Y + r * y_size
+            int64_t nt = 0;
+            // Input transform, chunk after chunk: the scratch lanes a chunk writes
+            // past its tiles belong to later chunks (or the slack).
+            for_chunks(g, bk, N, blk, [&](int64_t n, int64_t th0, int64_t th1, int64_t tb) {
+                const int64_t P = (th1 - th0) * TW;
+                nt = tb + P;
+                // d[i][q] of tile p (input row 2 th + i): array (i % 2, q) at p + (i / 2) TW.
+                const float* src[16];
+                for (int i = 0; i < 4; ++i)
+                    for (int q = 0; q < 4; ++q) src[4 * i + q] = A + ((i % 2) * 4 + q) * arr + (i / 2) * TW;
                 for (int64_t c = 0; c < g.Cin; ++c) {
                     const float* plane = in + (n * g.Cin + c) * g.Hin * g.Win;
-                    for (int64_t i = 0; i < 4; ++i)
-                        deinterleave_row(plane, g.Hin, g.Win, 2 * th + i - g.top, 2 * tw0 - g.left, fill,
-                                         rows + 2 * i * rowlen, rows + (2 * i + 1) * rowlen);
-                    kit.wino2_in(e, o, L, V + c * ld + tb, g.Cin * ld);
+                    for (int64_t r = 2 * th0; r < 2 * th1 + 2; ++r) {
+                        float* a0 = A + (r % 2) * 4 * arr + (r / 2 - th0) * TW;
+                        split_row(g, plane, r - g.top, tmp, a0, a0 + arr, a0 + 2 * arr, a0 + 3 * arr);
+                    }
+                    kit.wino2_in(src, P, V + c * ld + tb, vs);
                 }
             });
             for (int64_t a = 0; a < kPoints; ++a)
-                sgemm_isa(kit.isa, false, false, g.Kout, nt, g.Cin, 1.f, U + a * g.Kout * g.Cin, g.Cin,
-                          V + a * g.Cin * ld, ld, 0.f, M + a * g.Kout * ld, ld, 1);
-            for_segments(g, t0, t1, [&](int64_t n, int64_t th, int64_t tw0, int64_t tw1, int64_t tb) {
-                const int64_t L = tw1 - tw0, ncols = std::min(2 * tw1, g.Wout) - 2 * tw0;
+                sgemm_isa(kit.isa, false, false, g.Kout, nt, g.Cin, 1.f, U + a * g.Kout * g.Cin, g.Cin, V + a * vs, ld,
+                          0.f, M + a * ms, ld, 1);
+            for_chunks(g, bk, N, blk, [&](int64_t n, int64_t th0, int64_t th1, int64_t tb) {
+                const int64_t P = (th1 - th0) * TW, oh1 = std::min(g.Hout, 2 * th1);
                 for (int64_t k = 0; k < g.Kout; ++k) {
-                    float* y0 = out + ((n * g.Kout + k) * g.Hout + 2 * th) * g.Wout + 2 * tw0;
-                    float* y1 = 2 * th + 1 < g.Hout ? y0 + g.Wout : nullptr;
-                    kit.wino2_out(M + k * ld + tb, g.Kout * ld, L, bias ? bias[k] : 0.f, y0, y1, ncols);
+                    kit.wino2_out(M + k * ld + tb, ms, P, bias ? bias[k] : 0.f, Y, Y + y_size);
+                    float* plane = out + (n * g.Kout + k) * g.Hout * g.Wout;
+                    for (int64_t oh = 2 * th0; oh < oh1; ++oh)
+                        std::memcpy(plane + oh * g.Wout, Y + (oh % 2) * y_size + (oh / 2 - th0) * 2 * TW,
+                                    static_cast<size_t>(g.Wout) * sizeof(float));
                 }
             });
         },
