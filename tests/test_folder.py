@@ -244,6 +244,10 @@ def test_too_small_image_is_refused_naming_path_size_and_remedy(tmp_path, rng):
     assert x.shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match=r"tiny\.png is 6x5 .*max_upscale=6\.39; pass max_upscale=6\.4 or"):
         ImageFolder(tmp_path, image_size=32, max_upscale=6.39)[1]
+    save(tmp_path / "a" / "seven.png", rgb(rng, 7, 7))
+    with pytest.raises(ValueError, match=r"seven\.png is 7x7 .* enlarged 4\.571 times, more than max_upscale=4\.57; "
+                       r"pass max_upscale=4\.58 or more"):
+        ImageFolder(tmp_path, image_size=32, max_upscale=4.57).load()
 
 
 @pytest.mark.parametrize("h, w", [(6, 40), (40, 6)])
@@ -258,7 +262,7 @@ def test_shrinking_is_never_limited_and_one_refuses_enlarging(tmp_path, rng):
     save(tmp_path / "a" / "1.png", rgb(rng, 100, 90))
     assert ImageFolder(tmp_path, image_size=(3, 2), max_upscale=1)[0][0].shape == (3, 3, 2)
     assert ImageFolder(tmp_path, image_size=(100, 90), max_upscale=1)[0][0].shape == (3, 100, 90)
-    with pytest.raises(ValueError, match=r"1\.png is 100x90 .* enlarged 1\.01 times, more than max_upscale=1;"):
+    with pytest.raises(ValueError, match=r"1\.png is 100x90 .* enlarged 1\.011 times, more than max_upscale=1;"):
         ImageFolder(tmp_path, image_size=(100, 91), max_upscale=1)[0]
 
 

@@ -98,7 +98,7 @@ def _refusal(path, hw, image_size, max_upscale):
         allow_text = f"{allow:.2f}".rstrip("0").rstrip(".")
         return (
             f"{path} is {h}x{w} (H x W), too small for image_size {th}x{tw}: it would be enlarged "
-            f"{need:.3g} times, more than max_upscale={max_upscale:g}; pass max_upscale={allow_text} "
+            f"{need:.4g} times, more than max_upscale={max_upscale:g}; pass max_upscale={allow_text} "
             "or more to allow it"
         )
     return None
