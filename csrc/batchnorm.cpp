@@ -1,34 +1,39 @@
 // batchnorm.cpp: the batch normalisation kernels declared in batchnorm.hpp,
 // forward beside backward.
 //
-// Work items are pieces of channels: channel c's N*HW values, taken in the
-// order k = n*HW + hw, are cut into P contiguous pieces, P fixed by the shape
-// alone (pieces_per_channel). With P = 1 (C >= 16, the usual case) one item
-// does everything for its channel: the statistics pass and the element pass
-// run back to back while the channel (N*HW floats, 256 KB for 64x32x32) is
-// still in the core's cache. With P > 1 (few channels: a small C would leave
-// threads idle) the sums, the statistics and the element pass are separate
-// parallel regions, and the pieces' partial sums are added per channel in
-// piece order. Either way the arithmetic depends on the shape only, never on
-// the thread count or the way the items were scheduled.
+// Work split. Channel c's N*HW values, in the order k = n*HW + hw, may be cut
+// into P contiguous pieces, P fixed by the shape alone (pieces_per_channel).
+// With P = 1 (C >= 16, the usual case) each thread takes one block of whole
+// channels and runs every pass of the op over it (statistics, then the element
+// pass) walking memory in order, image by image, so that it streams runs of
+// (channels in the block) * HW floats instead of jumping by a C*HW stride
+// after every plane (measured twice as fast for 64x16x32x32). With P > 1 (few
+// channels, which would leave threads idle) the items are (channel, piece),
+// the sums, the statistics and the element pass are separate parallel
+// regions, and the pieces' partial sums are added per channel in piece order.
+// Which channels share a block never changes a channel's arithmetic, and the
+// pieces depend on the shape only, so results are bit-identical for any thread
+// count.
 //
-// Sums: a piece accumulates into 16 float64 lanes, value k going to lane
-// hw % 16 in increasing k; the lanes are added by one fixed tree (l + l+8,
-// then l + l+4, then (0+2) + (1+3)). The training forward is two-pass (the
-// mean, then the sum of squared float64 deviations from it), so a large mean
-// costs no accuracy. The loops are plain C++ that the compiler vectorises;
-// each is compiled once per ISA path (a target attribute on a thin wrapper,
-// see BnKit) and picked from active_isa() (cpu.hpp). The file is compiled with
-// -ffp-contract=off (CMakeLists.txt): no path fuses a multiply and an add, so
-// every path gives the same bits.
+// Sums: a channel (or piece) accumulates into 16 float64 lanes, the value at
+// plane position hw going to lane hw % 16 in increasing k; the lanes are added
+// by one fixed tree (batchnorm_loops.hpp). The training forward is two-pass
+// (the mean, then the sum of squared float64 deviations from it), so a large
+// mean costs no accuracy. The lanes are intrinsics per path (GenericLanes,
+// Avx2Lanes, Avx512Lanes below, the same IEEE double operations lane by
+// lane); the element loops are plain loops the compiler vectorises; both are
+// compiled once per ISA path (batchnorm_loops.hpp) and picked from
+// active_isa() (cpu.hpp). The file is compiled with -ffp-contract=off
+// (CMakeLists.txt): no path fuses a multiply and an add, so every path gives
+// the same bits.
 //
 // Element formulas (float32 unless said otherwise; m = float(mean)):
 //   forward:          y  = (x - m) * a + beta,  a = float(invstd * gamma) in float64
 //   apply:            y  = (x - mean) * scale + shift
-//   backward, batch:  dx = ((dy - mdb) - (x - m) * b) * k,
-//                     k = float(gamma*invstd), mdb = float(dbeta/n),
+//   backward, batch:  dx = ((dy - mdb) - (x - m) * b) * s,
+//                     s = float(gamma*invstd), mdb = float(dbeta/n),
 //                     b = float(invstd * dgamma / n), dbeta and dgamma in float64
-//   backward, given statistics: dx = dy * k
+//   backward, given statistics: dx = dy * s
 //
 // Not here: argument validation and allocation (bind_norm.cpp), threads
 // (parallel.hpp), running statistics (python/striate/layers/normalization.py).
