@@ -78,6 +78,21 @@ py::tuple conv2d_backward_py(const py::object& dy_obj, const py::object& x_obj, 
     return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
 }
 
+// {"forward": name, "dx": name}: the algorithms conv2d_forward and conv2d_backward take for this shape.
+py::dict conv2d_algorithms_py(const py::object& x_obj, const py::object& w_obj, int64_t stride_h, int64_t stride_w,
+                              int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right, int64_t dil_h,
+                              int64_t dil_w, int64_t groups) {
+    const farray x = arg<float>(x_obj, "x");
+    const farray w = arg<float>(w_obj, "w");
+    const Conv2dShape s =
+        conv_shape(x, w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dil_h, dil_w, groups);
+    const Conv2dAlgorithms a = conv2d_algorithms(s);
+    py::dict d;
+    d["forward"] = a.forward;
+    d["dx"] = a.dx;
+    return d;
+}
+
 }  // namespace
 
 void bind_conv(py::module_& m) {
@@ -91,6 +106,11 @@ void bind_conv(py::module_& m) {
           py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dil_h"), py::arg("dil_w"),
           py::arg("groups"), py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"),
           "Gradients (dx, dw, db) of conv2d_forward; an entry is None when not asked for.");
+    m.def("conv2d_algorithms", &conv2d_algorithms_py, py::arg("x"), py::arg("w"), py::arg("stride_h"),
+          py::arg("stride_w"), py::arg("pad_top"), py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"),
+          py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"),
+          "The algorithms ({'forward': ..., 'dx': ...}) conv2d_forward and conv2d_backward take for these arrays' "
+          "shapes on the active ISA path.");
 }
 
 }  // namespace striate

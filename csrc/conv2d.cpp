@@ -106,14 +106,48 @@ Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_
     return s;
 }
 
+namespace {
+
+enum class FwdAlgo { direct, strided, gemm };
+enum class DxAlgo { scatter, direct, strided, gemm };
+
+// The forward and dx algorithms for s (see the list at the top of this file).
+FwdAlgo choose_forward(const Conv2dShape& s, const conv::ConvKit* kit) {
+    if (!conv::is_pointwise(s) && conv::direct_forward_ok(s, kit)) return FwdAlgo::direct;
+    if (conv::strided_forward_ok(s, kit)) return FwdAlgo::strided;
+    return FwdAlgo::gemm;
+}
+DxAlgo choose_dx(const Conv2dShape& s, const conv::ConvKit* kit) {
+    const bool pointwise = conv::is_pointwise(s);
+    if (!pointwise && conv::scatter_dx_better(s, kit)) return DxAlgo::scatter;
+    if (!pointwise && conv::direct_dx_ok(s, kit)) return DxAlgo::direct;
+    if (conv::strided_dx_ok(s, kit)) return DxAlgo::strided;
+    return DxAlgo::gemm;
+}
+
+}  // namespace
+
+Conv2dAlgorithms conv2d_algorithms(const Conv2dShape& s) {
+    const conv::ConvKit* kit = conv::conv_kit();
+    static const char* const fwd_names[] = {"direct", "strided", "gemm"};
+    static const char* const dx_names[] = {"scatter", "direct", "strided", "gemm"};
+    return {fwd_names[static_cast<int>(choose_forward(s, kit))], dx_names[static_cast<int>(choose_dx(s, kit))]};
+}
+
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     int threads) {
     // x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW)
     const conv::ConvKit* kit = conv::conv_kit();  // one ISA path for the whole call
-    if (!conv::is_pointwise(s) && conv::direct_forward_ok(s, kit)) {
-        conv::forward_direct(*kit, s, x, w, b, y, threads);
-    } else {
-        conv::forward_gemm(s, x, w, b, y, threads);
+    switch (choose_forward(s, kit)) {
+        case FwdAlgo::direct:
+            conv::forward_direct(*kit, s, x, w, b, y, threads);
+            break;
+        case FwdAlgo::strided:
+            conv::forward_strided(*kit, s, x, w, b, y, threads);
+            break;
+        case FwdAlgo::gemm:
+            conv::forward_gemm(s, x, w, b, y, threads);
+            break;
     }
 }
 
@@ -134,15 +168,23 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     // dy is (N, K, OH, OW), x is (N, C, H, W), w is (K, Cg, kh, kw)
     // dx is (N, C, H, W), dw is (K, Cg, kh, kw), db is (K,)
     const int64_t P = s.OH * s.OW;
-    const bool pointwise = conv::is_pointwise(s);
     const conv::ConvKit* kit = conv::conv_kit();  // one ISA path for the whole call
     bool dx_gemm = false;
-    if (dx && !pointwise && conv::scatter_dx_better(s, kit)) {
-        conv::backward_dx_scatter(*kit, s, dy, w, dx, threads);
-    } else if (dx && !pointwise && conv::direct_dx_ok(s, kit)) {
-        conv::backward_dx_direct(*kit, s, dy, w, dx, threads);
-    } else {
-        dx_gemm = dx != nullptr;  // per image, inside the chunk tasks below
+    if (dx) {
+        switch (choose_dx(s, kit)) {
+            case DxAlgo::scatter:
+                conv::backward_dx_scatter(*kit, s, dy, w, dx, threads);
+                break;
+            case DxAlgo::direct:
+                conv::backward_dx_direct(*kit, s, dy, w, dx, threads);
+                break;
+            case DxAlgo::strided:
+                conv::backward_dx_strided(*kit, s, dy, w, dx, threads);
+                break;
+            case DxAlgo::gemm:
+                dx_gemm = true;  // per image, inside the chunk tasks below
+                break;
+        }
     }
     const std::unique_ptr<conv::DwPlan> plan = dw ? choose_dw(s, kit) : nullptr;
 
