@@ -78,31 +78,24 @@ py::tuple conv2d_backward_py(const py::object& dy_obj, const py::object& x_obj, 
     return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
 }
 
-// The algorithm conv2d_forward ("forward") or the dx of conv2d_backward ("dx")
-// takes for these shapes on the active ISA path.
-std::string conv2d_algorithm_py(const std::vector<int64_t>& x_shape, const std::vector<int64_t>& w_shape,
-                                int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom,
-                                int64_t pad_left, int64_t pad_right, int64_t dil_h, int64_t dil_w, int64_t groups,
-                                const std::string& which) {
-    if (x_shape.size() != 4) throw std::invalid_argument("`x_shape` must have 4 entries");
-    if (w_shape.size() != 4) throw std::invalid_argument("`w_shape` must have 4 entries");
-    if (groups <= 0) throw std::invalid_argument("`groups` must be positive, got " + std::to_string(groups));
-    if (x_shape[1] != w_shape[1] * groups) throw std::invalid_argument("`x_shape` and `w_shape` disagree on channels");
-    const Conv2dShape s = make_conv2d_shape(x_shape[0], x_shape[1], x_shape[2], x_shape[3], w_shape[0], w_shape[2],
-                                            w_shape[3], stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
-                                            dil_h, dil_w, groups);
-    if (which == "forward") return conv2d_forward_algorithm(s);
-    if (which == "dx") return conv2d_dx_algorithm(s);
-    throw std::invalid_argument("`which` must be 'forward' or 'dx', got '" + which + "'");
+// {"forward": name, "dx": name}: the algorithms conv2d_forward and conv2d_backward take for this shape.
+py::dict conv2d_algorithms_py(const py::object& x_obj, const py::object& w_obj, int64_t stride_h, int64_t stride_w,
+                              int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right, int64_t dil_h,
+                              int64_t dil_w, int64_t groups) {
+    const farray x = arg<float>(x_obj, "x");
+    const farray w = arg<float>(w_obj, "w");
+    const Conv2dShape s =
+        conv_shape(x, w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dil_h, dil_w, groups);
+    const Conv2dAlgorithms a = conv2d_algorithms(s);
+    py::dict d;
+    d["forward"] = a.forward;
+    d["dx"] = a.dx;
+    return d;
 }
 
 }  // namespace
 
 void bind_conv(py::module_& m) {
-    m.def("conv2d_algorithm", &conv2d_algorithm_py, py::arg("x_shape"), py::arg("w_shape"), py::arg("stride_h"),
-          py::arg("stride_w"), py::arg("pad_top"), py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"),
-          py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"), py::arg("which"),
-          "The algorithm ('winograd', 'direct', 'scatter' or 'gemm') the forward or dx takes for these shapes.");
     m.def(
         "conv2d_set_winograd", [](const std::string& mode) { conv2d_set_winograd(mode.c_str()); }, py::arg("mode"),
         "Winograd use: 'auto' (where measured faster), 'off' or 'force' (every shape it supports); for tests and "
@@ -118,6 +111,11 @@ void bind_conv(py::module_& m) {
           py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dil_h"), py::arg("dil_w"),
           py::arg("groups"), py::arg("need_dx"), py::arg("need_dw"), py::arg("need_db"),
           "Gradients (dx, dw, db) of conv2d_forward; an entry is None when not asked for.");
+    m.def("conv2d_algorithms", &conv2d_algorithms_py, py::arg("x"), py::arg("w"), py::arg("stride_h"),
+          py::arg("stride_w"), py::arg("pad_top"), py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"),
+          py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"),
+          "The algorithms ({'forward': ..., 'dx': ...}) conv2d_forward and conv2d_backward take for these arrays' "
+          "shapes on the active ISA path.");
 }
 
 }  // namespace striate

@@ -19,6 +19,7 @@ namespace py = pybind11;
 namespace striate {
 void bind_conv(py::module_& m);
 void bind_pool(py::module_& m);
+void bind_norm(py::module_& m);
 void bind_gemm(py::module_& m);
 void bind_augment(py::module_& m);
 }  // namespace striate
@@ -82,6 +83,7 @@ PYBIND11_MODULE(_core, m) {
 #endif
     striate::bind_conv(m);
     striate::bind_pool(m);
+    striate::bind_norm(m);
     striate::bind_gemm(m);
     striate::bind_augment(m);
 }

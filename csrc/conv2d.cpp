@@ -6,9 +6,15 @@
 // AVX-512 and for AVX2 (the same kernels, conv_tiles.hpp, with tiles sized per
 // ISA, and the same choices, so both give the same bits); the generic path
 // takes im2col + SGEMM for every shape.
+//   forward, 3x3, stride 1, dilation 1, ungrouped, >= 16 input and output
+//       channels: Winograd F(2x2, 3x3) (conv_winograd.cpp); dx the same on dy
+//       with the rotated, transposed weights, when the padding is at most 2.
 //   forward, stride 1, not pointwise: direct kernel on the padded
 //       image (conv_direct.cpp), vectors over positions or, for small outputs,
 //       over output channels; bias fused.
+//   forward, stride > 1: the direct kernel on the image split into stride
+//       phases (conv_strided.cpp); dx without dilation, one stride-1 direct
+//       convolution per phase of dx.
 //   dx, stride 1, not pointwise: scatter dx by bands of kernel rows
 //       (conv_dx_scatter.cpp) when it needs fewer FMAs or the padding is wider
 //       than the dilated kernel, else the direct kernel on the padded dy.
@@ -19,8 +25,8 @@
 //           width 3 or 5: vectors over output channels (conv_dw_kvec.cpp);
 //       < 16 input and <= 16 output channels per group, stride 1, output rows
 //           filling half the padded width: flat dw (conv_dw_flat.cpp).
-//   everything else (strided forward/dx, pointwise, dw with few input and
-//   many output channels, the generic ISA path): im2col + SGEMM
+//   everything else (stride-1 pointwise, dilated strided dx, dw with few input
+//   and many output channels, the generic ISA path): im2col + SGEMM
 //   (conv_gemm.cpp).
 //   db[k] = sum_n sum_p dy[n,k,p] always in fixed-order lanes (sum_fixed).
 //
@@ -113,12 +119,13 @@ namespace {
 // 0 auto, 1 off, 2 force (conv2d_set_winograd).
 std::atomic<int> g_winograd{0};
 
-enum class Algo { winograd, direct, scatter, gemm };
+enum class Algo { winograd, direct, strided, scatter, gemm };
 
 const char* algo_name(Algo a) {
     switch (a) {
         case Algo::winograd: return "winograd";
         case Algo::direct: return "direct";
+        case Algo::strided: return "strided";
         case Algo::scatter: return "scatter";
         default: return "gemm";
     }
@@ -129,25 +136,31 @@ bool take_winograd(bool ok, bool better) {
     return ok && mode != 1 && (mode == 2 || better);
 }
 
+// The forward and dx algorithms for s (see the list at the top of this file).
 Algo forward_algo(const Conv2dShape& s, const conv::ConvKit* kit) {
-    if (conv::is_pointwise(s)) return Algo::gemm;
-    if (take_winograd(conv::winograd_forward_ok(s, kit), conv::winograd_forward_better(s))) return Algo::winograd;
-    if (conv::direct_forward_ok(s, kit)) return Algo::direct;
+    const bool pointwise = conv::is_pointwise(s);
+    if (!pointwise && take_winograd(conv::winograd_forward_ok(s, kit), conv::winograd_forward_better(s)))
+        return Algo::winograd;
+    if (!pointwise && conv::direct_forward_ok(s, kit)) return Algo::direct;
+    if (conv::strided_forward_ok(s, kit)) return Algo::strided;
     return Algo::gemm;
 }
 
 Algo dx_algo(const Conv2dShape& s, const conv::ConvKit* kit) {
-    if (conv::is_pointwise(s)) return Algo::gemm;
-    if (take_winograd(conv::winograd_dx_ok(s, kit), conv::winograd_dx_better(s))) return Algo::winograd;
-    if (conv::scatter_dx_better(s, kit)) return Algo::scatter;
-    if (conv::direct_dx_ok(s, kit)) return Algo::direct;
+    const bool pointwise = conv::is_pointwise(s);
+    if (!pointwise && take_winograd(conv::winograd_dx_ok(s, kit), conv::winograd_dx_better(s))) return Algo::winograd;
+    if (!pointwise && conv::scatter_dx_better(s, kit)) return Algo::scatter;
+    if (!pointwise && conv::direct_dx_ok(s, kit)) return Algo::direct;
+    if (conv::strided_dx_ok(s, kit)) return Algo::strided;
     return Algo::gemm;
 }
 
 }  // namespace
 
-const char* conv2d_forward_algorithm(const Conv2dShape& s) { return algo_name(forward_algo(s, conv::conv_kit())); }
-const char* conv2d_dx_algorithm(const Conv2dShape& s) { return algo_name(dx_algo(s, conv::conv_kit())); }
+Conv2dAlgorithms conv2d_algorithms(const Conv2dShape& s) {
+    const conv::ConvKit* kit = conv::conv_kit();
+    return {algo_name(forward_algo(s, kit)), algo_name(dx_algo(s, kit))};
+}
 
 void conv2d_set_winograd(const char* mode) {
     const std::string m(mode ? mode : "");
@@ -174,6 +187,7 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     switch (forward_algo(s, kit)) {
         case Algo::winograd: conv::forward_winograd(*kit, s, x, w, b, y, threads); break;
         case Algo::direct: conv::forward_direct(*kit, s, x, w, b, y, threads); break;
+        case Algo::strided: conv::forward_strided(*kit, s, x, w, b, y, threads); break;
         default: conv::forward_gemm(s, x, w, b, y, threads); break;
     }
 }
@@ -202,6 +216,7 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
             case Algo::winograd: conv::backward_dx_winograd(*kit, s, dy, w, dx, threads); break;
             case Algo::scatter: conv::backward_dx_scatter(*kit, s, dy, w, dx, threads); break;
             case Algo::direct: conv::backward_dx_direct(*kit, s, dy, w, dx, threads); break;
+            case Algo::strided: conv::backward_dx_strided(*kit, s, dy, w, dx, threads); break;
             default: dx_gemm = true; break;  // per image, inside the chunk tasks below
         }
     }

@@ -156,9 +156,9 @@ int64_t position_lanes(const ConvKit& kit, int64_t M, const std::vector<Seg>& se
 // One image and group: y (Kg, OH, OW) = bias + conv of the padded xp, through
 // outT (OH*OW + W rows of 2W floats). wT is (R, ldw) with ldw a multiple of W,
 // zero past Kg. Blocks of 2W channels use two-vector tiles, the rest one-vector tiles.
-void kvec_conv(const ConvKit& kit, const DirectGeom& d, const int64_t* off, const float* xp, const float* wT,
-               int64_t ldw, int64_t Kg, const float* bias, float* outT, float* y) {
-    const int64_t W = kit.W, R = d.R(), OH = d.Hout, OW = d.Wout, P = OH * OW, ldt = 2 * W;
+void kvec_conv(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int64_t R, const float* xp,
+               const float* wT, int64_t ldw, int64_t Kg, const float* bias, float* outT, float* y) {
+    const int64_t W = kit.W, OH = d.Hout, OW = d.Wout, P = OH * OW, ldt = 2 * W;
     for (int64_t k0 = 0; k0 < Kg;) {
         const int64_t kv = Kg - k0 >= 2 * W ? 2 : 1, ntmax = kit.kvec_nt[kv - 1];
         const int64_t nk = std::min<int64_t>(W * kv, Kg - k0), nlast = nk - W * (kv - 1);
@@ -193,14 +193,24 @@ bool direct_dx_ok(const Conv2dShape& s, const ConvKit* kit) {
 // y = conv(x, w) + b through direct_conv (stride 1).
 // x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW).
 void forward_direct(const ConvKit& kit, const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads) {
-    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
     const DirectGeom d = input_geom(s);
-    const int64_t R = d.R(), Q = d.Q();
+    std::vector<int64_t> off(static_cast<size_t>(d.R()));
+    direct_offsets(d, off.data());
+    forward_direct_prepared(kit, s, d, off, d.padded_size(), [&d](const float* src, float* xp) { pad_image(d, src, xp); },
+                            x, w, b, y, threads);
+}
+
+// The forward above on an image that prepare() builds (zero-padded, or for
+// strides split into phases by conv_strided.cpp): output (d.Hout, d.Wout),
+// image row stride d.Wp, reduction rows r = (c, i, j) at off[r] in order.
+void forward_direct_prepared(const ConvKit& kit, const Conv2dShape& s, const DirectGeom& d,
+                             const std::vector<int64_t>& off, int64_t image_size, const PrepareFn& prepare,
+                             const float* x, const float* w, const float* b, float* y, int threads) {
+    const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
+    const int64_t R = static_cast<int64_t>(off.size()), Q = d.Q();
     bool rows = false;
     const std::vector<Seg> segs = direct_segments(d, kit.W, &rows);
     const int64_t W = kit.W, mb = direct_shape(kit, Kg, segs).mr, Mpad = round_up(Kg, mb);
-    std::vector<int64_t> off(static_cast<size_t>(R));
-    direct_offsets(d, off.data());
     if (use_kvec(W, Kg, s.OH, s.OW, position_lanes(kit, Kg, segs))) {
         // wT is (groups, R, ldw): wT[g][r][k] = w[g*Kg + k][r], zero past Kg.
         const int64_t ldw = round_up(Kg, W);
@@ -215,11 +225,11 @@ void forward_direct(const ConvKit& kit, const Conv2dShape& s, const float* x, co
         parallel_for(
             s.N,
             [&](int64_t n) {
-                float* xp = tl_pad.get(d.padded_size());
+                float* xp = tl_pad.get(image_size);
                 float* outT = tl_out.get((s.OH * s.OW + W) * 2 * W);  // positions x 2W and spare rows
                 for (int64_t g = 0; g < s.groups; ++g) {
-                    pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp);
-                    kvec_conv(kit, d, off.data(), xp, wT + g * R * ldw, ldw, Kg, b ? b + g * Kg : nullptr, outT,
+                    prepare(x + (n * s.C + g * Cg) * s.H * s.W, xp);
+                    kvec_conv(kit, d, off.data(), R, xp, wT + g * R * ldw, ldw, Kg, b ? b + g * Kg : nullptr, outT,
                               y + (n * s.K + g * Kg) * s.OH * s.OW);
                 }
             },
@@ -239,10 +249,10 @@ void forward_direct(const ConvKit& kit, const Conv2dShape& s, const float* x, co
     parallel_for(
         s.N,
         [&](int64_t n) {
-            float* xp = tl_pad.get(d.padded_size());
+            float* xp = tl_pad.get(image_size);
             float* out = rows ? nullptr : tl_out.get(Kg * Q);  // (Kg, Q)
             for (int64_t g = 0; g < s.groups; ++g) {
-                pad_image(d, x + (n * s.C + g * Cg) * s.H * s.W, xp);
+                prepare(x + (n * s.C + g * Cg) * s.H * s.W, xp);
                 float* yg = y + (n * s.K + g * Kg) * s.OH * s.OW;  // (Kg, OH, OW)
                 const float* bg = b ? b + g * Kg : nullptr;
                 if (rows) {
@@ -293,7 +303,7 @@ void backward_dx_direct(const ConvKit& kit, const Conv2dShape& s, const float* d
                 float* outT = tl_out.get((s.H * s.W + W) * 2 * W);  // positions x 2W and spare rows
                 for (int64_t g = 0; g < s.groups; ++g) {
                     pad_image(d, dy + (n * s.K + g * Kg) * s.OH * s.OW, dyp);
-                    kvec_conv(kit, d, koff.data(), dyp, wT + g * R * ldw, ldw, Cg, nullptr, outT,
+                    kvec_conv(kit, d, koff.data(), R, dyp, wT + g * R * ldw, ldw, Cg, nullptr, outT,
                               dx + (n * s.C + g * Cg) * s.H * s.W);
                 }
             },
@@ -335,6 +345,27 @@ void backward_dx_direct(const ConvKit& kit, const Conv2dShape& s, const float* d
             }
         },
         threads);
+}
+
+std::vector<Seg> direct_segments_of(const DirectGeom& d, int64_t W, bool* rows) { return direct_segments(d, W, rows); }
+
+int64_t direct_block(const ConvKit& kit, int64_t M, const std::vector<Seg>& segs) {
+    return direct_shape(kit, M, segs).mr;
+}
+
+void direct_conv_run(const ConvKit& kit, const float* xp, const int64_t* off, int64_t R, const float* wp, int64_t M,
+                     const std::vector<Seg>& segs, float* out, int64_t ldo, const float* bias, int threads,
+                     const std::function<void(int64_t, int64_t)>& after) {
+    direct_conv(kit, xp, off, R, wp, M, segs, out, ldo, bias, threads, after);
+}
+
+bool kvec_better(const ConvKit& kit, int64_t M, int64_t Hout, int64_t Wout, const std::vector<Seg>& segs) {
+    return use_kvec(kit.W, M, Hout, Wout, position_lanes(kit, M, segs));
+}
+
+void kvec_conv_run(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int64_t R, const float* xp,
+                   const float* wT, int64_t ldw, int64_t M, float* outT, float* y) {
+    kvec_conv(kit, d, off, R, xp, wT, ldw, M, nullptr, outT, y);
 }
 
 double direct_dx_cost(const ConvKit& kit, const Conv2dShape& s) {

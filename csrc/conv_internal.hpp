@@ -11,6 +11,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <new>
 #include <vector>
@@ -244,6 +245,44 @@ void backward_dx_direct(const ConvKit& kit, const Conv2dShape& s, const float* d
                         int threads);
 // Estimated vector FMAs of backward_dx_direct (for the scatter-dx choice).
 double direct_dx_cost(const ConvKit& kit, const Conv2dShape& s);
+// The direct driver on a prepared image, shared with conv_strided.cpp.
+// prepare(src, buf) builds the image of one group of one input (Cg, H, W) in
+// buf (image_size floats, kDirectSlack of them slack); the output is
+// (d.Hout, d.Wout) read at row stride d.Wp; reduction row r = (c, i, j) of the
+// weights reads the image at off[r], in order.
+using PrepareFn = std::function<void(const float* src, float* buf)>;
+void forward_direct_prepared(const ConvKit& kit, const Conv2dShape& s, const DirectGeom& d,
+                             const std::vector<int64_t>& off, int64_t image_size, const PrepareFn& prepare,
+                             const float* x, const float* w, const float* b, float* y, int threads);
+// The output segments of d (rows or flat mode, *rows says which), the channel
+// block of the tile shape direct_conv_run takes for M channels on them, and
+// direct_conv_run: out[m*ldo + seg.dst + l] = bias[m] + sum_r wp(r, m) *
+// xp[off[r] + seg.src + l], wp packed in blocks of direct_block() channels
+// (wp[m / mb][r][m % mb], zero past M); after(m0, m1) runs once a task has
+// written channels [m0, m1). Channel blocks are split over the threads when
+// the caller is outside a parallel region.
+std::vector<Seg> direct_segments_of(const DirectGeom& d, int64_t W, bool* rows);
+int64_t direct_block(const ConvKit& kit, int64_t M, const std::vector<Seg>& segs);
+void direct_conv_run(const ConvKit& kit, const float* xp, const int64_t* off, int64_t R, const float* wp, int64_t M,
+                     const std::vector<Seg>& segs, float* out, int64_t ldo, const float* bias, int threads,
+                     const std::function<void(int64_t, int64_t)>& after);
+// For small outputs the kernels vectorised over channels instead (kvec):
+// kvec_better says whether they need clearly fewer lanes than direct_conv_run
+// on segs; kvec_conv_run writes y (M, d.Hout*d.Wout) = the convolution of xp
+// (output rows d.Wp apart) with wT (R, ldw), ldw a multiple of kit.W and zero
+// past M, through outT ((d.Hout*d.Wout + W) * 2W floats).
+bool kvec_better(const ConvKit& kit, int64_t M, int64_t Hout, int64_t Wout, const std::vector<Seg>& segs);
+void kvec_conv_run(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int64_t R, const float* xp,
+                   const float* wT, int64_t ldw, int64_t M, float* outT, float* y);
+
+// conv_strided.cpp: stride > 1 forward (the direct driver on the image split
+// into stride phases) and dx (one stride-1 direct convolution per phase of dx).
+bool strided_forward_ok(const Conv2dShape& s, const ConvKit* kit);
+bool strided_dx_ok(const Conv2dShape& s, const ConvKit* kit);
+void forward_strided(const ConvKit& kit, const Conv2dShape& s, const float* x, const float* w, const float* b,
+                     float* y, int threads);
+void backward_dx_strided(const ConvKit& kit, const Conv2dShape& s, const float* dy, const float* w, float* dx,
+                         int threads);
 
 // conv_dx_scatter.cpp: stride-1 dx by bands of kernel rows.
 bool scatter_dx_better(const Conv2dShape& s, const ConvKit* kit);

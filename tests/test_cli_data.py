@@ -8,6 +8,7 @@ no Debian package)."""
 from __future__ import annotations
 
 import gzip
+import importlib.util
 
 import numpy as np
 import pytest
@@ -200,6 +201,130 @@ def test_image_size_and_errors_of_image_folders(tmp_path, capsys):
     assert rc == 1 and err.startswith("striate: error: ") and "broken.png" in err and err.count("\n") == 1
     rc, _, err = run(capsys, "train", "--dataset", "imagefolder", "--image-size", "0")
     assert rc == 2 and "--image-size" in err
+
+
+# --------------------------------------------------------------------------- bad images on the command line
+
+
+def save_png(path, h, w, rng):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def lenet32(tmp_path):
+    st.seed(0)
+    model = zoo.lenet5()
+    model.input_shape = (1, 32, 32)
+    path = tmp_path / "lenet32.safetensors"
+    model.save(path)
+    return path
+
+
+def one_line_error(rc, err):
+    return rc == 1 and err.startswith("striate: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_predict_enlarges_28_pixel_images_but_refuses_tiny_ones(lenet32, tmp_path, capsys):
+    pytest.importorskip("PIL")
+    rng = np.random.default_rng(3)
+    digit = save_png(tmp_path / "imgs" / "digit.png", 28, 28, rng)
+    rc, out, err = run(capsys, "predict", str(lenet32), str(digit))
+    assert rc == 0 and out.startswith(f"{digit}\t"), err
+    assert f"resized {digit} from 28x28 to 32x32 (H x W, the model's input)" in err
+    wide = save_png(tmp_path / "wide.png", 20, 30, rng)  # 20 rows of 30 pixels
+    rc, out, err = run(capsys, "predict", str(lenet32), str(wide))
+    assert rc == 0 and f"resized {wide} from 20x30 to 32x32 (H x W" in err, err
+    tiny = save_png(tmp_path / "imgs" / "tiny.png", 6, 5, rng)
+    rc, out, err = run(capsys, "predict", str(lenet32), str(digit), str(tiny))
+    assert one_line_error(rc, err) and out == "", err
+    assert (f"{tiny} is 6x5 (H x W), too small for the model's input 32x32: it would be enlarged 6.4 times, "
+            "more than --max-upscale 4; pass --max-upscale 6.4 or more to allow it") in err
+    assert "max_upscale" not in err
+    rc, out, err = run(capsys, "predict", str(lenet32), str(tiny), "--max-upscale", "6.4")
+    assert rc == 0 and out.startswith(f"{tiny}\t"), err
+    rc, out, err = run(capsys, "predict", str(lenet32), str(tiny), "--max-upscale", "inf")
+    assert rc == 0, err
+    if importlib.util.find_spec("matplotlib") is not None:  # visualize --input reads images the same way
+        viz = ["visualize", str(lenet32), "--out", str(tmp_path / "viz"), "--input", str(tiny)]
+        rc, _, err = run(capsys, *viz)
+        assert one_line_error(rc, err) and "pass --max-upscale 6.4 or more" in err
+        rc, _, err = run(capsys, *viz, "--max-upscale", "6.4")
+        assert rc == 0, err
+    line = save_png(tmp_path / "imgs" / "line.png", 1, 40, rng)
+    rc, _, err = run(capsys, "predict", str(lenet32), str(line), "--max-upscale", "inf")
+    assert one_line_error(rc, err) and f"{line} is only 1 pixel tall" in err
+    line.unlink()
+    rc, out, err = run(capsys, "predict", str(lenet32), str(tmp_path / "imgs"))  # a folder: digit.png, then tiny.png
+    assert one_line_error(rc, err) and f"{tiny} is 6x5" in err and out == ""
+
+
+@pytest.mark.parametrize("value", ["0.5", "nan", "-inf", "four"])
+def test_max_upscale_must_be_a_number_of_at_least_one(lenet32, tmp_path, value, capsys):
+    rc, _, err = run(capsys, "predict", str(lenet32), str(tmp_path / "x.png"), f"--max-upscale={value}")
+    assert rc == 2 and "--max-upscale: must be a number >= 1" in err
+    rc, _, err = run(capsys, "train", f"--max-upscale={value}")
+    assert rc == 2 and "--max-upscale" in err
+
+
+def test_image_folder_with_a_tiny_image_is_refused_by_every_command(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    root = make_folder(tmp_path / "pics", np.random.default_rng(4), n=3)
+    tiny = save_png(root / "square" / "tiny.png", 5, 7, np.random.default_rng(5))
+    out = tmp_path / "m.safetensors"
+    train = ["train", "--dataset", "imagefolder", "--data-root", str(root), "--epochs", "1", "--verbose", "0",
+             "--out", str(out), "--val-split", "0"]
+    rc, _, err = run(capsys, *train)
+    assert one_line_error(rc, err) and not out.exists(), err
+    assert (f"{tiny} is 5x7 (H x W), too small for the model's input 32x32: it would be enlarged 6.4 times, "
+            "more than --max-upscale 4; pass --max-upscale 6.4 or more to allow it") in err
+    rc, _, err = run(capsys, *train, "--model", "typical_cnn", "--image-size", "20")  # 4 times: allowed
+    assert rc == 0, err
+    rc, _, err = run(capsys, *train, "--max-upscale", "6.4")
+    assert rc == 0, err
+    pytest.importorskip("matplotlib")
+    for argv in (["evaluate", str(out)], ["lr-sweep", str(out), "--steps", "2", "--batch-size", "4"],
+                 ["finetune", "--from", str(out), "--epochs", "1", "--shots", "1", "--seed", "0"],
+                 ["visualize", str(out), "--out", str(tmp_path / "viz")]):
+        rc, _, err = run(capsys, *argv, "--dataset", "imagefolder", "--data-root", str(root))
+        assert one_line_error(rc, err) and f"{tiny} is 5x7" in err, (argv, err)
+        rc, _, err = run(capsys, *argv, "--dataset", "imagefolder", "--data-root", str(root), "--max-upscale", "7")
+        assert rc == 0, (argv, err)
+
+
+def test_bad_image_folders_are_one_line_errors_naming_the_path(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    rng = np.random.default_rng(6)
+    train = ["train", "--dataset", "imagefolder", "--epochs", "1", "--verbose", "0", "--val-split", "0", "--out",
+             str(tmp_path / "m.safetensors"), "--data-root"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, _, err = run(capsys, *train, str(empty))
+    assert one_line_error(rc, err) and f"{empty} has no class folders" in err
+    root = tmp_path / "pics"
+    save_png(root / "a" / "1.png", 32, 32, rng)
+    (root / "b").mkdir()
+    rc, _, err = run(capsys, *train, str(root))
+    assert one_line_error(rc, err) and f"class folder(s) with no images" in err and str(root / "b") in err
+    fake = root / "b" / "notes.jpg"
+    fake.write_text("a text file with an image's extension")
+    rc, _, err = run(capsys, *train, str(root))
+    assert one_line_error(rc, err) and f"{fake}: cannot read this image" in err
+
+
+def test_predict_refuses_files_that_are_not_images_or_do_not_fit(lenet32, tmp_path, capsys):
+    fake = tmp_path / "notes.png"
+    fake.write_text("a text file with an image's extension")
+    rc, _, err = run(capsys, "predict", str(lenet32), str(fake))
+    assert one_line_error(rc, err) and f"{fake}: cannot read this image" in err
+    for shape, have in (((1, 40, 40), "1x40x40"), ((2, 32, 32), "2x32x32")):
+        arr = tmp_path / f"{have}.npy"
+        np.save(arr, np.zeros(shape, np.float32))
+        rc, _, err = run(capsys, "predict", str(lenet32), str(arr))
+        assert one_line_error(rc, err) and f"the model takes 1x32x32 inputs (C x H x W), {arr} has {have}" in err
 
 
 # --------------------------------------------------------------------------- files and errors

@@ -196,6 +196,19 @@ CASES = [
     # channels per tile are packed in two transposes of 8 (wider than a vector).
     pytest.param((2, 33, 6, 9, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="direct-dw-tile-wider-than-vector"),
     pytest.param((5, 33, 5, 7, 24, 1, 4, (1, 1), (2, 2, 3, 2), (1, 1), 1, False), id="direct-dw-wide-tile-images"),
+    # Strides above 1: the forward splits the padded image into stride phases and
+    # runs the direct kernel on them; dx runs one stride-1 direct convolution per
+    # phase of dx with that phase's taps (none when the kernel is smaller than
+    # the stride, which leaves zeros).
+    pytest.param((2, 3, 30, 30, 16, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1, True), id="strided-stem-k7"),
+    pytest.param((2, 24, 16, 16, 40, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, True), id="strided-3x3-wide"),
+    pytest.param((2, 8, 15, 17, 12, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1), 1, False), id="strided-5x5-odd-planes"),
+    pytest.param((3, 5, 13, 14, 7, 3, 3, (3, 3), (1, 2, 0, 1), (1, 1), 1, True), id="strided-3-asym-pad"),
+    pytest.param((2, 6, 11, 12, 9, 4, 2, (2, 3), (1, 1, 1, 1), (1, 1), 1, True), id="strided-2x3-even-kernel"),
+    pytest.param((2, 5, 14, 9, 6, 2, 2, (4, 4), (0, 0, 0, 0), (1, 1), 1, True), id="strided-kernel-smaller-than-stride"),
+    pytest.param((2, 16, 8, 8, 32, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1, True), id="strided-1x1-projection"),
+    pytest.param((2, 12, 10, 10, 12, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 12, True), id="strided-depthwise"),
+    pytest.param((1, 32, 9, 9, 48, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, True), id="strided-batch1"),
 ]
 
 
@@ -259,6 +272,11 @@ DET_CASES = [
     (5, 64, 8, 8, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (6, 32, 16, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (5, 3, 16, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    # Strided forward and dx by phases (one image: blocks over the threads).
+    (5, 3, 22, 22, 16, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    (7, 24, 12, 12, 40, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    (1, 32, 9, 9, 48, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    (4, 6, 11, 12, 9, 4, 2, (2, 3), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
@@ -316,6 +334,8 @@ def test_vector_isas_give_identical_bits(case, request):
 GEMM_DW_CASES = {
     "stride2-asym-pad", "stride-dilation-mixed", "pointwise", "1x1-stride2", "channel-vectors-odd-rows",
     "channel-vectors-tail", "channel-vectors-32-and-tail", "gemm-dw-3-to-32", "layer-3-to-32",
+    "strided-stem-k7", "strided-5x5-odd-planes", "strided-3-asym-pad", "strided-2x3-even-kernel",
+    "strided-kernel-smaller-than-stride",
 }
 
 
@@ -526,3 +546,24 @@ def test_float64_and_int_inputs_are_rejected(rng):
         call_forward(x.astype(np.int32), w, b, groups=2)
     with pytest.raises(TypeError):
         call_forward(np.asfortranarray(x), w, b, groups=2)
+
+
+@pytest.mark.parametrize(
+    "case, forward, dx",
+    [
+        ((2, 3, 30, 30, 16, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1), "strided", "strided"),
+        ((2, 24, 16, 16, 40, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1), "strided", "strided"),
+        ((2, 16, 8, 8, 32, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1), "strided", "strided"),
+        ((3, 5, 12, 9, 7, 3, 3, (3, 2), (2, 1, 0, 3), (2, 3), 1), "strided", "gemm"),  # dilated dx: not by phases
+        ((2, 16, 8, 8, 32, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1), "gemm", "gemm"),
+    ],
+)
+def test_algorithm_choice_for_strides(case, forward, dx, isa):
+    N, C, H, W, K, kh, kw, stride, pads, dil, groups = case
+    x = np.zeros((N, C, H, W), np.float32)
+    w = np.zeros((K, C // groups, kh, kw), np.float32)
+    got = _core.conv2d_algorithms(x, w, *stride, *pads, *dil, groups)
+    if isa == "generic":  # no direct kernels there: everything is im2col + GEMM
+        assert got == {"forward": "gemm", "dx": "gemm"}
+    else:
+        assert got == {"forward": forward, "dx": dx}

@@ -6,6 +6,7 @@ Every image is written here with Pillow into pytest's tmp_path.
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import pytest
@@ -203,6 +204,133 @@ def test_missing_file_after_scan(tmp_path, rng):
         ds[0]
 
 
+# --- images too small for image_size -------------------------------------------------------
+
+
+def gray(rng, h, w):
+    return rng.integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def test_modest_upscaling_still_works(tmp_path, rng):
+    a28 = gray(rng, 28, 28)
+    save(tmp_path / "a" / "digit.png", a28)
+    save(tmp_path / "a" / "eight.png", gray(rng, 8, 8))  # exactly 4 times: the default limit, allowed
+    ds = ImageFolder(tmp_path, image_size=32, channels=1)
+    x, _ = ds.load()
+    assert x.shape == (2, 1, 32, 32)
+    ref = Image.fromarray(a28).resize((32, 32), Image.Resampling.BILINEAR)
+    np.testing.assert_array_equal(ds[0][0][0], np.asarray(ref) / np.float32(255))
+    np.testing.assert_array_equal(x[0], ds[0][0])
+
+
+def test_too_small_image_is_refused_naming_path_size_and_remedy(tmp_path, rng):
+    save(tmp_path / "a" / "big.png", rgb(rng, 40, 40))
+    save(tmp_path / "a" / "tiny.png", rgb(rng, 6, 5))
+    ds = ImageFolder(tmp_path, image_size=32)
+    assert ds[0][0].shape == (3, 32, 32)  # the scan itself decodes nothing
+    message = (
+        rf"{tmp_path / 'a' / 'tiny.png'} is 6x5 \(H x W\), too small for image_size 32x32: it would be "
+        r"enlarged 6\.4 times, more than max_upscale=4; pass max_upscale=6\.4 or more to allow it"
+    )
+    with pytest.raises(ValueError, match=message):
+        ds[1]
+    with pytest.raises(ValueError, match=message):
+        ds.load()
+    with pytest.raises(ValueError, match=message):
+        ds.get_batch([1, 0])
+    with pytest.raises(ValueError, match=message):
+        list(DataLoader(ds, batch_size=2, shuffle=False))
+    x, _ = ImageFolder(tmp_path, image_size=32, max_upscale=6.4).load()  # the remedy the message names
+    assert x.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"tiny\.png is 6x5 .*max_upscale=6\.39; pass max_upscale=6\.4 or"):
+        ImageFolder(tmp_path, image_size=32, max_upscale=6.39)[1]
+    save(tmp_path / "a" / "seven.png", rgb(rng, 7, 7))
+    with pytest.raises(ValueError, match=r"seven\.png is 7x7 .* enlarged 4\.571 times, more than max_upscale=4\.57; "
+                       r"pass max_upscale=4\.58 or more"):
+        ImageFolder(tmp_path, image_size=32, max_upscale=4.57).load()
+
+
+@pytest.mark.parametrize("h, w", [(6, 40), (40, 6)])
+def test_either_side_too_small_is_refused(tmp_path, rng, h, w):
+    save(tmp_path / "a" / "strip.png", rgb(rng, h, w))
+    with pytest.raises(ValueError, match=rf"strip\.png is {h}x{w} \(H x W\), too small for image_size 32x32"):
+        ImageFolder(tmp_path, image_size=(32, 32))[0]
+    assert ImageFolder(tmp_path, image_size=(32, 32), max_upscale=6)[0][0].shape == (3, 32, 32)
+
+
+def test_shrinking_is_never_limited_and_one_refuses_enlarging(tmp_path, rng):
+    save(tmp_path / "a" / "1.png", rgb(rng, 100, 90))
+    assert ImageFolder(tmp_path, image_size=(3, 2), max_upscale=1)[0][0].shape == (3, 3, 2)
+    assert ImageFolder(tmp_path, image_size=(100, 90), max_upscale=1)[0][0].shape == (3, 100, 90)
+    with pytest.raises(ValueError, match=r"1\.png is 100x90 .* enlarged 1\.011 times, more than max_upscale=1;"):
+        ImageFolder(tmp_path, image_size=(100, 91), max_upscale=1)[0]
+
+
+def test_infinite_max_upscale_lifts_the_limit(tmp_path, rng):
+    save(tmp_path / "a" / "1.png", rgb(rng, 2, 3))
+    x, _ = ImageFolder(tmp_path, image_size=64, max_upscale=math.inf)[0]
+    assert x.shape == (3, 64, 64) and np.isfinite(x).all()
+
+
+def test_small_images_are_fine_without_image_size(tmp_path, rng):
+    save(tmp_path / "a" / "1.png", rgb(rng, 1, 2))
+    x, _ = ImageFolder(tmp_path, max_upscale=1)[0]
+    assert x.shape == (3, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "h, w, size, what",
+    [(1, 20, (8, 8), "tall"), (20, 1, (8, 8), "wide"), (1, 1, (2, 2), "tall and wide"), (1, 4, (2, 4), "tall")],
+)
+def test_single_pixel_rows_and_columns_are_not_stretched(tmp_path, rng, h, w, size, what):
+    save(tmp_path / "a" / "line.png", rgb(rng, h, w))
+    for limit in (4.0, math.inf):
+        with pytest.raises(ValueError, match=rf"line\.png is only 1 pixel {what} \({h}x{w}, H x W\): it cannot "
+                           rf"be stretched to image_size {size[0]}x{size[1]}; crop or remove it"):
+            ImageFolder(tmp_path, image_size=size, max_upscale=limit)[0]
+
+
+def test_single_pixel_side_that_keeps_its_size_is_fine(tmp_path, rng):
+    save(tmp_path / "a" / "line.png", rgb(rng, 1, 20))
+    assert ImageFolder(tmp_path, image_size=(1, 8))[0][0].shape == (3, 1, 8)
+    assert ImageFolder(tmp_path, image_size=(1, 40))[0][0].shape == (3, 1, 40)
+
+
+def test_an_image_without_pixels_is_refused():
+    from striate.datasets.folder import _refusal
+
+    assert _refusal("e.png", (0, 5), None, 4.0) == "e.png is 0x5 (H x W): an image without pixels"
+    assert _refusal("e.png", (5, 0), (5, 5), math.inf).startswith("e.png is 5x0")
+    assert _refusal("e.png", (5, 5), (5, 5), 1.0) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hw=st_.tuples(st_.integers(1, 300), st_.integers(1, 300)),
+    size=st_.tuples(st_.integers(1, 300), st_.integers(1, 300)),
+    limit=st_.floats(1.0, 50.0),
+)
+def test_the_named_remedy_allows_the_image(hw, size, limit):
+    from striate.datasets.folder import _refusal
+
+    why = _refusal("x.png", hw, size, limit)
+    too_small = hw[0] * limit < size[0] or hw[1] * limit < size[1]
+    thin = (hw[0] == 1 and size[0] > 1) or (hw[1] == 1 and size[1] > 1)
+    assert (why is not None) == (thin or too_small)
+    if why is not None and not thin:
+        remedy = float(why.rsplit("pass max_upscale=", 1)[1].split(" ")[0])
+        assert _refusal("x.png", hw, size, remedy) is None
+        assert remedy <= max(size[0] / hw[0], size[1] / hw[1]) + 0.01
+
+
+def test_decode_image_takes_max_upscale(tmp_path, rng):
+    p = save(tmp_path / "s.png", rgb(rng, 4, 4))
+    assert decode_image(p, 3, (16, 16)).shape == (3, 16, 16)
+    with pytest.raises(ValueError, match=r"s\.png is 4x4 .*pass max_upscale=4\.25 or more"):
+        decode_image(p, 3, (17, 17))
+    assert decode_image(p, 1, (17, 17), max_upscale=4.25).shape == (1, 17, 17)
+
+
 # --- bad roots and arguments ---------------------------------------------------------------
 
 
@@ -240,11 +368,27 @@ def test_class_folder_without_images(tmp_path, rng):
         (dict(image_size=(0, 4)), ValueError, "`image_size` must be positive"),
         (dict(image_size=(4,)), TypeError, "`image_size` must be None, an int or a"),
         (dict(image_size=(4.0, 4)), TypeError, "`image_size` must hold ints"),
+        (dict(max_upscale=0.5), ValueError, r"`max_upscale` must be >= 1 .*got 0\.5"),
+        (dict(max_upscale=0), ValueError, "`max_upscale` must be >= 1"),
+        (dict(max_upscale=float("nan")), ValueError, "`max_upscale` must be >= 1"),
+        (dict(max_upscale=-math.inf), ValueError, "`max_upscale` must be >= 1"),
+        (dict(max_upscale=True), TypeError, "`max_upscale` must be a number >= 1 .*got bool True"),
+        (dict(max_upscale=np.bool_(True)), TypeError, "`max_upscale` must be a number"),
+        (dict(max_upscale="4"), TypeError, "`max_upscale` must be a number >= 1 .*got str '4'"),
+        (dict(max_upscale=None), TypeError, "`max_upscale` must be a number"),
     ],
 )
 def test_bad_arguments(tree, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         ImageFolder(tree[0], **kwargs)
+
+
+def test_max_upscale_takes_ints_and_numpy_reals(tree):
+    assert ImageFolder(tree[0], max_upscale=2).max_upscale == 2.0
+    assert ImageFolder(tree[0], max_upscale=np.float32(1.5)).max_upscale == 1.5
+    assert "max_upscale=inf" in repr(ImageFolder(tree[0], max_upscale=math.inf))
+    with pytest.raises(TypeError):
+        ImageFolder(tree[0], None, 3, 4.0)  # keyword only: root, image_size, channels keep their places
 
 
 def test_bad_root_type_and_index(tree):

@@ -750,6 +750,19 @@ def test_predict_is_softmax_unless_model_ends_in_softmax(digits8):
     np.testing.assert_array_equal(predict(soft, xt), soft(xt))
 
 
+def test_predict_on_an_eval_model_keeps_modes_and_returns_its_own_memory(digits8):
+    _, _, xt, _ = digits8
+    model = conv_model().eval()
+    one = predict(model, xt[:1])
+    assert one.shape == (1, 10) and one.flags.owndata and one.flags.writeable
+    assert all(not layer.training for layer in model)
+    soft = Sequential([L.Flatten(), L.Linear(64, 10), L.Softmax()]).eval()
+    p = predict(soft, xt[:5])
+    assert not np.shares_memory(p, soft[2]._y)  # the Softmax layer keeps its output for backward
+    np.testing.assert_array_equal(p, soft(xt[:5]))
+    assert all(not layer.training for layer in soft)
+
+
 def test_evaluate_is_a_sample_mean_whatever_the_batch_size(digits8):
     _, _, xt, yt = digits8
     model = linear_model()

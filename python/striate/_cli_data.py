@@ -1,10 +1,12 @@
 """The data side of the command line: ``--dataset``/``--data-root``/``--download``, models, input files.
 
-Every subcommand that reads data takes the same three options
-(``add_data_args``) and loads through ``load_data``, which returns a
-``Data`` (train and test arrays, class names, the name). ``imagefolder``
+Every subcommand that reads data takes the same options (``add_data_args``:
+``--dataset``, ``--data-root``, ``--download``, ``--max-upscale``) and
+loads through ``load_data``, which returns a ``Data`` (train and test
+arrays, class names, the name). ``imagefolder``
 reads ``--data-root`` as ``root/<class>/<image>``, resized to the model's
-input and split by ``--val-split``. ``model_input`` says what a model takes
+input (enlarged at most ``--max-upscale`` times; ``striate predict`` too)
+and split by ``--val-split``. ``model_input`` says what a model takes
 (its recorded ``input_shape``, else what its first layers imply);
 ``fit_to_model`` makes the images fit it or names the mismatch;
 ``read_inputs`` reads the files ``striate predict`` and ``visualize --input``
@@ -30,8 +32,8 @@ from .datasets import _download
 from .datasets.folder import decode_image
 
 __all__ = [
-    "CLIError", "DATASETS", "Data", "MODELS", "IMAGE_EXTENSIONS", "add_data_args", "build_model", "fit_to_model",
-    "load_data", "load_model_file", "model_input", "read_inputs",
+    "CLIError", "DATASETS", "Data", "MODELS", "IMAGE_EXTENSIONS", "add_data_args", "add_upscale_arg", "build_model",
+    "fit_to_model", "load_data", "load_model_file", "model_input", "read_inputs",
 ]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "imagefolder")
@@ -163,7 +165,8 @@ class Data:
 
 
 def add_data_args(p, default="digits", names=DATASETS, image_options=False):
-    """``--dataset``, ``--data-root`` and ``--download`` (and, for training, ``--image-size``/``--val-split``).
+    """``--dataset``, ``--data-root``, ``--download`` and ``--max-upscale`` (and, for training,
+    ``--image-size``/``--val-split``).
 
     ``default=None`` means "the model's recorded dataset, else digits".
     """
@@ -173,11 +176,29 @@ def add_data_args(p, default="digits", names=DATASETS, image_options=False):
                    help="folder of the data set's files (mnist, cifar10; imagefolder: root/<class>/<image>); "
                    "default: striate's cache folder, and Debian's folder for fashion-mnist")
     p.add_argument("--download", action="store_true", help="fetch missing mnist / fashion-mnist / cifar10 files")
+    add_upscale_arg(p, "imagefolder: ")
     if image_options:
         p.add_argument("--image-size", type=_size_arg, default=None, metavar="N|HxW",
                        help="imagefolder: resize images to this size (default: the model's input, 32x32)")
         p.add_argument("--val-split", type=_fraction, default=0.2,
                        help="imagefolder: fraction of the images held out for testing (default %(default)s)")
+
+
+def add_upscale_arg(p, what=""):
+    """``--max-upscale X``: how much smaller images may be enlarged to the model's input."""
+    p.add_argument("--max-upscale", type=_upscale_arg, default=4.0, metavar="X",
+                   help=f"{what}refuse images that would be enlarged more than X times along a side to fit the "
+                   "model's input (default %(default)s; inf: no limit)")
+
+
+def _upscale_arg(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1 (inf: no limit), got {text!r}") from None
+    if not v >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1 (inf: no limit), got {text!r}")
+    return v
 
 
 def _size_arg(text):
@@ -208,6 +229,12 @@ def _cli_words(exc):
     return text
 
 
+def _image_words(exc):
+    """An image's refusal in the command line's words: ``--max-upscale``, the model's input."""
+    text = str(exc).replace("max_upscale=", "--max-upscale ")
+    return text.replace("for image_size ", "for the model's input ").replace("to image_size ", "to the model's input ")
+
+
 def _idx_or_cifar(name, root, download):
     loader = {"mnist": datasets.load_mnist, "cifar10": datasets.load_cifar10}[name]
     if root is None:
@@ -220,28 +247,32 @@ def _idx_or_cifar(name, root, download):
     return loader(root, download=download)
 
 
-def _image_folder(root, shape, val_split, seed):
+def _image_folder(root, shape, val_split, seed, max_upscale):
     if root is None:
         raise CLIError("--dataset imagefolder needs --data-root PATH, a folder laid out as PATH/<class>/<image>")
     c, h, w = shape
-    ds = datasets.ImageFolder(root, image_size=(h, w), channels=c if c in (1, 3) else 3)
+    ds = datasets.ImageFolder(root, image_size=(h, w), channels=c if c in (1, 3) else 3, max_upscale=max_upscale)
     n = len(ds)
     order = np.random.default_rng(seed).permutation(n)
     n_test = int(round(n * val_split))
     if val_split > 0 and (n_test < 1 or n_test >= n):
         raise CLIError(f"--val-split {val_split} of {n} images in {root} leaves no test or no training images")
     test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
-    train = ds.get_batch(train_idx)
-    test = ds.get_batch(test_idx) if n_test else train
+    try:
+        train = ds.get_batch(train_idx)
+        test = ds.get_batch(test_idx) if n_test else train
+    except ValueError as exc:  # a file that cannot be decoded, or one too small for the model's input
+        raise CLIError(_image_words(exc)) from None
     return train, test, list(ds.classes)
 
 
-def load_data(name, root=None, download=False, *, shape=None, val_split=0.2, seed=0):
+def load_data(name, root=None, download=False, *, shape=None, val_split=0.2, seed=0, max_upscale=4.0):
     """Load ``--dataset NAME`` as a ``Data``.
 
     ``shape`` is the ``(C, H, W)`` the model wants: the digits are rendered
     at its size and image folders decoded to it (default 1x32x32 for digits,
-    3x32x32 for folders); the fixed-size sets are returned as they are.
+    3x32x32 for folders; an image smaller than ``1 / max_upscale`` of it is
+    refused); the fixed-size sets are returned as they are.
     """
     try:
         if name == "digits":
@@ -255,7 +286,7 @@ def load_data(name, root=None, download=False, *, shape=None, val_split=0.2, see
             train, test = _idx_or_cifar(name, root, download)
             return Data(name, train, test, list(DIGIT_CLASSES if name == "mnist" else CIFAR10_CLASSES))
         if name == "imagefolder":
-            train, test, classes = _image_folder(root, shape or (3, 32, 32), val_split, seed)
+            train, test, classes = _image_folder(root, shape or (3, 32, 32), val_split, seed, max_upscale)
             return Data(name, train, test, classes)
     except (FileNotFoundError, datasets.DownloadError) as exc:
         raise CLIError(_cli_words(exc)) from None
@@ -313,13 +344,17 @@ def _npy(path):
     raise CLIError(f"{path}: expected an (H, W), (C, H, W) or (N, C, H, W) array, got shape {arr.shape}")
 
 
-def _image(path, shape, notes):
+def _image(path, shape, notes, max_upscale):
     c, h, w = shape
     channels = 1 if c == 1 else 3
     img = decode_image(path, channels)
     if img.shape[1:] != (h, w):
-        notes.append(f"resized {path} from {img.shape[2]}x{img.shape[1]} to {w}x{h} (the model's input)")
-        img = decode_image(path, channels, (h, w))
+        try:
+            resized = decode_image(path, channels, (h, w), max_upscale=max_upscale)
+        except ValueError as exc:  # too small for the model's input
+            raise CLIError(_image_words(exc)) from None
+        notes.append(f"resized {path} from {img.shape[1]}x{img.shape[2]} to {h}x{w} (H x W, the model's input)")
+        img = resized
     return img[None]
 
 
@@ -338,13 +373,14 @@ def _expand(paths):
     return out
 
 
-def read_inputs(paths, shape=None):
+def read_inputs(paths, shape=None, max_upscale=4.0):
     """``[(name, batch (n, C, H, W) float32)]`` and notes for the files and folders given.
 
     ``.npy`` arrays of shape (H, W), (C, H, W) or (N, C, H, W) (uint8 scaled by
     1/255) are taken as they are; PNG, JPEG, BMP and GIF images are decoded to
     ``shape``'s channels and resized to its size when they differ (a note
-    says so). ``shape`` may be a callable giving it (called for the first
+    says so; an image that would be enlarged more than ``max_upscale`` times
+    along a side, or a single pixel stretched, is a CLIError naming it). ``shape`` may be a callable giving it (called for the first
     image only); None then means images keep their size and get 1 channel.
     """
     if callable(shape):
@@ -364,7 +400,7 @@ def read_inputs(paths, shape=None):
             if shape is None:
                 items.append((path, decode_image(path, 1)[None]))
             else:
-                items.append((path, _image(path, shape, notes)))
+                items.append((path, _image(path, shape, notes, max_upscale)))
         else:
             raise CLIError(
                 f"{path}: unsupported file type {ext or '(none)'}; pass .npy arrays or "

@@ -112,14 +112,15 @@ def _sample_input(model, args):
     """One (C, H, W) image: ``--input``, else the first test image of the data set (the model's by default)."""
     if args.input is not None:
         want = model_input(model, required=False)
-        items, _ = read_inputs([args.input], want if want is not None else (lambda: model_input(model)))
+        items, _ = read_inputs([args.input], want if want is not None else (lambda: model_input(model)),
+                               max_upscale=args.max_upscale)
         path, batch = items[0]
         return fit_to_model(model, batch[:1], f"--input {path}", want)[0]
     if args.dataset is None and getattr(model, "dataset", None) is None:
         c, h, w = model_input(model)
         if c != 1 or h != w:  # no data set to take an image from: a seeded random one
             return np.random.default_rng(0).random((c, h, w), dtype=np.float32)
-    _, x, _, _ = data_for_model(model, args.dataset, args.data_root, args.download)
+    _, x, _, _ = data_for_model(model, args.dataset, args.data_root, args.download, max_upscale=args.max_upscale)
     return x[0]
 
 
@@ -183,7 +184,8 @@ def cmd_lr_sweep(args):
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     in_channels = 3 if args.dataset in ("cifar10", "imagefolder") else 1
     model = resolve_model(args.model, seed=args.seed, in_channels=in_channels)
-    _, x, y, _ = data_for_model(model, args.dataset, args.data_root, args.download, split="train")
+    _, x, y, _ = data_for_model(model, args.dataset, args.data_root, args.download, split="train",
+                                max_upscale=args.max_upscale)
     result = viz.lr_sweep(
         model, x, y, args.out, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps,
         batch_size=args.batch_size, seed=args.seed,

@@ -55,10 +55,11 @@ def few_shot_indices(y, shots, seed):
     return np.sort(np.concatenate(picks))
 
 
-def load_task(name, root=None, download=False, shape=None, seed=0):
+def load_task(name, root=None, download=False, shape=None, seed=0, max_upscale=4.0):
     """``(x_train, y_train), (x_test, y_test)`` of a data set named on the command line.
 
-    ``shape`` is the model's (C, H, W), to which image folders are decoded.
+    ``shape`` is the model's (C, H, W), to which image folders are decoded (each image enlarged at most
+    ``max_upscale`` times).
     """
     if name == "shapes":
         return datasets.make_shapes(SHAPES_POOL[0], seed=SHAPES_POOL[1]), datasets.make_shapes(
@@ -68,7 +69,7 @@ def load_task(name, root=None, download=False, shape=None, seed=0):
         raise CLIError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
     if name == "digits":
         return datasets.load_digits()
-    data = load_data(name, root, download, shape=shape, val_split=0.2, seed=seed)
+    data = load_data(name, root, download, shape=shape, val_split=0.2, seed=seed, max_upscale=max_upscale)
     return data.train, data.test
 
 
@@ -151,7 +152,7 @@ def cmd_finetune(args):
         raise CLIError(f"--freeze-upto must be in [0, {head_at}] (layer {head_at} is the new head), got {upto}")
     (x, y), (x_test, y_test) = load_task(args.dataset, args.data_root, args.download,
                                          shape=model_input(model) if args.dataset == "imagefolder" else None,
-                                         seed=args.seed)
+                                         seed=args.seed, max_upscale=args.max_upscale)
     num_classes = int(max(y.max(), y_test.max())) + 1
     idx = few_shot_indices(y, args.shots, args.seed)
     x, y = x[idx], y[idx]

@@ -31,8 +31,8 @@ import numpy as np
 
 from . import _cli_report, _config, augment, distributed, optim, training
 from ._cli_data import (
-    DATASETS, MODELS, CLIError, add_data_args, build_model, fit_to_model, load_data, load_model_file, model_input,
-    read_inputs,
+    DATASETS, MODELS, CLIError, add_data_args, add_upscale_arg, build_model, fit_to_model, load_data, load_model_file,
+    model_input, read_inputs,
 )
 from ._version import __version__
 
@@ -166,7 +166,7 @@ def _train_data(args):
             h, w = args.image_size
         shape = (c, h, w)
     return load_data(args.dataset, args.data_root, args.download, shape=shape, val_split=args.val_split,
-                     seed=args.seed)
+                     seed=args.seed, max_upscale=args.max_upscale)
 
 
 def _schedule_callbacks(args, opt, steps):
@@ -238,16 +238,17 @@ def _configure_evaluate(p):
     p.add_argument("--threads", type=_positive_int, default=None)
 
 
-def data_for_model(model, dataset, data_root, download, split="test"):
+def data_for_model(model, dataset, data_root, download, split="test", max_upscale=4.0):
     """``(name, x, y, classes)``: the model's data set (``--dataset`` or the one it recorded), fitted to it.
 
-    For an image folder every image is used (point ``--data-root`` at held-out images).
+    For an image folder every image is used (point ``--data-root`` at held-out images), each enlarged
+    at most ``max_upscale`` times to the model's input.
     """
     name = dataset or getattr(model, "dataset", None) or "digits"
     if name not in DATASETS:
         raise CLIError(f"the model was trained on {name!r}, which the command line cannot load; pass --dataset")
     want = model_input(model)
-    data = load_data(name, data_root, download, shape=want, val_split=0.0)
+    data = load_data(name, data_root, download, shape=want, val_split=0.0, max_upscale=max_upscale)
     x, y = data.train if split == "train" else data.test
     return name, fit_to_model(model, x, f"--dataset {name}", want), y, data.classes
 
@@ -256,7 +257,8 @@ def _run_evaluate(args):
     _set_threads(args.threads)
     t0 = time.perf_counter()
     model = load_model_file(args.model)
-    name, x_test, y_test, classes = data_for_model(model, args.dataset, args.data_root, args.download)
+    name, x_test, y_test, classes = data_for_model(model, args.dataset, args.data_root, args.download,
+                                                   max_upscale=args.max_upscale)
     metrics = training.evaluate(model, x_test, y_test, batch_size=args.batch_size, loss=args.loss)
     print(_result_line(metrics, time.perf_counter() - t0) + f" on {x_test.shape[0]} images")
     if args.report or args.plot:
@@ -277,6 +279,7 @@ def _configure_predict(p):
     p.add_argument("files", nargs="+",
                    help=".npy arrays ((H, W), (C, H, W) or (N, C, H, W)), PNG/JPEG/BMP/GIF images, or folders of them")
     p.add_argument("--top", type=_positive_int, default=1, help="how many classes to print per image (default 1)")
+    add_upscale_arg(p)
     p.add_argument("--threads", type=_positive_int, default=None)
 
 
@@ -284,7 +287,8 @@ def _run_predict(args):
     _set_threads(args.threads)
     model = load_model_file(args.model)
     want = model_input(model, required=False)  # .npy arrays are fed as they are when the model cannot tell
-    items, notes = read_inputs(args.files, want if want is not None else (lambda: model_input(model)))
+    items, notes = read_inputs(args.files, want if want is not None else (lambda: model_input(model)),
+                               max_upscale=args.max_upscale)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     names = model.classes

@@ -6,7 +6,10 @@ skipped, other extensions ignored) is one sample of that class. Images are
 decoded through Pillow (the ``[images]`` extra) only when asked for: ``ds[i]``
 decodes one, ``ds.load()`` all of them into one array. Pillow is told to try
 only those four formats and its decompression-bomb limit stays on; any file it
-cannot decode raises ValueError naming the file.
+cannot decode raises ValueError naming the file. Resizing to ``image_size``
+enlarges an image at most ``max_upscale`` times (4 by default) along each
+side; a smaller image, and one a single pixel tall or wide that would be
+stretched, raises ValueError naming the file, its size and how to allow it.
 
 Not here: other formats (TIFF, WebP, ...), EXIF orientation, caching of decoded
 images, augmentation (see ``striate.augment``) or batching (see ``DataLoader``).
@@ -14,6 +17,7 @@ images, augmentation (see ``striate.augment``) or batching (see ``DataLoader``).
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from pathlib import Path
@@ -56,7 +60,51 @@ def _check_image_size(image_size):
     return tuple(out)
 
 
-def decode_image(path, channels: int = 3, image_size=None) -> np.ndarray:
+def _check_max_upscale(max_upscale) -> float:
+    if isinstance(max_upscale, (bool, np.bool_)) or not isinstance(max_upscale, numbers.Real):
+        raise TypeError(
+            f"`max_upscale` must be a number >= 1 (math.inf for no limit), got {type(max_upscale).__name__} "
+            f"{max_upscale!r}"
+        )
+    value = float(max_upscale)
+    if not value >= 1.0:  # NaN fails too
+        raise ValueError(
+            f"`max_upscale` must be >= 1 (1 refuses any enlargement, math.inf allows any), got {max_upscale!r}"
+        )
+    return value
+
+
+class _Refused(ValueError):
+    """An image that decodes but that ``image_size`` and ``max_upscale`` refuse; passed on as it is."""
+
+
+def _refusal(path, hw, image_size, max_upscale):
+    """Why an image of ``hw`` (H, W) cannot be resized to ``image_size``, or None when it can."""
+    h, w = hw
+    if h < 1 or w < 1:
+        return f"{path} is {h}x{w} (H x W): an image without pixels"
+    if image_size is None:
+        return None
+    th, tw = image_size
+    thin = [what for what, have, want in (("tall", h, th), ("wide", w, tw)) if have == 1 and want > 1]
+    if thin:
+        return (
+            f"{path} is only 1 pixel {' and '.join(thin)} ({h}x{w}, H x W): it cannot be stretched to "
+            f"image_size {th}x{tw}; crop or remove it"
+        )
+    if h * max_upscale < th or w * max_upscale < tw:
+        need = max(th / h, tw / w)
+        allow = max(math.ceil(need * 100) / 100, need)
+        allow_text = f"{allow:.2f}".rstrip("0").rstrip(".")
+        return (
+            f"{path} is {h}x{w} (H x W), too small for image_size {th}x{tw}: it would be enlarged "
+            f"{need:.4g} times, more than max_upscale={max_upscale:g}; pass max_upscale={allow_text} "
+            "or more to allow it"
+        )
+    return None
+
+
+def decode_image(path, channels: int = 3, image_size=None, *, max_upscale=4.0) -> np.ndarray:
     """Decode one image file to a ``(channels, H, W)`` float32 array in [0, 1].
 
     Parameters
@@ -67,19 +115,27 @@ def decode_image(path, channels: int = 3, image_size=None) -> np.ndarray:
         1 converts to grayscale (ITU-R 601 luma), 3 to RGB; alpha is dropped.
     image_size : (int, int), optional
         ``(H, W)`` to resize to, with bilinear filtering.
+    max_upscale : float, default 4.0
+        The most an image may be enlarged along either side to reach
+        ``image_size`` (``math.inf``: no limit); shrinking is not limited.
 
     Raises
     ------
     ValueError
         The file cannot be read or decoded (corrupt, truncated, not an image,
-        another format, or over Pillow's decompression-bomb limit); the message
-        names the file.
+        another format, or over Pillow's decompression-bomb limit), or it is
+        too small for ``image_size`` (a side below ``image_size / max_upscale``,
+        or a single pixel that would be stretched); the message names the file.
     """
     Image = _pillow()
     path = os.fspath(path)
+    max_upscale = _check_max_upscale(max_upscale)
     try:
         f, _ = _files.open_regular(path)
         with f, Image.open(f, formats=list(_PILLOW_FORMATS)) as img:
+            why = _refusal(path, (img.size[1], img.size[0]), image_size, max_upscale)
+            if why is not None:  # from the header, before decoding the pixels
+                raise _Refused(why)
             img.load()
             if img.mode in _HIGH_DEPTH_MODES:  # 16-bit grayscale PNG
                 img, scale = img.convert("F"), 65535.0
@@ -90,7 +146,7 @@ def decode_image(path, channels: int = 3, image_size=None) -> np.ndarray:
             if image_size is not None and img.size != (image_size[1], image_size[0]):
                 img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
             a = np.asarray(img, dtype=np.float32)
-    except MemoryError:
+    except (MemoryError, _Refused):
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise ValueError(f"{path}: cannot read this image ({type(exc).__name__}: {exc})") from exc
@@ -157,6 +213,14 @@ class ImageFolder:
         all of them to be the same.
     channels : {3, 1}
         3 converts every image to RGB, 1 to grayscale.
+    max_upscale : float, default 4.0
+        With ``image_size``, the most an image may be enlarged along either
+        side: an image whose height is below ``image_size[0] / max_upscale``
+        or whose width is below ``image_size[1] / max_upscale`` is refused
+        when it is decoded, and so is one a single pixel tall or wide that
+        would be stretched. 28x28 digits for a 32x32 input (1.14 times) pass;
+        ``math.inf`` lifts the limit (but not the single-pixel rule), 1.0
+        refuses any enlargement. Shrinking is never limited.
 
     Attributes
     ----------
@@ -173,9 +237,16 @@ class ImageFolder:
     ------
     FileNotFoundError
         ``root`` does not exist.
+    TypeError
+        ``root``, ``image_size``, ``channels`` or ``max_upscale`` is of the
+        wrong type.
     ValueError
         ``root`` is not a folder, has no class folders, or a class folder has
-        no images; a file cannot be decoded (when it is read).
+        no images; ``channels``, ``image_size`` or ``max_upscale`` is out of
+        range; when an image is read (``ds[i]``, ``get_batch``, ``load``): the
+        file cannot be decoded, or it is too small for ``image_size`` (the
+        message names the file, its size and the ``max_upscale`` that would
+        allow it).
 
     Examples
     --------
@@ -187,7 +258,7 @@ class ImageFolder:
     ((200, 3, 32, 32), dtype('float32'), dtype('int64'))
     """
 
-    def __init__(self, root, image_size=None, channels=3):
+    def __init__(self, root, image_size=None, channels=3, *, max_upscale=4.0):
         if not isinstance(root, (str, os.PathLike)):
             raise TypeError(f"`root` must be a str or path-like, got {type(root).__name__}")
         if isinstance(channels, bool) or not isinstance(channels, numbers.Integral):
@@ -195,6 +266,7 @@ class ImageFolder:
         if channels not in (1, 3):
             raise ValueError(f"`channels` must be 1 or 3, got {channels}")
         self.image_size = _check_image_size(image_size)
+        self.max_upscale = _check_max_upscale(max_upscale)
         self.channels = int(channels)
         self.root = Path(os.path.expanduser(os.fspath(root)))
         _pillow()  # fail now, not at the first image, when Pillow is missing
@@ -207,7 +279,7 @@ class ImageFolder:
 
     def __repr__(self):
         return (f"ImageFolder({str(self.root)!r}, {len(self)} images, {len(self.classes)} classes, "
-                f"image_size={self.image_size}, channels={self.channels})")
+                f"image_size={self.image_size}, channels={self.channels}, max_upscale={self.max_upscale:g})")
 
     def __getitem__(self, i):
         """``(x, y)``: image ``i`` as ``(C, H, W)`` float32 in [0, 1], and its int label."""
@@ -217,14 +289,17 @@ class ImageFolder:
         if not -n <= int(i) < n:
             raise IndexError(f"index {int(i)} is out of range for {n} images")
         path, label = self.samples[int(i)]
-        return decode_image(path, self.channels, self.image_size), int(label)
+        return self._decode(path), int(label)
+
+    def _decode(self, path) -> np.ndarray:
+        return decode_image(path, self.channels, self.image_size, max_upscale=self.max_upscale)
 
     def _fill(self, indices) -> tuple[np.ndarray, np.ndarray]:
         x = None
         first = None
         for j, i in enumerate(indices):
             path = self.samples[i][0]
-            a = decode_image(path, self.channels, self.image_size)
+            a = self._decode(path)
             if x is None:
                 x = np.empty((len(indices),) + a.shape, dtype=np.float32)
                 first = path
@@ -251,7 +326,8 @@ class ImageFolder:
         Raises
         ------
         ValueError
-            An image cannot be decoded, or (without ``image_size``) two images
-            differ in size; the message names the file.
+            An image cannot be decoded, is too small for ``image_size`` (see
+            ``max_upscale``), or (without ``image_size``) two images differ in
+            size; the message names the file.
         """
         return self._fill(range(len(self)))

@@ -70,9 +70,21 @@ def named_leaves(model):
     return out
 
 
+def _leaves(layer, out):
+    if isinstance(layer, _Container):
+        for _, child in layer.named_children():
+            _leaves(child, out)
+    else:
+        out.append(layer)
+    return out
+
+
 def leaves(model):
     """The layers of ``model`` that are not containers, depth-first (see ``named_leaves``)."""
-    return [layer for _, layer in named_leaves(model)]
+    out = []
+    for layer in layers_of(model):
+        _leaves(layer, out)
+    return out
 
 
 def first_trainable(layers):

@@ -1,6 +1,14 @@
-"""BatchNorm2d: batch normalisation per channel, ``torch.nn.BatchNorm2d`` semantics, in NumPy.
+"""BatchNorm2d: batch normalisation per channel, ``torch.nn.BatchNorm2d`` semantics.
 
-Not here: layer or group normalisation.
+Float32 inputs on the C++ backend run the core's kernels
+(``_core.batch_norm_*``, csrc/batchnorm.cpp): float64 per-channel sums in one
+fixed order, bit-identical for any thread count and ISA path. Float64 inputs,
+and every input on the "numpy" backend, run the NumPy code below, which
+``gradcheck`` relies on. Both keep the running statistics here, in float64
+arithmetic, the same way.
+
+Not here: layer or group normalisation, BatchNorm folding into a convolution
+(``layers.container.fuse_conv_bn``).
 """
 
 from __future__ import annotations
@@ -8,7 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _core
+from .._config import get_backend
 from .base import _int, _float, _check_input, _as, Layer
+
+
+def _f32c(a):
+    """``a`` as a C-contiguous, aligned float32 array (no copy when it already is one)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return a if a.flags.aligned else a.copy()
 
 
 class BatchNorm2d(Layer):
@@ -72,6 +88,14 @@ class BatchNorm2d(Layer):
     def _uses_batch_stats(self):
         return self.training and (self.weight.trainable or self.bias.trainable)
 
+    def _track(self, mean, var, n):
+        """Update the running statistics from a batch's float64 mean and biased variance over n values."""
+        m = self.momentum
+        rm, rv = self.running_mean, self.running_var
+        rm[...] = (1.0 - m) * rm + m * mean
+        rv[...] = (1.0 - m) * rv + m * var * (n / (n - 1))
+        self.num_batches_tracked[...] += 1
+
     def forward(self, x):
         _check_input(x, "BatchNorm2d", 4)
         if x.shape[1] != self.num_features:
@@ -79,35 +103,57 @@ class BatchNorm2d(Layer):
         # NumPy's reductions sum in an order that depends on the memory layout:
         # an explicit C-contiguous copy makes the result layout-independent.
         x = np.ascontiguousarray(x)
-        dt = x.dtype
-        shape = (1, -1, 1, 1)
         # An empty batch has no statistics: it takes the running-stats path (empty output, zero grads).
-        if self._uses_batch_stats() and x.size:
+        batch = bool(self._uses_batch_stats() and x.size)
+        if batch:
             n = x.shape[0] * x.shape[2] * x.shape[3]
             if n <= 1:
                 raise ValueError(f"BatchNorm2d: expected more than 1 value per channel when training, got input {x.shape}")
+        if x.dtype == np.float32 and get_backend() != "numpy":
+            return self._forward_core(x if x.flags.aligned else x.copy(), batch)
+        dt = x.dtype
+        shape = (1, -1, 1, 1)
+        if batch:
             mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
             xc = x - mean.astype(dt).reshape(shape)
             var = np.mean(np.square(xc, dtype=np.float64), axis=(0, 2, 3))
-            m = self.momentum
-            rm, rv = self.running_mean, self.running_var
-            rm[...] = (1.0 - m) * rm + m * mean
-            rv[...] = (1.0 - m) * rv + m * var * (n / (n - 1))
-            self.num_batches_tracked[...] += 1
+            self._track(mean, var, n)
             invstd = (1.0 / np.sqrt(var + self.eps)).astype(dt)
-            batch = True
         else:
             xc = x - _as(self.running_mean, dt).reshape(shape)
             invstd = (1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)).astype(dt)
-            batch = False
         xhat = xc * invstd.reshape(shape)
         y = xhat * _as(self.weight.data, dt).reshape(shape) + _as(self.bias.data, dt).reshape(shape)
-        self._cache = (xhat, invstd, batch)
+        self._cache = (False, xhat, None, invstd, batch)
+        return y
+
+    def _forward_core(self, x, batch):
+        """The float32 forward on the C++ kernels; caches x (not a normalised copy) for backward."""
+        w, b = _f32c(self.weight.data), _f32c(self.bias.data)
+        if batch:
+            y, mean, var, invstd = _core.batch_norm_forward_train(x, w, b, self.eps)
+            self._track(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
+            mean = mean.astype(np.float32)
+        else:
+            inv64 = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+            invstd = inv64.astype(np.float32)
+            mean = _f32c(self.running_mean)
+            scale = (inv64 * self.weight.data.astype(np.float64)).astype(np.float32)
+            y = _core.batch_norm_forward_apply(x, mean, scale, b)
+        self._cache = (True, x, mean, invstd, batch)
         return y
 
     def backward(self, dy):
-        xhat, invstd, batch = self._saved("_cache")
-        self._check_dy(dy, xhat.shape)
+        core, saved, mean, invstd, batch = self._saved("_cache")
+        self._check_dy(dy, saved.shape)
+        if core:
+            dx, dgamma, dbeta = _core.batch_norm_backward(
+                _f32c(dy), saved, mean, invstd, _f32c(self.weight.data), batch,
+                self.needs_input_grad, self.weight.trainable, self.bias.trainable)
+            self._store_grad(self.weight, dgamma)
+            self._store_grad(self.bias, dbeta)
+            return dx if self.needs_input_grad else None
+        xhat = saved
         dt = xhat.dtype
         dy = np.ascontiguousarray(dy, dtype=dt)
         axes = (0, 2, 3)

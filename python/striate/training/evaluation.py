@@ -49,6 +49,9 @@ def _set_modes(model, modes):
 def _mode(model, training):
     """Run a block with the model in training or evaluation mode, then restore every layer's mode."""
     saved = _get_modes(model)
+    if saved[0] in (None, training) and all(mode == training for mode in saved[1]):
+        yield  # every layer already has that mode (predict on an eval model): nothing to switch or restore
+        return
     model.train() if training else model.eval()
     try:
         yield
@@ -198,6 +201,7 @@ def predict(model, x, batch_size=256):
     chunks_out = []
     with _mode(model, False):
         for xb, _ in batches:
-            out = np.array(model(xb), dtype=np.float32)
-            chunks_out.append(out if ends_in_softmax else _softmax(out))
-    return np.concatenate(chunks_out, axis=0)
+            out = np.asarray(model(xb), dtype=np.float32)
+            # Both give a new array, so the caller never holds memory a layer may keep.
+            chunks_out.append(out.copy() if ends_in_softmax else _softmax(out))
+    return chunks_out[0] if len(chunks_out) == 1 else np.concatenate(chunks_out, axis=0)
