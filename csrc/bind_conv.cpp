@@ -96,6 +96,11 @@ py::dict conv2d_algorithms_py(const py::object& x_obj, const py::object& w_obj, 
 }  // namespace
 
 void bind_conv(py::module_& m) {
+    m.def(
+        "conv2d_set_winograd", [](const std::string& mode) { conv2d_set_winograd(mode.c_str()); }, py::arg("mode"),
+        "Winograd use: 'auto' (where measured faster), 'off' or 'force' (every shape it supports); for tests and "
+        "benchmarks.");
+    m.def("conv2d_get_winograd", [] { return std::string(conv2d_get_winograd()); });
     m.def("conv2d_forward", &conv2d_forward_py, py::arg("x"), py::arg("w"),
           py::arg("b").none(true), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"),
           py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dil_h"), py::arg("dil_w"),

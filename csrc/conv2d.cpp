@@ -6,9 +6,15 @@
 // AVX-512 and for AVX2 (the same kernels, conv_tiles.hpp, with tiles sized per
 // ISA, and the same choices, so both give the same bits); the generic path
 // takes im2col + SGEMM for every shape.
+//   forward, 3x3, stride 1, dilation 1, ungrouped, >= 16 input and output
+//       channels: Winograd F(2x2, 3x3) (conv_winograd.cpp); dx the same on dy
+//       with the rotated, transposed weights, when the padding is at most 2.
 //   forward, stride 1, not pointwise: direct kernel on the padded
 //       image (conv_direct.cpp), vectors over positions or, for small outputs,
 //       over output channels; bias fused.
+//   forward, stride > 1: the direct kernel on the image split into stride
+//       phases (conv_strided.cpp); dx without dilation, one stride-1 direct
+//       convolution per phase of dx.
 //   dx, stride 1, not pointwise: scatter dx by bands of kernel rows
 //       (conv_dx_scatter.cpp) when it needs fewer FMAs or the padding is wider
 //       than the dilated kernel, else the direct kernel on the padded dy.
@@ -19,8 +25,8 @@
 //           width 3 or 5: vectors over output channels (conv_dw_kvec.cpp);
 //       < 16 input and <= 16 output channels per group, stride 1, output rows
 //           filling half the padded width: flat dw (conv_dw_flat.cpp).
-//   everything else (strided forward/dx, pointwise, dw with few input and
-//   many output channels, the generic ISA path): im2col + SGEMM
+//   everything else (stride-1 pointwise, dilated strided dx, dw with few input
+//   and many output channels, the generic ISA path): im2col + SGEMM
 //   (conv_gemm.cpp).
 //   db[k] = sum_n sum_p dy[n,k,p] always in fixed-order lanes (sum_fixed).
 //
@@ -39,6 +45,8 @@
 #include "conv2d.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -108,46 +116,79 @@ Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_
 
 namespace {
 
-enum class FwdAlgo { direct, strided, gemm };
-enum class DxAlgo { scatter, direct, strided, gemm };
+// 0 auto, 1 off, 2 force (conv2d_set_winograd).
+std::atomic<int> g_winograd{0};
+
+enum class Algo { winograd, direct, strided, scatter, gemm };
+
+const char* algo_name(Algo a) {
+    switch (a) {
+        case Algo::winograd: return "winograd";
+        case Algo::direct: return "direct";
+        case Algo::strided: return "strided";
+        case Algo::scatter: return "scatter";
+        default: return "gemm";
+    }
+}
+
+bool take_winograd(bool ok, bool better) {
+    const int mode = g_winograd.load(std::memory_order_relaxed);
+    return ok && mode != 1 && (mode == 2 || better);
+}
 
 // The forward and dx algorithms for s (see the list at the top of this file).
-FwdAlgo choose_forward(const Conv2dShape& s, const conv::ConvKit* kit) {
-    if (!conv::is_pointwise(s) && conv::direct_forward_ok(s, kit)) return FwdAlgo::direct;
-    if (conv::strided_forward_ok(s, kit)) return FwdAlgo::strided;
-    return FwdAlgo::gemm;
-}
-DxAlgo choose_dx(const Conv2dShape& s, const conv::ConvKit* kit) {
+Algo forward_algo(const Conv2dShape& s, const conv::ConvKit* kit) {
     const bool pointwise = conv::is_pointwise(s);
-    if (!pointwise && conv::scatter_dx_better(s, kit)) return DxAlgo::scatter;
-    if (!pointwise && conv::direct_dx_ok(s, kit)) return DxAlgo::direct;
-    if (conv::strided_dx_ok(s, kit)) return DxAlgo::strided;
-    return DxAlgo::gemm;
+    if (!pointwise && take_winograd(conv::winograd_forward_ok(s, kit), conv::winograd_forward_better(s)))
+        return Algo::winograd;
+    if (!pointwise && conv::direct_forward_ok(s, kit)) return Algo::direct;
+    if (conv::strided_forward_ok(s, kit)) return Algo::strided;
+    return Algo::gemm;
+}
+
+Algo dx_algo(const Conv2dShape& s, const conv::ConvKit* kit) {
+    const bool pointwise = conv::is_pointwise(s);
+    if (!pointwise && take_winograd(conv::winograd_dx_ok(s, kit), conv::winograd_dx_better(s))) return Algo::winograd;
+    if (!pointwise && conv::scatter_dx_better(s, kit)) return Algo::scatter;
+    if (!pointwise && conv::direct_dx_ok(s, kit)) return Algo::direct;
+    if (conv::strided_dx_ok(s, kit)) return Algo::strided;
+    return Algo::gemm;
 }
 
 }  // namespace
 
 Conv2dAlgorithms conv2d_algorithms(const Conv2dShape& s) {
     const conv::ConvKit* kit = conv::conv_kit();
-    static const char* const fwd_names[] = {"direct", "strided", "gemm"};
-    static const char* const dx_names[] = {"scatter", "direct", "strided", "gemm"};
-    return {fwd_names[static_cast<int>(choose_forward(s, kit))], dx_names[static_cast<int>(choose_dx(s, kit))]};
+    return {algo_name(forward_algo(s, kit)), algo_name(dx_algo(s, kit))};
+}
+
+void conv2d_set_winograd(const char* mode) {
+    const std::string m(mode ? mode : "");
+    if (m == "auto") {
+        g_winograd = 0;
+    } else if (m == "off") {
+        g_winograd = 1;
+    } else if (m == "force") {
+        g_winograd = 2;
+    } else {
+        throw std::invalid_argument("`mode` must be 'auto', 'off' or 'force', got '" + m + "'");
+    }
+}
+
+const char* conv2d_get_winograd() {
+    const int mode = g_winograd.load(std::memory_order_relaxed);
+    return mode == 0 ? "auto" : mode == 1 ? "off" : "force";
 }
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     int threads) {
     // x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW)
     const conv::ConvKit* kit = conv::conv_kit();  // one ISA path for the whole call
-    switch (choose_forward(s, kit)) {
-        case FwdAlgo::direct:
-            conv::forward_direct(*kit, s, x, w, b, y, threads);
-            break;
-        case FwdAlgo::strided:
-            conv::forward_strided(*kit, s, x, w, b, y, threads);
-            break;
-        case FwdAlgo::gemm:
-            conv::forward_gemm(s, x, w, b, y, threads);
-            break;
+    switch (forward_algo(s, kit)) {
+        case Algo::winograd: conv::forward_winograd(*kit, s, x, w, b, y, threads); break;
+        case Algo::direct: conv::forward_direct(*kit, s, x, w, b, y, threads); break;
+        case Algo::strided: conv::forward_strided(*kit, s, x, w, b, y, threads); break;
+        default: conv::forward_gemm(s, x, w, b, y, threads); break;
     }
 }
 
@@ -171,19 +212,12 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
     const conv::ConvKit* kit = conv::conv_kit();  // one ISA path for the whole call
     bool dx_gemm = false;
     if (dx) {
-        switch (choose_dx(s, kit)) {
-            case DxAlgo::scatter:
-                conv::backward_dx_scatter(*kit, s, dy, w, dx, threads);
-                break;
-            case DxAlgo::direct:
-                conv::backward_dx_direct(*kit, s, dy, w, dx, threads);
-                break;
-            case DxAlgo::strided:
-                conv::backward_dx_strided(*kit, s, dy, w, dx, threads);
-                break;
-            case DxAlgo::gemm:
-                dx_gemm = true;  // per image, inside the chunk tasks below
-                break;
+        switch (dx_algo(s, kit)) {
+            case Algo::winograd: conv::backward_dx_winograd(*kit, s, dy, w, dx, threads); break;
+            case Algo::scatter: conv::backward_dx_scatter(*kit, s, dy, w, dx, threads); break;
+            case Algo::direct: conv::backward_dx_direct(*kit, s, dy, w, dx, threads); break;
+            case Algo::strided: conv::backward_dx_strided(*kit, s, dy, w, dx, threads); break;
+            default: dx_gemm = true; break;  // per image, inside the chunk tasks below
         }
     }
     const std::unique_ptr<conv::DwPlan> plan = dw ? choose_dw(s, kit) : nullptr;

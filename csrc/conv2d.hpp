@@ -37,9 +37,9 @@ Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_
                               int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
                               int64_t dh, int64_t dw, int64_t groups);
 
-// The names of the algorithms conv2d_forward ("direct", "strided", "gemm") and
-// the dx of conv2d_backward ("scatter", "direct", "strided", "gemm") take for s
-// on the active ISA path (for tests and benchmarks).
+// The names of the algorithms conv2d_forward ("winograd", "direct", "strided",
+// "gemm") and the dx of conv2d_backward (the same or "scatter") take for s on
+// the active ISA path (for tests and benchmarks).
 struct Conv2dAlgorithms {
     const char* forward;
     const char* dx;
@@ -56,5 +56,11 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
 // dx is (N, C, H, W), dw is (K, C/groups, kh, kw), db is (K,).
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w, float* dx,
                      float* dw, float* db, int threads = 0);
+
+// Winograd use, for tests and benchmarks: "auto" (the default: where it was
+// measured faster), "off" (never) or "force" (every shape it supports:
+// 3x3, stride 1, dilation 1, groups 1; for dx also padding <= 2). Process-wide.
+void conv2d_set_winograd(const char* mode);
+const char* conv2d_get_winograd();
 
 }  // namespace striate

@@ -20,6 +20,7 @@ thread_local Arena tl_pad;
 thread_local Arena tl_out;
 thread_local Arena tl_wpack;
 thread_local Arena tl_dyT;
+thread_local Arena tl_wino;
 
 const ConvKit* conv_kit() {
     switch (active_isa()) {

@@ -105,6 +105,7 @@ extern thread_local Arena tl_pad;    // zero-padded image (direct paths)
 extern thread_local Arena tl_out;    // direct-path output before dropping the padded columns
 extern thread_local Arena tl_wpack;  // packed weights (calling thread only)
 extern thread_local Arena tl_dyT;    // transposed or flattened dy
+extern thread_local Arena tl_wino;   // Winograd V and M of one tile block, and the input rows
 
 // i = hi * n + lo, decoded: `const auto [g, r] = split_index(gr, R);`.
 struct IndexPair {
@@ -173,6 +174,8 @@ using transpose_fn = void (*)(const float* src, int64_t lds, int64_t nrows, int6
                               bool store_valid_only);
 using flatten_fn = void (*)(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq, const float* dy,
                             float* dyf);
+using wino_in_fn = void (*)(const float* const* src, int64_t P, float* v, int64_t lda);
+using wino_out_fn = void (*)(const float* m, int64_t lda, int64_t P, float bias, float* y0, float* y1);
 
 // Logical lanes of the flat dw on every ISA (see flat_dw_tile).
 constexpr int64_t kFlatLanes = 16;
@@ -210,6 +213,9 @@ struct ConvKit {
     std::array<scatter_dx_fn, kMaxSdxNV + 1> sdx[kMaxSdxNR + 1];
     transpose_fn transpose;  // W x W blocks
     flatten_fn flatten_dy;
+    // Winograd F(2x2, 3x3): input and output transforms of a run of tiles.
+    wino_in_fn wino2_in;
+    wino_out_fn wino2_out;
 };
 
 // The kits of the vector paths; null when this build or CPU has none.
@@ -299,6 +305,18 @@ std::unique_ptr<DwPlan> make_dw_direct(const Conv2dShape& s, const ConvKit* kit)
 std::unique_ptr<DwPlan> make_dw_kvec(const Conv2dShape& s, const ConvKit* kit);
 std::unique_ptr<DwPlan> make_dw_flat(const Conv2dShape& s, const ConvKit* kit);
 std::unique_ptr<DwPlan> make_dw_gemm(const Conv2dShape& s);
+
+// conv_winograd.cpp: 3x3 stride-1 forward and dx through Winograd F(2x2, 3x3).
+bool winograd_forward_ok(const Conv2dShape& s, const ConvKit* kit);
+bool winograd_dx_ok(const Conv2dShape& s, const ConvKit* kit);
+// Where Winograd is faster than the direct kernels (measured; shape only, the
+// same answer on every vector ISA path). Requires the matching *_ok.
+bool winograd_forward_better(const Conv2dShape& s);
+bool winograd_dx_better(const Conv2dShape& s);
+void forward_winograd(const ConvKit& kit, const Conv2dShape& s, const float* x, const float* w, const float* b,
+                      float* y, int threads);
+void backward_dx_winograd(const ConvKit& kit, const Conv2dShape& s, const float* dy, const float* w, float* dx,
+                          int threads);
 
 // conv_gemm.cpp: im2col + SGEMM, the path for every shape and CPU.
 void forward_gemm(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y, int threads);

@@ -182,7 +182,14 @@ DxPlan dx_plan(const ConvKit& kit, const Conv2dShape& s) {
 }  // namespace
 
 // Strided forward on the phase split: any stride > 1 and dilation on a vector ISA path.
-bool strided_forward_ok(const Conv2dShape& s, const ConvKit* kit) { return kit && (s.sh > 1 || s.sw > 1); }
+// Strides up to kMaxPhaseStride per direction: the split and the dx plan walk
+// every phase, so a huge stride (legal: it just gives one output row) takes
+// im2col + SGEMM instead.
+constexpr int64_t kMaxPhaseStride = 16;
+
+bool strided_forward_ok(const Conv2dShape& s, const ConvKit* kit) {
+    return kit && (s.sh > 1 || s.sw > 1) && s.sh <= kMaxPhaseStride && s.sw <= kMaxPhaseStride;
+}
 
 // Strided dx by phases: stride > 1 without dilation (with it a phase's taps
 // are no longer every sh-th row) on a vector ISA path.

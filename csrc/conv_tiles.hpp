@@ -305,6 +305,64 @@ STRIATE_TILE_TARGET void flatten_dy(int64_t Kg, int64_t OH, int64_t OW, int64_t 
     }
 }
 
+// ---- Winograd F(2x2, 3x3) transforms ---------------------------------------------------
+// Vectors run over W consecutive tiles p of a chunk of whole tile rows,
+// flattened (p = tile row * TW + tile column). Each value is one fixed
+// sequence of additions and subtractions, the same on every ISA path.
+
+// The input transform B^T d B of P tiles: tile p's input d[i][q] (row i,
+// column q of its 4 x 4 input) is src[4i + q][p], readable for
+// p < round_up(P, W); v[a*lda + p] = (B^T d B)[a / 4][a % 4] for
+// p < round_up(P, W) (lanes past P are scratch, overwritten by later tiles or
+// ignored).
+STRIATE_TILE_TARGET void wino2_input(const float* const* src, int64_t P, float* v, int64_t lda) {
+    using R = typename V::reg;
+    for (int64_t p = 0; p < P; p += W) {
+        R t[4][4];  // t = B^T d, one column q at a time
+        for (int q = 0; q < 4; ++q) {
+            const R d0 = V::load(src[q] + p), d1 = V::load(src[4 + q] + p), d2 = V::load(src[8 + q] + p),
+                    d3 = V::load(src[12 + q] + p);
+            t[0][q] = V::sub(d0, d2);
+            t[1][q] = V::add(d1, d2);
+            t[2][q] = V::sub(d2, d1);
+            t[3][q] = V::sub(d1, d3);
+        }
+        for (int r = 0; r < 4; ++r) {  // (B^T d) B, row r
+            float* vr = v + 4 * r * lda + p;
+            V::store(vr, V::sub(t[r][0], t[r][2]));
+            V::store(vr + lda, V::add(t[r][1], t[r][2]));
+            V::store(vr + 2 * lda, V::sub(t[r][2], t[r][1]));
+            V::store(vr + 3 * lda, V::sub(t[r][1], t[r][3]));
+        }
+    }
+}
+
+// The output transform A^T m A + bias of P tiles: m[a*lda + p] (a < 16),
+// readable for p < round_up(P, W); output (r, l) of tile p goes to
+// y_r[2p + l], stored for p < round_up(P, W) (y0, y1 hold that many pairs).
+STRIATE_TILE_TARGET void wino2_output(const float* m, int64_t lda, int64_t P, float bias, float* y0, float* y1) {
+    using R = typename V::reg;
+    const R b = V::set1(bias);
+    for (int64_t p = 0; p < P; p += W) {
+        R s[2][4];  // s = A^T m
+        for (int q = 0; q < 4; ++q) {
+            const R m0 = V::load(m + q * lda + p), m1 = V::load(m + (4 + q) * lda + p),
+                    m2 = V::load(m + (8 + q) * lda + p), m3 = V::load(m + (12 + q) * lda + p);
+            s[0][q] = V::add(V::add(m0, m1), m2);
+            s[1][q] = V::sub(V::sub(m1, m2), m3);
+        }
+        for (int r = 0; r < 2; ++r) {
+            float* y = (r ? y1 : y0) + 2 * p;
+            const R c0 = V::add(V::add(V::add(s[r][0], s[r][1]), s[r][2]), b);
+            const R c1 = V::add(V::sub(V::sub(s[r][1], s[r][2]), s[r][3]), b);
+            R lo, hi;
+            V::interleave(c0, c1, lo, hi);
+            V::store(y, lo);
+            V::store(y + W, hi);
+        }
+    }
+}
+
 // ---- the kit --------------------------------------------------------------------------
 
 ConvKit make_kit(Isa isa) {
@@ -345,5 +403,7 @@ ConvKit make_kit(Isa isa) {
     k.sdx[2] = scatter_dx_row<2>(std::make_integer_sequence<int, kSdxNV>{});
     k.transpose = transpose_block;
     k.flatten_dy = flatten_dy;
+    k.wino2_in = wino2_input;
+    k.wino2_out = wino2_output;
     return k;
 }

@@ -22,6 +22,9 @@
 //                             Generic zero b first, so a non-finite b outside
 //                             m never reaches c; c = -0 may become +0 there)
 //   add(a, b), mask_add(c, m, a)   a + b; lanes in m: c + a, others c
+//   sub(a, b)                 a - b
+//   interleave(a, b, lo, hi)  lo = a0 b0 a1 b1 ... (the first W of the
+//                             2W lanes a and b zipped), hi = the last W
 //   hsum(v)                   sum of the lanes by a fixed tree: for 16 lanes the
 //                             halves (l + l+8) first, then the 8-lane tree
 //                             ((l + l+4), then (0+2) + (1+3))
@@ -97,6 +100,18 @@ struct Generic {
             if ((m >> l) & 1u) c.v[l] += a.v[l];
         return c;
     }
+    static STRIATE_SIMD_INLINE reg sub(reg a, reg b) {
+        for (int l = 0; l < W; ++l) a.v[l] -= b.v[l];
+        return a;
+    }
+    static STRIATE_SIMD_INLINE void interleave(reg a, reg b, reg& lo, reg& hi) {
+        for (int l = 0; l < W / 2; ++l) {
+            lo.v[2 * l] = a.v[l];
+            lo.v[2 * l + 1] = b.v[l];
+            hi.v[2 * l] = a.v[W / 2 + l];
+            hi.v[2 * l + 1] = b.v[W / 2 + l];
+        }
+    }
     static STRIATE_SIMD_INLINE float hsum(reg a) {
         // The same tree as Avx2::hsum: halves, then quarters, then pairs.
         float h[4], q[2];
@@ -147,6 +162,12 @@ struct Avx2 {
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg mask_add(reg c, mask m, reg a) {
         return _mm256_blendv_ps(c, _mm256_add_ps(c, a), _mm256_castsi256_ps(m));
+    }
+    STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+    STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE void interleave(reg a, reg b, reg& lo, reg& hi) {
+        const __m256 l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);  // per 128-bit half
+        lo = _mm256_permute2f128_ps(l, h, 0x20);
+        hi = _mm256_permute2f128_ps(l, h, 0x31);
     }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE float hsum(reg a) {
         __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));  // lanes l + l+4
@@ -200,6 +221,13 @@ struct Avx512 {
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg mask_add(reg c, mask m, reg a) {
         return _mm512_mask_add_ps(c, m, c, a);
+    }
+    STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+    STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE void interleave(reg a, reg b, reg& lo, reg& hi) {
+        const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        const __m512i ih = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        lo = _mm512_permutex2var_ps(a, il, b);
+        hi = _mm512_permutex2var_ps(a, ih, b);
     }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE float hsum(reg a) {
         // Halves (l + l+8), then Avx2::hsum's tree: the sum of two 8-lane halves

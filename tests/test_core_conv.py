@@ -556,6 +556,7 @@ def test_float64_and_int_inputs_are_rejected(rng):
         ((2, 16, 8, 8, 32, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1), "strided", "strided"),
         ((3, 5, 12, 9, 7, 3, 3, (3, 2), (2, 1, 0, 3), (2, 3), 1), "strided", "gemm"),  # dilated dx: not by phases
         ((2, 16, 8, 8, 32, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1), "gemm", "gemm"),
+        ((2, 4, 40, 40, 8, 3, 3, (17, 2), (0, 0, 0, 0), (1, 1), 1), "gemm", "gemm"),  # every phase walked: capped
     ],
 )
 def test_algorithm_choice_for_strides(case, forward, dx, isa):

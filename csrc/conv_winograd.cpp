@@ -1,0 +1,255 @@
+// conv_winograd.cpp: 3x3, stride-1, dilation-1, ungrouped convolution forward
+// and input gradient through Winograd F(2x2, 3x3): 2x2 outputs per 4x4 input
+// tile from 16 products instead of 36, so 2.25x fewer multiplies than the
+// direct kernel.
+//
+// One call: the weights are transformed once, U[a][k][c] = (G g_kc G^T)[a]
+// for the 16 points a; the tiles, over (image, tile row, tile column) in that
+// order, are cut into blocks of a fixed number of tiles (from the shape only).
+// Per block, on one thread, with V and M in that thread's arena (kept across
+// calls): the input transform V[a][c][t] = (B^T d_ct B)[a]; 16 independent
+// GEMMs M[a] = U[a] . V[a] (the project's sgemm, on the calling thread);
+// the output transform y = A^T M A + bias, written straight into the output.
+// Blocks are independent outputs, so every value is computed the same way
+// for any thread count; the transforms are fixed sequences of additions and
+// the GEMM sums over channels in one order on both vector paths, so AVX2 and
+// AVX-512 give the same bits.
+//
+// dx is the same routine on dy, padded by 2 minus the forward padding, with
+// the weights rotated by 180 degrees and transposed (K <-> C).
+//
+// Not here: the vector transforms (conv_tiles.hpp, wino2_*), the choice of
+// algorithm (conv2d.cpp), other kernel sizes, strides or groups.
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "conv_internal.hpp"
+#include "gemm.hpp"
+#include "parallel.hpp"
+
+namespace striate {
+namespace conv {
+
+namespace {
+
+constexpr int64_t kPoints = 16;  // 4 x 4 transform points of F(2x2, 3x3)
+constexpr int64_t kSlack = 16;   // >= the widest vector: lanes past a segment's tiles
+
+// A stride-1 3x3 convolution of an (Cin, Hin, Win) input, padded by top on
+// the top and left on the left (the bottom and right padding only show as
+// zeros past the input), into a (Kout, Hout, Wout) output, in TH x TW tiles
+// of 2 x 2 outputs.
+struct WinoGeom {
+    int64_t Cin, Hin, Win, top, left, Kout, Hout, Wout, TH, TW;
+};
+
+WinoGeom make_geom(int64_t Cin, int64_t Hin, int64_t Win, int64_t top, int64_t left, int64_t Kout, int64_t Hout,
+                   int64_t Wout) {
+    return {Cin, Hin, Win, top, left, Kout, Hout, Wout, (Hout + 1) / 2, (Wout + 1) / 2};
+}
+
+// The tiles in blocks of whole tile rows: several whole images per block, or
+// (large planes, small batches) runs of tile rows of one image. From the
+// shape only, so every thread count computes the same blocks.
+struct Blocking {
+    int64_t images_per_block;  // > 0: blocks of whole images; 0: blocks of rows_per_block tile rows
+    int64_t rows_per_block, blocks_per_image, nblocks, max_tiles;
+};
+
+// Tiles per block: V and M of a block (16 (Cin + Kout) floats per tile) in
+// about 384 KB, so they stay in L2 while the GEMMs read them.
+int64_t target_tiles(const WinoGeom& g) {
+    const int64_t per_tile = kPoints * (g.Cin + g.Kout);
+    return std::clamp<int64_t>(96 * 1024 / per_tile, 32, 512);
+}
+
+constexpr int64_t kMinBlocks = 4;  // split images into row blocks below this many blocks
+
+Blocking make_blocking(const WinoGeom& g, int64_t N) {
+    const int64_t target = target_tiles(g), per_image = g.TH * g.TW;
+    Blocking b{};
+    if (per_image <= target && N >= kMinBlocks * (target / per_image)) {
+        b.images_per_block = target / per_image;
+        b.nblocks = (N + b.images_per_block - 1) / b.images_per_block;
+        b.max_tiles = b.images_per_block * per_image;
+        return b;
+    }
+    int64_t rows = std::max<int64_t>(1, target / g.TW);
+    const int64_t wanted = (kMinBlocks + N - 1) / std::max<int64_t>(N, 1);  // blocks per image
+    rows = std::max<int64_t>(1, std::min(rows, (g.TH + wanted - 1) / wanted));
+    b.rows_per_block = rows;
+    b.blocks_per_image = (g.TH + rows - 1) / rows;
+    b.nblocks = N * b.blocks_per_image;
+    b.max_tiles = rows * g.TW;
+    return b;
+}
+
+// Calls f(n, th0, th1, tb) for the chunks of block blk: tile rows [th0, th1)
+// of image n, whose first tile is column tb of the block.
+template <class F>
+void for_chunks(const WinoGeom& g, const Blocking& b, int64_t N, int64_t blk, F&& f) {
+    if (b.images_per_block > 0) {
+        const int64_t n0 = blk * b.images_per_block, n1 = std::min(N, n0 + b.images_per_block);
+        for (int64_t n = n0; n < n1; ++n) f(n, int64_t{0}, g.TH, (n - n0) * g.TH * g.TW);
+        return;
+    }
+    const auto [n, part] = split_index(blk, b.blocks_per_image);
+    const int64_t th0 = part * b.rows_per_block;
+    f(n, th0, std::min(g.TH, th0 + b.rows_per_block), int64_t{0});
+}
+
+// Input row ih of plane (Hin, Win) as the 2 TW + 2 columns the tiles read,
+// starting at column -left: e0[j] = column 2j, o0[j] = 2j + 1, e1[j] = 2j + 2,
+// o1[j] = 2j + 3 for j < TW (zeros outside the input). tmp holds 2 TW + 2 floats.
+void split_row(const WinoGeom& g, const float* plane, int64_t ih, float* tmp, float* e0, float* o0, float* e1,
+               float* o1) {
+    const int64_t TW = g.TW, len = 2 * TW + 2;
+    if (ih < 0 || ih >= g.Hin) {
+        std::fill(e0, e0 + TW, 0.f);
+        std::fill(o0, o0 + TW, 0.f);
+        std::fill(e1, e1 + TW, 0.f);
+        std::fill(o1, o1 + TW, 0.f);
+        return;
+    }
+    // tmp[j] = row[j - left] inside [0, Win), zero elsewhere.
+    const float* row = plane + ih * g.Win;
+    const int64_t lo = std::clamp<int64_t>(g.left, 0, len), hi = std::clamp<int64_t>(g.left + g.Win, lo, len);
+    std::fill(tmp, tmp + lo, 0.f);
+    std::memcpy(tmp + lo, row + (lo - g.left), static_cast<size_t>(hi - lo) * sizeof(float));
+    std::fill(tmp + hi, tmp + len, 0.f);
+    for (int64_t j = 0; j < TW; ++j) {
+        e0[j] = tmp[2 * j];
+        o0[j] = tmp[2 * j + 1];
+        e1[j] = tmp[2 * j + 2];
+        o1[j] = tmp[2 * j + 3];
+    }
+}
+
+// U[a][k][c] = (G g G^T)[a / 4][a % 4] for g(i, j) = get(k, c, i, j), with
+// G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+template <class Get>
+void transform_weights(int64_t K, int64_t C, const Get& get, float* U, int threads) {
+    parallel_for(
+        K,
+        [&](int64_t k) {
+            for (int64_t c = 0; c < C; ++c) {
+                float g[3][3], t[4][3];
+                for (int i = 0; i < 3; ++i)
+                    for (int j = 0; j < 3; ++j) g[i][j] = get(k, c, i, j);
+                for (int j = 0; j < 3; ++j) {  // t = G g
+                    t[0][j] = g[0][j];
+                    t[1][j] = (g[0][j] + g[1][j] + g[2][j]) * 0.5f;
+                    t[2][j] = (g[0][j] - g[1][j] + g[2][j]) * 0.5f;
+                    t[3][j] = g[2][j];
+                }
+                for (int p = 0; p < 4; ++p) {  // t G^T
+                    const float u[4] = {t[p][0], (t[p][0] + t[p][1] + t[p][2]) * 0.5f,
+                                        (t[p][0] - t[p][1] + t[p][2]) * 0.5f, t[p][2]};
+                    for (int q = 0; q < 4; ++q) U[((p * 4 + q) * K + k) * C + c] = u[q];
+                }
+            }
+        },
+        threads);
+}
+
+// out (N, Kout, Hout, Wout) = conv(in (N, Cin, Hin, Win)) + bias through the
+// transformed weights U (16, Kout, Cin); bias may be null.
+void winograd_conv(const ConvKit& kit, const WinoGeom& g, int64_t N, const float* in, const float* U,
+                   const float* bias, float* out, int threads) {
+    const Blocking bk = make_blocking(g, N);
+    const int64_t TW = g.TW, ld = round_up(bk.max_tiles, 16) + kSlack;
+    // Point strides one cache line past the channel rows, so the 16 points of
+    // one tile land in different cache sets (ld * channels is often a multiple of 4 KB).
+    const int64_t vs = g.Cin * ld + 16, ms = g.Kout * ld + 16;
+    const int64_t v_size = kPoints * vs, m_size = kPoints * ms + kSlack;
+    // Scratch: one padded input row; the 8 split-row arrays (row parity x e0, o0,
+    // e1, o1) of up to rows_max + 1 row pairs; the two output rows of every tile row.
+    const int64_t rows_max = bk.images_per_block > 0 ? g.TH : bk.rows_per_block;
+    const int64_t tmp_size = round_up(2 * TW + 2, 16), arr = (rows_max + 1) * TW + kSlack;
+    const int64_t y_size = 2 * rows_max * TW + 2 * kSlack;
+    const int64_t scratch = v_size + m_size + tmp_size + 8 * arr + 2 * y_size;
+    parallel_for(
+        bk.nblocks,
+        [&](int64_t blk) {
+            float* V = tl_wino.get(scratch);
+            float* M = V + v_size;
+            float* tmp = M + m_size;
+            float* A = tmp + tmp_size;  // split rows: A + (parity * 4 + kind) * arr
+            float* Y = A + 8 * arr;     // output rows: Y + r * y_size
+            int64_t nt = 0;
+            // Input transform, chunk after chunk: the scratch lanes a chunk writes
+            // past its tiles belong to later chunks (or the slack).
+            for_chunks(g, bk, N, blk, [&](int64_t n, int64_t th0, int64_t th1, int64_t tb) {
+                const int64_t P = (th1 - th0) * TW;
+                nt = tb + P;
+                // d[i][q] of tile p (input row 2 th + i): array (i % 2, q) at p + (i / 2) TW.
+                const float* src[16];
+                for (int i = 0; i < 4; ++i)
+                    for (int q = 0; q < 4; ++q) src[4 * i + q] = A + ((i % 2) * 4 + q) * arr + (i / 2) * TW;
+                for (int64_t c = 0; c < g.Cin; ++c) {
+                    const float* plane = in + (n * g.Cin + c) * g.Hin * g.Win;
+                    for (int64_t r = 2 * th0; r < 2 * th1 + 2; ++r) {
+                        float* a0 = A + (r % 2) * 4 * arr + (r / 2 - th0) * TW;
+                        split_row(g, plane, r - g.top, tmp, a0, a0 + arr, a0 + 2 * arr, a0 + 3 * arr);
+                    }
+                    kit.wino2_in(src, P, V + c * ld + tb, vs);
+                }
+            });
+            for (int64_t a = 0; a < kPoints; ++a)
+                sgemm_isa(kit.isa, false, false, g.Kout, nt, g.Cin, 1.f, U + a * g.Kout * g.Cin, g.Cin, V + a * vs, ld,
+                          0.f, M + a * ms, ld, 1);
+            for_chunks(g, bk, N, blk, [&](int64_t n, int64_t th0, int64_t th1, int64_t tb) {
+                const int64_t P = (th1 - th0) * TW, oh1 = std::min(g.Hout, 2 * th1);
+                for (int64_t k = 0; k < g.Kout; ++k) {
+                    kit.wino2_out(M + k * ld + tb, ms, P, bias ? bias[k] : 0.f, Y, Y + y_size);
+                    float* plane = out + (n * g.Kout + k) * g.Hout * g.Wout;
+                    for (int64_t oh = 2 * th0; oh < oh1; ++oh)
+                        std::memcpy(plane + oh * g.Wout, Y + (oh % 2) * y_size + (oh / 2 - th0) * 2 * TW,
+                                    static_cast<size_t>(g.Wout) * sizeof(float));
+                }
+            });
+        },
+        threads);
+}
+
+bool winograd_shape(const Conv2dShape& s, const ConvKit* kit) {
+    return kit && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 && s.groups == 1;
+}
+
+}  // namespace
+
+bool winograd_forward_ok(const Conv2dShape& s, const ConvKit* kit) { return winograd_shape(s, kit); }
+bool winograd_dx_ok(const Conv2dShape& s, const ConvKit* kit) {
+    return winograd_shape(s, kit) && s.pt <= 2 && s.pb <= 2 && s.pl <= 2 && s.pr <= 2;
+}
+
+bool winograd_forward_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
+bool winograd_dx_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
+
+void forward_winograd(const ConvKit& kit, const Conv2dShape& s, const float* x, const float* w, const float* b,
+                      float* y, int threads) {
+    // x (N, C, H, W), w (K, C, 3, 3), b (K,) or null, y (N, K, OH, OW).
+    float* U = tl_wpack.get(kPoints * s.K * s.C);
+    transform_weights(
+        s.K, s.C, [&](int64_t k, int64_t c, int i, int j) { return w[((k * s.C + c) * 3 + i) * 3 + j]; }, U,
+        threads);
+    winograd_conv(kit, make_geom(s.C, s.H, s.W, s.pt, s.pl, s.K, s.OH, s.OW), s.N, x, U, b, y, threads);
+}
+
+void backward_dx_winograd(const ConvKit& kit, const Conv2dShape& s, const float* dy, const float* w, float* dx,
+                          int threads) {
+    // dy (N, K, OH, OW), w (K, C, 3, 3), dx (N, C, H, W): dx = conv(dy padded by 2 - p, w'),
+    // w'[c][k][i][j] = w[k][c][2 - i][2 - j].
+    float* U = tl_wpack.get(kPoints * s.C * s.K);
+    transform_weights(
+        s.C, s.K,
+        [&](int64_t c, int64_t k, int i, int j) { return w[((k * s.C + c) * 3 + (2 - i)) * 3 + (2 - j)]; }, U,
+        threads);
+    winograd_conv(kit, make_geom(s.K, s.OH, s.OW, 2 - s.pt, 2 - s.pl, s.C, s.H, s.W), s.N, dy, U, nullptr, dx,
+                  threads);
+}
+
+}  // namespace conv
+}  // namespace striate

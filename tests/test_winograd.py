@@ -1,0 +1,140 @@
+"""Tests of the Winograd F(2x2, 3x3) forward and dx (csrc/conv_winograd.cpp).
+
+``_core.conv2d_set_winograd("force")`` sends every shape Winograd supports
+(3x3, stride 1, dilation 1, ungrouped; dx with padding at most 2) through it,
+whatever the channel counts, so the small cases here reach the tile, block and
+padding edges. Checked: the float64 oracle of test_core_conv.py within the same
+tolerance as every other conv path, bit-identical results for any thread count
+and on both vector paths, which algorithm each shape takes, and the switch's
+argument check. Not here: the other conv paths (test_core_conv.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_core_conv import _supported_isas, assert_close, call_backward, call_forward, make_inputs, ref_backward, ref_forward
+
+from striate import _core
+
+# (N, C, H, W, K, pads (t, b, l, r))
+CASES = [
+    pytest.param((2, 3, 7, 9, 5, (1, 1, 1, 1)), id="odd-planes"),
+    pytest.param((3, 16, 8, 8, 16, (1, 1, 1, 1)), id="even-planes"),
+    pytest.param((1, 5, 6, 5, 4, (0, 0, 0, 0)), id="no-padding"),
+    pytest.param((2, 4, 5, 6, 3, (2, 2, 2, 2)), id="padding-2"),
+    pytest.param((2, 4, 9, 7, 6, (2, 0, 1, 2)), id="asymmetric-padding"),
+    pytest.param((2, 2, 1, 1, 3, (1, 1, 1, 1)), id="one-pixel"),
+    pytest.param((1, 24, 33, 35, 20, (1, 1, 1, 1)), id="batch1-row-blocks"),
+    pytest.param((40, 8, 6, 6, 8, (1, 1, 1, 1)), id="image-blocks-tail"),
+    pytest.param((2, 40, 7, 7, 48, (1, 1, 1, 1)), id="7x7-wide"),
+    pytest.param((3, 17, 12, 31, 33, (1, 1, 1, 1)), id="rows-past-a-vector"),
+]
+
+
+@pytest.fixture
+def force():
+    before = _core.conv2d_get_winograd()
+    _core.conv2d_set_winograd("force")
+    yield
+    _core.conv2d_set_winograd(before)
+
+
+def _run(case, seed=0, grads=True):
+    N, C, H, W, K, pads = case
+    rng = np.random.default_rng(seed)
+    x, w, b = make_inputs(rng, N, C, H, W, K, 3, 3, 1)
+    y = call_forward(x, w, b, pads=pads)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    dx = call_backward(dy, x, w, pads=pads, need=(True, False, False))[0] if grads else None
+    return x, w, b, dy, y, dx
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_oracle(case, force, isa):
+    N, C, H, W, K, pads = case
+    x, w, b, dy, y, dx = _run(case)
+    algos = _core.conv2d_algorithms(x, w, 1, 1, *pads, 1, 1, 1)
+    if isa != "generic":
+        assert algos["forward"] == "winograd" and algos["dx"] == "winograd", algos
+    assert_close(y, ref_forward(x, w, b, (1, 1), pads, (1, 1), 1), C * 9, "y", case)
+    assert_close(dx, ref_backward(dy, x, w, (1, 1), pads, (1, 1), 1)[0], K * 9, "dx", case)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[7], CASES[9]])
+def test_bit_identical_for_any_thread_count(case, force, isa):
+    first = None
+    for threads in (1, 2, 3, 8):
+        _core.set_num_threads(threads)
+        _, _, _, _, y, dx = _run(case)
+        if first is None:
+            first = (y, dx)
+        else:
+            assert y.tobytes() == first[0].tobytes() and dx.tobytes() == first[1].tobytes(), threads
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vector_paths_give_identical_bits(case, force):
+    if "avx512" not in _supported_isas():
+        pytest.skip("needs a CPU with both the avx512 and the avx2 path")
+    before = _core.get_isa()
+    try:
+        out = {}
+        for name in ("avx512", "avx2"):
+            _core.set_isa(name)
+            out[name] = _run(case)[4:]
+    finally:
+        _core.set_isa(before)
+    for a, b in zip(out["avx512"], out["avx2"]):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize(
+    "shape, pads, forward, dx",
+    [
+        (((8, 32, 16, 16), (32, 32, 3, 3)), (1, 1, 1, 1), "winograd", "winograd"),
+        (((8, 8, 16, 16), (32, 8, 3, 3)), (1, 1, 1, 1), "direct", None),  # few input channels
+        (((8, 32, 16, 16), (32, 32, 3, 3)), (3, 3, 3, 3), "winograd", None),  # dx padding above 2
+        (((8, 32, 16, 16), (32, 32, 5, 5)), (2, 2, 2, 2), "direct", None),
+    ],
+)
+def test_auto_takes_winograd_where_it_pays(shape, pads, forward, dx):
+    if _core.get_isa() == "generic":
+        pytest.skip("the generic path takes im2col + GEMM everywhere")
+    assert _core.conv2d_get_winograd() == "auto"
+    x, w = np.zeros(shape[0], np.float32), np.zeros(shape[1], np.float32)
+    got = _core.conv2d_algorithms(x, w, 1, 1, *pads, 1, 1, 1)
+    assert got["forward"] == forward
+    if dx is not None:
+        assert got["dx"] == dx
+    else:
+        assert got["dx"] != "winograd"
+
+
+def test_off_never_takes_winograd():
+    x, w = np.zeros((8, 32, 16, 16), np.float32), np.zeros((32, 32, 3, 3), np.float32)
+    try:
+        _core.conv2d_set_winograd("off")
+        got = _core.conv2d_algorithms(x, w, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+        assert "winograd" not in got.values()
+    finally:
+        _core.conv2d_set_winograd("auto")
+
+
+def test_switch_refuses_unknown_modes_naming_the_argument():
+    with pytest.raises(ValueError, match="`mode`.*'fast'"):
+        _core.conv2d_set_winograd("fast")
+    assert _core.conv2d_get_winograd() == "auto"
+
+
+def test_non_finite_inputs_stay_where_they_belong(force):
+    # Winograd mixes the inputs of a whole 4x4 tile into every output of the tile:
+    # an inf reaches the outputs whose receptive field holds it, and may reach
+    # their tile neighbours (as the GEMM's own accumulation would not); finite
+    # tiles elsewhere stay finite.
+    x = np.zeros((1, 16, 12, 12), np.float32)
+    x[0, 3, 1, 1] = np.inf
+    w = np.ones((16, 16, 3, 3), np.float32)
+    y = call_forward(x, w, None, pads=(1, 1, 1, 1))
+    assert not np.isfinite(y[0, :, :4, :4]).all()
+    assert np.isfinite(y[0, :, 6:, 6:]).all()
