@@ -26,6 +26,19 @@ Prints a header (date, CPU model, ISA path, threads, versions) and a table of
 images/s, epoch seconds, the last epoch's training loss, test accuracy on the
 full test set, and the striate / PyTorch ratio of images/s.
 
+``--model resnet20`` times the README's ResNet-20 recipe instead: the
+command ``striate train --model resnet20 --dataset fashion-mnist`` with the
+recipe's options, run as a subprocess and timed from start to end (loading,
+training, evaluation, saving), then the same recipe in PyTorch timed the same
+way: the same architecture from the same initial weights, the same data
+arrays, batch, epochs, SGD with Nesterov momentum and weight decay, the same
+one-cycle schedule stepped per batch (``torch.optim.lr_scheduler.OneCycleLR``
+without momentum cycling, as striate's), and the same random-affine
+augmentation, applied to each batch by striate's C++ ``augment`` in both
+runs. Batch order, augmentation draws and dropout-free training differ only
+in their random streams. It prints both wall times, test accuracies and their
+ratio.
+
 Not here: synthetic-data throughput and peak RSS (``bench_train.py``),
 kernel timings (``bench_kernels.py``), or any speed threshold: this reports,
 it does not judge.
@@ -34,6 +47,7 @@ Usage::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fashion.py \\
         [--threads 2] [--epochs 1] [--model tf|lenet|both] [--isa avx2] [--limit N] [--root DIR]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fashion.py --model resnet20 --epochs 12
 """
 
 from __future__ import annotations
@@ -65,6 +79,12 @@ LR = 0.01
 MOMENTUM = 0.9
 EVAL_BATCH = 256
 TOLERANCE = 1e-4
+
+
+# The ResNet-20 recipe of the README (--model resnet20): batch, peak learning rate.
+RECIPE_BATCH = 128
+RECIPE_LR = 0.1
+RECIPE_WEIGHT_DECAY = 5e-4
 
 
 # name -> (builder, zero padding applied to the 28x28 images)
@@ -129,7 +149,8 @@ def _print_header(args, n_train, n_test, data_root):
           f"Python {platform.python_version()}")
     print(f"data:    {data_root}: {n_train} training images{' (--limit)' if args.limit else ''}, "
           f"{n_test} test images")
-    print(f"setup:   batch {BATCH}, SGD lr {LR} momentum {MOMENTUM}, {args.epochs} epoch(s), seed {args.seed}")
+    if args.model != "resnet20":  # the recipe prints its own
+        print(f"setup:   batch {BATCH}, SGD lr {LR} momentum {MOMENTUM}, {args.epochs} epoch(s), seed {args.seed}")
 
 
 # --------------------------------------------------------------------------- data
@@ -285,6 +306,94 @@ def _run_model(key, train, test, args):
     return rows, val_err
 
 
+# --------------------------------------------------------------------------- the ResNet-20 recipe
+
+
+def _recipe_command(args):
+    cmd = ["-m", "striate", "train", "--model", "resnet20", "--dataset", "fashion-mnist",
+           "--epochs", str(args.epochs), "--batch-size", str(RECIPE_BATCH), "--lr", str(RECIPE_LR),
+           "--weight-decay", str(RECIPE_WEIGHT_DECAY), "--seed", str(args.seed), "--threads", str(args.threads),
+           "--verbose", "2"]
+    if args.root:
+        cmd += ["--data-root", args.root]
+    return cmd
+
+
+def _striate_recipe(args, out_dir):
+    """``striate train`` with the recipe, in a subprocess; (wall seconds, test accuracy)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(_HERE, "..", "python"), env.get("PYTHONPATH", "")])
+    if args.isa:
+        env["STRIATE_ISA"] = args.isa
+    cmd = [sys.executable, *_recipe_command(args), "--out", os.path.join(out_dir, "resnet20.safetensors")]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    sec = time.perf_counter() - t0
+    sys.stderr.write(r.stderr)
+    if r.returncode != 0:
+        raise SystemExit(f"bench_fashion: `striate train` failed ({r.returncode}):\n{r.stdout}")
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("test accuracy")]
+    if not line:
+        raise SystemExit(f"bench_fashion: no accuracy line in `striate train`'s output:\n{r.stdout}")
+    return sec, float(line[-1].split()[2].rstrip("%")) / 100.0
+
+
+def _torch_recipe(args):
+    """The same recipe in PyTorch, timed from loading the data; (wall seconds, test accuracy)."""
+    from striate import augment
+    from striate._cli_data import build_model, fit_to_model, load_data
+    from striate.training.data import to_float32
+
+    t0 = time.perf_counter()
+    data = load_data("fashion-mnist", args.root)
+    st.seed(args.seed)
+    model = build_model("resnet20", data.shape, data.num_classes)  # the CLI's initial weights for this seed
+    (x, y), (xt, yt) = data.train, data.test
+    x, xt = fit_to_model(model, x), fit_to_model(model, xt)
+    tm = bench_train._torch_model(model)
+    opt = torch.optim.SGD(tm.parameters(), lr=RECIPE_LR, momentum=0.9, nesterov=True,
+                          weight_decay=RECIPE_WEIGHT_DECAY)
+    steps = -(-x.shape[0] // RECIPE_BATCH)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=RECIPE_LR, total_steps=steps * args.epochs,
+                                                cycle_momentum=False)
+    aug = augment.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))  # the CLI's default
+    rng = np.random.default_rng(args.seed)
+    yt_all = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    for epoch in range(args.epochs):
+        tm.train()
+        perm = rng.permutation(x.shape[0])
+        for step in range(steps):
+            idx = perm[step * RECIPE_BATCH : (step + 1) * RECIPE_BATCH]
+            xb = aug(to_float32(x[idx]), int(rng.integers(2**63)))
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(tm(torch.from_numpy(xb)), yt_all[idx])
+            loss.backward()
+            opt.step()
+            sched.step()
+        print(f"  PyTorch ResNet-20: epoch {epoch + 1}/{args.epochs} done, last loss {loss.item():.4f}",
+              file=sys.stderr, flush=True)
+    acc = _torch_accuracy(tm, np.ascontiguousarray(to_float32(xt)), np.asarray(yt))
+    return time.perf_counter() - t0, acc
+
+
+def _run_recipe(args):
+    import tempfile
+
+    print(f"recipe:  python {' '.join(_recipe_command(args))}")
+    print(f"         batch {RECIPE_BATCH}, one-cycle to lr {RECIPE_LR}, SGD Nesterov 0.9, weight decay "
+          f"{RECIPE_WEIGHT_DECAY}, random affine (10 deg, 10% shift, 0.9-1.1 scale), {args.epochs} epoch(s)")
+    sys.stdout.flush()
+    with tempfile.TemporaryDirectory() as out_dir:
+        s_sec, s_acc = _striate_recipe(args, out_dir)
+    print(f"| framework | wall time s | test accuracy |\n|---|---|---|\n| striate | {s_sec:.1f} | {100 * s_acc:.2f}% |")
+    if torch is None:
+        return 0
+    t_sec, t_acc = _torch_recipe(args)
+    print(f"| PyTorch | {t_sec:.1f} | {100 * t_acc:.2f}% |")
+    print(f"\nPyTorch time / striate time: {t_sec / s_sec:.2f}x")
+    return 0
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -302,7 +411,9 @@ def _parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=_positive, default=2, help="threads for striate and PyTorch (default 2)")
     ap.add_argument("--epochs", type=_positive, default=1, help="training epochs (default 1)")
-    ap.add_argument("--model", choices=("tf", "lenet", "both"), default="both", help="which model (default both)")
+    ap.add_argument("--model", choices=("tf", "lenet", "both", "resnet20"), default="both",
+                    help="which model (default both); resnet20: the README's ResNet-20 recipe, `striate train` "
+                         "against the same recipe in PyTorch, by wall time")
     ap.add_argument("--isa", metavar="NAME", help="striate's SIMD path, through st.set_isa (avx512, avx2, generic)")
     ap.add_argument("--limit", type=_positive, metavar="N", help="train on the first N images only (smoke runs)")
     ap.add_argument("--root", metavar="DIR", help="folder holding the four Fashion-MNIST IDX files")
@@ -353,6 +464,11 @@ def main(argv=None):
     train, test, where = loaded
     _print_header(args, train[0].shape[0], test[0].shape[0], where)
     sys.stdout.flush()  # the header before the progress lines on stderr
+    if args.model == "resnet20":
+        if args.limit:
+            print("bench_fashion: --limit does not apply to the resnet20 recipe (it runs `striate train`)")
+            return 2
+        return _run_recipe(args)
     keys = ["tf", "lenet"] if args.model == "both" else [args.model]
     rows, checks = [], []
     for key in keys:
