@@ -228,3 +228,75 @@ def test_plan_honours_a_dropout_switched_to_training():
     assert not np.array_equal(f(x), ref)
     f[12].training = False
     assert np.array_equal(f(x), ref)
+
+
+def resnet_like(seed=0):
+    """BatchNorm, a nested Sequential and both kinds of Residual, in evaluation mode with real statistics."""
+    st.seed(seed)
+    m = st.Sequential([
+        L.Conv2d(2, 4, 3, padding=1, bias=False), L.BatchNorm2d(4), L.ReLU(),
+        L.Residual(st.Sequential([L.Conv2d(4, 4, 3, padding=1, bias=False), L.BatchNorm2d(4), L.ReLU(),
+                                  L.Conv2d(4, 4, 3, padding=1, bias=False), L.BatchNorm2d(4)])),
+        L.ReLU(),
+        L.Residual(st.Sequential([L.Conv2d(4, 6, 3, 2, 1, bias=False), L.BatchNorm2d(6)]),
+                   st.Sequential([L.Conv2d(4, 6, 1, 2, bias=False), L.BatchNorm2d(6)])),
+        L.ReLU(),
+        st.Sequential([L.Conv2d(6, 6, 1), L.BatchNorm2d(6)]),
+        L.AdaptiveAvgPool2d(1), L.Flatten(), L.Linear(6, 5),
+    ])
+    rng = np.random.default_rng(seed)
+    for layer in st.layers.chain.leaves(m):
+        if isinstance(layer, L.BatchNorm2d):
+            c = layer.num_features
+            layer.running_mean[...] = rng.standard_normal(c)
+            layer.running_var[...] = rng.uniform(0.5, 2.0, c)
+            layer.weight.data[...] = rng.uniform(0.5, 1.5, c)
+            layer.bias.data[...] = rng.standard_normal(c)
+    return m.eval()
+
+
+def test_plan_runs_through_batchnorm_residuals_and_nested_models_bit_for_bit(backend):
+    m = resnet_like()
+    x = data(n=3)[0]
+    chain = st.layers.chain.forward_chain(m.layers, x)
+    m._predicting = True
+    try:
+        m(x), m(x)  # plans the model, then (on its first planned run) each nested Sequential
+        bns = [la for la in st.layers.chain.leaves(m) if isinstance(la, L.BatchNorm2d)]
+        for bn in bns:
+            bn._cache = None
+        planned = [m(x) for _ in range(2)]
+        if backend == "cpp":  # planned: no layer forward ran, nothing was saved
+            assert all(bn._cache is None for bn in bns)
+    finally:
+        m._predicting = False
+    assert all(np.array_equal(p, chain) for p in planned)
+    assert not np.shares_memory(planned[0], planned[1])
+
+
+def test_plan_reads_batchnorm_statistics_live_and_follows_a_switch_to_training():
+    m = resnet_like()
+    x = data(n=4)[0]
+    m.predict(x)
+    bn = m[1]
+    bn.running_mean[...] += 0.5
+    logits = st.layers.chain.forward_chain(m.layers, x)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(m.predict(x), e / e.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)
+    m._predicting = True
+    try:
+        bn.training = True  # its own mode, changed after planning: batch statistics, tracked
+        tracked = int(bn.num_batches_tracked)
+        m(x)
+        assert int(bn.num_batches_tracked) == tracked + 1
+    finally:
+        m._predicting = False
+
+
+def test_predict_of_resnet20_matches_its_evaluation_forward():
+    m = st.zoo.resnet20(num_classes=10, in_channels=3).eval()
+    x = np.random.default_rng(2).standard_normal((4, 3, 32, 32), dtype=np.float32)
+    logits = m(x)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    for _ in range(2):
+        np.testing.assert_allclose(m.predict(x), e / e.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)

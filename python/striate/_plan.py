@@ -3,8 +3,12 @@
 ``build(layers, x)`` walks a chain for one float32 input, checks every
 geometry once (with the same functions the layers use) and returns a
 ``Plan``: a list of small closures that call the C++ core directly, with a
-ReLU that follows a Conv2d or Linear (through Identity layers) applied in
-place on that layer's fresh output (the conv's bias + ReLU epilogue). A call
+ReLU that follows a Conv2d, Linear, BatchNorm2d or Residual (through
+Identity layers) applied in place on that layer's fresh output (the conv's
+bias + ReLU epilogue). A BatchNorm2d in evaluation mode becomes one call of
+the core's affine kernel with its running statistics read live; a nested
+``Sequential`` runs its own plan, and a ``Residual`` the plans of its
+branches, so a ResNet is planned through. A call
 then costs one Python closure per kept step, without the per-layer argument
 checks, copies and saved state of ``Layer.forward``. Layers the planner does
 not know run their own ``forward``. Weights are read from the layers on every
@@ -25,7 +29,9 @@ from ._config import get_backend
 from .layers.activation import ReLU
 from .layers.conv import Conv2d
 from .layers.core import Dropout, Flatten, Identity, Linear
+from .layers.normalization import BatchNorm2d
 from .layers.pool import MaxPool2d
+from .layers.residual import Residual
 
 __all__ = ["Plan", "build", "plannable"]
 
@@ -100,6 +106,39 @@ def _pool_step(pool, shape):
     return step
 
 
+def _batchnorm_step(bn, relu):
+    apply = _core.batch_norm_forward_apply
+
+    def step(x):
+        if bn._uses_batch_stats():  # switched to training after planning: batch statistics, tracked
+            y = bn.forward(x)
+        else:  # as BatchNorm2d.forward in evaluation mode, from the live statistics and weights
+            mean, scale, _ = bn._running_affine()
+            y = apply(x, mean, scale, _contiguous(bn.bias.data))
+        if relu:
+            np.maximum(y, 0, out=y)
+        return y
+    return step
+
+
+def _planned_child(layer):
+    """The planned forward of a nested ``Sequential`` (not a subclass), else None."""
+    return layer._planned_forward if "_planned_forward" in type(layer).__dict__ else None
+
+
+def _residual_step(res, relu):
+    body = _planned_child(res.body) or res.body.forward
+    short = None if res.shortcut is None else (_planned_child(res.shortcut) or res.shortcut.forward)
+
+    def step(x):
+        y = body(x)
+        y = y + (x if short is None else short(x))  # a new array: a branch may return its input
+        if relu:
+            np.maximum(y, 0, out=y)
+        return y
+    return step
+
+
 def _dropout_step(drop):
     def step(x):
         return drop.forward(x) if drop.training else x  # a layer's mode may change after planning
@@ -134,7 +173,9 @@ def build(layers, x, out_shapes):
         layer = layers[i]
         relu = _relu_follows(layers, i)
         fast = all(p.data.dtype == np.float32 and p.data.flags.c_contiguous for p in layer.parameters())
-        kernel = fast and (_exact(layer, Conv2d) or (_exact(layer, Linear) and len(shape) == 2)) or _exact(layer, MaxPool2d)
+        bn = fast and _exact(layer, BatchNorm2d) and len(shape) == 4 and not layer._uses_batch_stats()
+        kernel = (fast and (_exact(layer, Conv2d) or (_exact(layer, Linear) and len(shape) == 2))
+                  or _exact(layer, MaxPool2d) or bn)
         if generic and kernel:
             steps.append(_contiguous)  # the core takes C-contiguous arrays only
         if kernel:
@@ -146,6 +187,14 @@ def build(layers, x, out_shapes):
         elif _exact(layer, MaxPool2d):
             steps.append(_pool_step(layer, shape))
             relu = None
+        elif bn:
+            steps.append(_batchnorm_step(layer, relu is not None))
+        elif _exact(layer, Residual):
+            steps.append(_residual_step(layer, relu is not None))
+            generic = True  # the sum of two branches' arrays, whatever their layout
+        elif _planned_child(layer) is not None:
+            steps.append(_planned_child(layer))
+            relu, generic = None, True  # its output may be its input (a chain of Identity layers)
         elif _exact(layer, Identity):
             relu = None
         elif _exact(layer, Flatten):
@@ -160,7 +209,8 @@ def build(layers, x, out_shapes):
         else:
             steps.append(layer.forward)
             relu, generic = None, True
-        fresh = kernel or (fresh and any(_exact(layer, c) for c in (Identity, Flatten, ReLU, Dropout)))
+        fresh = kernel or _exact(layer, Residual) or (
+            fresh and any(_exact(layer, c) for c in (Identity, Flatten, ReLU, Dropout)))
         if relu is not None:
             i = relu  # the ReLU ran in place on this layer's output
         shape = tuple(out_shapes[i])

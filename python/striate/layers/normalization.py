@@ -135,13 +135,20 @@ class BatchNorm2d(Layer):
             self._track(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
             mean = mean.astype(np.float32)
         else:
-            inv64 = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            invstd = inv64.astype(np.float32)
-            mean = _f32c(self.running_mean)
-            scale = (inv64 * self.weight.data.astype(np.float64)).astype(np.float32)
+            mean, scale, invstd = self._running_affine()
             y = _core.batch_norm_forward_apply(x, mean, scale, b)
         self._cache = (True, x, mean, invstd, batch)
         return y
+
+    def _running_affine(self):
+        """``(mean, scale, invstd)`` in float32 for ``y = (x - mean) * scale + bias`` with the running statistics.
+
+        Computed in float64 from the live buffers and weight; the planned
+        inference forward (``striate._plan``) calls it too, so both give the same bits.
+        """
+        inv64 = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        scale = (inv64 * self.weight.data.astype(np.float64)).astype(np.float32)
+        return _f32c(self.running_mean), scale, inv64.astype(np.float32)
 
     def backward(self, dy):
         core, saved, mean, invstd, batch = self._saved("_cache")
