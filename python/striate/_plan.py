@@ -5,15 +5,19 @@ geometry once (with the same functions the layers use) and returns a
 ``Plan``: a list of small closures that call the C++ core directly, with a
 ReLU that follows a Conv2d, Linear, BatchNorm2d or Residual (through
 Identity layers) applied in place on that layer's fresh output (the conv's
-bias + ReLU epilogue). A BatchNorm2d in evaluation mode becomes one call of
-the core's affine kernel with its running statistics read live; a nested
+bias + ReLU epilogue). A BatchNorm2d in evaluation mode right after a Conv2d
+is folded into it on every call, from the live weights and statistics, as
+``fuse()`` folds it (so the plan gives ``fuse()``'s bits, and the layers'
+own to float32 rounding); any other one becomes one call of the core's
+affine kernel with its running statistics read live; a nested
 ``Sequential`` runs its own plan, and a ``Residual`` the plans of its
 branches, so a ResNet is planned through. A call
 then costs one Python closure per kept step, without the per-layer argument
 checks, copies and saved state of ``Layer.forward``. Layers the planner does
 not know run their own ``forward``. Weights are read from the layers on every
 call, so a plan never holds stale weights. Outputs are bit-identical to the
-layers' own forward (the same kernels, in the same order).
+layers' own forward (the same kernels, in the same order), BatchNorm folding
+aside.
 
 Not here: deciding when a plan may be used (``Sequential.forward``: fused
 models and ``predict`` only, since a planned forward saves nothing for
@@ -27,6 +31,7 @@ import numpy as np
 from . import _args, _core
 from ._config import get_backend
 from .layers.activation import ReLU
+from .layers.container import folded_conv_bn
 from .layers.conv import Conv2d
 from .layers.core import Dropout, Flatten, Identity, Linear
 from .layers.normalization import BatchNorm2d
@@ -106,6 +111,33 @@ def _pool_step(pool, shape):
     return step
 
 
+def _conv_bn_step(conv, bn, shape, relu):
+    """``conv`` then ``bn`` as one convolution with the folded weights (computed per call)."""
+    plain = _conv_step(conv, shape, False)
+    spec = _args.conv_spec(shape, conv.weight.data.shape, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    args, fwd = spec.core_args(), _core.conv2d_forward
+
+    def step(x):
+        if bn._uses_batch_stats():  # switched to training after planning: batch statistics, tracked
+            y = bn.forward(plain(x))
+        else:
+            w, b = folded_conv_bn(conv, bn)
+            y = fwd(x, w, b, *args)
+        if relu:
+            np.maximum(y, 0, out=y)
+        return y
+    return step
+
+
+def _folds(layers, i, shape, fast):
+    """Whether ``layers[i]`` is a Conv2d the BatchNorm2d after it (evaluation mode) folds into."""
+    if i + 1 >= len(layers) or not fast or not _exact(layers[i], Conv2d) or len(shape) != 4:
+        return False
+    bn = layers[i + 1]
+    return (_exact(bn, BatchNorm2d) and bn.num_features == layers[i].out_channels and not bn._uses_batch_stats()
+            and all(p.data.dtype == np.float32 for p in bn.parameters()))
+
+
 def _batchnorm_step(bn, relu):
     apply = _core.batch_norm_forward_apply
 
@@ -180,7 +212,12 @@ def build(layers, x, out_shapes):
             steps.append(_contiguous)  # the core takes C-contiguous arrays only
         if kernel:
             generic = False
-        if _exact(layer, Conv2d) and fast:
+        if _folds(layers, i, shape, fast):
+            relu = _relu_follows(layers, i + 1)
+            steps.append(_conv_bn_step(layer, layers[i + 1], shape, relu is not None))
+            if relu is None:
+                i += 1  # past the BatchNorm
+        elif _exact(layer, Conv2d) and fast:
             steps.append(_conv_step(layer, shape, relu is not None))
         elif _exact(layer, Linear) and fast and len(shape) == 2:
             steps.append(_linear_step(layer, relu is not None))

@@ -178,7 +178,9 @@ class Sequential(_Container):
 
         A model made by ``fuse()``, and any model inside ``predict``, runs a
         forward planned once per input shape (``striate._plan``): the same
-        kernels and bits, with the per-layer checks done at planning time.
+        kernels and bits, with the per-layer checks done at planning time,
+        except that a BatchNorm2d right after a Conv2d is folded into it on
+        every call as ``fuse()`` folds it (float32 rounding).
         Such a forward saves nothing for ``backward``. The array returned is
         the last layer's output, new on every call. Another thread entering the
         same model meanwhile gets ``RuntimeError``.

@@ -25,7 +25,7 @@ from .conv import Conv2d
 from .core import Identity
 from .normalization import BatchNorm2d
 
-__all__ = ["nodes", "child_spec", "fuse_conv_bn"]
+__all__ = ["nodes", "child_spec", "fuse_conv_bn", "folded_conv_bn"]
 
 
 def nodes(layer):
@@ -223,17 +223,28 @@ class _Container(Layer):
         return f"{type(self).__name__}({inner}\n)" if inner else f"{type(self).__name__}()"
 
 
-def _fold(conv, bn):
-    """Fold ``bn`` (evaluation-mode statistics) into ``conv`` in place; the conv gains a bias if it had none."""
+def folded_conv_bn(conv, bn):
+    """``(weight, bias)`` of ``conv`` followed by ``bn`` (its running statistics), in ``conv``'s dtype.
+
+    Computed in float64 from the live weights and buffers. ``fuse_conv_bn``
+    stores them; the planned inference forward (``striate._plan``) computes
+    them on every call, so both give the same bits.
+    """
     dt = conv.weight.data.dtype
     scale = bn.weight.data.astype(np.float64) / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
     bias = conv.bias.data.astype(np.float64) if conv.bias is not None else np.zeros(conv.out_channels)
-    if conv.bias is None:
-        conv.bias = conv._add_param("bias", (conv.out_channels,), fill=0.0)
     w = conv.weight.data.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
     b = (bias - bn.running_mean.astype(np.float64)) * scale + bn.bias.data.astype(np.float64)
-    conv.weight.data = w.astype(dt)
-    conv.bias.data = b.astype(dt)
+    return w.astype(dt), b.astype(dt)
+
+
+def _fold(conv, bn):
+    """Fold ``bn`` (evaluation-mode statistics) into ``conv`` in place; the conv gains a bias if it had none."""
+    w, b = folded_conv_bn(conv, bn)
+    if conv.bias is None:
+        conv.bias = conv._add_param("bias", (conv.out_channels,), fill=0.0)
+    conv.weight.data = w
+    conv.bias.data = b
     conv.weight.grad = conv.bias.grad = None
 
 
