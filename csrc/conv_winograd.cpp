@@ -22,7 +22,6 @@
 // algorithm (conv2d.cpp), other kernel sizes, strides or groups.
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "conv_internal.hpp"

@@ -70,12 +70,16 @@ def _relu_follows(layers, i):
     return j if j < len(layers) and type(layers[j]) is ReLU else None
 
 
-def _conv_step(conv, shape, relu):
+def _conv_step(conv, shape, relu, weights=None):
+    """``conv`` as one core call; ``weights()``, when given, supplies its ``(weight, bias)`` on every call."""
     w, b = conv.weight, conv.bias
     spec = _args.conv_spec(shape, w.data.shape, None if b is None else b.data.shape, conv.stride, conv.padding,
                            conv.dilation, conv.groups)
     args, fwd = spec.core_args(), _core.conv2d_forward
-    if b is None:
+    if weights is not None:
+        def step(x):
+            return fwd(x, *weights(), *args)
+    elif b is None:
         def step(x):
             return fwd(x, w.data, None, *args)
     else:
@@ -114,15 +118,11 @@ def _pool_step(pool, shape):
 def _conv_bn_step(conv, bn, shape, relu):
     """``conv`` then ``bn`` as one convolution with the folded weights (computed per call)."""
     plain = _conv_step(conv, shape, False)
-    spec = _args.conv_spec(shape, conv.weight.data.shape, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-    args, fwd = spec.core_args(), _core.conv2d_forward
+    folded = _conv_step(conv, shape, False, weights=lambda: folded_conv_bn(conv, bn))
 
     def step(x):
-        if bn._uses_batch_stats():  # switched to training after planning: batch statistics, tracked
-            y = bn.forward(plain(x))
-        else:
-            w, b = folded_conv_bn(conv, bn)
-            y = fwd(x, w, b, *args)
+        # bn switched to training after planning: batch statistics, tracked
+        y = bn.forward(plain(x)) if bn._uses_batch_stats() else folded(x)
         if relu:
             np.maximum(y, 0, out=y)
         return y
