@@ -22,6 +22,7 @@ void bind_pool(py::module_& m);
 void bind_norm(py::module_& m);
 void bind_gemm(py::module_& m);
 void bind_augment(py::module_& m);
+void bind_elementwise(py::module_& m);
 }  // namespace striate
 
 PYBIND11_MODULE(_core, m) {
@@ -86,4 +87,5 @@ PYBIND11_MODULE(_core, m) {
     striate::bind_norm(m);
     striate::bind_gemm(m);
     striate::bind_augment(m);
+    striate::bind_elementwise(m);
 }

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from .. import _core
+from .._config import get_backend
 from .base import _float, _int, _check_input, _as, Layer
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -24,6 +26,16 @@ _ERFC_COEFFS = (0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807, -0
 
 
 _erfc_exact = np.frompyfunc(math.erfc, 1, 1)
+
+
+def _on_core(*arrays):
+    """True when every array is float32, C-contiguous and aligned and the C++ backend is on.
+
+    The core's element-wise kernels (csrc/elementwise.cpp) then give NumPy's
+    bits on all threads.
+    """
+    return get_backend() != "numpy" and all(
+        a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned for a in arrays)
 
 
 def _erfc(z, exact=False):
@@ -93,29 +105,42 @@ class ReLU(_Elementwise):
     # clamps that array in place (the conv's bias + ReLU epilogue, without a
     # second buffer) and the backward masks its own private dy in place.
     # max(x, 0) and dy * mask are exact, so the bits are those of the
-    # out-of-place path.
+    # out-of-place path. Float32 arrays run on the core's threaded kernels
+    # (csrc/elementwise.cpp), which give NumPy's bits.
     _can_inplace = True
     _inplace = False
 
     def forward(self, x):
-        if not self._inplace:
-            return super().forward(x)
         _check_input(x, "ReLU")
-        self._y = np.maximum(x, 0, out=x)
-        return x
+        if self._inplace:
+            if _on_core(x):
+                _core.relu(x, x)
+            else:
+                np.maximum(x, 0, out=x)
+            self._y = x
+            return x
+        self._y = self._f(x)
+        return self._y
 
     def backward(self, dy):
-        if not self._inplace:
-            return super().backward(dy)
         y = self._saved("_y")
         self._check_dy(dy, y.shape)
         if not self.needs_input_grad:
             return None
-        if dy.dtype != y.dtype or not dy.flags.writeable:
-            return _as(dy, y.dtype) * self._df(y)
-        return np.multiply(dy, self._df(y), out=dy)
+        own = self._inplace and dy.flags.writeable
+        if dy.dtype != y.dtype:
+            dy, own = _as(dy, y.dtype), True
+        if _on_core(dy, y):
+            out = dy if own else np.empty_like(dy)
+            _core.relu_backward(dy, y, out)
+            return out
+        return np.multiply(dy, self._df(y), out=dy if own else None)
 
     def _f(self, x):
+        if _on_core(x):
+            y = np.empty_like(x)
+            _core.relu(x, y)
+            return y
         return np.maximum(x, 0)
 
     def _df(self, y):
