@@ -226,8 +226,15 @@ const ConvKit* kit_avx2();
 const ConvKit* conv_kit();
 
 // xT (Hp*Wp, ldc) = zero-padded channels-last copy of x (Cg, H, W); ldc is a multiple of kit.W.
+// Hp and Wp may exceed the padded size: the rows and columns past it are zero.
 void pad_transpose(const ConvKit& kit, const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t Hp, int64_t ldc,
                    const float* x, float* xT);
+// The same for the padded rows [hp0, hp1) only: xT ((hp1 - hp0)*Wp, ldc).
+void pad_transpose_rows(const ConvKit& kit, const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t hp0, int64_t hp1,
+                        int64_t ldc, const float* x, float* xT);
+// The kit's dw outer-product tile with the least padded work for Cg input and
+// Kg output channels (conv_common.cpp).
+const ConvKit::DwVariant& choose_dw_variant(const ConvKit& kit, int64_t Cg, int64_t Kg);
 // dyT (P, ldk) = transpose of dy (Kg, P); ldk is a multiple of kit.W, columns past Kg zero.
 void transpose_dy(const ConvKit& kit, int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dyT);
 
