@@ -35,6 +35,7 @@ using DwVariant = ConvKit::DwVariant;
 // Partials per chunk are (groups, kh*kw, kpad, ldc): part[g][i*kw + j][k][c].
 class DwDirect final : public DwPlan {
    public:
+    const char* name() const override { return "direct"; }
     DwDirect(const ConvKit& kit, const Conv2dShape& s)
         : kit_(kit), s_(s), v_(choose_dw_variant(kit, s.C / s.groups, s.K / s.groups)) {
         Cg_ = s.C / s.groups;
