@@ -78,7 +78,7 @@ py::tuple conv2d_backward_py(const py::object& dy_obj, const py::object& x_obj, 
     return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
 }
 
-// {"forward": name, "dx": name}: the algorithms conv2d_forward and conv2d_backward take for this shape.
+// {"forward": name, "dx": name, "dw": name}: the algorithms conv2d_forward and conv2d_backward take for this shape.
 py::dict conv2d_algorithms_py(const py::object& x_obj, const py::object& w_obj, int64_t stride_h, int64_t stride_w,
                               int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right, int64_t dil_h,
                               int64_t dil_w, int64_t groups) {
@@ -90,6 +90,7 @@ py::dict conv2d_algorithms_py(const py::object& x_obj, const py::object& w_obj, 
     py::dict d;
     d["forward"] = a.forward;
     d["dx"] = a.dx;
+    d["dw"] = a.dw;
     return d;
 }
 
@@ -114,7 +115,7 @@ void bind_conv(py::module_& m) {
     m.def("conv2d_algorithms", &conv2d_algorithms_py, py::arg("x"), py::arg("w"), py::arg("stride_h"),
           py::arg("stride_w"), py::arg("pad_top"), py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"),
           py::arg("dil_h"), py::arg("dil_w"), py::arg("groups"),
-          "The algorithms ({'forward': ..., 'dx': ...}) conv2d_forward and conv2d_backward take for these arrays' "
+          "The algorithms ({'forward': ..., 'dx': ..., 'dw': ...}) conv2d_forward and conv2d_backward take for these arrays' "
           "shapes on the active ISA path.");
 }
 

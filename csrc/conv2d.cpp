@@ -19,6 +19,8 @@
 //       (conv_dx_scatter.cpp) when it needs fewer FMAs or the padding is wider
 //       than the dilated kernel, else the direct kernel on the padded dy.
 //   dw, first that applies:
+//       3x3, stride 1, dilation 1, ungrouped, >= 16 input and output
+//           channels: Winograd F(3x3, 2x2) (conv_dw_winograd.cpp);
 //       >= 16 input channels per group, any stride: outer products on
 //           channels-last copies (conv_dw_direct.cpp);
 //       < 16 input and 12..16 output channels per group, stride 1, kernel
@@ -32,8 +34,9 @@
 //
 // Threads split the batch (or independent rows of packed weights); when the
 // batch alone cannot keep them busy (one image, one dw chunk) the direct
-// forward and dx also split channel blocks, scatter dx channel pairs and direct
-// dw kernel taps, each output still computed by one thread in the same order
+// forward and dx also split channel blocks, scatter dx channel pairs, direct
+// dw kernel taps and Winograd dw transform points, each output still computed
+// by one thread in the same order
 // (a nested parallel_for runs serially inside a batch task). dw and db are
 // reduced over fixed chunks of kBatchChunk images: each chunk accumulates its
 // images in index order into its own partial, and the partials are summed in
@@ -155,11 +158,20 @@ Algo dx_algo(const Conv2dShape& s, const conv::ConvKit* kit) {
     return Algo::gemm;
 }
 
+// The dw algorithm for s (see the list at the top of this file).
+std::unique_ptr<conv::DwPlan> choose_dw(const Conv2dShape& s, const conv::ConvKit* kit) {
+    if (take_winograd(conv::winograd_dw_ok(s, kit), conv::winograd_dw_better(s))) return conv::make_dw_winograd(s, kit);
+    if (auto p = conv::make_dw_direct(s, kit)) return p;
+    if (auto p = conv::make_dw_kvec(s, kit)) return p;
+    if (auto p = conv::make_dw_flat(s, kit)) return p;
+    return conv::make_dw_gemm(s);
+}
+
 }  // namespace
 
 Conv2dAlgorithms conv2d_algorithms(const Conv2dShape& s) {
     const conv::ConvKit* kit = conv::conv_kit();
-    return {algo_name(forward_algo(s, kit)), algo_name(dx_algo(s, kit))};
+    return {algo_name(forward_algo(s, kit)), algo_name(dx_algo(s, kit)), choose_dw(s, kit)->name()};
 }
 
 void conv2d_set_winograd(const char* mode) {
@@ -192,17 +204,6 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     }
 }
 
-namespace {
-
-// The dw algorithm for s (see the list at the top of this file).
-std::unique_ptr<conv::DwPlan> choose_dw(const Conv2dShape& s, const conv::ConvKit* kit) {
-    if (auto p = conv::make_dw_direct(s, kit)) return p;
-    if (auto p = conv::make_dw_kvec(s, kit)) return p;
-    if (auto p = conv::make_dw_flat(s, kit)) return p;
-    return conv::make_dw_gemm(s);
-}
-
-}  // namespace
 
 void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, const float* w, float* dx,
                      float* dw, float* db, int threads) {

@@ -38,11 +38,13 @@ Conv2dShape make_conv2d_shape(int64_t N, int64_t C, int64_t H, int64_t W, int64_
                               int64_t dh, int64_t dw, int64_t groups);
 
 // The names of the algorithms conv2d_forward ("winograd", "direct", "strided",
-// "gemm") and the dx of conv2d_backward (the same or "scatter") take for s on
-// the active ISA path (for tests and benchmarks).
+// "gemm"), the dx of conv2d_backward (the same or "scatter") and its dw
+// ("winograd", "direct", "kvec", "flat" or "gemm") take for s on the active
+// ISA path (for tests and benchmarks).
 struct Conv2dAlgorithms {
     const char* forward;
     const char* dx;
+    const char* dw;
 };
 Conv2dAlgorithms conv2d_algorithms(const Conv2dShape& s);
 

@@ -1,7 +1,7 @@
 // conv_common.cpp: the pieces every convolution algorithm shares: the
 // per-thread arenas, the kit of the active ISA path, padded-image geometry and
-// padding, the fixed-order sum behind db, and the channels-last copies built
-// from the kit's block transposes.
+// padding, the fixed-order sum behind db, the channels-last copies built
+// from the kit's block transposes, and the choice of dw outer-product tile.
 //
 // Not here: any algorithm (conv_direct.cpp, conv_dw_*.cpp, conv_dx_scatter.cpp,
 // conv_gemm.cpp) or the choice between them (conv2d.cpp).
@@ -90,11 +90,13 @@ float sum_fixed(const float* p, int64_t n) {
     return t;
 }
 
-// xT (Hp*Wp, ldc) = zero-padded channels-last copy of x (Cg, H, W); ldc is a multiple of W.
-void pad_transpose(const ConvKit& kit, const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t Hp, int64_t ldc, const float* x, float* xT) {
+// Rows [hp0, hp1) of the zero-padded channels-last copy of x (Cg, H, W): xT
+// ((hp1 - hp0)*Wp, ldc); ldc is a multiple of W.
+void pad_transpose_rows(const ConvKit& kit, const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t hp0, int64_t hp1,
+                        int64_t ldc, const float* x, float* xT) {
     const int64_t W = kit.W, HW = s.H * s.W, cfull = round_up(Cg, W);
-    for (int64_t hp = 0; hp < Hp; ++hp) {
-        float* drow = xT + hp * Wp * ldc;
+    for (int64_t hp = hp0; hp < hp1; ++hp) {
+        float* drow = xT + (hp - hp0) * Wp * ldc;
         const int64_t h = hp - s.pt;
         if (h < 0 || h >= s.H) {
             std::fill(drow, drow + Wp * ldc, 0.f);
@@ -113,6 +115,10 @@ void pad_transpose(const ConvKit& kit, const Conv2dShape& s, int64_t Cg, int64_t
     }
 }
 
+void pad_transpose(const ConvKit& kit, const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t Hp, int64_t ldc, const float* x, float* xT) {
+    pad_transpose_rows(kit, s, Cg, Wp, 0, Hp, ldc, x, xT);
+}
+
 // dyT (P, ldk) = transpose of dy (Kg, P); ldk is a multiple of W, columns past Kg zero.
 void transpose_dy(const ConvKit& kit, int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dyT) {
     const int64_t W = kit.W, kfull = round_up(Kg, W);
@@ -123,6 +129,28 @@ void transpose_dy(const ConvKit& kit, int64_t Kg, int64_t P, int64_t ldk, const 
         if (kfull < ldk)
             for (int64_t p = p0; p < p0 + np; ++p) std::fill(dyT + p * ldk + kfull, dyT + (p + 1) * ldk, 0.f);
     }
+}
+
+const ConvKit::DwVariant& choose_dw_variant(const ConvKit& kit, int64_t Cg, int64_t Kg) {
+    const ConvKit::DwVariant* best = &kit.dw[0];
+    double best_work = -1;
+    for (const ConvKit::DwVariant& v : kit.dw) {
+        if (v.mv == 0) break;
+        // Padded FMAs, weighted lightly by the loads each tile step issues per FMA
+        // (the tiles are FMA-bound: 64->64 on 7x7 and 16x16 ran 4-6% faster with
+        // the unpadded 2 x 8 tile than with 4 x 6 and its 66 padded channels).
+        // Fewer than 10 accumulators cannot hide the FMA latency (4 cycles on 2
+        // pipes): on AVX2, 32->32 ran at half the speed with the 4 x 2 tile than
+        // with 2 x 6 and its padded channels.
+        const int acc = v.mv * v.nr;
+        const double work = double(round_up(Cg, kit.W * v.mv) * round_up(Kg, v.nr)) *
+                            (1.0 + 0.1 * double(v.mv + v.nr) / double(acc)) * (acc < 10 ? 1.5 : 1.0);
+        if (best_work < 0 || work < best_work) {
+            best = &v;
+            best_work = work;
+        }
+    }
+    return *best;
 }
 
 }  // namespace conv

@@ -32,32 +32,10 @@ namespace {
 
 using DwVariant = ConvKit::DwVariant;
 
-// The kit's variant with the least padded work for Cg input and Kg output channels.
-const DwVariant& choose_dw_variant(const ConvKit& kit, int64_t Cg, int64_t Kg) {
-    const DwVariant* best = &kit.dw[0];
-    double best_work = -1;
-    for (const DwVariant& v : kit.dw) {
-        if (v.mv == 0) break;
-        // Padded FMAs, weighted lightly by the loads each tile step issues per FMA
-        // (the tiles are FMA-bound: 64->64 on 7x7 and 16x16 ran 4-6% faster with
-        // the unpadded 2 x 8 tile than with 4 x 6 and its 66 padded channels).
-        // Fewer than 10 accumulators cannot hide the FMA latency (4 cycles on 2
-        // pipes): on AVX2, 32->32 ran at half the speed with the 4 x 2 tile than
-        // with 2 x 6 and its padded channels.
-        const int acc = v.mv * v.nr;
-        const double work = double(round_up(Cg, kit.W * v.mv) * round_up(Kg, v.nr)) *
-                            (1.0 + 0.1 * double(v.mv + v.nr) / double(acc)) * (acc < 10 ? 1.5 : 1.0);
-        if (best_work < 0 || work < best_work) {
-            best = &v;
-            best_work = work;
-        }
-    }
-    return *best;
-}
-
 // Partials per chunk are (groups, kh*kw, kpad, ldc): part[g][i*kw + j][k][c].
 class DwDirect final : public DwPlan {
    public:
+    const char* name() const override { return "direct"; }
     DwDirect(const ConvKit& kit, const Conv2dShape& s)
         : kit_(kit), s_(s), v_(choose_dw_variant(kit, s.C / s.groups, s.K / s.groups)) {
         Cg_ = s.C / s.groups;

@@ -82,6 +82,7 @@ void flat_dw_chunk(const ConvKit& kit, const Conv2dShape& s, const DirectGeom& d
 // Partials per chunk are (K, Cg, kh, kw), summed elementwise in chunk order.
 class DwFlat final : public DwPlan {
    public:
+    const char* name() const override { return "flat"; }
     DwFlat(const ConvKit& kit, const Conv2dShape& s) : kit_(kit), s_(s), d_(input_geom(s)), off_(static_cast<size_t>(d_.R())) {
         direct_offsets(d_, off_.data());
         part_size = s.K * d_.R();

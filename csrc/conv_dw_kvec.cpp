@@ -70,6 +70,7 @@ void kvec_dw_chunk(const ConvKit& kit, const Conv2dShape& s, const DirectGeom& d
 // Partials per chunk are (groups, R, ldk): part[g][r][k].
 class DwKvec final : public DwPlan {
    public:
+    const char* name() const override { return "kvec"; }
     DwKvec(const ConvKit& kit, const Conv2dShape& s)
         : kit_(kit), s_(s), d_(input_geom(s)), ldk_(round_up(s.K / s.groups, kit.W)) {
         part_size = s.groups * d_.R() * ldk_;

@@ -83,6 +83,7 @@ void im2col_padded(const Conv2dShape& s, const DirectGeom& d, const int64_t* off
 // by the GEMM (beta = 1 after the first image).
 class DwGemm final : public DwPlan {
    public:
+    const char* name() const override { return "gemm"; }
     explicit DwGemm(const Conv2dShape& s)
         : s_(s), d_(input_geom(s)), pointwise_(is_pointwise(s)), off_(static_cast<size_t>(d_.R())) {
         direct_offsets(d_, off_.data());

@@ -176,6 +176,9 @@ using flatten_fn = void (*)(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int6
                             float* dyf);
 using wino_in_fn = void (*)(const float* const* src, int64_t P, float* v, int64_t lda);
 using wino_out_fn = void (*)(const float* m, int64_t lda, int64_t P, float bias, float* y0, float* y1);
+using wino_dw_fn = void (*)(const float* src, int64_t ldr, int64_t lds, int64_t n, int64_t nt, float* dst,
+                            int64_t ldd, int64_t lda);
+using wino_dw_out_fn = void (*)(const float* m, int64_t lda, int64_t n, float* d, int64_t ldd);
 
 // Logical lanes of the flat dw on every ISA (see flat_dw_tile).
 constexpr int64_t kFlatLanes = 16;
@@ -216,6 +219,11 @@ struct ConvKit {
     // Winograd F(2x2, 3x3): input and output transforms of a run of tiles.
     wino_in_fn wino2_in;
     wino_out_fn wino2_out;
+    // ... and of the weight gradient, on channels-last rows: B^T d B of the
+    // input tiles and A e A^T of the output-gradient tiles of one tile row,
+    // and G^T M G of the 16 sums M.
+    wino_dw_fn wino2_dw_in, wino2_dw_grad;
+    wino_dw_out_fn wino2_dw_out;
 };
 
 // The kits of the vector paths; null when this build or CPU has none.
@@ -226,8 +234,15 @@ const ConvKit* kit_avx2();
 const ConvKit* conv_kit();
 
 // xT (Hp*Wp, ldc) = zero-padded channels-last copy of x (Cg, H, W); ldc is a multiple of kit.W.
+// Hp and Wp may exceed the padded size: the rows and columns past it are zero.
 void pad_transpose(const ConvKit& kit, const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t Hp, int64_t ldc,
                    const float* x, float* xT);
+// The same for the padded rows [hp0, hp1) only: xT ((hp1 - hp0)*Wp, ldc).
+void pad_transpose_rows(const ConvKit& kit, const Conv2dShape& s, int64_t Cg, int64_t Wp, int64_t hp0, int64_t hp1,
+                        int64_t ldc, const float* x, float* xT);
+// The kit's dw outer-product tile with the least padded work for Cg input and
+// Kg output channels (conv_common.cpp).
+const ConvKit::DwVariant& choose_dw_variant(const ConvKit& kit, int64_t Cg, int64_t Kg);
 // dyT (P, ldk) = transpose of dy (Kg, P); ldk is a multiple of kit.W, columns past Kg zero.
 void transpose_dy(const ConvKit& kit, int64_t Kg, int64_t P, int64_t ldk, const float* dy, float* dyT);
 
@@ -292,9 +307,11 @@ void backward_dx_scatter(const ConvKit& kit, const Conv2dShape& s, const float* 
 // A dw algorithm: chunk() writes the partial of images [n0, n1) into part
 // (part_size floats), reduce() sums nchunks partials in chunk order into dw
 // (K, Cg, kh, kw). chunk() runs inside a chunk task, reduce() on the caller.
+// name() is what conv2d_algorithms reports for it.
 struct DwPlan {
     int64_t part_size = 0;
     virtual ~DwPlan() = default;
+    virtual const char* name() const = 0;
     virtual void chunk(const float* dy, const float* x, int64_t n0, int64_t n1, float* part, int threads) const = 0;
     virtual void reduce(const float* parts, int64_t nchunks, float* dw, int threads) const = 0;
 };
@@ -305,6 +322,14 @@ std::unique_ptr<DwPlan> make_dw_direct(const Conv2dShape& s, const ConvKit* kit)
 std::unique_ptr<DwPlan> make_dw_kvec(const Conv2dShape& s, const ConvKit* kit);
 std::unique_ptr<DwPlan> make_dw_flat(const Conv2dShape& s, const ConvKit* kit);
 std::unique_ptr<DwPlan> make_dw_gemm(const Conv2dShape& s);
+
+// conv_dw_winograd.cpp: 3x3 stride-1 dw through Winograd F(3x3, 2x2).
+// winograd_dw_ok: the shapes it supports; winograd_dw_better: where it is
+// faster than the direct dw (measured; shape only, requires winograd_dw_ok);
+// make_dw_winograd returns null unless winograd_dw_ok.
+bool winograd_dw_ok(const Conv2dShape& s, const ConvKit* kit);
+bool winograd_dw_better(const Conv2dShape& s);
+std::unique_ptr<DwPlan> make_dw_winograd(const Conv2dShape& s, const ConvKit* kit);
 
 // conv_winograd.cpp: 3x3 stride-1 forward and dx through Winograd F(2x2, 3x3).
 bool winograd_forward_ok(const Conv2dShape& s, const ConvKit* kit);

@@ -363,6 +363,107 @@ STRIATE_TILE_TARGET void wino2_output(const float* m, int64_t lda, int64_t P, fl
     }
 }
 
+// The weight-gradient transforms work on channels-last rows instead: vectors
+// run over W consecutive channels of one tile, tiles one after another along
+// a tile row, n channels (a multiple of W). Tile t's 4 x 4 input is
+// x[i*ldr + (2t + q)*ldx + c] (row i, column q); u[a*lda + t*ldu + c] =
+// (B^T d B)[a / 4][a % 4], by the same sequence of operations as wino2_input.
+STRIATE_TILE_TARGET void wino2_dw_input(const float* x, int64_t ldr, int64_t ldx, int64_t n, int64_t nt, float* u,
+                                        int64_t ldu, int64_t lda) {
+    using R = typename V::reg;
+    for (int64_t t = 0; t < nt; ++t) {
+        const float* xt = x + 2 * t * ldx;
+        float* ut = u + t * ldu;
+        for (int64_t c = 0; c < n; c += W) {
+            R b[4][4];  // B^T d, one column q at a time
+            for (int q = 0; q < 4; ++q) {
+                const float* xq = xt + q * ldx + c;
+                const R d0 = V::load(xq), d1 = V::load(xq + ldr), d2 = V::load(xq + 2 * ldr),
+                        d3 = V::load(xq + 3 * ldr);
+                b[0][q] = V::sub(d0, d2);
+                b[1][q] = V::add(d1, d2);
+                b[2][q] = V::sub(d2, d1);
+                b[3][q] = V::sub(d1, d3);
+            }
+            for (int r = 0; r < 4; ++r) {  // (B^T d) B, row r
+                float* ur = ut + 4 * r * lda + c;
+                V::store(ur, V::sub(b[r][0], b[r][2]));
+                V::store(ur + lda, V::add(b[r][1], b[r][2]));
+                V::store(ur + 2 * lda, V::sub(b[r][2], b[r][1]));
+                V::store(ur + 3 * lda, V::sub(b[r][1], b[r][3]));
+            }
+        }
+    }
+}
+
+// The output-gradient side: tile t's 2 x 2 dy is e[i][j] = dy[i*ldr + (2t + j)*lde + k];
+// v[a*lda + t*ldv + k] = (A e A^T)[a / 4][a % 4] for k < n (a multiple of W), with
+// A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]: each of (e0, e1) -> (e0, e0 + e1, e0 - e1, -e1),
+// columns first, then rows.
+STRIATE_TILE_TARGET void wino2_dw_grad(const float* dy, int64_t ldr, int64_t lde, int64_t n, int64_t nt, float* v,
+                                       int64_t ldv, int64_t lda) {
+    using R = typename V::reg;
+    const R z = V::zero();
+    for (int64_t t = 0; t < nt; ++t) {
+        const float* et = dy + 2 * t * lde;
+        float* vt = v + t * ldv;
+        for (int64_t k = 0; k < n; k += W) {
+            R h[2][4];  // e A^T: row i of e expanded to 4 columns
+            for (int i = 0; i < 2; ++i) {
+                const R e0 = V::load(et + i * ldr + k), e1 = V::load(et + i * ldr + lde + k);
+                h[i][0] = e0;
+                h[i][1] = V::add(e0, e1);
+                h[i][2] = V::sub(e0, e1);
+                h[i][3] = V::sub(z, e1);
+            }
+            for (int q = 0; q < 4; ++q) {  // A (e A^T), column q
+                float* vq = vt + q * lda + k;
+                V::store(vq, h[0][q]);
+                V::store(vq + 4 * lda, V::add(h[0][q], h[1][q]));
+                V::store(vq + 8 * lda, V::sub(h[0][q], h[1][q]));
+                V::store(vq + 12 * lda, V::sub(z, h[1][q]));
+            }
+        }
+    }
+}
+
+// The weight gradient of one (output channel, input-channel vector) from the
+// 16 sums M: d[(3i + j)*ldd + c] = (G^T m_c G)[i][j] for c < n, m_c[a / 4][a % 4]
+// = m[a*lda + c] (readable for c < round_up(n, W)). As (2G)^T m (2G) / 4 with
+// 2G^T = [[2, 1, 1, 0], [0, 1, -1, 0], [0, 1, 1, 2]]: additions only, then one
+// multiplication by 1/4 whose result is stored, so there is no multiply-add
+// for the compiler to fuse and both ISA paths round alike.
+STRIATE_TILE_TARGET void wino2_dw_output(const float* m, int64_t lda, int64_t n, float* d, int64_t ldd) {
+    using R = typename V::reg;
+    const R quarter = V::set1(0.25f);
+    for (int64_t c = 0; c < n; c += W) {
+        R r[3][4];  // 2G^T m, one column q at a time
+        for (int q = 0; q < 4; ++q) {
+            const R m0 = V::load(m + q * lda + c), m1 = V::load(m + (4 + q) * lda + c),
+                    m2 = V::load(m + (8 + q) * lda + c), m3 = V::load(m + (12 + q) * lda + c);
+            const R h = V::add(m1, m2);
+            r[0][q] = V::add(V::add(m0, m0), h);
+            r[1][q] = V::sub(m1, m2);
+            r[2][q] = V::add(h, V::add(m3, m3));
+        }
+        const typename V::mask tail = V::prefix(n - c);
+        for (int i = 0; i < 3; ++i) {  // (2G^T m) 2G / 4, row i
+            const R h = V::add(r[i][1], r[i][2]);
+            const R out[3] = {V::mul(V::add(V::add(r[i][0], r[i][0]), h), quarter),
+                              V::mul(V::sub(r[i][1], r[i][2]), quarter),
+                              V::mul(V::add(h, V::add(r[i][3], r[i][3])), quarter)};
+            for (int j = 0; j < 3; ++j) {
+                float* dj = d + (3 * i + j) * ldd + c;
+                if (c + W <= n) {
+                    V::store(dj, out[j]);
+                } else {
+                    V::mask_store(dj, tail, out[j]);
+                }
+            }
+        }
+    }
+}
+
 // ---- the kit --------------------------------------------------------------------------
 
 ConvKit make_kit(Isa isa) {
@@ -405,5 +506,8 @@ ConvKit make_kit(Isa isa) {
     k.flatten_dy = flatten_dy;
     k.wino2_in = wino2_input;
     k.wino2_out = wino2_output;
+    k.wino2_dw_in = wino2_dw_input;
+    k.wino2_dw_grad = wino2_dw_grad;
+    k.wino2_dw_out = wino2_dw_output;
     return k;
 }

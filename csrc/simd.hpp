@@ -22,7 +22,7 @@
 //                             Generic zero b first, so a non-finite b outside
 //                             m never reaches c; c = -0 may become +0 there)
 //   add(a, b), mask_add(c, m, a)   a + b; lanes in m: c + a, others c
-//   sub(a, b)                 a - b
+//   sub(a, b), mul(a, b)      a - b, a * b
 //   interleave(a, b, lo, hi)  lo = a0 b0 a1 b1 ... (the first W of the
 //                             2W lanes a and b zipped), hi = the last W
 //   hsum(v)                   sum of the lanes by a fixed tree: for 16 lanes the
@@ -104,6 +104,10 @@ struct Generic {
         for (int l = 0; l < W; ++l) a.v[l] -= b.v[l];
         return a;
     }
+    static STRIATE_SIMD_INLINE reg mul(reg a, reg b) {
+        for (int l = 0; l < W; ++l) a.v[l] *= b.v[l];
+        return a;
+    }
     static STRIATE_SIMD_INLINE void interleave(reg a, reg b, reg& lo, reg& hi) {
         for (int l = 0; l < W / 2; ++l) {
             lo.v[2 * l] = a.v[l];
@@ -164,6 +168,7 @@ struct Avx2 {
         return _mm256_blendv_ps(c, _mm256_add_ps(c, a), _mm256_castsi256_ps(m));
     }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+    STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE void interleave(reg a, reg b, reg& lo, reg& hi) {
         const __m256 l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);  // per 128-bit half
         lo = _mm256_permute2f128_ps(l, h, 0x20);
@@ -223,6 +228,7 @@ struct Avx512 {
         return _mm512_mask_add_ps(c, m, c, a);
     }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+    STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE void interleave(reg a, reg b, reg& lo, reg& hi) {
         const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         const __m512i ih = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);

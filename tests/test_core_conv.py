@@ -549,22 +549,22 @@ def test_float64_and_int_inputs_are_rejected(rng):
 
 
 @pytest.mark.parametrize(
-    "case, forward, dx",
+    "case, forward, dx, dw",
     [
-        ((2, 3, 30, 30, 16, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1), "strided", "strided"),
-        ((2, 24, 16, 16, 40, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1), "strided", "strided"),
-        ((2, 16, 8, 8, 32, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1), "strided", "strided"),
-        ((3, 5, 12, 9, 7, 3, 3, (3, 2), (2, 1, 0, 3), (2, 3), 1), "strided", "gemm"),  # dilated dx: not by phases
-        ((2, 16, 8, 8, 32, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1), "gemm", "gemm"),
-        ((2, 4, 40, 40, 8, 3, 3, (17, 2), (0, 0, 0, 0), (1, 1), 1), "gemm", "gemm"),  # every phase walked: capped
+        ((2, 3, 30, 30, 16, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1), "strided", "strided", "gemm"),  # 3 input channels
+        ((2, 24, 16, 16, 40, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1), "strided", "strided", "direct"),
+        ((2, 16, 8, 8, 32, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1), "strided", "strided", "direct"),
+        ((3, 5, 12, 9, 7, 3, 3, (3, 2), (2, 1, 0, 3), (2, 3), 1), "strided", "gemm", "gemm"),  # dilated dx: not by phases
+        ((2, 16, 8, 8, 32, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1), "gemm", "gemm", "gemm"),
+        ((2, 4, 40, 40, 8, 3, 3, (17, 2), (0, 0, 0, 0), (1, 1), 1), "gemm", "gemm", "gemm"),  # every phase walked: capped
     ],
 )
-def test_algorithm_choice_for_strides(case, forward, dx, isa):
+def test_algorithm_choice_for_strides(case, forward, dx, dw, isa):
     N, C, H, W, K, kh, kw, stride, pads, dil, groups = case
     x = np.zeros((N, C, H, W), np.float32)
     w = np.zeros((K, C // groups, kh, kw), np.float32)
     got = _core.conv2d_algorithms(x, w, *stride, *pads, *dil, groups)
     if isa == "generic":  # no direct kernels there: everything is im2col + GEMM
-        assert got == {"forward": "gemm", "dx": "gemm"}
+        assert got == {"forward": "gemm", "dx": "gemm", "dw": "gemm"}
     else:
-        assert got == {"forward": forward, "dx": dx}
+        assert got == {"forward": forward, "dx": dx, "dw": dw}
