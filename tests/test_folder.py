@@ -314,13 +314,22 @@ def test_the_named_remedy_allows_the_image(hw, size, limit):
     from striate.datasets.folder import _refusal
 
     why = _refusal("x.png", hw, size, limit)
-    too_small = hw[0] * limit < size[0] or hw[1] * limit < size[1]
+    too_small = max(size[0] / hw[0], size[1] / hw[1]) > limit
     thin = (hw[0] == 1 and size[0] > 1) or (hw[1] == 1 and size[1] > 1)
     assert (why is not None) == (thin or too_small)
     if why is not None and not thin:
         remedy = float(why.rsplit("pass max_upscale=", 1)[1].split(" ")[0])
         assert _refusal("x.png", hw, size, remedy) is None
         assert remedy <= max(size[0] / hw[0], size[1] / hw[1]) + 0.01
+
+
+def test_a_remedy_equal_to_the_ratio_allows_the_image():
+    # 253 / 55 is 4.6 while 55 * 4.6 rounds to just below 253: the rule compares ratios
+    from striate.datasets.folder import _refusal
+
+    why = _refusal("x.png", (1, 55), (1, 253), 1.0)
+    assert "pass max_upscale=4.6 " in why
+    assert _refusal("x.png", (1, 55), (1, 253), 4.6) is None
 
 
 def test_decode_image_takes_max_upscale(tmp_path, rng):

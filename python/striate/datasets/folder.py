@@ -92,9 +92,11 @@ def _refusal(path, hw, image_size, max_upscale):
             f"{path} is only 1 pixel {' and '.join(thin)} ({h}x{w}, H x W): it cannot be stretched to "
             f"image_size {th}x{tw}; crop or remove it"
         )
-    if h * max_upscale < th or w * max_upscale < tw:
-        need = max(th / h, tw / w)
-        allow = max(math.ceil(need * 100) / 100, need)
+    need = max(th / h, tw / w)
+    if need > max_upscale:  # a ratio, not h * max_upscale < th, which rounds the other way at 55 * 4.6
+        allow = math.ceil(need * 100) / 100
+        if allow < need:  # need * 100 rounded down to a whole number
+            allow += 0.01
         allow_text = f"{allow:.2f}".rstrip("0").rstrip(".")
         return (
             f"{path} is {h}x{w} (H x W), too small for image_size {th}x{tw}: it would be enlarged "
