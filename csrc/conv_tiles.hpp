@@ -337,6 +337,36 @@ STRIATE_TILE_TARGET void wino2_input(const float* const* src, int64_t P, float* 
     }
 }
 
+// Lanes c0 .. c0 + W - 1 of a row of w floats, zero outside [0, w): masked
+// loads, so nothing outside the row is read.
+STRIATE_TILE_TARGET inline typename V::reg padded_lanes(const float* row, int64_t w, int64_t c0) {
+    const int64_t lo = c0 < 0 ? -c0 : 0, hi = w - c0 < W ? w - c0 : W;
+    if (hi <= lo) return V::zero();
+    if (lo == 0 && hi == W) return V::load(row + c0);
+    const uint32_t m = ((hi >= 32 ? ~0u : (1u << hi) - 1u)) & ~((1u << lo) - 1u);
+    return V::maskz_load(V::bits(m), row + c0);
+}
+
+// One input row of w floats, seen with `left` zero columns before it and
+// zeros past it, split by column phase for nt tiles: x_q[j] = padded[2j + q]
+// for q < 4, j < nt (the arrays wino2_input reads). Two de-interleaved pairs
+// of vectors per W tiles; W lanes are stored at a time, so up to
+// round_up(nt, W) entries are written.
+STRIATE_TILE_TARGET void wino2_split(const float* row, int64_t w, int64_t left, int64_t nt, float* x0, float* x1,
+                                     float* x2, float* x3) {
+    using R = typename V::reg;
+    for (int64_t j = 0; j < nt; j += W) {
+        const int64_t c0 = 2 * j - left;
+        R ev, od;
+        V::deinterleave(padded_lanes(row, w, c0), padded_lanes(row, w, c0 + W), ev, od);
+        V::store(x0 + j, ev);
+        V::store(x1 + j, od);
+        V::deinterleave(padded_lanes(row, w, c0 + 2), padded_lanes(row, w, c0 + 2 + W), ev, od);
+        V::store(x2 + j, ev);
+        V::store(x3 + j, od);
+    }
+}
+
 // The output transform A^T m A + bias of P tiles: m[a*lda + p] (a < 16),
 // readable for p < round_up(P, W); output (r, l) of tile p goes to
 // y_r[2p + l], stored for p < round_up(P, W) (y0, y1 hold that many pairs).
@@ -504,6 +534,7 @@ ConvKit make_kit(Isa isa) {
     k.sdx[2] = scatter_dx_row<2>(std::make_integer_sequence<int, kSdxNV>{});
     k.transpose = transpose_block;
     k.flatten_dy = flatten_dy;
+    k.wino2_split = wino2_split;
     k.wino2_in = wino2_input;
     k.wino2_out = wino2_output;
     k.wino2_dw_in = wino2_dw_input;

@@ -25,6 +25,8 @@
 //   sub(a, b), mul(a, b)      a - b, a * b
 //   interleave(a, b, lo, hi)  lo = a0 b0 a1 b1 ... (the first W of the
 //                             2W lanes a and b zipped), hi = the last W
+//   deinterleave(a, b, ev, od)  the inverse: of the 2W lanes a0..a(W-1)
+//                             b0..b(W-1), ev = the even ones, od = the odd
 //   hsum(v)                   sum of the lanes by a fixed tree: for 16 lanes the
 //                             halves (l + l+8) first, then the 8-lane tree
 //                             ((l + l+4), then (0+2) + (1+3))
@@ -108,6 +110,14 @@ struct Generic {
         for (int l = 0; l < W; ++l) a.v[l] *= b.v[l];
         return a;
     }
+    static STRIATE_SIMD_INLINE void deinterleave(reg a, reg b, reg& ev, reg& od) {
+        for (int l = 0; l < W / 2; ++l) {
+            ev.v[l] = a.v[2 * l];
+            od.v[l] = a.v[2 * l + 1];
+            ev.v[W / 2 + l] = b.v[2 * l];
+            od.v[W / 2 + l] = b.v[2 * l + 1];
+        }
+    }
     static STRIATE_SIMD_INLINE void interleave(reg a, reg b, reg& lo, reg& hi) {
         for (int l = 0; l < W / 2; ++l) {
             lo.v[2 * l] = a.v[l];
@@ -169,6 +179,12 @@ struct Avx2 {
     }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+    STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE void deinterleave(reg a, reg b, reg& ev, reg& od) {
+        // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs in order 0 2 1 3.
+        const __m256 e = _mm256_shuffle_ps(a, b, 0x88), o = _mm256_shuffle_ps(a, b, 0xDD);
+        ev = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+        od = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8));
+    }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE void interleave(reg a, reg b, reg& lo, reg& hi) {
         const __m256 l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);  // per 128-bit half
         lo = _mm256_permute2f128_ps(l, h, 0x20);
@@ -229,6 +245,12 @@ struct Avx512 {
     }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+    STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE void deinterleave(reg a, reg b, reg& ev, reg& od) {
+        const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        ev = _mm512_permutex2var_ps(a, ie, b);
+        od = _mm512_permutex2var_ps(a, io, b);
+    }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE void interleave(reg a, reg b, reg& lo, reg& hi) {
         const __m512i il = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         const __m512i ih = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
