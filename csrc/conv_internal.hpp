@@ -175,8 +175,8 @@ using transpose_fn = void (*)(const float* src, int64_t lds, int64_t nrows, int6
 using flatten_fn = void (*)(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq, const float* dy,
                             float* dyf);
 using wino_in_fn = void (*)(const float* const* src, int64_t P, float* v, int64_t lda);
-using wino_split_fn = void (*)(const float* row, int64_t w, int64_t left, int64_t nt, float* x0, float* x1, float* x2,
-                               float* x3);
+using wino_split_fn = void (*)(const float* plane, int64_t h, int64_t w, int64_t top, int64_t left, int64_t r0,
+                               int64_t r1, int64_t th0, int64_t nt, float* a, int64_t arr);
 using wino_out_fn = void (*)(const float* m, int64_t lda, int64_t P, float bias, float* y0, float* y1);
 using wino_dw_fn = void (*)(const float* src, int64_t ldr, int64_t lds, int64_t n, int64_t nt, float* dst,
                             int64_t ldd, int64_t lda);

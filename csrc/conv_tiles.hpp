@@ -347,23 +347,43 @@ STRIATE_TILE_TARGET inline typename V::reg padded_lanes(const float* row, int64_
     return V::maskz_load(V::bits(m), row + c0);
 }
 
-// One input row of w floats, seen with `left` zero columns before it and
-// zeros past it, split by column phase for nt tiles: x_q[j] = padded[2j + q]
-// for q < 4, j < nt (the arrays wino2_input reads). Two de-interleaved pairs
-// of vectors per W tiles; W lanes are stored at a time, so up to
-// round_up(nt, W) entries are written.
-STRIATE_TILE_TARGET void wino2_split(const float* row, int64_t w, int64_t left, int64_t nt, float* x0, float* x1,
-                                     float* x2, float* x3) {
+// Rows [r0, r1) of a plane of h x w floats, seen with `top` zero rows and
+// `left` zero columns before it and zeros past it, split by column phase for
+// nt tiles per row: padded row r goes to x_q = a + ((r % 2) * 4 + q) * arr +
+// (r / 2 - th0) * nt with x_q[j] = padded[r][2j + q] for q < 4, j < nt (the
+// arrays wino2_input reads). Two de-interleaved pairs of vectors per W tiles,
+// with masked loads at the row edges; W lanes are stored at a time, so up to
+// round_up(nt, W) entries are written: the lanes past nt land in the next row
+// of the same array, written afterwards, or in the caller's slack past the last.
+STRIATE_TILE_TARGET void wino2_split(const float* plane, int64_t h, int64_t w, int64_t top, int64_t left, int64_t r0,
+                                     int64_t r1, int64_t th0, int64_t nt, float* a, int64_t arr) {
     using R = typename V::reg;
-    for (int64_t j = 0; j < nt; j += W) {
-        const int64_t c0 = 2 * j - left;
-        R ev, od;
-        V::deinterleave(padded_lanes(row, w, c0), padded_lanes(row, w, c0 + W), ev, od);
-        V::store(x0 + j, ev);
-        V::store(x1 + j, od);
-        V::deinterleave(padded_lanes(row, w, c0 + 2), padded_lanes(row, w, c0 + 2 + W), ev, od);
-        V::store(x2 + j, ev);
-        V::store(x3 + j, od);
+    for (int64_t r = r0; r < r1; ++r) {
+        float* x0 = a + (r % 2) * 4 * arr + (r / 2 - th0) * nt;
+        float* x1 = x0 + arr;
+        float* x2 = x1 + arr;
+        float* x3 = x2 + arr;
+        const int64_t ih = r - top;
+        if (ih < 0 || ih >= h) {
+            for (int64_t j = 0; j < nt; j += W) {
+                V::store(x0 + j, V::zero());
+                V::store(x1 + j, V::zero());
+                V::store(x2 + j, V::zero());
+                V::store(x3 + j, V::zero());
+            }
+            continue;
+        }
+        const float* row = plane + ih * w;
+        for (int64_t j = 0; j < nt; j += W) {
+            const int64_t c0 = 2 * j - left;
+            R ev, od;
+            V::deinterleave(padded_lanes(row, w, c0), padded_lanes(row, w, c0 + W), ev, od);
+            V::store(x0 + j, ev);
+            V::store(x1 + j, od);
+            V::deinterleave(padded_lanes(row, w, c0 + 2), padded_lanes(row, w, c0 + 2 + W), ev, od);
+            V::store(x2 + j, ev);
+            V::store(x3 + j, od);
+        }
     }
 }
 

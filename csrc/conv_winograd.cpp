@@ -99,28 +99,6 @@ void for_chunks(const WinoGeom& g, const Blocking& b, int64_t N, int64_t blk, F&
     f(n, th0, std::min(g.TH, th0 + b.rows_per_block), int64_t{0});
 }
 
-// Rows [r0, r1) of a plane (Hin, Win) seen padded (top rows and left columns
-// of zeros before it, zeros past it), split by column phase for the tiles:
-// padded row r goes to x_q = A + ((r % 2) * 4 + q) * arr + (r / 2 - th0) * TW
-// with x_q[j] = padded[r][2j + q] for j < TW, q < 4, by the kit's vector
-// split straight from the input row (a padded temporary row, or a scalar
-// split, took 12-23% of a 16-channel 32x32 forward). The kit stores whole
-// vectors: the lanes past TW land in the next row of the same array, which
-// is written afterwards, or in the slack after the last.
-void split_rows(const ConvKit& kit, const WinoGeom& g, const float* plane, int64_t th0, int64_t r0, int64_t r1,
-                float* A, int64_t arr) {
-    const int64_t TW = g.TW;
-    for (int64_t r = r0; r < r1; ++r) {
-        float* x0 = A + (r % 2) * 4 * arr + (r / 2 - th0) * TW;
-        const int64_t ih = r - g.top;
-        if (ih < 0 || ih >= g.Hin) {
-            for (int q = 0; q < 4; ++q) std::fill(x0 + q * arr, x0 + q * arr + TW, 0.f);
-        } else {
-            kit.wino2_split(plane + ih * g.Win, g.Win, g.left, TW, x0, x0 + arr, x0 + 2 * arr, x0 + 3 * arr);
-        }
-    }
-}
-
 // U[a][k][c] = (G g G^T)[a / 4][a % 4] for g(i, j) = get(k, c, i, j), with
 // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
 template <class Get>
@@ -182,7 +160,10 @@ void winograd_conv(const ConvKit& kit, const WinoGeom& g, int64_t N, const float
                 for (int i = 0; i < 4; ++i)
                     for (int q = 0; q < 4; ++q) src[4 * i + q] = A + ((i % 2) * 4 + q) * arr + (i / 2) * TW;
                 for (int64_t c = 0; c < g.Cin; ++c) {
-                    split_rows(kit, g, in + (n * g.Cin + c) * g.Hin * g.Win, th0, 2 * th0, 2 * th1 + 2, A, arr);
+                    // The input rows split by column phase (kit.wino2_split): a scalar split
+                    // took 12-23% of a 16-channel 32x32 forward.
+                    kit.wino2_split(in + (n * g.Cin + c) * g.Hin * g.Win, g.Hin, g.Win, g.top, g.left, 2 * th0,
+                                    2 * th1 + 2, th0, TW, A, arr);
                     kit.wino2_in(src, P, V + c * ld + tb, vs);
                 }
             });
