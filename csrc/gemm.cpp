@@ -312,6 +312,63 @@ void sgemm_isa(Isa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t 
     }
 }
 
+namespace {
+// The rows per A panel and the depth per block of the packed path (make_plan's rules).
+int64_t panel_rows(const KernelFamily& f, int64_t M) { return ceil_div(M, ceil_div(M, f.mr)); }
+int64_t block_depth(int64_t K) { return ceil_div(K, ceil_div(K, kKC)); }
+}  // namespace
+
+int64_t sgemm_packed_a_size(Isa isa, int64_t M, int64_t K) {
+    const KernelFamily& f = checked_family(isa);
+    return ceil_div(M, panel_rows(f, M)) * f.s * K;
+}
+
+void sgemm_pack_a(Isa isa, int64_t M, int64_t K, const float* A, int64_t lda, float* dst) {
+    const KernelFamily& f = checked_family(isa);
+    const int64_t mr = panel_rows(f, M), kcb = block_depth(K), panels = ceil_div(M, mr);
+    for (int64_t k0 = 0; k0 < K; k0 += kcb) {
+        const int64_t kc = std::min(kcb, K - k0);
+        f.pack_a(false, A, lda, 0, M, k0, kc, mr, dst);
+        dst += panels * f.s * kc;
+    }
+}
+
+void sgemm_packed(Isa isa, int64_t M, int64_t N, int64_t K, const float* packed_a, const float* B, int64_t ldb,
+                  float* C, int64_t ldc) {
+    const KernelFamily& f = checked_family(isa);
+    const int64_t mr = panel_rows(f, M), kcb = block_depth(K), panels = ceil_div(M, mr), nr = f.nr, S = f.s;
+    const int64_t full = N / nr, w = N - full * nr;
+    Workspace& ws = thread_workspace();
+    float* pb = w ? Workspace::grow(ws.b, ws.b_cap, nr * kcb, "the SGEMM packed-B workspace") : nullptr;
+    alignas(64) float tile[kMaxMR * kMaxNR];
+    const float* pa = packed_a;
+    for (int64_t k0 = 0; k0 < K; k0 += kcb) {
+        const int64_t kc = std::min(kcb, K - k0);
+        const float beta = k0 == 0 ? 0.f : 1.f;
+        if (w) f.pack_b(false, B, ldb, k0, kc, full * nr, w, pb);
+        // Column panel outer, as gemm_blocked reads B in place: each B panel is
+        // re-read from L1 by the row panels.
+        for (int64_t q = 0; q <= full; ++q) {
+            if (q == full && !w) break;
+            const float* bp = q < full ? B + k0 * ldb + q * nr : pb;
+            const int64_t ldbp = q < full ? ldb : nr;
+            const float* ap = pa;
+            for (int64_t ii = 0; ii < M; ii += mr, ap += S * kc) {
+                const int64_t R = std::min(mr, M - ii);
+                float* c = C + ii * ldc + q * nr;
+                if (q < full) {
+                    f.kernel[R](kc, ap, bp, ldbp, c, ldc, 1.f, beta);
+                } else {
+                    const ukernel_fn edge = 2 * w <= nr && f.half[R] ? f.half[R] : f.kernel[R];
+                    edge(kc, ap, bp, ldbp, tile, nr, 1.f, 0.f);
+                    merge_tile(R, w, tile, nr, c, ldc, 1, beta);
+                }
+            }
+        }
+        pa += panels * S * kc;
+    }
+}
+
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
            int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
     sgemm_isa(active_isa(), transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, threads);

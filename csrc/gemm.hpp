@@ -51,6 +51,18 @@ void sgemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, floa
 // logical width, throw too.
 void sgemm_isa(Isa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int threads = 0);
+// A packed once for many products with the same A (Winograd's weights per
+// transform point, reused by every block of tiles): sgemm_pack_a() writes
+// op(A) = A (M x K, row-major) in the panel layout of `isa`'s family into dst
+// (sgemm_packed_a_size() floats, 64-byte aligned); sgemm_packed() then computes
+// C = A B (B: K x N, row-major, not transposed; beta = 0) on the calling
+// thread, reading B's full column panels in place. Every element of C is the
+// same sum, in the same order, as sgemm_isa()'s packed path gives, without
+// re-packing A or re-planning per call. M, N, K >= 1.
+int64_t sgemm_packed_a_size(Isa isa, int64_t M, int64_t K);
+void sgemm_pack_a(Isa isa, int64_t M, int64_t K, const float* A, int64_t lda, float* dst);
+void sgemm_packed(Isa isa, int64_t M, int64_t N, int64_t K, const float* packed_a, const float* B, int64_t ldb,
+                  float* C, int64_t ldc);
 // How many tasks (tiles of C handed to parallel_for) sgemm_isa() would use for
 // this shape and thread count (threads <= 0: get_num_threads()); for tests.
 int64_t sgemm_task_count(Isa isa, bool transA, bool transB, int64_t M, int64_t N, int64_t K, int threads = 0);

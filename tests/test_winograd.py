@@ -29,6 +29,9 @@ CASES = [
     pytest.param((40, 8, 6, 6, 8, (1, 1, 1, 1)), id="image-blocks-tail"),
     pytest.param((2, 40, 7, 7, 48, (1, 1, 1, 1)), id="7x7-wide"),
     pytest.param((3, 17, 12, 31, 33, (1, 1, 1, 1)), id="rows-past-a-vector"),
+    # more than 256 input channels (forward) and output channels (dx): the
+    # GEMM's depth runs in two blocks
+    pytest.param((2, 300, 5, 6, 270, (1, 1, 1, 1)), id="two-depth-blocks"),
 ]
 
 
