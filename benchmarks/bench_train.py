@@ -13,7 +13,9 @@ importable) runs the same architecture with striate's weights
 ``torch.set_num_threads`` equal to striate's thread count, and the same
 batches. Before timing, every pair is validated in evaluation mode: the
 forward outputs must agree within 1e-4 (relative to the largest logit), and
-so must the loss before and after one SGD step. Peak RSS is the peak resident set size
+so must the loss before and after one SGD step. The timed runs alternate,
+striate's then PyTorch's, round after round (``--repeats`` rounds); the
+ratio is the median of the rounds' ratios. Peak RSS is the peak resident set size
 (``VmHWM``) of a child process that imports only striate and trains LeNet-5.
 
 onnxruntime table (``--only onnx``): LeNet-5 (1x28x28), the TF-tutorial CNN
@@ -128,76 +130,93 @@ def _validate(model, tm, shape):
     tm.train()
 
 
-def _bench_train_striate(make, shape, steps, repeats):
+def _train_runs(make, shape, steps):
+    """``(striate_epoch(seed), torch_epoch(seed) or None, images)``: one training epoch each, warmed up.
+
+    striate's epoch is ``fit`` itself; torch's the same loop by hand, on the
+    same batches, from the same weights (checked by ``_validate``).
+    """
     st.seed(0)
     model = make()
     x, y = _data(shape, TRAIN_BATCH * steps)
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    tm = None
+    if torch is not None:
+        tm = _torch_model(model)
+        _validate(model, tm, shape)
     training.fit(model, x[: TRAIN_BATCH * 2], y[: TRAIN_BATCH * 2], epochs=1, batch_size=TRAIN_BATCH,
                  optimizer=opt, verbose=0, seed=0)  # warm-up
-    times = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        training.fit(model, x, y, epochs=1, batch_size=TRAIN_BATCH, optimizer=opt, verbose=0, seed=r)
-        times.append(time.perf_counter() - t0)
-    return x.shape[0] / float(np.median(times))
 
+    def s_epoch(seed):
+        training.fit(model, x, y, epochs=1, batch_size=TRAIN_BATCH, optimizer=opt, verbose=0, seed=seed)
 
-def _bench_train_torch(make, shape, steps, repeats):
-    st.seed(0)
-    model = make()
-    tm = _torch_model(model)
-    _validate(model, tm, shape)
-    x, y = _data(shape, TRAIN_BATCH * steps)
+    if tm is None:
+        return s_epoch, None, x.shape[0]
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+    t_opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
     tm.train()
 
-    def epoch(seed, n_steps):
+    def t_epoch(seed, n_steps=steps):
         order = torch.from_numpy(np.random.default_rng(seed).permutation(x.shape[0]))
-        for s in range(n_steps):
-            idx = order[s * TRAIN_BATCH : (s + 1) * TRAIN_BATCH]
-            opt.zero_grad()
+        for i in range(n_steps):
+            idx = order[i * TRAIN_BATCH : (i + 1) * TRAIN_BATCH]
+            t_opt.zero_grad()
             loss = loss_fn(tm(xt[idx]), yt[idx])
             loss.backward()
-            opt.step()
+            t_opt.step()
 
-    epoch(0, 2)
-    times = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        epoch(r, steps)
-        times.append(time.perf_counter() - t0)
-    return x.shape[0] / float(np.median(times))
+    t_epoch(0, 2)  # warm-up
+    return s_epoch, t_epoch, x.shape[0]
 
 
-def _bench_infer(make, shape, batches, repeats):
+def _infer_runs(make, shape, batches):
+    """``(striate_run(seed), torch_run(seed) or None, images)``: batch-256 inference over the same data, warmed up."""
     st.seed(0)
     model = make()
     x, _ = _data(shape, INFER_BATCH * batches)
     model.predict(x[:INFER_BATCH], batch_size=INFER_BATCH)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def s_run(seed):
         model.predict(x, batch_size=INFER_BATCH)
-        times.append(time.perf_counter() - t0)
-    s_rate = x.shape[0] / float(np.median(times))
+
+    s_run(0)  # the plans of nested containers are made on their first planned call
     if torch is None:
-        return s_rate, None
+        return s_run, None, x.shape[0]
     tm = _torch_model(model)
     _validate(model, tm, shape)
     tm.eval()
     xt = torch.from_numpy(x)
-    with torch.no_grad():
-        torch.softmax(tm(xt[:INFER_BATCH]), 1)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+
+    def t_run(seed):
+        with torch.no_grad():
             for b in range(batches):
                 torch.softmax(tm(xt[b * INFER_BATCH : (b + 1) * INFER_BATCH]), 1)
+
+    t_run(0)
+    return s_run, t_run, x.shape[0]
+
+
+def _interleaved(s_run, t_run, images, repeats):
+    """``(striate img/s, torch img/s or None, ratio or None)`` from ``repeats`` rounds of one run each.
+
+    The runs alternate round by round, so a slow spell of a shared machine
+    hits both; the rates come from the median times and the ratio is the
+    median of the rounds' own ratios (torch time / striate time).
+    """
+    s_times, t_times = [], []
+    for r in range(repeats):
+        for run, times in ((s_run, s_times), (t_run, t_times)):
+            if run is None:
+                continue
+            t0 = time.perf_counter()
+            run(r)
             times.append(time.perf_counter() - t0)
-    return s_rate, x.shape[0] / float(np.median(times))
+    s_rate = images / float(np.median(s_times))
+    if not t_times:
+        return s_rate, None, None
+    ratio = float(np.median([t / s for s, t in zip(s_times, t_times)]))
+    return s_rate, images / float(np.median(t_times)), ratio
 
 
 # --------------------------------------------------------------------------- onnxruntime
@@ -393,11 +412,10 @@ def _torch_tables(args, threads):
             if torch is not None:
                 torch.set_num_threads(t)
             steps = args.steps if shape[0] == 1 else max(4, args.steps // 3)
-            s_train = _bench_train_striate(make, shape, steps, args.repeats)
-            t_train = _bench_train_torch(make, shape, steps, args.repeats) if torch is not None else None
-            s_inf, t_inf = _bench_infer(make, shape, args.batches, args.repeats)
-            rows.append((name, "train (batch 64)", t, s_train, t_train))
-            rows.append((name, "inference (batch 256)", t, s_inf, t_inf))
+            train = _interleaved(*_train_runs(make, shape, steps), args.repeats)
+            infer = _interleaved(*_infer_runs(make, shape, args.batches), args.repeats)
+            rows.append((name, "train (batch 64)", t, *train))
+            rows.append((name, "inference (batch 256)", t, *infer))
             print(f"  done: {name}, {t} thread(s)", file=sys.stderr, flush=True)
     torch_v = f"PyTorch {torch.__version__}" if torch is not None else "PyTorch (not installed)"
     if not rows:
@@ -405,8 +423,8 @@ def _torch_tables(args, threads):
         return
     print(f"| model | task | threads | striate img/s | {torch_v} img/s | striate / torch |")
     print("|---|---|---|---|---|---|")
-    for name, task, t, s, p in rows:
-        ratio = f"{s / p:.2f}x" if p else "-"
+    for name, task, t, s, p, r in rows:
+        ratio = f"{r:.2f}x" if r else "-"
         print(f"| {name} | {task} | {t} | {s:,.0f} | {f'{p:,.0f}' if p else '-'} | {ratio} |")
     print(f"\nPeak RSS while training LeNet-5 (1x28x28, batch 64, {max(threads)} threads): {rss:.0f} MB")
 
