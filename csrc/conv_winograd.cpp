@@ -100,6 +100,12 @@ void for_chunks(const WinoGeom& g, const Blocking& b, int64_t N, int64_t blk, F&
     f(n, th0, std::min(g.TH, th0 + b.rows_per_block), int64_t{0});
 }
 
+// dst[j] = src[j] for j < n: rows of 8 to 64 floats, where a call of memcpy
+// per row cost more than the copy (3-4% of a ResNet-20 forward).
+inline void copy_row(const float* __restrict src, int64_t n, float* __restrict dst) {
+    for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
+}
+
 // U[a][k][c] = (G g G^T)[a / 4][a % 4] for g(i, j) = get(k, c, i, j), with
 // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
 template <class Get>
@@ -177,8 +183,7 @@ void winograd_conv(const ConvKit& kit, const WinoGeom& g, int64_t N, const float
                     kit.wino2_out(M + k * ld + tb, ms, P, bias ? bias[k] : 0.f, Y, Y + y_size);
                     float* plane = out + (n * g.Kout + k) * g.Hout * g.Wout;
                     for (int64_t oh = 2 * th0; oh < oh1; ++oh)
-                        std::memcpy(plane + oh * g.Wout, Y + (oh % 2) * y_size + (oh / 2 - th0) * 2 * TW,
-                                    static_cast<size_t>(g.Wout) * sizeof(float));
+                        copy_row(Y + (oh % 2) * y_size + (oh / 2 - th0) * 2 * TW, g.Wout, plane + oh * g.Wout);
                 }
             });
         },
