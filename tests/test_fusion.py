@@ -306,3 +306,29 @@ def test_predict_of_resnet20_matches_its_evaluation_forward(backend):
         np.testing.assert_allclose(m.predict(x), e / e.sum(1, keepdims=True), rtol=1e-6, atol=1e-7)
     if backend == "cpp":  # the plan folds as fuse() does
         assert np.array_equal(m.predict(x), m.fuse().predict(x))
+
+
+def test_the_first_planned_answer_is_the_plans(backend):
+    # The checked planning run computes BatchNorm unfolded; the answer returned
+    # is still the plan's, so a new input shape never changes the bits.
+    m = resnet_like()
+    x = data(n=5)[0]
+    first = [m.predict(x[:k]) for k in (5, 3, 5, 3)]
+    assert np.array_equal(first[0], first[2]) and np.array_equal(first[1], first[3])
+
+
+@pytest.mark.parametrize("n", [1, 7, 12])
+def test_large_batches_run_as_smaller_ones_with_the_same_bits(monkeypatch, backend, n):
+    import striate.model as M
+
+    m = resnet_like()
+    x = data(n=n)[0]
+    whole = m.predict(x)
+    # a budget below one batch's largest activation: the batch runs in 2 or 3 parts
+    plan_bytes = max(1, x[:1].size * 4 * 3 * max(1, n // 3))
+    monkeypatch.setattr(M, "_PLAN_BYTES", plan_bytes)
+    parts = [m.predict(x) for _ in range(2)]
+    assert all(np.array_equal(p, whole) for p in parts)
+    if backend == "cpp" and n > 1:  # plans of the smaller shapes were made
+        shapes = {k[0][0] for k in M._PLANS[m]}
+        assert any(s < n for s in shapes)

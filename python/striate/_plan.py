@@ -42,13 +42,19 @@ __all__ = ["Plan", "build", "plannable"]
 
 
 class Plan:
-    """A planned forward for one input shape: ``plan(x)`` runs ``steps`` in order."""
+    """A planned forward for one input shape: ``plan(x)`` runs ``steps`` in order.
 
-    __slots__ = ("steps", "shape")
+    ``row_bytes`` is the size of the largest activation per input row (one
+    image): the caller may run a large batch as smaller ones that keep the
+    activations in cache (``Sequential.forward``).
+    """
 
-    def __init__(self, steps, shape):
+    __slots__ = ("steps", "shape", "row_bytes")
+
+    def __init__(self, steps, shape, row_bytes=0):
         self.steps = steps
         self.shape = shape
+        self.row_bytes = row_bytes
 
     def __call__(self, x):
         for step in self.steps:
@@ -265,4 +271,6 @@ def build(layers, x, out_shapes):
             i = relu  # the ReLU ran in place on this layer's output
         shape = tuple(out_shapes[i])
         i += 1
-    return Plan(steps, tuple(x.shape))
+    n = max(1, int(x.shape[0]))
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in out_shapes if len(s) >= 1] + [int(x.size)]
+    return Plan(steps, tuple(x.shape), max(sizes) * 4 // n)
