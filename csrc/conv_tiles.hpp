@@ -351,8 +351,9 @@ STRIATE_TILE_TARGET inline typename V::reg padded_lanes(const float* row, int64_
 // `left` zero columns before it and zeros past it, split by column phase for
 // nt tiles per row: padded row r goes to x_q = a + ((r % 2) * 4 + q) * arr +
 // (r / 2 - th0) * nt with x_q[j] = padded[r][2j + q] for q < 4, j < nt (the
-// arrays wino2_input reads). Two de-interleaved pairs of vectors per W tiles,
-// with masked loads at the row edges; W lanes are stored at a time, so up to
+// arrays wino2_input reads). One de-interleaved pair of vectors per W tiles
+// (masked loads at the row edges) gives x0 and x1, and the same moved down one
+// lane x2 and x3; W lanes are stored at a time, so up to
 // round_up(nt, W) entries are written: the lanes past nt land in the next row
 // of the same array, written afterwards, or in the caller's slack past the last.
 STRIATE_TILE_TARGET void wino2_split(const float* plane, int64_t h, int64_t w, int64_t top, int64_t left, int64_t r0,
@@ -375,14 +376,14 @@ STRIATE_TILE_TARGET void wino2_split(const float* plane, int64_t h, int64_t w, i
         }
         const float* row = plane + ih * w;
         for (int64_t j = 0; j < nt; j += W) {
-            const int64_t c0 = 2 * j - left;
+            const int64_t c0 = 2 * j - left, cn = c0 + 2 * W;  // cn: the columns of x0, x1 at j + W
             R ev, od;
             V::deinterleave(padded_lanes(row, w, c0), padded_lanes(row, w, c0 + W), ev, od);
             V::store(x0 + j, ev);
             V::store(x1 + j, od);
-            V::deinterleave(padded_lanes(row, w, c0 + 2), padded_lanes(row, w, c0 + 2 + W), ev, od);
-            V::store(x2 + j, ev);
-            V::store(x3 + j, od);
+            // x2, x3 are x0, x1 one tile on: the lanes moved down, the next column in.
+            V::store(x2 + j, V::shift_in(ev, cn >= 0 && cn < w ? row[cn] : 0.f));
+            V::store(x3 + j, V::shift_in(od, cn + 1 >= 0 && cn + 1 < w ? row[cn + 1] : 0.f));
         }
     }
 }

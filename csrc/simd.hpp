@@ -27,6 +27,8 @@
 //                             2W lanes a and b zipped), hi = the last W
 //   deinterleave(a, b, ev, od)  the inverse: of the 2W lanes a0..a(W-1)
 //                             b0..b(W-1), ev = the even ones, od = the odd
+//   shift_in(a, f)            a1 a2 ... a(W-1) f: the lanes moved down by one,
+//                             f entering at the top
 //   hsum(v)                   sum of the lanes by a fixed tree: for 16 lanes the
 //                             halves (l + l+8) first, then the 8-lane tree
 //                             ((l + l+4), then (0+2) + (1+3))
@@ -110,6 +112,11 @@ struct Generic {
         for (int l = 0; l < W; ++l) a.v[l] *= b.v[l];
         return a;
     }
+    static STRIATE_SIMD_INLINE reg shift_in(reg a, float f) {
+        for (int l = 0; l + 1 < W; ++l) a.v[l] = a.v[l + 1];
+        a.v[W - 1] = f;
+        return a;
+    }
     static STRIATE_SIMD_INLINE void deinterleave(reg a, reg b, reg& ev, reg& od) {
         for (int l = 0; l < W / 2; ++l) {
             ev.v[l] = a.v[2 * l];
@@ -179,6 +186,10 @@ struct Avx2 {
     }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+    STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE reg shift_in(reg a, float f) {
+        const __m256 down = _mm256_permutevar8x32_ps(a, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 0));
+        return _mm256_blend_ps(down, _mm256_set1_ps(f), 0x80);
+    }
     STRIATE_TARGET_AVX2 static STRIATE_SIMD_INLINE void deinterleave(reg a, reg b, reg& ev, reg& od) {
         // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs in order 0 2 1 3.
         const __m256 e = _mm256_shuffle_ps(a, b, 0x88), o = _mm256_shuffle_ps(a, b, 0xDD);
@@ -245,6 +256,11 @@ struct Avx512 {
     }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+    STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE reg shift_in(reg a, float f) {
+        // (set1(f) : a) shifted down by one 32-bit lane
+        return _mm512_castsi512_ps(
+            _mm512_alignr_epi32(_mm512_castps_si512(_mm512_set1_ps(f)), _mm512_castps_si512(a), 1));
+    }
     STRIATE_TARGET_AVX512 static STRIATE_SIMD_INLINE void deinterleave(reg a, reg b, reg& ev, reg& od) {
         const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
