@@ -34,7 +34,10 @@ over striate's ``predict`` time (above 1: striate is faster).
 
 The output starts with the CPU model (from /proc/cpuinfo) and the ISA path
 striate's kernels take; ``--isa NAME`` sets that path (``st.set_isa``) before
-anything is timed, in the RSS child too. ``--models`` keeps only the named
+anything is timed, in the RSS child too. ``--torch-isa avx2`` holds PyTorch to
+its AVX2 kernels (oneDNN and ATen), as it runs on a CPU without AVX-512, so
+that ``--isa avx2 --torch-isa avx2`` on an AVX-512 machine stands in for an
+AVX2-only one; the header line says which path PyTorch took. ``--models`` keeps only the named
 rows (``lenet5``, ``cifar``, ``tf_cnn``, ``resnet20``) in every table; the
 peak RSS line is always LeNet-5's.
 
@@ -364,6 +367,10 @@ def main(argv=None):
                     help="run only the PyTorch tables (training, inference, peak RSS) or only onnxruntime's")
     ap.add_argument("--models", default=",".join(MODEL_KEYS),
                     help=f"comma-separated rows to run, of {', '.join(MODEL_KEYS)} (default: all)")
+    ap.add_argument("--torch-isa", choices=("native", "avx2"), default="native",
+                    help="vector path of PyTorch's kernels: 'native' (the widest this CPU runs) or 'avx2' "
+                         "(ONEDNN_MAX_CPU_ISA=AVX2 and ATEN_CPU_CAPABILITY=avx2, what PyTorch runs on a CPU "
+                         "without AVX-512); set before torch is imported")
     ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     add_isa_argument(ap)
     args = ap.parse_args(argv)
@@ -396,6 +403,9 @@ def _torch_tables(args, threads):
     """Training and batch-256 inference next to PyTorch, and the peak RSS of LeNet-5 training."""
     rss = _peak_rss_mb(max(threads))  # before torch makes this process large
     global torch
+    if args.torch_isa == "avx2":
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
     try:
         import torch as _torch
 
@@ -418,6 +428,9 @@ def _torch_tables(args, threads):
             rows.append((name, "inference (batch 256)", t, *infer))
             print(f"  done: {name}, {t} thread(s)", file=sys.stderr, flush=True)
     torch_v = f"PyTorch {torch.__version__}" if torch is not None else "PyTorch (not installed)"
+    if torch is not None:
+        print(f"PyTorch CPU capability: {torch.backends.cpu.get_cpu_capability()}"
+              f"{' (--torch-isa avx2)' if args.torch_isa == 'avx2' else ''}")
     if not rows:
         print(f"\nPeak RSS while training LeNet-5 (1x28x28, batch 64, {max(threads)} threads): {rss:.0f} MB")
         return
