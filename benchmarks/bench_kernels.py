@@ -17,7 +17,9 @@ reference/striate, their geometric means (per table and over all conv
 layers), and the 1 -> 2 thread scaling of striate on the three largest
 layers. The header names the CPU (from /proc/cpuinfo) and the ISA path
 striate's kernels take; ``--isa avx2`` (or ``avx512``, ``generic``) sets it
-before anything runs.
+before anything runs. PyTorch takes its widest kernels; to hold it to AVX2, as
+on a CPU without AVX-512, set ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``
+in the environment (the summary line names the path PyTorch ran).
 
 Not a test: it refuses to time a kernel that fails validation, but sets no
 speed limits. Run it with numpy's BLAS overrides removed::
@@ -306,7 +308,8 @@ def main(argv=None) -> int:
         _derive(row)
 
     print(f"\n{cpu_model()}, ISA {st.get_isa()}, threads={args.threads}, repeat={args.repeat}, numpy {np.__version__}"
-          + (f", torch {torch.__version__}" if torch is not None else ", torch not installed"))
+          + (f", torch {torch.__version__} on its {torch.backends.cpu.get_cpu_capability()} kernels"
+             if torch is not None else ", torch not installed"))
     means = {}
     if base or pool:
         means["base"] = _print_table("Layers of docs/performance.md and max-pool", base + pool)
