@@ -222,6 +222,11 @@ struct ConvKit {
     wino_split_fn wino2_split;
     wino_in_fn wino2_in;
     wino_out_fn wino2_out;
+    // ... of F(2x2, 5x5): the split into 6 column phases, B^T d B of 6 x 6
+    // tiles (36 points), A^T m A + bias.
+    wino_split_fn wino5_split;
+    wino_in_fn wino5_in;
+    wino_out_fn wino5_out;
     // ... and of the weight gradient, on channels-last rows: B^T d B of the
     // input tiles and A e A^T of the output-gradient tiles of one tile row,
     // and G^T M G of the 16 sums M.
@@ -334,7 +339,8 @@ bool winograd_dw_ok(const Conv2dShape& s, const ConvKit* kit);
 bool winograd_dw_better(const Conv2dShape& s);
 std::unique_ptr<DwPlan> make_dw_winograd(const Conv2dShape& s, const ConvKit* kit);
 
-// conv_winograd.cpp: 3x3 stride-1 forward and dx through Winograd F(2x2, 3x3).
+// conv_winograd.cpp: 3x3 and 5x5 stride-1 forward and dx through Winograd
+// F(2x2, 3x3) and F(2x2, 5x5).
 bool winograd_forward_ok(const Conv2dShape& s, const ConvKit* kit);
 bool winograd_dx_ok(const Conv2dShape& s, const ConvKit* kit);
 // Where Winograd is faster than the direct kernels (measured; shape only, the
