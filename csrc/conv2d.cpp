@@ -6,9 +6,10 @@
 // AVX-512 and for AVX2 (the same kernels, conv_tiles.hpp, with tiles sized per
 // ISA, and the same choices, so both give the same bits); the generic path
 // takes im2col + SGEMM for every shape.
-//   forward, 3x3, stride 1, dilation 1, ungrouped, >= 16 input and output
-//       channels: Winograd F(2x2, 3x3) (conv_winograd.cpp); dx the same on dy
-//       with the rotated, transposed weights, when the padding is at most 2.
+//   forward, 3x3 or 5x5, stride 1, dilation 1, ungrouped, >= 16 input and
+//       output channels: Winograd F(2x2, 3x3) or F(2x2, 5x5)
+//       (conv_winograd.cpp); dx the same on dy with the rotated, transposed
+//       weights, when the padding is at most 2 (3x3) or 4 (5x5).
 //   forward, stride 1, not pointwise: direct kernel on the padded
 //       image (conv_direct.cpp), vectors over positions or, for small outputs,
 //       over output channels; bias fused.

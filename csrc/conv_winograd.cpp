@@ -1,26 +1,28 @@
-// conv_winograd.cpp: 3x3, stride-1, dilation-1, ungrouped convolution forward
-// and input gradient through Winograd F(2x2, 3x3): 2x2 outputs per 4x4 input
-// tile from 16 products instead of 36, so 2.25x fewer multiplies than the
-// direct kernel.
+// conv_winograd.cpp: 3x3 and 5x5, stride-1, dilation-1, ungrouped
+// convolution forward and input gradient through Winograd F(2x2, 3x3) and
+// F(2x2, 5x5): 2x2 outputs per 4x4 (6x6) input tile from 16 (36) products
+// instead of 36 (100), so 2.25x (2.8x) fewer multiplies than the direct
+// kernel.
 //
-// One call: the weights are transformed once, U[a][k][c] = (G g_kc G^T)[a]
-// for the 16 points a; the tiles, over (image, tile row, tile column) in that
+// One routine for both kernel sizes R (tile T = R + 1, T * T points): the
+// weights are transformed once per call, U[a][k][c] = (G g_kc G^T)[a] for
+// the points a; the tiles, over (image, tile row, tile column) in that
 // order, are cut into blocks of a fixed number of tiles (from the shape only).
 // Per block, on one thread, with V and M in that thread's arena (kept across
-// calls): the input transform V[a][c][t] = (B^T d_ct B)[a]; 16 independent
-// GEMMs M[a] = U[a] . V[a] (the project's sgemm kernels on the calling thread,
-// from U[a] packed once per call);
+// calls): the input transform V[a][c][t] = (B^T d_ct B)[a]; one GEMM per
+// point, M[a] = U[a] . V[a] (the project's sgemm kernels on the calling
+// thread, from U[a] packed once per call);
 // the output transform y = A^T M A + bias, written straight into the output.
 // Blocks are independent outputs, so every value is computed the same way
 // for any thread count; the transforms are fixed sequences of additions and
 // the GEMM sums over channels in one order on both vector paths, so AVX2 and
 // AVX-512 give the same bits.
 //
-// dx is the same routine on dy, padded by 2 minus the forward padding, with
-// the weights rotated by 180 degrees and transposed (K <-> C).
+// dx is the same routine on dy, padded by R - 1 minus the forward padding,
+// with the weights rotated by 180 degrees and transposed (K <-> C).
 //
-// Not here: the vector transforms (conv_tiles.hpp, wino2_*), the choice of
-// algorithm (conv2d.cpp), other kernel sizes, strides or groups.
+// Not here: the vector transforms (conv_tiles.hpp, wino2_* and wino5_*), the
+// choice of algorithm (conv2d.cpp), other kernel sizes, strides or groups.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -34,10 +36,12 @@ namespace conv {
 
 namespace {
 
-constexpr int64_t kPoints = 16;  // 4 x 4 transform points of F(2x2, 3x3)
-constexpr int64_t kSlack = 16;   // >= the widest vector: lanes past a segment's tiles
+constexpr int64_t kSlack = 16;  // >= the widest vector: lanes past a segment's tiles
 
-// A stride-1 3x3 convolution of an (Cin, Hin, Win) input, padded by top on
+// Transform points of F(2x2, R x R): (R + 1) x (R + 1).
+constexpr int64_t points(int R) { return int64_t{R + 1} * (R + 1); }
+
+// A stride-1 R x R convolution of an (Cin, Hin, Win) input, padded by top on
 // the top and left on the left (the bottom and right padding only show as
 // zeros past the input), into a (Kout, Hout, Wout) output, in TH x TW tiles
 // of 2 x 2 outputs.
@@ -58,17 +62,25 @@ struct Blocking {
     int64_t rows_per_block, blocks_per_image, nblocks, max_tiles;
 };
 
-// Tiles per block: V and M of a block (16 (Cin + Kout) floats per tile) in
-// about 384 KB, so they stay in L2 while the GEMMs read them.
-int64_t target_tiles(const WinoGeom& g) {
-    const int64_t per_tile = kPoints * (g.Cin + g.Kout);
-    return std::clamp<int64_t>(96 * 1024 / per_tile, 32, 512);
+// Tiles per block. 3x3: V and M of a block (16 (Cin + Kout) floats per tile)
+// in about 384 KB, so they stay in L2 while the GEMMs read them. 5x5: about
+// 2 MB (36 (Cin + Kout) floats per tile), past the 1 MB L2 of the Zen 4 it
+// was measured on: the GEMM of one point reads only that point's slice, and
+// longer GEMMs (more tiles) paid more than the misses. One thread, CPU time,
+// AVX-512 / AVX2, batch 64, the 384 KB rule against this one:
+// 32 -> 64 on 14x14 9.6 / 8.8 against 8.1 / 8.0 ms forward, 64 -> 64 on
+// 16x16 16.1 / 16.3 against 15.2 / 15.8 ms, 16 -> 32 on 28x28 11.0 / 10.2
+// against 8.5 / 9.7 ms (dx alike).
+int64_t target_tiles(const WinoGeom& g, int64_t npoints) {
+    const int64_t per_tile = npoints * (g.Cin + g.Kout);
+    const int64_t budget = npoints == 16 ? 96 * 1024 : 512 * 1024;  // floats
+    return std::clamp<int64_t>(budget / per_tile, 32, 512);
 }
 
 constexpr int64_t kMinBlocks = 4;  // split images into row blocks below this many blocks
 
-Blocking make_blocking(const WinoGeom& g, int64_t N) {
-    const int64_t target = target_tiles(g), per_image = g.TH * g.TW;
+Blocking make_blocking(const WinoGeom& g, int64_t N, int64_t npoints) {
+    const int64_t target = target_tiles(g, npoints), per_image = g.TH * g.TW;
     Blocking b{};
     if (per_image <= target && N >= kMinBlocks * (target / per_image)) {
         b.images_per_block = target / per_image;
@@ -79,6 +91,12 @@ Blocking make_blocking(const WinoGeom& g, int64_t N) {
     int64_t rows = std::max<int64_t>(1, target / g.TW);
     const int64_t wanted = (kMinBlocks + N - 1) / std::max<int64_t>(N, 1);  // blocks per image
     rows = std::max<int64_t>(1, std::min(rows, (g.TH + wanted - 1) / wanted));
+    if (npoints == 36) {
+        // The same number of blocks with their rows evened out: 64 -> 64 on 16x16 in
+        // blocks of 5 + 3 tile rows (40 + 24 tiles) took 21 ms against 15 ms
+        // for 4 + 4 (one thread, AVX-512).
+        rows = (g.TH + (g.TH + rows - 1) / rows - 1) / ((g.TH + rows - 1) / rows);
+    }
     b.rows_per_block = rows;
     b.blocks_per_image = (g.TH + rows - 1) / rows;
     b.nblocks = N * b.blocks_per_image;
@@ -109,7 +127,7 @@ inline void copy_row(const float* __restrict src, int64_t n, float* __restrict d
 // U[a][k][c] = (G g G^T)[a / 4][a % 4] for g(i, j) = get(k, c, i, j), with
 // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
 template <class Get>
-void transform_weights(int64_t K, int64_t C, const Get& get, float* U, int threads) {
+void transform_weights3(int64_t K, int64_t C, const Get& get, float* U, int threads) {
     parallel_for(
         K,
         [&](int64_t k) {
@@ -133,30 +151,87 @@ void transform_weights(int64_t K, int64_t C, const Get& get, float* U, int threa
         threads);
 }
 
-// out (N, Kout, Hout, Wout) = conv(in (N, Cin, Hin, Win)) + bias through the
-// transformed weights, packed per point for the GEMM: point a's (Kout, Cin)
-// matrix at PU + a * ps (pack_points); bias may be null.
-void winograd_conv(const ConvKit& kit, const WinoGeom& g, int64_t N, const float* in, const float* PU, int64_t ps,
-                   const float* bias, float* out, int threads) {
-    const Blocking bk = make_blocking(g, N);
+// U[a][k][c] = (G g G^T)[a / 6][a % 6] for the 5 x 5 g(i, j) = get(k, c, i, j),
+// with G of the points 0, 1, -1, 2, -2, infinity (conv_tiles.hpp):
+//   G = [[ 1/4,     0,    0,     0,   0],
+//        [-1/6,  -1/6, -1/6,  -1/6, -1/6],
+//        [-1/6,   1/6, -1/6,   1/6, -1/6],
+//        [1/24,  1/12,  1/6,   1/3,  2/3],
+//        [1/24, -1/12,  1/6,  -1/3,  2/3],
+//        [   0,     0,    0,     0,   1]].
+// In float64, rounded once to float32 (the sixths and twelfths are inexact);
+// once per call, K C (30 + 180) multiply-adds, small beside the GEMMs.
+template <class Get>
+void transform_weights5(int64_t K, int64_t C, const Get& get, float* U, int threads) {
+    static constexpr double G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
+                                       {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                       {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                       {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
+                                       {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
+                                       {0, 0, 0, 0, 1}};
+    parallel_for(
+        K,
+        [&](int64_t k) {
+            for (int64_t c = 0; c < C; ++c) {
+                double g[5][5], t[6][5];
+                for (int i = 0; i < 5; ++i)
+                    for (int j = 0; j < 5; ++j) g[i][j] = get(k, c, i, j);
+                for (int p = 0; p < 6; ++p)  // t = G g
+                    for (int j = 0; j < 5; ++j) {
+                        double acc = 0;
+                        for (int i = 0; i < 5; ++i) acc += G[p][i] * g[i][j];
+                        t[p][j] = acc;
+                    }
+                for (int p = 0; p < 6; ++p)  // t G^T
+                    for (int q = 0; q < 6; ++q) {
+                        double acc = 0;
+                        for (int j = 0; j < 5; ++j) acc += t[p][j] * G[q][j];
+                        U[((p * 6 + q) * K + k) * C + c] = static_cast<float>(acc);
+                    }
+            }
+        },
+        threads);
+}
+
+template <class Get>
+void transform_weights(int R, int64_t K, int64_t C, const Get& get, float* U, int threads) {
+    if (R == 3) {
+        transform_weights3(K, C, get, U, threads);
+    } else {
+        transform_weights5(K, C, get, U, threads);
+    }
+}
+
+// out (N, Kout, Hout, Wout) = conv(in (N, Cin, Hin, Win)) + bias with an
+// R x R kernel (R = 3 or 5) through the transformed weights, packed per point
+// for the GEMM: point a's (Kout, Cin) matrix at PU + a * ps (pack_points);
+// bias may be null.
+void winograd_conv(const ConvKit& kit, int R, const WinoGeom& g, int64_t N, const float* in, const float* PU,
+                   int64_t ps, const float* bias, float* out, int threads) {
+    const int T = R + 1;  // tile side; T column phases per row parity
+    const int64_t npoints = points(R);
+    const wino_split_fn split = R == 3 ? kit.wino2_split : kit.wino5_split;
+    const wino_in_fn input = R == 3 ? kit.wino2_in : kit.wino5_in;
+    const wino_out_fn output = R == 3 ? kit.wino2_out : kit.wino5_out;
+    const Blocking bk = make_blocking(g, N, npoints);
     const int64_t TW = g.TW, ld = round_up(bk.max_tiles, 16) + kSlack;
-    // Point strides one cache line past the channel rows, so the 16 points of
+    // Point strides one cache line past the channel rows, so the points of
     // one tile land in different cache sets (ld * channels is often a multiple of 4 KB).
     const int64_t vs = g.Cin * ld + 16, ms = g.Kout * ld + 16;
-    const int64_t v_size = kPoints * vs, m_size = kPoints * ms + kSlack;
-    // Scratch: the 8 split-row arrays (row parity x column phase) of up to
-    // rows_max + 1 row pairs; the two output rows of every tile row.
+    const int64_t v_size = npoints * vs, m_size = npoints * ms + kSlack;
+    // Scratch: the 2 T split-row arrays (row parity x column phase) of up to
+    // rows_max + T / 2 - 1 row pairs; the two output rows of every tile row.
     const int64_t rows_max = bk.images_per_block > 0 ? g.TH : bk.rows_per_block;
-    const int64_t arr = (rows_max + 1) * TW + kSlack;
+    const int64_t arr = (rows_max + T / 2 - 1) * TW + kSlack;
     const int64_t y_size = 2 * rows_max * TW + 2 * kSlack;
-    const int64_t scratch = v_size + m_size + 8 * arr + 2 * y_size;
+    const int64_t scratch = v_size + m_size + 2 * T * arr + 2 * y_size;
     parallel_for(
         bk.nblocks,
         [&](int64_t blk) {
             float* V = tl_wino.get(scratch);
             float* M = V + v_size;
-            float* A = M + m_size;  // split rows: A + (parity * 4 + kind) * arr
-            float* Y = A + 8 * arr;     // output rows: Y + r * y_size
+            float* A = M + m_size;     // split rows: A + (parity * T + phase) * arr
+            float* Y = A + 2 * T * arr;  // output rows: Y + r * y_size
             int64_t nt = 0;
             // Input transform, chunk after chunk: the scratch lanes a chunk writes
             // past its tiles belong to later chunks (or the slack).
@@ -164,23 +239,23 @@ void winograd_conv(const ConvKit& kit, const WinoGeom& g, int64_t N, const float
                 const int64_t P = (th1 - th0) * TW;
                 nt = tb + P;
                 // d[i][q] of tile p (input row 2 th + i): array (i % 2, q) at p + (i / 2) TW.
-                const float* src[16];
-                for (int i = 0; i < 4; ++i)
-                    for (int q = 0; q < 4; ++q) src[4 * i + q] = A + ((i % 2) * 4 + q) * arr + (i / 2) * TW;
+                const float* src[36];
+                for (int i = 0; i < T; ++i)
+                    for (int q = 0; q < T; ++q) src[T * i + q] = A + ((i % 2) * T + q) * arr + (i / 2) * TW;
                 for (int64_t c = 0; c < g.Cin; ++c) {
-                    // The input rows split by column phase (kit.wino2_split): a scalar split
+                    // The input rows split by column phase (kit.wino*_split): a scalar split
                     // took 12-23% of a 16-channel 32x32 forward.
-                    kit.wino2_split(in + (n * g.Cin + c) * g.Hin * g.Win, g.Hin, g.Win, g.top, g.left, 2 * th0,
-                                    2 * th1 + 2, th0, TW, A, arr);
-                    kit.wino2_in(src, P, V + c * ld + tb, vs);
+                    split(in + (n * g.Cin + c) * g.Hin * g.Win, g.Hin, g.Win, g.top, g.left, 2 * th0,
+                          2 * th1 + R - 1, th0, TW, A, arr);
+                    input(src, P, V + c * ld + tb, vs);
                 }
             });
-            for (int64_t a = 0; a < kPoints; ++a)
+            for (int64_t a = 0; a < npoints; ++a)
                 sgemm_packed(kit.isa, g.Kout, nt, g.Cin, PU + a * ps, V + a * vs, ld, M + a * ms, ld);
             for_chunks(g, bk, N, blk, [&](int64_t n, int64_t th0, int64_t th1, int64_t tb) {
                 const int64_t P = (th1 - th0) * TW, oh1 = std::min(g.Hout, 2 * th1);
                 for (int64_t k = 0; k < g.Kout; ++k) {
-                    kit.wino2_out(M + k * ld + tb, ms, P, bias ? bias[k] : 0.f, Y, Y + y_size);
+                    output(M + k * ld + tb, ms, P, bias ? bias[k] : 0.f, Y, Y + y_size);
                     float* plane = out + (n * g.Kout + k) * g.Hout * g.Wout;
                     for (int64_t oh = 2 * th0; oh < oh1; ++oh)
                         copy_row(Y + (oh % 2) * y_size + (oh / 2 - th0) * 2 * TW, g.Wout, plane + oh * g.Wout);
@@ -195,54 +270,67 @@ int64_t packed_size(const ConvKit& kit, int64_t Kout, int64_t Cin) {
     return round_up(sgemm_packed_a_size(kit.isa, Kout, Cin), 16);
 }
 
-// The 16 points' (Kout, Cin) matrices of U packed once per call, after U (in
+// The points' (Kout, Cin) matrices of U packed once per call, after U (in
 // the same arena): the GEMM of every block then starts from them (packing per
 // block cost 5-6% of a ResNet-20 forward).
-float* pack_points(const ConvKit& kit, int64_t Kout, int64_t Cin, float* U, int64_t ps) {
-    float* PU = U + kPoints * round_up(Kout * Cin, 16);
-    for (int64_t a = 0; a < kPoints; ++a) sgemm_pack_a(kit.isa, Kout, Cin, U + a * Kout * Cin, Cin, PU + a * ps);
+float* pack_points(const ConvKit& kit, int64_t npoints, int64_t Kout, int64_t Cin, float* U, int64_t ps) {
+    float* PU = U + npoints * round_up(Kout * Cin, 16);
+    for (int64_t a = 0; a < npoints; ++a) sgemm_pack_a(kit.isa, Kout, Cin, U + a * Kout * Cin, Cin, PU + a * ps);
     return PU;
 }
 
 bool winograd_shape(const Conv2dShape& s, const ConvKit* kit) {
-    return kit && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 && s.groups == 1;
+    return kit && (s.kh == 3 || s.kh == 5) && s.kw == s.kh && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
+           s.groups == 1;
 }
 
 }  // namespace
 
 bool winograd_forward_ok(const Conv2dShape& s, const ConvKit* kit) { return winograd_shape(s, kit); }
 bool winograd_dx_ok(const Conv2dShape& s, const ConvKit* kit) {
-    return winograd_shape(s, kit) && s.pt <= 2 && s.pb <= 2 && s.pl <= 2 && s.pr <= 2;
+    const int64_t r1 = s.kh - 1;  // dx pads dy by r1 - p on each side
+    return winograd_shape(s, kit) && s.pt <= r1 && s.pb <= r1 && s.pl <= r1 && s.pr <= r1;
 }
 
+// 3x3 and 5x5 alike: at least 16 input and output channels. 5x5, batch 64,
+// one thread, CPU time in ms (the machine was shared, so not wall clock),
+// direct -> Winograd forward / dx, AVX-512 and AVX2:
+//   32 -> 64, 14x14, pad 2   12.2 -> 8.1 / 12.1 -> 8.5     12.3 -> 8.0 / 12.3 -> 8.5
+//   64 -> 64, 16x16, pad 2   30.3 -> 15.2 / 30.8 -> 15.6   31.1 -> 15.8 / 31.8 -> 16.2
+//   16 -> 32, 28x28, pad 2   12.1 -> 8.5 / 12.1 -> 9.1     13.2 -> 9.7 / 12.8 -> 10.1
+//   16 -> 16, 14x14, pad 2   1.57 -> 1.43 / 1.64 -> 1.54   1.67 -> 1.57 / 1.79 -> 1.69
+//   8 -> 16, 28x28, pad 2    3.42 -> 3.51 / 4.39 -> 3.91   3.67 -> 3.98 / 4.83 -> 4.23
+// so 16 channels is still where it starts to pay; LeNet C3 (6 -> 16) stays direct.
 bool winograd_forward_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
 bool winograd_dx_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
 
 void forward_winograd(const ConvKit& kit, const Conv2dShape& s, const float* x, const float* w, const float* b,
                       float* y, int threads) {
-    // x (N, C, H, W), w (K, C, 3, 3), b (K,) or null, y (N, K, OH, OW).
-    const int64_t ps = packed_size(kit, s.K, s.C);
-    float* U = tl_wpack.get(kPoints * (round_up(s.K * s.C, 16) + ps));
+    // x (N, C, H, W), w (K, C, R, R), b (K,) or null, y (N, K, OH, OW).
+    const int R = static_cast<int>(s.kh);
+    const int64_t np = points(R), ps = packed_size(kit, s.K, s.C);
+    float* U = tl_wpack.get(np * (round_up(s.K * s.C, 16) + ps));
     transform_weights(
-        s.K, s.C, [&](int64_t k, int64_t c, int i, int j) { return w[((k * s.C + c) * 3 + i) * 3 + j]; }, U,
+        R, s.K, s.C, [&](int64_t k, int64_t c, int i, int j) { return w[((k * s.C + c) * R + i) * R + j]; }, U,
         threads);
-    float* PU = pack_points(kit, s.K, s.C, U, ps);
-    winograd_conv(kit, make_geom(s.C, s.H, s.W, s.pt, s.pl, s.K, s.OH, s.OW), s.N, x, PU, ps, b, y, threads);
+    float* PU = pack_points(kit, np, s.K, s.C, U, ps);
+    winograd_conv(kit, R, make_geom(s.C, s.H, s.W, s.pt, s.pl, s.K, s.OH, s.OW), s.N, x, PU, ps, b, y, threads);
 }
 
 void backward_dx_winograd(const ConvKit& kit, const Conv2dShape& s, const float* dy, const float* w, float* dx,
                           int threads) {
-    // dy (N, K, OH, OW), w (K, C, 3, 3), dx (N, C, H, W): dx = conv(dy padded by 2 - p, w'),
-    // w'[c][k][i][j] = w[k][c][2 - i][2 - j].
-    const int64_t ps = packed_size(kit, s.C, s.K);
-    float* U = tl_wpack.get(kPoints * (round_up(s.C * s.K, 16) + ps));
+    // dy (N, K, OH, OW), w (K, C, R, R), dx (N, C, H, W): dx = conv(dy padded by R - 1 - p, w'),
+    // w'[c][k][i][j] = w[k][c][R - 1 - i][R - 1 - j].
+    const int R = static_cast<int>(s.kh);
+    const int64_t np = points(R), ps = packed_size(kit, s.C, s.K);
+    float* U = tl_wpack.get(np * (round_up(s.C * s.K, 16) + ps));
     transform_weights(
-        s.C, s.K,
-        [&](int64_t c, int64_t k, int i, int j) { return w[((k * s.C + c) * 3 + (2 - i)) * 3 + (2 - j)]; }, U,
-        threads);
-    float* PU = pack_points(kit, s.C, s.K, U, ps);
-    winograd_conv(kit, make_geom(s.K, s.OH, s.OW, 2 - s.pt, 2 - s.pl, s.C, s.H, s.W), s.N, dy, PU, ps, nullptr, dx,
-                  threads);
+        R, s.C, s.K,
+        [&](int64_t c, int64_t k, int i, int j) { return w[((k * s.C + c) * R + (R - 1 - i)) * R + (R - 1 - j)]; },
+        U, threads);
+    float* PU = pack_points(kit, np, s.C, s.K, U, ps);
+    winograd_conv(kit, R, make_geom(s.K, s.OH, s.OW, R - 1 - s.pt, R - 1 - s.pl, s.C, s.H, s.W), s.N, dy, PU, ps,
+                  nullptr, dx, threads);
 }
 
 }  // namespace conv

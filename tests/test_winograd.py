@@ -1,7 +1,9 @@
-"""Tests of the Winograd F(2x2, 3x3) forward and dx (csrc/conv_winograd.cpp).
+"""Tests of the Winograd F(2x2, 3x3) and F(2x2, 5x5) forward and dx
+(csrc/conv_winograd.cpp).
 
 ``_core.conv2d_set_winograd("force")`` sends every shape Winograd supports
-(3x3, stride 1, dilation 1, ungrouped; dx with padding at most 2) through it,
+(3x3 or 5x5, stride 1, dilation 1, ungrouped; dx with padding at most 2 for
+3x3, at most 4 for 5x5) through it,
 whatever the channel counts, so the small cases here reach the tile, block and
 padding edges. Checked: the float64 oracle of test_core_conv.py within the same
 tolerance as every other conv path, bit-identical results for any thread count
@@ -18,7 +20,7 @@ from test_core_conv import _supported_isas, assert_close, call_backward, call_fo
 from striate import _core
 
 # (N, C, H, W, K, pads (t, b, l, r))
-CASES = [
+CASES3 = [
     pytest.param((2, 3, 7, 9, 5, (1, 1, 1, 1)), id="odd-planes"),
     pytest.param((3, 16, 8, 8, 16, (1, 1, 1, 1)), id="even-planes"),
     pytest.param((1, 5, 6, 5, 4, (0, 0, 0, 0)), id="no-padding"),
@@ -34,6 +36,31 @@ CASES = [
     pytest.param((2, 300, 5, 6, 270, (1, 1, 1, 1)), id="two-depth-blocks"),
 ]
 
+# 5x5: 6x6 tiles, rows 2 th0 .. 2 th1 + 4 per chunk, six column phases.
+CASES5 = [
+    pytest.param((2, 3, 7, 9, 5, (2, 2, 2, 2)), id="odd-planes"),
+    pytest.param((2, 32, 14, 14, 64, (2, 2, 2, 2)), id="tutorial-14x14"),
+    pytest.param((1, 5, 9, 8, 4, (0, 0, 0, 0)), id="no-padding"),
+    pytest.param((2, 3, 5, 5, 4, (0, 0, 0, 0)), id="one-output"),
+    pytest.param((2, 4, 6, 7, 3, (1, 1, 1, 1)), id="padding-1"),
+    pytest.param((2, 4, 5, 6, 3, (3, 3, 3, 3)), id="padding-3"),
+    pytest.param((2, 4, 5, 6, 3, (4, 4, 4, 4)), id="padding-4"),
+    pytest.param((2, 4, 9, 7, 6, (4, 0, 1, 3)), id="asymmetric-padding"),
+    pytest.param((2, 3, 8, 11, 5, (0, 3, 2, 0)), id="asymmetric-padding-2"),
+    pytest.param((2, 2, 1, 1, 3, (2, 2, 2, 2)), id="one-pixel"),
+    pytest.param((1, 24, 33, 35, 20, (2, 2, 2, 2)), id="batch1-row-blocks"),
+    pytest.param((40, 8, 6, 6, 8, (2, 2, 2, 2)), id="image-blocks-tail"),
+    pytest.param((3, 17, 12, 31, 33, (2, 2, 2, 2)), id="rows-past-a-vector"),
+    pytest.param((2, 300, 5, 6, 270, (2, 2, 2, 2)), id="two-depth-blocks"),
+]
+
+
+def _with_k(k, cases):
+    return [pytest.param((k,) + p.values[0], id=f"{k}x{k}-{p.id}") for p in cases]
+
+
+CASES = _with_k(3, CASES3) + _with_k(5, CASES5)
+
 
 @pytest.fixture
 def force():
@@ -44,9 +71,9 @@ def force():
 
 
 def _run(case, seed=0, grads=True):
-    N, C, H, W, K, pads = case
+    k, N, C, H, W, K, pads = case
     rng = np.random.default_rng(seed)
-    x, w, b = make_inputs(rng, N, C, H, W, K, 3, 3, 1)
+    x, w, b = make_inputs(rng, N, C, H, W, K, k, k, 1)
     y = call_forward(x, w, b, pads=pads)
     dy = rng.standard_normal(y.shape, dtype=np.float32)
     dx = call_backward(dy, x, w, pads=pads, need=(True, False, False))[0] if grads else None
@@ -55,16 +82,25 @@ def _run(case, seed=0, grads=True):
 
 @pytest.mark.parametrize("case", CASES)
 def test_matches_oracle(case, force, isa):
-    N, C, H, W, K, pads = case
+    k, N, C, H, W, K, pads = case
     x, w, b, dy, y, dx = _run(case)
     algos = _core.conv2d_algorithms(x, w, 1, 1, *pads, 1, 1, 1)
     if isa != "generic":
         assert algos["forward"] == "winograd" and algos["dx"] == "winograd", algos
-    assert_close(y, ref_forward(x, w, b, (1, 1), pads, (1, 1), 1), C * 9, "y", case)
-    assert_close(dx, ref_backward(dy, x, w, (1, 1), pads, (1, 1), 1)[0], K * 9, "dx", case)
+    assert_close(y, ref_forward(x, w, b, (1, 1), pads, (1, 1), 1), C * k * k, "y", case)
+    assert_close(dx, ref_backward(dy, x, w, (1, 1), pads, (1, 1), 1)[0], K * k * k, "dx", case)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[7], CASES[9]])
+def _case(name):
+    return next(p for p in CASES if p.id == name)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [_case(n) for n in ("3x3-odd-planes", "3x3-batch1-row-blocks", "3x3-image-blocks-tail", "3x3-rows-past-a-vector",
+                        "5x5-odd-planes", "5x5-asymmetric-padding", "5x5-batch1-row-blocks",
+                        "5x5-image-blocks-tail", "5x5-rows-past-a-vector")],
+)
 def test_bit_identical_for_any_thread_count(case, force, isa):
     first = None
     for threads in (1, 2, 3, 8):
@@ -98,7 +134,10 @@ def test_vector_paths_give_identical_bits(case, force):
         (((8, 32, 16, 16), (32, 32, 3, 3)), (1, 1, 1, 1), "winograd", "winograd"),
         (((8, 8, 16, 16), (32, 8, 3, 3)), (1, 1, 1, 1), "direct", None),  # few input channels
         (((8, 32, 16, 16), (32, 32, 3, 3)), (3, 3, 3, 3), "winograd", None),  # dx padding above 2
-        (((8, 32, 16, 16), (32, 32, 5, 5)), (2, 2, 2, 2), "direct", None),
+        (((8, 64, 16, 16), (64, 64, 5, 5)), (2, 2, 2, 2), "winograd", "winograd"),
+        (((8, 6, 14, 14), (16, 6, 5, 5)), (0, 0, 0, 0), "direct", None),  # LeNet C3: few input channels
+        (((8, 64, 16, 16), (64, 64, 5, 5)), (5, 5, 5, 5), "winograd", None),  # dx padding above 4
+        (((8, 32, 16, 16), (32, 32, 7, 7)), (3, 3, 3, 3), "direct", None),  # no 7x7 Winograd
     ],
 )
 def test_auto_takes_winograd_where_it_pays(shape, pads, forward, dx):
@@ -114,11 +153,13 @@ def test_auto_takes_winograd_where_it_pays(shape, pads, forward, dx):
         assert got["dx"] != "winograd"
 
 
-def test_off_never_takes_winograd():
-    x, w = np.zeros((8, 32, 16, 16), np.float32), np.zeros((32, 32, 3, 3), np.float32)
+@pytest.mark.parametrize("k", [3, 5])
+def test_off_never_takes_winograd(k):
+    x, w = np.zeros((8, 64, 16, 16), np.float32), np.zeros((64, 64, k, k), np.float32)
+    p = k // 2
     try:
         _core.conv2d_set_winograd("off")
-        got = _core.conv2d_algorithms(x, w, 1, 1, 1, 1, 1, 1, 1, 1, 1)
+        got = _core.conv2d_algorithms(x, w, 1, 1, p, p, p, p, 1, 1, 1)
         assert "winograd" not in got.values()
     finally:
         _core.conv2d_set_winograd("auto")
