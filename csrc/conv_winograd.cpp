@@ -67,10 +67,9 @@ struct Blocking {
 // 2 MB (36 (Cin + Kout) floats per tile), past the 1 MB L2 of the Zen 4 it
 // was measured on: the GEMM of one point reads only that point's slice, and
 // longer GEMMs (more tiles) paid more than the misses. One thread, CPU time,
-// AVX-512 / AVX2, batch 64, the 384 KB rule against this one:
-// 32 -> 64 on 14x14 9.6 / 8.8 against 8.1 / 8.0 ms forward, 64 -> 64 on
-// 16x16 16.1 / 16.3 against 15.2 / 15.8 ms, 16 -> 32 on 28x28 11.0 / 10.2
-// against 8.5 / 9.7 ms (dx alike).
+// AVX-512, batch 64, forward, the 384 KB budget against this one: 32 -> 64 on
+// 14x14 9.6 against 8.1 ms, 64 -> 64 on 16x16 16.1 against 15.2 ms, 16 -> 32
+// on 28x28 11.0 against 8.5 ms (dx and AVX2 alike).
 int64_t target_tiles(const WinoGeom& g, int64_t npoints) {
     const int64_t per_tile = npoints * (g.Cin + g.Kout);
     const int64_t budget = npoints == 16 ? 96 * 1024 : 512 * 1024;  // floats
@@ -82,6 +81,16 @@ constexpr int64_t kMinBlocks = 4;  // split images into row blocks below this ma
 Blocking make_blocking(const WinoGeom& g, int64_t N, int64_t npoints) {
     const int64_t target = target_tiles(g, npoints), per_image = g.TH * g.TW;
     Blocking b{};
+    // 5x5: with fewer images than that, still whole images, as many per block
+    // as kMinBlocks blocks allow (16 -> 16 on 14x14, batch 16: 4 images a
+    // block instead of 1, 0.60 -> 0.39 ms, direct 0.40; one thread, AVX-512).
+    const int64_t fit = per_image <= target ? target / per_image : 0;
+    if (npoints == 36 && fit > 0 && N >= 2 * kMinBlocks && N < kMinBlocks * fit) {
+        b.images_per_block = N / kMinBlocks;
+        b.nblocks = (N + b.images_per_block - 1) / b.images_per_block;
+        b.max_tiles = b.images_per_block * per_image;
+        return b;
+    }
     if (per_image <= target && N >= kMinBlocks * (target / per_image)) {
         b.images_per_block = target / per_image;
         b.nblocks = (N + b.images_per_block - 1) / b.images_per_block;
@@ -93,8 +102,8 @@ Blocking make_blocking(const WinoGeom& g, int64_t N, int64_t npoints) {
     rows = std::max<int64_t>(1, std::min(rows, (g.TH + wanted - 1) / wanted));
     if (npoints == 36) {
         // The same number of blocks with their rows evened out: 64 -> 64 on 16x16 in
-        // blocks of 5 + 3 tile rows (40 + 24 tiles) took 21 ms against 15 ms
-        // for 4 + 4 (one thread, AVX-512).
+        // blocks of 5 + 3 tile rows (40 + 24 tiles) took 21 ms against 16 ms
+        // for 4 + 4 (32 + 32 tiles; one thread, AVX-512, batch 64).
         rows = (g.TH + (g.TH + rows - 1) / rows - 1) / ((g.TH + rows - 1) / rows);
     }
     b.rows_per_block = rows;
@@ -159,35 +168,40 @@ void transform_weights3(int64_t K, int64_t C, const Get& get, float* U, int thre
 //        [1/24,  1/12,  1/6,   1/3,  2/3],
 //        [1/24, -1/12,  1/6,  -1/3,  2/3],
 //        [   0,     0,    0,     0,   1]].
-// In float64, rounded once to float32 (the sixths and twelfths are inexact);
-// once per call, K C (30 + 180) multiply-adds, small beside the GEMMs.
+// In float64, rounded once to float32 (the sixths and twelfths are inexact),
+// through the even and odd sums the rows share: 13 operations per column
+// instead of the 25 multiply-adds of G as a matrix (the transform is a fixed
+// cost per call, and at batch 1 the whole 5x5 Winograd call cost about
+// twice the direct one).
+inline void g5(const double (&g)[5], double (&t)[6]) {
+    const double e = g[0] + g[2] + g[4], o = g[1] + g[3];
+    const double ep = g[0] * (1.0 / 24) + g[2] * (1.0 / 6) + g[4] * (2.0 / 3), op = g[1] * (1.0 / 12) + g[3] * (1.0 / 3);
+    t[0] = g[0] * 0.25;
+    t[1] = (e + o) * (-1.0 / 6);
+    t[2] = (e - o) * (-1.0 / 6);
+    t[3] = ep + op;
+    t[4] = ep - op;
+    t[5] = g[4];
+}
+
 template <class Get>
 void transform_weights5(int64_t K, int64_t C, const Get& get, float* U, int threads) {
-    static constexpr double G[6][5] = {{1.0 / 4, 0, 0, 0, 0},
-                                       {-1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6},
-                                       {-1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6},
-                                       {1.0 / 24, 1.0 / 12, 1.0 / 6, 1.0 / 3, 2.0 / 3},
-                                       {1.0 / 24, -1.0 / 12, 1.0 / 6, -1.0 / 3, 2.0 / 3},
-                                       {0, 0, 0, 0, 1}};
     parallel_for(
         K,
         [&](int64_t k) {
             for (int64_t c = 0; c < C; ++c) {
-                double g[5][5], t[6][5];
-                for (int i = 0; i < 5; ++i)
-                    for (int j = 0; j < 5; ++j) g[i][j] = get(k, c, i, j);
-                for (int p = 0; p < 6; ++p)  // t = G g
-                    for (int j = 0; j < 5; ++j) {
-                        double acc = 0;
-                        for (int i = 0; i < 5; ++i) acc += G[p][i] * g[i][j];
-                        t[p][j] = acc;
-                    }
-                for (int p = 0; p < 6; ++p)  // t G^T
-                    for (int q = 0; q < 6; ++q) {
-                        double acc = 0;
-                        for (int j = 0; j < 5; ++j) acc += t[p][j] * G[q][j];
-                        U[((p * 6 + q) * K + k) * C + c] = static_cast<float>(acc);
-                    }
+                double t[6][5];  // G g
+                for (int j = 0; j < 5; ++j) {
+                    double col[5], tc[6];
+                    for (int i = 0; i < 5; ++i) col[i] = get(k, c, i, j);
+                    g5(col, tc);
+                    for (int p = 0; p < 6; ++p) t[p][j] = tc[p];
+                }
+                for (int p = 0; p < 6; ++p) {  // (G g) G^T, row p
+                    double u[6];
+                    g5(t[p], u);
+                    for (int q = 0; q < 6; ++q) U[((p * 6 + q) * K + k) * C + c] = static_cast<float>(u[q]);
+                }
             }
         },
         threads);
@@ -292,14 +306,25 @@ bool winograd_dx_ok(const Conv2dShape& s, const ConvKit* kit) {
     return winograd_shape(s, kit) && s.pt <= r1 && s.pb <= r1 && s.pl <= r1 && s.pr <= r1;
 }
 
-// 3x3 and 5x5 alike: at least 16 input and output channels. 5x5, batch 64,
-// one thread, CPU time in ms (the machine was shared, so not wall clock),
-// direct -> Winograd forward / dx, AVX-512 and AVX2:
+// At least 16 input and output channels, 3x3 and 5x5 alike. Never the batch
+// size: a sample must get the same bits whatever the batch it is computed in
+// (fit's frozen-backbone feature cache relies on it), so small batches pay
+// the per-call weight transform and packing, which 36 points make large
+// (below). 5x5, one thread, CPU time in ms (the machine was shared, so not
+// wall clock), direct -> Winograd forward / dx, AVX-512 and AVX2:
+//   batch 64:
 //   32 -> 64, 14x14, pad 2   12.2 -> 8.1 / 12.1 -> 8.5     12.3 -> 8.0 / 12.3 -> 8.5
 //   64 -> 64, 16x16, pad 2   30.3 -> 15.2 / 30.8 -> 15.6   31.1 -> 15.8 / 31.8 -> 16.2
 //   16 -> 32, 28x28, pad 2   12.1 -> 8.5 / 12.1 -> 9.1     13.2 -> 9.7 / 12.8 -> 10.1
 //   16 -> 16, 14x14, pad 2   1.57 -> 1.43 / 1.64 -> 1.54   1.67 -> 1.57 / 1.79 -> 1.69
 //   8 -> 16, 28x28, pad 2    3.42 -> 3.51 / 4.39 -> 3.91   3.67 -> 3.98 / 4.83 -> 4.23
+//   small batches, AVX-512 (AVX2 alike):
+//   32 -> 64, 14x14, N 1     0.21 -> 0.36 / 0.24 -> 0.37   (196 positions)
+//   32 -> 64, 14x14, N 4     0.76 -> 0.73 / 0.80 -> 0.84   (784)
+//   64 -> 64, 16x16, N 1     0.51 -> 0.71 / 0.60 -> 0.71   (256)
+//   64 -> 64, 16x16, N 2     1.01 -> 0.90 / 1.09 -> 0.89   (512)
+//   16 -> 32, 28x28, N 1     0.20 -> 0.20 / 0.21 -> 0.20   (784)
+//   64 -> 64, 32x32, N 1     2.07 -> 1.63 / 2.27 -> 1.55   (1024)
 // so 16 channels is still where it starts to pay; LeNet C3 (6 -> 16) stays direct.
 bool winograd_forward_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
 bool winograd_dx_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }

@@ -95,6 +95,23 @@ def _case(name):
     return next(p for p in CASES if p.id == name)
 
 
+@pytest.mark.parametrize("k", [3, 5])
+def test_a_sample_gets_the_same_bits_in_any_batch(k, force, isa):
+    # The blocks (whole images or runs of tile rows) follow the batch size;
+    # a sample's outputs must not.
+    rng = np.random.default_rng(7)
+    x, w, b = make_inputs(rng, 20, 16, 14, 13, 24, k, k, 1)
+    p = k // 2
+    pads = (p, p, p, p)
+    y = call_forward(x, w, b, pads=pads)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
+    dx = call_backward(dy, x, w, pads=pads, need=(True, False, False))[0]
+    for lo, hi in ((3, 4), (5, 13), (0, 9)):
+        assert call_forward(x[lo:hi], w, b, pads=pads).tobytes() == y[lo:hi].tobytes(), (lo, hi)
+        got = call_backward(dy[lo:hi], x[lo:hi], w, pads=pads, need=(True, False, False))[0]
+        assert got.tobytes() == dx[lo:hi].tobytes(), (lo, hi)
+
+
 @pytest.mark.parametrize(
     "case",
     [_case(n) for n in ("3x3-odd-planes", "3x3-batch1-row-blocks", "3x3-image-blocks-tail", "3x3-rows-past-a-vector",
@@ -136,6 +153,7 @@ def test_vector_paths_give_identical_bits(case, force):
         (((8, 32, 16, 16), (32, 32, 3, 3)), (3, 3, 3, 3), "winograd", None),  # dx padding above 2
         (((8, 64, 16, 16), (64, 64, 5, 5)), (2, 2, 2, 2), "winograd", "winograd"),
         (((8, 6, 14, 14), (16, 6, 5, 5)), (0, 0, 0, 0), "direct", None),  # LeNet C3: few input channels
+        (((1, 64, 16, 16), (64, 64, 5, 5)), (2, 2, 2, 2), "winograd", "winograd"),  # never from the batch size
         (((8, 64, 16, 16), (64, 64, 5, 5)), (5, 5, 5, 5), "winograd", None),  # dx padding above 4
         (((8, 32, 16, 16), (32, 32, 7, 7)), (3, 3, 3, 3), "direct", None),  # no 7x7 Winograd
     ],
