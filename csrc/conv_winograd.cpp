@@ -313,11 +313,13 @@ bool winograd_dx_ok(const Conv2dShape& s, const ConvKit* kit) {
 // (below). 5x5, one thread, CPU time in ms (the machine was shared, so not
 // wall clock), direct -> Winograd forward / dx, AVX-512 and AVX2:
 //   batch 64:
-//   32 -> 64, 14x14, pad 2   12.2 -> 8.1 / 12.1 -> 8.5     12.3 -> 8.0 / 12.3 -> 8.5
-//   64 -> 64, 16x16, pad 2   30.3 -> 15.2 / 30.8 -> 15.6   31.1 -> 15.8 / 31.8 -> 16.2
-//   16 -> 32, 28x28, pad 2   12.1 -> 8.5 / 12.1 -> 9.1     13.2 -> 9.7 / 12.8 -> 10.1
+//   32 -> 64, 14x14, pad 2   11.9 -> 8.0 / 11.9 -> 8.5     12.2 -> 8.1 / 12.1 -> 8.8
+//   64 -> 64, 16x16, pad 2   30.1 -> 15.1 / 30.6 -> 15.2   33.6 -> 17.9 / 31.4 -> 15.8
+//   16 -> 32, 28x28, pad 2   12.2 -> 8.9 / 12.1 -> 9.3     12.9 -> 9.6 / 12.7 -> 10.0
 //   16 -> 16, 14x14, pad 2   1.57 -> 1.43 / 1.64 -> 1.54   1.67 -> 1.57 / 1.79 -> 1.69
 //   8 -> 16, 28x28, pad 2    3.42 -> 3.51 / 4.39 -> 3.91   3.67 -> 3.98 / 4.83 -> 4.23
+//   (2 threads, wall clock, beside another 2-thread job: 1.09-1.67x on
+//   AVX-512 and 1.05-1.78x on AVX2 for the first three rows.)
 //   small batches, AVX-512 (AVX2 alike):
 //   32 -> 64, 14x14, N 1     0.21 -> 0.36 / 0.24 -> 0.37   (196 positions)
 //   32 -> 64, 14x14, N 4     0.76 -> 0.73 / 0.80 -> 0.84   (784)
