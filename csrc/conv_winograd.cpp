@@ -186,22 +186,34 @@ inline void g5(const double (&g)[5], double (&t)[6]) {
 
 template <class Get>
 void transform_weights5(int64_t K, int64_t C, const Get& get, float* U, int threads) {
+    constexpr int64_t kRun = 16;  // channels per run of stores
     parallel_for(
         K,
         [&](int64_t k) {
-            for (int64_t c = 0; c < C; ++c) {
-                double t[6][5];  // G g
-                for (int j = 0; j < 5; ++j) {
-                    double col[5], tc[6];
-                    for (int i = 0; i < 5; ++i) col[i] = get(k, c, i, j);
-                    g5(col, tc);
-                    for (int p = 0; p < 6; ++p) t[p][j] = tc[p];
+            for (int64_t c0 = 0; c0 < C; c0 += kRun) {
+                const int64_t nc = std::min(kRun, C - c0);
+                // The 36 points of kRun channels, then stored as runs of whole cache
+                // lines: one channel at a time, 36 stores K C floats apart (a
+                // multiple of 4 KB, all in one L1 set) made the transform 195 us of a
+                // 360 us batch-1 call (32 -> 64, 14x14; now 65 us). The channels
+                // side by side in the inner loops, for the compiler to vectorise,
+                // took 117 us.
+                float u[36][kRun];
+                for (int64_t cc = 0; cc < nc; ++cc) {
+                    double t[6][5];  // G g
+                    for (int j = 0; j < 5; ++j) {
+                        double col[5], tc[6];
+                        for (int i = 0; i < 5; ++i) col[i] = get(k, c0 + cc, i, j);
+                        g5(col, tc);
+                        for (int p = 0; p < 6; ++p) t[p][j] = tc[p];
+                    }
+                    for (int p = 0; p < 6; ++p) {  // (G g) G^T, row p
+                        double r[6];
+                        g5(t[p], r);
+                        for (int q = 0; q < 6; ++q) u[p * 6 + q][cc] = static_cast<float>(r[q]);
+                    }
                 }
-                for (int p = 0; p < 6; ++p) {  // (G g) G^T, row p
-                    double u[6];
-                    g5(t[p], u);
-                    for (int q = 0; q < 6; ++q) U[((p * 6 + q) * K + k) * C + c] = static_cast<float>(u[q]);
-                }
+                for (int a = 0; a < 36; ++a) copy_row(u[a], nc, U + (a * K + k) * C + c0);
             }
         },
         threads);
@@ -308,26 +320,27 @@ bool winograd_dx_ok(const Conv2dShape& s, const ConvKit* kit) {
 
 // At least 16 input and output channels, 3x3 and 5x5 alike. Never the batch
 // size: a sample must get the same bits whatever the batch it is computed in
-// (fit's frozen-backbone feature cache relies on it), so small batches pay
-// the per-call weight transform and packing, which 36 points make large
-// (below). 5x5, one thread, CPU time in ms (the machine was shared, so not
-// wall clock), direct -> Winograd forward / dx, AVX-512 and AVX2:
+// (fit's frozen-backbone feature cache relies on it), so a batch of one pays
+// the per-call weight transform and packing alone. 5x5, one thread, CPU time
+// in ms (the machine was shared, so not wall clock), direct -> Winograd
+// forward / dx, AVX-512 and AVX2:
 //   batch 64:
-//   32 -> 64, 14x14, pad 2   11.9 -> 8.0 / 11.9 -> 8.5     12.2 -> 8.1 / 12.1 -> 8.8
-//   64 -> 64, 16x16, pad 2   30.1 -> 15.1 / 30.6 -> 15.2   33.6 -> 17.9 / 31.4 -> 15.8
-//   16 -> 32, 28x28, pad 2   12.2 -> 8.9 / 12.1 -> 9.3     12.9 -> 9.6 / 12.7 -> 10.0
+//   32 -> 64, 14x14, pad 2   12.0 -> 8.4 / 11.9 -> 8.8     12.6 -> 8.1 / 12.4 -> 8.9
+//   64 -> 64, 16x16, pad 2   30.3 -> 14.9 / 31.2 -> 15.5   33.0 -> 15.9 / 31.8 -> 15.9
+//   16 -> 32, 28x28, pad 2   12.2 -> 8.8 / 12.3 -> 9.4     13.2 -> 10.0 / 17.8 -> 14.1
 //   16 -> 16, 14x14, pad 2   1.57 -> 1.43 / 1.64 -> 1.54   1.67 -> 1.57 / 1.79 -> 1.69
 //   8 -> 16, 28x28, pad 2    3.42 -> 3.51 / 4.39 -> 3.91   3.67 -> 3.98 / 4.83 -> 4.23
-//   (2 threads, wall clock, beside another 2-thread job: 1.09-1.67x on
-//   AVX-512 and 1.05-1.78x on AVX2 for the first three rows.)
-//   small batches, AVX-512 (AVX2 alike):
-//   32 -> 64, 14x14, N 1     0.21 -> 0.36 / 0.24 -> 0.37   (196 positions)
-//   32 -> 64, 14x14, N 4     0.76 -> 0.73 / 0.80 -> 0.84   (784)
-//   64 -> 64, 16x16, N 1     0.51 -> 0.71 / 0.60 -> 0.71   (256)
-//   64 -> 64, 16x16, N 2     1.01 -> 0.90 / 1.09 -> 0.89   (512)
-//   16 -> 32, 28x28, N 1     0.20 -> 0.20 / 0.21 -> 0.20   (784)
-//   64 -> 64, 32x32, N 1     2.07 -> 1.63 / 2.27 -> 1.55   (1024)
-// so 16 channels is still where it starts to pay; LeNet C3 (6 -> 16) stays direct.
+//   small batches:
+//   32 -> 64, 14x14, N 1     0.21 -> 0.23 / 0.27 -> 0.36   0.21 -> 0.25 / 0.24 -> 0.27
+//   32 -> 64, 14x14, N 4     0.77 -> 0.60 / 0.80 -> 0.66   0.76 -> 0.59 / 0.85 -> 0.69
+//   64 -> 64, 16x16, N 1     0.50 -> 0.43 / 0.59 -> 0.45   0.52 -> 0.40 / 0.61 -> 0.43
+//   16 -> 32, 28x28, N 1     0.20 -> 0.17 / 0.21 -> 0.18   0.20 -> 0.18 / 0.21 -> 0.19
+//   16 -> 16, 14x14, N 16    0.39 -> 0.36 / 0.40 -> 0.37   0.45 -> 0.38 / 0.41 -> 0.38
+//   (2 threads, wall clock, beside another 2-thread job: 0.9-2.4x for the
+//   first three rows over two runs, medians of 15 pairs, too noisy to rank.)
+// so 16 channels is still where it starts to pay (8 -> 16 is even, LeNet C3,
+// 6 -> 16, stays direct); only the smallest call measured, one 14x14 image,
+// is slower.
 bool winograd_forward_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
 bool winograd_dx_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
 
