@@ -81,8 +81,8 @@ constexpr int64_t kMinBlocks = 4;  // split images into row blocks below this ma
 Blocking make_blocking(const WinoGeom& g, int64_t N, int64_t npoints) {
     const int64_t target = target_tiles(g, npoints), per_image = g.TH * g.TW;
     Blocking b{};
-    // 5x5: with fewer images than that, still whole images, as many per block
-    // as kMinBlocks blocks allow (16 -> 16 on 14x14, batch 16: 4 images a
+    // 5x5: with fewer images than the whole-image rule below asks for, still
+    // whole images, as many per block as kMinBlocks blocks allow (16 -> 16 on 14x14, batch 16: 4 images a
     // block instead of 1, 0.60 -> 0.39 ms, direct 0.40; one thread, AVX-512).
     const int64_t fit = per_image <= target ? target / per_image : 0;
     if (npoints == 36 && fit > 0 && N >= 2 * kMinBlocks && N < kMinBlocks * fit) {
@@ -171,8 +171,7 @@ void transform_weights3(int64_t K, int64_t C, const Get& get, float* U, int thre
 // In float64, rounded once to float32 (the sixths and twelfths are inexact),
 // through the even and odd sums the rows share: 13 operations per column
 // instead of the 25 multiply-adds of G as a matrix (the transform is a fixed
-// cost per call, and at batch 1 the whole 5x5 Winograd call cost about
-// twice the direct one).
+// cost per call, most of what a batch of one pays over the direct kernel).
 inline void g5(const double (&g)[5], double (&t)[6]) {
     const double e = g[0] + g[2] + g[4], o = g[1] + g[3];
     const double ep = g[0] * (1.0 / 24) + g[2] * (1.0 / 6) + g[4] * (2.0 / 3), op = g[1] * (1.0 / 12) + g[3] * (1.0 / 3);
