@@ -31,6 +31,15 @@ def _restore_global_state():
     st.set_isa(isa)
 
 
+@pytest.fixture
+def force():
+    """Winograd forced on every shape it supports (``_core.conv2d_set_winograd``), whatever the channels."""
+    before = st._core.conv2d_get_winograd()
+    st._core.conv2d_set_winograd("force")
+    yield
+    st._core.conv2d_set_winograd(before)
+
+
 @pytest.fixture(params=SUPPORTED_ISAS)
 def isa(request):
     """The name of an ISA path this CPU runs, set for the duration of the test."""

@@ -62,14 +62,6 @@ def _with_k(k, cases):
 CASES = _with_k(3, CASES3) + _with_k(5, CASES5)
 
 
-@pytest.fixture
-def force():
-    before = _core.conv2d_get_winograd()
-    _core.conv2d_set_winograd("force")
-    yield
-    _core.conv2d_set_winograd(before)
-
-
 def _run(case, seed=0, grads=True):
     k, N, C, H, W, K, pads = case
     rng = np.random.default_rng(seed)

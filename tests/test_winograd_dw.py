@@ -16,17 +16,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_core_conv import _supported_isas, assert_close, call_backward
+from test_winograd import CASES3
 
 import striate.reference as R
 from striate import _core
 
 # (N, C, H, W, K, pads (t, b, l, r)); kBatchChunk is 4 images.
-CASES = [
-    pytest.param((2, 3, 7, 9, 5, (1, 1, 1, 1)), id="odd-planes"),
-    pytest.param((3, 16, 8, 8, 16, (1, 1, 1, 1)), id="even-planes"),
-    pytest.param((1, 5, 6, 5, 4, (0, 0, 0, 0)), id="no-padding"),
-    pytest.param((2, 4, 5, 6, 3, (2, 2, 2, 2)), id="padding-2"),
-    pytest.param((2, 4, 9, 7, 6, (2, 0, 1, 2)), id="asymmetric-padding"),
+CASES = CASES3[:5] + [  # the forward's first cases: odd and even planes, paddings 0, 2, asymmetric
     pytest.param((3, 17, 4, 5, 23, (3, 1, 0, 4)), id="padding-above-2"),
     pytest.param((2, 2, 1, 1, 3, (1, 1, 1, 1)), id="one-pixel"),
     pytest.param((9, 17, 11, 13, 23, (1, 1, 1, 1)), id="batch-across-chunks-odd-channels"),
@@ -36,14 +32,6 @@ CASES = [
     pytest.param((5, 16, 40, 37, 17, (0, 1, 1, 0)), id="row-blocks-odd-width"),
     pytest.param((2, 33, 12, 31, 17, (1, 1, 1, 1)), id="rows-past-a-vector"),
 ]
-
-
-@pytest.fixture
-def force():
-    before = _core.conv2d_get_winograd()
-    _core.conv2d_set_winograd("force")
-    yield
-    _core.conv2d_set_winograd(before)
 
 
 def _inputs(case, seed=0):
