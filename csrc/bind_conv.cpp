@@ -102,6 +102,21 @@ void bind_conv(py::module_& m) {
         "Winograd use: 'auto' (where measured faster), 'off' or 'force' (every shape it supports); for tests and "
         "benchmarks.");
     m.def("conv2d_get_winograd", [] { return std::string(conv2d_get_winograd()); });
+    m.def(
+        "conv2d_winograd_cache",
+        [](bool clear) {
+            const WinogradCacheStats st = winograd_cache_stats();
+            if (clear) winograd_cache_clear();
+            py::dict d;
+            d["hits"] = st.hits;
+            d["misses"] = st.misses;
+            d["entries"] = st.entries;
+            d["bytes"] = st.bytes;
+            return d;
+        },
+        py::arg("clear") = false,
+        "Counters of the Winograd forward's prepared-weight cache (calls with few tiles): hits, misses, entries, "
+        "bytes; clear=True then empties it. For tests and benchmarks.");
     m.def("conv2d_forward", &conv2d_forward_py, py::arg("x"), py::arg("w"),
           py::arg("b").none(true), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_top"),
           py::arg("pad_bottom"), py::arg("pad_left"), py::arg("pad_right"), py::arg("dil_h"), py::arg("dil_w"),

@@ -65,4 +65,13 @@ void conv2d_backward(const Conv2dShape& s, const float* dy, const float* x, cons
 void conv2d_set_winograd(const char* mode);
 const char* conv2d_get_winograd();
 
+// The Winograd forward's cache of prepared (transformed, packed) weights for
+// calls with few tiles (conv_winograd.cpp): counters since the last clear, the
+// entries kept and their bytes. For tests and benchmarks.
+struct WinogradCacheStats {
+    int64_t hits, misses, entries, bytes;
+};
+WinogradCacheStats winograd_cache_stats();
+void winograd_cache_clear();
+
 }  // namespace striate

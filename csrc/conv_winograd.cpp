@@ -26,9 +26,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "conv_internal.hpp"
 #include "gemm.hpp"
+#include "memory.hpp"
 #include "parallel.hpp"
 
 namespace striate {
@@ -339,17 +343,138 @@ bool winograd_dx_ok(const Conv2dShape& s, const ConvKit* kit) {
 bool winograd_forward_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
 bool winograd_dx_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
 
+namespace {
+
+// Transform and pack the forward weights w (K, C, R, R) into U (the
+// arena layout pack_points expects); returns the packed points.
+float* prepare_forward(const ConvKit& kit, const Conv2dShape& s, const float* w, float* U, int threads) {
+    const int R = static_cast<int>(s.kh);
+    transform_weights(
+        R, s.K, s.C, [&](int64_t k, int64_t c, int i, int j) { return w[((k * s.C + c) * R + i) * R + j]; }, U,
+        threads);
+    return pack_points(kit, points(R), s.K, s.C, U, packed_size(kit, s.K, s.C));
+}
+
+int64_t forward_u_size(const ConvKit& kit, const Conv2dShape& s) {
+    return points(static_cast<int>(s.kh)) * (round_up(s.K * s.C, 16) + packed_size(kit, s.K, s.C));
+}
+
+// Transformed, packed forward weights of recent calls with few tiles, found
+// again by the weights' contents. A batch of one pays the transform and the
+// packing alone (in a 32 -> 64 3x3 layer on one 16x16 image they took more
+// time than the GEMMs), and an inference model calls every layer again with
+// the same weights. A hit compares the weights byte for byte with the copy
+// kept (a few microseconds), so changed weights are never served stale; the
+// transform is deterministic, so a hit gives the bits a fresh transform gives.
+struct Prepared {
+    Isa isa;
+    int64_t K, C, R;
+    const float* source;      // where the weights were read (to replace a layer's stale entry)
+    std::vector<float> raw;   // the weights, as they were
+    std::unique_ptr<float[], void (*)(float*)> u{nullptr, [](float* p) { free_workspace(p, 64); }};
+    const float* pu = nullptr;  // the packed points, inside u
+    int64_t floats() const { return static_cast<int64_t>(raw.size()) + u_size; }
+    int64_t u_size = 0;
+};
+
+class PreparedCache {
+   public:
+    static constexpr int64_t kMaxFloats = int64_t{8} << 20;  // 32 MB over all entries
+
+    std::shared_ptr<const Prepared> find(const ConvKit& kit, const Conv2dShape& s, const float* w) {
+        const size_t bytes = static_cast<size_t>(s.K * s.C * s.kh * s.kw) * sizeof(float);
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (size_t i = entries_.size(); i-- > 0;) {
+            const auto& e = entries_[i];
+            if (e->isa == kit.isa && e->K == s.K && e->C == s.C && e->R == s.kh &&
+                std::memcmp(e->raw.data(), w, bytes) == 0) {
+                auto hit = e;
+                entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(i));
+                entries_.push_back(hit);  // most recently used last
+                ++hits_;
+                return hit;
+            }
+        }
+        ++misses_;
+        return nullptr;
+    }
+
+    std::shared_ptr<const Prepared> add(const ConvKit& kit, const Conv2dShape& s, const float* w, int threads) {
+        auto e = std::make_shared<Prepared>();
+        e->isa = kit.isa;
+        e->K = s.K;
+        e->C = s.C;
+        e->R = s.kh;
+        e->source = w;
+        e->raw.assign(w, w + s.K * s.C * s.kh * s.kw);
+        e->u_size = forward_u_size(kit, s);
+        e->u.reset(static_cast<float*>(allocate_workspace(e->u_size, sizeof(float), 64, "the Winograd weight cache")));
+        e->pu = prepare_forward(kit, s, e->raw.data(), e->u.get(), threads);
+        if (e->floats() > kMaxFloats) return e;  // used once, not kept
+        std::lock_guard<std::mutex> lock(mutex_);
+        // The same layer's earlier weights (read from the same place, same shape) will not come back.
+        entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                      [&](const auto& o) {
+                                          return o->source == w && o->isa == e->isa && o->K == e->K &&
+                                                 o->C == e->C && o->R == e->R;
+                                      }),
+                       entries_.end());
+        entries_.push_back(e);
+        int64_t total = 0;
+        for (const auto& o : entries_) total += o->floats();
+        while (total > kMaxFloats) {
+            total -= entries_.front()->floats();
+            entries_.erase(entries_.begin());
+        }
+        return e;
+    }
+
+    WinogradCacheStats stats() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        WinogradCacheStats st{hits_, misses_, static_cast<int64_t>(entries_.size()), 0};
+        for (const auto& o : entries_) st.bytes += o->floats() * static_cast<int64_t>(sizeof(float));
+        return st;
+    }
+
+    void clear() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        entries_.clear();
+        hits_ = misses_ = 0;
+    }
+
+   private:
+    std::mutex mutex_;
+    std::vector<std::shared_ptr<Prepared>> entries_;
+    int64_t hits_ = 0, misses_ = 0;
+};
+
+PreparedCache& prepared_cache() {
+    static PreparedCache cache;
+    return cache;
+}
+
+// Calls with at most this many tiles keep their prepared weights: at 256
+// tiles of 16 points the transform and packing are still about a tenth of a
+// 3x3 call, at 64 (one 16x16 image) more than half.
+constexpr int64_t kCachedTiles = 1024;
+
+}  // namespace
+
+
 void forward_winograd(const ConvKit& kit, const Conv2dShape& s, const float* x, const float* w, const float* b,
                       float* y, int threads) {
     // x (N, C, H, W), w (K, C, R, R), b (K,) or null, y (N, K, OH, OW).
     const int R = static_cast<int>(s.kh);
-    const int64_t np = points(R), ps = packed_size(kit, s.K, s.C);
-    float* U = tl_wpack.get(np * (round_up(s.K * s.C, 16) + ps));
-    transform_weights(
-        R, s.K, s.C, [&](int64_t k, int64_t c, int i, int j) { return w[((k * s.C + c) * R + i) * R + j]; }, U,
-        threads);
-    float* PU = pack_points(kit, np, s.K, s.C, U, ps);
-    winograd_conv(kit, R, make_geom(s.C, s.H, s.W, s.pt, s.pl, s.K, s.OH, s.OW), s.N, x, PU, ps, b, y, threads);
+    const int64_t ps = packed_size(kit, s.K, s.C);
+    const WinoGeom g = make_geom(s.C, s.H, s.W, s.pt, s.pl, s.K, s.OH, s.OW);
+    if (s.N * g.TH * g.TW <= kCachedTiles) {
+        auto prepared = prepared_cache().find(kit, s, w);
+        if (!prepared) prepared = prepared_cache().add(kit, s, w, threads);
+        winograd_conv(kit, R, g, s.N, x, prepared->pu, ps, b, y, threads);
+        return;
+    }
+    const float* PU = prepare_forward(kit, s, w, tl_wpack.get(forward_u_size(kit, s)), threads);
+    winograd_conv(kit, R, g, s.N, x, PU, ps, b, y, threads);
 }
 
 void backward_dx_winograd(const ConvKit& kit, const Conv2dShape& s, const float* dy, const float* w, float* dx,
@@ -369,4 +494,8 @@ void backward_dx_winograd(const ConvKit& kit, const Conv2dShape& s, const float*
 }
 
 }  // namespace conv
+
+WinogradCacheStats winograd_cache_stats() { return conv::prepared_cache().stats(); }
+void winograd_cache_clear() { conv::prepared_cache().clear(); }
+
 }  // namespace striate
