@@ -63,7 +63,7 @@ void require_extent(const farray& arr, int64_t rows, int64_t cols, int64_t ld, c
 // C = alpha * op(A) op(B) + beta * C in place on flat float32 buffers, BLAS style.
 void sgemm_py(const py::object& a_obj, const py::object& b_obj, const py::object& c_obj, bool trans_a, bool trans_b,
               int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta,
-              int threads, const std::string& isa, bool naive) {
+              int threads, const std::string& isa, bool naive, bool row_invariant = false) {
     const farray a = arg<float>(a_obj, "a");
     const farray b = arg<float>(b_obj, "b");
     farray c = out_arg<float>(c_obj, "c");
@@ -76,7 +76,13 @@ void sgemm_py(const py::object& a_obj, const py::object& b_obj, const py::object
     require_extent(a, trans_a ? k : m, trans_a ? m : k, lda, "a");
     require_extent(b, trans_b ? n : k, trans_b ? k : n, ldb, "b");
     require_extent(c, m, n, ldc, "c");
-    if (naive) {
+    if (row_invariant) {
+        if (isa != "auto") {
+            throw std::invalid_argument("`isa` must be 'auto' with row_invariant=True (it runs on st.get_isa())");
+        }
+        call_without_gil("_sgemm", sgemm_row_invariant, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb,
+                         beta, out(c), ldc, threads);
+    } else if (naive) {
         call_without_gil("_sgemm_naive", sgemm_naive, trans_a, trans_b, m, n, k, alpha, in(a), lda, in(b), ldb, beta,
                          out(c), ldc);
     } else {
@@ -95,14 +101,16 @@ void bind_gemm(py::module_& m) {
         "_sgemm",
         [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, int64_t m,
            int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta, int threads,
-           const std::string& isa) {
-            sgemm_py(a, b, c, trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, threads, isa, false);
+           const std::string& isa, bool row_invariant) {
+            sgemm_py(a, b, c, trans_a, trans_b, m, n, k, lda, ldb, ldc, alpha, beta, threads, isa, false,
+                     row_invariant);
         },
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a"),
         py::arg("trans_b"), py::arg("m"), py::arg("n"), py::arg("k"), py::arg("lda"), py::arg("ldb"),
         py::arg("ldc"), py::arg("alpha") = 1.f, py::arg("beta") = 0.f, py::arg("threads") = 0,
-        py::arg("isa") = "auto",
-        "C = alpha * op(A) op(B) + beta * C on flat C-contiguous float32 buffers, in place (testing entry point)");
+        py::arg("isa") = "auto", py::arg("row_invariant") = false,
+        "C = alpha * op(A) op(B) + beta * C on flat C-contiguous float32 buffers, in place (testing entry point); "
+        "row_invariant=True takes the fully-connected layers' product (on st.get_isa()'s path)");
     m.def(
         "_sgemm_naive",
         [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, int64_t m,

@@ -132,6 +132,13 @@ int64_t dot_groups_per_task(int64_t M, int64_t N, int64_t K, int threads);
 // isa is avx2 or avx512.
 void gemm_dot(Isa isa, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
               int64_t ldb, float beta, float* C, int64_t ldc, int threads);
+// One row of A B^T: c[j] = alpha * sum_k a[k] B[j*ldb + k] (+ beta c[j]) for
+// j < N, every element with the packed kernels' arithmetic for a depth block
+// of kcb (blocks from zero in increasing k, merged as merge_value), so the
+// result is the packed path's row on both x86 families, without packing B:
+// each 8 x 8 block of B is transposed in registers. N, K, kcb >= 1.
+void gemv_t(int64_t N, int64_t K, int64_t kcb, float alpha, const float* a, const float* B, int64_t ldb, float beta,
+            float* c, int threads);
 #endif
 
 }  // namespace gemm_detail

@@ -239,7 +239,11 @@ def test_sgemm_argument_errors():
     assert _core._gemm_isa() in ("avx512", "avx2", "generic")
 
 
-@pytest.mark.parametrize("m,n,k", [(200, 120, 400), (200, 10, 84), (300, 128, 4096), (130, 33, 1536), (70, 5, 64)])
+# (40, 1024, 3136): depth blocks of 242, not a multiple of 8 (a batch of one
+# takes the unpacked one-row path, gemv_t); (9, 37, 13) and (9, 33, 7): rows
+# and columns past whole register blocks.
+@pytest.mark.parametrize("m,n,k", [(200, 120, 400), (200, 10, 84), (300, 128, 4096), (130, 33, 1536), (70, 5, 64),
+                                   (40, 1024, 3136), (9, 37, 13), (9, 33, 7)])
 @pytest.mark.parametrize("trans_b", [True, False])
 def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, isa):
     """row_invariant=True: every row of op(a) @ op(b) is bitwise what that row alone gives (batch independence)."""
@@ -252,3 +256,23 @@ def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, i
     for rows in (1, 3, 17, 64, 65, m - 1):
         assert np.array_equal(full[:rows], _core.matmul(a[:rows], b, False, trans_b, True)), rows
     assert np.array_equal(full[m - 1 :], _core.matmul(a[m - 1 :], b, False, trans_b, True))
+
+
+@pytest.mark.parametrize("n,k", [(1024, 3136), (37, 13), (40, 600)])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 1.0), (-1.5, 0.25)])
+def test_row_invariant_single_row_merges_alpha_and_beta_as_the_packed_path(n, k, alpha, beta, isa):
+    """A lone row of A B^T (the unpacked one-row path) scales and merges into C exactly as a row of a larger product."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((9, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    c0 = rng.standard_normal((9, n)).astype(np.float32)
+    full = c0.copy()
+    _core._sgemm(a, b, full, False, True, 9, n, k, k, k, n, alpha=alpha, beta=beta, row_invariant=True)
+    ref = alpha * (a.astype(np.float64) @ b.T.astype(np.float64)) + beta * c0
+    np.testing.assert_allclose(full, ref, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    for i in (0, 4, 8):
+        one = c0[i].copy()
+        _core._sgemm(a[i], b, one, False, True, 1, n, k, k, k, n, alpha=alpha, beta=beta, row_invariant=True)
+        assert np.array_equal(one, full[i]), i
+    with pytest.raises(ValueError, match="`isa` must be 'auto' with row_invariant=True"):
+        _core._sgemm(a, b, full, False, True, 9, n, k, k, k, n, isa="generic", row_invariant=True)
