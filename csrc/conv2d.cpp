@@ -193,10 +193,21 @@ const char* conv2d_get_winograd() {
     return mode == 0 ? "auto" : mode == 1 ? "off" : "force";
 }
 
+// Below this many multiply-adds (times 2) a forward runs on the calling
+// thread: waking the others cost more than they saved. One image, 2 threads of
+// a shared Zen 4, 1 -> 2 threads: 1 -> 6 on 28x28, 5x5 (0.24 MFLOP) 5.2 ->
+// 6.3 us; 6 -> 16 on 14x14 (0.48) 9.9 -> 11.1 us; 3 -> 16 on 32x32 (0.88)
+// 14.2 -> 15.2 us; but 16 -> 16 on 16x16 (1.18) 17.8 -> 11.7 us. Results
+// are the same for any thread count, so this changes time only.
+constexpr double kSerialForwardFlops = 1e6;
+
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* b, float* y,
                     int threads) {
     // x is (N, C, H, W), w is (K, Cg, kh, kw), b is (K,) or null, y is (N, K, OH, OW)
     const conv::ConvKit* kit = conv::conv_kit();  // one ISA path for the whole call
+    const double flops = 2.0 * double(s.N) * double(s.K) * double(s.C / s.groups) * double(s.kh * s.kw) *
+                         double(s.OH * s.OW);
+    if (flops < kSerialForwardFlops) threads = 1;
     switch (forward_algo(s, kit)) {
         case Algo::winograd: conv::forward_winograd(*kit, s, x, w, b, y, threads); break;
         case Algo::direct: conv::forward_direct(*kit, s, x, w, b, y, threads); break;

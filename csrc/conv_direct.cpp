@@ -68,33 +68,43 @@ const ConvKit::DirectShape& direct_shape(const ConvKit& kit, int64_t M, const st
 // every lane of every segment; bias may be null. segs holds a multiple of kSegPad entries.
 // wp is packed in blocks of mb = direct_shape(kit, M, segs).mr channels:
 // wp[m / mb][r][m % mb], zero past M.
+int64_t count_segments(const std::vector<Seg>& segs);
+
 // The channel blocks are independent tasks: with the calling thread outside a
 // parallel region (batch of one image) they are spread over the threads, each
 // computing exactly what the serial loop would, so results do not change.
-// after(m0, m1) runs once a task has written channels [m0, m1).
+// When there are fewer such tasks than threads (few channels), each is also
+// cut into runs of whole tiles of positions (one 28x28 image of 1 -> 32
+// channels was one task, so a second thread did nothing).
+// after(m0, m1) runs once channels [m0, m1) are written.
 template <class After>
 void direct_conv(const ConvKit& kit, const float* xp, const int64_t* off, int64_t R, const float* wp, int64_t M,
                  const std::vector<Seg>& segs, float* out, int64_t ldo, const float* bias, int threads,
                  const After& after) {
     const ConvKit::DirectShape& shape = direct_shape(kit, M, segs);
     const int64_t mb = shape.mr, NV = shape.nv;
-    const int64_t nseg = static_cast<int64_t>(segs.size());
-    // Tasks of kDirectTaskBlocks channel blocks each.
+    const int64_t nseg = count_segments(segs), ntile = (nseg + NV - 1) / NV;
+    // Tasks of kDirectTaskBlocks channel blocks each, in `parts` runs of positions.
     const int64_t nblk = (M + mb - 1) / mb, ntask = (nblk + kDirectTaskBlocks - 1) / kDirectTaskBlocks;
+    const int64_t team = in_parallel_region() ? 1 : (threads > 0 ? threads : get_num_threads());
+    const int64_t parts = std::min(ntile, ntask >= team ? 1 : (team + ntask - 1) / ntask);
+    const int64_t per = (ntile + parts - 1) / parts * NV;  // segments per run: whole tiles
     parallel_for(
-        ntask,
-        [&](int64_t task) {
+        ntask * parts,
+        [&](int64_t i) {
+            const auto [task, part] = split_index(i, parts);
             const int64_t mlo = task * kDirectTaskBlocks * mb, mhi = std::min(M, mlo + kDirectTaskBlocks * mb);
-            for (int64_t t = 0; t < nseg && segs[static_cast<size_t>(t)].mask != 0; t += NV) {
+            for (int64_t t = part * per; t < std::min(nseg, (part + 1) * per); t += NV) {
                 for (int64_t m0 = mlo; m0 < mhi; m0 += mb) {
                     const int64_t mr = std::min(mb, M - m0);
                     shape.fn[mr](xp, off, R, wp + m0 * R, segs.data() + t, out + m0 * ldo, ldo,
                                  bias ? bias + m0 : nullptr);
                 }
             }
-            after(mlo, mhi);
+            if (parts == 1) after(mlo, mhi);
         },
         threads);
+    if (parts > 1) after(0, M);
 }
 
 // The output vectors of one direct convolution (see Seg), W lanes each, padded
@@ -156,14 +166,16 @@ int64_t position_lanes(const ConvKit& kit, int64_t M, const std::vector<Seg>& se
 // One image and group: y (Kg, OH, OW) = bias + conv of the padded xp, through
 // outT (OH*OW + W rows of 2W floats). wT is (R, ldw) with ldw a multiple of W,
 // zero past Kg. Blocks of 2W channels use two-vector tiles, the rest one-vector tiles.
+// The pairs of output rows are independent tasks, spread over `threads` when
+// the caller is outside a parallel region (a batch of one image).
 void kvec_conv(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int64_t R, const float* xp,
-               const float* wT, int64_t ldw, int64_t Kg, const float* bias, float* outT, float* y) {
+               const float* wT, int64_t ldw, int64_t Kg, const float* bias, float* outT, float* y, int threads) {
     const int64_t W = kit.W, OH = d.Hout, OW = d.Wout, P = OH * OW, ldt = 2 * W;
     for (int64_t k0 = 0; k0 < Kg;) {
         const int64_t kv = Kg - k0 >= 2 * W ? 2 : 1, ntmax = kit.kvec_nt[kv - 1];
         const int64_t nk = std::min<int64_t>(W * kv, Kg - k0), nlast = nk - W * (kv - 1);
-        for (int64_t oh = 0; oh < OH; oh += 2) {
-            const int64_t rows = std::min<int64_t>(2, OH - oh);
+        parallel_for((OH + 1) / 2, [&](int64_t pair) {
+            const int64_t oh = 2 * pair, rows = std::min<int64_t>(2, OH - oh);
             for (int64_t ow0 = 0; ow0 < OW; ow0 += ntmax) {
                 const int64_t nt = std::min<int64_t>(ntmax, OW - ow0);
                 float* o0 = outT + (oh * OW + ow0) * ldt;
@@ -171,7 +183,7 @@ void kvec_conv(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int6
                                                                     bias ? bias + k0 : nullptr, nlast, o0,
                                                                     o0 + OW * ldt, ldt);
             }
-        }
+        }, threads);
         for (int64_t v = 0; v < kv; ++v)
             for (int64_t p0 = 0; p0 < P; p0 += W)
                 kit.transpose(outT + p0 * ldt + W * v, ldt, std::min<int64_t>(W, P - p0),
@@ -230,7 +242,7 @@ void forward_direct_prepared(const ConvKit& kit, const Conv2dShape& s, const Dir
                 for (int64_t g = 0; g < s.groups; ++g) {
                     prepare(x + (n * s.C + g * Cg) * s.H * s.W, xp);
                     kvec_conv(kit, d, off.data(), R, xp, wT + g * R * ldw, ldw, Kg, b ? b + g * Kg : nullptr, outT,
-                              y + (n * s.K + g * Kg) * s.OH * s.OW);
+                              y + (n * s.K + g * Kg) * s.OH * s.OW, threads);
                 }
             },
             threads);
@@ -304,7 +316,7 @@ void backward_dx_direct(const ConvKit& kit, const Conv2dShape& s, const float* d
                 for (int64_t g = 0; g < s.groups; ++g) {
                     pad_image(d, dy + (n * s.K + g * Kg) * s.OH * s.OW, dyp);
                     kvec_conv(kit, d, koff.data(), R, dyp, wT + g * R * ldw, ldw, Cg, nullptr, outT,
-                              dx + (n * s.C + g * Cg) * s.H * s.W);
+                              dx + (n * s.C + g * Cg) * s.H * s.W, threads);
                 }
             },
             threads);
@@ -364,8 +376,8 @@ bool kvec_better(const ConvKit& kit, int64_t M, int64_t Hout, int64_t Wout, cons
 }
 
 void kvec_conv_run(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int64_t R, const float* xp,
-                   const float* wT, int64_t ldw, int64_t M, float* outT, float* y) {
-    kvec_conv(kit, d, off, R, xp, wT, ldw, M, nullptr, outT, y);
+                   const float* wT, int64_t ldw, int64_t M, float* outT, float* y, int threads) {
+    kvec_conv(kit, d, off, R, xp, wT, ldw, M, nullptr, outT, y, threads);
 }
 
 double direct_dx_cost(const ConvKit& kit, const Conv2dShape& s) {

@@ -293,10 +293,11 @@ void direct_conv_run(const ConvKit& kit, const float* xp, const int64_t* off, in
 // kvec_better says whether they need clearly fewer lanes than direct_conv_run
 // on segs; kvec_conv_run writes y (M, d.Hout*d.Wout) = the convolution of xp
 // (output rows d.Wp apart) with wT (R, ldw), ldw a multiple of kit.W and zero
-// past M, through outT ((d.Hout*d.Wout + W) * 2W floats).
+// past M, through outT ((d.Hout*d.Wout + W) * 2W floats); its pairs of output
+// rows spread over `threads` when the caller is outside a parallel region.
 bool kvec_better(const ConvKit& kit, int64_t M, int64_t Hout, int64_t Wout, const std::vector<Seg>& segs);
 void kvec_conv_run(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int64_t R, const float* xp,
-                   const float* wT, int64_t ldw, int64_t M, float* outT, float* y);
+                   const float* wT, int64_t ldw, int64_t M, float* outT, float* y, int threads);
 
 // conv_strided.cpp: stride > 1 forward (the direct driver on the image split
 // into stride phases) and dx (one stride-1 direct convolution per phase of dx).

@@ -279,7 +279,7 @@ void backward_dx_strided(const ConvKit& kit, const Conv2dShape& s, const float* 
                     };
                     const float* wg = wp + ph.wofs + g * ph.Mpad * ph.R();
                     if (ph.kvec) {
-                        kvec_conv_run(kit, ph.out, ph.off.data(), ph.R(), dyp, wg, ph.Mpad, Cg, outT, out);
+                        kvec_conv_run(kit, ph.out, ph.off.data(), ph.R(), dyp, wg, ph.Mpad, Cg, outT, out, threads);
                         deal(0, Cg);
                     } else {
                         direct_conv_run(kit, dyp, ph.off.data(), ph.R(), wg, Cg, ph.segs, out, ldo, nullptr, threads,

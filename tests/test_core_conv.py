@@ -268,6 +268,12 @@ DET_CASES = [
     (1, 7, 4, 40, 4, 3, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1),
     (9, 32, 7, 7, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (5, 4, 8, 9, 40, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    # One image above the forward's serial threshold (1 MFLOP) with few output
+    # channels: the channel-vector kernel splits pairs of output rows, the
+    # position kernel runs of positions (fewer channel tasks than threads).
+    (1, 1, 28, 28, 32, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1),
+    (1, 4, 48, 48, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (1, 8, 32, 32, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     # Channel counts of the big layers (direct dw variants, rows-mode direct) and 3->32.
     (5, 64, 8, 8, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (6, 32, 16, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
