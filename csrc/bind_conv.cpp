@@ -9,6 +9,7 @@
 
 #include <optional>
 
+#include "bind_ops.hpp"
 #include "bind_util.hpp"
 #include "conv2d.hpp"
 
@@ -36,24 +37,6 @@ Conv2dShape conv_shape(const farray& x, const farray& w, int64_t stride_h, int64
     }
     return make_conv2d_shape(xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3], stride_h, stride_w, pad_top,
                              pad_bottom, pad_left, pad_right, dil_h, dil_w, groups);
-}
-
-// y = conv2d(x, w) + b; x (N, C, H, W), w (K, C/groups, kh, kw), b (K,) or None -> y (N, K, OH, OW).
-farray conv2d_forward_py(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj, int64_t stride_h,
-                         int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                         int64_t pad_right, int64_t dil_h, int64_t dil_w, int64_t groups) {
-    const farray x = arg<float>(x_obj, "x");
-    const farray w = arg<float>(w_obj, "w");
-    const std::optional<farray> b = opt_arg<float>(b_obj, "b");
-    const Conv2dShape s =
-        conv_shape(x, w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dil_h, dil_w, groups);
-    if (b) {
-        require_ndim(*b, 1, "b");
-        require_shape(*b, {s.K}, "b");
-    }
-    farray y = new_array<float>({s.N, s.K, s.OH, s.OW}, "conv2d_forward", "y");
-    call_without_gil("conv2d_forward", conv2d_forward, s, in(x), in(w), in(b), out(y), 0);
-    return y;
 }
 
 // (dx|None, dw|None, db|None), each computed only when asked.
@@ -95,6 +78,24 @@ py::dict conv2d_algorithms_py(const py::object& x_obj, const py::object& w_obj, 
 }
 
 }  // namespace
+
+// y = conv2d(x, w) + b; x (N, C, H, W), w (K, C/groups, kh, kw), b (K,) or None -> y (N, K, OH, OW).
+farray conv2d_forward_py(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj, int64_t stride_h,
+                         int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                         int64_t pad_right, int64_t dil_h, int64_t dil_w, int64_t groups) {
+    const farray x = arg<float>(x_obj, "x");
+    const farray w = arg<float>(w_obj, "w");
+    const std::optional<farray> b = opt_arg<float>(b_obj, "b");
+    const Conv2dShape s =
+        conv_shape(x, w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, dil_h, dil_w, groups);
+    if (b) {
+        require_ndim(*b, 1, "b");
+        require_shape(*b, {s.K}, "b");
+    }
+    farray y = new_array<float>({s.N, s.K, s.OH, s.OW}, "conv2d_forward", "y");
+    call_without_gil("conv2d_forward", conv2d_forward, s, in(x), in(w), in(b), out(y), 0);
+    return y;
+}
 
 void bind_conv(py::module_& m) {
     m.def(

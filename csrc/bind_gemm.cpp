@@ -2,13 +2,13 @@
 // plus the full BLAS-style entry points `_sgemm` / `_sgemm_naive` for tests and
 // benchmarks, whose `isa` argument ("auto" follows st.set_isa) reaches every
 // kernel family the CPU runs. Not here: any arithmetic.
+#include "bind_ops.hpp"
 #include "bind_util.hpp"
 #include "gemm.hpp"
 #include "parallel.hpp"
 
 namespace striate {
 
-namespace {
 // out = op(a) @ op(b), fresh array. a, b: 2-D float32, C-contiguous.
 farray matmul(const py::object& a_obj, const py::object& b_obj, bool trans_a, bool trans_b, bool row_invariant) {
     const farray a = arg<float>(a_obj, "a");
@@ -30,6 +30,7 @@ farray matmul(const py::object& a_obj, const py::object& b_obj, bool trans_a, bo
     return c;
 }
 
+namespace {
 // "auto" is the process-wide path (active_isa()); the other names pick a family.
 Isa parse_gemm_isa(const std::string& isa) {
     if (isa == "auto") return active_isa();

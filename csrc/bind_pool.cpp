@@ -10,6 +10,7 @@
 #include <cmath>
 #include <string>
 
+#include "bind_ops.hpp"
 #include "bind_util.hpp"
 #include "pool2d.hpp"
 
@@ -195,6 +196,18 @@ farray adaptive_avg_pool2d_backward_py(const py::object& dy_obj, int64_t H, int6
 }
 
 }  // namespace
+
+farray max_pool2d_values_py(const py::object& x_obj, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                            int64_t pw, int64_t dh, int64_t dw, bool ceil_mode) {
+    const farray x = arg<float>(x_obj, "x");
+    const Shape s = require_nchw(x, "x");
+    const PoolGeom g = make_geom(s[0], s[1], s[2], s[3], kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode);
+    farray y = new_array<float>({s[0], s[1], g.OH, g.OW}, "max_pool2d_forward", "y");
+    thread_local std::vector<int64_t> indices;  // written by the kernel, never read
+    indices.resize(static_cast<size_t>(checked_mul(g.planes, g.OH * g.OW, "the pooling indices")));
+    call_without_gil("max_pool2d_forward", max_pool2d_forward, in(x), out(y), indices.data(), g);
+    return y;
+}
 
 void bind_pool(py::module_& m) {
     m.def("max_pool2d_forward", &max_pool2d_forward_py, py::arg("x"), py::arg("kh"), py::arg("kw"),

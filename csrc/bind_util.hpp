@@ -93,23 +93,25 @@ inline std::string type_name(const py::handle& obj) {
 // is ever read).
 template <class T>
 inline py::array_t<T, py::array::c_style> arg(const py::handle& obj, const char* name) {
-    const std::string n = std::string("`") + name + "`";
-    if (!py::isinstance<py::array>(obj)) throw py::type_error(n + " must be a numpy array, got " + type_name(obj));
+    // The messages are built on failure only: a binding call checks several
+    // arguments, and a batch-of-one forward is a few microseconds.
+    const auto n = [name] { return std::string("`") + name + "`"; };
+    if (!py::isinstance<py::array>(obj)) throw py::type_error(n() + " must be a numpy array, got " + type_name(obj));
     auto a = py::reinterpret_borrow<py::array>(obj);
     const py::dtype want = py::dtype::of<T>();
     if (!py::detail::npy_api::get().PyArray_EquivTypes_(a.dtype().ptr(), want.ptr())) {
-        throw py::type_error(n + " must be a " + std::string(py::str(want)) + " array, got dtype " +
+        throw py::type_error(n() + " must be a " + std::string(py::str(want)) + " array, got dtype " +
                              std::string(py::str(a.dtype())));
     }
     if (!(a.flags() & py::array::c_style)) {
         std::vector<int64_t> strides(static_cast<size_t>(a.ndim()));
         for (py::ssize_t i = 0; i < a.ndim(); ++i) strides[static_cast<size_t>(i)] = a.strides(i);
-        throw py::type_error(n + " must be C-contiguous, got strides " + shape_str(strides) + " for shape " +
+        throw py::type_error(n() + " must be C-contiguous, got strides " + shape_str(strides) + " for shape " +
                              shape_str(shape_of(a)) + "; pass np.ascontiguousarray(" + name + ")");
     }
     const auto addr = reinterpret_cast<uintptr_t>(a.data());
     if (a.size() > 0 && addr % alignof(T) != 0) {
-        throw py::type_error(n + " must be aligned to " + std::to_string(alignof(T)) +
+        throw py::type_error(n() + " must be aligned to " + std::to_string(alignof(T)) +
                              " bytes, but its data starts " + std::to_string(addr % alignof(T)) +
                              " bytes past an aligned address; pass a copy (" + name + ".copy())");
     }
@@ -139,17 +141,23 @@ inline py::array_t<T, py::array::c_style> out_arg(const py::handle& obj, const c
 template <class T>
 inline py::array_t<T, py::array::c_style> new_array(const std::vector<int64_t>& shape, const char* op,
                                                     const char* name) {
-    const std::string prefix = std::string("`") + op + "`: ";
-    const std::string desc = std::string("output `") + name + "` of shape " + shape_str(shape);
-    int64_t n = 1;
-    for (int64_t d : shape) n = checked_mul(n, d, (prefix + desc + ": its element count").c_str());
-    const int64_t bytes = checked_bytes(n, sizeof(T), (prefix + desc).c_str());
+    const auto prefix = [op] { return std::string("`") + op + "`: "; };
+    const auto desc = [&] { return std::string("output `") + name + "` of shape " + shape_str(shape); };
+    int64_t n = 1, bytes = 0;
+    bool ok = true;  // the counts in int64, checked without building messages; on failure, again with them
+    for (int64_t d : shape) ok = ok && d >= 0 && !__builtin_mul_overflow(n, d, &n);
+    ok = ok && !__builtin_mul_overflow(n, static_cast<int64_t>(sizeof(T)), &bytes);
+    if (!ok) {
+        n = 1;
+        for (int64_t d : shape) n = checked_mul(n, d, (prefix() + desc() + ": its element count").c_str());
+        bytes = checked_bytes(n, sizeof(T), (prefix() + desc()).c_str());
+    }
     std::vector<py::ssize_t> s(shape.begin(), shape.end());
     try {
         return py::array_t<T, py::array::c_style>(s);
     } catch (py::error_already_set& e) {
         if (!e.matches(PyExc_MemoryError)) throw;
-        throw OutOfMemory(prefix + out_of_memory_message(desc, bytes));
+        throw OutOfMemory(prefix() + out_of_memory_message(desc(), bytes));
     }
 }
 

@@ -28,6 +28,7 @@ void bind_norm(py::module_& m);
 void bind_gemm(py::module_& m);
 void bind_augment(py::module_& m);
 void bind_elementwise(py::module_& m);
+void bind_program(py::module_& m);
 }  // namespace striate
 
 namespace {
@@ -116,4 +117,5 @@ PYBIND11_MODULE(_core, m) {
     striate::bind_gemm(m);
     striate::bind_augment(m);
     striate::bind_elementwise(m);
+    striate::bind_program(m);
 }

@@ -17,6 +17,7 @@ import pytest
 
 import striate as st
 from striate import layers as L
+from striate import zoo
 from striate.layers.activation import ReLU
 
 BACKENDS = ["numpy"] + (["cpp"] if hasattr(st._core, "conv2d_forward") else [])
@@ -332,3 +333,20 @@ def test_large_batches_run_as_smaller_ones_with_the_same_bits(monkeypatch, backe
     if backend == "cpp" and n > 1:  # plans of the smaller shapes were made
         shapes = {k[0][0] for k in M._PLANS[m]}
         assert any(s < n for s in shapes)
+
+
+@pytest.mark.parametrize("model", ["lenet5", "resnet20"])
+def test_a_model_cast_after_planning_is_planned_again(model):
+    """Parameters cast to float64 (or back) after a plan was made: the stale plan is dropped, not run."""
+    m = zoo.lenet5(input_size=28) if model == "lenet5" else zoo.resnet20(in_channels=1)
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    before = m.predict(x)
+    m.astype(np.float64)
+    as64 = m.predict(x)
+    np.testing.assert_allclose(as64, before, rtol=1e-4, atol=1e-5)
+    m.astype(np.float32)  # (BatchNorm's running statistics come back rounded to float32)
+    np.testing.assert_allclose(m.predict(x), before, rtol=1e-6, atol=1e-7)
+    f = m.fuse()
+    y = f(x)
+    f.layers[0].astype(np.float64)  # one layer only, inside a planned model
+    np.testing.assert_allclose(f(x), y, rtol=1e-4, atol=1e-5)

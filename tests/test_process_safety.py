@@ -35,8 +35,9 @@ from striate import _core
 
 def compute():
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 3, 20, 20)).astype(np.float32)
-    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    # the conv is above the size a forward runs on one thread (1 MFLOP), so compute() opens a parallel region
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32)
     a = rng.standard_normal((70, 90)).astype(np.float32)
     b = rng.standard_normal((90, 50)).astype(np.float32)
     outs = [F.conv2d(x, w, padding=1), F.max_pool2d(x, 2), F.avg_pool2d(x, 3, stride=2), _core.matmul(a, b)]

@@ -1,8 +1,10 @@
-"""The planned inference forward: a chain of layers turned, once per input shape, into a list of bound calls.
+"""The planned inference forward: a chain of layers turned, once per input shape, into one core program.
 
 ``build(layers, x)`` walks a chain for one float32 input, checks every
 geometry once (with the same functions the layers use) and returns a
-``Plan``: a list of small closures that call the C++ core directly, with a
+``Plan``: a ``_core.Program``, whose steps the core walks in one call
+(csrc/bind_program.cpp): convolution, the fully-connected product and max
+pooling as core ops, Python callables for the rest, with a
 ReLU that follows a Conv2d, Linear, BatchNorm2d or Residual (through
 Identity layers) applied in place on that layer's fresh output (the conv's
 bias + ReLU epilogue). A BatchNorm2d in evaluation mode right after a Conv2d
@@ -12,8 +14,9 @@ own to float32 rounding); any other one becomes one call of the core's
 affine kernel with its running statistics read live; a nested
 ``Sequential`` runs its own plan, and a ``Residual`` the plans of its
 branches, so a ResNet is planned through. A call
-then costs one Python closure per kept step, without the per-layer argument
-checks, copies and saved state of ``Layer.forward``. Layers the planner does
+then costs one core call, plus one Python call per step the core does not
+know, without the per-layer argument checks, copies and saved state of
+``Layer.forward``. Layers the planner does
 not know run their own ``forward``. Weights are read from the layers on every
 call, so a plan never holds stale weights. Outputs are bit-identical to the
 layers' own forward (the same kernels, in the same order), BatchNorm folding
@@ -42,24 +45,22 @@ __all__ = ["Plan", "build", "plannable"]
 
 
 class Plan:
-    """A planned forward for one input shape: ``plan(x)`` runs ``steps`` in order.
+    """A planned forward for one input shape: ``plan(x)`` runs ``program`` (a ``_core.Program``) in one call.
 
     ``row_bytes`` is the size of the largest activation per input row (one
     image): the caller may run a large batch as smaller ones that keep the
     activations in cache (``Sequential.forward``).
     """
 
-    __slots__ = ("steps", "shape", "row_bytes")
+    __slots__ = ("program", "shape", "row_bytes")
 
-    def __init__(self, steps, shape, row_bytes=0):
-        self.steps = steps
+    def __init__(self, program, shape, row_bytes=0):
+        self.program = program
         self.shape = shape
         self.row_bytes = row_bytes
 
     def __call__(self, x):
-        for step in self.steps:
-            x = step(x)
-        return x
+        return self.program.run(x)
 
 
 def plannable(x):
@@ -76,54 +77,30 @@ def _relu_follows(layers, i):
     return j if j < len(layers) and type(layers[j]) is ReLU else None
 
 
+def _conv_args(conv, shape):
+    """``conv``'s geometry on inputs of ``shape``, checked once: the trailing arguments of ``_core.conv2d_forward``."""
+    b = conv.bias
+    return _args.conv_spec(shape, conv.weight.data.shape, None if b is None else b.data.shape, conv.stride,
+                           conv.padding, conv.dilation, conv.groups).core_args()
+
+
 def _conv_step(conv, shape, relu, weights=None):
-    """``conv`` as one core call; ``weights()``, when given, supplies its ``(weight, bias)`` on every call."""
-    w, b = conv.weight, conv.bias
-    spec = _args.conv_spec(shape, w.data.shape, None if b is None else b.data.shape, conv.stride, conv.padding,
-                           conv.dilation, conv.groups)
-    args, fwd = spec.core_args(), _core.conv2d_forward
-    if weights is not None:
-        def step(x):
-            return fwd(x, *weights(), *args)
-    elif b is None:
-        def step(x):
-            return fwd(x, w.data, None, *args)
-    else:
-        def step(x):
-            return fwd(x, w.data, b.data, *args)
-    if relu:
-        def step_relu(x, conv=step):
-            return _relu_inplace(conv(x))
-        return step_relu
-    return step
-
-
-def _linear_step(lin, relu):
-    w, b, mm = lin.weight, lin.bias, _core.matmul
+    """``conv`` as one core call with ``weights()`` (its ``(weight, bias)``, computed on every call)."""
+    args, fwd = _conv_args(conv, shape), _core.conv2d_forward
 
     def step(x):
-        y = mm(x, w.data, False, True, True)  # as functional.linear: row-invariant GEMM, then the bias
-        if b is not None:
-            y += b.data
-        if relu:
-            _relu_inplace(y)
-        return y
-    return step
-
-
-def _pool_step(pool, shape):
-    s = _args.pool_spec(shape, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
-    args, fwd = (s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw, s.ceil_mode), _core.max_pool2d_forward
-
-    def step(x):
-        return fwd(x, *args)[0]
+        w, b = weights()
+        if not (_flat32(w) and (b is None or _flat32(b))):
+            raise _core.StalePlan("a parameter is no longer a C-contiguous float32 array")
+        y = fwd(x, w, b, *args)
+        return _relu_inplace(y) if relu else y
     return step
 
 
 def _conv_bn_step(conv, bn, shape, relu):
     """``conv`` then ``bn`` as one convolution with the folded weights (computed per call)."""
-    plain = _conv_step(conv, shape, False)
     folded = _conv_step(conv, shape, False, weights=lambda: folded_conv_bn(conv, bn))
+    plain = _conv_step(conv, shape, False, weights=lambda: (conv.weight.data, None if conv.bias is None else conv.bias.data))
 
     def step(x):
         # bn switched to training after planning: batch statistics, tracked
@@ -151,6 +128,8 @@ def _batchnorm_step(bn, relu):
             y = bn.forward(x)
         else:  # as BatchNorm2d.forward in evaluation mode, from the live statistics and weights
             mean, scale, _ = bn._running_affine()
+            if bn.bias.data.dtype != np.float32 or scale.dtype != np.float32:
+                raise _core.StalePlan("a parameter is no longer float32")
             y = apply(x, mean, scale, _contiguous(bn.bias.data))
         if relu:
             _relu_inplace(y)
@@ -181,12 +160,6 @@ def _residual_step(res, relu):
     return step
 
 
-def _dropout_step(drop):
-    def step(x):
-        return drop.forward(x) if drop.training else x  # a layer's mode may change after planning
-    return step
-
-
 def _exact(layer, cls):
     """``layer`` is a ``cls`` itself, not a subclass (which may change what forward does)."""
     return type(layer) is cls
@@ -209,6 +182,12 @@ def _relu_inplace(v):
     return np.maximum(v, 0, out=v)
 
 
+def _pool_args(pool, shape):
+    """``pool``'s geometry on inputs of ``shape``, checked once: ``(kh, kw, sh, sw, ph, pw, dh, dw), ceil_mode``."""
+    s = _args.pool_spec(shape, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+    return (s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw), s.ceil_mode
+
+
 def build(layers, x, out_shapes):
     """A ``Plan`` for ``layers`` on inputs shaped like ``x``.
 
@@ -217,7 +196,7 @@ def build(layers, x, out_shapes):
     cast (an input that is not contiguous float32, float64 weights) is left to
     the layer's own forward.
     """
-    steps, i, shape = [], 0, tuple(x.shape)
+    prog, i, shape = _core.Program(), 0, tuple(x.shape)
     fresh = False  # the value at this point is a new array of the plan's own (may be overwritten)
     generic = False  # ... came out of a layer's own forward (may be a view of anything)
     while i < len(layers):
@@ -228,42 +207,42 @@ def build(layers, x, out_shapes):
         kernel = (fast and (_exact(layer, Conv2d) or (_exact(layer, Linear) and len(shape) == 2))
                   or _exact(layer, MaxPool2d) or bn)
         if generic and kernel:
-            steps.append(_contiguous)  # the core takes C-contiguous arrays only
+            prog.contiguous()  # the core takes C-contiguous arrays only
         if kernel:
             generic = False
         if _folds(layers, i, shape, fast):
             relu = _relu_follows(layers, i + 1)
-            steps.append(_conv_bn_step(layer, layers[i + 1], shape, relu is not None))
+            prog.call(_conv_bn_step(layer, layers[i + 1], shape, relu is not None))
             if relu is None:
                 i += 1  # past the BatchNorm
         elif _exact(layer, Conv2d) and fast:
-            steps.append(_conv_step(layer, shape, relu is not None))
+            prog.conv(layer.weight, layer.bias, _conv_args(layer, shape), relu is not None)
         elif _exact(layer, Linear) and fast and len(shape) == 2:
-            steps.append(_linear_step(layer, relu is not None))
+            # as functional.linear: the row-invariant GEMM, then the bias
+            prog.linear(layer.weight, layer.bias, relu is not None)
         elif _exact(layer, MaxPool2d):
-            steps.append(_pool_step(layer, shape))
+            prog.max_pool(*_pool_args(layer, shape))
             relu = None
         elif bn:
-            steps.append(_batchnorm_step(layer, relu is not None))
+            prog.call(_batchnorm_step(layer, relu is not None))
         elif _exact(layer, Residual):
-            steps.append(_residual_step(layer, relu is not None))
+            prog.call(_residual_step(layer, relu is not None))
             generic = True  # the sum of two branches' arrays, whatever their layout
         elif _planned_child(layer) is not None:
-            steps.append(_planned_child(layer))
+            prog.call(_planned_child(layer))
             relu, generic = None, True  # its output may be its input (a chain of Identity layers)
         elif _exact(layer, Identity):
             relu = None
         elif _exact(layer, Flatten):
-            n = shape[0]
-            steps.append(lambda v, n=n: v.reshape(n, -1))
+            prog.flatten(shape[0])
             relu = None
         elif _exact(layer, Dropout):
-            steps.append(_dropout_step(layer))  # its input in eval mode, else a fresh array: as Identity
+            prog.dropout(layer)  # its input in eval mode, else a fresh array: as Identity
             relu = None
         elif _exact(layer, ReLU) and fresh:
-            steps.append(_relu_inplace)
+            prog.relu()
         else:
-            steps.append(layer.forward)
+            prog.call(layer.forward)
             relu, generic = None, True
         fresh = kernel or _exact(layer, Residual) or (
             fresh and any(_exact(layer, c) for c in (Identity, Flatten, ReLU, Dropout)))
@@ -273,4 +252,4 @@ def build(layers, x, out_shapes):
         i += 1
     n = max(1, int(x.shape[0]))
     sizes = [int(np.prod(s, dtype=np.int64)) for s in out_shapes if len(s) >= 1] + [int(x.size)]
-    return Plan(steps, tuple(x.shape), max(sizes) * 4 // n)
+    return Plan(prog, tuple(x.shape), max(sizes) * 4 // n)

@@ -32,7 +32,7 @@ import numpy as np
 
 import striate.training  # looked up at call time, as ``striate.training.fit``, so it can be replaced
 
-from . import _onnx_export, _plan, _profile, _summary, io
+from . import _core, _onnx_export, _plan, _profile, _summary, io
 from .layers import Layer, Linear, _Container, _bool, _int, child_spec, fuse_conv_bn, layer_from_config
 from .layers.chain import backward_chain, forward_chain
 
@@ -223,7 +223,11 @@ class Sequential(_Container):
             if parts > 1:
                 rows = -(-n // min(parts, n))
                 return np.concatenate([self._planned_forward(x[i:i + rows]) for i in range(0, n, rows)])
-            return plan(x)
+            try:
+                return plan(x)
+            except _core.StalePlan:  # a parameter was cast or replaced since planning: plan again
+                plans.clear()
+                return self._planned_forward(x, split)
         shapes = []
 
         def record(i, layer, value, backward):
