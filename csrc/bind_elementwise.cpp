@@ -45,6 +45,14 @@ void add_py(const py::object& a_obj, const py::object& b_obj, const py::object& 
     call_without_gil("add", add_forward, in(a), in(b), out(o), n, relu);
 }
 
+void softmax_rows_py(const py::object& z_obj) {
+    farray z = out_arg<float>(z_obj, "z");
+    require_ndim(z, 2, "z");
+    if (z.shape(1) == 0) throw std::invalid_argument("`z` must have at least one column");
+    call_without_gil("softmax_rows", softmax_rows, out(z), static_cast<int64_t>(z.shape(0)),
+                     static_cast<int64_t>(z.shape(1)));
+}
+
 }  // namespace
 
 void bind_elementwise(py::module_& m) {
@@ -54,6 +62,8 @@ void bind_elementwise(py::module_& m) {
           "out = dy * (y > 0) element-wise; out may be dy.");
     m.def("add", &add_py, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("relu") = false,
           "out = a + b element-wise, then np.maximum(., 0) when relu; out may be a or b.");
+    m.def("softmax_rows", &softmax_rows_py, py::arg("z"),
+          "Each row of the 2-D z replaced by exp(z - max) / sum, in place.");
 }
 
 }  // namespace striate

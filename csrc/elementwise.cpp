@@ -13,6 +13,7 @@
 #include "elementwise.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 #include "parallel.hpp"
 #include "simd.hpp"
@@ -72,6 +73,21 @@ void add_forward(const float* a, const float* b, float* out, int64_t n, bool rel
             for (int64_t i = lo; i < hi; ++i) out[i] = a[i] + b[i];
         }
     });
+}
+
+void softmax_rows(float* z, int64_t rows, int64_t cols) {
+    parallel_for(rows, [&](int64_t r) {
+        float* v = z + r * cols;
+        float m = v[0];
+        for (int64_t j = 1; j < cols; ++j)
+            if (v[j] > m || v[j] != v[j]) m = v[j];  // a NaN stays the maximum, as in np.max
+        float sum = 0.f;
+        for (int64_t j = 0; j < cols; ++j) {
+            v[j] = std::exp(v[j] - m);
+            sum += v[j];
+        }
+        for (int64_t j = 0; j < cols; ++j) v[j] /= sum;
+    }, rows * cols >= 1 << 16 ? 0 : 1);
 }
 
 }  // namespace striate

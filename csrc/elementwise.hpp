@@ -22,5 +22,9 @@ void relu_forward(const float* x, float* y, int64_t n);
 void relu_backward(const float* dy, const float* y, float* dx, int64_t n);
 // out[i] = a[i] + b[i], then relu_forward's rule when relu; out may be a or b.
 void add_forward(const float* a, const float* b, float* out, int64_t n, bool relu);
+// Each of `rows` rows of z (rows x cols, cols >= 1) replaced by its softmax,
+// exp(z - max) / sum, in place: predict's class probabilities. A row with a
+// NaN, or with +inf, gives NaN, as NumPy's formula does.
+void softmax_rows(float* z, int64_t rows, int64_t cols);
 
 }  // namespace striate

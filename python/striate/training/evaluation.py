@@ -13,12 +13,12 @@ Not here: training (``striate.training.loop``), the metrics on labels
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 
 import numpy as np
 
-from .. import _args, losses
+from .. import _args, _core, losses
+from .._config import get_backend
 from ..datasets.loader import ArrayDataset
 from ..layers.chain import layers_of, leaves
 from .data import as_targets, check_input, check_targets_fit, chunks, to_float32
@@ -45,18 +45,30 @@ def _set_modes(model, modes):
         layer.train() if mode else layer.eval()
 
 
-@contextlib.contextmanager
-def _mode(model, training):
-    """Run a block with the model in training or evaluation mode, then restore every layer's mode."""
-    saved = _get_modes(model)
-    if saved[0] in (None, training) and all(mode == training for mode in saved[1]):
-        yield  # every layer already has that mode (predict on an eval model): nothing to switch or restore
-        return
-    model.train() if training else model.eval()
-    try:
-        yield
-    finally:
-        _set_modes(model, saved)
+class _mode:
+    """Run a block with the model in training or evaluation mode, then restore every layer's mode.
+
+    A class rather than a generator: ``predict`` of one image takes some tens
+    of microseconds, and this guard is on its path.
+    """
+
+    __slots__ = ("model", "training", "saved")
+
+    def __init__(self, model, training):
+        self.model, self.training, self.saved = model, training, None
+
+    def __enter__(self):
+        model, training = self.model, self.training
+        saved = _get_modes(model)
+        if saved[0] in (None, training) and all(mode == training for mode in saved[1]):
+            return  # every layer already has that mode (predict on an eval model): nothing to switch or restore
+        self.saved = saved
+        model.train() if training else model.eval()
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            _set_modes(self.model, self.saved)
+        return False
 
 
 # --------------------------------------------------------------------------- losses and counts
@@ -177,6 +189,11 @@ def run_evaluation(model, x, y=None, batch_size=256, *, loss=None, top_k=()):
 
 
 def _softmax(z):
+    """The row-wise softmax of the model's outputs ``z`` (2-D float32), as a new array."""
+    if z.ndim == 2 and z.shape[1] > 0 and get_backend() != "numpy" and hasattr(_core, "softmax_rows"):
+        z = np.array(z, dtype=np.float32, order="C")  # a copy: z may be memory a layer keeps
+        _core.softmax_rows(z)
+        return z
     z = z - z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
