@@ -81,12 +81,13 @@ void softmax_rows(float* z, int64_t rows, int64_t cols) {
         float m = v[0];
         for (int64_t j = 1; j < cols; ++j)
             if (v[j] > m || v[j] != v[j]) m = v[j];  // a NaN stays the maximum, as in np.max
-        float sum = 0.f;
+        double sum = 0.0;  // in double: a thousand classes would lose a few units in the last place in float
         for (int64_t j = 0; j < cols; ++j) {
             v[j] = std::exp(v[j] - m);
             sum += v[j];
         }
-        for (int64_t j = 0; j < cols; ++j) v[j] /= sum;
+        const float s = static_cast<float>(sum);
+        for (int64_t j = 0; j < cols; ++j) v[j] /= s;
     }, rows * cols >= 1 << 16 ? 0 : 1);
 }
 

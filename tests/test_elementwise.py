@@ -171,3 +171,43 @@ def test_residual_sum_bits(rng, backend):
     y = block(x)
     assert _same_bits(y, np.maximum(x, 0) + x)
     assert _same_bits(block.backward(dy), dy * (x > 0) + dy)
+
+
+def _softmax_numpy(z):
+    z = z.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 10), (7, 1), (300, 1000), (3, 33)])
+def test_softmax_rows_matches_the_formula(shape):
+    z = (np.random.default_rng(5).standard_normal(shape) * 20).astype(np.float32)
+    got = z.copy()
+    _core.softmax_rows(got)
+    # float32 rounds z - max (up to ~150 here) to 6e-8 relative, which exp turns into ~1e-5
+    np.testing.assert_allclose(got, _softmax_numpy(z), rtol=2e-5, atol=1e-30)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_softmax_rows_propagates_nan_and_infinity_as_the_formula_does():
+    z = np.array([[1.0, np.nan, 2.0], [np.nan, 0.0, 0.0], [np.inf, 0.0, 1.0], [-np.inf, 0.0, 0.0],
+                  [3e38, -3e38, 0.0]], np.float32)
+    got = z.copy()
+    _core.softmax_rows(got)
+    assert np.isnan(got[:3]).all()
+    np.testing.assert_array_equal(got[3], [0.0, 0.5, 0.5])
+    np.testing.assert_array_equal(got[4], [1.0, 0.0, 0.0])
+
+
+def test_softmax_rows_checks_its_argument():
+    with pytest.raises(TypeError, match="`z` must be a float32 array"):
+        _core.softmax_rows(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="`z` must have 2 dimensions"):
+        _core.softmax_rows(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="`z` must have at least one column"):
+        _core.softmax_rows(np.zeros((2, 0), np.float32))
+    with pytest.raises(ValueError, match="`z` must be writable"):
+        z = np.zeros((2, 3), np.float32)
+        z.flags.writeable = False
+        _core.softmax_rows(z)
