@@ -38,6 +38,8 @@
 namespace striate {
 namespace conv {
 
+
+
 namespace {
 
 constexpr int64_t kSlack = 16;  // >= the widest vector: lanes past a segment's tiles
@@ -102,8 +104,20 @@ Blocking make_blocking(const WinoGeom& g, int64_t N, int64_t npoints) {
         return b;
     }
     int64_t rows = std::max<int64_t>(1, target / g.TW);
-    const int64_t wanted = (kMinBlocks + N - 1) / std::max<int64_t>(N, 1);  // blocks per image
-    rows = std::max<int64_t>(1, std::min(rows, (g.TH + wanted - 1) / wanted));
+    if (N == 1) {
+        // One image: an even number of blocks, at least two, as the budget
+        // allows. kMinBlocks blocks of a small plane made GEMMs too short to
+        // pay (2 threads, AVX-512, us: 32 -> 64 on 14x14, 5x5, 99 -> 79;
+        // 32 -> 64 on 16x16, 49 -> 37; 64 -> 64 on 8x8, 76 -> 35), and an odd
+        // count left a thread idle at the end (32 -> 32 on 32x32 in 3 blocks:
+        // 69 -> 80 us).
+        int64_t blocks = std::max<int64_t>(2, (g.TH + rows - 1) / rows);
+        blocks = std::min(g.TH, blocks + blocks % 2);
+        rows = (g.TH + blocks - 1) / blocks;
+    } else {
+        const int64_t wanted = (kMinBlocks + N - 1) / N;  // blocks per image
+        rows = std::max<int64_t>(1, std::min(rows, (g.TH + wanted - 1) / wanted));
+    }
     if (npoints == 36) {
         // The same number of blocks with their rows evened out: 64 -> 64 on 16x16 in
         // blocks of 5 + 3 tile rows (40 + 24 tiles) took 21 ms against 16 ms
