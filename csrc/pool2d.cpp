@@ -344,25 +344,39 @@ __attribute__((target("avx2"))) inline void max_update_avx2(__m256 v, __m256i vi
     mi = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(mi), _mm256_castsi256_ps(vi), take));
 }
 
-// Full chunks of 8 full windows with AVX2; the rest of each row, and the
-// ceil_mode edges, by max_window.
+// Lanes [0, n) of 8 (32-bit) and of 4 (64-bit), n clamped to the lane count.
+__attribute__((target("avx2"))) inline __m256i lanes8(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(std::clamp<int64_t>(n, 0, 8))),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+__attribute__((target("avx2"))) inline __m256i lanes4x64(int64_t n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(std::clamp<int64_t>(n, 0, 4)), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+
+// Chunks of 8 full windows with AVX2, the last chunk of a row through masked
+// loads and stores (left to max_window, the 6 of 14 columns of a 28-wide
+// plane made the AVX2 forward 7x slower than the AVX-512 one on LeNet-5's
+// pools); the ceil_mode edges by max_window.
 template <int K>
 __attribute__((target("avx2"))) void max_plane_forward_s2_avx2(const float* x, float* y, int64_t* ind,
                                                                const PoolGeom& g) {
     const int64_t W = g.W;
     const int64_t ohf = std::min(g.OH, (g.H - K) / 2 + 1);
     const int64_t owf = std::min(g.OW, (g.W - K) / 2 + 1);
-    const int64_t owv = owf - owf % 8;  // columns done with vectors
     const __m256i step = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-    const __m256i seven = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, -1, 0);
     for (int64_t oh = 0; oh < ohf; ++oh) {
-        for (int64_t ow = 0; ow < owv; ow += 8) {
+        for (int64_t ow = 0; ow < owf; ow += 8) {
+            const int64_t r = std::min<int64_t>(8, owf - ow);  // outputs in this chunk
+            // Inputs read: 2r (+1 for K = 3) from p; lanes past them are not loaded.
+            const __m256i ma0 = lanes8(2 * r), ma1 = lanes8(2 * r - 8);
+            const __m256i mb0 = lanes8(2 * r - 1), mb1 = lanes8(2 * r - 9);
             const __m256i bidx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(2 * oh * W + 2 * ow)), step);
             __m256 m = _mm256_setzero_ps();
             __m256i mi = bidx;
             for (int rr = 0; rr < K; ++rr) {
                 const float* p = x + (2 * oh + rr) * W + 2 * ow;
-                const __m256 a0 = _mm256_loadu_ps(p), a1 = _mm256_loadu_ps(p + 8);
+                const __m256 a0 = r == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, ma0);
+                const __m256 a1 = r == 8 ? _mm256_loadu_ps(p + 8) : _mm256_maskload_ps(p + 8, ma1);
                 const __m256i row = _mm256_add_epi32(bidx, _mm256_set1_epi32(static_cast<int32_t>(rr * W)));
                 const __m256 e = even8(a0, a1);
                 if (rr == 0) {
@@ -372,17 +386,23 @@ __attribute__((target("avx2"))) void max_plane_forward_s2_avx2(const float* x, f
                 }
                 max_update_avx2(odd8(a0, a1), _mm256_add_epi32(row, _mm256_set1_epi32(1)), m, mi);
                 if (K == 3) {
-                    const __m256 b0 = _mm256_loadu_ps(p + 2), b1 = _mm256_maskload_ps(p + 10, seven);
+                    const __m256 b0 = _mm256_maskload_ps(p + 2, mb0), b1 = _mm256_maskload_ps(p + 10, mb1);
                     max_update_avx2(even8(b0, b1), _mm256_add_epi32(row, _mm256_set1_epi32(2)), m, mi);
                 }
             }
             const int64_t o = oh * g.OW + ow;
-            _mm256_storeu_ps(y + o, m);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + o), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi)));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + o + 4),
-                                _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi, 1)));
+            const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi));
+            const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi, 1));
+            if (r == 8) {
+                _mm256_storeu_ps(y + o, m);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + o), lo);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + o + 4), hi);
+            } else {
+                _mm256_maskstore_ps(y + o, lanes8(r), m);
+                _mm256_maskstore_epi64(reinterpret_cast<long long*>(ind + o), lanes4x64(r), lo);
+                _mm256_maskstore_epi64(reinterpret_cast<long long*>(ind + o + 4), lanes4x64(r - 4), hi);
+            }
         }
-        for (int64_t ow = owv; ow < owf; ++ow) max_window(x, g, oh, ow, y, ind);
     }
     max_plane_forward_rest(x, y, ind, g, ohf, owf);
 }
