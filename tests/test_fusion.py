@@ -350,3 +350,20 @@ def test_a_model_cast_after_planning_is_planned_again(model):
     y = f(x)
     f.layers[0].astype(np.float64)  # one layer only, inside a planned model
     np.testing.assert_allclose(f(x), y, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_after_the_large_activations_take_the_whole_batch(monkeypatch, backend):
+    """A split batch joins again after the last large activation: the fully-connected layers see the whole batch."""
+    import striate.model as M
+
+    m = zoo.lenet5(input_size=28)
+    x = np.random.default_rng(1).random((12, 1, 28, 28), dtype=np.float32)
+    whole = m.predict(x)
+    # 3200 bytes per row fit: the outputs up to the second conv's ReLU (6400 bytes a row) do not
+    monkeypatch.setattr(M, "_PLAN_BYTES", 12 * 3200)
+    assert np.array_equal(m.predict(x), whole)
+    if backend != "cpp":
+        return  # the NumPy backend runs the layers themselves
+    keys = list(M._PLANS[m])
+    assert any(k[0][0] < 12 and len(k[1]) == 5 for k in keys), "the first five layers ran as smaller batches"
+    assert any(k[0] == (12, 16, 10, 10) and len(k[1]) == 7 for k in keys), "the last seven took all 12 rows"

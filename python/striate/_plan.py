@@ -52,15 +52,21 @@ class Plan:
     activations in cache (``Sequential.forward``).
     """
 
-    __slots__ = ("program", "shape", "row_bytes")
+    __slots__ = ("program", "shape", "row_bytes", "out_row_bytes")
 
-    def __init__(self, program, shape, row_bytes=0):
+    def __init__(self, program, shape, row_bytes=0, out_row_bytes=()):
         self.program = program
         self.shape = shape
         self.row_bytes = row_bytes
+        self.out_row_bytes = out_row_bytes  # per layer: the bytes of one row of its output
 
     def __call__(self, x):
         return self.program.run(x)
+
+    def cut(self, limit):
+        """How many leading layers have an output row above ``limit`` bytes at or after them (0: none)."""
+        big = [i for i, b in enumerate(self.out_row_bytes) if b > limit]
+        return big[-1] + 1 if big else 0
 
 
 def plannable(x):
@@ -252,4 +258,5 @@ def build(layers, x, out_shapes):
         i += 1
     n = max(1, int(x.shape[0]))
     sizes = [int(np.prod(s, dtype=np.int64)) for s in out_shapes if len(s) >= 1] + [int(x.size)]
-    return Plan(prog, tuple(x.shape), max(sizes) * 4 // n)
+    per_layer = tuple(int(np.prod(s, dtype=np.int64)) * 4 // n if len(s) >= 1 else 0 for s in out_shapes)
+    return Plan(prog, tuple(x.shape), max(sizes) * 4 // n, per_layer)

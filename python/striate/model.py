@@ -215,28 +215,37 @@ class Sequential(_Container):
     def _planned_forward(self, x, split=False):
         """``forward`` through the plan for ``x.shape``, planning it on a checked first run.
 
-        Every answer, the first included, is the plan's. With ``split``, a batch whose largest activation is above
-        ``_PLAN_BYTES`` runs as equal smaller batches (a plan each), their
-        outputs joined.
+        Every answer, the first included, is the plan's. With ``split``, a
+        batch whose largest activation is above ``_PLAN_BYTES`` runs its
+        leading layers, up to the last one whose output is still that large,
+        as equal smaller batches (a plan each), their outputs joined; the
+        layers after them take the whole batch (a fully-connected layer reads
+        its weights once per call, so smaller batches would read them again).
         """
+        return self._run_plan(tuple(self._layers), x, split)
+
+    def _run_plan(self, layers, x, split):
+        """``layers`` (a tuple of this model's top-level layers, in order) on ``x`` through their plan."""
         if not _plan.plannable(x):
-            return forward_chain(self._layers, x)
+            return forward_chain(list(layers), x)
         plans = _PLANS.get(self)
         if plans is None:
             plans = _PLANS[self] = {}
-        key = (x.shape, tuple(self._layers))
+        key = (x.shape, layers)
         plan = plans.get(key)
         if plan is not None:
             n = x.shape[0]
-            parts = -(-n * plan.row_bytes // _PLAN_BYTES) if split else 1
-            if parts > 1:
+            parts = -(-n * plan.row_bytes // _PLAN_BYTES) if split and n > 1 else 1
+            cut = plan.cut(_PLAN_BYTES // n) if parts > 1 else 0
+            if cut > 0:
                 rows = -(-n // min(parts, n))
-                return np.concatenate([self._planned_forward(x[i:i + rows]) for i in range(0, n, rows)])
+                head = np.concatenate([self._run_plan(layers[:cut], x[i:i + rows], False) for i in range(0, n, rows)])
+                return self._run_plan(layers[cut:], head, False) if cut < len(layers) else head
             try:
                 return plan(x)
             except _core.StalePlan:  # a parameter was cast or replaced since planning: plan again
                 plans.clear()
-                return self._planned_forward(x, split)
+                return self._run_plan(layers, x, split)
         shapes = []
 
         def record(i, layer, value, backward):
@@ -244,13 +253,13 @@ class Sequential(_Container):
             shapes.append(np.shape(out))
             return out
 
-        forward_chain(self._layers, x, record)
+        forward_chain(list(layers), x, record)
         if len(plans) >= _MAX_PLANS:
             del plans[next(iter(plans))]
-        plans[key] = _plan.build(self._layers, x, shapes)
+        plans[key] = _plan.build(list(layers), x, shapes)
         # The answer comes from the plan, the first time too: the checked run
         # computes a BatchNorm after a conv unfolded, which rounds differently.
-        return self._planned_forward(x, split)
+        return self._run_plan(layers, x, split)
 
     def backward(self, dloss: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
         """Back-propagate ``dloss`` (the gradient of the loss w.r.t. the outputs).
