@@ -279,6 +279,13 @@ def _median_s(fn, runs, warmup):
     return float(np.median(times))
 
 
+def _settled(timer, *args):
+    """``timer(*args)`` after a pause: the worker threads of the block before (onnxruntime's, and
+    striate's OpenMP ones) spin for a while after their last run and would take the cores from it."""
+    time.sleep(0.2)
+    return timer(*args)
+
+
 def _bench_ort(name, make, shape, threads, latency_runs, big_runs, tmpdir):
     """Rows of batch-1 latency (ms) and batch-256 images/s: onnxruntime, striate predict, striate forward.
 
@@ -304,9 +311,8 @@ def _bench_ort(name, make, shape, threads, latency_runs, big_runs, tmpdir):
         x, _ = _data(shape, batch, seed=3)
         per_round = []  # (onnxruntime, predict, forward) medians of one round of blocks
         for _ in range(ORT_ROUNDS):
-            per_round.append((_median_s(lambda: run(x), runs, warmup),
-                              _median_s(lambda: model.predict(x, batch_size=batch), runs, warmup),
-                              _median_s(lambda: model(x), runs, warmup)))
+            per_round.append(tuple(_settled(_median_s, fn, runs, warmup) for fn in (
+                lambda: run(x), lambda: model.predict(x, batch_size=batch), lambda: model(x))))
         t_ort, t_pred, t_fwd = (float(np.median(col)) for col in zip(*per_round))
         ratio = float(np.median([o / p for o, p, _ in per_round]))
         rows.append((name, batch, threads, t_ort, t_pred, t_fwd, ratio))
