@@ -401,7 +401,7 @@ void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t
     }
     // One row of A B^T (a batch of one through a fully-connected layer): the
     // packed path's arithmetic without packing B, which for one row costs more
-    // than the product (3136 -> 1024: 0.36 ms against about 0.1 ms).
+    // than the product (3136 -> 1024 on 2 threads: 0.36 ms against 0.15 ms).
     if (M == 1 && !transA && transB && f.isa != Isa::generic) {
         gemv_t(N, K, block_depth(K), alpha, A, B, ldb, beta, C, threads);
         return;

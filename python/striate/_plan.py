@@ -64,7 +64,7 @@ class Plan:
         return self.program.run(x)
 
     def cut(self, limit):
-        """How many leading layers have an output row above ``limit`` bytes at or after them (0: none)."""
+        """How many leading layers to run as smaller batches: through the last whose output rows pass ``limit`` bytes."""
         big = [i for i, b in enumerate(self.out_row_bytes) if b > limit]
         return big[-1] + 1 if big else 0
 
@@ -90,23 +90,22 @@ def _conv_args(conv, shape):
                            conv.padding, conv.dilation, conv.groups).core_args()
 
 
-def _conv_step(conv, shape, relu, weights=None):
-    """``conv`` as one core call with ``weights()`` (its ``(weight, bias)``, computed on every call)."""
+def _conv_step(conv, shape, weights):
+    """``conv`` as one core call with ``weights()``, its ``(weight, bias)`` computed on every call."""
     args, fwd = _conv_args(conv, shape), _core.conv2d_forward
 
     def step(x):
         w, b = weights()
         if not (_flat32(w) and (b is None or _flat32(b))):
             raise _core.StalePlan("a parameter is no longer a C-contiguous float32 array")
-        y = fwd(x, w, b, *args)
-        return _relu_inplace(y) if relu else y
+        return fwd(x, w, b, *args)
     return step
 
 
 def _conv_bn_step(conv, bn, shape, relu):
     """``conv`` then ``bn`` as one convolution with the folded weights (computed per call)."""
-    folded = _conv_step(conv, shape, False, weights=lambda: folded_conv_bn(conv, bn))
-    plain = _conv_step(conv, shape, False, weights=lambda: (conv.weight.data, None if conv.bias is None else conv.bias.data))
+    folded = _conv_step(conv, shape, lambda: folded_conv_bn(conv, bn))
+    plain = _conv_step(conv, shape, lambda: (conv.weight.data, None if conv.bias is None else conv.bias.data))
 
     def step(x):
         # bn switched to training after planning: batch statistics, tracked
