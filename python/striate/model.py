@@ -129,6 +129,9 @@ class Sequential(_Container):
     def named_children(self):
         return [(str(i), layer) for i, layer in enumerate(self._layers)]
 
+    def children(self):
+        return list(self._layers)  # named_children's order, without the names (mode checks walk this per call)
+
     def _sequence(self):
         return self._layers
 

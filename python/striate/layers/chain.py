@@ -72,7 +72,7 @@ def named_leaves(model):
 
 def _leaves(layer, out):
     if isinstance(layer, _Container):
-        for _, child in layer.named_children():
+        for child in layer.children():
             _leaves(child, out)
     else:
         out.append(layer)
