@@ -386,13 +386,19 @@ void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t
     if (threads <= 0) threads = get_num_threads();
 #if STRIATE_GEMM_X86
     // The dot kernels give every element the same arithmetic whatever the
-    // tile, so row blocks of 64 (which keep A's block in L2 up to this depth)
-    // compute each row exactly as a lone row would be. Below a depth of 128
-    // the per-element reduction costs more than the packed path; on AVX2 it
-    // does at any depth for blocks of more than a few rows, so AVX2 stays on
-    // the packed path.
-    constexpr int64_t kRows = 64;
-    if (f.isa == Isa::avx512 && !transA && transB && K >= 128 && kRows * K <= 96 * 1024) {
+    // tile, so row blocks of kRows (up to 64, as many as keep A's block in
+    // about 96 KB of L2) compute each row exactly as a lone row would be.
+    // Below a depth of 128 the per-element reduction costs more than the
+    // packed path; on AVX2 it does at any depth for blocks of more than a few
+    // rows, so AVX2 stays on the packed path. Past a depth of 1536 (fewer than
+    // 64 rows per block) the dot route still wins when B is wide: it reads B
+    // in place, where the packed path copies all of it on every call
+    // (AVX-512, 2 threads, packed -> dot, M = 1 / 64 / 256: 3136 -> 1024 0.153
+    // -> 0.091, 2.69 -> 2.06, 10.4 -> 8.3 ms; 1600 -> 512 1.8x / 1.3x / 1.2x;
+    // 2048 -> 1024 4.2x / 1.0x / 0.94x), but not when it is narrow (4096 ->
+    // 128: 0.81x and 0.79x at M = 64 and 256).
+    const int64_t kRows = std::clamp<int64_t>(96 * 1024 / K / 4 * 4, 4, 64);
+    if (f.isa == Isa::avx512 && !transA && transB && K >= 128 && (K <= 1536 || N >= 256)) {
         for (int64_t i = 0; i < M; i += kRows) {
             gemm_dot(f.isa, std::min(kRows, M - i), N, K, alpha, A + i * lda, lda, B, ldb, beta, C + i * ldc,
                      ldc, threads);
