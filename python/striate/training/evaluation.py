@@ -212,7 +212,10 @@ def predict(model, x, batch_size=256):
     Each layer's mode is restored afterwards.
     """
     batch_size = _args.int_in(batch_size, "batch_size", 1)
-    batches = _eval_batches(x, None, batch_size, targets=False)
+    if type(x) is np.ndarray and x.dtype == np.float32 and x.ndim >= 2 and 0 < x.shape[0] <= batch_size:
+        batches = ((np.ascontiguousarray(x), None),)  # one batch, already what _eval_batches would make of it
+    else:
+        batches = _eval_batches(x, None, batch_size, targets=False)
     layers = layers_of(model)
     ends_in_softmax = bool(layers) and type(layers[-1]).__name__ == "Softmax"
     chunks_out = []
