@@ -19,6 +19,7 @@
 
 #include <array>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "bind_ops.hpp"
@@ -90,6 +91,15 @@ class Program {
     void call(py::object fn) { steps_.push_back(Step{Kind::call, std::move(fn), py::none(), {}, false}); }
 
     size_t size() const { return steps_.size(); }
+
+    // The steps' kinds in order ("conv", "linear", ..., "call" for a Python step).
+    std::vector<std::string> kinds() const {
+        static const char* const names[] = {"conv", "linear", "max_pool", "flatten", "relu", "contiguous", "dropout",
+                                            "call"};
+        std::vector<std::string> out;
+        for (const Step& s : steps_) out.emplace_back(names[static_cast<int>(s.kind)]);
+        return out;
+    }
 
     py::object run(py::object v) const {
         for (const Step& s : steps_) v = step(s, std::move(v));
@@ -186,6 +196,7 @@ void bind_program(py::module_& m) {
         .def("dropout", &Program::dropout, py::arg("layer"))
         .def("call", &Program::call, py::arg("fn"))
         .def("__len__", &Program::size)
+        .def("kinds", &Program::kinds, "The steps' kinds in order; 'call' is a Python step.")
         .def("run", &Program::run, py::arg("x"));
 }
 

@@ -367,3 +367,19 @@ def test_layers_after_the_large_activations_take_the_whole_batch(monkeypatch, ba
     keys = list(M._PLANS[m])
     assert any(k[0][0] < 12 and len(k[1]) == 5 for k in keys), "the first five layers ran as smaller batches"
     assert any(k[0] == (12, 16, 10, 10) and len(k[1]) == 7 for k in keys), "the last seven took all 12 rows"
+
+
+def test_a_plain_chain_plans_into_core_steps_only(backend):
+    """Item 5's one core call: LeNet-5's plan has no Python step; a nested or unknown layer becomes one."""
+    if backend != "cpp":
+        return
+    import striate.model as M
+
+    m = zoo.lenet5(input_size=28)
+    m.predict(np.zeros((2, 1, 28, 28), np.float32))
+    (plan,) = M._PLANS[m].values()
+    assert plan.program.kinds() == ["conv", "max_pool", "conv", "max_pool", "flatten", "linear", "linear", "linear"]
+    r = zoo.resnet20(in_channels=1)
+    r.predict(np.zeros((2, 1, 28, 28), np.float32))
+    kinds = list(M._PLANS[r].values())[0].program.kinds()
+    assert "call" in kinds and kinds[-1] == "linear"
