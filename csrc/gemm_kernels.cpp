@@ -177,6 +177,29 @@ __attribute__((target("avx2,fma"))) inline void transpose8x8_avx2(__m256 (&v)[8]
     }
 }
 
+// v[c] = column k + c of rows row[0..7]: each row's 8 floats loaded as two
+// halves into the lanes of rows i and i + 4, then 4 x 4 transposes inside the
+// lanes (16 shuffles, none across lanes, where transpose8x8_avx2 takes 24).
+__attribute__((target("avx2,fma"))) inline void load_transpose8x8_avx2(const float* const* row, int64_t k,
+                                                                       __m256 (&v)[8]) {
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {  // columns k + 4h .. k + 4h + 3
+        __m256 a[4], t[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i)
+            a[i] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(row[i] + k + 4 * h)),
+                                        _mm_loadu_ps(row[i + 4] + k + 4 * h), 1);
+        t[0] = _mm256_unpacklo_ps(a[0], a[1]);
+        t[1] = _mm256_unpackhi_ps(a[0], a[1]);
+        t[2] = _mm256_unpacklo_ps(a[2], a[3]);
+        t[3] = _mm256_unpackhi_ps(a[2], a[3]);
+        v[4 * h] = _mm256_shuffle_ps(t[0], t[2], _MM_SHUFFLE(1, 0, 1, 0));
+        v[4 * h + 1] = _mm256_shuffle_ps(t[0], t[2], _MM_SHUFFLE(3, 2, 3, 2));
+        v[4 * h + 2] = _mm256_shuffle_ps(t[1], t[3], _MM_SHUFFLE(1, 0, 1, 0));
+        v[4 * h + 3] = _mm256_shuffle_ps(t[1], t[3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+}
+
 // dst[t*ld_dst + i] = src[i*ld_src + t] for i < rows (<= 8), t < kc; slots past
 // `rows` are zero. 8 x 8 blocks are transposed in registers, the last kc % 8
 // columns one by one.
@@ -626,9 +649,7 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(int64_t rows, int64_t K,
 #pragma GCC unroll 2
                 for (int h = 0; h < 16; h += 8) {
                     __m256 v[8];
-#pragma GCC unroll 8
-                    for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(row[8 * g + i] + k + h);
-                    transpose8x8_avx2(v);
+                    load_transpose8x8_avx2(row + 8 * g, k + h, v);
 #pragma GCC unroll 8
                     for (int i = 0; i < 8; ++i)
                         acc[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + h + i), v[i], acc[g]);
@@ -639,9 +660,7 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(int64_t rows, int64_t K,
 #pragma GCC unroll 8
             for (int g = 0; g < G; ++g) {
                 __m256 v[8];
-#pragma GCC unroll 8
-                for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(row[8 * g + i] + k);
-                transpose8x8_avx2(v);
+                load_transpose8x8_avx2(row + 8 * g, k, v);
 #pragma GCC unroll 8
                 for (int i = 0; i < 8; ++i) acc[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + i), v[i], acc[g]);
             }
