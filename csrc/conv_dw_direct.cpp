@@ -95,26 +95,27 @@ class DwDirect final : public DwPlan {
     }
 
     // dw[g*Kg + k][c][i][j] = sum over chunks, in order, of part[chunk][g][i*kw + j][k][c].
+    // One task per (group, tap): its (Kg, Cg) block of every chunk is contiguous
+    // rows, summed row by row with vector adds, then stored with the tap's stride.
     void reduce(const float* parts, int64_t nchunks, float* dw, int threads) const override {
         const int64_t CKK = Cg_ * khw_;
         parallel_for(
-            s_.K,
-            [&](int64_t kk) {
-                const auto [g, k] = split_index(kk, Kg_);
-                std::vector<float> t(static_cast<size_t>(khw_ * Cg_), 0.f);  // (kh*kw, Cg)
-                for (int64_t c = 0; c < nchunks; ++c)
-                    for (int64_t ij = 0; ij < khw_; ++ij) {
-                        const float* src = parts + c * part_size + ((g * khw_ + ij) * kpad_ + k) * ldc_;
-                        float* tr = t.data() + ij * Cg_;
-                        if (c == 0) {
-                            std::copy(src, src + Cg_, tr);
-                        } else {
-                            for (int64_t ch = 0; ch < Cg_; ++ch) tr[ch] += src[ch];
-                        }
+            s_.groups * khw_,
+            [&](int64_t gij) {
+                const auto [g, ij] = split_index(gij, khw_);
+                std::vector<float> t(static_cast<size_t>(Cg_));
+                const float* base = parts + gij * kpad_ * ldc_;
+                for (int64_t k = 0; k < Kg_; ++k) {
+                    float* tr = t.data();
+                    const float* src = base + k * ldc_;
+                    std::copy(src, src + Cg_, tr);
+                    for (int64_t c = 1; c < nchunks; ++c) {
+                        const float* sc = src + c * part_size;
+                        for (int64_t ch = 0; ch < Cg_; ++ch) tr[ch] += sc[ch];
                     }
-                float* dst = dw + kk * CKK;  // (Cg, kh, kw)
-                for (int64_t ij = 0; ij < khw_; ++ij)
-                    for (int64_t ch = 0; ch < Cg_; ++ch) dst[ch * khw_ + ij] = t[static_cast<size_t>(ij * Cg_ + ch)];
+                    float* dst = dw + (g * Kg_ + k) * CKK + ij;  // dw[g*Kg + k][ch][ij]
+                    for (int64_t ch = 0; ch < Cg_; ++ch) dst[ch * khw_] = tr[ch];
+                }
             },
             threads);
     }
