@@ -129,6 +129,66 @@ def test_inplace_taken_only_after_private_outputs(monkeypatch):
     assert seen == [False, False]
 
 
+def pooled(seed=0):
+    st.seed(seed)
+    return st.Sequential([
+        L.Conv2d(2, 4, 3, padding=1), L.ReLU(), L.MaxPool2d(2),
+        L.Conv2d(4, 6, 3, padding=1), L.ReLU(), L.MaxPool2d(3, stride=2, padding=1),  # overlapping windows
+        L.ReLU(), L.MaxPool2d(1),  # a ReLU after a pool: the pool's kept output is not written in place
+        L.Flatten(), L.Linear(24, 5),
+    ]).train()
+
+
+def test_max_pool_takes_the_relu_backward_before_it(monkeypatch):
+    x, d = data()
+    calls = []
+    plain = ReLU.backward
+    monkeypatch.setattr(ReLU, "backward", lambda self, dy: calls.append(self) or plain(self, dy))
+    m = pooled()
+    y1, dx1, g1 = run_step(m, x, d)
+    assert calls == []  # all three ReLUs come right before a MaxPool2d
+    monkeypatch.setattr(L.MaxPool2d, "_absorbs_relu", False)
+    y0, dx0, g0 = run_step(pooled(), x, d)
+    assert len(calls) == 3
+    assert np.array_equal(y1, y0) and np.array_equal(dx1, dx0)
+    assert all(np.array_equal(a, b) for a, b in zip(g1, g0))
+
+
+def test_pool_output_is_kept_intact_for_the_mask():
+    m = pooled()
+    x, d = data()
+    m.forward(x)
+    kept = m[5]._y.copy()
+    assert not np.shares_memory(m[6]._y, m[5]._y)  # the ReLU after the pool wrote a new array
+    m.backward(d)
+    assert np.array_equal(m[5]._y, kept)
+
+
+def test_relu_then_pool_fit_unchanged(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((24, 2, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 5, 24)
+
+    def fitted():
+        m = pooled()
+        m.fit(x, y, epochs=2, batch_size=8, seed=0, verbose=0)
+        return hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in m.state_dict().values())).hexdigest()
+
+    absorbed = fitted()
+    monkeypatch.setattr(L.MaxPool2d, "_absorbs_relu", False)
+    assert fitted() == absorbed
+
+
+def test_dead_relu_positions_get_zero_gradient_through_the_pool():
+    # a window whose maximum is a clamped negative sends no gradient; a live one sends it to its argmax
+    m = st.Sequential([L.ReLU(), L.MaxPool2d(2)]).train()
+    x = np.array([[[[-1.0, -2.0, 3.0, 1.0], [-3.0, -4.0, 0.5, 2.0]]]], np.float32)
+    m.forward(x)
+    dx = m.backward(np.array([[[[-5.0, 5.0]]]], np.float32))
+    assert dx.tolist() == [[[[0.0, 0.0, 5.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]]
+    assert not np.signbit(dx).any()
+
+
 # --- the planned inference path --------------------------------------------------------------
 
 

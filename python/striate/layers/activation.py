@@ -122,12 +122,22 @@ class ReLU(_Elementwise):
         self._y = self._f(x)
         return self._y
 
+    # A MaxPool2d right after this layer in a chain takes this backward into
+    # its own (see layers.chain): the pool's output at a window is this layer's
+    # output at the window's argmax, so masking the pool's dy by its output
+    # sign masks every position that receives a gradient, on a quarter of the
+    # elements for 2 x 2 windows.
+    _absorbed_by_max_pool = True
+
     def backward(self, dy):
         y = self._saved("_y")
         self._check_dy(dy, y.shape)
         if not self.needs_input_grad:
             return None
-        own = self._inplace and dy.flags.writeable
+        return self._mask(dy, y, self._inplace and dy.flags.writeable)
+
+    def _mask(self, dy, y, own=False):
+        """``dy * (y > 0)``, in ``dy`` itself when ``own``."""
         if dy.dtype != y.dtype:
             dy, own = _as(dy, y.dtype), True
         if _on_core(dy, y):

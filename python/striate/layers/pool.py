@@ -86,8 +86,11 @@ class MaxPool2d(_Pool):
              [13., 15.]]]], dtype=float32)
     """
 
-    _fresh_output = True  # a new output array the layer does not keep (see layers.chain)
+    # The layer keeps its output (so it is not a private array the next layer
+    # may overwrite): a ReLU just before it has its backward taken into this
+    # one's, masked by that output's sign (see layers.chain).
     _fresh_grad = True
+    _absorbs_relu = True
 
     def __init__(self, kernel_size: _Pair, stride: Optional[_Pair] = None, padding: _Pair = 0,
                  ceil_mode: bool = False, *, dilation: _Pair = 1) -> None:
@@ -98,8 +101,19 @@ class MaxPool2d(_Pool):
     def forward(self, x):
         _check_input(x, "MaxPool2d", 4)
         y, idx = _ops(x.dtype).max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-        self._xshape, self._idx, self._y_shape, self._dtype = x.shape, idx, y.shape, x.dtype
+        self._xshape, self._idx, self._y_shape, self._dtype, self._y = x.shape, idx, y.shape, x.dtype, y
         return y
+
+    def _backward_after_relu(self, dy, relu):
+        """The input gradient of ``relu`` then this layer: ``relu``'s mask applied to ``dy``, then the scatter.
+
+        Each output is ``relu``'s output at its window's argmax, the only
+        position it sends gradient to, so ``dy * (y > 0)`` scattered equals
+        the scatter masked by ``relu``'s output, except that a masked position
+        holds +0.0 where the two-pass order gives ``-0.0`` for a negative dy.
+        """
+        self._check_dy(dy, self._y_shape)
+        return self.backward(relu._mask(dy, self._saved("_y")))
 
     def backward(self, dy):
         xshape = self._saved("_xshape")
