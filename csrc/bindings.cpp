@@ -29,6 +29,7 @@ void bind_gemm(py::module_& m);
 void bind_augment(py::module_& m);
 void bind_elementwise(py::module_& m);
 void bind_program(py::module_& m);
+void bind_optim(py::module_& m);
 }  // namespace striate
 
 namespace {
@@ -118,4 +119,5 @@ PYBIND11_MODULE(_core, m) {
     striate::bind_augment(m);
     striate::bind_elementwise(m);
     striate::bind_program(m);
+    striate::bind_optim(m);
 }
