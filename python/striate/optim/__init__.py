@@ -19,7 +19,11 @@ it can be written to safetensors as it is: group 0's options at the top
 parameter ``i`` (counted through the groups in order) under ``"state.<i>."``.
 
 The updates run in the parameter's own dtype, in place, with no per-step
-allocations (temporaries go to work arrays the optimizer reuses). In float32
+allocations. A float32 or float64 parameter whose arrays are C-contiguous is
+updated in one C++ pass (``_core.sgd_step``, ``adam_step``,
+``rmsprop_step``) that gives the NumPy code's results bit for bit; any other,
+and every one under ``set_backend("numpy")``, by the NumPy code, whose
+temporaries go to work arrays the optimizer reuses. In float32
 each product and sum is rounded on its own, where torch's CPU kernels fuse
 some multiply-adds, so trajectories agree with torch to a few ulps (1e-6
 relative over the tests' runs), not bit for bit. The optimizers

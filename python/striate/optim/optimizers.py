@@ -8,6 +8,8 @@ from typing import Any, Dict, Iterable, List, Tuple, Union
 
 import numpy as np
 
+from .. import _core
+from .._config import get_backend
 from ..layers import Parameter
 
 __all__ = [
@@ -78,6 +80,42 @@ class _Scratch:
             bufs = (np.empty(like.size, like.dtype), np.empty(like.size, like.dtype))
             self._bufs[key] = bufs
         return bufs[0][: like.size].reshape(like.shape), bufs[1][: like.size].reshape(like.shape)
+
+
+# ----------------------------------------------------------------------------
+# the fused updates
+
+# False: every update takes the NumPy path (the tests compare the two paths).
+_FUSED = True
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def _fusable(data, grad, *state):
+    """Whether ``_core``'s one-pass update may replace the NumPy code for these arrays (None in ``state``: unused).
+
+    That is: the C++ backend; plain ndarrays of one dtype, float32 or float64,
+    and one shape; C-contiguous and aligned, and writable but for ``grad``.
+    The kernels give the NumPy code's results bit for bit (csrc/optim.hpp);
+    anything else, or arrays that share memory (the kernel then returns
+    False and changes nothing), takes the NumPy code.
+    """
+    if not _FUSED or get_backend() == "numpy":
+        return False
+    dt = data.dtype
+    if (dt != _F32 and dt != _F64) or type(data) is not np.ndarray or not data.flags.carray:
+        return False
+    shape = data.shape
+    if type(grad) is not np.ndarray or grad.dtype != dt or grad.shape != shape:
+        return False
+    flags = grad.flags  # grad may be read-only
+    if not (flags.c_contiguous and flags.aligned):
+        return False
+    for a in state:
+        if a is None:
+            continue
+        if type(a) is not np.ndarray or a.dtype != dt or a.shape != shape or not a.flags.carray:
+            return False
+    return True
 
 
 def _decayed(grad, p, wd, out):
@@ -430,6 +468,8 @@ class SGD(Optimizer):
     def step(self) -> None:
         """Update every trainable parameter that has a gradient, in place."""
         for o, i, p, grad in self._active():
+            if self._fused(o, i, p, grad):
+                continue
             dt = p.data.dtype.type
             m, wd = o["momentum"], o["weight_decay"]
             t1, t2 = self._scratch.get(p.data)
@@ -454,6 +494,22 @@ class SGD(Optimizer):
             step = g if (g is t1 or g is t2) else t1  # a scratch array g may be overwritten
             np.multiply(g, dt(o["lr"]), out=step)
             p.data -= step
+
+    def _fused(self, o, i, p, grad):
+        """The update of ``step()`` in one C++ pass; False when it does not apply (nothing changed)."""
+        m, d, wd = o["momentum"], o["dampening"], o["weight_decay"]
+        buf = self.state[i].get("momentum_buffer") if m else None
+        if not _fusable(p.data, grad, buf):
+            return False
+        first = bool(m) and buf is None
+        if first:
+            buf = np.empty_like(p.data)  # the kernel writes g into it, as np.array(g, copy=True)
+        if not _core.sgd_step(p.data, grad, buf, lr=o["lr"], weight_decay=wd if wd else None, momentum=m,
+                              dampening=1 - d if d else None, nesterov=o["nesterov"], first=first):
+            return False
+        if first:
+            self.state[i]["momentum_buffer"] = buf
+        return True
 
 
 class Adam(Optimizer):
@@ -506,6 +562,12 @@ class Adam(Optimizer):
                 st["exp_avg_sq"] = np.zeros_like(p.data)
             st["step"] += 1
             t = st["step"]
+            if _fusable(p.data, grad, st["exp_avg"], st["exp_avg_sq"]) and _core.adam_step(
+                p.data, grad, st["exp_avg"], st["exp_avg_sq"], step_size=lr / (1 - b1**t),
+                weight_decay=wd if wd and not self._decoupled else None,
+                decoupled=1 - lr * wd if wd and self._decoupled else None, one_minus_beta1=1 - b1, beta2=b2,
+                one_minus_beta2=1 - b2, bias_correction2=math.sqrt(1 - b2**t), eps=o["eps"]):
+                continue
             t1, t2 = self._scratch.get(p.data)
             g = grad
             if wd and self._decoupled:
@@ -620,6 +682,12 @@ class RMSprop(Optimizer):
                 if wanted and slot not in st:  # zeros, as torch's first step (or an option turned on since)
                     st[slot] = np.zeros_like(p.data)
             st["step"] += 1
+            ga = st["grad_avg"] if o["centered"] else None
+            mb = st["momentum_buffer"] if m > 0 else None
+            if _fusable(p.data, grad, st["square_avg"], ga, mb) and _core.rmsprop_step(
+                p.data, grad, st["square_avg"], ga, mb, lr=o["lr"], alpha=a, one_minus_alpha=1 - a, eps=o["eps"],
+                weight_decay=wd if wd else None, momentum=m):
+                continue
             t1, t2 = self._scratch.get(p.data)
             g = _decayed(grad, p.data, wd, t1) if wd else grad
             sq = st["square_avg"]
