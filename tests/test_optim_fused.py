@@ -1,4 +1,4 @@
-"""The fused C++ optimizer updates (``_core.sgd_step`` & co.) against the NumPy code, bit for bit.
+"""The fused C++ optimizer updates (``_core.sgd_step`` & co.) against the NumPy code, bit for bit; ``all_finite``.
 
 Each case runs the same steps from the same start twice, once on the fused
 path and once with ``optimizers._FUSED`` off (the NumPy code, the oracle),
@@ -20,6 +20,7 @@ import pytest
 import striate as st
 from striate import _core, optim
 from striate.optim import optimizers
+from striate.training import step as train_step_module
 
 UINT = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 DTYPES = [np.float32, np.float64]
@@ -361,3 +362,67 @@ def test_kernel_refuses_overlapping_arrays_without_writing():
     assert _same(p, before) and (m == 0).all()
     empty = np.zeros(0, np.float32)
     assert _core.sgd_step(empty, empty, empty, **_sgd_args(momentum=0.9, first=True)) is True
+
+
+# ---------------------------------------------------------------------------- all_finite
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 15, 2049, 70001, 1 << 20])
+def test_all_finite(dtype, n):
+    a = np.linspace(-3, 3, n).astype(dtype)
+    assert _core.all_finite(a) is True
+    if n == 0:
+        return
+    tiny = a.copy()
+    tiny[:] = np.finfo(dtype).smallest_subnormal
+    tiny[-1] = np.finfo(dtype).max
+    assert _core.all_finite(tiny) is True
+    for pos, v in [(-1, np.nan), (0, np.inf), (n // 2, -np.inf), (0, -np.nan)]:
+        b = a.copy()
+        b[pos] = v
+        assert _core.all_finite(b) is False
+        assert _core.all_finite(b.reshape(1, -1)) is False
+
+
+def test_all_finite_thread_counts():
+    a = np.ones(1 << 20, np.float32)
+    a[-1] = np.inf
+    for t in (1, 2):
+        st.set_num_threads(t)
+        assert _core.all_finite(a) is False
+        assert _core.all_finite(a[:-1]) is True
+
+
+def test_all_finite_argument_errors():
+    with pytest.raises(TypeError, match="`a` must be a float32 or float64 array, got dtype int32"):
+        _core.all_finite(np.zeros(3, np.int32))
+    with pytest.raises(TypeError, match="`a` must be a float32 or float64 array, got dtype float16"):
+        _core.all_finite(np.zeros(3, np.float16))
+    with pytest.raises(TypeError, match="`a` must be a numpy array, got list"):
+        _core.all_finite([1.0])
+    with pytest.raises(TypeError, match="`a` must be C-contiguous"):
+        _core.all_finite(np.zeros((3, 4), np.float32).T)
+    with pytest.raises(TypeError, match="`a` must be aligned"):
+        _core.all_finite(np.frombuffer(bytes(17), np.float32, count=4, offset=1))
+
+
+def test_first_nonfinite_grad_uses_both_paths():
+    ps = [st.Parameter(np.zeros(s, dt), f"p{j}") for j, (s, dt) in
+          enumerate([((3, 4), np.float32), ((4, 3), np.float64), ((5,), np.float16), ((6,), np.float32)])]
+    for p in ps:
+        p.grad = np.ones_like(p.data)
+    ps[1].grad = np.ones((3, 4)).T  # non-contiguous: the NumPy fallback
+    assert train_step_module._first_nonfinite_grad(ps) is None
+    ps[1].grad = np.ones((3, 4)).T.copy()
+    ps[1].grad[2, 1] = np.nan
+    ps[1].grad = np.asfortranarray(ps[1].grad)
+    assert train_step_module._first_nonfinite_grad(ps) == "p1"
+    ps[1].grad = np.ones((4, 3))
+    ps[2].grad = np.array([1, 2, np.inf, 4, 5], np.float16)
+    assert train_step_module._first_nonfinite_grad(ps) == "p2"
+    ps[2].grad = None
+    ps[3].grad[-1] = -np.inf
+    assert train_step_module._first_nonfinite_grad(ps) == "p3"
+    ps[3].trainable = False
+    assert train_step_module._first_nonfinite_grad(ps) is None
