@@ -83,13 +83,26 @@ constexpr int64_t kMCMax = 1024;  // rows of a task: its packed A block (about m
 // at most kDirectMaxPanels with a block depth of at least kDirectMinKC (thin
 // blocks make the column-panel-outer order write C in a strided pattern) and a
 // row stride that is not a multiple of 4 KiB (such rows all fall in the same
-// cache sets, so the panel does not survive its re-reads).
+// cache sets, so the panel does not survive its re-reads). A B of more than
+// kDirectMaxBytes may not be in the caches: read in place, its first pass is
+// one or two cache lines from each of kc rows at a time, a pattern the
+// prefetchers do not follow, while packing streams whole rows. It is then read
+// in place only by tasks of at least kDirectFarPanels row panels, which re-read
+// each panel enough to pay for that. Zen 4, AVX-512 (5 panels of 13 rows), 2
+// threads, 64 x 3136 x 1024 (the dx of a 3136 -> 1024 layer at batch 64): in
+// place 2.4 ms when the machine was idle and B stayed in L3, 3.6-4.3 ms when
+// other work shared it; packed 2.5-2.6 ms either way. AVX2 (11 panels of 6
+// rows) kept in place: 2.2-2.8 ms against 2.2-3.8 packed.
 constexpr int64_t kDirectMaxPanels = 12;
 constexpr int64_t kDirectMinKC = 128;
+constexpr int64_t kDirectMaxBytes = int64_t(8) << 20;
+constexpr int64_t kDirectFarPanels = 8;
 
-bool read_b_in_place(bool transB, int64_t panels, int64_t kc, int64_t ldb) {
+bool read_b_in_place(bool transB, int64_t panels, int64_t kc, int64_t ldb, int64_t K, int64_t N) {
     if (transB) return false;
-    return panels <= 3 || (panels <= kDirectMaxPanels && kc >= kDirectMinKC && ldb % 1024 != 0);
+    if (panels <= 3) return true;
+    const bool far = K * N * int64_t(sizeof(float)) > kDirectMaxBytes;
+    return panels <= kDirectMaxPanels && kc >= kDirectMinKC && ldb % 1024 != 0 && (!far || panels >= kDirectFarPanels);
 }
 
 struct Plan {
@@ -175,7 +188,7 @@ void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, in
             float* pb = Workspace::grow(ws.b, ws.b_cap, ceil_div(std::min(nc, n), nr) * nr * p.kc,
                                         "the SGEMM packed-B workspace");
             alignas(64) float tile[kMaxMR * kMaxNR];
-            const bool direct_b = read_b_in_place(transB, ceil_div(m, p.mr), p.kc, ldb);
+            const bool direct_b = read_b_in_place(transB, ceil_div(m, p.mr), p.kc, ldb, K, N);
             for (int64_t k0 = 0; k0 < K; k0 += p.kc) {
                 const int64_t kc = std::min(p.kc, K - k0);
                 const float beta_k = k0 == 0 ? beta : 1.f;
