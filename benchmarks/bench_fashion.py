@@ -22,6 +22,10 @@ agree with PyTorch within 1e-4 relative. The epochs of the two frameworks
 alternate, so both see the same machine load. Without PyTorch (or with
 ``--no-torch``) striate runs alone.
 
+``--isa avx2 --torch-isa avx2`` holds both libraries to their AVX2 kernels, as
+on a CPU without AVX-512 (PyTorch through ``ONEDNN_MAX_CPU_ISA=AVX2`` and
+``ATEN_CPU_CAPABILITY=avx2``); the header gives PyTorch's CPU capability.
+
 Prints a header (date, CPU model, ISA path, threads, versions) and a table of
 images/s, epoch seconds, the last epoch's training loss, test accuracy on the
 full test set, and the striate / PyTorch ratio of images/s.
@@ -46,7 +50,7 @@ it does not judge.
 Usage::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fashion.py \\
-        [--threads 2] [--epochs 1] [--model tf|lenet|both] [--isa avx2] [--limit N] [--root DIR]
+        [--threads 2] [--epochs 1] [--model tf|lenet|both] [--isa avx2] [--torch-isa avx2] [--limit N] [--root DIR]
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_fashion.py --model resnet20 --epochs 12
 """
 
@@ -136,7 +140,8 @@ def _print_header(args, n_train, n_test, data_root):
     cpu, simd = _cpu_model()
     rev = _git_revision()
     if torch is not None:
-        torch_v = f"PyTorch {torch.__version__}"
+        torch_v = (f"PyTorch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}"
+                   f"{', --torch-isa avx2' if args.torch_isa == 'avx2' else ''})")
     else:
         torch_v = "PyTorch not used (--no-torch)" if args.no_torch else "PyTorch not installed"
     print("# Fashion-MNIST training, striate next to PyTorch")
@@ -419,6 +424,9 @@ def _parse(argv):
     ap.add_argument("--root", metavar="DIR", help="folder holding the four Fashion-MNIST IDX files")
     ap.add_argument("--seed", type=int, default=0, help="initial weights, batch order and dropout (default 0)")
     ap.add_argument("--no-torch", action="store_true", help="run striate alone even when PyTorch is importable")
+    ap.add_argument("--torch-isa", choices=("native", "avx2"), default="native",
+                    help="PyTorch's kernels: native (default) or avx2 (ONEDNN_MAX_CPU_ISA=AVX2 and "
+                         "ATEN_CPU_CAPABILITY=avx2, what PyTorch runs on a CPU without AVX-512)")
     args = ap.parse_args(argv)
     if args.seed < 0:
         ap.error(f"--seed must be non-negative, got {args.seed}")
@@ -446,6 +454,9 @@ def main(argv=None):
     global torch
     torch = None
     if not args.no_torch:
+        if args.torch_isa == "avx2":  # read by oneDNN and ATen when torch loads
+            os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+            os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
         try:
             import torch as _torch
         except ImportError:
