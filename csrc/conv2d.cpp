@@ -25,7 +25,7 @@
 //       >= 16 input channels per group, any stride: outer products on
 //           channels-last copies (conv_dw_direct.cpp);
 //       < 16 input and 12..16 output channels per group (on AVX2 also
-//           17..32 for at most 3 inputs), stride 1, kernel width 3 or 5:
+//           17..32 for at most 3 inputs and width 5), stride 1, kernel width 3 or 5:
 //           vectors over output channels (conv_dw_kvec.cpp);
 //       < 16 input and <= 16 output channels per group, stride 1, output rows
 //           filling half the padded width: flat dw (conv_dw_flat.cpp).

@@ -1,5 +1,5 @@
 // conv_dw_kvec.cpp: the stride-1 weight gradient for few input and 12 to 16
-// output channels per group (on AVX2 up to 32 for at most 3 inputs), kernel
+// output channels per group (on AVX2 up to 32 for at most 3 inputs and width 5), kernel
 // width 3 or 5 (LeNet C3, the first layer of the TF-tutorial CNN), with vectors
 // over the output channels and x broadcast, on the kernels of the active ISA
 // path.
@@ -35,14 +35,15 @@ namespace {
 // channels per group (one vector, at least 12 lanes busy; with two or more
 // vectors the broadcasts repeat and the GEMM wins: 3->32 k3 on 32x32 measured
 // 0.78x). On AVX2, whose GEMM does worse on these thin products, also up to
-// 32 output channels for at most 3 input channels (Zen 4 forced to AVX2, 2
-// threads, batch 64, GEMM / kvec: 1->32 k5 on 28x28 1.16x, 3->32 k3 on 32x32
-// 1.14x, 3->24 k5 1.45x; 3->64 k3 0.74x and 1->64 k5 0.93x, so not past 32;
-// AVX-512 1->32 k5 0.89x).
+// 32 output channels for at most 3 input channels with 5 taps per row (Zen 4
+// forced to AVX2, 2 threads, batch 64, GEMM time / kvec time: 1->32 k5 on
+// 28x28 1.16-1.41x, 2->32 k5 1.53x, 3->32 k5 on 32x32 1.21x, 3->24 k5 1.45x;
+// not with 3 taps: 3->32 k3 0.83-1.14x, 1->32 k3 0.63x; nor past 32: 3->64
+// k3 0.74x, 1->64 k5 0.93x; AVX-512 1->32 k5 0.89x).
 bool kvec_dw_ok(const Conv2dShape& s, const ConvKit* kit) {
     const int64_t Kg = s.K / s.groups;
     return kit && s.sh == 1 && s.sw == 1 && s.dw == 1 && (s.kw == 3 || s.kw == 5) && s.C / s.groups < 16 && Kg >= 12 &&
-           (Kg <= 16 || (kit->isa == Isa::avx2 && s.C / s.groups <= 3 && Kg <= 32));
+           (Kg <= 16 || (kit->isa == Isa::avx2 && s.kw == 5 && s.C / s.groups <= 3 && Kg <= 32));
 }
 
 // dw partial of one batch chunk [n0, n1): part (groups, R, ldk), through the kit's kvec dw tiles.

@@ -161,18 +161,17 @@ CASES = [
     pytest.param((3, 14, 8, 7, 14, 2, 3, (1, 1), (0, 1, 1, 1), (2, 1), 2, True), id="flat-dw-groups-dilated"),
     pytest.param((2, 2, 17, 33, 1, 4, 4, (1, 1), (0, 0, 0, 0), (1, 2), 1, True), id="flat-dw-one-output-channel"),
     pytest.param((5, 3, 12, 16, 16, 3, 2, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="flat-dw-16-output-channels"),
-    # 32 output channels from 3 inputs (the CIFAR net's first layer): dw through im2col + GEMM
-    # (the kvec dw on AVX2).
+    # 32 output channels from 3 inputs (the CIFAR net's first layer): dw through im2col + GEMM.
     pytest.param((5, 3, 12, 16, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, True), id="gemm-dw-3-to-32"),
     # Stride 1, few input channels, 12 to 16 output channels per group, kernel width 3 or 5:
     # dw vectorised over output channels (kvec dw), tiles of 8 (k3) or 5 (k5) kernel rows.
     pytest.param((6, 6, 14, 14, 16, 5, 5, (1, 1), (0, 0, 0, 0), (1, 1), 1, True), id="kvec-dw-lenet-c3"),
     pytest.param((5, 3, 9, 10, 13, 3, 3, (1, 1), (1, 1, 1, 1), (2, 1), 1, True), id="kvec-dw-k13-dilated-rows"),
     pytest.param((3, 14, 8, 9, 28, 4, 5, (1, 1), (2, 1, 0, 2), (1, 1), 2, False), id="kvec-dw-groups-row-tail"),
-    # On AVX2 also 17 to 32 output channels from at most 3 inputs (vectors of 8 in turn);
-    # im2col + GEMM on AVX-512.
+    # On AVX2 also 17 to 32 output channels from at most 3 inputs, kernel width 5 (vectors
+    # of 8 in turn); im2col + GEMM on AVX-512.
     pytest.param((4, 1, 11, 13, 21, 5, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1, True), id="kvec-dw-avx2-21-channels"),
-    pytest.param((3, 4, 9, 9, 40, 3, 3, (1, 1), (1, 0, 1, 2), (1, 1), 2, True), id="kvec-dw-avx2-groups-20"),
+    pytest.param((3, 4, 9, 9, 40, 5, 5, (1, 1), (2, 1, 2, 3), (1, 1), 2, True), id="kvec-dw-avx2-groups-20"),
     # Stride 1 dx by bands of kernel rows (scatter dx) where it needs fewer FMAs than the
     # direct kernel on the padded dy, or where dy's padding would be negative.
     pytest.param((3, 4, 9, 13, 5, 3, 3, (1, 1), (1, 1, 2, 2), (1, 2), 1, True), id="scatter-dx-dilated-width"),
@@ -561,9 +560,9 @@ def test_float64_and_int_inputs_are_rejected(rng):
         call_forward(np.asfortranarray(x), w, b, groups=2)
 
 
-@pytest.mark.parametrize("C, K, k, avx2_dw", [(1, 32, 5, "kvec"), (3, 24, 3, "kvec"), (3, 33, 3, "gemm"),
-                                              (4, 32, 5, "gemm"), (3, 64, 3, "gemm")])
-def test_dw_for_few_inputs_and_up_to_32_outputs_is_kvec_on_avx2_only(C, K, k, avx2_dw, isa):
+@pytest.mark.parametrize("C, K, k, avx2_dw", [(1, 32, 5, "kvec"), (3, 24, 5, "kvec"), (3, 33, 5, "gemm"),
+                                              (4, 32, 5, "gemm"), (3, 32, 3, "gemm"), (1, 64, 5, "gemm")])
+def test_dw_for_few_inputs_up_to_32_outputs_and_width_5_is_kvec_on_avx2_only(C, K, k, avx2_dw, isa):
     x = np.zeros((8, C, 16, 16), np.float32)
     w = np.zeros((K, C, k, k), np.float32)
     p = k // 2
