@@ -88,11 +88,12 @@ constexpr int64_t kMCMax = 1024;  // rows of a task: its packed A block (about m
 // one or two cache lines from each of kc rows at a time, a pattern the
 // prefetchers do not follow, while packing streams whole rows. It is then read
 // in place only by tasks of at least kDirectFarPanels row panels, which re-read
-// each panel enough to pay for that. Zen 4, AVX-512 (5 panels of 13 rows), 2
-// threads, 64 x 3136 x 1024 (the dx of a 3136 -> 1024 layer at batch 64): in
-// place 2.4 ms when the machine was idle and B stayed in L3, 3.6-4.3 ms when
-// other work shared it; packed 2.5-2.6 ms either way. AVX2 (11 panels of 6
-// rows) kept in place: 2.2-2.8 ms against 2.2-3.8 packed.
+// each panel enough to pay for that. Zen 4, AVX-512, 2 threads, 64 x 3136 x
+// 1024 (the dx of a 3136 -> 1024 layer at batch 64; 5 panels of 13 rows): in
+// place 2.0-2.4 ms when B stayed in L3, 3.6-4.3 ms when other work on the
+// machine had pushed it out; packed 2.3-2.7 ms either way. 96 x 3136 x 1024
+// (7 panels): 4.5 ms in place, 3.5 packed. AVX2 (11 panels of 6 rows) stays
+// in place: 2.2-2.8 ms against 2.2-3.8 packed.
 constexpr int64_t kDirectMaxPanels = 12;
 constexpr int64_t kDirectMinKC = 128;
 constexpr int64_t kDirectMaxBytes = int64_t(8) << 20;
