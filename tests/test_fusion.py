@@ -96,19 +96,20 @@ def test_relu_called_alone_is_not_in_place():
     assert np.array_equal(dy, [1.0, 1.0])
 
 
-def test_short_fit_unchanged(no_inplace):
+def fitted_hash(build):
+    """SHA-256 of the state of ``build()`` after two seeded epochs on small random data."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((24, 2, 8, 8), dtype=np.float32)
     y = rng.integers(0, 5, 24)
+    m = build()
+    m.fit(x, y, epochs=2, batch_size=8, seed=0, verbose=0)
+    return hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in m.state_dict().values())).hexdigest()
 
-    def fitted():
-        m = make()
-        m.fit(x, y, epochs=2, batch_size=8, seed=0, verbose=0)
-        return hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in m.state_dict().values())).hexdigest()
 
-    with_reuse = fitted()
+def test_short_fit_unchanged(no_inplace):
+    with_reuse = fitted_hash(make)
     no_inplace()
-    assert fitted() == with_reuse
+    assert fitted_hash(make) == with_reuse
 
 
 def test_inplace_taken_only_after_private_outputs(monkeypatch):
@@ -165,18 +166,9 @@ def test_pool_output_is_kept_intact_for_the_mask():
 
 
 def test_relu_then_pool_fit_unchanged(monkeypatch):
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((24, 2, 8, 8), dtype=np.float32)
-    y = rng.integers(0, 5, 24)
-
-    def fitted():
-        m = pooled()
-        m.fit(x, y, epochs=2, batch_size=8, seed=0, verbose=0)
-        return hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in m.state_dict().values())).hexdigest()
-
-    absorbed = fitted()
+    absorbed = fitted_hash(pooled)
     monkeypatch.setattr(L.MaxPool2d, "_absorbs_relu", False)
-    assert fitted() == absorbed
+    assert fitted_hash(pooled) == absorbed
 
 
 def test_dead_relu_positions_get_zero_gradient_through_the_pool():
