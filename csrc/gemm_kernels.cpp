@@ -699,6 +699,68 @@ __attribute__((target("avx2,fma"))) void gemv_rows_avx2(int64_t rows, int64_t K,
     }
 }
 
+// acc += the terms of columns [k, kend) of 8 rows, in order (gemv_rows8_two_blocks_avx2).
+__attribute__((target("avx2,fma"))) inline void gemv8_terms(const float* const* row, const float* a, int64_t k,
+                                                            int64_t kend, __m256& acc) {
+    for (; k + 8 <= kend; k += 8) {
+        __m256 v[8];
+        load_transpose8x8_avx2(row, k, v);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + i), v[i], acc);
+    }
+    if (k < kend) {  // the last kend - k < 8 columns: masked loads, then only those terms
+        const int kt = static_cast<int>(kend - k);
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(kt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256 v[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) v[i] = _mm256_maskload_ps(row[i] + k, mask);
+        transpose8x8_avx2(v);
+        for (int i = 0; i < kt; ++i) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + i), v[i], acc);
+    }
+}
+
+// c[0, rows) = alpha * acc + beta * c, merged as the kernels merge (merge_value).
+__attribute__((target("avx2,fma"))) inline void gemv8_merge(__m256 acc, int64_t rows, float alpha, float beta,
+                                                            float* c) {
+    const __m256 t = _mm256_mul_ps(_mm256_set1_ps(alpha), acc);
+    if (rows == 8) {
+        const __m256 r = beta == 0.f   ? t
+                         : beta == 1.f ? _mm256_add_ps(_mm256_loadu_ps(c), t)
+                                       : _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(c), t);
+        _mm256_storeu_ps(c, r);
+    } else {
+        alignas(32) float tv[8];
+        _mm256_store_ps(tv, t);
+        for (int64_t j = 0; j < rows; ++j) c[j] = merge_value(beta == 0.f ? 0.f : c[j], tv[j], beta);
+    }
+}
+
+// gemv_rows_avx2<1> with two depth blocks side by side, for rows a multiple
+// of 4 KB apart: their lines share cache sets, so fewer rows at a time (8),
+// and two independent chains (the blocks, merged into c in order, so the
+// bits are gemv_rows_avx2's) to keep the FMAs busy.
+__attribute__((target("avx2,fma"))) void gemv_rows8_two_blocks_avx2(int64_t rows, int64_t K, int64_t kcb,
+                                                                     float alpha, const float* a, const float* B,
+                                                                     int64_t ldb, float beta, float* c) {
+    const float* row[8];
+    for (int i = 0; i < 8; ++i) row[i] = B + std::min<int64_t>(i, rows - 1) * ldb;  // past `rows`: not stored
+    for (int64_t k0 = 0; k0 < K; k0 += 2 * kcb) {
+        const int64_t k1 = std::min(K, k0 + kcb), k2 = std::min(K, k1 + kcb);  // blocks [k0, k1) and [k1, k2)
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        const int64_t both = (k2 - k1) / 8 * 8;  // columns the two blocks step through together
+        for (int64_t kk = 0; kk < both; kk += 8) {
+            gemv8_terms(row, a, k0 + kk, k0 + kk + 8, acc0);
+            gemv8_terms(row, a, k1 + kk, k1 + kk + 8, acc1);
+        }
+        gemv8_terms(row, a, k0 + both, k1, acc0);
+        gemv8_merge(acc0, rows, alpha, k0 == 0 ? beta : 1.f, c);
+        if (k2 > k1) {
+            gemv8_terms(row, a, k1 + both, k2, acc1);
+            gemv8_merge(acc1, rows, alpha, 1.f, c);
+        }
+    }
+}
+
 // Rows per task: 8 kGemvGroups. Two groups (16 rows read side by side) beat
 // more: 3136 -> 1024 on 2 threads of a Zen 4 took 0.149 ms with 2 groups,
 // 0.17 with 3, 0.18 with 4 and 0.20 with 6 (more rows, more streams for the
@@ -708,14 +770,19 @@ constexpr int kGemvGroups = 2;
 
 void gemv_t(int64_t N, int64_t K, int64_t kcb, float alpha, const float* a, const float* B, int64_t ldb, float beta,
             float* c, int threads) {
-    constexpr int64_t rows = 8 * kGemvGroups;
+    const bool aliased = ldb % 1024 == 0;  // rows a multiple of 4 KB apart
+    const int64_t rows = aliased ? 8 : 8 * kGemvGroups;
     const int64_t tasks = ceil_div(N, rows);
     const bool parallel = threads > 1 && !in_parallel_region() && 2.0 * double(N) * double(K) > kMinParallelFlops;
     parallel_for(
         tasks,
         [&](int64_t t) {
-            const int64_t j = t * rows;
-            gemv_rows_avx2<kGemvGroups>(std::min(rows, N - j), K, kcb, alpha, a, B + j * ldb, ldb, beta, c + j);
+            const int64_t j = t * rows, n = std::min(rows, N - j);
+            if (aliased) {
+                gemv_rows8_two_blocks_avx2(n, K, kcb, alpha, a, B + j * ldb, ldb, beta, c + j);
+            } else {
+                gemv_rows_avx2<kGemvGroups>(n, K, kcb, alpha, a, B + j * ldb, ldb, beta, c + j);
+            }
         },
         parallel ? threads : 1);
 }

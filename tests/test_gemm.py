@@ -240,10 +240,12 @@ def test_sgemm_argument_errors():
 
 
 # (40, 1024, 3136): depth blocks of 242, not a multiple of 8 (a batch of one
-# takes the unpacked one-row path, gemv_t); (9, 37, 13) and (9, 33, 7): rows
-# and columns past whole register blocks.
+# takes the unpacked one-row path, gemv_t); (300, 128, 4096) and (40, 21,
+# 2048): rows a multiple of 4 KB apart (gemv_t's 8 rows with two depth blocks
+# at a time), 21 with a partial group; (9, 37, 13) and (9, 33, 7): rows and
+# columns past whole register blocks.
 @pytest.mark.parametrize("m,n,k", [(200, 120, 400), (200, 10, 84), (300, 128, 4096), (130, 33, 1536), (70, 5, 64),
-                                   (40, 1024, 3136), (9, 37, 13), (9, 33, 7)])
+                                   (40, 1024, 3136), (40, 21, 2048), (9, 37, 13), (9, 33, 7)])
 @pytest.mark.parametrize("trans_b", [True, False])
 def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, isa):
     """row_invariant=True: every row of op(a) @ op(b) is bitwise what that row alone gives (batch independence)."""
@@ -258,7 +260,7 @@ def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, i
     assert np.array_equal(full[m - 1 :], _core.matmul(a[m - 1 :], b, False, trans_b, True))
 
 
-@pytest.mark.parametrize("n,k", [(1024, 3136), (37, 13), (40, 600)])
+@pytest.mark.parametrize("n,k", [(1024, 3136), (37, 13), (40, 600), (21, 1024)])
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 1.0), (-1.5, 0.25)])
 def test_row_invariant_single_row_merges_alpha_and_beta_as_the_packed_path(n, k, alpha, beta, isa):
     """A lone row of A B^T (the unpacked one-row path) scales and merges into C exactly as a row of a larger product."""
