@@ -19,8 +19,6 @@
 namespace striate {
 namespace gemm_detail {
 
-
-
 namespace {
 
 // ---- portable packing, written so that compilers vectorise it; inlined into
@@ -621,85 +619,7 @@ void gemm_dot(Isa isa, int64_t M, int64_t N, int64_t K, float alpha, const float
 }
 
 namespace {
-// gemv_t on rows [0, rows) of B, rows <= 8 G: G groups of 8 rows, one
-// accumulator per group. For each 8 columns of a group, its 8 rows are
-// transposed in registers, and the 8 columns then enter the accumulator one
-// after the other, so every element sums its terms in increasing k, as the
-// packed kernels do; the G groups' chains run side by side.
-template <int G>
-__attribute__((target("avx2,fma"))) void gemv_rows_avx2(int64_t rows, int64_t K, int64_t kcb, float alpha,
-                                                        const float* a, const float* B, int64_t ldb, float beta,
-                                                        float* c) {
-    const float* row[8 * G];
-    for (int i = 0; i < 8 * G; ++i) row[i] = B + std::min<int64_t>(i, rows - 1) * ldb;  // past `rows`: not stored
-    const __m256 va = _mm256_set1_ps(alpha);
-    for (int64_t k0 = 0; k0 < K; k0 += kcb) {
-        const int64_t kend = std::min(K, k0 + kcb);
-        __m256 acc[G];
-#pragma GCC unroll 8
-        for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
-        int64_t k = k0;
-        // 16 columns (a cache line of each row) per step: with a row stride that is
-        // a multiple of 4 KB the rows share cache sets, and a line must be used up
-        // before the other rows evict it (2048 and 4096 columns ran at 29 GB/s
-        // with 8 columns per step).
-        for (; k + 16 <= kend; k += 16) {
-#pragma GCC unroll 8
-            for (int g = 0; g < G; ++g) {
-#pragma GCC unroll 2
-                for (int h = 0; h < 16; h += 8) {
-                    __m256 v[8];
-                    load_transpose8x8_avx2(row + 8 * g, k + h, v);
-#pragma GCC unroll 8
-                    for (int i = 0; i < 8; ++i)
-                        acc[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + h + i), v[i], acc[g]);
-                }
-            }
-        }
-        for (; k + 8 <= kend; k += 8) {
-#pragma GCC unroll 8
-            for (int g = 0; g < G; ++g) {
-                __m256 v[8];
-                load_transpose8x8_avx2(row + 8 * g, k, v);
-#pragma GCC unroll 8
-                for (int i = 0; i < 8; ++i) acc[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + i), v[i], acc[g]);
-            }
-        }
-        if (k < kend) {  // the last kend - k < 8 columns: masked loads, then only those terms
-            const int kt = static_cast<int>(kend - k);
-            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(kt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-#pragma GCC unroll 8
-            for (int g = 0; g < G; ++g) {
-                __m256 v[8];
-#pragma GCC unroll 8
-                for (int i = 0; i < 8; ++i) v[i] = _mm256_maskload_ps(row[8 * g + i] + k, mask);
-                transpose8x8_avx2(v);
-                for (int i = 0; i < kt; ++i) acc[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + i), v[i], acc[g]);
-            }
-        }
-        const float beta_k = k0 == 0 ? beta : 1.f;
-        const __m256 vb = _mm256_set1_ps(beta_k);
-#pragma GCC unroll 8
-        for (int g = 0; g < G; ++g) {
-            const int64_t n = std::min<int64_t>(8, rows - 8 * g);
-            if (n <= 0) break;
-            float* cg = c + 8 * g;
-            const __m256 t = _mm256_mul_ps(va, acc[g]);
-            if (n == 8) {  // merged as the kernels merge (merge_value)
-                const __m256 r = beta_k == 0.f   ? t
-                                 : beta_k == 1.f ? _mm256_add_ps(_mm256_loadu_ps(cg), t)
-                                                 : _mm256_fmadd_ps(vb, _mm256_loadu_ps(cg), t);
-                _mm256_storeu_ps(cg, r);
-            } else {
-                alignas(32) float tv[8];
-                _mm256_store_ps(tv, t);
-                for (int64_t j = 0; j < n; ++j) cg[j] = merge_value(beta_k == 0.f ? 0.f : cg[j], tv[j], beta_k);
-            }
-        }
-    }
-}
-
-// acc += the terms of columns [k, kend) of 8 rows, in order (gemv_rows8_two_blocks_avx2).
+// acc += the terms of columns [k, kend) of 8 rows, in order.
 __attribute__((target("avx2,fma"))) inline void gemv8_terms(const float* const* row, const float* a, int64_t k,
                                                             int64_t kend, __m256& acc) {
     for (; k + 8 <= kend; k += 8) {
@@ -732,6 +652,49 @@ __attribute__((target("avx2,fma"))) inline void gemv8_merge(__m256 acc, int64_t 
         alignas(32) float tv[8];
         _mm256_store_ps(tv, t);
         for (int64_t j = 0; j < rows; ++j) c[j] = merge_value(beta == 0.f ? 0.f : c[j], tv[j], beta);
+    }
+}
+
+// gemv_t on rows [0, rows) of B, rows <= 8 G: G groups of 8 rows, one
+// accumulator per group. For each 8 columns of a group, its 8 rows are
+// transposed in registers, and the 8 columns then enter the accumulator one
+// after the other, so every element sums its terms in increasing k, as the
+// packed kernels do; the G groups' chains run side by side.
+template <int G>
+__attribute__((target("avx2,fma"))) void gemv_rows_avx2(int64_t rows, int64_t K, int64_t kcb, float alpha,
+                                                        const float* a, const float* B, int64_t ldb, float beta,
+                                                        float* c) {
+    const float* row[8 * G];
+    for (int i = 0; i < 8 * G; ++i) row[i] = B + std::min<int64_t>(i, rows - 1) * ldb;  // past `rows`: not stored
+    for (int64_t k0 = 0; k0 < K; k0 += kcb) {
+        const int64_t kend = std::min(K, k0 + kcb);
+        __m256 acc[G];
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+        int64_t k = k0;
+        // 16 columns (a cache line of each row) per step: with a row stride that is
+        // a multiple of 4 KB the rows share cache sets, and a line must be used up
+        // before the other rows evict it (2048 and 4096 columns ran at 29 GB/s
+        // with 8 columns per step).
+        for (; k + 16 <= kend; k += 16) {
+#pragma GCC unroll 8
+            for (int g = 0; g < G; ++g) {
+#pragma GCC unroll 2
+                for (int h = 0; h < 16; h += 8) {
+                    __m256 v[8];
+                    load_transpose8x8_avx2(row + 8 * g, k + h, v);
+#pragma GCC unroll 8
+                    for (int i = 0; i < 8; ++i)
+                        acc[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + k + h + i), v[i], acc[g]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g) {  // the last kend - k < 16 columns, group by group
+            gemv8_terms(row + 8 * g, a, k, kend, acc[g]);
+            if (rows > 8 * g)
+                gemv8_merge(acc[g], std::min<int64_t>(8, rows - 8 * g), alpha, k0 == 0 ? beta : 1.f, c + 8 * g);
+        }
     }
 }
 
