@@ -172,7 +172,9 @@ void kvec_conv(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int6
                const float* wT, int64_t ldw, int64_t Kg, const float* bias, float* outT, float* y, int threads) {
     const int64_t W = kit.W, OH = d.Hout, OW = d.Wout, P = OH * OW, ldt = 2 * W;
     for (int64_t k0 = 0; k0 < Kg;) {
-        const int64_t kv = Kg - k0 >= 2 * W ? 2 : 1, ntmax = kit.kvec_nt[kv - 1];
+        // Tiles as even as the row allows (8 positions: 4 + 4, not 7 + 1): a
+        // one-position tile has too few accumulators to hide the FMA latency.
+        const int64_t kv = Kg - k0 >= 2 * W ? 2 : 1, ntmax = ceil_div_nonneg(OW, ceil_div_nonneg(OW, kit.kvec_nt[kv - 1]));
         const int64_t nk = std::min<int64_t>(W * kv, Kg - k0), nlast = nk - W * (kv - 1);
         parallel_for((OH + 1) / 2, [&](int64_t pair) {
             const int64_t oh = 2 * pair, rows = std::min<int64_t>(2, OH - oh);
