@@ -44,6 +44,11 @@ DirectGeom output_geom(int64_t Cin, int64_t Hout, int64_t Wout, int64_t Wp) {
 // convolution with the same reduction rows in the same order. Only the phases
 // some tap reads are built (a 1x1 stride-2 kernel reads one in four pixels).
 
+// Strides up to kMaxPhaseStride per direction: the split and the dx plan walk
+// every phase, so a huge stride (legal: it just gives one output row) takes
+// im2col + SGEMM instead.
+constexpr int64_t kMaxPhaseStride = 16;
+
 struct PhaseSplit {
     std::vector<int64_t> rows, cols;  // the row phases a and column phases b some tap reads
     int64_t Hq = 0, Wq = 0;           // rows and columns of a phase plane
@@ -70,32 +75,44 @@ PhaseSplit phase_split(const Conv2dShape& s) {
 // ((c*|rows| + ia)*|cols| + ib)*Hq*Wq holds xp[u*sh + a][v*sw + b], zero in the
 // padding; then kDirectSlack zeros.
 void split_phases(const Conv2dShape& s, const PhaseSplit& p, int64_t Cg, const float* src, float* buf) {
-    float* dst = buf;
+    const int64_t na = static_cast<int64_t>(p.rows.size()), nb = static_cast<int64_t>(p.cols.size());
+    const int64_t plane = p.plane(), total = Cg * na * nb * plane;
+    // Zeros everywhere first (one pass), then each image row once into the
+    // rows of the phases that read it: short per-row loops, no per-row fills.
+    std::fill(buf, buf + total + kDirectSlack, 0.f);
+    // Columns v of phase b with 0 <= v*sw + b - pl < W: [vlo, vhi), the same on every row.
+    int64_t vlo[kMaxPhaseStride], vhi[kMaxPhaseStride];
+    for (int64_t ib = 0; ib < nb; ++ib) {
+        const int64_t b = p.cols[static_cast<size_t>(ib)];
+        vlo[ib] = std::min(p.Wq, ceil_div_nonneg(s.pl - b, s.sw));
+        vhi[ib] = std::max(vlo[ib], std::min(p.Wq, ceil_div_nonneg(s.W + s.pl - b, s.sw)));
+    }
+    // Phase row (a, u) of image row h = u*sh + a - pt; a = -1 where no phase reads h.
+    int64_t ia_of[kMaxPhaseStride];
+    std::fill(ia_of, ia_of + kMaxPhaseStride, int64_t(-1));
+    for (int64_t ia = 0; ia < na; ++ia) ia_of[p.rows[static_cast<size_t>(ia)]] = ia;
+    // The image rows in order (a stream the prefetchers follow; phase by phase
+    // they were read every other line, from L3 at its latency).
     for (int64_t c = 0; c < Cg; ++c) {
         const float* sc = src + c * s.H * s.W;
-        for (const int64_t a : p.rows)
-            for (const int64_t b : p.cols) {
-                // Columns v with 0 <= v*sw + b - pl < W: [vlo, vhi).
-                const int64_t vlo = std::min(p.Wq, ceil_div_nonneg(s.pl - b, s.sw));
-                const int64_t vhi = std::max(vlo, std::min(p.Wq, ceil_div_nonneg(s.W + s.pl - b, s.sw)));
-                for (int64_t u = 0; u < p.Hq; ++u, dst += p.Wq) {
-                    const int64_t h = u * s.sh + a - s.pt;
-                    if (h < 0 || h >= s.H) {
-                        std::fill(dst, dst + p.Wq, 0.f);
-                        continue;
-                    }
-                    const float* row = sc + h * s.W + b - s.pl;  // row[v*sw] for v in [vlo, vhi)
-                    std::fill(dst, dst + vlo, 0.f);
-                    if (s.sw == 2) {
-                        for (int64_t v = vlo; v < vhi; ++v) dst[v] = row[2 * v];
-                    } else {
-                        for (int64_t v = vlo; v < vhi; ++v) dst[v] = row[v * s.sw];
-                    }
-                    std::fill(dst + vhi, dst + p.Wq, 0.f);
+        // (a, u) = ((h + pt) % sh, (h + pt) / sh), stepped without a division per row.
+        int64_t a = s.pt % s.sh, u = s.pt / s.sh;
+        for (int64_t h = 0; h < s.H; ++h, a = a + 1 == s.sh ? 0 : a + 1, u += a == 0) {
+            const int64_t ia = ia_of[a];
+            if (ia < 0 || u >= p.Hq) continue;
+            const float* row = sc + h * s.W - s.pl;
+            float* const first = buf + (c * na + ia) * nb * plane + u * p.Wq;  // row u of plane (c, a, cols[0])
+            for (int64_t ib = 0; ib < nb; ++ib) {
+                float* dst = first + ib * plane;
+                const float* rb = row + p.cols[static_cast<size_t>(ib)];  // dst[v] = rb[v*sw]
+                if (s.sw == 2) {
+                    for (int64_t v = vlo[ib]; v < vhi[ib]; ++v) dst[v] = rb[2 * v];
+                } else {
+                    for (int64_t v = vlo[ib]; v < vhi[ib]; ++v) dst[v] = rb[v * s.sw];
                 }
             }
+        }
     }
-    std::fill(dst, dst + kDirectSlack, 0.f);
 }
 
 // ---- dx: one stride-1 convolution per phase ----------------------------------
@@ -182,11 +199,6 @@ DxPlan dx_plan(const ConvKit& kit, const Conv2dShape& s) {
 }  // namespace
 
 // Strided forward on the phase split: any stride > 1 and dilation on a vector ISA path.
-// Strides up to kMaxPhaseStride per direction: the split and the dx plan walk
-// every phase, so a huge stride (legal: it just gives one output row) takes
-// im2col + SGEMM instead.
-constexpr int64_t kMaxPhaseStride = 16;
-
 bool strided_forward_ok(const Conv2dShape& s, const ConvKit* kit) {
     return kit && (s.sh > 1 || s.sw > 1) && s.sh <= kMaxPhaseStride && s.sw <= kMaxPhaseStride;
 }
