@@ -114,6 +114,7 @@ class DwWinograd final : public DwPlan {
                 }
             }
             const int64_t nt = (ne - nb) * per, cstep = kit_.W * v_.mv;
+            const int64_t all[2] = {0, nt};  // every transformed tile, in order
             // Points are independent sums: spread over the threads when the chunks
             // alone cannot use them (a single chunk), serial inside a chunk task.
             parallel_for(
@@ -126,7 +127,7 @@ class DwWinograd final : public DwPlan {
                     // of U stays in L1 while the V tiles stream past it.
                     for (int64_t c0 = 0; c0 < ldc_; c0 += cstep)
                         for (int64_t k0 = 0; k0 < kpad_; k0 += v_.nr)
-                            v_.fn(Ua + c0, ldc_, src_.data(), nt, Va + k0, ldk_, Ma + k0 * ldc_ + c0, first);
+                            v_.fn(Ua + c0, ldc_, src_.data(), all, 1, Va + k0, ldk_, Ma + k0 * ldc_ + c0, first);
                 },
                 threads);
             first = false;

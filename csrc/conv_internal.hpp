@@ -161,8 +161,8 @@ using direct_tile_fn = void (*)(const float* xp, const int64_t* off, int64_t R, 
 using kvec_tile_fn = void (*)(const float* xp, const int64_t* off, int64_t R, const float* wT, int64_t ldw,
                               int64_t src0, int64_t rstep, const float* bias, int64_t nlast, float* out0,
                               float* out1, int64_t ldt);
-using dw_tile_fn = void (*)(const float* xT, int64_t ldc, const int64_t* src, int64_t P, const float* dyT,
-                            int64_t ldk, float* part, bool first);
+using dw_tile_fn = void (*)(const float* xT, int64_t ldc, const int64_t* src, const int64_t* ranges,
+                            int64_t nranges, const float* dyT, int64_t ldk, float* part, bool first);
 using flat_dw_fn = void (*)(const float* xp, int64_t xstride, const float* dyf, int64_t ldq, int64_t dystride,
                             int64_t nimg, const int64_t* off, const uint16_t* masks, int64_t qv, float* dst,
                             int64_t ldd);

@@ -105,21 +105,26 @@ std::array<kvec_tile_fn, kMaxKvecNT + 1> kvec_row(std::integer_sequence<int, Ts.
 
 // ---- dw outer product: NR output channels x MV vectors of input channels ----------
 // part[r*ldc + W*v + l] (+)= sum_p dyT[p*ldk + r] * xT[src[p]*ldc + W*v + l], from
-// zero when `first`, else from part.
+// zero when `first`, else from part, over the positions p of the nranges ranges
+// [ranges[2q], ranges[2q + 1]) in order (the direct dw leaves out the positions
+// whose pixel is padding).
 template <int MV, int NR>
-STRIATE_TILE_TARGET void dw_tile(const float* xT, int64_t ldc, const int64_t* src, int64_t P, const float* dyT,
-                                 int64_t ldk, float* part, bool first) {
+STRIATE_TILE_TARGET void dw_tile(const float* xT, int64_t ldc, const int64_t* src, const int64_t* ranges,
+                                 int64_t nranges, const float* dyT, int64_t ldk, float* part, bool first) {
     typename V::reg acc[NR][MV];
     for (int r = 0; r < NR; ++r)
         for (int v = 0; v < MV; ++v) acc[r][v] = first ? V::zero() : V::load(part + r * ldc + W * v);
-    for (int64_t p = 0; p < P; ++p) {
-        const float* xrow = xT + src[p] * ldc;
-        typename V::reg xv[MV];
-        for (int v = 0; v < MV; ++v) xv[v] = V::load(xrow + W * v);
-        const float* drow = dyT + p * ldk;
-        for (int r = 0; r < NR; ++r) {
-            const typename V::reg b = V::set1(drow[r]);
-            for (int v = 0; v < MV; ++v) acc[r][v] = V::fma(b, xv[v], acc[r][v]);
+    for (int64_t q = 0; q < nranges; ++q) {
+        const int64_t pend = ranges[2 * q + 1];
+        for (int64_t p = ranges[2 * q]; p < pend; ++p) {
+            const float* xrow = xT + src[p] * ldc;
+            typename V::reg xv[MV];
+            for (int v = 0; v < MV; ++v) xv[v] = V::load(xrow + W * v);
+            const float* drow = dyT + p * ldk;
+            for (int r = 0; r < NR; ++r) {
+                const typename V::reg b = V::set1(drow[r]);
+                for (int v = 0; v < MV; ++v) acc[r][v] = V::fma(b, xv[v], acc[r][v]);
+            }
         }
     }
     for (int r = 0; r < NR; ++r)

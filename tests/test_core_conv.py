@@ -432,6 +432,31 @@ def test_flat_dw_keeps_uncovered_inf_out(rng, isa):
 
 
 
+@pytest.mark.parametrize(
+    "N, C, H, W, K, k, stride, pads, dil",
+    [
+        (3, 32, 14, 14, 24, 5, (1, 1), (2, 2, 2, 2), (1, 1)),  # the TF-tutorial CNN's second layer, smaller
+        (2, 16, 9, 11, 16, 3, (2, 1), (1, 0, 2, 1), (1, 1)),  # strided, uneven padding
+        (2, 16, 10, 10, 8, 3, (1, 1), (3, 3, 2, 2), (2, 2)),  # dilated: some taps see padding only on rows
+        (2, 16, 6, 6, 8, 5, (1, 1), (4, 4, 4, 4), (1, 1)),  # padding wider than half the kernel
+    ],
+)
+def test_dw_skipping_padding_equals_dw_on_the_padded_image(rng, N, C, H, W, K, k, stride, pads, dil, isa):
+    # The direct dw leaves out the positions whose pixel is padding: exactly the
+    # zero terms, so its bits are those of the same sums over an image padded
+    # by hand (where every term is computed), and its algorithm is "direct".
+    x, w, _ = make_inputs(rng, N, C, H, W, K, k, k, 1, bias=False)
+    t, b, l, r = pads
+    xp = np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (t, b), (l, r))))
+    dy = call_forward(xp, w, None, stride, (0, 0, 0, 0), dil)
+    dy = rng.standard_normal(dy.shape, dtype=np.float32)
+    if isa != "generic":
+        assert _core.conv2d_algorithms(x, w, *stride, *pads, *dil, 1)["dw"] == "direct"
+    _, dw, _ = call_backward(dy, x, w, stride, pads, dil, need=(False, True, False))
+    _, dw_padded, _ = call_backward(dy, xp, w, stride, (0, 0, 0, 0), dil, need=(False, True, False))
+    assert dw.tobytes() == dw_padded.tobytes()
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_zero_dy_gives_exactly_zero_gradients(rng, groups, isa):
     x, w, _ = make_inputs(rng, 6, 4, 7, 7, 6, 3, 3, groups)
