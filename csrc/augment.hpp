@@ -51,4 +51,14 @@ void grayscale_forward(const float* x, float* y, int64_t N, int64_t C, int64_t H
 //   out is (n, k).
 void uniform_stream(uint64_t key, int64_t start, int64_t n, int64_t k, double* out);
 
+// Dropout's keep mask, n values: out[i] = scale where element i is kept, else 0.
+// Element i is kept when its 32-bit number is >= threshold (threshold =
+// ceil(p * 2^32) drops with probability p); the numbers of elements 2j and 2j + 1
+// are the low and high halves of splitmix64's output j for the seed key,
+// mix64(key + (j + 1) * 0x9E3779B97F4A7C15). Counter-based: the same mask for
+// any thread count or ISA path (striate.layers.core computes the same one in
+// NumPy on the NumPy backend).
+void dropout_mask(uint64_t key, int64_t n, uint64_t threshold, float scale, float* out, int threads = 0);
+void dropout_mask(uint64_t key, int64_t n, uint64_t threshold, double scale, double* out, int threads = 0);
+
 }  // namespace striate

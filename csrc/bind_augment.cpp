@@ -154,6 +154,25 @@ darray uniform(uint64_t key, int64_t start, int64_t n, int64_t k) {
     return u;
 }
 
+// A flat (n,) keep mask of float32 (or float64 with `double_precision`) values scale and 0.
+py::array dropout_mask_array(uint64_t key, int64_t n, uint64_t threshold, double scale, bool double_precision) {
+    if (n < 0) throw std::invalid_argument("`n` must be non-negative, got " + std::to_string(n));
+    if (threshold > (uint64_t(1) << 32)) {
+        throw std::invalid_argument("`threshold` must be in [0, 2**32], got " + std::to_string(threshold));
+    }
+    if (!std::isfinite(scale)) throw std::invalid_argument("`scale` must be finite, got " + std::to_string(scale));
+    if (double_precision) {
+        darray m = new_array<double>({n}, "dropout_mask", "mask");
+        call_without_gil("dropout_mask", [&](double* o) { dropout_mask(key, n, threshold, scale, o, 0); }, out(m));
+        return std::move(m);
+    }
+    const float s32 = static_cast<float>(scale);
+    if (!std::isfinite(s32)) throw std::invalid_argument("`scale` must be finite in float32, got " + std::to_string(scale));
+    farray m = new_array<float>({n}, "dropout_mask", "mask");
+    call_without_gil("dropout_mask", [&](float* o) { dropout_mask(key, n, threshold, s32, o, 0); }, out(m));
+    return std::move(m);
+}
+
 }  // namespace
 
 void bind_augment(py::module_& m) {
@@ -169,6 +188,9 @@ void bind_augment(py::module_& m) {
           "Luma 0.299 R + 0.587 G + 0.114 B, repeated to num_output_channels.");
     m.def("augment_uniform", &uniform, py::arg("key"), py::arg("start"), py::arg("n"), py::arg("k"),
           "Counter-based uniforms in [0, 1): (n, k) array, row i for sample start + i.");
+    m.def("dropout_mask", &dropout_mask_array, py::arg("key"), py::arg("n"), py::arg("threshold"), py::arg("scale"),
+          py::arg("double_precision") = false,
+          "Dropout's counter-based keep mask: (n,) values scale (kept) and 0 (dropped).");
 }
 
 }  // namespace striate

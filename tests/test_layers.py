@@ -344,6 +344,56 @@ def test_dropout_train_and_eval():
     np.testing.assert_array_equal(d.backward(x * 3), x * 3)
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 4096, 65536, 65537, 200001])
+@pytest.mark.parametrize("p", [1e-6, 0.25, 0.4, 0.5, 0.999])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_mask_core_equals_its_numpy_twin(n, p, dtype):
+    # The C++ mask (blocks over threads) and the NumPy one of the NumPy backend
+    # are one stream: the same bits, and the values are exactly scale or 0.
+    from striate import _core
+    from striate.layers.core import _keep_mask_numpy
+
+    key = 0x5DEECE66D1234567
+    threshold, scale = min(2**32, int(np.ceil(p * 2**32))), 1.0 / (1.0 - p)
+    want = _keep_mask_numpy(key, n, threshold, np.dtype(dtype).type(scale))
+    for threads in (1, 2):
+        st.set_num_threads(threads)
+        try:
+            got = _core.dropout_mask(key, n, threshold, scale, dtype == np.float64)
+        finally:
+            st.set_num_threads(2)
+        assert got.dtype == dtype and got.shape == (n,)
+        assert got.tobytes() == want.tobytes()
+    assert set(np.unique(want)) <= {0.0, np.dtype(dtype).type(scale)}
+    if n >= 65536:
+        assert abs((want == 0).mean() - p) < 0.01
+
+
+def test_dropout_gives_the_same_masks_on_both_backends():
+    x = np.random.default_rng(2).standard_normal((3, 5, 7)).astype(np.float32)
+    outs = []
+    for backend in ("cpp", "numpy"):
+        st.set_backend(backend)
+        try:
+            d = L.Dropout(0.3)
+            d.set_rng(np.random.default_rng(11))
+            outs.append((d(x), d(x), d.backward(np.ones_like(x))))
+        finally:
+            st.set_backend("cpp")
+    for a, b in zip(*outs):
+        assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("args, err", [((1, -1, 0, 1.0), ValueError), ((1, 4, 2**32 + 1, 1.0), ValueError),
+                                       ((1, 4, 0, float("inf")), ValueError), ((1, 4, 0, 1e300), ValueError),
+                                       ((-1, 4, 0, 1.0), TypeError)])
+def test_dropout_mask_core_rejects_bad_arguments(args, err):
+    from striate import _core
+
+    with pytest.raises(err):
+        _core.dropout_mask(*args)
+
+
 def test_dropout_p0_is_identity_and_rng_reproducible():
     x = np.random.default_rng(1).standard_normal((8, 8)).astype(np.float32)
     np.testing.assert_array_equal(L.Dropout(0.0)(x), x)

@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-from .. import _config
+from .. import _config, _core
+from .._config import get_backend
 from .base import _int, _float, _bool, _check_input, _as, _ops, Layer
 
 
@@ -18,7 +19,9 @@ class Dropout(Layer):
     and scale the rest by ``1 / (1 - p)``; the identity in evaluation mode.
 
     The mask is drawn from ``self.rng`` (``set_rng``); when that is None, from
-    ``striate._config.rng()`` at call time.
+    ``striate._config.rng()`` at call time: one number from the generator
+    seeds a counter-based stream that decides every element (the same mask
+    for any thread count, ISA path or backend).
 
     Parameters
     ----------
@@ -57,8 +60,7 @@ class Dropout(Layer):
             self._mask = False
             return x  # the identity, as torch returns its input
         gen = self.rng if self.rng is not None else _config.rng()
-        keep = gen.random(x.shape) >= self.p
-        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        mask = _keep_mask(gen, x.shape, self.p, x.dtype)
         self._mask = mask
         return x * mask
 
@@ -75,6 +77,40 @@ class Dropout(Layer):
 
     def config(self):
         return {"p": self.p}
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _keep_mask(gen, shape, p, dtype):
+    """Dropout's mask for an input of ``shape``: ``1 / (1 - p)`` (in ``dtype``) where kept, 0 where dropped.
+
+    One 63-bit key drawn from ``gen`` seeds a counter-based stream
+    (splitmix64): the 32-bit halves of its outputs, one per element, are
+    compared with ``ceil(p * 2**32)``. ``_core.dropout_mask`` computes it at
+    memory speed on any thread count (the same mask); ``_keep_mask_numpy`` is
+    the same stream in NumPy, for the NumPy backend and other dtypes.
+    """
+    n = int(np.prod(shape, dtype=np.int64))
+    key = int(gen.integers(0, 2**63, dtype=np.int64))
+    threshold = min(2**32, math.ceil(p * 2**32))
+    scale = 1.0 / (1.0 - p)
+    dtype = np.dtype(dtype)
+    if dtype in (np.float32, np.float64) and get_backend() != "numpy" and hasattr(_core, "dropout_mask"):
+        return _core.dropout_mask(key, n, threshold, scale, dtype == np.float64).reshape(shape)
+    return _keep_mask_numpy(key, n, threshold, dtype.type(scale)).reshape(shape)
+
+
+def _keep_mask_numpy(key, n, threshold, scale):
+    """``_core.dropout_mask`` in NumPy: element ``2j`` / ``2j + 1`` takes the low / high half of output ``j``."""
+    z = np.uint64(key) + np.arange(1, (n + 1) // 2 + 1, dtype=np.uint64) * _GOLDEN  # wraps modulo 2**64
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    numbers = np.empty(2 * z.size, np.uint64)
+    numbers[0::2] = z & np.uint64(0xFFFFFFFF)
+    numbers[1::2] = z >> np.uint64(32)
+    return (numbers[:n] >= threshold).astype(scale.dtype) * scale
 
 
 class Flatten(Layer):
