@@ -60,20 +60,24 @@ void direct_offsets(const DirectGeom& d, int64_t* off) {
 }
 
 void pad_image(const DirectGeom& d, const float* src, float* xp) {
-    const int64_t size = d.padded_size();
+    const int64_t size = d.padded_size(), plane = d.Hp * d.Wp;
+    // Without left or right padding a channel's rows are one block. Otherwise
+    // zeros over the whole plane, then its rows copied in: one fill a plane
+    // instead of two a row (the left and right padding of a small plane are a
+    // float or two, and each fill was a call).
     float* p = xp;
-    for (int64_t c = 0; c < d.Cin; ++c) {
+    for (int64_t c = 0; c < d.Cin; ++c, p += plane) {
         const float* sc = src + c * d.Hin * d.Win;
-        std::fill(p, p + d.top * d.Wp, 0.f);
-        p += d.top * d.Wp;
-        for (int64_t h = 0; h < d.Hin; ++h) {
-            std::fill(p, p + d.left, 0.f);
-            std::memcpy(p + d.left, sc + h * d.Win, static_cast<size_t>(d.Win) * sizeof(float));
-            std::fill(p + d.left + d.Win, p + d.Wp, 0.f);
-            p += d.Wp;
+        if (d.left == 0 && d.right == 0) {
+            std::fill(p, p + d.top * d.Wp, 0.f);
+            std::memcpy(p + d.top * d.Wp, sc, static_cast<size_t>(d.Hin * d.Win) * sizeof(float));
+            std::fill(p + (d.top + d.Hin) * d.Wp, p + plane, 0.f);
+            continue;
         }
-        std::fill(p, p + d.bottom * d.Wp, 0.f);
-        p += d.bottom * d.Wp;
+        std::fill(p, p + plane, 0.f);
+        float* row = p + d.top * d.Wp + d.left;
+        for (int64_t h = 0; h < d.Hin; ++h, row += d.Wp)
+            std::memcpy(row, sc + h * d.Win, static_cast<size_t>(d.Win) * sizeof(float));
     }
     std::fill(p, xp + size, 0.f);
 }

@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -171,6 +173,7 @@ int64_t position_lanes(const ConvKit& kit, int64_t M, const std::vector<Seg>& se
 void kvec_conv(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int64_t R, const float* xp,
                const float* wT, int64_t ldw, int64_t Kg, const float* bias, float* outT, float* y, int threads) {
     const int64_t W = kit.W, OH = d.Hout, OW = d.Wout, P = OH * OW, ldt = 2 * W;
+    if (d.sw > 2) throw std::logic_error("kvec_conv: column step " + std::to_string(d.sw) + " has no tiles");
     for (int64_t k0 = 0; k0 < Kg;) {
         // Tiles as even as the row allows (8 positions: 4 + 4, not 7 + 1): a
         // one-position tile has too few accumulators to hide the FMA latency.
@@ -181,9 +184,11 @@ void kvec_conv(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int6
             for (int64_t ow0 = 0; ow0 < OW; ow0 += ntmax) {
                 const int64_t nt = std::min<int64_t>(ntmax, OW - ow0);
                 float* o0 = outT + (oh * OW + ow0) * ldt;
-                kit.kvec[kv - 1][rows - 1][static_cast<size_t>(nt)](xp, off, R, wT + k0, ldw, oh * d.Wp + ow0, d.Wp,
-                                                                    bias ? bias + k0 : nullptr, nlast, o0,
-                                                                    o0 + OW * ldt, ldt);
+                const auto& tiles = d.sw == 2 ? kit.kvec_s2 : kit.kvec;
+                tiles[kv - 1][rows - 1][static_cast<size_t>(nt)](xp, off, R, wT + k0, ldw,
+                                                                 oh * d.sh * d.Wp + ow0 * d.sw, d.sh * d.Wp,
+                                                                 bias ? bias + k0 : nullptr, nlast, o0, o0 + OW * ldt,
+                                                                 ldt);
             }
         }, threads);
         for (int64_t v = 0; v < kv; ++v)
@@ -225,7 +230,8 @@ void forward_direct_prepared(const ConvKit& kit, const Conv2dShape& s, const Dir
     bool rows = false;
     const std::vector<Seg> segs = direct_segments(d, kit.W, &rows);
     const int64_t W = kit.W, mb = direct_shape(kit, Kg, segs).mr, Mpad = round_up(Kg, mb);
-    if (use_kvec(W, Kg, s.OH, s.OW, position_lanes(kit, Kg, segs))) {
+    // A geometry with steps (strided, unsplit) runs on the channel-vector kernel only.
+    if (d.sh > 1 || d.sw > 1 || use_kvec(W, Kg, s.OH, s.OW, position_lanes(kit, Kg, segs))) {
         // wT is (groups, R, ldw): wT[g][r][k] = w[g*Kg + k][r], zero past Kg.
         const int64_t ldw = round_up(Kg, W);
         float* wT = tl_wpack.get(s.groups * R * ldw);

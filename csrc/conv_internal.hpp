@@ -126,6 +126,9 @@ inline bool is_pointwise(const Conv2dShape& s) {
 struct DirectGeom {
     int64_t Cin, Hin, Win, top, bottom, left, right, kh, kw, dh, dw;
     int64_t Hp, Wp, Hout, Wout;
+    // Output (oh, ow) reads the image at oh*sh rows and ow*sw columns from its
+    // taps: 1 except for the strided forward on the channel-vector kernel.
+    int64_t sh = 1, sw = 1;
     int64_t Q() const { return (Hout - 1) * Wp + Wout; }  // flattened output positions
     int64_t R() const { return Cin * kh * kw; }
     int64_t padded_size() const { return Cin * Hp * Wp + kDirectSlack; }
@@ -200,6 +203,8 @@ struct ConvKit {
     // kvec: at most kvec_nt[KV-1] positions per row; kvec[KV-1][ROWS-1][NT].
     int kvec_nt[2];
     std::array<kvec_tile_fn, kMaxKvecNT + 1> kvec[2][2];
+    // The same tiles with positions two columns apart (stride-2 forward).
+    std::array<kvec_tile_fn, kMaxKvecNT + 1> kvec_s2[2][2];
     // dw outer product: up to six variants of mv vectors x nr output channels (mv == 0 ends the list).
     struct DwVariant {
         int mv, nr;

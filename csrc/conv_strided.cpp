@@ -225,6 +225,24 @@ void forward_strided(const ConvKit& kit, const Conv2dShape& s, const float* x, c
             }
     // The geometry the driver reads: output (OH, OW) at row stride Wq.
     const DirectGeom d = output_geom(Cg * per_c, s.OH, s.OW, p.Wq);
+    bool rows = false;
+    if (s.sw <= 2 && kvec_better(kit, s.K / s.groups, s.OH, s.OW, direct_segments_of(d, kit.W, &rows))) {
+        // Small outputs go to the channel-vector kernel, whose tiles broadcast
+        // one input value per position: they read the zero-padded image itself
+        // at the stride (rows sh*Wp apart, positions sw apart), with no phase
+        // split, whose gathers took about 12% of the 64->128 stride-2 forward
+        // where the padding's plain row copies take little. Same taps, same
+        // order, same bits.
+        DirectGeom g = make_direct_geom(Cg, s.H, s.W, s.pt, s.pb, s.pl, s.pr, s.kh, s.kw, s.dh, s.dw);
+        g.Hout = s.OH;
+        g.Wout = s.OW;
+        g.sh = s.sh;
+        g.sw = s.sw;
+        direct_offsets(g, off.data());
+        forward_direct_prepared(kit, s, g, off, g.padded_size(),
+                                [&g](const float* src, float* xp) { pad_image(g, src, xp); }, x, w, b, y, threads);
+        return;
+    }
     forward_direct_prepared(kit, s, d, off, Cg * per_c * p.plane() + kDirectSlack,
                             [&](const float* src, float* buf) { split_phases(s, p, Cg, src, buf); }, x, w, b, y,
                             threads);

@@ -62,9 +62,9 @@ ConvKit::DirectShape direct_shape(std::integer_sequence<int, Ms...>) {
 }
 
 // ---- kvec: ROWS x NT positions x KV vectors of output channels ------------------
-// outROW[t*ldt + W*kv + l] = bias[W*kv + l] + sum_r wT[r*ldw + W*kv + l] * xp[off[r] + src0 + ROW*rstep + t];
+// outROW[t*ldt + W*kv + l] = bias[W*kv + l] + sum_r wT[r*ldw + W*kv + l] * xp[off[r] + src0 + ROW*rstep + CS*t];
 // the bias of the last vector is read under the mask of its nlast lanes.
-template <int ROWS, int NT, int KV>
+template <int ROWS, int NT, int KV, int CS = 1>
 STRIATE_TILE_TARGET void kvec_tile(const float* xp, const int64_t* off, int64_t R, const float* wT, int64_t ldw,
                                    int64_t src0, int64_t rstep, const float* bias, int64_t nlast, float* out0,
                                    float* out1, int64_t ldt) {
@@ -82,7 +82,7 @@ STRIATE_TILE_TARGET void kvec_tile(const float* xp, const int64_t* off, int64_t 
         for (int h = 0; h < ROWS; ++h) {
             const float* bh = b0 + h * rstep;
             for (int t = 0; t < NT; ++t) {
-                const typename V::reg bc = V::set1(bh[t]);
+                const typename V::reg bc = V::set1(bh[CS * t]);
                 for (int kv = 0; kv < KV; ++kv) acc[h][t][kv] = V::fma(wv[kv], bc, acc[h][t][kv]);
             }
         }
@@ -98,9 +98,9 @@ STRIATE_TILE_TARGET void kvec_tile(const float* xp, const int64_t* off, int64_t 
 // (two vectors: 28); AVX2 6 (12) and 3 (12).
 constexpr int kKvecNT1 = kWide ? 12 : 6, kKvecNT2 = kWide ? 7 : 3;
 
-template <int ROWS, int KV, int... Ts>
+template <int ROWS, int KV, int CS, int... Ts>
 std::array<kvec_tile_fn, kMaxKvecNT + 1> kvec_row(std::integer_sequence<int, Ts...>) {
-    return {nullptr, kvec_tile<ROWS, Ts + 1, KV>...};
+    return {nullptr, kvec_tile<ROWS, Ts + 1, KV, CS>...};
 }
 
 // ---- dw outer product: NR output channels x MV vectors of input channels ----------
@@ -619,10 +619,14 @@ ConvKit make_kit(Isa isa) {
     k.direct[1] = direct_shape<kDirNV1, kDirMR1>(std::make_integer_sequence<int, kDirMR1>{});
     k.kvec_nt[0] = kKvecNT1;
     k.kvec_nt[1] = kKvecNT2;
-    k.kvec[0][0] = kvec_row<1, 1>(std::make_integer_sequence<int, kKvecNT1>{});
-    k.kvec[0][1] = kvec_row<2, 1>(std::make_integer_sequence<int, kKvecNT1>{});
-    k.kvec[1][0] = kvec_row<1, 2>(std::make_integer_sequence<int, kKvecNT2>{});
-    k.kvec[1][1] = kvec_row<2, 2>(std::make_integer_sequence<int, kKvecNT2>{});
+    k.kvec[0][0] = kvec_row<1, 1, 1>(std::make_integer_sequence<int, kKvecNT1>{});
+    k.kvec[0][1] = kvec_row<2, 1, 1>(std::make_integer_sequence<int, kKvecNT1>{});
+    k.kvec[1][0] = kvec_row<1, 2, 1>(std::make_integer_sequence<int, kKvecNT2>{});
+    k.kvec[1][1] = kvec_row<2, 2, 1>(std::make_integer_sequence<int, kKvecNT2>{});
+    k.kvec_s2[0][0] = kvec_row<1, 1, 2>(std::make_integer_sequence<int, kKvecNT1>{});
+    k.kvec_s2[0][1] = kvec_row<2, 1, 2>(std::make_integer_sequence<int, kKvecNT1>{});
+    k.kvec_s2[1][0] = kvec_row<1, 2, 2>(std::make_integer_sequence<int, kKvecNT2>{});
+    k.kvec_s2[1][1] = kvec_row<2, 2, 2>(std::make_integer_sequence<int, kKvecNT2>{});
     if (kWide) {
         k.dw = {{{4, 6, dw_tile<4, 6>}, {3, 8, dw_tile<3, 8>}, {2, 12, dw_tile<2, 12>}, {2, 8, dw_tile<2, 8>},
                  {1, 16, dw_tile<1, 16>}, {0, 0, nullptr}}};

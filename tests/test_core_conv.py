@@ -457,6 +457,40 @@ def test_dw_skipping_padding_equals_dw_on_the_padded_image(rng, N, C, H, W, K, k
     assert dw.tobytes() == dw_padded.tobytes()
 
 
+@pytest.mark.parametrize(
+    "N, C, H, W, K, k, stride, pads, dil, groups",
+    [
+        (2, 64, 16, 16, 128, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # ResNet's downsampling layer: channel vectors, unsplit
+        (1, 64, 16, 16, 128, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # the same for one image (rows over threads)
+        (3, 24, 15, 13, 40, 3, (2, 1), (1, 0, 2, 1), (1, 1), 1),
+        (2, 16, 14, 14, 32, 5, (1, 2), (2, 2, 2, 2), (1, 1), 1),
+        (2, 16, 17, 17, 48, 3, (2, 2), (2, 1, 1, 2), (2, 2), 1),  # dilated
+        (2, 32, 13, 13, 48, 3, (2, 2), (1, 1, 1, 1), (1, 1), 2),  # groups
+        (2, 16, 20, 19, 24, 3, (3, 3), (1, 1, 1, 1), (1, 1), 1),  # stride 3: the phase split
+        (2, 8, 40, 40, 8, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),  # large output: positions, the phase split
+    ],
+)
+def test_strided_forward_is_the_stride_1_output_subsampled_bit_for_bit(rng, N, C, H, W, K, k, stride, pads, dil,
+                                                                       groups, isa):
+    # Every strided forward path (the channel-vector tiles reading the padded
+    # image at the stride, or the phase split) sums each output's taps in the
+    # order the stride-1 direct kernels do: the same bits as the stride-1
+    # output at the strided positions (Winograd, which rounds differently, off).
+    x, w, b = make_inputs(rng, N, C, H, W, K, k, k, groups)
+    before = _core.conv2d_get_winograd()
+    _core.conv2d_set_winograd("off")
+    try:
+        y = call_forward(x, w, b, stride, pads, dil, groups)
+        full = call_forward(x, w, b, (1, 1), pads, dil, groups)
+    finally:
+        _core.conv2d_set_winograd(before)
+    if isa != "generic":
+        assert _core.conv2d_algorithms(x, w, *stride, *pads, *dil, groups)["forward"] == "strided"
+    sub = full[:, :, ::stride[0], ::stride[1]][:, :, :y.shape[2], :y.shape[3]]
+    assert y.shape == sub.shape
+    assert y.tobytes() == np.ascontiguousarray(sub).tobytes()
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_zero_dy_gives_exactly_zero_gradients(rng, groups, isa):
     x, w, _ = make_inputs(rng, 6, 4, 7, 7, 6, 3, 3, groups)
