@@ -2,10 +2,11 @@
 // the direct kernels of the active ISA path (conv_direct.cpp's driver and
 // conv_tiles.hpp), without an im2col matrix.
 //
-// Forward: the padded image is split into stride phases, so that the strided
-// convolution becomes a stride-1 one and runs on the stride-1 direct driver
-// unchanged (vectors over positions, or over output channels for small
-// outputs). dx: the input positions of one phase (ih + pt = i*sh + a,
+// Forward: small outputs with column stride 1 or 2 run on the channel-vector
+// tiles reading the zero-padded image at the stride; otherwise the padded
+// image is split into stride phases, so that the strided convolution becomes
+// a stride-1 one and runs on the stride-1 direct driver unchanged (vectors
+// over positions, or over output channels for small outputs). dx: the input positions of one phase (ih + pt = i*sh + a,
 // iw + pl = j*sw + b) receive only the kernel taps of that phase, so dx splits
 // into sh*sw independent stride-1 convolutions of the padded dy with
 // sub-kernels, each a direct convolution.
@@ -215,14 +216,6 @@ void forward_strided(const ConvKit& kit, const Conv2dShape& s, const float* x, c
     const PhaseSplit p = phase_split(s);
     const int64_t nb = static_cast<int64_t>(p.cols.size()), per_c = p.planes_per_channel();
     std::vector<int64_t> off(static_cast<size_t>(Cg * s.kh * s.kw));
-    for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t i = 0; i < s.kh; ++i)
-            for (int64_t j = 0; j < s.kw; ++j) {
-                const int64_t ia = std::find(p.rows.begin(), p.rows.end(), i * s.dh % s.sh) - p.rows.begin();
-                const int64_t ib = std::find(p.cols.begin(), p.cols.end(), j * s.dw % s.sw) - p.cols.begin();
-                off[static_cast<size_t>((c * s.kh + i) * s.kw + j)] =
-                    (c * per_c + ia * nb + ib) * p.plane() + (i * s.dh / s.sh) * p.Wq + j * s.dw / s.sw;
-            }
     // The geometry the driver reads: output (OH, OW) at row stride Wq.
     const DirectGeom d = output_geom(Cg * per_c, s.OH, s.OW, p.Wq);
     bool rows = false;
@@ -243,6 +236,14 @@ void forward_strided(const ConvKit& kit, const Conv2dShape& s, const float* x, c
                                 [&g](const float* src, float* xp) { pad_image(g, src, xp); }, x, w, b, y, threads);
         return;
     }
+    for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t i = 0; i < s.kh; ++i)
+            for (int64_t j = 0; j < s.kw; ++j) {
+                const int64_t ia = std::find(p.rows.begin(), p.rows.end(), i * s.dh % s.sh) - p.rows.begin();
+                const int64_t ib = std::find(p.cols.begin(), p.cols.end(), j * s.dw % s.sw) - p.cols.begin();
+                off[static_cast<size_t>((c * s.kh + i) * s.kw + j)] =
+                    (c * per_c + ia * nb + ib) * p.plane() + (i * s.dh / s.sh) * p.Wq + j * s.dw / s.sw;
+            }
     forward_direct_prepared(kit, s, d, off, Cg * per_c * p.plane() + kDirectSlack,
                             [&](const float* src, float* buf) { split_phases(s, p, Cg, src, buf); }, x, w, b, y,
                             threads);
