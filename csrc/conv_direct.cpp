@@ -241,7 +241,7 @@ void forward_direct_prepared(const ConvKit& kit, const Conv2dShape& s, const Dir
                 const auto [g, r] = split_index(gr, R);
                 for (int64_t k = 0; k < ldw; ++k) wT[gr * ldw + k] = k < Kg ? w[(g * Kg + k) * R + r] : 0.f;
             },
-            threads);
+            pack_threads(s.groups * R * ldw, threads));
         parallel_for(
             s.N,
             [&](int64_t n) {
@@ -265,7 +265,7 @@ void forward_direct_prepared(const ConvKit& kit, const Conv2dShape& s, const Dir
             for (int64_t r = 0; r < R; ++r)
                 wp[(g * Mpad + m / mb * mb) * R + r * mb + m % mb] = m < Kg ? w[(g * Kg + m) * R + r] : 0.f;
         },
-        threads);
+        pack_threads(s.groups * Mpad * R, threads));
     parallel_for(
         s.N,
         [&](int64_t n) {
@@ -313,7 +313,7 @@ void backward_dx_direct(const ConvKit& kit, const Conv2dShape& s, const float* d
                     wT[gr * ldw + c] =
                         c < Cg ? w[((g * Kg + k) * Cg + c) * khw + (s.kh - 1 - i) * s.kw + (s.kw - 1 - j)] : 0.f;
             },
-            threads);
+            pack_threads(s.groups * R * ldw, threads));
         std::vector<int64_t> koff(static_cast<size_t>(R));
         direct_offsets(d, koff.data());
         parallel_for(
@@ -344,7 +344,7 @@ void backward_dx_direct(const ConvKit& kit, const Conv2dShape& s, const float* d
                             c < Cg ? w[((g * Kg + k) * Cg + c) * khw + (s.kh - 1 - i) * s.kw + (s.kw - 1 - j)] : 0.f;
                     }
         },
-        threads);
+        pack_threads(s.groups * Mpad * R, threads));
     std::vector<int64_t> off(static_cast<size_t>(R));
     direct_offsets(d, off.data());
     parallel_for(

@@ -76,7 +76,7 @@ void backward_dx_scatter(const ConvKit& kit, const Conv2dShape& s, const float* 
             const auto [g, r] = split_index(gr, R);
             for (int64_t k = 0; k < Kg; ++k) wT[gr * Kg + k] = w[(g * Kg + k) * R + r];
         },
-        threads);
+        pack_threads(s.groups * R * Kg, threads));
     parallel_for(
         s.N,
         [&](int64_t n) {

@@ -272,7 +272,7 @@ void backward_dx_strided(const ConvKit& kit, const Conv2dShape& s, const float* 
                             dst[r * mb] = c < Cg ? w[((g * Kg + k) * Cg + c) * khw + i * s.kw + j] : 0.f;
                         }
             },
-            threads);
+            pack_threads(plan.wp_size, threads));
     }
     parallel_for(
         s.N,
