@@ -174,6 +174,7 @@ void kvec_conv(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int6
                const float* wT, int64_t ldw, int64_t Kg, const float* bias, float* outT, float* y, int threads) {
     const int64_t W = kit.W, OH = d.Hout, OW = d.Wout, P = OH * OW, ldt = 2 * W;
     if (d.sw > 2) throw std::logic_error("kvec_conv: column step " + std::to_string(d.sw) + " has no tiles");
+    const auto& tiles = d.sw == 2 ? kit.kvec_s2 : kit.kvec;  // positions sw columns apart
     for (int64_t k0 = 0; k0 < Kg;) {
         // Tiles as even as the row allows (8 positions: 4 + 4, not 7 + 1): a
         // one-position tile has too few accumulators to hide the FMA latency.
@@ -184,7 +185,6 @@ void kvec_conv(const ConvKit& kit, const DirectGeom& d, const int64_t* off, int6
             for (int64_t ow0 = 0; ow0 < OW; ow0 += ntmax) {
                 const int64_t nt = std::min<int64_t>(ntmax, OW - ow0);
                 float* o0 = outT + (oh * OW + ow0) * ldt;
-                const auto& tiles = d.sw == 2 ? kit.kvec_s2 : kit.kvec;
                 tiles[kv - 1][rows - 1][static_cast<size_t>(nt)](xp, off, R, wT + k0, ldw,
                                                                  oh * d.sh * d.Wp + ow0 * d.sw, d.sh * d.Wp,
                                                                  bias ? bias + k0 : nullptr, nlast, o0, o0 + OW * ldt,

@@ -356,12 +356,9 @@ def test_dropout_mask_core_equals_its_numpy_twin(n, p, dtype):
     key = 0x5DEECE66D1234567
     threshold, scale = min(2**32, int(np.ceil(p * 2**32))), 1.0 / (1.0 - p)
     want = _keep_mask_numpy(key, n, threshold, np.dtype(dtype).type(scale))
-    for threads in (1, 2):
+    for threads in (1, 2):  # conftest restores the thread count
         st.set_num_threads(threads)
-        try:
-            got = _core.dropout_mask(key, n, threshold, scale, dtype == np.float64)
-        finally:
-            st.set_num_threads(2)
+        got = _core.dropout_mask(key, n, threshold, scale, dtype == np.float64)
         assert got.dtype == dtype and got.shape == (n,)
         assert got.tobytes() == want.tobytes()
     assert set(np.unique(want)) <= {0.0, np.dtype(dtype).type(scale)}
@@ -372,14 +369,11 @@ def test_dropout_mask_core_equals_its_numpy_twin(n, p, dtype):
 def test_dropout_gives_the_same_masks_on_both_backends():
     x = np.random.default_rng(2).standard_normal((3, 5, 7)).astype(np.float32)
     outs = []
-    for backend in ("cpp", "numpy"):
+    for backend in ("cpp", "numpy"):  # conftest restores the backend
         st.set_backend(backend)
-        try:
-            d = L.Dropout(0.3)
-            d.set_rng(np.random.default_rng(11))
-            outs.append((d(x), d(x), d.backward(np.ones_like(x))))
-        finally:
-            st.set_backend("cpp")
+        d = L.Dropout(0.3)
+        d.set_rng(np.random.default_rng(11))
+        outs.append((d(x), d(x), d.backward(np.ones_like(x))))
     for a, b in zip(*outs):
         assert a.tobytes() == b.tobytes()
 
