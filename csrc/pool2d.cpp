@@ -353,54 +353,101 @@ __attribute__((target("avx2"))) inline __m256i lanes4x64(int64_t n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(std::clamp<int64_t>(n, 0, 4)), _mm256_setr_epi64x(0, 1, 2, 3));
 }
 
-// Chunks of 8 full windows with AVX2, the last chunk of a row through masked
-// loads and stores (left to max_window, the 6 of 14 columns of a 28-wide
-// plane made the AVX2 forward 7x slower than the AVX-512 one on LeNet-5's
-// pools); the ceil_mode edges by max_window.
+// The window columns of r <= 8 stride-2 windows from input row p (K = 2 or 3
+// wide): e = p[2i], o = p[2i + 1] and, for K = 3, e2 = p[2i + 2] in lane i.
+// MASKED loads only the inputs of the r windows; else whole vectors, reading
+// 16 (K = 2) or 18 (K = 3) floats from p, whose lanes past the r windows the
+// callers store over later.
+template <int K, bool MASKED>
+__attribute__((target("avx2"))) inline void s2_row_avx2(const float* p, int64_t r, __m256& e, __m256& o,
+                                                        __m256& e2) {
+    __m256 a0, a1;
+    if (MASKED) {
+        a0 = _mm256_maskload_ps(p, lanes8(2 * r));
+        a1 = _mm256_maskload_ps(p + 8, lanes8(2 * r - 8));
+    } else {
+        a0 = _mm256_loadu_ps(p);
+        a1 = _mm256_loadu_ps(p + 8);
+    }
+    e = even8(a0, a1);
+    o = odd8(a0, a1);
+    if (K == 3) {
+        const __m256 b0 = MASKED ? _mm256_maskload_ps(p + 2, lanes8(2 * r - 1)) : _mm256_loadu_ps(p + 2);
+        const __m256 b1 = MASKED ? _mm256_maskload_ps(p + 10, lanes8(2 * r - 9)) : _mm256_loadu_ps(p + 10);
+        e2 = even8(b0, b1);
+    }
+}
+
+// Whether a chunk of 8 stride-2 windows of K rows from input pixel i0 of an
+// (h, w) plane, with outputs from o0 of an n-output plane, may load and store
+// whole vectors: the loads (s2_row_avx2) and the 8 outputs stay inside the
+// planes. Masked stores are slow on AMD cores (the masked tail of 28-wide
+// planes made the AVX2 max-pool forward 1.4-1.7x slower).
+template <int K>
+inline bool s2_whole(int64_t i0, int64_t h, int64_t w, int64_t o0, int64_t n) {
+    return i0 + (K - 1) * w + (K == 3 ? 18 : 16) <= h * w && o0 + 8 <= n;
+}
+
+// Lanes [0, n) of v to p (n clamped to [0, 8]): a whole vector, or a masked store.
+__attribute__((target("avx2"))) inline void store_lanes8(float* p, int64_t n, __m256 v) {
+    if (n >= 8) {
+        _mm256_storeu_ps(p, v);
+    } else if (n > 0) {
+        _mm256_maskstore_ps(p, lanes8(n), v);
+    }
+}
+
+template <int K, bool MASKED>
+__attribute__((target("avx2"))) inline void max_chunk_s2_avx2(const float* x, int64_t W, int64_t i0, int64_t r,
+                                                              float* y, int64_t* ind) {
+    const __m256i bidx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(i0)),
+                                          _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+    __m256 m = _mm256_setzero_ps();
+    __m256i mi = bidx;
+    for (int rr = 0; rr < K; ++rr) {
+        __m256 e, o, e2;
+        s2_row_avx2<K, MASKED>(x + i0 + rr * W, r, e, o, e2);
+        const __m256i row = _mm256_add_epi32(bidx, _mm256_set1_epi32(static_cast<int32_t>(rr * W)));
+        if (rr == 0) {
+            m = e;
+        } else {
+            max_update_avx2(e, row, m, mi);
+        }
+        max_update_avx2(o, _mm256_add_epi32(row, _mm256_set1_epi32(1)), m, mi);
+        if (K == 3) max_update_avx2(e2, _mm256_add_epi32(row, _mm256_set1_epi32(2)), m, mi);
+    }
+    const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi));
+    const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi, 1));
+    if (MASKED) {
+        _mm256_maskstore_ps(y, lanes8(r), m);
+        _mm256_maskstore_epi64(reinterpret_cast<long long*>(ind), lanes4x64(r), lo);
+        _mm256_maskstore_epi64(reinterpret_cast<long long*>(ind + 4), lanes4x64(r - 4), hi);
+    } else {
+        _mm256_storeu_ps(y, m);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind), lo);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + 4), hi);
+    }
+}
+
+// Chunks of 8 full windows with AVX2 (left to max_window, the 6 of 14 columns
+// of a 28-wide plane made the AVX2 forward 7x slower than the AVX-512 one on
+// LeNet-5's pools); the ceil_mode edges by max_window. The last chunk of a row
+// computes 8 windows too where s2_whole allows: its lanes past the row land on
+// outputs this plane writes later (the next row's, or the edges left to
+// max_plane_forward_rest).
 template <int K>
 __attribute__((target("avx2"))) void max_plane_forward_s2_avx2(const float* x, float* y, int64_t* ind,
                                                                const PoolGeom& g) {
-    const int64_t W = g.W;
     const int64_t ohf = std::min(g.OH, (g.H - K) / 2 + 1);
     const int64_t owf = std::min(g.OW, (g.W - K) / 2 + 1);
-    const __m256i step = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
     for (int64_t oh = 0; oh < ohf; ++oh) {
         for (int64_t ow = 0; ow < owf; ow += 8) {
             const int64_t r = std::min<int64_t>(8, owf - ow);  // outputs in this chunk
-            // Inputs read: 2r (+1 for K = 3) from p; lanes past them are not loaded.
-            const __m256i ma0 = lanes8(2 * r), ma1 = lanes8(2 * r - 8);
-            const __m256i mb0 = lanes8(2 * r - 1), mb1 = lanes8(2 * r - 9);
-            const __m256i bidx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(2 * oh * W + 2 * ow)), step);
-            __m256 m = _mm256_setzero_ps();
-            __m256i mi = bidx;
-            for (int rr = 0; rr < K; ++rr) {
-                const float* p = x + (2 * oh + rr) * W + 2 * ow;
-                const __m256 a0 = r == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, ma0);
-                const __m256 a1 = r == 8 ? _mm256_loadu_ps(p + 8) : _mm256_maskload_ps(p + 8, ma1);
-                const __m256i row = _mm256_add_epi32(bidx, _mm256_set1_epi32(static_cast<int32_t>(rr * W)));
-                const __m256 e = even8(a0, a1);
-                if (rr == 0) {
-                    m = e;
-                } else {
-                    max_update_avx2(e, row, m, mi);
-                }
-                max_update_avx2(odd8(a0, a1), _mm256_add_epi32(row, _mm256_set1_epi32(1)), m, mi);
-                if (K == 3) {
-                    const __m256 b0 = _mm256_maskload_ps(p + 2, mb0), b1 = _mm256_maskload_ps(p + 10, mb1);
-                    max_update_avx2(even8(b0, b1), _mm256_add_epi32(row, _mm256_set1_epi32(2)), m, mi);
-                }
-            }
-            const int64_t o = oh * g.OW + ow;
-            const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi));
-            const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi, 1));
-            if (r == 8) {
-                _mm256_storeu_ps(y + o, m);
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + o), lo);
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + o + 4), hi);
+            const int64_t i0 = 2 * oh * g.W + 2 * ow, o = oh * g.OW + ow;
+            if (s2_whole<K>(i0, g.H, g.W, o, g.OH * g.OW)) {
+                max_chunk_s2_avx2<K, false>(x, g.W, i0, r, y + o, ind + o);
             } else {
-                _mm256_maskstore_ps(y + o, lanes8(r), m);
-                _mm256_maskstore_epi64(reinterpret_cast<long long*>(ind + o), lanes4x64(r), lo);
-                _mm256_maskstore_epi64(reinterpret_cast<long long*>(ind + o + 4), lanes4x64(r - 4), hi);
+                max_chunk_s2_avx2<K, true>(x, g.W, i0, r, y + o, ind + o);
             }
         }
     }
@@ -573,6 +620,47 @@ __attribute__((target("avx512f"))) void avg_plane_forward_s2_avx512(const float*
     }
     avg_plane_forward_rest(x, y, g, count_include_pad, ohf, owf);
 }
+
+// avg_plane_forward_s2_avx512 on AVX2: 8 windows per chunk (whole or masked as
+// in max_plane_forward_s2_avx2), in the same order and with the same division,
+// so the bits are the same on both paths. The generic loop it replaces ran 5-9x
+// slower than the AVX-512 kernel.
+template <int K, bool MASKED>
+__attribute__((target("avx2"))) inline void avg_chunk_s2_avx2(const float* x, int64_t W, int64_t i0, int64_t r,
+                                                              float* y) {
+    __m256 sum = _mm256_setzero_ps();
+    for (int rr = 0; rr < K; ++rr) {
+        __m256 e, o, e2;
+        s2_row_avx2<K, MASKED>(x + i0 + rr * W, r, e, o, e2);
+        sum = _mm256_add_ps(_mm256_add_ps(sum, e), o);
+        if (K == 3) sum = _mm256_add_ps(sum, e2);
+    }
+    const __m256 v = _mm256_div_ps(sum, _mm256_set1_ps(static_cast<float>(K * K)));
+    if (MASKED) {
+        _mm256_maskstore_ps(y, lanes8(r), v);
+    } else {
+        _mm256_storeu_ps(y, v);
+    }
+}
+
+template <int K>
+__attribute__((target("avx2"))) void avg_plane_forward_s2_avx2(const float* x, float* y, const PoolGeom& g,
+                                                                bool count_include_pad) {
+    const int64_t ohf = std::min(g.OH, (g.H - K) / 2 + 1);
+    const int64_t owf = std::min(g.OW, (g.W - K) / 2 + 1);
+    for (int64_t oh = 0; oh < ohf; ++oh) {
+        for (int64_t ow = 0; ow < owf; ow += 8) {
+            const int64_t r = std::min<int64_t>(8, owf - ow);  // outputs in this chunk
+            const int64_t i0 = 2 * oh * g.W + 2 * ow, o = oh * g.OW + ow;
+            if (s2_whole<K>(i0, g.H, g.W, o, g.OH * g.OW)) {
+                avg_chunk_s2_avx2<K, false>(x, g.W, i0, r, y + o);
+            } else {
+                avg_chunk_s2_avx2<K, true>(x, g.W, i0, r, y + o);
+            }
+        }
+    }
+    avg_plane_forward_rest(x, y, g, count_include_pad, ohf, owf);
+}
 #endif
 
 void avg_plane_backward(const float* dy, float* dx, const PoolGeom& g, bool count_include_pad) {
@@ -614,6 +702,39 @@ __attribute__((target("avx512f"))) void avg_plane_backward_block2_avx512(const f
 }
 #endif
 
+#ifdef STRIATE_X86_KERNELS
+// avg_plane_backward_block2_avx512 on AVX2, 8 outputs (16 dx values of each of
+// the two rows) per step, with dy / 4 as dy * 0.25 (the same bits: a power of
+// two; the divisions held the kernel to 1.4-1.6x the AVX-512 time). A
+// row's chunks run last one first, so that the lanes a whole store writes
+// past the row land on values written later (the chunk before's, the next
+// row's, or block2_zero_rest's); masked stores, slow on AMD cores, only where
+// the lanes would leave the plane.
+__attribute__((target("avx2"))) void avg_plane_backward_block2_avx2(const float* dy, float* dx, const PoolGeom& g,
+                                                                     bool) {
+    const int64_t W = g.W;
+    const float* end = dx + g.H * W;
+    const __m256 quarter = _mm256_set1_ps(0.25f);
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+        float* r0 = dx + 2 * oh * W;
+        const float* d = dy + oh * g.OW;
+        for (int64_t ow = (g.OW - 1) / 8 * 8; ow >= 0; ow -= 8) {
+            const int64_t r = std::min<int64_t>(8, g.OW - ow);
+            const __m256 dv = r == 8 ? _mm256_loadu_ps(d + ow) : _mm256_maskload_ps(d + ow, lanes8(r));
+            const __m256 v = _mm256_add_ps(_mm256_setzero_ps(), _mm256_mul_ps(dv, quarter));
+            const __m256 l = _mm256_unpacklo_ps(v, v), u = _mm256_unpackhi_ps(v, v);  // v0 v0 v1 v1 | v4 v4 v5 v5
+            const __m256 vlo = _mm256_permute2f128_ps(l, u, 0x20), vhi = _mm256_permute2f128_ps(l, u, 0x31);
+            for (float* p : {r0 + 2 * ow, r0 + W + 2 * ow}) {
+                const bool whole = p + 16 <= end;
+                store_lanes8(p, whole ? 8 : 2 * r, vlo);
+                store_lanes8(p + 8, whole ? 8 : 2 * r - 8, vhi);
+            }
+        }
+    }
+    block2_zero_rest(dx, g);
+}
+#endif
+
 using AvgBackwardPlane = void (*)(const float*, float*, const PoolGeom&, bool);
 
 AvgBackwardPlane pick_avg_backward(const PoolGeom& g) {
@@ -621,6 +742,7 @@ AvgBackwardPlane pick_avg_backward(const PoolGeom& g) {
     const bool block2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
                         g.OH == g.H / 2 && g.OW == g.W / 2;
     if (block2 && active_isa() == Isa::avx512) return avg_plane_backward_block2_avx512;
+    if (block2 && active_isa() == Isa::avx2) return avg_plane_backward_block2_avx2;
 #endif
     return avg_plane_backward;
 }
@@ -632,6 +754,8 @@ AvgForwardPlane pick_avg_forward(const PoolGeom& g) {
     const bool s2 = g.kh == g.kw && (g.kh == 2 || g.kh == 3) && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
     if (s2 && active_isa() == Isa::avx512)
         return g.kh == 2 ? avg_plane_forward_s2_avx512<2> : avg_plane_forward_s2_avx512<3>;
+    if (s2 && active_isa() == Isa::avx2)
+        return g.kh == 2 ? avg_plane_forward_s2_avx2<2> : avg_plane_forward_s2_avx2<3>;
 #endif
     return avg_plane_forward;
 }

@@ -730,7 +730,8 @@ def _tricky(rng, shape):
 
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("k", [2, 3])
-@pytest.mark.parametrize("hw", [(3, 3), (4, 5), (6, 33), (7, 34), (5, 64), (9, 65), (8, 66), (3, 97)])
+@pytest.mark.parametrize("hw", [(3, 3), (4, 5), (6, 33), (7, 34), (5, 64), (9, 65), (8, 66), (3, 97), (14, 14),
+                                (15, 15), (28, 28), (10, 10)])
 def test_max_pool_vector_paths_match_portable(hw, k, ceil_mode, isa_levels, rng):
     x = _tricky(rng, (2, 3, *hw))
     h, w = hw
@@ -754,7 +755,8 @@ def test_max_pool_vector_paths_match_portable(hw, k, ceil_mode, isa_levels, rng)
 @pytest.mark.parametrize("count_include_pad", [False, True])
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("k", [2, 3])
-@pytest.mark.parametrize("hw", [(3, 3), (4, 5), (7, 34), (9, 65), (8, 66), (3, 97)])
+@pytest.mark.parametrize("hw", [(3, 3), (4, 5), (7, 34), (9, 65), (8, 66), (3, 97), (14, 14), (15, 15), (28, 28),
+                                (10, 10)])
 def test_avg_pool_vector_paths_match_portable(hw, k, ceil_mode, count_include_pad, isa_levels, rng):
     x = randn(rng, 2, 3, *hw)
     x.reshape(-1)[::7] = -0.0
