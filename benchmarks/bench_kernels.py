@@ -1,7 +1,8 @@
-"""Benchmark striate's conv and max-pool kernels against the NumPy reference and PyTorch.
+"""Benchmark striate's conv and pooling kernels against the NumPy reference and PyTorch.
 
 Two tables: the six convolution layers of docs/performance.md with the
-max-pool case, and the shape families of real CNNs (5x5 32->64 on 14x14,
+pooling cases (max-pool on 32x32 and 28x28 planes, average pooling on
+28x28), and the shape families of real CNNs (5x5 32->64 on 14x14,
 3x3 stride 2, 1x1, a 7x7 stride-2 stem, 128->128 on 8x8 and 7x7 planes);
 ``--shapes`` picks one or both. The layer list lives in ``bench_layers.py``,
 shared with ``bench_conv_isa.py``. Every variant is first validated against
@@ -52,7 +53,9 @@ except ImportError:  # pragma: no cover - depends on the machine
     torch = None
 
 
-POOL_SHAPE = (64, 32, 32, 32)  # max-pool 2x2 / 2
+# Pooling 2x2 / 2: (kind, input shape). 28x28 planes (the TF-tutorial CNN's
+# first pool) end each output row in a partial vector.
+POOLS = (("max", (64, 32, 32, 32)), ("max", (64, 32, 28, 28)), ("avg", (64, 32, 28, 28)))
 
 
 # --------------------------------------------------------------------------- validation
@@ -83,14 +86,18 @@ def validate_conv(c: Conv, x, w, b, dy):
     _check(f"{c.name} dw (no dx)", nodx[1], ref[1], c.N * c.out**2)
 
 
-def validate_pool(x, dy):
-    x64 = x.astype(np.float64)
+def validate_pool(kind, x, dy):
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    if kind == "avg":
+        _check("avg-pool y", F.avg_pool2d(x, 2), R.avg_pool2d(x64, 2), 4)
+        _check("avg-pool dx", F.avg_pool2d_backward(dy, x.shape, 2), R.avg_pool2d_backward(dy64, x.shape, 2), 4)
+        return
     y, idx = F.max_pool2d(x, 2)
     yr, ir = R.max_pool2d(x64, 2)
     _check("max-pool y", y, yr, 1)
     if not np.array_equal(idx, ir):
         raise SystemExit("validation failed: max-pool indices differ from the reference")
-    _check("max-pool dx", F.max_pool2d_backward(dy, idx, x.shape), R.max_pool2d_backward(dy.astype(np.float64), ir, x.shape), 1)
+    _check("max-pool dx", F.max_pool2d_backward(dy, idx, x.shape), R.max_pool2d_backward(dy64, ir, x.shape), 1)
 
 
 # --------------------------------------------------------------------------- timing
@@ -146,31 +153,42 @@ def conv_variants(c: Conv, x, w, b, dy):
     return out
 
 
-def pool_variants(x, dy):
-    def s_fb():
-        y, idx = F.max_pool2d(x, 2)
-        return F.max_pool2d_backward(dy, idx, x.shape)
+def pool_variants(kind, x, dy):
+    if kind == "avg":
+        def s_fb():
+            F.avg_pool2d(x, 2)
+            return F.avg_pool2d_backward(dy, x.shape, 2)
 
-    def r_fb():
-        y, idx = R.max_pool2d(x, 2)
-        return R.max_pool2d_backward(dy, idx, x.shape)
+        def r_fb():
+            R.avg_pool2d(x, 2)
+            return R.avg_pool2d_backward(dy, x.shape, 2)
 
-    out = {
-        ("striate", "fwd"): lambda: F.max_pool2d(x, 2),
-        ("striate", "fwd+bwd"): s_fb,
-        ("reference", "fwd"): lambda: R.max_pool2d(x, 2),
-        ("reference", "fwd+bwd"): r_fb,
-    }
+        out = {("striate", "fwd"): lambda: F.avg_pool2d(x, 2), ("striate", "fwd+bwd"): s_fb,
+               ("reference", "fwd"): lambda: R.avg_pool2d(x, 2), ("reference", "fwd+bwd"): r_fb}
+    else:
+        def s_fb():
+            y, idx = F.max_pool2d(x, 2)
+            return F.max_pool2d_backward(dy, idx, x.shape)
+
+        def r_fb():
+            y, idx = R.max_pool2d(x, 2)
+            return R.max_pool2d_backward(dy, idx, x.shape)
+
+        out = {("striate", "fwd"): lambda: F.max_pool2d(x, 2), ("striate", "fwd+bwd"): s_fb,
+               ("reference", "fwd"): lambda: R.max_pool2d(x, 2), ("reference", "fwd+bwd"): r_fb}
     if torch is not None:
         tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+        pool = torch.nn.functional.avg_pool2d if kind == "avg" else torch.nn.functional.max_pool2d
 
         def t_fwd():
             with torch.no_grad():
-                return torch.nn.functional.max_pool2d(tx, 2, return_indices=True)
+                if kind == "avg":
+                    return pool(tx, 2)
+                return pool(tx, 2, return_indices=True)
 
         def t_fb():
             xx = tx.detach().requires_grad_(True)
-            torch.nn.functional.max_pool2d(xx, 2).backward(tdy)
+            pool(xx, 2).backward(tdy)
 
         out[("pytorch", "fwd")] = t_fwd
         out[("pytorch", "fwd+bwd")] = t_fb
@@ -227,19 +245,20 @@ def _conv_rows(convs, args, rng, largest):
 
 
 def _pool_rows(args, rng):
-    """Validate then time max-pool 2x2/2 on ``POOL_SHAPE``."""
-    x = rng.standard_normal(POOL_SHAPE, dtype=np.float32)
-    dy = rng.standard_normal((POOL_SHAPE[0], POOL_SHAPE[1], POOL_SHAPE[2] // 2, POOL_SHAPE[3] // 2), dtype=np.float32)
-    set_threads(args.threads)
-    validate_pool(x, dy)
-    variants = pool_variants(x, dy)
+    """Validate then time the 2x2 / 2 pooling cases of ``POOLS``."""
     rows = []
-    for kind in ("fwd", "fwd+bwd"):
-        row = {"case": "max-pool 2x2/2 64x32x32x32", "kind": kind, "gflop": None}
-        for impl in ("striate", "reference", "pytorch"):
-            fn = variants.get((impl, kind))
-            row[f"{impl}_ms"] = median_ms(fn, args.repeat, args.budget) if fn else None
-        rows.append(row)
+    for kind, shape in POOLS:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        dy = rng.standard_normal((shape[0], shape[1], shape[2] // 2, shape[3] // 2), dtype=np.float32)
+        set_threads(args.threads)
+        validate_pool(kind, x, dy)
+        variants = pool_variants(kind, x, dy)
+        for p in ("fwd", "fwd+bwd"):
+            row = {"case": f"{kind}-pool 2x2/2 {'x'.join(map(str, shape))}", "kind": p, "gflop": None}
+            for impl in ("striate", "reference", "pytorch"):
+                fn = variants.get((impl, p))
+                row[f"{impl}_ms"] = median_ms(fn, args.repeat, args.budget) if fn else None
+            rows.append(row)
     return rows
 
 
@@ -312,7 +331,7 @@ def main(argv=None) -> int:
              if torch is not None else ", torch not installed"))
     means = {}
     if base or pool:
-        means["base"] = _print_table("Layers of docs/performance.md and max-pool", base + pool)
+        means["base"] = _print_table("Layers of docs/performance.md and pooling", base + pool)
     if fams:
         means["families"] = _print_table("Shape families of real CNNs", fams)
     conv_fb = [r for r in base + fams if r["kind"] == "fwd+bwd"]
