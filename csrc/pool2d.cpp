@@ -381,8 +381,8 @@ __attribute__((target("avx2"))) inline void s2_row_avx2(const float* p, int64_t 
 // Whether a chunk of 8 stride-2 windows of K rows from input pixel i0 of an
 // (h, w) plane, with outputs from o0 of an n-output plane, may load and store
 // whole vectors: the loads (s2_row_avx2) and the 8 outputs stay inside the
-// planes. Masked stores are slow on AMD cores (the masked tail of 28-wide
-// planes made the AVX2 max-pool forward 1.4-1.7x slower).
+// planes. Masked stores are slow on AMD cores (with masked tails the AVX2
+// max-pool forward took 1.5-1.9x its time on 28x28 and 14x14 planes).
 template <int K>
 inline bool s2_whole(int64_t i0, int64_t h, int64_t w, int64_t o0, int64_t n) {
     return i0 + (K - 1) * w + (K == 3 ? 18 : 16) <= h * w && o0 + 8 <= n;
@@ -395,6 +395,17 @@ __attribute__((target("avx2"))) inline void store_lanes8(float* p, int64_t n, __
     } else if (n > 0) {
         _mm256_maskstore_ps(p, lanes8(n), v);
     }
+}
+
+// a0 b0 a1 b1 ... a(r-1) b(r-1) to q (a 2x2-block backward's dx row): 16
+// whole floats where they stay before `end` (the lanes past 2r land on values
+// the caller writes later), else only the 2r through masked stores.
+__attribute__((target("avx2"))) inline void store_interleaved(float* q, const float* end, int64_t r, __m256 a,
+                                                              __m256 b) {
+    const __m256 l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5
+    const bool whole = q + 16 <= end;
+    store_lanes8(q, whole ? 8 : 2 * r, _mm256_permute2f128_ps(l, h, 0x20));
+    store_lanes8(q + 8, whole ? 8 : 2 * r - 8, _mm256_permute2f128_ps(l, h, 0x31));
 }
 
 template <int K, bool MASKED>
@@ -501,15 +512,10 @@ __attribute__((target("avx2"))) bool max_plane_backward_block2_avx2(const float*
             const int valid = (1 << r) - 1;
             const int hit = _mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(m00, m01), _mm256_or_ps(m10, m11)));
             if ((hit & valid) != valid) return false;
-            for (int row = 0; row < 2; ++row) {
-                const __m256 a = _mm256_add_ps(zero, _mm256_and_ps(d, row ? m10 : m00));
-                const __m256 b = _mm256_add_ps(zero, _mm256_and_ps(d, row ? m11 : m01));
-                const __m256 l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);  // a0 b0 a1 b1 | a4 b4 ...
-                float* q = r0 + row * W + 2 * ow;
-                const bool whole = q + 16 <= end;
-                store_lanes8(q, whole ? 8 : 2 * r, _mm256_permute2f128_ps(l, h, 0x20));
-                store_lanes8(q + 8, whole ? 8 : 2 * r - 8, _mm256_permute2f128_ps(l, h, 0x31));
-            }
+            for (int row = 0; row < 2; ++row)
+                store_interleaved(r0 + row * W + 2 * ow, end, r,
+                                  _mm256_add_ps(zero, _mm256_and_ps(d, row ? m10 : m00)),
+                                  _mm256_add_ps(zero, _mm256_and_ps(d, row ? m11 : m01)));
         }
     }
     return true;
@@ -745,23 +751,17 @@ __attribute__((target("avx512f"))) void avg_plane_backward_block2_avx512(const f
 // the lanes would leave the plane.
 __attribute__((target("avx2"))) void avg_plane_backward_block2_avx2(const float* dy, float* dx, const PoolGeom& g,
                                                                      bool) {
-    const int64_t W = g.W;
+    const int64_t W = g.W, n_out = g.OH * g.OW;
     const float* end = dx + g.H * W;
     const __m256 quarter = _mm256_set1_ps(0.25f);
     for (int64_t oh = 0; oh < g.OH; ++oh) {
         float* r0 = dx + 2 * oh * W;
-        const float* d = dy + oh * g.OW;
         for (int64_t ow = (g.OW - 1) / 8 * 8; ow >= 0; ow -= 8) {
-            const int64_t r = std::min<int64_t>(8, g.OW - ow);
-            const __m256 dv = r == 8 ? _mm256_loadu_ps(d + ow) : _mm256_maskload_ps(d + ow, lanes8(r));
-            const __m256 v = _mm256_add_ps(_mm256_setzero_ps(), _mm256_mul_ps(dv, quarter));
-            const __m256 l = _mm256_unpacklo_ps(v, v), u = _mm256_unpackhi_ps(v, v);  // v0 v0 v1 v1 | v4 v4 v5 v5
-            const __m256 vlo = _mm256_permute2f128_ps(l, u, 0x20), vhi = _mm256_permute2f128_ps(l, u, 0x31);
-            for (float* p : {r0 + 2 * ow, r0 + W + 2 * ow}) {
-                const bool whole = p + 16 <= end;
-                store_lanes8(p, whole ? 8 : 2 * r, vlo);
-                store_lanes8(p + 8, whole ? 8 : 2 * r - 8, vhi);
-            }
+            const int64_t r = std::min<int64_t>(8, g.OW - ow), o = oh * g.OW + ow;
+            const __m256 d = o + 8 <= n_out ? _mm256_loadu_ps(dy + o) : _mm256_maskload_ps(dy + o, lanes8(r));
+            const __m256 v = _mm256_add_ps(_mm256_setzero_ps(), _mm256_mul_ps(d, quarter));
+            store_interleaved(r0 + 2 * ow, end, r, v, v);
+            store_interleaved(r0 + W + 2 * ow, end, r, v, v);
         }
     }
     block2_zero_rest(dx, g);
