@@ -166,7 +166,7 @@ std::unique_ptr<conv::DwPlan> choose_dw(const Conv2dShape& s, const conv::ConvKi
     if (auto p = conv::make_dw_direct(s, kit)) return p;
     if (auto p = conv::make_dw_kvec(s, kit)) return p;
     if (auto p = conv::make_dw_flat(s, kit)) return p;
-    return conv::make_dw_gemm(s);
+    return conv::make_dw_gemm(s, kit);
 }
 
 }  // namespace

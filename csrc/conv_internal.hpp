@@ -185,6 +185,8 @@ using transpose_fn = void (*)(const float* src, int64_t lds, int64_t nrows, int6
                               bool store_valid_only);
 using flatten_fn = void (*)(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq, const float* dy,
                             float* dyf);
+using gather_runs_fn = void (*)(const float* src, const int64_t* roff, int64_t nq, int64_t len, const int64_t* poff,
+                                int64_t np, float* dst, int64_t ldd);
 using wino_in_fn = void (*)(const float* const* src, int64_t P, float* v, int64_t lda);
 using wino_split_fn = void (*)(const float* plane, int64_t h, int64_t w, int64_t top, int64_t left, int64_t r0,
                                int64_t r1, int64_t th0, int64_t nt, float* a, int64_t arr);
@@ -231,6 +233,7 @@ struct ConvKit {
     std::array<scatter_dx_fn, kMaxSdxNV + 1> sdx[kMaxSdxNR + 1];
     transpose_fn transpose;  // W x W blocks
     flatten_fn flatten_dy;
+    gather_runs_fn gather_runs;  // im2col by positions (conv_gemm.cpp's dw)
     // Winograd F(2x2, 3x3): input and output transforms of a run of tiles.
     wino_split_fn wino2_split;
     wino_in_fn wino2_in;
@@ -343,7 +346,7 @@ struct DwPlan {
 std::unique_ptr<DwPlan> make_dw_direct(const Conv2dShape& s, const ConvKit* kit);
 std::unique_ptr<DwPlan> make_dw_kvec(const Conv2dShape& s, const ConvKit* kit);
 std::unique_ptr<DwPlan> make_dw_flat(const Conv2dShape& s, const ConvKit* kit);
-std::unique_ptr<DwPlan> make_dw_gemm(const Conv2dShape& s);
+std::unique_ptr<DwPlan> make_dw_gemm(const Conv2dShape& s, const ConvKit* kit);
 
 // conv_dw_winograd.cpp: 3x3 stride-1 dw through Winograd F(3x3, 2x2).
 // winograd_dw_ok: the shapes it supports; winograd_dw_better: where it is

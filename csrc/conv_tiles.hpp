@@ -286,6 +286,24 @@ STRIATE_TILE_TARGET void transpose_block(const float* src, int64_t lds, int64_t 
     for (int j = 0; j < ncols; ++j) V::mask_store(dst + j * ldd, rm, r[j]);
 }
 
+// ---- im2col by positions: runs of consecutive floats, in whole vectors -----------------
+// dst[p*ldd + q*len + l] = src[poff[p] + roff[q] + l] for p < np, q < nq, l < len
+// (ldd >= nq * len).
+// Each run is copied as whole vectors (no masks, no library call per run): the
+// lanes past a run land on the next run or position, written afterwards, so
+// dst needs W floats of slack past its end and src W - 1 past its last run.
+STRIATE_TILE_TARGET void gather_runs(const float* src, const int64_t* roff, int64_t nq, int64_t len,
+                                     const int64_t* poff, int64_t np, float* dst, int64_t ldd) {
+    for (int64_t p = 0; p < np; ++p) {
+        const float* sp = src + poff[p];
+        float* d = dst + p * ldd;
+        for (int64_t q = 0; q < nq; ++q, d += len) {
+            const float* sq = sp + roff[q];
+            for (int64_t l = 0; l < len; l += W) V::store(d + l, V::load(sq + l));
+        }
+    }
+}
+
 // dyf (Kg, ldq) = dy (Kg, OH, OW) flattened with row stride Wp, zero elsewhere.
 STRIATE_TILE_TARGET void flatten_dy(int64_t Kg, int64_t OH, int64_t OW, int64_t Wp, int64_t ldq, const float* dy,
                                     float* dyf) {
@@ -653,6 +671,7 @@ ConvKit make_kit(Isa isa) {
     k.sdx[2] = scatter_dx_row<2>(std::make_integer_sequence<int, kSdxNV>{});
     k.transpose = transpose_block;
     k.flatten_dy = flatten_dy;
+    k.gather_runs = gather_runs;
     k.wino2_split = wino_split<4>;
     k.wino2_in = wino2_input;
     k.wino2_out = wino2_output;

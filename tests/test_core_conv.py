@@ -211,6 +211,12 @@ CASES = [
     pytest.param((2, 6, 11, 12, 9, 4, 2, (2, 3), (1, 1, 1, 1), (1, 1), 1, True), id="strided-2x3-even-kernel"),
     pytest.param((2, 5, 14, 9, 6, 2, 2, (4, 4), (0, 0, 0, 0), (1, 1), 1, True), id="strided-kernel-smaller-than-stride"),
     pytest.param((2, 16, 8, 8, 32, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1, True), id="strided-1x1-projection"),
+    # dw of a strided kernel with few input channels builds im2col by positions
+    # (runs of kw floats copied as whole vectors): runs longer than one AVX2
+    # vector, longer than one AVX-512 vector (stride along the width only), and groups.
+    pytest.param((2, 2, 23, 25, 8, 3, 11, (2, 2), (1, 1, 5, 5), (1, 1), 1, True), id="strided-dw-runs-past-a-vector"),
+    pytest.param((1, 1, 9, 40, 4, 2, 17, (1, 2), (0, 0, 8, 8), (1, 1), 1, False), id="strided-dw-runs-past-16"),
+    pytest.param((2, 6, 11, 11, 8, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1), 2, True), id="strided-dw-groups"),
     pytest.param((2, 12, 10, 10, 12, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 12, True), id="strided-depthwise"),
     pytest.param((1, 32, 9, 9, 48, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, True), id="strided-batch1"),
 ]
