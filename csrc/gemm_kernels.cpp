@@ -221,7 +221,17 @@ __attribute__((target("avx2,fma"))) void transpose_pack_avx2(const float* src, i
 __attribute__((target("avx2,fma"))) void pack_a_avx2(bool transA, const float* A, int64_t lda, int64_t i0,
                                                      int64_t m, int64_t k0, int64_t kc, int64_t mr, float* dst) {
     if (transA) {
-        pack_a_portable<kAvx2S>(transA, A, lda, i0, m, k0, kc, mr, dst);
+        // Each depth step of a panel is R <= 8 consecutive floats of a row of A:
+        // one masked load, one whole-vector store (zeros past R).
+        static_assert(kAvx2S == 8, "one vector per packed column of A");
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for (int64_t p = 0; p < m; p += mr, dst += kAvx2S * kc) {
+            const int64_t R = std::min(mr, m - p);
+            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(R)), lanes);
+            const float* src = A + k0 * lda + i0 + p;
+            for (int64_t k = 0; k < kc; ++k)
+                _mm256_storeu_ps(dst + k * kAvx2S, _mm256_maskload_ps(src + k * lda, mask));
+        }
         return;
     }
     for (int64_t p = 0; p < m; p += mr, dst += kAvx2S * kc) {
