@@ -11,12 +11,16 @@ shared with ``bench_conv_isa.py``. Every variant is first validated against
 a first layer also without dx) are timed for striate (C++), the float32
 NumPy reference and PyTorch when it is importable, all at the same thread
 count (threadpoolctl for numpy's BLAS, ``torch.set_num_threads`` for
-PyTorch). Each cell is the median of ``--repeat`` runs after a warm-up
-(fewer, but at least 3, when a cell exceeds ``--budget`` seconds). Prints
-markdown tables of ms, GFLOP/s and the ratios PyTorch/striate and
-reference/striate, their geometric means (per table and over all conv
-layers), and the 1 -> 2 thread scaling of striate on the three largest
-layers. The header names the CPU (from /proc/cpuinfo) and the ISA path
+PyTorch). The implementations of a cell are timed side by side in
+``--repeat`` rounds after a warm-up (fewer, but at least 3, when the rounds
+pass ``--budget`` seconds per implementation): each round calls every one
+once untimed and once timed, in an order that rotates round by round, so a
+slow spell of the shared machine reaches them all. Prints markdown tables of
+the median ms and GFLOP/s, the ratios PyTorch/striate and reference/striate
+(the medians over rounds of each round's ratio), their geometric means (per
+table and over all conv layers), and the 1 -> 2 thread scaling of striate
+on the three largest layers, timed the same way with the thread count
+switched call by call. The header names the CPU (from /proc/cpuinfo) and the ISA path
 striate's kernels take; ``--isa avx2`` (or ``avx512``, ``generic``) sets it
 before anything runs. PyTorch takes its widest kernels; to hold it to AVX2, as
 on a CPU without AVX-512, set ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``
@@ -103,19 +107,35 @@ def validate_pool(kind, x, dy):
 # --------------------------------------------------------------------------- timing
 
 
-def median_ms(fn, repeat: int, budget_s: float = 3.0, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` in ms over ``repeat`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
+def paired_ms(fns, repeat: int, budget_s: float = 3.0, warmup: int = 2):
+    """Time the callables of ``fns`` (name -> callable or None) side by side.
+
+    Each round calls every one once untimed, then once timed, in an order
+    that rotates from round to round: a slow spell of a shared machine hits
+    all of them, and the untimed call lets the previous library's worker
+    threads go quiet before the timed one. Returns ``(ms, over_first)``: the
+    median ms of each, and the median over rounds of each one's time divided
+    by the first one's time in the same round. At least 3 rounds; fewer than
+    ``repeat`` when the rounds pass ``budget_s`` seconds per callable.
+    """
+    names = [n for n, f in fns.items() if f is not None]
+    for n in names:
+        for _ in range(warmup):
+            fns[n]()
+    times = {n: [] for n in names}
     start = time.perf_counter()
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 3 and time.perf_counter() - start > budget_s:
+    for r in range(repeat):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            fns[n]()
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+        if r >= 2 and time.perf_counter() - start > budget_s * len(names):
             break
-    return 1e3 * float(np.median(times))
+    first = np.array(times[names[0]])
+    ms = {n: 1e3 * float(np.median(v)) for n, v in times.items()}
+    return ms, {n: float(np.median(np.array(v) / first)) for n, v in times.items()}
 
 
 def conv_variants(c: Conv, x, w, b, dy):
@@ -228,17 +248,19 @@ def _conv_rows(convs, args, rng, largest):
         flops = {"fwd": c.fwd_flops, "fwd+bwd": 3 * c.fwd_flops, "fwd+bwd no dx": 2 * c.fwd_flops}
         for kind in kinds:
             row = {"case": c.name, "kind": kind, "gflop": flops[kind] / 1e9}
-            for impl in ("striate", "reference", "pytorch"):
-                fn = variants.get((impl, kind))
-                row[f"{impl}_ms"] = median_ms(fn, args.repeat, args.budget) if fn else None
+            _time_row(row, variants, kind, args)
             if kind == "fwd+bwd" and c in largest and not args.no_scaling:
                 fn = variants[("striate", kind)]
-                set_threads(1)
-                t1 = median_ms(fn, args.repeat, args.budget)
-                set_threads(2)
-                t2 = median_ms(fn, args.repeat, args.budget)
+
+                def on(n, fn=fn):
+                    def call():
+                        st.set_num_threads(n)
+                        fn()
+                    return call
+
+                _, over = paired_ms({2: on(2), 1: on(1)}, args.repeat, args.budget)
                 set_threads(args.threads)
-                row["scaling_1_to_2"] = t1 / t2
+                row["scaling_1_to_2"] = over[1]
             rows.append(row)
             print(f"  {c.name:30s} {kind:14s} done", file=sys.stderr, flush=True)
     return rows
@@ -255,18 +277,23 @@ def _pool_rows(args, rng):
         variants = pool_variants(kind, x, dy)
         for p in ("fwd", "fwd+bwd"):
             row = {"case": f"{kind}-pool 2x2/2 {'x'.join(map(str, shape))}", "kind": p, "gflop": None}
-            for impl in ("striate", "reference", "pytorch"):
-                fn = variants.get((impl, p))
-                row[f"{impl}_ms"] = median_ms(fn, args.repeat, args.budget) if fn else None
+            _time_row(row, variants, p, args)
             rows.append(row)
     return rows
 
 
+def _time_row(row, variants, kind, args):
+    """Fill ``row``'s ms per implementation and its ratios to striate, timed side by side (``paired_ms``)."""
+    impls = ("striate", "reference", "pytorch")
+    ms, over = paired_ms({i: variants.get((i, kind)) for i in impls}, args.repeat, args.budget)
+    for impl in impls:
+        row[f"{impl}_ms"] = ms.get(impl)
+    row["pytorch_over_striate"] = over.get("pytorch")
+    row["reference_over_striate"] = over.get("reference")
+
+
 def _derive(row):
-    """Add the ratios and GFLOP/s to a timed row."""
-    s, r, t = row["striate_ms"], row["reference_ms"], row["pytorch_ms"]
-    row["pytorch_over_striate"] = t / s if t else None
-    row["reference_over_striate"] = r / s
+    """Add GFLOP/s to a timed row."""
     for impl in ("striate", "reference", "pytorch"):
         ms = row[f"{impl}_ms"]
         row[f"{impl}_gflops"] = row["gflop"] / (ms / 1e3) if row["gflop"] and ms else None
