@@ -11,14 +11,15 @@ shared with ``bench_conv_isa.py``. Every variant is first validated against
 a first layer also without dx) are timed for striate (C++), the float32
 NumPy reference and PyTorch when it is importable, all at the same thread
 count (threadpoolctl for numpy's BLAS, ``torch.set_num_threads`` for
-PyTorch). The implementations of a cell are timed side by side in
-``--repeat`` rounds after a warm-up (fewer, but at least 3, when the rounds
-pass ``--budget`` seconds per implementation): each round calls every one
-once untimed and once timed, in an order that rotates round by round, so a
-slow spell of the shared machine reaches them all. Prints markdown tables of
-the median ms and GFLOP/s, the ratios PyTorch/striate and reference/striate
-(the medians over rounds of each round's ratio), their geometric means (per
-table and over all conv layers), and the 1 -> 2 thread scaling of striate
+PyTorch). striate and PyTorch are timed side by side in ``--repeat``
+rounds after a warm-up (fewer, but at least 3, when the rounds pass
+``--budget`` seconds per implementation): each round calls each once
+untimed and once timed, in an order that rotates round by round, so a slow
+spell of the shared machine reaches both. The reference runs in rounds of
+its own (NumPy's BLAS threads spin long after a call). Prints markdown
+tables of the median ms and GFLOP/s, the ratios PyTorch/striate (the median
+over rounds of each round's ratio) and reference/striate, their geometric
+means (per table and over all conv layers), and the 1 -> 2 thread scaling of striate
 on the three largest layers, timed the same way with the thread count
 switched call by call. The header names the CPU (from /proc/cpuinfo) and the ISA path
 striate's kernels take; ``--isa avx2`` (or ``avx512``, ``generic``) sets it
@@ -283,13 +284,17 @@ def _pool_rows(args, rng):
 
 
 def _time_row(row, variants, kind, args):
-    """Fill ``row``'s ms per implementation and its ratios to striate, timed side by side (``paired_ms``)."""
-    impls = ("striate", "reference", "pytorch")
-    ms, over = paired_ms({i: variants.get((i, kind)) for i in impls}, args.repeat, args.budget)
-    for impl in impls:
-        row[f"{impl}_ms"] = ms.get(impl)
+    """Fill ``row``'s ms per implementation and its ratios to striate.
+
+    striate and PyTorch are timed side by side (``paired_ms``); the NumPy
+    reference in rounds of its own, since its BLAS threads keep spinning for
+    a long while after a call and would take the cores from the next one.
+    """
+    ms, over = paired_ms({i: variants.get((i, kind)) for i in ("striate", "pytorch")}, args.repeat, args.budget)
+    ref, _ = paired_ms({"reference": variants.get(("reference", kind))}, args.repeat, args.budget)
+    row["striate_ms"], row["pytorch_ms"], row["reference_ms"] = ms["striate"], ms.get("pytorch"), ref["reference"]
     row["pytorch_over_striate"] = over.get("pytorch")
-    row["reference_over_striate"] = over.get("reference")
+    row["reference_over_striate"] = ref["reference"] / ms["striate"]
 
 
 def _derive(row):
