@@ -172,13 +172,29 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
     }
 }
 
-// C(i, j) = C[i*rs + j*cs]; M, N, K >= 1.
+// C(i, j) = C[i*rs + j*cs]; M, N, K >= 1. With `lanes8` (the AVX2 family, A
+// not transposed, B transposed; see gemm_kernels.hpp): depth blocks of
+// lanes_block_depth(K), packed in the lane-interleaved order, each computed as
+// its 8 sub-blocks in turn.
 void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                   const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t rs,
-                  int64_t cs, int threads) {
-    const Plan p = make_plan(f, M, N, K, threads);
+                  int64_t cs, int threads, bool lanes8 = false) {
+    Plan p = make_plan(f, M, N, K, threads);
+    if (lanes8) p.kc = lanes_block_depth(K);
     const int64_t nr = f.nr, S = f.s;
-    const int64_t nc = std::min(p.nt, std::max<int64_t>(nr, kNC / nr * nr));
+    const int64_t nc = std::min(p.nt, std::max<int64_t>(nr, (lanes8 ? kNC * kKC / p.kc : kNC) / nr * nr));
+    auto pack_a = [&](bool tA, int64_t i0, int64_t m, int64_t k0, int64_t kc, float* dst) {
+#if STRIATE_GEMM_X86
+        if (lanes8) return pack_a_lanes8_avx2(A, lda, i0, m, k0, kc, p.mr, dst);
+#endif
+        f.pack_a(tA, A, lda, i0, m, k0, kc, p.mr, dst);
+    };
+    auto pack_b = [&](bool tB, int64_t k0, int64_t kc, int64_t j0, int64_t n, float* dst) {
+#if STRIATE_GEMM_X86
+        if (lanes8) return pack_b_lanes8_avx2(B, ldb, k0, kc, j0, n, dst);
+#endif
+        f.pack_b(tB, B, ldb, k0, kc, j0, n, dst);
+    };
     parallel_for_2d(
         p.tm, p.tn,
         [&](int64_t ti, int64_t tj) {
@@ -189,22 +205,31 @@ void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, in
             float* pb = Workspace::grow(ws.b, ws.b_cap, ceil_div(std::min(nc, n), nr) * nr * p.kc,
                                         "the SGEMM packed-B workspace");
             alignas(64) float tile[kMaxMR * kMaxNR];
-            const bool direct_b = read_b_in_place(transB, ceil_div(m, p.mr), p.kc, ldb, K, N);
+            const bool direct_b = !lanes8 && read_b_in_place(transB, ceil_div(m, p.mr), p.kc, ldb, K, N);
             for (int64_t k0 = 0; k0 < K; k0 += p.kc) {
                 const int64_t kc = std::min(p.kc, K - k0);
                 const float beta_k = k0 == 0 ? beta : 1.f;
-                f.pack_a(transA, A, lda, i0, m, k0, kc, p.mr, pa);
+                pack_a(transA, i0, m, k0, kc, pa);
                 // One tile: row panel ii (R rows, packed at ap) times column panel q.
                 auto tile_op = [&](const float* ap, int64_t ii, int64_t R, const float* bp, int64_t ldbp, int64_t jj,
                                    int64_t w) {
                     float* c = C + (i0 + ii) * rs + (j0 + jj) * cs;
-                    if (w == nr && cs == 1) {
-                        f.kernel[R](kc, ap, bp, ldbp, c, rs, alpha, beta_k);
-                    } else {
-                        const ukernel_fn edge = 2 * w <= nr && f.half[R] ? f.half[R] : f.kernel[R];
-                        edge(kc, ap, bp, ldbp, tile, nr, alpha, 0.f);
-                        merge_tile(R, w, tile, nr, c, rs, cs, beta_k);
+                    // Depth [d0, d0 + dc) of the packed panels, merged with beta_d.
+                    auto part = [&](int64_t d0, int64_t dc, float beta_d) {
+                        if (w == nr && cs == 1) {
+                            f.kernel[R](dc, ap + d0 * S, bp + d0 * ldbp, ldbp, c, rs, alpha, beta_d);
+                        } else {
+                            const ukernel_fn edge = 2 * w <= nr && f.half[R] ? f.half[R] : f.kernel[R];
+                            edge(dc, ap + d0 * S, bp + d0 * ldbp, ldbp, tile, nr, alpha, 0.f);
+                            merge_tile(R, w, tile, nr, c, rs, cs, beta_d);
+                        }
+                    };
+                    if (!lanes8) {
+                        part(0, kc, beta_k);
+                        return;
                     }
+                    for (int l = 0; l < 8 && lanes_sub_size(kc, l) > 0; ++l)
+                        part(lanes_sub_offset(kc, l), lanes_sub_size(kc, l), l == 0 ? beta_k : 1.f);
                 };
                 if (direct_b) {
                     // Column panel outer, so each B panel is re-read from L1 by the few row panels.
@@ -223,7 +248,7 @@ void gemm_blocked(const KernelFamily& f, bool transA, bool transB, int64_t M, in
                 }
                 for (int64_t jc = 0; jc < n; jc += nc) {
                     const int64_t nb = std::min(nc, n - jc), npan = ceil_div(nb, nr);
-                    f.pack_b(transB, B, ldb, k0, kc, j0 + jc, nb, pb);
+                    pack_b(transB, k0, kc, j0 + jc, nb, pb);
                     const float* ap = pa;
                     for (int64_t ii = 0; ii < m; ii += p.mr, ap += S * kc) {
                         const int64_t R = std::min(p.mr, m - ii);
@@ -404,7 +429,7 @@ void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t
     // about 96 KB of L2) compute each row exactly as a lone row would be.
     // Below a depth of 128 the per-element reduction costs more than the
     // packed path; on AVX2 it does at any depth for blocks of more than a few
-    // rows, so AVX2 stays on the packed path. Past a depth of 1536 (fewer than
+    // rows, so AVX2 takes the lane-interleaved depth below. Past a depth of 1536 (fewer than
     // 64 rows per block) the dot route still wins when B is wide: it reads B
     // in place, where the packed path copies all of it on every call
     // (AVX-512, 2 threads, packed -> dot, M = 1 / 64 / 256: 3136 -> 1024 0.153
@@ -416,6 +441,21 @@ void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t
         for (int64_t i = 0; i < M; i += kRows) {
             gemm_dot(f.isa, std::min(kRows, M - i), N, K, alpha, A + i * lda, lda, B, ldb, beta, C + i * ldc,
                      ldc, threads);
+        }
+        return;
+    }
+    // AVX2, depth 128 and more: the packed path over the lane-interleaved
+    // depth (gemm_kernels.hpp), whose one-row form reads B's rows straight
+    // through. Against the packed path's plain order (Zen 4, AVX2, 2 threads,
+    // side by side): M = 1 1.7-2.2x (3136 -> 1024: 0.20 -> 0.11 ms, 400 -> 120,
+    // 2048 -> 1024); M = 64 and 256 0.98-1.10x on 3136 -> 1024, 1600 -> 512
+    // and 4096 -> 128, 0.90x on 400 -> 120 (a single block: 8 sub-blocks of 50
+    // to merge against 2 blocks of 200).
+    if (f.isa == Isa::avx2 && !transA && transB && K >= kLanesMinK) {
+        if (M == 1) {
+            gemv_lanes8_avx2(N, K, alpha, A, B, ldb, beta, C, threads);
+        } else {
+            gemm_blocked(f, false, true, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 1, threads, true);
         }
         return;
     }

@@ -42,8 +42,9 @@ void sgemm_naive(bool transA, bool transB, int64_t M, int64_t N, int64_t K, floa
 // sgemm_row_invariant() use the family of active_isa(), so st.set_isa() and
 // STRIATE_ISA steer them; sgemm_isa() forces one, so that tests and
 // benchmarks reach every family the CPU runs. The AVX2 and AVX-512 families
-// give the same bits except for A B^T with 5 to 64 rows of A (and the
-// row-invariant product), which only AVX-512 computes with its dot kernels;
+// give the same bits except for A B^T with 5 to 64 rows of A, which only
+// AVX-512 computes with its dot kernels, and the row-invariant product (dot
+// kernels on AVX-512, the lane-interleaved depth of gemm_kernels.hpp on AVX2);
 // the generic family rounds multiply and add separately.
 //
 // sgemm() with a chosen family; one wider than detected_isa() throws

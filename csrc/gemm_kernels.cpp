@@ -198,13 +198,19 @@ __attribute__((target("avx2,fma"))) inline void load_transpose8x8_avx2(const flo
     }
 }
 
-// dst[t*ld_dst + i] = src[i*ld_src + t] for i < rows (<= 8), t < kc; slots past
-// `rows` are zero. 8 x 8 blocks are transposed in registers, the last kc % 8
-// columns one by one.
+// dst[d(t)*ld_dst + i] = src[i*ld_src + t] for i < rows (<= 8), t < kc, where
+// d(t) = t, or with `lanes8` the position of depth t in the lane-interleaved
+// order (lanes_sub_offset(kc, t % 8) + t / 8); slots past `rows` are zero.
+// 8 x 8 blocks are transposed in registers (column c of a block goes to
+// sub-block c in the lane-interleaved order), the last kc % 8 columns one by one.
 __attribute__((target("avx2,fma"))) void transpose_pack_avx2(const float* src, int64_t ld_src, int64_t rows,
-                                                             int64_t kc, float* dst, int64_t ld_dst) {
+                                                             int64_t kc, float* dst, int64_t ld_dst,
+                                                             bool lanes8 = false) {
     const float* row[8];
     for (int i = 0; i < 8; ++i) row[i] = src + std::min<int64_t>(i, std::max<int64_t>(rows - 1, 0)) * ld_src;
+    int64_t off[8];  // where column c of the block at depth k goes: (off[c] + k / step) * ld_dst
+    const int64_t step = lanes8 ? 8 : 1;
+    for (int c = 0; c < 8; ++c) off[c] = lanes8 ? lanes_sub_offset(kc, c) : c;
     int64_t k = 0;
     for (; k + 8 <= kc; k += 8) {
         __m256 v[8];
@@ -212,10 +218,10 @@ __attribute__((target("avx2,fma"))) void transpose_pack_avx2(const float* src, i
         for (int i = 0; i < 8; ++i) v[i] = i < rows ? _mm256_loadu_ps(row[i] + k) : _mm256_setzero_ps();
         transpose8x8_avx2(v);
 #pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) _mm256_store_ps(dst + (k + c) * ld_dst, v[c]);
+        for (int c = 0; c < 8; ++c) _mm256_store_ps(dst + (off[c] + k / step) * ld_dst, v[c]);
     }
-    for (; k < kc; ++k)
-        for (int i = 0; i < 8; ++i) dst[k * ld_dst + i] = i < rows ? row[i][k] : 0.f;
+    for (int c = 0; k + c < kc; ++c)
+        for (int i = 0; i < 8; ++i) dst[(off[c] + k / step) * ld_dst + i] = i < rows ? row[i][k + c] : 0.f;
 }
 
 __attribute__((target("avx2,fma"))) void pack_a_avx2(bool transA, const float* A, int64_t lda, int64_t i0,
@@ -271,6 +277,25 @@ __attribute__((target("avx2,fma"))) void pack_b_avx2(bool transB, const float* B
     }
 }
 
+}  // namespace
+
+void pack_a_lanes8_avx2(const float* A, int64_t lda, int64_t i0, int64_t m, int64_t k0, int64_t kc, int64_t mr,
+                        float* dst) {
+    for (int64_t p = 0; p < m; p += mr, dst += kAvx2S * kc)
+        transpose_pack_avx2(A + (i0 + p) * lda + k0, lda, std::min(mr, m - p), kc, dst, kAvx2S, true);
+}
+
+void pack_b_lanes8_avx2(const float* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t n, float* dst) {
+    for (int64_t q = 0; q < n; q += 16, dst += 16 * kc) {
+        const int64_t w = std::min<int64_t>(16, n - q);
+        for (int h = 0; h < 2; ++h) {
+            const int64_t wh = std::max<int64_t>(0, std::min<int64_t>(8, w - 8 * h));
+            transpose_pack_avx2(B + (j0 + q + 8 * h) * ldb + k0, ldb, wh, kc, dst + 8 * h, 16, true);
+        }
+    }
+}
+
+namespace {
 template <int... Rs>
 constexpr KernelFamily make_avx2_family(std::integer_sequence<int, Rs...>) {
     return KernelFamily{Isa::avx2, "avx2",       kAvx2MR, 16, kAvx2S,
@@ -773,6 +798,57 @@ void gemv_t(int64_t N, int64_t K, int64_t kcb, float alpha, const float* a, cons
             } else {
                 gemv_rows_avx2<kGemvGroups>(n, K, kcb, alpha, a, B + j * ldb, ldb, beta, c + j);
             }
+        },
+        parallel ? threads : 1);
+}
+
+namespace {
+// gemv_lanes8 on rows [0, rows) of B, rows <= 8: one accumulator per row, its
+// lane l holding sub-block l of the current depth block (the depths
+// k0 + l + 8t, one FMA each in increasing t, from zero; lanes past the last
+// depth of the block add 0 * 0, which leaves a sum that started at +0 as it
+// is). At the end of a block the 8 accumulators are transposed, so that vector
+// l holds sub-block l of the 8 rows, and merged into c one sub-block after the
+// other, as the packed kernels merge.
+__attribute__((target("avx2,fma"))) void gemv_lanes8_rows_avx2(int64_t rows, int64_t K, float alpha,
+                                                               const float* a, const float* B, int64_t ldb,
+                                                               float beta, float* c) {
+    const float* row[8];
+    for (int i = 0; i < 8; ++i) row[i] = B + std::min<int64_t>(i, rows - 1) * ldb;  // past `rows`: not stored
+    const int64_t kcb = lanes_block_depth(K);
+    for (int64_t k0 = 0; k0 < K; k0 += kcb) {
+        const int64_t kc = std::min(kcb, K - k0);
+        __m256 acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+        int64_t k = k0;
+        for (; k + 8 <= k0 + kc; k += 8) {
+            const __m256 av = _mm256_loadu_ps(a + k);
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(av, _mm256_loadu_ps(row[i] + k), acc[i]);
+        }
+        if (k < k0 + kc) {
+            const __m256i mask = tail_mask8(k0 + kc - k);
+            const __m256 av = _mm256_maskload_ps(a + k, mask);
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(av, _mm256_maskload_ps(row[i] + k, mask), acc[i]);
+        }
+        transpose8x8_avx2(acc);
+        for (int l = 0; l < 8 && lanes_sub_size(kc, l) > 0; ++l)
+            gemv8_merge(acc[l], rows, alpha, k0 == 0 && l == 0 ? beta : 1.f, c);
+    }
+}
+}  // namespace
+
+void gemv_lanes8_avx2(int64_t N, int64_t K, float alpha, const float* a, const float* B, int64_t ldb, float beta,
+                      float* c, int threads) {
+    const int64_t tasks = ceil_div(N, 8);
+    const bool parallel = threads > 1 && !in_parallel_region() && 2.0 * double(N) * double(K) > kMinParallelFlops;
+    parallel_for(
+        tasks,
+        [&](int64_t t) {
+            gemv_lanes8_rows_avx2(std::min<int64_t>(8, N - 8 * t), K, alpha, a, B + 8 * t * ldb, ldb, beta,
+                                  c + 8 * t);
         },
         parallel ? threads : 1);
 }

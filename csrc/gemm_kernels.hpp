@@ -139,6 +139,37 @@ void gemm_dot(Isa isa, int64_t M, int64_t N, int64_t K, float alpha, const float
 // each 8 x 8 block of B is transposed in registers. N, K, kcb >= 1.
 void gemv_t(int64_t N, int64_t K, int64_t kcb, float alpha, const float* a, const float* B, int64_t ldb, float beta,
             float* c, int threads);
+
+// ---- the AVX2 row-invariant product A B^T with lane-interleaved depth.
+// sgemm_row_invariant() on the AVX2 path computes A B^T with K >= kLanesMinK
+// this way, so that one row of A (a batch of one through a fully-connected
+// layer) can read the rows of B straight through, with whole vectors along
+// the depth, and still give the bits of the many-row product. Each depth block
+// [k0, k0 + kc) (kc = lanes_block_depth(K), from K only) is split into 8
+// sub-blocks: sub-block l holds the depths k0 + l, k0 + l + 8, ... Every
+// element of C sums each sub-block from zero, one FMA per term in increasing
+// depth, and merges it into C as the packed kernels merge (alpha times the
+// sum; beta for sub-block 0 of block 0, then 1), sub-block after sub-block in
+// order. Many rows: the packed path, whose depth blocks are these sub-blocks
+// of panels packed in the lane-interleaved order (pack_*_lanes8_avx2); one
+// row: gemv_lanes8_avx2, where lane l of a vector carries sub-block l.
+constexpr int64_t kLanesMinK = 128;
+constexpr int64_t kLanesKC = 1024;
+inline int64_t lanes_block_depth(int64_t K) { return ceil_div(K, ceil_div(K, kLanesKC)); }
+// Depths in sub-block l (< 8) of a block of kc: ceil((kc - l) / 8), 0 when kc <= l.
+inline int64_t lanes_sub_size(int64_t kc, int l) { return kc > l ? (kc - l + 7) / 8 : 0; }
+// Where sub-block l starts in the lane-interleaved order of a block of kc.
+inline int64_t lanes_sub_offset(int64_t kc, int l) { return l * (kc / 8) + std::min<int64_t>(l, kc % 8); }
+// pack_a (op(A) = A, not transposed) and pack_b (op(B) = B^T, B's rows are
+// columns of op(B)) of the AVX2 family, each panel's depth in the
+// lane-interleaved order.
+void pack_a_lanes8_avx2(const float* A, int64_t lda, int64_t i0, int64_t m, int64_t k0, int64_t kc, int64_t mr,
+                        float* dst);
+void pack_b_lanes8_avx2(const float* B, int64_t ldb, int64_t k0, int64_t kc, int64_t j0, int64_t n, float* dst);
+// One row: c[j] = alpha * sum_k a[k] B[j*ldb + k] (+ beta c[j]) for j < N,
+// with the arithmetic above. N >= 1, K >= 1.
+void gemv_lanes8_avx2(int64_t N, int64_t K, float alpha, const float* a, const float* B, int64_t ldb, float beta,
+                      float* c, int threads);
 #endif
 
 }  // namespace gemm_detail

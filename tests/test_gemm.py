@@ -240,12 +240,16 @@ def test_sgemm_argument_errors():
 
 
 # (40, 1024, 3136): depth blocks of 242, not a multiple of 8 (a batch of one
-# takes the unpacked one-row path, gemv_t); (300, 128, 4096) and (40, 21,
-# 2048): rows a multiple of 4 KB apart (gemv_t's 8 rows with two depth blocks
-# at a time), 21 with a partial group; (9, 37, 13) and (9, 33, 7): rows and
-# columns past whole register blocks.
+# takes the unpacked one-row path, gemv_t, on avx512; on avx2 every depth of
+# 128 and more takes the lane-interleaved order, blocks of 784 here);
+# (300, 128, 4096) and (40, 21, 2048): rows a multiple of 4 KB apart (gemv_t's
+# 8 rows with two depth blocks at a time), 21 with a partial group; (9, 37, 13)
+# and (9, 33, 7): rows and columns past whole register blocks; (20, 40, 1029)
+# and (9, 17, 131): lane-interleaved blocks of 515 and 131, whose first
+# sub-blocks hold one depth more than the others.
 @pytest.mark.parametrize("m,n,k", [(200, 120, 400), (200, 10, 84), (300, 128, 4096), (130, 33, 1536), (70, 5, 64),
-                                   (40, 1024, 3136), (40, 21, 2048), (9, 37, 13), (9, 33, 7)])
+                                   (40, 1024, 3136), (40, 21, 2048), (9, 37, 13), (9, 33, 7), (20, 40, 1029),
+                                   (9, 17, 131)])
 @pytest.mark.parametrize("trans_b", [True, False])
 def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, isa):
     """row_invariant=True: every row of op(a) @ op(b) is bitwise what that row alone gives (batch independence)."""
@@ -258,6 +262,20 @@ def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, i
     for rows in (1, 3, 17, 64, 65, m - 1):
         assert np.array_equal(full[:rows], _core.matmul(a[:rows], b, False, trans_b, True)), rows
     assert np.array_equal(full[m - 1 :], _core.matmul(a[m - 1 :], b, False, trans_b, True))
+
+
+@pytest.mark.parametrize("n,k", [(1024, 3136), (37, 13), (40, 600), (21, 1024)])
+def test_row_invariant_keeps_zero_signs_of_a_lone_row(n, k, isa):
+    """Rows of zeros (a ReLU's dead outputs) and of -0 through negative weights: the same bits alone and in a batch."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((6, k)).astype(np.float32)
+    a[1] = 0.0
+    a[3] = -0.0
+    a[4, ::2] = 0.0
+    b = -np.abs(rng.standard_normal((n, k))).astype(np.float32)
+    full = _core.matmul(a, b, False, True, True)
+    for i in range(6):
+        assert np.array_equal(full[i].view(np.int32), _core.matmul(a[i : i + 1], b, False, True, True)[0].view(np.int32)), i
 
 
 @pytest.mark.parametrize("n,k", [(1024, 3136), (37, 13), (40, 600), (21, 1024)])

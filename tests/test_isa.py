@@ -13,7 +13,8 @@ kernel tests check under the ``isa`` fixture):
   dot path for A B^T (16 partial sums per element, then a fixed tree), which
   both take for up to 4 rows of A; from 5 to 64 rows only avx512 takes the dot
   path, so those A B^T shapes differ between the two, as does the
-  fully-connected ``row_invariant`` product (dot on avx512, packed on avx2).
+  fully-connected ``row_invariant`` product (dot on avx512, the packed path
+  over a lane-interleaved depth on avx2).
   generic differs everywhere (separate multiply and add instead of FMA).
 
 Where the bits differ, the paths still agree within the kernel tolerances.
