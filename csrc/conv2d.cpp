@@ -21,7 +21,9 @@
 //       than the dilated kernel, else the direct kernel on the padded dy.
 //   dw, first that applies:
 //       3x3, stride 1, dilation 1, ungrouped, >= 16 input and output
-//           channels: Winograd F(3x3, 2x2) (conv_dw_winograd.cpp);
+//           channels: Winograd F(3x3, 2x2); 5x5 likewise with >= 16 input
+//           and >= 32 output channels and output planes of at least 8 x 8:
+//           F(5x5, 2x2) (conv_dw_winograd.cpp);
 //       >= 16 input channels per group, any stride: outer products on
 //           channels-last copies (conv_dw_direct.cpp);
 //       < 16 input and 12..16 output channels per group (on AVX2 also

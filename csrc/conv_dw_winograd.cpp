@@ -1,7 +1,11 @@
-// conv_dw_winograd.cpp: the weight gradient of 3x3, stride-1, dilation-1,
-// ungrouped convolutions through Winograd F(3x3, 2x2): the output positions
-// in 2 x 2 tiles, 16 products per (output channel, input channel) and tile
-// instead of 36, so 2.25x fewer multiplies than the direct dw.
+// conv_dw_winograd.cpp: the weight gradient of 3x3 and 5x5, stride-1,
+// dilation-1, ungrouped convolutions through Winograd F(3x3, 2x2) and
+// F(5x5, 2x2): the output positions in 2 x 2 tiles, 16 products per (output
+// channel, input channel) and tile instead of 36 (3x3), 36 instead of 100
+// (5x5). The 3x3 case is described below; the 5x5 one is the same with 6 x 6
+// input patches, 36 points and its own matrices (the points 0, +-1, 2, -1/2
+// and infinity, conv_tiles.hpp's wino5_dw_* transforms), which keep the error
+// of the corner taps down where the forward's points would not.
 //
 // For one tile with 4 x 4 input patch d (zero outside the image, also past
 // the padded edge of partial tiles) and 2 x 2 output gradient e (zero past
@@ -46,10 +50,8 @@ namespace conv {
 
 namespace {
 
-constexpr int64_t kPoints = 16;  // 4 x 4 transform points
-
-// Tiles per block: U and V of a block (16 (ldc + ldk) floats per tile) in
-// about 256 KB, so they stay in L2 while the 16 points' tile kernels read
+// Tiles per block: U and V of a block (P (ldc + ldk) floats per tile, P = 16
+// or 36 points) in about 256 KB, so they stay in L2 while the points' tile kernels read
 // them, and at least kMinTiles so the kernels' accumulator set-up is spread
 // over enough tiles. (128, 192, 256, 384 and 512 KB ran within the noise of
 // each other on the layers of winograd_dw_better; padding the tile rows by a
@@ -61,17 +63,18 @@ class DwWinograd final : public DwPlan {
    public:
     const char* name() const override { return "winograd"; }
 
-    DwWinograd(const ConvKit& kit, const Conv2dShape& s) : kit_(kit), s_(s), v_(choose_dw_variant(kit, s.C, s.K)) {
+    DwWinograd(const ConvKit& kit, const Conv2dShape& s)
+        : kit_(kit), s_(s), v_(choose_dw_variant(kit, s.C, s.K)), R_(s.kh), P_((s.kh + 1) * (s.kh + 1)) {
         ldc_ = round_up(s.C, kit.W * v_.mv);
         kpad_ = round_up(s.K, v_.nr);
         ldk_ = round_up(kpad_, kit.W);
         TH_ = (s.OH + 1) / 2;
         TW_ = (s.OW + 1) / 2;
-        Wx_ = 2 * TW_ + 2;
-        part_size = 9 * s.K * s.C;
+        Wx_ = 2 * TW_ + R_ - 1;
+        part_size = R_ * R_ * s.K * s.C;
         const int64_t per_image = TH_ * TW_;
         const int64_t target =
-            std::clamp<int64_t>(kBlockBytes / (kPoints * (ldc_ + ldk_) * int64_t(sizeof(float))),
+            std::clamp<int64_t>(kBlockBytes / (P_ * (ldc_ + ldk_) * int64_t(sizeof(float))),
                                 kMinTiles, kMaxTiles);
         if (per_image <= target) {
             images_per_block_ = std::min<int64_t>(kBatchChunk, target / per_image);
@@ -82,7 +85,7 @@ class DwWinograd final : public DwPlan {
             rows_per_block_ = std::max<int64_t>(1, std::min(TH_, target / TW_));
             max_tiles_ = rows_per_block_ * TW_;
         }
-        // Point strides one cache line past the tile rows, so the 16 points of
+        // Point strides one cache line past the tile rows, so the points of
         // one tile land in different cache sets.
         us_ = max_tiles_ * ldc_ + 16;
         vs_ = max_tiles_ * ldk_ + 16;
@@ -92,25 +95,25 @@ class DwWinograd final : public DwPlan {
 
     void chunk(const float* dy, const float* x, int64_t n0, int64_t n1, float* part, int threads) const override {
         const Conv2dShape& s = s_;
-        const int64_t rows_x = 2 * rows_per_block_ + 2, rows_dy = 2 * rows_per_block_, wd = 2 * TW_;
-        float* U = tl_wino.get(kPoints * (us_ + vs_));
-        float* V = U + kPoints * us_;
+        const int64_t rows_x = 2 * rows_per_block_ + R_ - 1, rows_dy = 2 * rows_per_block_, wd = 2 * TW_;
+        float* U = tl_wino.get(P_ * (us_ + vs_));
+        float* V = U + P_ * us_;
         float* xr = tl_pad.get(rows_x * Wx_ * ldc_);
         float* er = tl_dyT.get(rows_dy * wd * ldk_);
-        float* M = tl_out.get(kPoints * kpad_ * ldc_);  // M[a][k][c] at (a * kpad + k) * ldc + c
+        float* M = tl_out.get(P_ * kpad_ * ldc_);  // M[a][k][c] at (a * kpad + k) * ldc + c
+        const wino_dw_fn input = R_ == 3 ? kit_.wino2_dw_in : kit_.wino5_dw_in;
+        const wino_dw_fn grad = R_ == 3 ? kit_.wino2_dw_grad : kit_.wino5_dw_grad;
         bool first = true;
         // One block: images [nb, ne), tile rows [th0, th1) of each.
         auto block = [&](int64_t nb, int64_t ne, int64_t th0, int64_t th1) {
             const int64_t per = (th1 - th0) * TW_;
             for (int64_t n = nb; n < ne; ++n) {
                 const int64_t tb = (n - nb) * per;
-                pad_transpose_rows(kit_, s, s.C, Wx_, 2 * th0, 2 * th1 + 2, ldc_, x + n * s.C * s.H * s.W, xr);
+                pad_transpose_rows(kit_, s, s.C, Wx_, 2 * th0, 2 * th1 + R_ - 1, ldc_, x + n * s.C * s.H * s.W, xr);
                 dy_rows(dy + n * s.K * s.OH * s.OW, 2 * th0, 2 * (th1 - th0), er);
                 for (int64_t r = 0; r < th1 - th0; ++r) {
-                    kit_.wino2_dw_in(xr + 2 * r * Wx_ * ldc_, Wx_ * ldc_, ldc_, ldc_, TW_, U + (tb + r * TW_) * ldc_,
-                                     ldc_, us_);
-                    kit_.wino2_dw_grad(er + 2 * r * wd * ldk_, wd * ldk_, ldk_, ldk_, TW_, V + (tb + r * TW_) * ldk_,
-                                       ldk_, vs_);
+                    input(xr + 2 * r * Wx_ * ldc_, Wx_ * ldc_, ldc_, ldc_, TW_, U + (tb + r * TW_) * ldc_, ldc_, us_);
+                    grad(er + 2 * r * wd * ldk_, wd * ldk_, ldk_, ldk_, TW_, V + (tb + r * TW_) * ldk_, ldk_, vs_);
                 }
             }
             const int64_t nt = (ne - nb) * per, cstep = kit_.W * v_.mv;
@@ -118,7 +121,7 @@ class DwWinograd final : public DwPlan {
             // Points are independent sums: spread over the threads when the chunks
             // alone cannot use them (a single chunk), serial inside a chunk task.
             parallel_for(
-                kPoints,
+                P_,
                 [&](int64_t a) {
                     const float* Ua = U + a * us_;
                     const float* Va = V + a * vs_;
@@ -142,16 +145,16 @@ class DwWinograd final : public DwPlan {
         finish(M, part, threads);
     }
 
-    // dw[k][c][i][j] = sum over chunks, in order, of part[chunk][i*3 + j][k][c].
+    // dw[k][c][i][j] = sum over chunks, in order, of part[chunk][i*R + j][k][c].
     void reduce(const float* parts, int64_t nchunks, float* dw, int threads) const override {
-        const int64_t C = s_.C, K = s_.K;
+        const int64_t C = s_.C, K = s_.K, RR = R_ * R_;
         parallel_for(
             K,
             [&](int64_t k) {
-                float* t = tl_wino.get(9 * C);  // (9, C)
-                if (nchunks == 0) std::fill(t, t + 9 * C, 0.f);  // an empty batch: dw = 0
+                float* t = tl_wino.get(RR * C);  // (R*R, C)
+                if (nchunks == 0) std::fill(t, t + RR * C, 0.f);  // an empty batch: dw = 0
                 for (int64_t ch = 0; ch < nchunks; ++ch)
-                    for (int64_t ij = 0; ij < 9; ++ij) {
+                    for (int64_t ij = 0; ij < RR; ++ij) {
                         const float* src = parts + ch * part_size + (ij * K + k) * C;
                         float* tr = t + ij * C;
                         if (ch == 0) {
@@ -160,19 +163,19 @@ class DwWinograd final : public DwPlan {
                             for (int64_t c = 0; c < C; ++c) tr[c] += src[c];
                         }
                     }
-                float* dst = dw + k * C * 9;
-                for (int64_t ij = 0; ij < 9; ++ij)
-                    for (int64_t c = 0; c < C; ++c) dst[c * 9 + ij] = t[ij * C + c];
+                float* dst = dw + k * C * RR;
+                for (int64_t ij = 0; ij < RR; ++ij)
+                    for (int64_t c = 0; c < C; ++c) dst[c * RR + ij] = t[ij * C + c];
             },
             threads);
     }
 
    private:
-    // part[i*3 + j][k][c] = (G^T M[.][k][c] G)[i][j], by the kit.
+    // part[i*R + j][k][c] = (G^T M[.][k][c] G)[i][j], by the kit.
     void finish(const float* M, float* part, int threads) const {
         const int64_t C = s_.C, K = s_.K;
-        parallel_for(
-            K, [&](int64_t k) { kit_.wino2_dw_out(M + k * ldc_, kpad_ * ldc_, C, part + k * C, K * C); }, threads);
+        const wino_dw_out_fn out = R_ == 3 ? kit_.wino2_dw_out : kit_.wino5_dw_out;
+        parallel_for(K, [&](int64_t k) { out(M + k * ldc_, kpad_ * ldc_, C, part + k * C, K * C); }, threads);
     }
 
     // er (nrows, 2 TW, ldk) = rows [oh0, oh0 + nrows) of one image's dy (K, OH,
@@ -202,6 +205,8 @@ class DwWinograd final : public DwPlan {
     const ConvKit& kit_;
     Conv2dShape s_;
     const ConvKit::DwVariant& v_;
+    const int R_;        // kernel side: 3 (F(2x2, 3x3), 16 points) or 5 (F(2x2, 5x5), 36 points)
+    const int64_t P_;    // transform points
     // Channel strides: input ldc (a multiple of the tile's W*mv; the rows of U
     // and M), output ldk (a multiple of W, at least kpad, the multiple of the
     // tile's nr; the rows of V, zero past K, which the tile kernel reads nr at
@@ -215,7 +220,8 @@ class DwWinograd final : public DwPlan {
 }  // namespace
 
 bool winograd_dw_ok(const Conv2dShape& s, const ConvKit* kit) {
-    return kit && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 && s.groups == 1;
+    return kit && (s.kh == 3 || s.kh == 5) && s.kw == s.kh && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
+           s.groups == 1;
 }
 
 // Measured (dw alone, batch 64, 2 threads, medians of 9 interleaved pairs
@@ -226,7 +232,17 @@ bool winograd_dw_ok(const Conv2dShape& s, const ConvKit* kit) {
 // the transforms and channels-last copies weigh most against 16 x 16
 // products per tile; no eligible layer measured with >= 16 channels each
 // way was slower, the same limit as the forward.
-bool winograd_dw_better(const Conv2dShape& s) { return s.C >= 16 && s.K >= 16; }
+//
+// 5 x 5 (dw alone, batch 64, 2 threads, interleaved against the direct dw,
+// Zen 4, 2026-12-08, AVX-512 / AVX2): 32->64 14x14 1.35 / 1.28, 16->32 28x28
+// 1.29 / 1.27, 64->128 8x8 1.14 / 1.14; with the forward's points, whose
+// transforms take fewer operations, 64->64 14x14 1.47 / 1.50 and 32->32
+// 28x28 1.43 / 1.56, but 0.95-1.02 on 7x7 planes (16 tiles for 49 outputs,
+// 36 points each), 16->16 28x28 1.25 / 0.77-0.83 and 6->16 0.70 / 0.67.
+bool winograd_dw_better(const Conv2dShape& s) {
+    if (s.kh == 5) return s.C >= 16 && s.K >= 32 && s.OH >= 8 && s.OW >= 8;
+    return s.C >= 16 && s.K >= 16;
+}
 
 std::unique_ptr<DwPlan> make_dw_winograd(const Conv2dShape& s, const ConvKit* kit) {
     if (!winograd_dw_ok(s, kit)) return nullptr;

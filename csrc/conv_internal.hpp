@@ -245,9 +245,11 @@ struct ConvKit {
     wino_out_fn wino5_out;
     // ... and of the weight gradient, on channels-last rows: B^T d B of the
     // input tiles and A e A^T of the output-gradient tiles of one tile row,
-    // and G^T M G of the 16 sums M.
+    // and G^T M G of the 16 sums M; the same for 5 x 5 (36 sums).
     wino_dw_fn wino2_dw_in, wino2_dw_grad;
     wino_dw_out_fn wino2_dw_out;
+    wino_dw_fn wino5_dw_in, wino5_dw_grad;
+    wino_dw_out_fn wino5_dw_out;
 };
 
 // The kits of the vector paths; null when this build or CPU has none.

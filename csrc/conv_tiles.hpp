@@ -627,6 +627,141 @@ STRIATE_TILE_TARGET void wino2_dw_output(const float* m, int64_t lda, int64_t n,
     }
 }
 
+// The 5 x 5 weight gradient through F(2x2, 5x5), on channels-last rows as
+// above, with its own points 0, 1, -1, 2, -1/2 and infinity (the forward's
+// 0, +-1, +-2, infinity put the largest weights, up to 16 times, on the corner
+// taps of the gradient, whose error then left the tolerance every conv path
+// meets; these points gave a third of that error in a float32 simulation and
+// keep every factor a power of two or a sum of two):
+//   B^T = [[1,  3/2,   -2, -3/2,    1, 0],     A^T = [[1, 1,  1, 1,    1, 0],
+//          [0,   -1, -5/2, -1/2,    1, 0],            [0, 1, -1, 2, -1/2, 1]]
+//          [0,    1,  1/2, -5/2,    1, 0],
+//          [0, -1/2,   -1,  1/2,    1, 0],     15 G = [[ 15,  0,  0,  0,   0],
+//          [0,    2,   -1,   -2,    1, 0],             [ -5, -5, -5, -5,  -5],
+//          [0,    1,  3/2,   -2, -3/2, 1]]             [  5, -5,  5, -5,   5],
+//                                                      [  1,  2,  4,  8,  16],
+//                                                      [-16,  8, -4,  2,  -1],
+//                                                      [  0,  0,  0,  0,  15]]
+// Every product is by a power of two (exact), so a multiply-add the compiler
+// may form rounds as the separate operations do, and both vector paths give
+// the same bits.
+
+// t = B^T d for one column (or row) d of a 6 x 6 tile.
+STRIATE_TILE_TARGET inline void wino5_dw_bt(const typename V::reg (&d)[6], typename V::reg (&t)[6]) {
+    using R = typename V::reg;
+    const R half = V::set1(0.5f);
+    const R h1 = V::mul(d[1], half), h2 = V::mul(d[2], half), h3 = V::mul(d[3], half), h4 = V::mul(d[4], half);
+    const R d2x2 = V::add(d[2], d[2]), d3x2 = V::add(d[3], d[3]), d1x2 = V::add(d[1], d[1]);
+    t[0] = V::add(V::sub(V::sub(V::add(d[0], V::add(d[1], h1)), d2x2), V::add(d[3], h3)), d[4]);
+    t[1] = V::add(V::sub(V::sub(V::sub(V::zero(), d[1]), V::add(d2x2, h2)), h3), d[4]);
+    t[2] = V::add(V::sub(V::add(d[1], h2), V::add(d3x2, h3)), d[4]);
+    t[3] = V::add(V::add(V::sub(V::sub(V::zero(), h1), d[2]), h3), d[4]);
+    t[4] = V::add(V::sub(V::sub(d1x2, d[2]), d3x2), d[4]);
+    t[5] = V::add(V::sub(V::sub(V::add(d[1], V::add(d[2], h2)), d3x2), V::add(d[4], h4)), d[5]);
+}
+
+// Tile t's 6 x 6 input is x[i*ldr + (2t + q)*ldx + c]; u[a*lda + t*ldu + c] =
+// (B^T d B)[a / 6][a % 6].
+STRIATE_TILE_TARGET void wino5_dw_input(const float* x, int64_t ldr, int64_t ldx, int64_t n, int64_t nt, float* u,
+                                        int64_t ldu, int64_t lda) {
+    using R = typename V::reg;
+    for (int64_t t = 0; t < nt; ++t) {
+        const float* xt = x + 2 * t * ldx;
+        float* ut = u + t * ldu;
+        for (int64_t c = 0; c < n; c += W) {
+            R b[6][6];  // B^T d, one column q at a time: b[r][q]
+            for (int q = 0; q < 6; ++q) {
+                R d[6], o[6];
+                for (int i = 0; i < 6; ++i) d[i] = V::load(xt + i * ldr + q * ldx + c);
+                wino5_dw_bt(d, o);
+                for (int r = 0; r < 6; ++r) b[r][q] = o[r];
+            }
+            for (int r = 0; r < 6; ++r) {  // (B^T d) B, row r
+                R o[6];
+                wino5_dw_bt(b[r], o);
+                float* ur = ut + 6 * r * lda + c;
+                for (int q = 0; q < 6; ++q) V::store(ur + q * lda, o[q]);
+            }
+        }
+    }
+}
+
+// (e0, e1) -> A (e0, e1) = (e0, e0 + e1, e0 - e1, e0 + 2 e1, e0 - e1 / 2, e1).
+STRIATE_TILE_TARGET inline void wino5_dw_a(typename V::reg e0, typename V::reg e1, typename V::reg (&h)[6]) {
+    h[0] = e0;
+    h[1] = V::add(e0, e1);
+    h[2] = V::sub(e0, e1);
+    h[3] = V::add(e0, V::add(e1, e1));
+    h[4] = V::sub(e0, V::mul(e1, V::set1(0.5f)));
+    h[5] = e1;
+}
+
+// The output-gradient side: tile t's 2 x 2 dy is e[i][j] = dy[i*ldr + (2t +
+// j)*lde + k]; v[a*lda + t*ldv + k] = (A e A^T)[a / 6][a % 6] for k < n (a
+// multiple of W): rows of e expanded first, then columns.
+STRIATE_TILE_TARGET void wino5_dw_grad(const float* dy, int64_t ldr, int64_t lde, int64_t n, int64_t nt, float* v,
+                                       int64_t ldv, int64_t lda) {
+    using R = typename V::reg;
+    for (int64_t t = 0; t < nt; ++t) {
+        const float* et = dy + 2 * t * lde;
+        float* vt = v + t * ldv;
+        for (int64_t k = 0; k < n; k += W) {
+            R h[2][6];  // e A^T: row i of e expanded to 6 columns
+            for (int i = 0; i < 2; ++i) wino5_dw_a(V::load(et + i * ldr + k), V::load(et + i * ldr + lde + k), h[i]);
+            for (int q = 0; q < 6; ++q) {  // A (e A^T), column q
+                R col[6];
+                wino5_dw_a(h[0][q], h[1][q], col);
+                for (int r = 0; r < 6; ++r) V::store(vt + (6 * r + q) * lda + k, col[r]);
+            }
+        }
+    }
+}
+
+// r = (15 G)^T m for one column m of six values.
+STRIATE_TILE_TARGET inline void wino5_dw_gt15(const typename V::reg (&m)[6], typename V::reg (&r)[5]) {
+    using R = typename V::reg;
+    const R two = V::set1(2.f), four = V::set1(4.f), eight = V::set1(8.f), sixteen = V::set1(16.f);
+    const R s12 = V::add(m[1], m[2]), d21 = V::sub(m[2], m[1]);
+    const R s12x5 = V::add(V::mul(s12, four), s12), d21x5 = V::add(V::mul(d21, four), d21);
+    r[0] = V::sub(V::add(V::add(V::sub(V::mul(m[0], sixteen), m[0]), d21x5), m[3]), V::mul(m[4], sixteen));
+    r[1] = V::add(V::sub(V::mul(m[3], two), s12x5), V::mul(m[4], eight));
+    r[2] = V::sub(V::add(d21x5, V::mul(m[3], four)), V::mul(m[4], four));
+    r[3] = V::add(V::sub(V::mul(m[3], eight), s12x5), V::mul(m[4], two));
+    r[4] = V::add(V::sub(V::add(d21x5, V::mul(m[3], sixteen)), m[4]), V::sub(V::mul(m[5], sixteen), m[5]));
+}
+
+// The 5 x 5 weight gradient of one (output channel, input-channel vector) from
+// the 36 sums M: d[(5i + j)*ldd + c] = (G^T m_c G)[i][j] for c < n, m_c[a / 6][a % 6]
+// = m[a*lda + c] (readable for c < round_up(n, W)), as (15G)^T m (15G) / 225: the
+// one inexact multiplication's result is stored.
+STRIATE_TILE_TARGET void wino5_dw_output(const float* m, int64_t lda, int64_t n, float* d, int64_t ldd) {
+    using R = typename V::reg;
+    const R scale = V::set1(1.f / 225.f);
+    for (int64_t c = 0; c < n; c += W) {
+        R g[5][6];  // (15G)^T m, one column q at a time: g[i][q]
+        for (int q = 0; q < 6; ++q) {
+            R col[6], o[5];
+            for (int a = 0; a < 6; ++a) col[a] = V::load(m + (6 * a + q) * lda + c);
+            wino5_dw_gt15(col, o);
+            for (int i = 0; i < 5; ++i) g[i][q] = o[i];
+        }
+        const typename V::mask tail = V::prefix(n - c);
+        for (int i = 0; i < 5; ++i) {  // ((15G)^T m) (15G) / 225, row i
+            R o[5];
+            wino5_dw_gt15(g[i], o);
+            for (int j = 0; j < 5; ++j) {
+                float* dj = d + (5 * i + j) * ldd + c;
+                const R out = V::mul(o[j], scale);
+                if (c + W <= n) {
+                    V::store(dj, out);
+                } else {
+                    V::mask_store(dj, tail, out);
+                }
+            }
+        }
+    }
+}
+
 // ---- the kit --------------------------------------------------------------------------
 
 ConvKit make_kit(Isa isa) {
@@ -681,5 +816,8 @@ ConvKit make_kit(Isa isa) {
     k.wino2_dw_in = wino2_dw_input;
     k.wino2_dw_grad = wino2_dw_grad;
     k.wino2_dw_out = wino2_dw_output;
+    k.wino5_dw_in = wino5_dw_input;
+    k.wino5_dw_grad = wino5_dw_grad;
+    k.wino5_dw_out = wino5_dw_output;
     return k;
 }

@@ -1,7 +1,7 @@
-"""Tests of the Winograd F(3x3, 2x2) weight gradient (csrc/conv_dw_winograd.cpp).
+"""Tests of the Winograd F(3x3, 2x2) and F(5x5, 2x2) weight gradients (csrc/conv_dw_winograd.cpp).
 
 ``_core.conv2d_set_winograd("force")`` sends the dw of every shape Winograd
-supports (3x3, stride 1, dilation 1, ungrouped, any padding) through it,
+supports (3x3 or 5x5, stride 1, dilation 1, ungrouped, any padding) through it,
 whatever the channel counts, so the small cases here reach the partial tiles,
 the tile blocks, the batch chunks and the channel tails. Checked: the float64
 ``striate.reference`` within the tolerance of every other conv path,
@@ -16,13 +16,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_core_conv import _supported_isas, assert_close, call_backward
-from test_winograd import CASES3
+from test_winograd import CASES3, CASES5
 
 import striate.reference as R
 from striate import _core
 
-# (N, C, H, W, K, pads (t, b, l, r)); kBatchChunk is 4 images.
-CASES = CASES3[:5] + [  # the forward's first cases: odd and even planes, paddings 0, 2, asymmetric
+# (k, N, C, H, W, K, pads (t, b, l, r)); kBatchChunk is 4 images.
+CASES_3 = CASES3[:5] + [  # the forward's first cases: odd and even planes, paddings 0, 2, asymmetric
     pytest.param((3, 17, 4, 5, 23, (3, 1, 0, 4)), id="padding-above-2"),
     pytest.param((2, 2, 1, 1, 3, (1, 1, 1, 1)), id="one-pixel"),
     pytest.param((9, 17, 11, 13, 23, (1, 1, 1, 1)), id="batch-across-chunks-odd-channels"),
@@ -32,14 +32,29 @@ CASES = CASES3[:5] + [  # the forward's first cases: odd and even planes, paddin
     pytest.param((5, 16, 40, 37, 17, (0, 1, 1, 0)), id="row-blocks-odd-width"),
     pytest.param((2, 33, 12, 31, 17, (1, 1, 1, 1)), id="rows-past-a-vector"),
 ]
+CASES_5 = CASES5[:10] + [  # the forward's 5x5 cases, then the blocks, chunks and tails at 5x5
+    pytest.param((9, 17, 11, 13, 23, (2, 2, 2, 2)), id="batch-across-chunks-odd-channels"),
+    pytest.param((10, 32, 6, 6, 64, (2, 2, 2, 2)), id="image-blocks-inside-chunks"),
+    pytest.param((1, 24, 33, 35, 20, (2, 2, 2, 2)), id="batch1-row-blocks"),
+    pytest.param((2, 33, 12, 31, 17, (1, 3, 0, 2)), id="rows-past-a-vector"),
+]
+
+
+def _with_k(k, cases):
+    return [pytest.param((k,) + p.values[0], id=f"{k}x{k}-{p.id}") for p in cases]
+
+
+CASES = _with_k(3, CASES_3) + _with_k(5, CASES_5)
 
 
 def _inputs(case, seed=0):
-    N, C, H, W, K, (pt, pb, pl, pr) = case
+    if len(case) == 6:
+        case = (3,) + tuple(case)
+    k, N, C, H, W, K, (pt, pb, pl, pr) = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W), dtype=np.float32)
-    w = rng.standard_normal((K, C, 3, 3), dtype=np.float32)
-    dy = rng.standard_normal((N, K, H + pt + pb - 2, W + pl + pr - 2), dtype=np.float32)
+    w = rng.standard_normal((K, C, k, k), dtype=np.float32)
+    dy = rng.standard_normal((N, K, H + pt + pb - k + 1, W + pl + pr - k + 1), dtype=np.float32)
     return x, w, dy
 
 
@@ -56,7 +71,7 @@ def _reference(x, w, dy, pads):
 
 @pytest.mark.parametrize("case", CASES)
 def test_matches_reference(case, force, isa):
-    N, C, H, W, K, pads = case
+    k, N, C, H, W, K, pads = case
     x, w, dy = _inputs(case)
     if isa != "generic":
         assert _core.conv2d_algorithms(x, w, 1, 1, *pads, 1, 1, 1)["dw"] == "winograd"
@@ -64,7 +79,7 @@ def test_matches_reference(case, force, isa):
     assert_close(dw, _reference(x, w, dy, pads), N * dy.shape[2] * dy.shape[3], "dw", case)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[7], CASES[9], CASES[10]])
+@pytest.mark.parametrize("case", [CASES[0], CASES[7], CASES[9], CASES[10], CASES[-4], CASES[-3], CASES[-2]])
 def test_bit_identical_for_any_thread_count(case, force, isa):
     pads = case[-1]
     x, w, dy = _inputs(case)
@@ -107,13 +122,16 @@ def test_all_gradients_at_once_give_the_same_dw(force, isa):
 @pytest.mark.parametrize(
     "case",
     [
-        pytest.param((64, 16, 32, 32, 16, (1, 1, 1, 1)), id="16-32x32"),
-        pytest.param((8, 64, 8, 8, 64, (1, 1, 1, 1)), id="64-8x8"),
-        pytest.param((5, 40, 9, 11, 24, (1, 1, 1, 1)), id="40-24-odd"),
+        pytest.param((3, 64, 16, 32, 32, 16, (1, 1, 1, 1)), id="16-32x32"),
+        pytest.param((3, 8, 64, 8, 8, 64, (1, 1, 1, 1)), id="64-8x8"),
+        pytest.param((3, 5, 40, 9, 11, 24, (1, 1, 1, 1)), id="40-24-odd"),
     ],
 )
 def test_off_and_auto_agree(case, isa):
-    N, C, H, W, K, pads = case
+    # 3x3 only: F(2x2, 5x5) rounds about ten times more than the direct dw (as
+    # its forward and dx do), so two float32 results may differ by more than
+    # one's tolerance; test_matches_reference holds each to the float64 oracle.
+    k, N, C, H, W, K, pads = case
     x, w, dy = _inputs(case, seed=1)
     assert _core.conv2d_get_winograd() == "auto"
     try:
@@ -135,7 +153,10 @@ def test_off_and_auto_agree(case, isa):
         ((8, 32, 16, 16), (32, 32, 3, 3), 1, (0, 2, 3, 0), 1, 1, "winograd"),  # any padding
         ((8, 8, 16, 16), (32, 8, 3, 3), 1, (1, 1, 1, 1), 1, 1, "gemm"),  # few input channels
         ((8, 32, 16, 16), (8, 32, 3, 3), 1, (1, 1, 1, 1), 1, 1, "direct"),  # few output channels
-        ((8, 32, 16, 16), (64, 32, 5, 5), 1, (2, 2, 2, 2), 1, 1, "direct"),  # 5x5
+        ((8, 32, 16, 16), (64, 32, 5, 5), 1, (2, 2, 2, 2), 1, 1, "winograd"),  # 5x5
+        ((8, 32, 14, 14), (32, 32, 5, 5), 1, (2, 2, 2, 2), 1, 1, "winograd"),
+        ((8, 16, 16, 16), (16, 16, 5, 5), 1, (2, 2, 2, 2), 1, 1, "direct"),  # 5x5, 16 output channels
+        ((8, 64, 7, 7), (64, 64, 5, 5), 1, (2, 2, 2, 2), 1, 1, "direct"),  # 5x5 on a 7x7 plane
         ((8, 32, 16, 16), (32, 32, 3, 3), 2, (1, 1, 1, 1), 1, 1, "direct"),  # stride 2
         ((8, 32, 16, 16), (32, 32, 3, 3), 1, (2, 2, 2, 2), 2, 1, "direct"),  # dilation 2
         ((8, 64, 16, 16), (64, 32, 3, 3), 1, (1, 1, 1, 1), 1, 2, "direct"),  # groups
