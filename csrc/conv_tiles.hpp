@@ -440,35 +440,37 @@ STRIATE_TILE_TARGET void wino2_output(const float* m, int64_t lda, int64_t P, fl
 }
 
 // ---- Winograd F(2x2, 5x5) transforms ----------------------------------------------------
-// Points 0, 1, -1, 2, -2 and infinity (the same 6 x 6 B^T as F(4x4, 3x3)):
-//   B^T = [[4,  0, -5,  0, 1, 0],      A^T = [[1, 1,  1, 1,  1, 0],
-//          [0, -4, -4,  1, 1, 0],             [0, 1, -1, 2, -2, 1]]
-//          [0,  4, -4, -1, 1, 0],
-//          [0, -2, -1,  2, 1, 0],
-//          [0,  2, -1, -2, 1, 0],
-//          [0,  4,  0, -5, 0, 1]]
+// Points 0, 1, -1, 2, -1/2 and infinity:
+//   B^T = [[1,  3/2,   -2, -3/2,    1, 0],     A^T = [[1, 1,  1, 1,    1, 0],
+//          [0,   -1, -5/2, -1/2,    1, 0],            [0, 1, -1, 2, -1/2, 1]]
+//          [0,    1,  1/2, -5/2,    1, 0],
+//          [0, -1/2,   -1,  1/2,    1, 0],
+//          [0,    2,   -1,   -2,    1, 0],
+//          [0,    1,  3/2,   -2, -3/2, 1]]
 // (G, 6 x 5, is applied to the weights in conv_winograd.cpp.) Every factor
-// of 2 or 4 is taken as additions (x + x) and the 5s as 4 + 1, so the
-// transforms are additions and subtractions only: nothing for the compiler to
-// contract into a multiply-add, and the AVX2 and AVX-512 instantiations
-// round alike. Points 1/2 and -1/2 instead gave no smaller error (3e-6
-// against 3-4e-6 relative in a float32 simulation of 32 -> 64 channels) and
-// would need true multiplications.
+// is a power of two or a sum of two (3/2 x = x + x/2), so the products are
+// exact and a multiply-add the compiler may form rounds as the separate
+// operations do: the AVX2 and AVX-512 instantiations round alike. The
+// symmetric points +-2 (all-integer transforms) put up to 16 times the weight
+// on the corner taps and left the tests' elementwise tolerance on some
+// outputs near zero (forward up to 1.34x, the weight gradient 2.7x over 48
+// random layers); 2 and -1/2 gave half to a third of that error in a float32
+// simulation of both (+-1/2 gave more). Shared by the forward, dx and dw.
 
-// t = B^T d for one column (or row) d of a 6 x 6 tile.
+// t = B^T d for one column (or row) d of a 6 x 6 tile, through a = d1 - d3
+// and q = d4 - d2.
 STRIATE_TILE_TARGET inline void wino5_bt(const typename V::reg (&d)[6], typename V::reg (&t)[6]) {
     using R = typename V::reg;
-    const R d42 = V::sub(d[4], d[2]), d31 = V::sub(d[3], d[1]);
-    const R a = V::sub(d[0], d[2]), b = V::add(d[1], d[2]), c = V::sub(d[1], d[2]), e = V::sub(d[1], d[3]);
-    const R a4 = V::add(V::add(a, a), V::add(a, a)), b4 = V::add(V::add(b, b), V::add(b, b));
-    const R c4 = V::add(V::add(c, c), V::add(c, c)), e4 = V::add(V::add(e, e), V::add(e, e));
-    const R f2 = V::add(d31, d31);
-    t[0] = V::add(d42, a4);                           // 4 d0 - 5 d2 + d4
-    t[1] = V::sub(V::add(d[3], d[4]), b4);            // -4 d1 - 4 d2 + d3 + d4
-    t[2] = V::add(V::sub(d[4], d[3]), c4);            // 4 d1 - 4 d2 - d3 + d4
-    t[3] = V::add(d42, f2);                           // -2 d1 - d2 + 2 d3 + d4
-    t[4] = V::sub(d42, f2);                           // 2 d1 - d2 - 2 d3 + d4
-    t[5] = V::add(V::sub(d[5], d[3]), e4);            // 4 d1 - 5 d3 + d5
+    const R half = V::set1(0.5f);
+    const R a = V::sub(d[1], d[3]), q = V::sub(d[4], d[2]);
+    const R ha = V::mul(a, half), hq = V::mul(q, half);
+    const R s23 = V::add(d[2], d[3]), d23 = V::sub(d[2], d[3]);
+    t[0] = V::add(V::add(V::sub(d[0], d[2]), q), V::add(a, ha));  // d0 + 3/2 d1 - 2 d2 - 3/2 d3 + d4
+    t[1] = V::sub(V::sub(q, a), V::add(s23, V::mul(s23, half)));  // -d1 - 5/2 d2 - 1/2 d3 + d4
+    t[2] = V::add(V::add(q, a), V::add(d23, V::mul(d23, half)));  // d1 + 1/2 d2 - 5/2 d3 + d4
+    t[3] = V::sub(q, ha);                                         // -1/2 d1 - d2 + 1/2 d3 + d4
+    t[4] = V::add(q, V::add(a, a));                               // 2 d1 - d2 - 2 d3 + d4
+    t[5] = V::sub(V::sub(V::add(d[5], a), d[3]), V::add(q, hq));  // d1 + 3/2 d2 - 2 d3 - 3/2 d4 + d5
 }
 
 // The input transform B^T d B of P tiles: tile p's input d[i][q] (row i,
@@ -496,10 +498,8 @@ STRIATE_TILE_TARGET void wino5_input(const float* const* src, int64_t P, float* 
 
 // (s0, s1) = A^T m for one column (or row) m of six values.
 STRIATE_TILE_TARGET inline void wino5_at(const typename V::reg (&m)[6], typename V::reg& s0, typename V::reg& s1) {
-    using R = typename V::reg;
-    const R e = V::sub(m[3], m[4]);
     s0 = V::add(m[0], V::add(V::add(m[1], m[2]), V::add(m[3], m[4])));
-    s1 = V::add(V::add(V::sub(m[1], m[2]), V::add(e, e)), m[5]);
+    s1 = V::add(V::add(V::sub(m[1], m[2]), V::sub(V::add(m[3], m[3]), V::mul(m[4], V::set1(0.5f)))), m[5]);
 }
 
 // The output transform A^T m A + bias of P tiles: m[a*lda + p] (a < 36),
@@ -628,38 +628,10 @@ STRIATE_TILE_TARGET void wino2_dw_output(const float* m, int64_t lda, int64_t n,
 }
 
 // The 5 x 5 weight gradient through F(2x2, 5x5), on channels-last rows as
-// above, with its own points 0, 1, -1, 2, -1/2 and infinity (the forward's
-// 0, +-1, +-2, infinity put the largest weights, up to 16 times, on the corner
-// taps of the gradient, whose error then left the tolerance every conv path
-// meets; these points gave a third of that error in a float32 simulation and
-// keep every factor a power of two or a sum of two):
-//   B^T = [[1,  3/2,   -2, -3/2,    1, 0],     A^T = [[1, 1,  1, 1,    1, 0],
-//          [0,   -1, -5/2, -1/2,    1, 0],            [0, 1, -1, 2, -1/2, 1]]
-//          [0,    1,  1/2, -5/2,    1, 0],
-//          [0, -1/2,   -1,  1/2,    1, 0],     15 G = [[ 15,  0,  0,  0,   0],
-//          [0,    2,   -1,   -2,    1, 0],             [ -5, -5, -5, -5,  -5],
-//          [0,    1,  3/2,   -2, -3/2, 1]]             [  5, -5,  5, -5,   5],
-//                                                      [  1,  2,  4,  8,  16],
-//                                                      [-16,  8, -4,  2,  -1],
-//                                                      [  0,  0,  0,  0,  15]]
-// Every product is by a power of two (exact), so a multiply-add the compiler
-// may form rounds as the separate operations do, and both vector paths give
-// the same bits.
-
-// t = B^T d for one column (or row) d of a 6 x 6 tile.
-STRIATE_TILE_TARGET inline void wino5_dw_bt(const typename V::reg (&d)[6], typename V::reg (&t)[6]) {
-    using R = typename V::reg;
-    const R half = V::set1(0.5f);
-    const R h1 = V::mul(d[1], half), h2 = V::mul(d[2], half), h3 = V::mul(d[3], half), h4 = V::mul(d[4], half);
-    const R d2x2 = V::add(d[2], d[2]), d3x2 = V::add(d[3], d[3]), d1x2 = V::add(d[1], d[1]);
-    t[0] = V::add(V::sub(V::sub(V::add(d[0], V::add(d[1], h1)), d2x2), V::add(d[3], h3)), d[4]);
-    t[1] = V::add(V::sub(V::sub(V::sub(V::zero(), d[1]), V::add(d2x2, h2)), h3), d[4]);
-    t[2] = V::add(V::sub(V::add(d[1], h2), V::add(d3x2, h3)), d[4]);
-    t[3] = V::add(V::add(V::sub(V::sub(V::zero(), h1), d[2]), h3), d[4]);
-    t[4] = V::add(V::sub(V::sub(d1x2, d[2]), d3x2), d[4]);
-    t[5] = V::add(V::sub(V::sub(V::add(d[1], V::add(d[2], h2)), d3x2), V::add(d[4], h4)), d[5]);
-}
-
+// above, with the forward's points and matrices; its G^T M G takes
+//   15 G = [[15, 0, 0, 0, 0], [-5, -5, -5, -5, -5], [5, -5, 5, -5, 5], [1, 2, 4, 8, 16],
+//           [-16, 8, -4, 2, -1], [0, 0, 0, 0, 15]],
+// integers, so that it too has only exact products.
 // Tile t's 6 x 6 input is x[i*ldr + (2t + q)*ldx + c]; u[a*lda + t*ldu + c] =
 // (B^T d B)[a / 6][a % 6].
 STRIATE_TILE_TARGET void wino5_dw_input(const float* x, int64_t ldr, int64_t ldx, int64_t n, int64_t nt, float* u,
@@ -673,12 +645,12 @@ STRIATE_TILE_TARGET void wino5_dw_input(const float* x, int64_t ldr, int64_t ldx
             for (int q = 0; q < 6; ++q) {
                 R d[6], o[6];
                 for (int i = 0; i < 6; ++i) d[i] = V::load(xt + i * ldr + q * ldx + c);
-                wino5_dw_bt(d, o);
+                wino5_bt(d, o);
                 for (int r = 0; r < 6; ++r) b[r][q] = o[r];
             }
             for (int r = 0; r < 6; ++r) {  // (B^T d) B, row r
                 R o[6];
-                wino5_dw_bt(b[r], o);
+                wino5_bt(b[r], o);
                 float* ur = ut + 6 * r * lda + c;
                 for (int q = 0; q < 6; ++q) V::store(ur + q * lda, o[q]);
             }

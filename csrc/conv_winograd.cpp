@@ -173,25 +173,23 @@ void transform_weights3(int64_t K, int64_t C, const Get& get, float* U, int thre
 }
 
 // U[a][k][c] = (G g G^T)[a / 6][a % 6] for the 5 x 5 g(i, j) = get(k, c, i, j),
-// with G of the points 0, 1, -1, 2, -2, infinity (conv_tiles.hpp):
-//   G = [[ 1/4,     0,    0,     0,   0],
-//        [-1/6,  -1/6, -1/6,  -1/6, -1/6],
-//        [-1/6,   1/6, -1/6,   1/6, -1/6],
-//        [1/24,  1/12,  1/6,   1/3,  2/3],
-//        [1/24, -1/12,  1/6,  -1/3,  2/3],
-//        [   0,     0,    0,     0,   1]].
-// In float64, rounded once to float32 (the sixths and twelfths are inexact),
-// through the even and odd sums the rows share: 13 operations per column
-// instead of the 25 multiply-adds of G as a matrix (the transform is a fixed
+// with G of the points 0, 1, -1, 2, -1/2, infinity (conv_tiles.hpp):
+//   G = [[    1,     0,     0,    0,     0],
+//        [ -1/3,  -1/3,  -1/3, -1/3,  -1/3],
+//        [  1/3,  -1/3,   1/3, -1/3,   1/3],
+//        [ 1/15,  2/15,  4/15, 8/15, 16/15],
+//        [-16/15, 8/15, -4/15, 2/15, -1/15],
+//        [    0,     0,     0,    0,     1]].
+// In float64, rounded once to float32 (the thirds and fifteenths are inexact),
+// through the even and odd sums the rows share (the transform is a fixed
 // cost per call, most of what a batch of one pays over the direct kernel).
 inline void g5(const double (&g)[5], double (&t)[6]) {
     const double e = g[0] + g[2] + g[4], o = g[1] + g[3];
-    const double ep = g[0] * (1.0 / 24) + g[2] * (1.0 / 6) + g[4] * (2.0 / 3), op = g[1] * (1.0 / 12) + g[3] * (1.0 / 3);
-    t[0] = g[0] * 0.25;
-    t[1] = (e + o) * (-1.0 / 6);
-    t[2] = (e - o) * (-1.0 / 6);
-    t[3] = ep + op;
-    t[4] = ep - op;
+    t[0] = g[0];
+    t[1] = (e + o) * (-1.0 / 3);
+    t[2] = (e - o) * (1.0 / 3);
+    t[3] = (g[0] + 2 * g[1] + 4 * g[2] + 8 * g[3] + 16 * g[4]) * (1.0 / 15);
+    t[4] = (-16 * g[0] + 8 * g[1] - 4 * g[2] + 2 * g[3] - g[4]) * (1.0 / 15);
     t[5] = g[4];
 }
 
