@@ -477,23 +477,27 @@ STRIATE_TILE_TARGET inline void wino5_bt(const typename V::reg (&d)[6], typename
 // column q of its 6 x 6 input) is src[6i + q][p], readable for
 // p < round_up(P, W); v[a*lda + p] = (B^T d B)[a / 6][a % 6] for
 // p < round_up(P, W) (lanes past P are scratch, as in wino2_input).
-STRIATE_TILE_TARGET void wino5_input(const float* const* src, int64_t P, float* v, int64_t lda) {
+// B^T d B of one vector of tiles: d[i][q] = src[6i + q][p], and (B^T d B)[r][q]
+// goes to v[(6r + q)*lda + p].
+STRIATE_TILE_TARGET inline void wino5_btdb(const float* const* src, int64_t p, float* v, int64_t lda) {
     using R = typename V::reg;
-    for (int64_t p = 0; p < P; p += W) {
-        R t[6][6];  // t = B^T d, one column q at a time: t[r][q]
-        for (int q = 0; q < 6; ++q) {
-            R d[6], o[6];
-            for (int i = 0; i < 6; ++i) d[i] = V::load(src[6 * i + q] + p);
-            wino5_bt(d, o);
-            for (int r = 0; r < 6; ++r) t[r][q] = o[r];
-        }
-        for (int r = 0; r < 6; ++r) {  // (B^T d) B, row r
-            R o[6];
-            wino5_bt(t[r], o);
-            float* vr = v + 6 * r * lda + p;
-            for (int q = 0; q < 6; ++q) V::store(vr + q * lda, o[q]);
-        }
+    R t[6][6];  // t = B^T d, one column q at a time: t[r][q]
+    for (int q = 0; q < 6; ++q) {
+        R d[6], o[6];
+        for (int i = 0; i < 6; ++i) d[i] = V::load(src[6 * i + q] + p);
+        wino5_bt(d, o);
+        for (int r = 0; r < 6; ++r) t[r][q] = o[r];
     }
+    for (int r = 0; r < 6; ++r) {  // (B^T d) B, row r
+        R o[6];
+        wino5_bt(t[r], o);
+        float* vr = v + 6 * r * lda + p;
+        for (int q = 0; q < 6; ++q) V::store(vr + q * lda, o[q]);
+    }
+}
+
+STRIATE_TILE_TARGET void wino5_input(const float* const* src, int64_t P, float* v, int64_t lda) {
+    for (int64_t p = 0; p < P; p += W) wino5_btdb(src, p, v, lda);
 }
 
 // (s0, s1) = A^T m for one column (or row) m of six values.
@@ -636,25 +640,11 @@ STRIATE_TILE_TARGET void wino2_dw_output(const float* m, int64_t lda, int64_t n,
 // (B^T d B)[a / 6][a % 6].
 STRIATE_TILE_TARGET void wino5_dw_input(const float* x, int64_t ldr, int64_t ldx, int64_t n, int64_t nt, float* u,
                                         int64_t ldu, int64_t lda) {
-    using R = typename V::reg;
     for (int64_t t = 0; t < nt; ++t) {
-        const float* xt = x + 2 * t * ldx;
-        float* ut = u + t * ldu;
-        for (int64_t c = 0; c < n; c += W) {
-            R b[6][6];  // B^T d, one column q at a time: b[r][q]
-            for (int q = 0; q < 6; ++q) {
-                R d[6], o[6];
-                for (int i = 0; i < 6; ++i) d[i] = V::load(xt + i * ldr + q * ldx + c);
-                wino5_bt(d, o);
-                for (int r = 0; r < 6; ++r) b[r][q] = o[r];
-            }
-            for (int r = 0; r < 6; ++r) {  // (B^T d) B, row r
-                R o[6];
-                wino5_bt(b[r], o);
-                float* ur = ut + 6 * r * lda + c;
-                for (int q = 0; q < 6; ++q) V::store(ur + q * lda, o[q]);
-            }
-        }
+        const float* src[36];  // the tile's 6 x 6 inputs, channel 0
+        for (int i = 0; i < 6; ++i)
+            for (int q = 0; q < 6; ++q) src[6 * i + q] = x + i * ldr + (2 * t + q) * ldx;
+        for (int64_t c = 0; c < n; c += W) wino5_btdb(src, c, u + t * ldu, lda);
     }
 }
 

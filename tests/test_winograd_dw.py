@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from test_core_conv import _supported_isas, assert_close, call_backward, call_forward
-from test_winograd import CASES3, CASES5
+from test_winograd import CASES3, CASES5, _with_k
 
 import striate.reference as R
 from striate import _core
@@ -38,10 +38,6 @@ CASES_5 = CASES5[:10] + [  # the forward's 5x5 cases, then the blocks, chunks an
     pytest.param((1, 24, 33, 35, 20, (2, 2, 2, 2)), id="batch1-row-blocks"),
     pytest.param((2, 33, 12, 31, 17, (1, 3, 0, 2)), id="rows-past-a-vector"),
 ]
-
-
-def _with_k(k, cases):
-    return [pytest.param((k,) + p.values[0], id=f"{k}x{k}-{p.id}") for p in cases]
 
 
 CASES = _with_k(3, CASES_3) + _with_k(5, CASES_5)
