@@ -264,6 +264,23 @@ def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, i
     assert np.array_equal(full[m - 1 :], _core.matmul(a[m - 1 :], b, False, trans_b, True))
 
 
+@pytest.mark.parametrize("m,n,k", [(64, 1024, 3136), (1, 1024, 3136), (37, 120, 400), (300, 50, 1029), (9, 33, 7)])
+def test_row_invariant_bit_identical_for_any_thread_count(m, n, k, isa):
+    """The fully-connected product (every route: dot, lane-interleaved, packed, one row) for 1, 2, 3 and 8 threads."""
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    outs = []
+    for threads in (1, 2, 3, 8):
+        out = c0.copy()
+        _core._sgemm(a, b, out, False, True, m, n, k, k, k, n, alpha=0.75, beta=1.25, threads=threads,
+                     row_invariant=True)
+        outs.append(out)
+    for out in outs[1:]:
+        assert out.tobytes() == outs[0].tobytes()
+
+
 @pytest.mark.parametrize("n,k", [(1024, 3136), (37, 13), (40, 600), (21, 1024)])
 def test_row_invariant_keeps_zero_signs_of_a_lone_row(n, k, isa):
     """Rows of zeros (a ReLU's dead outputs) and of -0 through negative weights: the same bits alone and in a batch."""
