@@ -3,9 +3,9 @@
 // F(5x5, 2x2): the output positions in 2 x 2 tiles, 16 products per (output
 // channel, input channel) and tile instead of 36 (3x3), 36 instead of 100
 // (5x5). The 3x3 case is described below; the 5x5 one is the same with 6 x 6
-// input patches, 36 points and its own matrices (the points 0, +-1, 2, -1/2
-// and infinity, conv_tiles.hpp's wino5_dw_* transforms), which keep the error
-// of the corner taps down where the forward's points would not.
+// input patches, 36 points, the forward's input transform (conv_tiles.hpp's
+// wino5_btdb, points 0, +-1, 2, -1/2 and infinity, which keep the error of
+// the corner taps down where +-2 did not) and wino5_dw_grad / wino5_dw_output.
 //
 // For one tile with 4 x 4 input patch d (zero outside the image, also past
 // the padded edge of partial tiles) and 2 x 2 output gradient e (zero past
@@ -235,7 +235,7 @@ bool winograd_dw_ok(const Conv2dShape& s, const ConvKit* kit) {
 //
 // 5 x 5 (dw alone, batch 64, 2 threads, interleaved against the direct dw,
 // Zen 4, 2026-12-08, AVX-512 / AVX2): 32->64 14x14 1.35 / 1.28, 16->32 28x28
-// 1.29 / 1.27, 64->128 8x8 1.14 / 1.14; with the forward's points, whose
+// 1.29 / 1.27, 64->128 8x8 1.14 / 1.14; with the earlier points +-2, whose
 // transforms take fewer operations, 64->64 14x14 1.47 / 1.50 and 32->32
 // 28x28 1.43 / 1.56, but 0.95-1.02 on 7x7 planes (16 tiles for 49 outputs,
 // 36 points each), 16->16 28x28 1.25 / 0.77-0.83 and 6->16 0.70 / 0.67.
