@@ -145,27 +145,39 @@ class DwWinograd final : public DwPlan {
         finish(M, part, threads);
     }
 
-    // dw[k][c][i][j] = sum over chunks, in order, of part[chunk][i*R + j][k][c].
+    // dw[k][c][i][j] = sum over chunks, in order, of part[chunk][i*R + j][k][c]:
+    // the sums element by element over contiguous blocks of the partials,
+    // then their transpose into dw, output channel by output channel. (Summed
+    // per output channel, the reads were C-float pieces K*C floats apart in
+    // every chunk: 7-8.5% of the 32 -> 64 5x5 weight gradient at batch 64,
+    // against 3% this way; AVX-512, perf.)
     void reduce(const float* parts, int64_t nchunks, float* dw, int threads) const override {
-        const int64_t C = s_.C, K = s_.K, RR = R_ * R_;
+        const int64_t C = s_.C, K = s_.K, RR = R_ * R_, len = part_size;
+        float* t = tl_wpack.get(len);  // the calling thread's: free once the chunks are done
+        constexpr int64_t kBlock = 4096;
+        parallel_for(
+            (len + kBlock - 1) / kBlock,
+            [&](int64_t b) {
+                const int64_t e0 = b * kBlock, e1 = std::min(len, e0 + kBlock);
+                if (nchunks == 0) {  // an empty batch: dw = 0
+                    std::fill(t + e0, t + e1, 0.f);
+                    return;
+                }
+                std::copy(parts + e0, parts + e1, t + e0);
+                for (int64_t ch = 1; ch < nchunks; ++ch) {
+                    const float* src = parts + ch * len;
+                    for (int64_t e = e0; e < e1; ++e) t[e] += src[e];
+                }
+            },
+            threads);
         parallel_for(
             K,
             [&](int64_t k) {
-                float* t = tl_wino.get(RR * C);  // (R*R, C)
-                if (nchunks == 0) std::fill(t, t + RR * C, 0.f);  // an empty batch: dw = 0
-                for (int64_t ch = 0; ch < nchunks; ++ch)
-                    for (int64_t ij = 0; ij < RR; ++ij) {
-                        const float* src = parts + ch * part_size + (ij * K + k) * C;
-                        float* tr = t + ij * C;
-                        if (ch == 0) {
-                            std::copy(src, src + C, tr);
-                        } else {
-                            for (int64_t c = 0; c < C; ++c) tr[c] += src[c];
-                        }
-                    }
-                float* dst = dw + k * C * RR;
-                for (int64_t ij = 0; ij < RR; ++ij)
-                    for (int64_t c = 0; c < C; ++c) dst[c * RR + ij] = t[ij * C + c];
+                float* dst = dw + k * C * RR;  // C * RR floats: stays in L1 while it is filled
+                for (int64_t ij = 0; ij < RR; ++ij) {
+                    const float* src = t + (ij * K + k) * C;
+                    for (int64_t c = 0; c < C; ++c) dst[c * RR + ij] = src[c];
+                }
             },
             threads);
     }
