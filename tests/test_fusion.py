@@ -387,6 +387,25 @@ def test_large_batches_run_as_smaller_ones_with_the_same_bits(monkeypatch, backe
         assert any(s < n for s in shapes)
 
 
+def test_a_chain_with_residual_blocks_runs_in_smaller_batches(monkeypatch, backend):
+    """A residual block keeps its input beside its body's activations: its chain counts them twice."""
+    import striate.model as M
+
+    if backend != "cpp":
+        pytest.skip("the NumPy backend runs the layers themselves")
+    plain = st.Sequential([L.Conv2d(2, 4, 3, padding=1), L.ReLU(), L.Conv2d(4, 4, 3, padding=1)])
+    res = st.Sequential([L.Conv2d(2, 4, 3, padding=1), L.ReLU(),
+                         L.Residual(st.Sequential([L.Conv2d(4, 4, 3, padding=1)]))])
+    x = np.random.default_rng(2).random((8, 2, 8, 8), dtype=np.float32)
+    row = 4 * 8 * 8 * 4  # the largest activation of one row, in bytes
+    wholes = [m.predict(x) for m in (plain, res)]
+    monkeypatch.setattr(M, "_PLAN_BYTES", 6 * row)  # 8 rows of activations pass it: the batch is split
+    for m, whole in zip((plain, res), wholes):
+        assert np.array_equal(m.predict(x), whole)
+    assert {k[0][0] for k in M._PLANS[plain]} == {8, 4}, "8 rows of one activation: two parts"
+    assert {k[0][0] for k in M._PLANS[res]} == {8, 3, 2}, "counted twice, 16 rows' worth: three parts"
+
+
 @pytest.mark.parametrize("model", ["lenet5", "resnet20"])
 def test_a_model_cast_after_planning_is_planned_again(model):
     """Parameters cast to float64 (or back) after a plan was made: the stale plan is dropped, not run."""

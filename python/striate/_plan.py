@@ -48,8 +48,9 @@ class Plan:
     """A planned forward for one input shape: ``plan(x)`` runs ``program`` (a ``_core.Program``) in one call.
 
     ``row_bytes`` is the size of the largest activation per input row (one
-    image): the caller may run a large batch as smaller ones that keep the
-    activations in cache (``Sequential.forward``).
+    image), twice that when the chain has a ``Residual`` (a block keeps its
+    input beside its body's activations): the caller may run a large batch
+    as smaller ones that keep the activations in cache (``Sequential.forward``).
     """
 
     __slots__ = ("program", "shape", "row_bytes", "out_row_bytes")
@@ -258,4 +259,5 @@ def build(layers, x, out_shapes):
     n = max(1, int(x.shape[0]))
     sizes = [int(np.prod(s, dtype=np.int64)) for s in out_shapes if len(s) >= 1] + [int(x.size)]
     per_layer = tuple(int(np.prod(s, dtype=np.int64)) * 4 // n if len(s) >= 1 else 0 for s in out_shapes)
-    return Plan(prog, tuple(x.shape), max(sizes) * 4 // n, per_layer)
+    live = 2 if any(_exact(layer, Residual) for layer in layers) else 1
+    return Plan(prog, tuple(x.shape), live * max(sizes) * 4 // n, per_layer)
