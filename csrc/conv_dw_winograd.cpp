@@ -152,24 +152,9 @@ class DwWinograd final : public DwPlan {
     // every chunk: 7-8.5% of the 32 -> 64 5x5 weight gradient at batch 64,
     // against 3% this way; AVX-512, perf.)
     void reduce(const float* parts, int64_t nchunks, float* dw, int threads) const override {
-        const int64_t C = s_.C, K = s_.K, RR = R_ * R_, len = part_size;
-        float* t = tl_wpack.get(len);  // the calling thread's: free once the chunks are done
-        constexpr int64_t kBlock = 4096;
-        parallel_for(
-            (len + kBlock - 1) / kBlock,
-            [&](int64_t b) {
-                const int64_t e0 = b * kBlock, e1 = std::min(len, e0 + kBlock);
-                if (nchunks == 0) {  // an empty batch: dw = 0
-                    std::fill(t + e0, t + e1, 0.f);
-                    return;
-                }
-                std::copy(parts + e0, parts + e1, t + e0);
-                for (int64_t ch = 1; ch < nchunks; ++ch) {
-                    const float* src = parts + ch * len;
-                    for (int64_t e = e0; e < e1; ++e) t[e] += src[e];
-                }
-            },
-            threads);
+        const int64_t C = s_.C, K = s_.K, RR = R_ * R_;
+        float* t = tl_wpack.get(part_size);  // the calling thread's: free once the chunks are done
+        reduce_chunks(parts, nchunks, part_size, t, threads);
         parallel_for(
             K,
             [&](int64_t k) {
