@@ -219,7 +219,15 @@ void forward_strided(const ConvKit& kit, const Conv2dShape& s, const float* x, c
     // The geometry the driver reads: output (OH, OW) at row stride Wq.
     const DirectGeom d = output_geom(Cg * per_c, s.OH, s.OW, p.Wq);
     bool rows = false;
-    if (s.sw <= 2 && kvec_better(kit, s.K / s.groups, s.OH, s.OW, direct_segments_of(d, kit.W, &rows))) {
+    // 3x3 stride 2 with 8 or more input channels: the channel-vector tiles beat
+    // the phase split on both ISA paths even at equal lanes (batch 16-128,
+    // interleaved, AVX2 / AVX-512: 64->128 on 16x16 1.06 / 1.06x, 16->32 on
+    // 32x32 1.10 / 1.22x, 32->32 on 28x28 1.31 / 1.19x, 64->128 on 56x56
+    // 1.07 / 1.07x, 8->16 on 32x32 1.14 / 1.37x); not so for 1x1 (AVX2
+    // 0.70x), 5x5 (0.82x) or 3 input channels (0.95x).
+    const bool s2_3x3 = s.kh == 3 && s.kw == 3 && s.sh == 2 && s.sw == 2 && s.dh == 1 && s.dw == 1 && Cg >= 8 &&
+                        s.K / s.groups >= kit.W;
+    if (s.sw <= 2 && (s2_3x3 || kvec_better(kit, s.K / s.groups, s.OH, s.OW, direct_segments_of(d, kit.W, &rows)))) {
         // Small outputs go to the channel-vector kernel, whose tiles broadcast
         // one input value per position: they read the zero-padded image itself
         // at the stride (rows sh*Wp apart, positions sw apart), with no phase

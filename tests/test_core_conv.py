@@ -219,6 +219,9 @@ CASES = [
     pytest.param((2, 6, 11, 11, 8, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1), 2, True), id="strided-dw-groups"),
     pytest.param((2, 12, 10, 10, 12, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 12, True), id="strided-depthwise"),
     pytest.param((1, 32, 9, 9, 48, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1, True), id="strided-batch1"),
+    # 3x3 stride 2 with 8+ input channels reads the padded image at the stride
+    # (channel vectors): asymmetric padding, odd planes, a channel tail.
+    pytest.param((3, 10, 11, 12, 20, 3, 3, (2, 2), (0, 1, 2, 0), (1, 1), 1, True), id="strided-3x3-kvec-asym-pad"),
 ]
 
 
