@@ -150,7 +150,7 @@ class DwWinograd final : public DwPlan {
     // then their transpose into dw, output channel by output channel. (Summed
     // per output channel, the reads were C-float pieces K*C floats apart in
     // every chunk: 7-8.5% of the 32 -> 64 5x5 weight gradient at batch 64,
-    // against 3% this way; AVX-512, perf.)
+    // against 3-3.5% this way; AVX-512, perf.)
     void reduce(const float* parts, int64_t nchunks, float* dw, int threads) const override {
         const int64_t C = s_.C, K = s_.K, RR = R_ * R_;
         float* t = tl_wpack.get(part_size);  // the calling thread's: free once the chunks are done
