@@ -271,6 +271,35 @@ def test_predict_unchanged_and_sees_training():
     assert not getattr(m, "_predicting", False)
 
 
+def test_predict_of_a_planned_batch_runs_straight_on_the_plan(monkeypatch, backend):
+    """An eval-mode model's next call for a planned shape takes the plan directly, with the same answer;
+    a layer in training mode, a new shape or a batch that must be split go the general way."""
+    import striate.model as M
+
+    m = make()
+    m.eval()
+    x = np.random.default_rng(6).standard_normal((3, 2, 8, 8)).astype(np.float32)
+    first = m.predict(x)  # plans, through the general path
+    taken = []
+    real = M.Sequential._predict_on_plan
+
+    def spy(self, x_, batch_size):
+        out = real(self, x_, batch_size)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(M.Sequential, "_predict_on_plan", spy)
+    assert np.array_equal(m.predict(x), first)
+    assert taken[-1] == (backend == "cpp")
+    m.layers[12].train()  # the Dropout
+    assert np.array_equal(m.predict(x), first)  # switched to evaluation mode for the call
+    assert taken[-1] is False and m.layers[12].training
+    m.eval()
+    assert np.array_equal(m.predict(x[:2]), first[:2]) and taken[-1] is False  # a shape not planned yet
+    monkeypatch.setattr(M, "_PLAN_BYTES", 64)
+    assert np.array_equal(m.predict(x), first) and taken[-1] is False  # split into smaller batches
+
+
 def test_plan_honours_a_dropout_switched_to_training():
     f = bn_model().fuse()
     x = data()[0]

@@ -64,6 +64,10 @@ class Plan:
     def __call__(self, x):
         return self.program.run(x)
 
+    def parts(self, n, limit):
+        """How many equal batches ``n`` rows run as, for at most ``limit`` bytes of the largest activation each."""
+        return -(-n * self.row_bytes // limit) if n > 1 else 1
+
     def cut(self, limit):
         """How many leading layers to run as smaller batches: through the last whose output rows pass ``limit`` bytes."""
         big = [i for i, b in enumerate(self.out_row_bytes) if b > limit]

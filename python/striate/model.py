@@ -242,7 +242,7 @@ class Sequential(_Container):
         plan = plans.get(key)
         if plan is not None:
             n = x.shape[0]
-            parts = -(-n * plan.row_bytes // _PLAN_BYTES) if split and n > 1 else 1
+            parts = plan.parts(n, _PLAN_BYTES) if split else 1
             cut = plan.cut(_PLAN_BYTES // n) if parts > 1 else 0
             if cut > 0:
                 rows = -(-n // min(parts, n))
@@ -582,12 +582,43 @@ class Sequential(_Container):
         shape is made once and kept, and reads the weights live, so later
         weight changes are seen. See ``striate.training.predict``.
         """
+        out = self._predict_on_plan(x, batch_size)
+        if out is not None:
+            return out
         was = getattr(self, "_predicting", False)
         self._predicting = True  # forward goes through the planned path (nothing is saved for backward)
         try:
             return striate.training.predict(self, x, **_given(batch_size=(batch_size, 256)))
         finally:
             self._predicting = was
+
+    def _predict_on_plan(self, x, batch_size):
+        """``predict`` of one batch straight on its plan, or None when the general path must run.
+
+        The common call of a model in service: every layer already in
+        evaluation mode, one C-contiguous float32 batch of at most
+        ``batch_size`` rows whose plan exists and runs whole. The answer is the
+        general path's (the same plan, then ``probabilities``) without its
+        generic handling of inputs, modes and batches, which took 3-7 us of
+        every call: one image through LeNet-5 1.11x faster, the TF-tutorial
+        CNN and ``typical_cnn`` 1.02x (Zen 4, 2 threads, both ISA paths,
+        interleaved). A stale plan or an error goes the general way, which
+        plans again or words the error.
+        """
+        if not (type(x) is np.ndarray and type(batch_size) is int and x.ndim >= 2 and 0 < x.shape[0] <= batch_size
+                and _plan.plannable(x)):
+            return None
+        plans = _PLANS.get(self)
+        plan = plans.get((x.shape, tuple(self._layers))) if plans else None
+        evaluation = striate.training.evaluation
+        if plan is None or plan.parts(x.shape[0], _PLAN_BYTES) > 1 or not evaluation.in_mode(self, False):
+            return None
+        with _sole_entry(self, "forward"):
+            try:
+                out = plan(x)
+            except (_core.StalePlan, ValueError):
+                return None
+        return evaluation.probabilities(out, evaluation.ends_in_softmax(self))
 
     def profile(self, x, y=None, repeat=5, *, loss="cross_entropy", warmup=1):
         """Per-layer forward/backward time of one training step; see ``striate.introspect.profile``."""

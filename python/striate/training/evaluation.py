@@ -37,6 +37,12 @@ def _get_modes(model):
     return getattr(model, "training", None), [getattr(layer, "training", True) for layer in leaves(model)]
 
 
+def in_mode(model, training):
+    """Whether ``model`` and every layer below it already are in training (or evaluation) mode."""
+    return (getattr(model, "training", None) in (None, training)
+            and all(getattr(layer, "training", True) == training for layer in leaves(model)))
+
+
 def _set_modes(model, modes):
     top, per_layer = modes
     if top is not None:
@@ -59,10 +65,9 @@ class _mode:
 
     def __enter__(self):
         model, training = self.model, self.training
-        saved = _get_modes(model)
-        if saved[0] in (None, training) and all(mode == training for mode in saved[1]):
+        if in_mode(model, training):
             return  # every layer already has that mode (predict on an eval model): nothing to switch or restore
-        self.saved = saved
+        self.saved = _get_modes(model)
         model.train() if training else model.eval()
 
     def __exit__(self, *exc):
@@ -216,12 +221,24 @@ def predict(model, x, batch_size=256):
         batches = ((np.ascontiguousarray(x), None),)  # one batch, already what _eval_batches would make of it
     else:
         batches = _eval_batches(x, None, batch_size, targets=False)
-    layers = layers_of(model)
-    ends_in_softmax = bool(layers) and type(layers[-1]).__name__ == "Softmax"
+    softmax_last = ends_in_softmax(model)
     chunks_out = []
     with _mode(model, False):
         for xb, _ in batches:
-            out = np.asarray(model(xb), dtype=np.float32)
-            # Both give a new array, so the caller never holds memory a layer may keep.
-            chunks_out.append(out.copy() if ends_in_softmax else _softmax(out))
+            chunks_out.append(probabilities(model(xb), softmax_last))
     return chunks_out[0] if len(chunks_out) == 1 else np.concatenate(chunks_out, axis=0)
+
+
+def ends_in_softmax(model):
+    """Whether the last layer of ``model`` is a ``Softmax`` (its outputs are then the probabilities)."""
+    layers = layers_of(model)
+    return bool(layers) and type(layers[-1]).__name__ == "Softmax"
+
+
+def probabilities(out, softmax_last):
+    """``predict``'s rows from a batch's model outputs: their softmax, or a copy when the model ends in one.
+
+    Both give a new float32 array, so the caller never holds memory a layer may keep.
+    """
+    out = np.asarray(out, dtype=np.float32)
+    return out.copy() if softmax_last else _softmax(out)
