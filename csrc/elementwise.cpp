@@ -65,14 +65,24 @@ void relu_backward(const float* dy, const float* y, float* dx, int64_t n) {
     });
 }
 
+namespace {
+// out[lo, hi) = a + b (then ReLU): one compiled copy for every caller. Where
+// the loop was inlined into each path of blocks() (serial, and each thread's
+// blocks), the compiler was free to emit b + a in one copy and a + b in
+// another, and NaN + NaN keeps the payload of the first operand: the bits
+// then depended on the size of the call.
+__attribute__((noinline)) void add_range(const float* a, const float* b, float* out, int64_t lo, int64_t hi,
+                                         bool relu) {
+    if (relu) {
+        for (int64_t i = lo; i < hi; ++i) out[i] = relu1(a[i] + b[i]);
+    } else {
+        for (int64_t i = lo; i < hi; ++i) out[i] = a[i] + b[i];
+    }
+}
+}  // namespace
+
 void add_forward(const float* a, const float* b, float* out, int64_t n, bool relu) {
-    blocks(n, [&](int64_t lo, int64_t hi) {
-        if (relu) {
-            for (int64_t i = lo; i < hi; ++i) out[i] = relu1(a[i] + b[i]);
-        } else {
-            for (int64_t i = lo; i < hi; ++i) out[i] = a[i] + b[i];
-        }
-    });
+    blocks(n, [&](int64_t lo, int64_t hi) { add_range(a, b, out, lo, hi, relu); });
 }
 
 void softmax_rows(float* z, int64_t rows, int64_t cols) {
