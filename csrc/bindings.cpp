@@ -8,7 +8,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <chrono>
 #include <string>
+#include <thread>
+#include <vector>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -88,6 +92,30 @@ PYBIND11_MODULE(_core, m) {
     m.def("openmp_usable", &striate::openmp_usable,
           "False in a process forked after a parallel region ran: kernels there run on one thread.");
     m.attr("max_threads") = striate::kMaxThreads;
+    m.def(
+        "_parallel_claims",
+        [](int64_t n, int64_t stall_ms) {
+            // For tests of parallel_for's schedule: which thread ran each of n
+            // items, when the worker that starts on the last range first sleeps
+            // stall_ms (a worker that starts late or shares its core).
+            if (n < 0 || n > 1'000'000) throw std::invalid_argument("`n` must be in [0, 1000000]");
+            if (stall_ms < 0 || stall_ms > 10'000) throw std::invalid_argument("`stall_ms` must be in [0, 10000]");
+            std::vector<int> ran(static_cast<size_t>(n), -1);
+            std::vector<int> runs(static_cast<size_t>(n), 0);
+            const int nt = static_cast<int>(std::min<int64_t>(n, striate::get_num_threads()));
+            const int64_t last_start = nt > 0 ? (nt - 1) * (n / nt) + std::min<int64_t>(nt - 1, n % nt) : 0;
+            {
+                py::gil_scoped_release release;
+                striate::parallel_for(n, [&](int64_t i) {
+                    if (i == last_start && stall_ms > 0)
+                        std::this_thread::sleep_for(std::chrono::milliseconds(stall_ms));
+                    ran[static_cast<size_t>(i)] = striate::thread_index();
+                    runs[static_cast<size_t>(i)] += 1;
+                });
+            }
+            return py::make_tuple(ran, runs);
+        },
+        py::arg("n"), py::arg("stall_ms"));
     m.def("set_isa", [](const std::string& name) { striate::set_isa(striate::parse_isa(name)); }, py::arg("name"));
     m.def("get_isa", [] { return std::string(striate::isa_name(striate::active_isa())); });
     m.def("detected_isa", [] { return std::string(striate::isa_name(striate::detected_isa())); });
