@@ -79,11 +79,11 @@ constexpr int kInlineCursors = 8;  // cursors on the caller's stack; more teams 
 // and nothing moves; when one worker starts late or shares its core with
 // other work, the others take over its items instead of waiting for it at the
 // end of the region (Zen 4, 2 threads, a training step interleaved with the
-// static split in one process: TF-tutorial CNN 1.02x, ResNet-20 1.03x on
-// AVX-512, 1.10x and 1.13x on AVX2 while other work shared the machine; LeNet-5
-// 0.98-1.01x). The region always has the calling thread's whole team
-// (plan_team), so that libgomp never retires and later re-creates workers
-// between regions of different sizes.
+// static split in one process: TF-tutorial CNN 0.99-1.02x on AVX-512 and
+// 1.00-1.10x on AVX2, ResNet-20 1.03x and 1.13x, the higher figures while other
+// work shared the machine; LeNet-5 0.98-1.01x). The region always has the
+// calling thread's whole team (plan_team), so that libgomp never retires and
+// later re-creates workers between regions of different sizes.
 
 template <class F>
 void parallel_for(int64_t n, F&& f, int threads = 0) {
