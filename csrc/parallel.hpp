@@ -84,7 +84,6 @@ constexpr int kInlineCursors = 8;  // cursors on the caller's stack; more teams 
 // work shared the machine; LeNet-5 0.98-1.01x). The region always has the
 // calling thread's whole team (plan_team), so that libgomp never retires and
 // later re-creates workers between regions of different sizes.
-
 template <class F>
 void parallel_for(int64_t n, F&& f, int threads = 0) {
     if (n <= 0) return;
@@ -102,12 +101,7 @@ void parallel_for(int64_t n, F&& f, int threads = 0) {
     std::atomic<bool> failed{false};
     std::mutex error_mutex;
     const int64_t q = n / nt, r = n % nt;
-    // Each worker's range has a cursor; the worker claims its items from it in
-    // order, and a worker done with its own range claims the rest of the
-    // others' (a worker that starts late, or runs on a core shared with other
-    // work, then holds no one up). Items are independent, so who runs one
-    // does not change its result.
-    RangeCursor small[kInlineCursors];
+    RangeCursor small[kInlineCursors];  // one cursor per worker's range
     std::unique_ptr<RangeCursor[]> large;
     RangeCursor* cur = small;
     if (nt > kInlineCursors) {
