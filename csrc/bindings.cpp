@@ -92,6 +92,11 @@ PYBIND11_MODULE(_core, m) {
     m.def("openmp_usable", &striate::openmp_usable,
           "False in a process forked after a parallel region ran: kernels there run on one thread.");
     m.attr("max_threads") = striate::kMaxThreads;
+#ifdef STRIATE_HAVE_OPENMP
+    m.attr("_has_openmp") = true;
+#else
+    m.attr("_has_openmp") = false;  // a build without OpenMP: every kernel on the calling thread
+#endif
     m.def(
         "_parallel_claims",
         [](int64_t n, int64_t stall_ms) {

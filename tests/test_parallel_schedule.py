@@ -24,6 +24,7 @@ def test_every_item_runs_once(threads, n):
     assert all(0 <= t < min(threads, n) for t in ran)
 
 
+@pytest.mark.skipif(not _core._has_openmp, reason="a build without OpenMP runs every loop on one thread")
 @pytest.mark.parametrize("threads", [2, 3])
 def test_a_stalled_worker_leaves_its_items_to_the_others(threads):
     st.set_num_threads(threads)
