@@ -108,7 +108,7 @@ PYBIND11_MODULE(_core, m) {
             std::vector<int> ran(static_cast<size_t>(n), -1);
             std::vector<int> runs(static_cast<size_t>(n), 0);
             const int nt = static_cast<int>(std::min<int64_t>(n, striate::get_num_threads()));
-            const int64_t last_start = nt > 0 ? (nt - 1) * (n / nt) + std::min<int64_t>(nt - 1, n % nt) : 0;
+            const int64_t last_start = nt > 0 ? striate::range_begin(nt - 1, n, nt) : 0;
             {
                 py::gil_scoped_release release;
                 striate::parallel_for(n, [&](int64_t i) {

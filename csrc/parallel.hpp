@@ -68,6 +68,13 @@ struct alignas(64) RangeCursor {
 };
 constexpr int kInlineCursors = 8;  // cursors on the caller's stack; more teams allocate
 
+// First item of worker t's range when n items are split over nt workers (the
+// first n % nt ranges one item longer); range_begin(nt, n, nt) == n.
+inline int64_t range_begin(int64_t t, int64_t n, int64_t nt) {
+    const int64_t q = n / nt, r = n % nt;
+    return t * q + (t < r ? t : r);
+}
+
 // Calls f(i) for every i in [0, n), spread over at most `threads` threads
 // (get_num_threads() when threads <= 0). Iterations must be independent: any
 // thread may run any of them. Called from inside a region, it runs serially
@@ -100,7 +107,6 @@ void parallel_for(int64_t n, F&& f, int threads = 0) {
     std::exception_ptr error = nullptr;
     std::atomic<bool> failed{false};
     std::mutex error_mutex;
-    const int64_t q = n / nt, r = n % nt;
     RangeCursor small[kInlineCursors];  // one cursor per worker's range
     std::unique_ptr<RangeCursor[]> large;
     RangeCursor* cur = small;
@@ -109,9 +115,8 @@ void parallel_for(int64_t n, F&& f, int threads = 0) {
         cur = large.get();
     }
     for (int t = 0; t < nt; ++t) {
-        const int64_t lo = t * q + (t < r ? t : r);
-        cur[t].next.store(lo, std::memory_order_relaxed);
-        cur[t].end = lo + q + (t < r ? 1 : 0);
+        cur[t].next.store(range_begin(t, n, nt), std::memory_order_relaxed);
+        cur[t].end = range_begin(t + 1, n, nt);
     }
     auto run = [&](int64_t i) {
         try {
