@@ -460,7 +460,8 @@ const KernelFamily kAvx512Family = make_avx512_family(std::make_integer_sequence
 // increasing k, the K tail read with masked loads as zeros), then reduces each
 // accumulator with the fixed tree hsum16(). Every element gets the same
 // arithmetic whatever RA and RB, so edge tiles are just smaller
-// instantiations. The depth is blocked by kDotKC (from K only); block p > 0
+// instantiations. The depth is blocked by the caller's kc_max (kDotKC, or wider for the
+// fully-connected product; from K and kc_max only); block p > 0
 // adds into C with beta = 1 as in the packed path.
 using dot_kernel_fn = void (*)(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                                int64_t ldc, float alpha, float beta);
@@ -644,9 +645,9 @@ int64_t dot_groups_per_task(int64_t M, int64_t N, int64_t K, int threads) {
 }
 
 void gemm_dot(Isa isa, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-              int64_t ldb, float beta, float* C, int64_t ldc, int threads) {
+              int64_t ldb, float beta, float* C, int64_t ldc, int threads, int64_t kc_max) {
     const DotFamily& f = isa == Isa::avx512 ? kDot512 : kDot2;
-    const int64_t kc = ceil_div(K, ceil_div(K, kDotKC));
+    const int64_t kc = ceil_div(K, ceil_div(K, kc_max));
     const int64_t groups = ceil_div(N, kDotRB);
     const int64_t per = dot_groups_per_task(M, N, K, threads);
     const int64_t tasks = ceil_div(groups, per);

@@ -129,9 +129,10 @@ inline bool use_dot_path(Isa isa, int64_t M, int64_t K) {
 // Column groups of kDotRB per task (any split gives the same result).
 int64_t dot_groups_per_task(int64_t M, int64_t N, int64_t K, int threads);
 // C = alpha * A B^T + beta * C (A: M x K, B: N x K, row-major); M, N, K >= 1;
-// isa is avx2 or avx512.
+// isa is avx2 or avx512. The depth is blocked by at most kc_max (from K and
+// kc_max only: the blocking sets the bits).
 void gemm_dot(Isa isa, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B,
-              int64_t ldb, float beta, float* C, int64_t ldc, int threads);
+              int64_t ldb, float beta, float* C, int64_t ldc, int threads, int64_t kc_max = kDotKC);
 // One row of A B^T: c[j] = alpha * sum_k a[k] B[j*ldb + k] (+ beta c[j]) for
 // j < N, every element with the packed kernels' arithmetic for a depth block
 // of kcb (blocks from zero in increasing k, merged as merge_value), so the
