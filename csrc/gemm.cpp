@@ -86,24 +86,22 @@ constexpr int64_t kMCMax = 1024;  // rows of a task: its packed A block (about m
 // cache sets, so the panel does not survive its re-reads). A B of more than
 // kDirectMaxBytes may not be in the caches: read in place, its first pass is
 // one or two cache lines from each of kc rows at a time, a pattern the
-// prefetchers do not follow, while packing streams whole rows. It is then read
-// in place only by tasks of at least kDirectFarPanels row panels, which re-read
-// each panel enough to pay for that. Zen 4, AVX-512, 2 threads, 64 x 3136 x
-// 1024 (the dx of a 3136 -> 1024 layer at batch 64; 5 panels of 13 rows): in
-// place 2.0-2.4 ms when B stayed in L3, 3.6-4.3 ms when other work on the
-// machine had pushed it out; packed 2.3-2.7 ms either way. 96 x 3136 x 1024
-// (7 panels): 4.5 ms in place, 3.5 packed. AVX2 (11 panels of 6 rows) stays
-// in place: 2.2-2.8 ms against 2.2-3.8 packed.
+// prefetchers do not follow, while packing streams whole rows; so it is
+// packed unless a task has at most 3 row panels. Zen 4, 2 threads, in place
+// -> packed, side by side (the dx of a 3136 -> 1024 layer, 64 x 3136 x 1024
+// at batch 64): AVX-512 (5 panels of 13 rows) 2.0-2.4 ms in place when B
+// stayed in L3, 3.6-4.3 ms when other work had pushed it out, 2.3-2.7 ms
+// packed either way; batch 128 (10 panels) 1.20-1.24x; AVX2 (11 panels of 6
+// rows) 1.12x with B in L3 or not, batch 48 1.08x, batch 256 1.00x.
 constexpr int64_t kDirectMaxPanels = 12;
 constexpr int64_t kDirectMinKC = 128;
 constexpr int64_t kDirectMaxBytes = int64_t(8) << 20;
-constexpr int64_t kDirectFarPanels = 8;
 
 bool read_b_in_place(bool transB, int64_t panels, int64_t kc, int64_t ldb, int64_t K, int64_t N) {
     if (transB) return false;
     if (panels <= 3) return true;
     const bool far = K * N * int64_t(sizeof(float)) > kDirectMaxBytes;
-    return panels <= kDirectMaxPanels && kc >= kDirectMinKC && ldb % 1024 != 0 && (!far || panels >= kDirectFarPanels);
+    return !far && panels <= kDirectMaxPanels && kc >= kDirectMinKC && ldb % 1024 != 0;
 }
 
 struct Plan {
