@@ -60,12 +60,14 @@ WinoGeom make_geom(int64_t Cin, int64_t Hin, int64_t Win, int64_t top, int64_t l
     return {Cin, Hin, Win, top, left, Kout, Hout, Wout, (Hout + 1) / 2, (Wout + 1) / 2};
 }
 
-// The tiles in blocks of whole tile rows: several whole images per block, or
-// (large planes, small batches) runs of tile rows of one image. From the
-// shape only, so every thread count computes the same blocks.
+// The tiles in blocks of whole tile rows: several whole images per block,
+// runs of tile rows of the whole batch across images (5x5, see
+// make_blocking), or (large planes, small batches) runs of tile rows of one
+// image. From the shape only, so every thread count computes the same blocks.
 struct Blocking {
     int64_t images_per_block;  // > 0: blocks of whole images; 0: blocks of rows_per_block tile rows
     int64_t rows_per_block, blocks_per_image, nblocks, max_tiles;
+    int64_t span_rows = 0;  // > 0: blocks of span_rows tile rows of the whole batch, across images
 };
 
 // Tiles per block. 3x3: V and M of a block (16 (Cin + Kout) floats per tile)
@@ -95,6 +97,24 @@ Blocking make_blocking(const WinoGeom& g, int64_t N, int64_t npoints) {
         b.images_per_block = N / kMinBlocks;
         b.nblocks = (N + b.images_per_block - 1) / b.images_per_block;
         b.max_tiles = b.images_per_block * per_image;
+        return b;
+    }
+    if (npoints == 36 && g.TW % 2 == 1 && per_image <= target && N >= kMinBlocks * (target / per_image)) {
+        // 5x5, an odd number of tile columns: whole images seldom fill the
+        // GEMM's 16- and 32-column panels (3 images of 14x14 are 147 tiles,
+        // computed as 160), so the blocks are runs of tile rows of the whole
+        // batch, across images, 16 rows or a multiple. Side by side, AVX-512,
+        // 2 threads, batch 64, forward / dx: 32 -> 64 on 14x14 (147 -> 112
+        // tiles) 1.02-1.05x / 1.02-1.08x, AVX2 1.02x / 1.05x; 64 -> 64 on
+        // 14x14 (98 -> 112) 1.05x / 1.07x; 32 -> 64 on 10x10 (150 -> 80)
+        // 1.11x / 1.08x; 16 -> 32 on 18x18 (243 -> 288) 1.00x / 1.03x. With
+        // an even number it did not pay: 16 -> 32 on 28x28 (196 tiles, as
+        // 224) 0.97x with blocks of 224 and 0.93-0.97x with 112; 64 -> 64 on
+        // 16x16 (64) 0.93x with 112.
+        b.span_rows = 16 * std::max<int64_t>(1, target / (16 * g.TW));
+        b.rows_per_block = std::min(b.span_rows, g.TH);
+        b.nblocks = (N * g.TH + b.span_rows - 1) / b.span_rows;
+        b.max_tiles = b.span_rows * g.TW;
         return b;
     }
     if (per_image <= target && N >= kMinBlocks * (target / per_image)) {
@@ -135,6 +155,15 @@ Blocking make_blocking(const WinoGeom& g, int64_t N, int64_t npoints) {
 // of image n, whose first tile is column tb of the block.
 template <class F>
 void for_chunks(const WinoGeom& g, const Blocking& b, int64_t N, int64_t blk, F&& f) {
+    if (b.span_rows > 0) {
+        const int64_t r0 = blk * b.span_rows, r1 = std::min(N * g.TH, r0 + b.span_rows);
+        for (int64_t r = r0; r < r1;) {
+            const int64_t n = r / g.TH, th0 = r % g.TH, th1 = std::min(g.TH, th0 + (r1 - r));
+            f(n, th0, th1, (r - r0) * g.TW);
+            r += th1 - th0;
+        }
+        return;
+    }
     if (b.images_per_block > 0) {
         const int64_t n0 = blk * b.images_per_block, n1 = std::min(N, n0 + b.images_per_block);
         for (int64_t n = n0; n < n1; ++n) f(n, int64_t{0}, g.TH, (n - n0) * g.TH * g.TW);

@@ -52,6 +52,9 @@ CASES5 = [
     pytest.param((40, 8, 6, 6, 8, (2, 2, 2, 2)), id="image-blocks-tail"),
     pytest.param((3, 17, 12, 31, 33, (2, 2, 2, 2)), id="rows-past-a-vector"),
     pytest.param((2, 300, 5, 6, 270, (2, 2, 2, 2)), id="two-depth-blocks"),
+    # an odd number of tile columns and enough images: blocks of 16 tile rows
+    # of the whole batch, across images (7 rows each), the last one short
+    pytest.param((12, 64, 14, 13, 64, (2, 2, 2, 2)), id="spans-across-images"),
 ]
 
 
@@ -104,11 +107,23 @@ def test_a_sample_gets_the_same_bits_in_any_batch(k, force, isa):
         assert got.tobytes() == dx[lo:hi].tobytes(), (lo, hi)
 
 
+def test_spans_across_images_give_each_sample_its_own_bits(force, isa):
+    # Blocks that cut images apart (a batch of 12) against whole-image and
+    # single-image blocks (batches of 1 and 3): the same bits per sample.
+    case = _case("5x5-spans-across-images").values[0]
+    x, w, b, dy, y, dx = _run(case)
+    pads = case[-1]
+    for lo, hi in ((2, 3), (4, 7), (9, 12)):
+        assert call_forward(x[lo:hi], w, b, pads=pads).tobytes() == y[lo:hi].tobytes(), (lo, hi)
+        got = call_backward(dy[lo:hi], x[lo:hi], w, pads=pads, need=(True, False, False))[0]
+        assert got.tobytes() == dx[lo:hi].tobytes(), (lo, hi)
+
+
 @pytest.mark.parametrize(
     "case",
     [_case(n) for n in ("3x3-odd-planes", "3x3-batch1-row-blocks", "3x3-image-blocks-tail", "3x3-rows-past-a-vector",
                         "5x5-odd-planes", "5x5-asymmetric-padding", "5x5-batch1-row-blocks",
-                        "5x5-image-blocks-tail", "5x5-rows-past-a-vector")],
+                        "5x5-image-blocks-tail", "5x5-rows-past-a-vector", "5x5-spans-across-images")],
 )
 def test_bit_identical_for_any_thread_count(case, force, isa):
     first = None
