@@ -37,6 +37,8 @@ CASES_5 = CASES5[:10] + [  # the forward's 5x5 cases, then the blocks, chunks an
     pytest.param((10, 32, 6, 6, 64, (2, 2, 2, 2)), id="image-blocks-inside-chunks"),
     pytest.param((1, 24, 33, 35, 20, (2, 2, 2, 2)), id="batch1-row-blocks"),
     pytest.param((2, 33, 12, 31, 17, (1, 3, 0, 2)), id="rows-past-a-vector"),
+    # 49 tiles an image against a block target of 32: still one block an image
+    pytest.param((5, 32, 14, 14, 64, (2, 2, 2, 2)), id="image-past-the-block-target"),
 ]
 
 
