@@ -189,6 +189,16 @@ def test_default_thread_count_is_used_for_the_split(isa, trans_a, trans_b):
     assert _core._sgemm_task_count(trans_a, trans_b, 0, 4, 4, threads=8, isa=isa) == 0
 
 
+@pytest.mark.parametrize("trans_a,trans_b", TRANS)
+@pytest.mark.parametrize("shape", [(64, 3136, 1024), (1024, 3136, 64)])
+def test_large_calls_leave_tasks_for_a_slow_thread(isa, trans_a, trans_b, shape):
+    # Past 2e7 flops the split has at least two tasks per thread, so a thread
+    # that finishes early can take over the rest of a slow one's (one task
+    # per thread would leave it idle).
+    assert _core._sgemm_task_count(trans_a, trans_b, *shape, threads=2, isa=isa) >= 4
+    assert _core._sgemm_task_count(trans_a, trans_b, *shape, threads=3, isa=isa) >= 6
+
+
 def test_large_shapes_match_reference(isa):
     for trans_a, trans_b in TRANS:
         check(130, 540, 700, trans_a, trans_b, threads=2, beta=1.0)
