@@ -12,7 +12,10 @@
 //
 // Arrays of fewer than kSerial elements are updated on the calling thread (a
 // parallel region costs more than the work); larger ones are cut into blocks
-// of kBlock elements spread over the threads.
+// of kBlock elements spread over the threads. (SGD with momentum on the
+// 51,200 weights of a 32 -> 64 5x5 layer, 2 threads, Zen 4: 18.5 us on one
+// thread under the former limit of 65,536, 15.3 us split; 10,240 and 20,000
+// elements 1.01-1.03x, 3.2 million 1.00x.)
 //
 // Not here: argument checks (bind_optim.cpp).
 #include "optim.hpp"
@@ -29,8 +32,8 @@ namespace striate {
 
 namespace {
 
-constexpr int64_t kBlock = 16384;
-constexpr int64_t kSerial = 65536;
+constexpr int64_t kBlock = 8192;
+constexpr int64_t kSerial = 16384;
 
 template <class F>
 void blocks(int64_t n, F&& f) {
