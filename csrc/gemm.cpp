@@ -446,13 +446,13 @@ void sgemm_row_invariant(bool transA, bool transB, int64_t M, int64_t N, int64_t
     // between calls, 1.04-1.09x with B in L3.
     // Below a depth of 128 the per-element reduction costs more than the
     // packed path; on AVX2 it does at any depth for blocks of more than a few
-    // rows, so AVX2 takes the lane-interleaved depth below. Past a depth of 1536 (fewer than
-    // 64 rows per block) the dot route still wins when B is wide: it reads B
-    // in place, where the packed path copies all of it on every call
-    // (AVX-512, 2 threads, packed -> dot, M = 1 / 64 / 256: 3136 -> 1024 0.153
-    // -> 0.091, 2.69 -> 2.06, 10.4 -> 8.3 ms; 1600 -> 512 1.8x / 1.3x / 1.2x;
-    // 2048 -> 1024 4.2x / 1.0x / 0.94x), but not when it is narrow (4096 ->
-    // 128: 0.81x and 0.79x at M = 64 and 256).
+    // rows, so AVX2 takes the lane-interleaved depth below. Past a depth of
+    // 1536 the dot route still wins when B is wide: it reads B in place,
+    // where the packed path copies all of it on every call (AVX-512, 2
+    // threads, packed -> dot, measured with the former blocking, M = 1 / 64 /
+    // 256: 3136 -> 1024 0.153 -> 0.091, 2.69 -> 2.06, 10.4 -> 8.3 ms; 1600 ->
+    // 512 1.8x / 1.3x / 1.2x; 2048 -> 1024 4.2x / 1.0x / 0.94x), but not when
+    // it is narrow (4096 -> 128: 0.81x and 0.79x at M = 64 and 256).
     constexpr int64_t kWideKC = 4096;
     const int64_t kc = ceil_div(K, ceil_div(K, kWideKC));
     const int64_t kRows = std::clamp<int64_t>(200 * 1024 / kc / 4 * 4, 4, 64);
