@@ -256,10 +256,11 @@ def test_sgemm_argument_errors():
 # 8 rows with two depth blocks at a time), 21 with a partial group; (9, 37, 13)
 # and (9, 33, 7): rows and columns past whole register blocks; (20, 40, 1029)
 # and (9, 17, 131): lane-interleaved blocks of 515 and 131, whose first
-# sub-blocks hold one depth more than the others.
+# sub-blocks hold one depth more than the others; (100, 260, 5000): on avx512
+# the dot route in two depth blocks of 2500 and row blocks of 80 + 20.
 @pytest.mark.parametrize("m,n,k", [(200, 120, 400), (200, 10, 84), (300, 128, 4096), (130, 33, 1536), (70, 5, 64),
                                    (40, 1024, 3136), (40, 21, 2048), (9, 37, 13), (9, 33, 7), (20, 40, 1029),
-                                   (9, 17, 131)])
+                                   (9, 17, 131), (100, 260, 5000)])
 @pytest.mark.parametrize("trans_b", [True, False])
 def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, isa):
     """row_invariant=True: every row of op(a) @ op(b) is bitwise what that row alone gives (batch independence)."""
@@ -274,7 +275,8 @@ def test_row_invariant_matmul_gives_each_row_its_lone_result(m, n, k, trans_b, i
     assert np.array_equal(full[m - 1 :], _core.matmul(a[m - 1 :], b, False, trans_b, True))
 
 
-@pytest.mark.parametrize("m,n,k", [(64, 1024, 3136), (1, 1024, 3136), (37, 120, 400), (300, 50, 1029), (9, 33, 7)])
+@pytest.mark.parametrize("m,n,k", [(64, 1024, 3136), (1, 1024, 3136), (37, 120, 400), (300, 50, 1029), (9, 33, 7),
+                                   (100, 260, 5000)])
 def test_row_invariant_bit_identical_for_any_thread_count(m, n, k, isa):
     """The fully-connected product (every route: dot, lane-interleaved, packed, one row) for 1, 2, 3 and 8 threads."""
     rng = np.random.default_rng(9)
