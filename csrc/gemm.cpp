@@ -131,13 +131,12 @@ Plan make_plan(const KernelFamily& f, int64_t M, int64_t N, int64_t K, int threa
     const double flops = 2.0 * double(M) * double(N) * double(K);
     if (threads > 1 && !in_parallel_region() && flops > kMinParallelFlops) {
         // Estimated cycles of the slowest thread: FMA work plus packing per task.
+        auto tasks_of = [&](int64_t a, int64_t b) { return ceil_div(mp, a) * ceil_div(np, b); };
         auto cost = [&](int64_t a, int64_t b) {
             const double rows = double(a * p.mr), cols = double(b * f.nr);
-            const int64_t tasks = ceil_div(mp, a) * ceil_div(np, b);
-            return double(ceil_div(tasks, threads)) * (rows * cols * double(K) / 16.0 + 0.5 * double(K) * (rows + cols) + 2000.0);
+            return double(ceil_div(tasks_of(a, b), threads)) * (rows * cols * double(K) / 16.0 + 0.5 * double(K) * (rows + cols) + 2000.0);
         };
         const int64_t want = flops > kBalanceFlops ? kBalanceTasks * threads : 1;
-        auto tasks_of = [&](int64_t a, int64_t b) { return ceil_div(mp, a) * ceil_div(np, b); };
         double best = cost(pm, pn);
         for (int64_t tm = tm_min; tm <= std::min(mp, tm_min * 8); ++tm) {
             for (int64_t tn = 1; tn <= std::min<int64_t>(np, 32); ++tn) {
